@@ -1,0 +1,52 @@
+"""The `wisp` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from wisp import log
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wisp", description="wisp, an ambient service mesh")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="show an HBONE tunnel between two workload identities")
+    demo.add_argument("--bytes", type=int, default=64 * 1024 * 1024,
+                      help="how many bytes to send through the tunnel (default 64 MiB)")
+    ca = sub.add_parser("ca", help="certificate authority tools")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    init = ca_sub.add_parser("init", help="write a new root and intermediate in Istio's cacerts layout")
+    init.add_argument("directory")
+    init.add_argument("--trust-domain", default="cluster.local")
+    args = parser.parse_args(argv)
+    log.configure(args.log_level)
+
+    if args.command == "demo":
+        if args.bytes <= 0:
+            parser.error("--bytes must be positive")
+        from wisp.demo import run_demo
+
+        return run_demo(args.bytes)
+    if args.command == "ca" and args.ca_command == "init":
+        return _ca_init(args.directory, args.trust_domain)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _ca_init(directory: str, trust_domain: str) -> int:
+    from wisp.identity import CertificateAuthority, IdentityError
+
+    try:
+        root = CertificateAuthority.generate(trust_domain)
+        root.issue_intermediate().write_cacerts(directory)
+    except (IdentityError, OSError) as exc:
+        print(f"wisp ca init: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem to {directory}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

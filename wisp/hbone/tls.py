@@ -1,0 +1,224 @@
+"""Mutual TLS for HBONE: contexts from certificate bundles, and a trio stream over ssl.SSLSocket.
+
+TLS runs on a non-blocking `ssl.SSLSocket` woken by trio's readiness waits rather than on
+`trio.SSLStream`: OpenSSL then reads and writes the kernel socket itself, so bytes are not copied
+through MemoryBIOs in Python on the hot path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+import tempfile
+from collections import OrderedDict
+
+import trio
+from cryptography import x509
+
+from wisp.identity import CertBundle
+
+from .errors import TlsError
+
+ALPN_H2 = "h2"
+READ_SIZE = 256 * 1024
+_CONTEXT_CACHE_SIZE = 1024
+
+
+def make_context(bundle: CertBundle, *, server_side: bool) -> ssl.SSLContext:
+    """A TLS 1.3-only context presenting `bundle` and requiring a peer certificate from its roots."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    # Peers are named by SPIFFE URI SANs, checked after the handshake; DNS names mean nothing here.
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=bundle.roots_pem().decode("ascii"))
+    ctx.set_alpn_protocols([ALPN_H2])
+    # No session tickets: every connection authenticates with a full handshake, as ztunnel does.
+    ctx.options |= ssl.OP_NO_TICKET
+    _load_chain(ctx, bundle)
+    return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, bundle: CertBundle) -> None:
+    # The ssl module loads certificates only from files; keep the key on a private tmpfs file
+    # for the moment of loading.
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="wisp-tls-", dir=base) as directory:
+        path = os.path.join(directory, "bundle.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(bundle.key_pem() + bundle.chain_pem())
+        ctx.load_cert_chain(path)
+
+
+class ContextCache:
+    """SSL contexts per (certificate, side), so a rotation builds one context, not one per dial."""
+
+    def __init__(self, size: int = _CONTEXT_CACHE_SIZE) -> None:
+        self._size = size
+        self._contexts: OrderedDict[tuple[x509.Certificate, bool], ssl.SSLContext] = OrderedDict()
+
+    def get(self, bundle: CertBundle, *, server_side: bool) -> ssl.SSLContext:
+        key = (bundle.leaf, server_side)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = make_context(bundle, server_side=server_side)
+            if len(self._contexts) > self._size:
+                self._contexts.popitem(last=False)
+        else:
+            self._contexts.move_to_end(key)
+        return ctx
+
+
+class TlsStream(trio.abc.Stream):
+    """A trio stream over a non-blocking SSLSocket whose handshake is complete."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self._sock = sock
+        self._closed = False
+
+    @classmethod
+    async def handshake(
+        cls, raw: socket.socket, ctx: ssl.SSLContext, *, server_side: bool
+    ) -> TlsStream:
+        """Wrap `raw` (non-blocking, connected) and complete the handshake; TlsError on failure.
+
+        The socket is consumed either way. Callers bound the time with a cancel scope.
+        """
+        try:
+            sock = ctx.wrap_socket(
+                raw, server_side=server_side, do_handshake_on_connect=False, server_hostname=None
+            )
+        except (OSError, ValueError) as exc:
+            raw.close()
+            raise TlsError(f"cannot start TLS: {exc}") from None
+        try:
+            while True:
+                try:
+                    sock.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    await trio.lowlevel.wait_readable(sock)
+                except ssl.SSLWantWriteError:
+                    await trio.lowlevel.wait_writable(sock)
+        except ssl.SSLError as exc:
+            _close_quietly(sock)
+            raise TlsError(f"TLS handshake failed: {describe_ssl_error(exc)}") from None
+        except OSError as exc:
+            _close_quietly(sock)
+            raise TlsError(f"TLS handshake failed: {exc.strerror or exc}") from None
+        except BaseException:
+            _close_quietly(sock)
+            raise
+        return cls(sock)
+
+    @property
+    def socket(self) -> ssl.SSLSocket:
+        return self._sock
+
+    def alpn_protocol(self) -> str | None:
+        return self._sock.selected_alpn_protocol()
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        der = self._sock.getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der) if der else None
+
+    def local_address(self) -> tuple[str, int]:
+        return self._sock.getsockname()[:2]
+
+    def peer_address(self) -> tuple[str, int]:
+        return self._sock.getpeername()[:2]
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        size = max_bytes or READ_SIZE
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("TLS stream is closed")
+            try:
+                data = self._sock.recv(size)
+                break
+            except ssl.SSLWantReadError:
+                await trio.lowlevel.wait_readable(self._sock)
+            except ssl.SSLWantWriteError:
+                # TLS 1.3 post-handshake messages can make a read want to write. The writer
+                # task may already be waiting for writability, so poll instead of competing.
+                await trio.sleep(0.001)
+            except ssl.SSLZeroReturnError:
+                data = b""
+                break
+            except ssl.SSLError as exc:
+                raise trio.BrokenResourceError(f"TLS error: {describe_ssl_error(exc)}") from None
+            except OSError as exc:
+                if exc.errno == errno.EBADF or self._closed:
+                    raise trio.ClosedResourceError("TLS stream is closed") from None
+                raise trio.BrokenResourceError(f"connection lost: {exc.strerror or exc}") from None
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
+    async def send_all(self, data) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with memoryview(data) as view:
+            while view:
+                if self._closed:
+                    raise trio.ClosedResourceError("TLS stream is closed")
+                try:
+                    sent = self._sock.send(view)
+                    view = view[sent:]
+                except ssl.SSLWantWriteError:
+                    await trio.lowlevel.wait_writable(self._sock)
+                except ssl.SSLWantReadError:
+                    await trio.sleep(0.001)
+                except ssl.SSLError as exc:
+                    raise trio.BrokenResourceError(f"TLS error: {describe_ssl_error(exc)}") from None
+                except OSError as exc:
+                    if exc.errno == errno.EBADF or self._closed:
+                        raise trio.ClosedResourceError("TLS stream is closed") from None
+                    raise trio.BrokenResourceError(f"connection lost: {exc.strerror or exc}") from None
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.wait_writable(self._sock)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _close_quietly(self._sock)
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    try:
+        if sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(sock)
+        sock.close()
+    except OSError:
+        pass
+
+
+def describe_ssl_error(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason in words a person can act on."""
+    reason = getattr(exc, "reason", None) or ""
+    verify = getattr(exc, "verify_message", None)
+    if verify:
+        return f"certificate verify failed: {verify}"
+    hints = {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a client certificate and none was sent",
+        "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust our certificate's CA",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the peer says our certificate has expired",
+        "SSLV3_ALERT_BAD_CERTIFICATE": "the peer rejected our certificate",
+        "WRONG_VERSION_NUMBER": "the peer did not speak TLS",
+        "HTTP_REQUEST": "the peer sent plain HTTP instead of TLS",
+        "UNSUPPORTED_PROTOCOL": "the peer does not support TLS 1.3",
+        "TLSV1_ALERT_PROTOCOL_VERSION": "the peer does not support TLS 1.3",
+        "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the peer sent no client certificate",
+        "NO_SHARED_CIPHER": "no cipher suite in common",
+    }
+    hint = hints.get(reason)
+    return f"{hint} ({reason})" if hint else (reason or str(exc))
