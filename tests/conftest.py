@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from wisp import log
 from wisp.identity import CertificateAuthority, SpiffeId
 
 TRUST_DOMAIN = "cluster.local"
+
+log.configure("info", json=False)
 
 
 @pytest.fixture(scope="session")

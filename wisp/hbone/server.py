@@ -145,6 +145,10 @@ class HboneServer:
                 await trio.sleep(0.05)
         for conn in list(self.connections):
             conn.close("server drained")
+        # Let each connection's task see its end and leave the set.
+        with trio.move_on_after(1):
+            while self.connections:
+                await trio.sleep(0.01)
 
     def _reject(self, peer: tuple[str, int], reason: str) -> None:
         self.stats["connections_rejected"] += 1
@@ -153,6 +157,16 @@ class HboneServer:
 
     async def _serve_connection(self, raw: socket.socket, peer: tuple[str, int], certs: CertProvider) -> None:
         self.stats["connections_accepted"] += 1
+        try:
+            await self._serve_connection_checked(raw, peer, certs)
+        except Exception:
+            # A bug must cost one connection, never the server and its other peers.
+            raw.close()
+            log.exception("hbone connection failed unexpectedly", peer=f"{peer[0]}:{peer[1]}")
+
+    async def _serve_connection_checked(
+        self, raw: socket.socket, peer: tuple[str, int], certs: CertProvider
+    ) -> None:
         try:
             with trio.fail_after(self.handshake_timeout):
                 bundle = await certs()
@@ -232,6 +246,10 @@ class HboneServer:
             )
             try:
                 await self._handler(request)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # The peer or the upstream went away mid-stream: an ordinary end for a tunnel.
+                log.debug("hbone stream broken", authority=str(authority), reason=str(exc))
+                return
             except Exception:
                 log.exception("hbone handler failed", authority=str(authority))
                 if not request.responded:

@@ -76,9 +76,11 @@ class ContextCache:
 class TlsStream(trio.abc.Stream):
     """A trio stream over a non-blocking SSLSocket whose handshake is complete."""
 
-    def __init__(self, sock: ssl.SSLSocket) -> None:
+    def __init__(self, sock: ssl.SSLSocket, local: tuple[str, int], peer: tuple[str, int]) -> None:
         self._sock = sock
         self._closed = False
+        self._local = local
+        self._peer = peer
 
     @classmethod
     async def handshake(
@@ -89,6 +91,8 @@ class TlsStream(trio.abc.Stream):
         The socket is consumed either way. Callers bound the time with a cancel scope.
         """
         try:
+            # Taken now: once the peer goes away the kernel no longer tells.
+            local, peer = raw.getsockname()[:2], raw.getpeername()[:2]
             sock = ctx.wrap_socket(
                 raw, server_side=server_side, do_handshake_on_connect=False, server_hostname=None
             )
@@ -113,7 +117,7 @@ class TlsStream(trio.abc.Stream):
         except BaseException:
             _close_quietly(sock)
             raise
-        return cls(sock)
+        return cls(sock, local, peer)
 
     @property
     def socket(self) -> ssl.SSLSocket:
@@ -127,10 +131,10 @@ class TlsStream(trio.abc.Stream):
         return x509.load_der_x509_certificate(der) if der else None
 
     def local_address(self) -> tuple[str, int]:
-        return self._sock.getsockname()[:2]
+        return self._local
 
     def peer_address(self) -> tuple[str, int]:
-        return self._sock.getpeername()[:2]
+        return self._peer
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
