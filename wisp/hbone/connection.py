@@ -34,6 +34,8 @@ log = structlog.get_logger("wisp.hbone")
 MiB = 1024 * 1024
 # Bytes queued for the socket beyond which a stream sender waits for the writer.
 _HIGH_WATER = 2 * MiB
+# How long request handlers may run on after their connection failed.
+_HANDLER_GRACE = 1.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -222,6 +224,7 @@ class HboneConnection:
         self._ready = trio.Event()
         self._ping_acked: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
+        self._handler_nursery: trio.Nursery | None = None
         self.failure: str | None = None
         self.goaway_received = False
         self.goaway_sent = False
@@ -235,26 +238,33 @@ class HboneConnection:
         """Serve the connection; `started` once the peer's SETTINGS arrived. Closes the socket."""
         started = False
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._h2.initiate_connection()
-                extra = self.settings.connection_window - 65535
-                if extra > 0:
-                    self._h2.increment_flow_control_window(extra)
-                self._flush()
-                nursery.start_soon(self._read_loop)
-                nursery.start_soon(self._write_loop)
-                with trio.move_on_after(self.settings.settings_timeout):
-                    await self._ready.wait()
-                if not self._ready.is_set():
-                    self._fail(
-                        f"peer {self.peer_address[0]}:{self.peer_address[1]} sent no HTTP/2 SETTINGS "
-                        f"within {self.settings.settings_timeout:g} s"
-                    )
-                if self.failure is None:
-                    task_status.started(self)
-                    started = True
-                    nursery.start_soon(self._keepalive)
+            # Request handlers live in their own nursery: when the connection fails their streams
+            # fail with the reason, and they get a moment to notice and finish (log, close the
+            # upstream) before they are cancelled.
+            async with trio.open_nursery() as handlers:
+                self._handler_nursery = handlers
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._h2.initiate_connection()
+                    extra = self.settings.connection_window - 65535
+                    if extra > 0:
+                        self._h2.increment_flow_control_window(extra)
+                    self._flush()
+                    nursery.start_soon(self._read_loop)
+                    nursery.start_soon(self._write_loop)
+                    with trio.move_on_after(self.settings.settings_timeout):
+                        await self._ready.wait()
+                    if not self._ready.is_set():
+                        self._fail(
+                            f"peer {self.peer_address[0]}:{self.peer_address[1]} sent no HTTP/2 "
+                            f"SETTINGS within {self.settings.settings_timeout:g} s"
+                        )
+                    if self.failure is None:
+                        task_status.started(self)
+                        started = True
+                        nursery.start_soon(self._keepalive)
+                self._teardown(self.failure or "connection closed")
+                handlers.cancel_scope.deadline = trio.current_time() + _HANDLER_GRACE
         finally:
             self._teardown(self.failure or "connection closed")
         if not started:
@@ -519,8 +529,7 @@ class HboneConnection:
             stream._feed_eof()
         self.streams_opened += 1
         self.last_active = trio.current_time()
-        assert self._nursery is not None
-        self._nursery.start_soon(self._on_request, stream, _decode_headers(event.headers))
+        self._handler_nursery.start_soon(self._on_request, stream, _decode_headers(event.headers))
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
         self.goaway_received = True

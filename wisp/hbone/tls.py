@@ -176,13 +176,25 @@ class TlsStream(trio.abc.Stream):
                     await trio.lowlevel.wait_writable(self._sock)
                 except ssl.SSLWantReadError:
                     await trio.sleep(0.001)
-                except ssl.SSLError as exc:
-                    raise trio.BrokenResourceError(f"TLS error: {describe_ssl_error(exc)}") from None
-                except OSError as exc:
-                    if exc.errno == errno.EBADF or self._closed:
+                except (ssl.SSLError, OSError) as exc:
+                    if isinstance(exc, OSError) and (exc.errno == errno.EBADF or self._closed):
                         raise trio.ClosedResourceError("TLS stream is closed") from None
-                    raise trio.BrokenResourceError(f"connection lost: {exc.strerror or exc}") from None
+                    raise trio.BrokenResourceError(self._write_failure(exc)) from None
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _write_failure(self, exc: OSError) -> str:
+        """Why a write failed: a peer that rejects us sends an alert and closes, and the write
+        may hit the closed socket before any read sees the alert, so look for it."""
+        try:
+            self._sock.recv(1)
+        except ssl.SSLError as alert:
+            if getattr(alert, "reason", None) not in (None, "UNEXPECTED_EOF_WHILE_READING"):
+                return f"TLS error: {describe_ssl_error(alert)}"
+        except OSError:
+            pass
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS error: {describe_ssl_error(exc)}"
+        return f"connection lost: {exc.strerror or exc}"
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.wait_writable(self._sock)
