@@ -1,0 +1,537 @@
+"""The local source: a directory of Kubernetes-shaped YAML manifests feeding an ObjectStore.
+
+Every ``*.yaml``/``*.yml`` file under the directory (recursively, hidden files
+and folders skipped) holds one or more documents; empty documents are skipped
+and ``kind: List`` is expanded. Each object is checked the way the API server
+would check what the reconciler relies on (known kind, matching apiVersion,
+name, metadata/labels/annotations/spec shapes) and defaulted (namespace
+"default" for namespaced kinds).
+
+A bad manifest changes nothing but itself: a file with any bad document is
+rejected as a whole, and the objects it contributed before (its last good
+version) stay as they were, while other files load normally. Two files that
+define the same object differently conflict: the first in sorted path order
+keeps it and the conflict is reported naming both files. Errors are returned
+by ``load`` and logged once each, for as long as they persist.
+
+``pods_for_deployment`` is the local runtime's ReplicaSet controller: the Pods
+a Deployment stands for, named and owned as Kubernetes would.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import watchfiles
+import yaml
+
+from wisp_operator.cluster import (
+    KIND_AUTHORIZATION_POLICY,
+    KIND_DEPLOYMENT,
+    KIND_GATEWAY,
+    KIND_GATEWAY_CLASS,
+    KIND_NAMESPACE,
+    KIND_NODE,
+    KIND_PEER_AUTHENTICATION,
+    KIND_POD,
+    KIND_SERVICE,
+    Key,
+)
+from wisp_operator.errors import OperatorError
+from wisp_operator.manifest import dicts, integer, mapping, object_id, string_map
+from wisp_operator.store import ObjectStore
+
+log = structlog.get_logger(__name__)
+
+_CORE = ("v1",)
+_GATEWAY_API = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
+_ISTIO_SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
+
+# kind -> the apiVersions we accept for it (the first is the preferred one).
+API_VERSIONS: dict[str, tuple[str, ...]] = {
+    KIND_NAMESPACE: _CORE,
+    KIND_NODE: _CORE,
+    KIND_POD: _CORE,
+    KIND_SERVICE: _CORE,
+    "ServiceAccount": _CORE,
+    "EndpointSlice": ("discovery.k8s.io/v1",),
+    KIND_DEPLOYMENT: ("apps/v1",),
+    KIND_GATEWAY_CLASS: _GATEWAY_API,
+    KIND_GATEWAY: _GATEWAY_API,
+    "HTTPRoute": _GATEWAY_API,
+    "GRPCRoute": ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1alpha2"),
+    KIND_AUTHORIZATION_POLICY: _ISTIO_SECURITY,
+    KIND_PEER_AUTHENTICATION: _ISTIO_SECURITY,
+    "RequestAuthentication": _ISTIO_SECURITY,
+}
+CLUSTER_SCOPED = frozenset({KIND_NAMESPACE, KIND_NODE, KIND_GATEWAY_CLASS})
+DEFAULT_NAMESPACE = "default"
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Kubernetes renders generated name parts with this alphabet (no vowels, no 0/1/3).
+_SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
+
+
+class SourceError(OperatorError):
+    """The local source cannot work at all (its directory is missing)."""
+
+
+class ManifestError(OperatorError):
+    """One bad manifest: where it is (file, document, List item), which object, what is wrong.
+
+    Reported rather than raised: ``LocalSource.load`` returns them.
+    ``document`` counts from 1, as a reader counts ``---`` sections; ``item`` is the
+    index in a List's ``items``. ``other_path`` names the first file of a conflict.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        problem: str,
+        *,
+        document: int | None = None,
+        item: int | None = None,
+        kind: str = "",
+        namespace: str = "",
+        name: str = "",
+        other_path: str | None = None,
+    ) -> None:
+        self.path = path
+        self.problem = problem
+        self.document = document
+        self.item = item
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
+        self.other_path = other_path
+        super().__init__(str(self))
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.path, self.problem, self.document, self.item, self.kind, self.namespace, self.name,
+                self.other_path)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ManifestError) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __str__(self) -> str:
+        where = self.path
+        if self.document is not None:
+            where += f" document {self.document}"
+        if self.item is not None:
+            where += f" items[{self.item}]"
+        what = ""
+        if self.name:
+            what = f" {self.kind or 'object'} {self.namespace + '/' if self.namespace else ''}{self.name}"
+        elif self.kind:
+            what = f" {self.kind}"
+        return f"{where}:{what}: {self.problem}" if what else f"{where}: {self.problem}"
+
+    def log_fields(self) -> dict[str, Any]:
+        fields = {"file": self.path, "document": self.document, "item": self.item, "kind": self.kind,
+                  "namespace": self.namespace, "name": self.name, "problem": self.problem,
+                  "other_file": self.other_path}
+        return {k: v for k, v in fields.items() if v not in (None, "")}
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestObject:
+    """A checked, defaulted object and where it was defined."""
+
+    obj: dict[str, Any]
+    path: str
+    document: int
+    item: int | None
+
+    @property
+    def key(self) -> Key:
+        meta = self.obj["metadata"]
+        return (self.obj["kind"], meta.get("namespace", ""), meta["name"])
+
+
+class _Bad(Exception):
+    def __init__(self, problem: str, kind: str = "", namespace: str = "", name: str = "") -> None:
+        super().__init__(problem)
+        self.problem, self.kind, self.namespace, self.name = problem, kind, namespace, name
+
+
+# --- parsing (pure) ------------------------------------------------------------------------------
+
+
+def parse_manifests(text: str, path: str) -> tuple[list[ManifestObject], list[ManifestError]]:
+    """The objects of one file's text, or the errors that reject it (``path`` names it in both)."""
+    objects: list[ManifestObject] = []
+    errors: list[ManifestError] = []
+    document = 0
+    try:
+        for document, doc in enumerate(yaml.safe_load_all(text), start=1):
+            if doc is None:
+                continue
+            for item, raw in _expand(doc):
+                try:
+                    objects.append(ManifestObject(checked_object(raw), path, document, item))
+                except _Bad as bad:
+                    errors.append(ManifestError(path, bad.problem, document=document, item=item, kind=bad.kind,
+                                                namespace=bad.namespace, name=bad.name))
+    except yaml.YAMLError as exc:
+        errors.append(ManifestError(path, _yaml_problem(exc), document=document + 1))
+    except _Bad as bad:  # a malformed List
+        errors.append(ManifestError(path, bad.problem, document=document, kind=bad.kind))
+    seen: dict[Key, ManifestObject] = {}
+    for mo in objects:
+        first = seen.setdefault(mo.key, mo)
+        if first is not mo and first.obj != mo.obj:
+            errors.append(ManifestError(path, f"defined twice, differently, in this file (also document {first.document})",
+                                        document=mo.document, item=mo.item, kind=mo.key[0],
+                                        namespace=mo.key[1], name=mo.key[2]))
+    return objects, errors
+
+
+def _expand(doc: Any) -> Iterator[tuple[int | None, Any]]:
+    if isinstance(doc, dict) and doc.get("kind") == "List":
+        if doc.get("apiVersion") != "v1":
+            raise _Bad(f"apiVersion must be v1 for a List, got {doc.get('apiVersion')!r}", "List")
+        items = doc.get("items") or []
+        if not isinstance(items, list):
+            raise _Bad("items must be a list", "List")
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and item.get("kind") == "List":
+                raise _Bad(f"items[{i}] is a List; Lists do not nest", "List")
+            yield i, item
+    else:
+        yield None, doc
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is not None:
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return f"invalid YAML: {problem}"
+
+
+def checked_object(raw: Any) -> dict[str, Any]:
+    """``raw`` checked and defaulted as the API server would, or ``_Bad`` saying why not."""
+    if not isinstance(raw, dict):
+        raise _Bad(f"a manifest must be an object (mapping), got {_type_name(raw)}")
+    kind = raw.get("kind")
+    meta = raw.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    shown = name if isinstance(name, str) else ""
+    if not isinstance(kind, str) or not kind:
+        raise _Bad("kind is missing or not a string", name=shown)
+    if kind not in API_VERSIONS:
+        raise _Bad(f"unknown kind; supported kinds: {', '.join(sorted(API_VERSIONS))}", kind, name=shown)
+    api_version = raw.get("apiVersion")
+    if api_version not in API_VERSIONS[kind]:
+        raise _Bad(f"apiVersion must be {' or '.join(API_VERSIONS[kind])} for {kind}, got {api_version!r}",
+                   kind, name=shown)
+    if not isinstance(meta, dict):
+        raise _Bad("metadata is missing or not an object", kind)
+    namespace = meta.get("namespace")
+    if not isinstance(name, str) or not name:
+        raise _Bad("metadata.name is missing or not a string", kind, namespace if isinstance(namespace, str) else "")
+    if namespace is not None and not isinstance(namespace, str):
+        raise _Bad(f"metadata.namespace must be a string, got {namespace!r}", kind, name=name)
+
+    obj = dict(raw)
+    meta = obj["metadata"] = dict(meta)
+    if kind in CLUSTER_SCOPED:
+        # The API server ignores a namespace on a cluster-scoped object; so do we.
+        meta.pop("namespace", None)
+        namespace = ""
+    else:
+        namespace = meta["namespace"] = namespace or DEFAULT_NAMESPACE
+        if not _DNS_LABEL.match(namespace) or len(namespace) > 63:
+            raise _Bad("metadata.namespace must be a DNS label (lower-case letters, digits, '-'; up to 63)",
+                       kind, namespace, name)
+    dns_name = _DNS_LABEL if kind == KIND_NAMESPACE else _DNS_SUBDOMAIN
+    if not dns_name.match(name) or len(name) > (63 if kind == KIND_NAMESPACE else 253):
+        raise _Bad("metadata.name must be a DNS name (lower-case letters, digits, '-', '.')",
+                   kind, namespace, name)
+    for field in ("labels", "annotations"):
+        _string_map(meta.get(field), f"metadata.{field}", kind, namespace, name)
+    for field in ("spec", "status"):
+        value = obj.get(field)
+        if value is not None and not isinstance(value, dict):
+            raise _Bad(f"{field} must be an object, got {_type_name(value)}", kind, namespace, name)
+    if kind == KIND_POD:
+        _check_pod_spec(obj.get("spec") or {}, "spec", kind, namespace, name)
+    elif kind == KIND_DEPLOYMENT:
+        _check_deployment(obj.get("spec") or {}, kind, namespace, name)
+    return obj
+
+
+def _string_map(value: Any, where: str, kind: str, namespace: str, name: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Bad(f"{where} must be an object, got {_type_name(value)}", kind, namespace, name)
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise _Bad(f"{where} must map strings to strings; quote {k}: {v!r}", kind, namespace, name)
+    return value
+
+
+def _check_pod_spec(spec: dict[str, Any], where: str, kind: str, namespace: str, name: str) -> None:
+    containers = spec.get("containers")
+    if containers is None:
+        return
+    if not isinstance(containers, list) or not all(isinstance(c, dict) for c in containers):
+        raise _Bad(f"{where}.containers must be a list of objects", kind, namespace, name)
+
+
+def _check_deployment(spec: dict[str, Any], kind: str, namespace: str, name: str) -> None:
+    replicas = spec.get("replicas")
+    if replicas is not None and (not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0):
+        raise _Bad(f"spec.replicas must be a non-negative integer, got {replicas!r}", kind, namespace, name)
+    template = spec.get("template")
+    if not isinstance(template, dict):
+        raise _Bad("spec.template is missing or not an object", kind, namespace, name)
+    tmeta = template.get("metadata")
+    if tmeta is not None and not isinstance(tmeta, dict):
+        raise _Bad("spec.template.metadata must be an object", kind, namespace, name)
+    tmeta = tmeta or {}
+    labels = _string_map(tmeta.get("labels"), "spec.template.metadata.labels", kind, namespace, name)
+    _string_map(tmeta.get("annotations"), "spec.template.metadata.annotations", kind, namespace, name)
+    tspec = template.get("spec")
+    if not isinstance(tspec, dict):
+        raise _Bad("spec.template.spec is missing or not an object", kind, namespace, name)
+    _check_pod_spec(tspec, "spec.template.spec", kind, namespace, name)
+    selector = spec.get("selector")
+    if selector is not None:
+        if not isinstance(selector, dict):
+            raise _Bad("spec.selector must be an object", kind, namespace, name)
+        match = _string_map(selector.get("matchLabels"), "spec.selector.matchLabels", kind, namespace, name)
+        if any(labels.get(k) != v for k, v in match.items()):
+            raise _Bad("spec.selector.matchLabels does not match spec.template.metadata.labels",
+                       kind, namespace, name)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number"}.get(type(value), type(value).__name__)
+
+
+# --- Deployments -> Pods (pure) ------------------------------------------------------------------
+
+
+def pod_template_hash(template: dict[str, Any]) -> str:
+    """A stable hash of a pod template, in Kubernetes' safe alphabet (10 characters)."""
+    encoded = json.dumps(template, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return _safe_encode(hashlib.sha256(encoded).digest(), 10)
+
+
+def _safe_encode(digest: bytes, length: int) -> str:
+    value = int.from_bytes(digest, "big")
+    out = []
+    for _ in range(length):
+        value, digit = divmod(value, len(_SAFE_ALPHABET))
+        out.append(_SAFE_ALPHABET[digit])
+    return "".join(out)
+
+
+def pods_for_deployment(deployment: dict[str, Any], replicas: int | None = None) -> list[dict[str, Any]]:
+    """The Pods of ``deployment``'s current ReplicaSet, as its controllers would create them.
+
+    Names are ``<deployment>-<template hash>-<5 characters>``, deterministic per replica
+    index, so a reload of an unchanged Deployment yields the same pods and a changed
+    template a new set. Each pod is owned (controller) by ReplicaSet
+    ``<deployment>-<template hash>`` and labelled with the template's labels plus
+    ``pod-template-hash``. ``replicas`` overrides ``spec.replicas`` (default 1).
+    """
+    oid = object_id(deployment, KIND_DEPLOYMENT)
+    template = mapping(deployment, "spec.template", oid)
+    if not template:
+        raise oid.invalid("spec.template is required")
+    count = integer(deployment, "spec.replicas", oid, 1) if replicas is None else replicas
+    if count < 0:
+        raise oid.invalid(f"replicas must not be negative, got {count}")
+    namespace = oid.namespace or DEFAULT_NAMESPACE
+    template_hash = pod_template_hash(template)
+    replica_set = f"{oid.name}-{template_hash}"
+    labels = {**string_map(template, "metadata.labels", oid, at="spec.template"),
+              POD_TEMPLATE_HASH_LABEL: template_hash}
+    annotations = string_map(template, "metadata.annotations", oid, at="spec.template")
+    spec = mapping(template, "spec", oid, at="spec.template")
+    dicts(spec, "containers", oid, at="spec.template.spec")
+    owner = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": replica_set,
+        "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"wisp-local:ReplicaSet/{namespace}/{replica_set}")),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    pods = []
+    for suffix in _pod_suffixes(replica_set, count):
+        metadata: dict[str, Any] = {
+            "name": f"{replica_set}-{suffix}",
+            "namespace": namespace,
+            "labels": dict(labels),
+            "ownerReferences": [dict(owner)],
+        }
+        if annotations:
+            metadata["annotations"] = dict(annotations)
+        pods.append({"apiVersion": "v1", "kind": KIND_POD, "metadata": metadata, "spec": copy.deepcopy(spec)})
+    return pods
+
+
+def _pod_suffixes(replica_set: str, count: int) -> list[str]:
+    suffixes: list[str] = []
+    for index in range(count):
+        salt = 0
+        while True:
+            digest = hashlib.sha256(f"{replica_set}/{index}/{salt}".encode()).digest()
+            suffix = _safe_encode(digest, 5)
+            if suffix not in suffixes:
+                break
+            salt += 1
+        suffixes.append(suffix)
+    return suffixes
+
+
+# --- the source (I/O) ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _FileState:
+    digest: str | None  # of the bytes last read; None if they could not be read
+    objects: tuple[ManifestObject, ...]  # the last good version's objects
+    errors: tuple[ManifestError, ...]
+
+
+class LocalSource:
+    """Keeps ``store``'s objects under ``source`` equal to the manifests in ``directory``."""
+
+    def __init__(self, directory: str | Path, store: ObjectStore, *, source: str = "local") -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise SourceError(f"manifest directory {str(self.directory)!r} does not exist or is not a directory")
+        self.store = store
+        self.source = source
+        self._files: dict[Path, _FileState] = {}
+        self._errors: list[ManifestError] = []
+
+    @property
+    def errors(self) -> list[ManifestError]:
+        """The errors of the last load (files rejected, conflicts)."""
+        return list(self._errors)
+
+    def manifest_files(self) -> list[Path]:
+        found = []
+        for path in self.directory.rglob("*"):
+            rel = path.relative_to(self.directory)
+            if path.suffix in MANIFEST_SUFFIXES and not any(p.startswith(".") for p in rel.parts) and path.is_file():
+                found.append(path)
+        return sorted(found)
+
+    def load(self) -> list[ManifestError]:
+        """Read the directory and update the store; returns every current error."""
+        if not self.directory.is_dir():
+            error = ManifestError(str(self.directory), "manifest directory is gone; keeping the objects loaded")
+            self._report([error])
+            return [error]
+        files: dict[Path, _FileState] = {}
+        for path in self.manifest_files():
+            files[path] = self._load_file(path, self._files.get(path))
+        self._files = files
+
+        errors: list[ManifestError] = []
+        chosen: dict[Key, ManifestObject] = {}
+        for path, state in files.items():
+            errors.extend(state.errors)
+            for mo in state.objects:
+                first = chosen.setdefault(mo.key, mo)
+                if first is not mo and first.obj != mo.obj:
+                    kind, ns, name = mo.key
+                    errors.append(ManifestError(
+                        mo.path, f"also defined, differently, in {first.path}; keeping that one",
+                        document=mo.document, item=mo.item, kind=kind, namespace=ns, name=name,
+                        other_path=first.path,
+                    ))
+        before = self.store.version
+        self.store.replace(self.source, (mo.obj for mo in chosen.values()))
+        self._report(errors)
+        if self.store.version != before:
+            log.info("manifests loaded", directory=str(self.directory), files=len(files), objects=len(chosen),
+                     errors=len(errors), version=self.store.version)
+        return errors
+
+    def _load_file(self, path: Path, previous: _FileState | None) -> _FileState:
+        kept = previous.objects if previous is not None else ()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return _FileState(None, kept, (ManifestError(str(path), f"cannot read: {exc.strerror or exc}"),))
+        digest = hashlib.sha256(data).hexdigest()
+        if previous is not None and previous.digest == digest:
+            return previous
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            return _FileState(digest, kept, (ManifestError(str(path), f"not UTF-8 text: {exc.reason}"),))
+        objects, errors = parse_manifests(text, str(path))
+        if errors:
+            return _FileState(digest, kept, tuple(errors))
+        return _FileState(digest, tuple(objects), ())
+
+    def _report(self, errors: list[ManifestError]) -> None:
+        # Log each error once, for as long as it lasts; a fixed file is logged as fixed.
+        previous = set(self._errors)
+        for error in errors:
+            if error not in previous:
+                log.warning("bad manifest", **error.log_fields())
+        current = set(errors)
+        for path in sorted({e.path for e in previous} - {e.path for e in current}):
+            log.info("manifest errors resolved", file=path)
+        self._errors = errors
+
+    async def watch(self, *, debounce_ms: int = 100, resync: float = 2.0, force_polling: bool | None = None) -> None:
+        """Load, then reload on every change under the directory until cancelled.
+
+        Bursts of changes within ``debounce_ms`` make one reload. Every ``resync``
+        seconds without events the directory is read again anyway: that covers
+        changes made before the watcher started and file systems that miss events;
+        it costs a read of each file, and bumps the store only on real change.
+        """
+        self.load()
+        async for _changes in watchfiles.awatch(
+            self.directory,
+            debounce=debounce_ms,
+            step=min(50, debounce_ms),
+            rust_timeout=max(1, int(resync * 1000)),
+            yield_on_timeout=True,
+            force_polling=force_polling,
+        ):
+            self.load()
+
+
+__all__ = [
+    "API_VERSIONS",
+    "CLUSTER_SCOPED",
+    "DEFAULT_NAMESPACE",
+    "LocalSource",
+    "ManifestError",
+    "ManifestObject",
+    "POD_TEMPLATE_HASH_LABEL",
+    "SourceError",
+    "checked_object",
+    "parse_manifests",
+    "pod_template_hash",
+    "pods_for_deployment",
+]

@@ -1,0 +1,326 @@
+"""ObjectStore: the cluster objects the reconciler sees, fed by one or more sources.
+
+Source-agnostic: the local source (a manifest directory) and the Kubernetes
+source each hand it the objects they hold, under a source name. Each key
+(kind, namespace, name) has one owner: the source that claimed it first among
+those that hold it; if the owner lets go, the next holder's object shows. On
+top of the sources' objects sit two overlays that outlive reloads of the
+source but not the object itself:
+
+- pod runtime state (node, IP, phase, readiness, node agent annotations), which
+  the local runtime knows as kubelet would;
+- label changes (``wisp label ...``), where ``None`` removes a label.
+
+Every change that alters the effective object set bumps ``version`` and wakes
+``wait_for_change``; a change that leaves it as it was (a resync, a reload of an
+unchanged file) does not. Snapshots are ``ClusterState`` values, built once per
+version. Objects in snapshots are shared: treat them as read-only.
+
+Mutations are synchronous and must run on the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from wisp_operator.cluster import KIND_POD, ClusterState, Key, MeshSettings
+from wisp_operator.errors import OperatorError
+from wisp_operator.manifest import object_id
+
+log = structlog.get_logger(__name__)
+
+POD_PHASES = frozenset({"Pending", "Running", "Succeeded", "Failed", "Unknown"})
+# Conditions the runtime owns on a pod; the manifest's others (e.g. ours, WaypointBound) stay.
+_RUNTIME_CONDITIONS = ("Ready", "ContainersReady")
+
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class StoreError(OperatorError):
+    """Base of the store's errors."""
+
+
+class ObjectNotFound(StoreError, LookupError):
+    """The object named in a runtime or label change is not in the store."""
+
+    def __init__(self, kind: str, namespace: str, name: str) -> None:
+        self.kind, self.namespace, self.name = kind, namespace, name
+        where = f"{namespace}/{name}" if namespace else name
+        super().__init__(f"{kind} {where} not found")
+
+
+class InvalidChange(StoreError, ValueError):
+    """A runtime or label change is malformed (bad label, IP, phase)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodRuntime:
+    """What kubelet (here: the local runtime) and the node agent know about a pod."""
+
+    node: str
+    pod_ip: str | None
+    phase: str
+    ready: bool
+    annotations: tuple[tuple[str, str], ...] = ()
+
+
+class ObjectStore:
+    """Current objects by (kind, namespace, name), versioned, with change notification."""
+
+    def __init__(self, settings: MeshSettings | None = None) -> None:
+        self._settings = settings or MeshSettings()
+        self._by_source: dict[str, dict[Key, dict[str, Any]]] = {}
+        # Per key, the sources holding it in claim order; the first one's object shows.
+        self._holders: dict[Key, list[str]] = {}
+        self._runtime: dict[Key, PodRuntime] = {}
+        self._labels: dict[Key, dict[str, str | None]] = {}
+        self._effective: dict[Key, dict[str, Any]] = {}
+        self._version = 0
+        self._snapshot: ClusterState | None = None
+        self._changed = asyncio.Event()
+        self._reported_conflicts: set[tuple[str, Key]] = set()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """Bumped once per change of the effective object set; starts at 0 (empty)."""
+        return self._version
+
+    def snapshot(self) -> ClusterState:
+        if self._snapshot is None:
+            self._snapshot = ClusterState(dict(self._effective), self._settings)
+        return self._snapshot
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._effective.get((kind, namespace, name))
+
+    def __len__(self) -> int:
+        return len(self._effective)
+
+    async def wait_for_change(self, since: int) -> int:
+        """Return the current version once it is greater than ``since``."""
+        while self._version <= since:
+            event = self._changed
+            await event.wait()
+        return self._version
+
+    # --- sources ---------------------------------------------------------------------------
+
+    def replace(self, source: str, objects: Iterable[dict[str, Any]]) -> list[Key]:
+        """Make ``objects`` the whole set ``source`` holds (a load or relist).
+
+        The store keeps the dicts as given: do not change them afterwards.
+        Returns the keys another source already owns (their objects do not show).
+        """
+        new: dict[Key, dict[str, Any]] = {}
+        for obj in objects:
+            new[_key(obj)] = obj
+        old = self._by_source.get(source, {})
+        self._by_source[source] = new
+        touched = set(old) | set(new)
+        for key in old.keys() - new.keys():
+            self._release(source, key)
+        for key in new.keys() - old.keys():
+            self._claim(source, key)
+        self._refresh(touched)
+        return self._conflicts(source, new)
+
+    def apply(self, source: str, obj: dict[str, Any]) -> bool:
+        """Add or replace one object of ``source``; False if another source owns its key."""
+        key = _key(obj)
+        held = self._by_source.setdefault(source, {})
+        if key not in held:
+            self._claim(source, key)
+        held[key] = obj
+        self._refresh({key})
+        return not self._conflicts(source, {key: obj})
+
+    def delete(self, source: str, kind: str, namespace: str, name: str) -> None:
+        key = (kind, namespace, name)
+        if self._by_source.get(source, {}).pop(key, None) is not None:
+            self._release(source, key)
+            self._refresh({key})
+
+    # --- overlays --------------------------------------------------------------------------
+
+    def set_pod_runtime(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        node: str,
+        pod_ip: str | None,
+        phase: str,
+        ready: bool,
+        annotations: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record what kubelet knows of a pod; replaces the previous runtime record.
+
+        Merged into the pod as Kubernetes shows it: spec.nodeName, status.podIP(s),
+        status.phase, Ready/ContainersReady conditions, annotations over the manifest's.
+        """
+        key = (KIND_POD, namespace, name)
+        self._require(key)
+        if phase not in POD_PHASES:
+            raise InvalidChange(f"pod phase must be one of {sorted(POD_PHASES)}, got {phase!r}")
+        if pod_ip is not None:
+            try:
+                ipaddress.ip_address(pod_ip)
+            except ValueError:
+                raise InvalidChange(f"pod IP must be an IP address, got {pod_ip!r}") from None
+        extra = dict(annotations or {})
+        for k, v in extra.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise InvalidChange(f"annotations must map strings to strings, got {k!r}: {v!r}")
+        self._runtime[key] = PodRuntime(node, pod_ip, phase, ready, tuple(sorted(extra.items())))
+        self._refresh({key})
+
+    def clear_pod_runtime(self, namespace: str, name: str) -> None:
+        key = (KIND_POD, namespace, name)
+        if self._runtime.pop(key, None) is not None:
+            self._refresh({key})
+
+    def set_labels(self, kind: str, namespace: str, name: str, labels: Mapping[str, str | None]) -> None:
+        """Overlay labels on an object, as ``kubectl label`` does; ``None`` removes a label.
+
+        Changes accumulate over calls and survive reloads of the object's source.
+        """
+        key = (kind, namespace, name)
+        self._require(key)
+        for k, v in labels.items():
+            _check_label(k, v)
+        self._labels.setdefault(key, {}).update(labels)
+        self._refresh({key})
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _require(self, key: Key) -> None:
+        if key not in self._effective:
+            raise ObjectNotFound(*key)
+
+    def _claim(self, source: str, key: Key) -> None:
+        self._holders.setdefault(key, []).append(source)
+
+    def _release(self, source: str, key: Key) -> None:
+        holders = self._holders.get(key)
+        if holders is None:
+            return
+        holders.remove(source)
+        self._reported_conflicts.discard((source, key))
+        if not holders:
+            del self._holders[key]
+
+    def _conflicts(self, source: str, objects: Mapping[Key, dict[str, Any]]) -> list[Key]:
+        refused = []
+        for key in objects:
+            owner = self._holders[key][0]
+            if owner == source:
+                continue
+            refused.append(key)
+            if (source, key) not in self._reported_conflicts:
+                self._reported_conflicts.add((source, key))
+                log.warning(
+                    "object held by another source", kind=key[0], namespace=key[1], name=key[2],
+                    source=source, owner=owner,
+                )
+        return refused
+
+    def _refresh(self, keys: Iterable[Key]) -> None:
+        changed = False
+        for key in keys:
+            holders = self._holders.get(key)
+            if holders is None:
+                # The object is gone; so is what was overlaid on it, as on a cluster.
+                self._runtime.pop(key, None)
+                self._labels.pop(key, None)
+                if self._effective.pop(key, None) is not None:
+                    changed = True
+                continue
+            obj = self._effective_object(key, self._by_source[holders[0]][key])
+            if self._effective.get(key) != obj:
+                self._effective[key] = obj
+                changed = True
+        if changed:
+            self._version += 1
+            self._snapshot = None
+            event, self._changed = self._changed, asyncio.Event()
+            event.set()
+
+    def _effective_object(self, key: Key, base: dict[str, Any]) -> dict[str, Any]:
+        label_overlay = self._labels.get(key)
+        runtime = self._runtime.get(key)
+        if not label_overlay and runtime is None:
+            return base
+        obj = dict(base)
+        meta = obj["metadata"] = dict(obj["metadata"])
+        if label_overlay:
+            merged = dict(meta.get("labels") or {})
+            for k, v in label_overlay.items():
+                if v is None:
+                    merged.pop(k, None)
+                else:
+                    merged[k] = v
+            meta["labels"] = merged
+        if runtime is not None:
+            _merge_runtime(obj, meta, runtime)
+        return obj
+
+
+def _merge_runtime(obj: dict[str, Any], meta: dict[str, Any], runtime: PodRuntime) -> None:
+    # Copy each level we write to; the manifest's dicts are shared with the source.
+    if runtime.annotations:
+        meta["annotations"] = {**(meta.get("annotations") or {}), **dict(runtime.annotations)}
+    spec = obj["spec"] = dict(obj.get("spec") or {})
+    spec["nodeName"] = runtime.node
+    status = obj["status"] = dict(obj.get("status") or {})
+    status["phase"] = runtime.phase
+    if runtime.pod_ip is not None:
+        status["podIP"] = runtime.pod_ip
+        status["podIPs"] = [{"ip": runtime.pod_ip}]
+    else:
+        status.pop("podIP", None)
+        status.pop("podIPs", None)
+    truth = "True" if runtime.ready else "False"
+    conditions = [
+        copy.copy(c) for c in status.get("conditions") or []
+        if not (isinstance(c, dict) and c.get("type") in _RUNTIME_CONDITIONS)
+    ]
+    conditions.extend({"type": t, "status": truth} for t in _RUNTIME_CONDITIONS)
+    status["conditions"] = conditions
+
+
+def _key(obj: dict[str, Any]) -> Key:
+    oid = object_id(obj)
+    return (oid.kind, oid.namespace, oid.name)
+
+
+def _check_label(key: Any, value: Any) -> None:
+    if not isinstance(key, str):
+        raise InvalidChange(f"label keys must be strings, got {key!r}")
+    prefix, _, name = key.rpartition("/")
+    if (prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix))) or len(name) > 63 or not _LABEL_NAME.match(name):
+        raise InvalidChange(f"invalid label key {key!r}: want [prefix/]name, name up to 63 of [A-Za-z0-9-_.]")
+    if value is None:
+        return
+    if not isinstance(value, str) or len(value) > 63 or (value and not _LABEL_NAME.match(value)):
+        raise InvalidChange(f"invalid value for label {key!r}: {value!r} (up to 63 of [A-Za-z0-9-_.], or empty)")
+
+
+__all__ = [
+    "InvalidChange",
+    "ObjectNotFound",
+    "ObjectStore",
+    "POD_PHASES",
+    "PodRuntime",
+    "StoreError",
+]
