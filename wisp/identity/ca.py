@@ -8,6 +8,7 @@ Istio's plug-in layout (secret `cacerts`): `ca-cert.pem` is the signing (interme
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 from pathlib import Path
 
@@ -185,21 +186,42 @@ class CertificateAuthority:
             )
         csr = _parse_csr(csr_pem)
         _check_csr_names(csr, identity)
+        names = [x509.UniformResourceIdentifier(str(identity))]
+        leaf = self._sign_leaf(csr.public_key(), names, lifetime, now)
+        return IssuedCertificate(leaf, self.intermediates, self.roots)
+
+    def issue_serving(
+        self,
+        identity: SpiffeId,
+        dns_names: tuple[str, ...] = (),
+        ip_addresses: tuple[str, ...] = (),
+        lifetime: dt.timedelta = DEFAULT_WORKLOAD_LIFETIME,
+    ) -> CertBundle:
+        """A certificate for a control-plane endpoint: its SPIFFE ID plus the names clients dial.
+
+        Workload CSRs may carry only their SPIFFE ID; the control plane's own HTTPS certificate
+        also needs the DNS names and addresses its clients verify, as istiod's does.
+        """
+        key = generate_key()
+        names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(identity))]
+        names += [x509.DNSName(name) for name in dns_names]
+        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        leaf = self._sign_leaf(key.public_key(), names, lifetime, _now())
+        return CertBundle(key, leaf, self.intermediates, self.roots)
+
+    def _sign_leaf(self, public_key, names: list, lifetime: dt.timedelta, now: dt.datetime) -> x509.Certificate:
         not_before = now - _BACKDATE
         not_after = min(now + lifetime, self.cert.not_valid_after_utc)
-        leaf = (
+        return (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(self.cert.subject)
-            .public_key(csr.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             # An empty subject requires a critical SAN (RFC 5280 §4.2.1.6).
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),
-                critical=True,
-            )
+            .add_extension(x509.SubjectAlternativeName(names), critical=True)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -219,7 +241,6 @@ class CertificateAuthority:
             )
             .sign(self.key, hashes.SHA256())
         )
-        return IssuedCertificate(leaf, self.intermediates, self.roots)
 
     def issue(
         self, identity: SpiffeId, lifetime: dt.timedelta = DEFAULT_WORKLOAD_LIFETIME,

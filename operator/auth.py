@@ -1,0 +1,59 @@
+"""Who is calling the control plane: node proxies and waypoints, by bearer credential.
+
+Local mode: the operator issues a random token per node proxy (and per waypoint) when it
+starts, and the local runtime hands each process its own. The Kubernetes source will answer
+the same question with TokenReview on projected service-account tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from wisp.identity import SpiffeId
+
+from .distributor import ROLE_WAYPOINT, ROLE_ZTUNNEL, View
+
+
+@dataclass(slots=True, frozen=True)
+class Caller:
+    role: str
+    node: str | None = None
+    # A waypoint may only obtain its own identity.
+    identity: SpiffeId | None = None
+
+    @property
+    def view(self) -> View:
+        return View(self.role, self.node if self.role == ROLE_ZTUNNEL else None)
+
+    def describe(self) -> str:
+        return f"{self.role} on node {self.node}" if self.node else f"{self.role} {self.identity}"
+
+
+class LocalCredentials:
+    """Random bearer tokens issued at start; only their SHA-256 is kept."""
+
+    def __init__(self) -> None:
+        self._callers: dict[bytes, Caller] = {}
+
+    def issue_ztunnel(self, node: str) -> str:
+        return self._issue(Caller(ROLE_ZTUNNEL, node=node))
+
+    def issue_waypoint(self, identity: SpiffeId) -> str:
+        return self._issue(Caller(ROLE_WAYPOINT, identity=identity))
+
+    def _issue(self, caller: Caller) -> str:
+        token = secrets.token_urlsafe(32)
+        self._callers[hashlib.sha256(token.encode()).digest()] = caller
+        return token
+
+    def authenticate(self, authorization: str | None) -> Caller | None:
+        """The caller behind an `Authorization: Bearer <token>` header, or None."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        # Looking up a hash keeps the comparison independent of the secret's bytes.
+        return self._callers.get(hashlib.sha256(token.strip().encode()).digest())

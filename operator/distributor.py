@@ -1,0 +1,275 @@
+"""Config distribution: versions of the model and what each subscriber should be sent next.
+
+Sans-IO: the HTTP layer asks `next_message(view, version)` and writes the bytes. Each publication
+keeps the global delta from its predecessor, so a subscriber that is current gets a filtered copy
+of one delta, one that fell behind (slow, or reconnecting with the version it holds) gets the
+merged deltas since its version, and one too far behind gets a snapshot. A slow subscriber thus
+costs only itself: versions coalesce while it is busy, nobody waits for it.
+
+ztunnels see every workload and service (any of them can be a destination) but only the
+authorizations they enforce: GLOBAL ones and those of namespaces with a workload on their node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from wisp.controlplane.protocol import encode_delta, encode_resource, encode_snapshot
+from wisp.model import (
+    KIND_AUTHORIZATION,
+    Authorization,
+    Delta,
+    ModelSnapshot,
+    Resource,
+    ResourceKey,
+    diff,
+    resource_key,
+)
+
+ROLE_ZTUNNEL = "ztunnel"
+ROLE_WAYPOINT = "waypoint"
+DEFAULT_HISTORY = 64
+
+
+@dataclass(slots=True, frozen=True)
+class View:
+    """Who is subscribing: a ztunnel on a node, or a waypoint (which sees everything)."""
+
+    role: str
+    node: str | None = None
+
+    @property
+    def filtered(self) -> bool:
+        return self.role == ROLE_ZTUNNEL
+
+
+@dataclass(slots=True)
+class _Publication:
+    number: int
+    snapshot: ModelSnapshot
+    delta: Delta
+    published_at: float
+    node_namespaces: dict[str, frozenset[str]]
+    authorizations_by_namespace: dict[str, list[Authorization]]
+
+
+@dataclass(slots=True)
+class SubscriberStatus:
+    """What the control plane knows of one subscriber, for acks, debugging and tests."""
+
+    id: str
+    view: View
+    connected: bool = True
+    sent_version: str | None = None
+    acked_version: str | None = None
+    last_error: str | None = None
+    sent_at: dict[str, float] = field(default_factory=dict)
+    ack_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Distributor:
+    def __init__(self, history: int = DEFAULT_HISTORY) -> None:
+        self.epoch = secrets.token_hex(4)
+        self._history: deque[_Publication] = deque(maxlen=history)
+        self._changed = asyncio.Event()
+        self._encoded: dict[ResourceKey, tuple[Resource, dict]] = {}
+        self.subscribers: dict[str, SubscriberStatus] = {}
+        self.publish(ModelSnapshot())
+
+    # -- publishing ----------------------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return self._version(self._history[-1].number)
+
+    @property
+    def snapshot(self) -> ModelSnapshot:
+        return self._history[-1].snapshot
+
+    def publish(self, snapshot: ModelSnapshot, delta: Delta | None = None) -> str | None:
+        """Make `snapshot` current; returns its version, or None if nothing changed."""
+        previous = self._history[-1] if self._history else None
+        if delta is None:
+            delta = diff(previous.snapshot, snapshot) if previous else Delta(tuple(snapshot.resources()), ())
+        if previous is not None and not delta:
+            return None
+        for key in delta.removals:
+            self._encoded.pop(key, None)
+        publication = _Publication(
+            number=previous.number + 1 if previous else 0,
+            snapshot=snapshot,
+            delta=delta,
+            published_at=time.monotonic(),
+            node_namespaces=_node_namespaces(snapshot),
+            authorizations_by_namespace=_authorizations_by_namespace(snapshot),
+        )
+        self._history.append(publication)
+        # Wake everyone waiting on this version; later waiters wait on a fresh event.
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self._version(publication.number)
+
+    async def wait_for_change(self, version: str | None, timeout: float) -> bool:
+        """Wait until the current version differs from `version`; False on timeout."""
+        if version != self.version:
+            return True
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _version(self, number: int) -> str:
+        return f"{self.epoch}-{number}"
+
+    def _find(self, version: str | None) -> _Publication | None:
+        if not version:
+            return None
+        epoch, _, number = version.rpartition("-")
+        if epoch != self.epoch or not number.isdigit():
+            return None
+        number = int(number)
+        first = self._history[0].number
+        if not first <= number <= self._history[-1].number:
+            return None
+        return self._history[number - first]
+
+    # -- what to send --------------------------------------------------------------------------
+    def next_message(self, view: View, version: str | None) -> tuple[str, bytes] | None:
+        """(new version, encoded message) to bring a subscriber at `version` up to date."""
+        current = self._history[-1]
+        if version == self._version(current.number):
+            return None
+        base = self._find(version)
+        if base is None:
+            return self._version(current.number), self._snapshot_message(view, current)
+        return self._version(current.number), self._delta_message(view, base, current)
+
+    def _relevant_namespaces(self, view: View, publication: _Publication) -> frozenset[str]:
+        return publication.node_namespaces.get(view.node or "", frozenset())
+
+    def _wanted(self, view: View, obj: Resource, namespaces: frozenset[str]) -> bool:
+        if not view.filtered or not isinstance(obj, Authorization):
+            return True
+        return obj.scope == "GLOBAL" or obj.namespace in namespaces
+
+    def _snapshot_message(self, view: View, publication: _Publication) -> bytes:
+        namespaces = self._relevant_namespaces(view, publication)
+        resources = (
+            self._encode(obj) for obj in publication.snapshot.resources()
+            if self._wanted(view, obj, namespaces)
+        )
+        return encode_snapshot(self._version(publication.number), resources)
+
+    def _delta_message(self, view: View, base: _Publication, current: _Publication) -> bytes:
+        # Merge every delta after `base`: the last word on each key wins.
+        changes: dict[ResourceKey, Resource | None] = {}
+        for publication in self._history:
+            if publication.number <= base.number:
+                continue
+            for key in publication.delta.removals:
+                changes[key] = None
+            for obj in publication.delta.upserts:
+                changes[resource_key(obj)] = obj
+        upserts: list[dict] = []
+        removals: list[ResourceKey] = []
+        now_ns = self._relevant_namespaces(view, current)
+        for key, obj in changes.items():
+            if obj is None:
+                removals.append(key)
+            elif self._wanted(view, obj, now_ns):
+                upserts.append(self._encode(obj))
+            else:
+                removals.append(key)  # changed, but no longer this subscriber's business
+        if view.filtered:
+            before_ns = self._relevant_namespaces(view, base)
+            for namespace in now_ns - before_ns:
+                for obj in current.authorizations_by_namespace.get(namespace, ()):
+                    key = resource_key(obj)
+                    if key not in changes:
+                        upserts.append(self._encode(obj))
+            for namespace in before_ns - now_ns:
+                for obj in current.authorizations_by_namespace.get(namespace, ()):
+                    key = resource_key(obj)
+                    if key not in changes:
+                        removals.append(key)
+        return encode_delta(self._version(current.number), self._version(base.number), upserts, removals)
+
+    def _encode(self, obj: Resource) -> dict:
+        # Encoding dominates snapshot cost; objects are immutable, so cache per instance.
+        key = resource_key(obj)
+        cached = self._encoded.get(key)
+        if cached is not None and cached[0] is obj:
+            return cached[1]
+        encoded = encode_resource(obj)
+        self._encoded[key] = (obj, encoded)
+        return encoded
+
+    # -- subscriber bookkeeping ----------------------------------------------------------------
+    def connected(self, subscriber_id: str, view: View) -> SubscriberStatus:
+        status = self.subscribers.get(subscriber_id)
+        if status is None or status.view != view:
+            status = self.subscribers[subscriber_id] = SubscriberStatus(subscriber_id, view)
+        status.connected = True
+        status.last_error = None
+        return status
+
+    def sent(self, status: SubscriberStatus, version: str) -> None:
+        status.sent_version = version
+        status.sent_at[version] = time.monotonic()
+        if len(status.sent_at) > 16:
+            status.sent_at.pop(next(iter(status.sent_at)))
+
+    def acked(self, subscriber_id: str, view: View, version: str, error: str | None) -> bool:
+        """Record an ack (error None) or a NACK; False if the subscriber is unknown to us."""
+        status = self.subscribers.get(subscriber_id)
+        if status is None or status.view != view:
+            return False
+        if error:
+            status.last_error = error
+        else:
+            status.acked_version = version
+            status.last_error = None
+        status.ack_event.set()
+        return True
+
+    async def wait_for_ack(self, status: SubscriberStatus, version: str, timeout: float) -> bool:
+        """True once `version` is acknowledged; False on a NACK or when `timeout` passes.
+
+        The stream sends nothing more until then: at most one message per subscriber is in
+        flight, so a subscriber that stops reading costs one message of memory, not a backlog,
+        and everything published meanwhile reaches it as one merged delta.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        while status.acked_version != version:
+            if status.last_error is not None:
+                return False
+            status.ack_event.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(status.ack_event.wait(), remaining)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+
+def _node_namespaces(snapshot: ModelSnapshot) -> dict[str, frozenset[str]]:
+    by_node: dict[str, set[str]] = {}
+    for workload in snapshot.workloads.values():
+        if workload.node:
+            by_node.setdefault(workload.node, set()).add(workload.namespace)
+    return {node: frozenset(namespaces) for node, namespaces in by_node.items()}
+
+
+def _authorizations_by_namespace(snapshot: ModelSnapshot) -> dict[str, list[Authorization]]:
+    result: dict[str, list[Authorization]] = {}
+    for policy in snapshot.authorizations.values():
+        result.setdefault(policy.namespace, []).append(policy)
+    return result
+

@@ -1,0 +1,221 @@
+"""The control plane's HTTPS (HTTP/2) endpoint on 15012: CA, config stream, acks, readiness.
+
+A plain ASGI application served by hypercorn on asyncio. Every route authenticates the caller
+by its bearer credential; every refusal is a JSON `{"error": ...}` that says what to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import tempfile
+from collections.abc import Callable
+from urllib.parse import parse_qs
+
+import hypercorn.asyncio
+import hypercorn.config
+import structlog
+
+from wisp.controlplane.protocol import ACK_PATH, CERTIFICATE_PATH, CONTENT_TYPE, PING, STREAM_PATH
+from wisp.identity import CertBundle
+
+from .auth import Caller, LocalCredentials
+from .ca_service import CaService
+from .cluster import ClusterState
+from .distributor import Distributor
+
+log = structlog.get_logger("wisp.operator.server")
+
+MAX_BODY = 256 * 1024
+DEFAULT_PING_INTERVAL = 10.0
+DEFAULT_ACK_TIMEOUT = 30.0
+
+
+class ControlPlaneApp:
+    """ASGI app; `state` is the latest ClusterState the reconciler saw (for CA decisions)."""
+
+    def __init__(
+        self,
+        ca: CaService,
+        credentials: LocalCredentials,
+        distributor: Distributor,
+        state: Callable[[], ClusterState],
+        *,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
+        ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+    ) -> None:
+        self.ca = ca
+        self.credentials = credentials
+        self.distributor = distributor
+        self.state = state
+        self.ping_interval = ping_interval
+        self.ack_timeout = ack_timeout
+        self.ready = True
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path == "/healthz/ready" and method == "GET":
+            await _respond(send, 200 if self.ready else 503, b"ready\n" if self.ready else b"not ready\n",
+                           content_type=b"text/plain")
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        caller = self.credentials.authenticate(headers.get("authorization"))
+        if caller is None:
+            await _json(send, 401, {"error": "missing or unknown bearer credential; node proxies "
+                                             "use the token the control plane issued for them"})
+            return
+        route = {
+            (CERTIFICATE_PATH, "POST"): self._certificate,
+            (STREAM_PATH, "GET"): self._stream,
+            (ACK_PATH, "POST"): self._ack,
+            ("/debug/subscribers", "GET"): self._subscribers,
+        }.get((path, method))
+        if route is None:
+            await _json(send, 404, {"error": f"no route {method} {path}"})
+            return
+        await route(scope, receive, send, caller)
+
+    async def _certificate(self, scope, receive, send, caller: Caller) -> None:
+        body = await _read_body(receive, send)
+        if body is None:
+            return
+        response = self.ca.sign(caller, body, self.state())
+        if response.status != 200:
+            log.warning("certificate refused", caller=caller.describe(), status=response.status,
+                        reason=response.body.get("error"))
+        await _respond(send, response.status, response.encode())
+
+    async def _ack(self, scope, receive, send, caller: Caller) -> None:
+        body = await _read_body(receive, send)
+        if body is None:
+            return
+        try:
+            ack = json.loads(body)
+            subscriber, version, error = ack["subscriber"], ack["version"], ack.get("error")
+            if not isinstance(subscriber, str) or not isinstance(version, str):
+                raise TypeError("subscriber and version must be strings")
+            if error is not None and not isinstance(error, str):
+                raise TypeError("error must be a string or null")
+        except (ValueError, KeyError, TypeError) as exc:
+            await _json(send, 400, {"error": f"ack must be {{subscriber, version, error}}: {exc}"})
+            return
+        if not self.distributor.acked(subscriber, caller.view, version, error):
+            await _json(send, 404, {"error": f"no subscriber {subscriber!r} for {caller.describe()}"})
+            return
+        if error:
+            log.warning("config rejected by subscriber", subscriber=subscriber, version=version, error=error)
+        await _respond(send, 204, b"")
+
+    async def _subscribers(self, scope, receive, send, caller: Caller) -> None:
+        table = [
+            {"id": s.id, "role": s.view.role, "node": s.view.node, "connected": s.connected,
+             "sent_version": s.sent_version, "acked_version": s.acked_version, "last_error": s.last_error}
+            for s in self.distributor.subscribers.values()
+        ]
+        await _json(send, 200, {"version": self.distributor.version, "subscribers": table})
+
+    async def _stream(self, scope, receive, send, caller: Caller) -> None:
+        params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        version = params.get("version", [None])[0]
+        subscriber = params.get("subscriber", [None])[0] or f"{caller.role}-{secrets.token_hex(4)}"
+        view = caller.view
+        dist = self.distributor
+        status = dist.connected(subscriber, view)
+        log.info("subscriber connected", subscriber=subscriber, role=view.role, node=view.node,
+                 resume_from=version)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE.encode()), (b"cache-control", b"no-store")]})
+        gone = asyncio.Event()
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            while not gone.is_set():
+                message = dist.next_message(view, version)
+                if message is not None:
+                    version, body = message
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    dist.sent(status, version)
+                    # hypercorn buffers whatever we send regardless of the peer's HTTP/2 window,
+                    # so acks are the flow control: nothing more until this one is applied.
+                    if not await dist.wait_for_ack(status, version, self.ack_timeout):
+                        reason = status.last_error or f"no ack within {self.ack_timeout:g} s"
+                        log.warning("closing config stream", subscriber=subscriber, version=version,
+                                    reason=reason)
+                        break
+                    continue
+                if not await dist.wait_for_change(version, self.ping_interval):
+                    await send({"type": "http.response.body", "body": PING, "more_body": True})
+        finally:
+            watcher.cancel()
+            status.connected = False
+            log.info("subscriber disconnected", subscriber=subscriber)
+
+
+async def _lifespan(receive, send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive, send) -> bytes | None:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > MAX_BODY:
+            await _json(send, 413, {"error": f"request body over {MAX_BODY} bytes"})
+            return None
+        if not message.get("more_body"):
+            return bytes(body)
+
+
+async def _respond(send, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
+    headers = [(b"content-type", content_type)] if body else []
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _json(send, status: int, payload: dict) -> None:
+    await _respond(send, status, json.dumps(payload).encode())
+
+
+async def serve(app: ControlPlaneApp, sock: socket.socket, bundle: CertBundle, shutdown: asyncio.Event) -> None:
+    """Serve `app` over TLS (ALPN h2, http/1.1) on a bound, listening socket until `shutdown`."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="wisp-cp-", dir=base) as directory:
+        cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        with open(cert, "wb") as f:
+            f.write(bundle.chain_pem())
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(bundle.key_pem())
+        config = hypercorn.config.Config()
+        # hypercorn closes the socket it serves; give it a duplicate so `sock` stays the caller's.
+        config.bind = [f"fd://{os.dup(sock.fileno())}"]
+        config.certfile, config.keyfile = cert, key
+        config.alpn_protocols = ["h2", "http/1.1"]
+        config.accesslog = None
+        config.errorlog = None
+        config.graceful_timeout = 1.0
+        # Streams stay open for hours; only truly idle connections are closed.
+        config.keep_alive_timeout = 120
+        await hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown.wait)

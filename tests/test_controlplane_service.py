@@ -1,0 +1,392 @@
+"""The control plane on 15012: CA authorization and the config stream, over real HTTPS/HTTP2.
+
+The control plane runs on asyncio in a thread, as the operator does; clients are the trio ones
+ztunnel uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import h2.config
+import h2.connection
+import h2.events
+import httpx
+import pytest
+import trio
+
+from wisp import sockets
+from wisp.controlplane.client import ConfigSubscriber, ControlPlaneError, fetch_certificate, make_client
+from wisp.controlplane.protocol import ConfigView, decode
+from wisp.identity import SpiffeId, generate_key, make_csr, verify_chain
+from wisp.model import Authorization, ModelSnapshot, Workload
+from wisp_operator.auth import LocalCredentials
+from wisp_operator.ca_service import CaService
+from wisp_operator.cluster import ClusterState
+from wisp_operator.distributor import Distributor
+from wisp_operator.server import ControlPlaneApp, serve
+
+from .conftest import spiffe
+
+
+def pod(ns: str, name: str, node: str, sa: str = "default", phase: str = "Running") -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+        "spec": {"nodeName": node, "serviceAccountName": sa, "containers": [{"name": "app"}]},
+        "status": {"phase": phase, "podIP": "10.244.0.9"},
+    }
+
+
+def workload(ns: str, name: str, node: str, ip: str = "10.244.0.9") -> Workload:
+    return Workload(uid=f"Kubernetes//Pod/{ns}/{name}", name=name, namespace=ns, addresses=(ip,), node=node)
+
+
+def authorization(ns: str, name: str, scope: str = "NAMESPACE") -> Authorization:
+    return Authorization(name=name, namespace=ns, scope=scope, action="DENY")
+
+
+@dataclass
+class Plane:
+    address: str
+    roots: bytes
+    credentials: LocalCredentials
+    distributor: Distributor
+    loop: asyncio.AbstractEventLoop
+    app: ControlPlaneApp
+
+    def publish(self, snapshot: ModelSnapshot) -> str:
+        future = asyncio.run_coroutine_threadsafe(_call(self.distributor.publish, snapshot), self.loop)
+        return future.result(5)
+
+    def client(self, token: str) -> httpx.AsyncClient:
+        return make_client(self.address, self.roots, token)
+
+
+async def _call(fn, *args):
+    return fn(*args)
+
+
+@asynccontextmanager
+async def control_plane(ca, state: ClusterState, *, ping_interval: float = 10.0, history: int = 64,
+                  port: int = 0, credentials: LocalCredentials | None = None, ack_timeout: float = 30.0):
+    credentials = credentials or LocalCredentials()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    bundle = ca.issue_serving(spiffe("istio-system", "wisp-operator"), ip_addresses=("127.0.0.1",))
+    started = threading.Event()
+    box: dict = {}
+
+    def run():
+        async def main():
+            box["loop"] = asyncio.get_running_loop()
+            box["shutdown"] = asyncio.Event()
+            box["distributor"] = Distributor(history=history)
+            box["app"] = ControlPlaneApp(CaService(ca), credentials, box["distributor"], lambda: state,
+                                         ping_interval=ping_interval, ack_timeout=ack_timeout)
+            started.set()
+            await serve(box["app"], listener, bundle, box["shutdown"])
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run, name="wisp-test-control-plane", daemon=True)
+    thread.start()
+    assert await trio.to_thread.run_sync(started.wait, 10)
+    try:
+        yield Plane(f"127.0.0.1:{port}", ca.roots_pem(), credentials, box["distributor"], box["loop"], box["app"])
+    finally:
+        box["loop"].call_soon_threadsafe(box["shutdown"].set)
+        await trio.to_thread.run_sync(thread.join, 10)
+        listener.close()
+        assert not thread.is_alive()
+
+
+STATE = ClusterState.of([
+    pod("shop", "web-1", "node-a", sa="web"),
+    pod("shop", "db-1", "node-b", sa="db"),
+    pod("shop", "old-1", "node-a", sa="batch", phase="Succeeded"),
+])
+
+
+@pytest.fixture
+async def plane(ca):
+    async with control_plane(ca, STATE) as running:
+        yield running
+
+
+# -- CA ------------------------------------------------------------------------------------------
+
+
+async def test_ztunnel_obtains_the_identity_of_a_pod_on_its_node(plane, ca):
+    async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
+        bundle = await fetch_certificate(client, spiffe("shop", "web"))
+    assert bundle.identity == spiffe("shop", "web")
+    assert verify_chain(bundle.leaf, bundle.intermediates, bundle.roots, "cluster.local") == spiffe("shop", "web")
+    assert bundle.roots == ca.roots
+
+
+@pytest.mark.parametrize("node,sa,fragment", [
+    ("node-a", "db", "no running pod with service account 'db'"),       # db runs on node-b
+    ("node-a", "batch", "no running pod with service account 'batch'"),  # its only pod finished
+    ("node-c", "web", "is on node 'node-c'"),
+])
+async def test_ztunnel_is_refused_identities_not_running_on_its_node(plane, node, sa, fragment):
+    async with plane.client(plane.credentials.issue_ztunnel(node)) as client:
+        with pytest.raises(ControlPlaneError, match=fragment) as info:
+            await fetch_certificate(client, spiffe("shop", sa))
+    assert info.value.status == 403
+
+
+async def test_waypoint_obtains_only_its_own_identity(plane):
+    own = spiffe("shop", "waypoint")
+    async with plane.client(plane.credentials.issue_waypoint(own)) as client:
+        assert (await fetch_certificate(client, own)).identity == own
+        with pytest.raises(ControlPlaneError, match="may only obtain its own identity") as info:
+            await fetch_certificate(client, spiffe("shop", "web"))
+    assert info.value.status == 403
+
+
+def _post(client, body):
+    return client.post("/v1/certificates", content=body if isinstance(body, bytes) else json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("body,fragment", [
+    (b"{not json", "not JSON"),
+    ([1, 2], "JSON object"),
+    ({"identity": "spiffe://cluster.local/ns/shop/sa/web"}, "'csr' must be"),
+    ({"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+      "identity": "spiffe://cluster.local/ns/shop/sa/web"}, "CSR is not a PEM"),
+    ({"csr": "x", "identity": "spiffe://cluster.local/shop/web"}, "expected /ns/"),
+    ({"csr": "x", "identity": "spiffe://cluster.local/ns/shop/sa/web", "ttl_seconds": 10 ** 9}, "ttl_seconds"),
+    ({"csr": "x", "identity": "spiffe://other.td/ns/shop/sa/web"}, "trust domain"),
+])
+async def test_malformed_certificate_requests_get_400_naming_the_problem(plane, body, fragment):
+    async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
+        response = await _post(client, body)
+    assert response.status_code in (400, 403)
+    assert fragment in response.json()["error"]
+    if "trust domain" not in fragment:
+        assert response.status_code == 400
+
+
+async def test_csr_whose_san_differs_from_the_requested_identity_gets_400(plane):
+    key = generate_key()
+    csr = make_csr(key, spiffe("shop", "db")).decode()
+    async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
+        response = await _post(client, {"csr": csr, "identity": str(spiffe("shop", "web"))})
+    assert response.status_code == 400
+    assert "CSR asks for spiffe://cluster.local/ns/shop/sa/db" in response.json()["error"]
+
+
+@pytest.mark.parametrize("header", [None, "Bearer not-a-token", "Basic abc"])
+async def test_unknown_callers_get_401(plane, header):
+    async with httpx.AsyncClient(http2=True, verify=ssl.create_default_context(cadata=plane.roots.decode())) as client:
+        headers = {"authorization": header} if header else {}
+        response = await client.post(f"https://{plane.address}/v1/certificates", headers=headers, json={})
+    assert response.status_code == 401
+    assert "bearer credential" in response.json()["error"]
+
+
+async def test_control_plane_speaks_http2(plane):
+    async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
+        response = await client.get("/healthz/ready")
+    assert response.status_code == 200
+    assert response.http_version == "HTTP/2"
+
+
+# -- config stream -------------------------------------------------------------------------------
+
+
+def _keys(snapshot: ModelSnapshot) -> set[str]:
+    return {*snapshot.workloads, *snapshot.services, *snapshot.authorizations}
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+async def test_subscriber_gets_a_snapshot_then_deltas_and_acks_them(ca):
+    async with control_plane(ca, STATE) as plane:
+        first = ModelSnapshot.of([workload("shop", "web-1", "node-a")])
+        plane.publish(first)
+        updates = []
+        async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
+            subscriber = ConfigSubscriber(client, "zt-a", updates.append)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscriber.run)
+                await wait_until(lambda: len(updates) == 1)
+                assert _keys(updates[0]) == {"Kubernetes//Pod/shop/web-1"}
+                second = ModelSnapshot.of([workload("shop", "web-1", "node-a"), workload("shop", "web-2", "node-b")])
+                version = plane.publish(second)
+                await wait_until(lambda: len(updates) == 2)
+                assert updates[1] == second
+                await wait_until(lambda: plane.distributor.subscribers["zt-a"].acked_version == version)
+                nursery.cancel_scope.cancel()
+
+
+async def test_reconnecting_subscriber_resumes_with_a_delta_from_its_version(ca):
+    async with control_plane(ca, STATE) as plane:
+        plane.publish(ModelSnapshot.of([workload("shop", "a", "node-a")]))
+        token = plane.credentials.issue_ztunnel("node-a")
+        view = ConfigView()
+        async with plane.client(token) as client:
+            async with client.stream("GET", "/v1/config", params={"subscriber": "zt"}) as response:
+                async for line in response.aiter_lines():
+                    assert view.apply(decode(line))
+                    break
+            plane.publish(ModelSnapshot.of([workload("shop", "a", "node-a"), workload("shop", "b", "node-a")]))
+            plane.publish(ModelSnapshot.of([workload("shop", "b", "node-a")]))
+            async with client.stream("GET", "/v1/config", params={"subscriber": "zt", "version": view.version}) as response:
+                async for line in response.aiter_lines():
+                    message = decode(line)
+                    break
+        assert message.type == "delta"
+        view.apply(message)
+        assert _keys(view.snapshot) == {"Kubernetes//Pod/shop/b"}
+
+
+async def test_subscriber_too_far_behind_or_from_another_epoch_gets_a_snapshot(ca):
+    async with control_plane(ca, STATE, history=2) as plane:
+        old = plane.publish(ModelSnapshot.of([workload("shop", "a", "node-a")]))
+        for name in "bcd":
+            plane.publish(ModelSnapshot.of([workload("shop", name, "node-a")]))
+        async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
+            for version in (old, "deadbeef-1"):
+                async with client.stream("GET", "/v1/config", params={"version": version}) as response:
+                    async for line in response.aiter_lines():
+                        assert decode(line).type == "snapshot"
+                        break
+
+
+async def test_ztunnel_gets_only_authorizations_for_namespaces_on_its_node(ca):
+    async with control_plane(ca, STATE) as plane:
+        snapshot = ModelSnapshot.of([
+            workload("shop", "web-1", "node-a"), workload("bank", "ledger-1", "node-b", ip="10.244.1.9"),
+            authorization("shop", "shop-deny"), authorization("bank", "bank-deny"),
+            authorization("istio-system", "mesh-deny", scope="GLOBAL"),
+        ])
+        plane.publish(snapshot)
+        views = {}
+        for node in ("node-a", "node-b"):
+            async with plane.client(plane.credentials.issue_ztunnel(node)) as client:
+                async with client.stream("GET", "/v1/config") as response:
+                    async for line in response.aiter_lines():
+                        views[node] = decode(line).snapshot
+                        break
+        assert set(views["node-a"].authorizations) == {"shop/shop-deny", "istio-system/mesh-deny"}
+        assert set(views["node-b"].authorizations) == {"bank/bank-deny", "istio-system/mesh-deny"}
+        # Every ztunnel still sees every workload: any of them can be a destination.
+        assert len(views["node-a"].workloads) == len(views["node-b"].workloads) == 2
+
+
+async def test_workload_moving_onto_a_node_brings_its_namespace_policies_in_the_delta(ca):
+    async with control_plane(ca, STATE) as plane:
+        base = [workload("shop", "web-1", "node-a"), authorization("bank", "bank-deny")]
+        plane.publish(ModelSnapshot.of(base))
+        updates = []
+        async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
+            subscriber = ConfigSubscriber(client, "zt-a", updates.append)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscriber.run)
+                await wait_until(lambda: len(updates) == 1)
+                assert not updates[-1].authorizations
+                plane.publish(ModelSnapshot.of([*base, workload("bank", "ledger-1", "node-a", ip="10.244.0.10")]))
+                await wait_until(lambda: len(updates) == 2)
+                assert set(updates[-1].authorizations) == {"bank/bank-deny"}
+                plane.publish(ModelSnapshot.of(base))
+                await wait_until(lambda: len(updates) == 3)
+                assert not updates[-1].authorizations
+                nursery.cancel_scope.cancel()
+
+
+async def test_slow_subscriber_never_blocks_the_others(ca):
+    """A subscriber that stops reading gets no backlog; others keep getting every version."""
+    async with control_plane(ca, STATE, ack_timeout=2.0) as plane:
+        big = [workload("shop", f"w-{i}", "node-a", ip=f"10.244.{i // 250}.{i % 250}") for i in range(2000)]
+        plane.publish(ModelSnapshot.of(big))
+        token = plane.credentials.issue_ztunnel("node-a")
+        stalled = await _stalled_subscriber(plane.address, plane.roots, token)
+        try:
+            updates = []
+            async with plane.client(token) as client:
+                subscriber = ConfigSubscriber(client, "fast", updates.append)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(subscriber.run)
+                    await wait_until(lambda: len(updates) == 1, timeout=10)
+                    for round_ in range(20):
+                        # Every round rewrites every workload: ~1 MB per delta for the stalled one.
+                        changed = [workload("shop", f"w-{i}", "node-a", ip=f"10.245.{round_}.{i % 250}")
+                                   for i in range(2000)]
+                        version = plane.publish(ModelSnapshot.of(changed))
+                        await wait_until(lambda: subscriber.view.version == version, timeout=5)
+                    nursery.cancel_scope.cancel()
+            stalled_status = plane.distributor.subscribers["stalled"]
+            # It was sent its snapshot and nothing after it: one message in flight, no backlog.
+            assert stalled_status.sent_version == stalled_status.sent_version.rsplit("-", 1)[0] + "-1"
+            assert stalled_status.acked_version is None
+            # And, silent past the ack deadline, its stream is closed (it would resume from there).
+            await wait_until(lambda: not stalled_status.connected, timeout=5)
+        finally:
+            stalled.close()
+
+
+async def _stalled_subscriber(address: str, roots: bytes, token: str) -> socket.socket:
+    """Open a config stream with a raw HTTP/2 client that never reads again (nor widens windows)."""
+    host, port = address.rsplit(":", 1)
+    ctx = ssl.create_default_context(cadata=roots.decode())
+    ctx.set_alpn_protocols(["h2"])
+    raw = await sockets.open_tcp((host, int(port)))
+    raw.setblocking(True)
+    tls = ctx.wrap_socket(raw, server_hostname=host)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", address),
+                          (":path", "/v1/config?subscriber=stalled"), ("authorization", f"Bearer {token}")],
+                      end_stream=True)
+    tls.sendall(conn.data_to_send())
+    # Read just enough to see the response start, then stop reading forever.
+    while True:
+        events = conn.receive_data(tls.recv(65536))
+        tls.sendall(conn.data_to_send())
+        if any(isinstance(e, h2.events.ResponseReceived) for e in events):
+            return tls
+
+
+async def test_subscriber_keeps_its_config_while_the_control_plane_is_away(ca):
+    credentials = LocalCredentials()
+    token = credentials.issue_ztunnel("node-a")
+    port = _free_port()
+    first = ModelSnapshot.of([workload("shop", "web-1", "node-a")])
+    second = ModelSnapshot.of([workload("shop", "web-2", "node-a")])
+    async with trio.open_nursery() as nursery:
+        async with control_plane(ca, STATE, port=port, credentials=credentials) as plane:
+            plane.publish(first)
+            client = plane.client(token)
+            subscriber = ConfigSubscriber(client, "zt-a", lambda _: None, backoff_min=0.05, backoff_max=0.2)
+            nursery.start_soon(subscriber.run)
+            await wait_until(lambda: subscriber.snapshot == first)
+        # The control plane is gone: the subscriber retries and keeps serving what it had.
+        reconnects = subscriber.reconnects
+        await wait_until(lambda: subscriber.reconnects >= reconnects + 2)
+        assert subscriber.snapshot == first
+        async with control_plane(ca, STATE, port=port, credentials=credentials) as plane:
+            plane.publish(second)
+            await wait_until(lambda: subscriber.snapshot == second, timeout=10)
+        nursery.cancel_scope.cancel()
+    await client.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

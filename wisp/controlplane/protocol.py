@@ -1,0 +1,144 @@
+"""The config stream's wire format, sans-IO: encode on the server, decode and apply on the client.
+
+A subscriber GETs `/v1/config` and reads newline-delimited JSON, one message per line:
+- `{"type": "snapshot", "version": V, "resources": [R, ...]}` — the whole view, replacing any;
+- `{"type": "delta", "version": V, "since": U, "upserts": [R, ...], "removals": [K, ...]}` —
+  applies only on top of version U;
+- `{"type": "ping"}` — keeps an idle stream alive and lets the client notice a dead one.
+R is `{"kind", "key", "value"}` with the model's JSON; K is `{"kind", "key"}`. Versions are
+opaque strings `<epoch>-<n>`: a restarted control plane has a new epoch, so a client resuming
+with an old version gets a snapshot. The client acknowledges each applied version (or reports
+the error) with a POST to `/v1/config/ack`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from wisp.model import (
+    Delta,
+    ModelError,
+    ModelSnapshot,
+    Resource,
+    ResourceKey,
+    apply,
+    from_json,
+    resource_key,
+    to_json,
+)
+
+STREAM_PATH = "/v1/config"
+ACK_PATH = "/v1/config/ack"
+CERTIFICATE_PATH = "/v1/certificates"
+CONTENT_TYPE = "application/x-ndjson"
+
+
+class StreamProtocolError(ValueError):
+    """A config-stream message that cannot be decoded or does not apply to what we hold."""
+
+
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+
+
+def encode_resource(obj: Resource) -> dict:
+    rk = resource_key(obj)
+    return {"kind": rk.kind, "key": rk.key, "value": to_json(obj)}
+
+
+def encode_snapshot(version: str, resources: Iterable[dict]) -> bytes:
+    """`resources` are already-encoded resource dicts (see encode_resource), so servers can cache."""
+    return _dumps({"type": "snapshot", "version": version, "resources": list(resources)})
+
+
+def encode_delta(version: str, since: str, upserts: Iterable[dict], removals: Iterable[ResourceKey]) -> bytes:
+    return _dumps({
+        "type": "delta", "version": version, "since": since, "upserts": list(upserts),
+        "removals": [{"kind": k.kind, "key": k.key} for k in removals],
+    })
+
+
+PING = _dumps({"type": "ping"})
+
+
+@dataclass(slots=True, frozen=True)
+class Message:
+    type: str
+    version: str | None = None
+    since: str | None = None
+    snapshot: ModelSnapshot | None = None
+    delta: Delta | None = None
+
+
+def decode(line: bytes | str) -> Message:
+    """One line of the stream; StreamProtocolError says what is wrong with it."""
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StreamProtocolError(f"config message is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise StreamProtocolError(f"config message must be an object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind == "ping":
+        return Message("ping")
+    version = data.get("version")
+    if not isinstance(version, str) or not version:
+        raise StreamProtocolError(f"{kind} message has no version")
+    if kind == "snapshot":
+        resources = [_decode_resource(r) for r in _list(data, "resources")]
+        return Message("snapshot", version, snapshot=ModelSnapshot.of(resources))
+    if kind == "delta":
+        since = data.get("since")
+        if not isinstance(since, str):
+            raise StreamProtocolError("delta message has no 'since' version")
+        upserts = tuple(_decode_resource(r) for r in _list(data, "upserts"))
+        removals = tuple(_decode_key(k) for k in _list(data, "removals"))
+        return Message("delta", version, since, delta=Delta(upserts, removals))
+    raise StreamProtocolError(f"unknown config message type {kind!r}")
+
+
+def _list(data: dict, field: str) -> list:
+    value = data.get(field, [])
+    if not isinstance(value, list):
+        raise StreamProtocolError(f"'{field}' must be a list")
+    return value
+
+
+def _decode_resource(item) -> Resource:
+    if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
+        raise StreamProtocolError(f"resource entry must be an object with a kind: {str(item)[:80]}")
+    try:
+        obj = from_json(item["kind"], item.get("value"))
+    except (ModelError, KeyError, TypeError, ValueError) as exc:
+        raise StreamProtocolError(f"bad {item['kind']} {item.get('key')!r}: {exc}") from None
+    return obj
+
+
+def _decode_key(item) -> ResourceKey:
+    if not isinstance(item, dict) or not isinstance(item.get("kind"), str) or not isinstance(item.get("key"), str):
+        raise StreamProtocolError(f"removal must be {{kind, key}}: {str(item)[:80]}")
+    return ResourceKey(item["kind"], item["key"])
+
+
+class ConfigView:
+    """What a subscriber holds: the last good snapshot and its version."""
+
+    def __init__(self) -> None:
+        self.snapshot = ModelSnapshot()
+        self.version: str | None = None
+
+    def apply(self, message: Message) -> bool:
+        """Apply a snapshot or delta; False for pings. The view is unchanged if this raises."""
+        if message.type == "snapshot":
+            self.snapshot, self.version = message.snapshot, message.version
+            return True
+        if message.type == "delta":
+            if message.since != self.version:
+                raise StreamProtocolError(
+                    f"delta {message.version} applies on {message.since}, but we hold {self.version}"
+                )
+            self.snapshot, self.version = apply(self.snapshot, message.delta), message.version
+            return True
+        return False
