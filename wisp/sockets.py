@@ -138,3 +138,19 @@ def close(sock: socket.socket) -> None:
     if sock.fileno() >= 0:
         trio.lowlevel.notify_closing(sock)
         sock.close()
+
+
+def original_dst(sock: socket.socket) -> Address:
+    """Where a REDIRECTed connection was going (SO_ORIGINAL_DST); falls back to the local address."""
+    import struct
+
+    try:
+        if sock.family == socket.AF_INET6:
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+            port = struct.unpack_from("!H", raw, 2)[0]
+            return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        port = struct.unpack_from("!H", raw, 2)[0]
+        return socket.inet_ntoa(raw[4:8]), port
+    except OSError:
+        return sock.getsockname()[:2]

@@ -1,0 +1,278 @@
+"""ZDS: how the node agent hands pod network namespaces to ztunnel (Istio's zds.proto, on the wire).
+
+Messages are protobuf, byte-compatible with istio/ztunnel's `proto/zds.proto`, so a wisp node
+agent can serve Istio's ztunnel and the reverse. They are encoded here by hand: five messages of
+strings and one nested message do not justify a protobuf code-generation step.
+
+One message per SOCK_SEQPACKET datagram; an Add carries exactly one netns fd in SCM_RIGHTS.
+Sequence: ztunnel connects and sends ZdsHello; the agent sends one Add (with fd) or Keep
+(known pod, no fd) per enrolled pod, each acked; then SnapshotSent, after which ztunnel drops
+pods it was not told about and acks; then Add/Del as pods come and go.
+
+This module is sans-IO except for the two small datagram helpers at the end.
+"""
+
+from __future__ import annotations
+
+import array
+import socket
+from dataclasses import dataclass
+
+DEFAULT_SOCKET_PATH = "/var/run/ztunnel/ztunnel.sock"
+VERSION_V1 = 1
+# Generous for any real message (uids and names are short); larger datagrams are refused.
+MAX_MESSAGE = 64 * 1024
+ACK_TIMEOUT = 5.0
+
+
+class ZdsError(ValueError):
+    """A datagram that is not a valid ZDS message, or a message that breaks the protocol."""
+
+
+@dataclass(slots=True, frozen=True)
+class WorkloadInfo:
+    name: str = ""
+    namespace: str = ""
+    service_account: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class Hello:
+    version: int = VERSION_V1
+
+
+@dataclass(slots=True, frozen=True)
+class Add:
+    uid: str
+    info: WorkloadInfo = WorkloadInfo()
+
+
+@dataclass(slots=True, frozen=True)
+class Keep:
+    uid: str
+
+
+@dataclass(slots=True, frozen=True)
+class Del:
+    uid: str
+
+
+@dataclass(slots=True, frozen=True)
+class SnapshotSent:
+    pass
+
+
+@dataclass(slots=True, frozen=True)
+class Ack:
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+Request = Add | Keep | Del | SnapshotSent
+
+# WorkloadRequest oneof field numbers (zds.proto).
+_ADD, _DEL, _SNAPSHOT_SENT, _NO_SNAPSHOT, _KEEP = 1, 2, 3, 4, 5
+_VARINT, _LEN = 0, 2
+
+
+# -- protobuf primitives -----------------------------------------------------------------------
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | _LEN) + _varint(len(payload)) + payload
+
+
+def _string(number: int, value: str) -> bytes:
+    # proto3 leaves default (empty) values out.
+    return _field(number, value.encode()) if value else b""
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ZdsError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ZdsError("varint too long")
+
+
+def _fields(data: bytes) -> dict[int, bytes | int]:
+    """Top-level fields of a message; unknown wire types are an error, unknown fields are kept."""
+    fields: dict[int, bytes | int] = {}
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ZdsError("field number 0")
+        if wire == _VARINT:
+            value, pos = _read_varint(data, pos)
+            fields[number] = value
+        elif wire == _LEN:
+            size, pos = _read_varint(data, pos)
+            if pos + size > len(data):
+                raise ZdsError("length-delimited field runs past the end")
+            fields[number] = data[pos:pos + size]
+            pos += size
+        elif wire == 5:
+            pos += 4
+        elif wire == 1:
+            pos += 8
+        else:
+            raise ZdsError(f"unsupported wire type {wire}")
+        if pos > len(data):
+            raise ZdsError("field runs past the end")
+    return fields
+
+
+def _text(fields: dict, number: int, what: str) -> str:
+    value = fields.get(number, b"")
+    if not isinstance(value, bytes):
+        raise ZdsError(f"{what} must be a string")
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise ZdsError(f"{what} is not UTF-8") from None
+
+
+def _sub(fields: dict, number: int, what: str) -> dict:
+    value = fields.get(number, b"")
+    if not isinstance(value, bytes):
+        raise ZdsError(f"{what} must be a message")
+    return _fields(value)
+
+
+# -- encoding ----------------------------------------------------------------------------------
+def encode(message: Hello | Request | Ack) -> bytes:
+    if isinstance(message, Hello):
+        return _varint(1 << 3 | _VARINT) + _varint(message.version)
+    if isinstance(message, Ack):
+        return _field(1, _string(1, message.error))
+    if isinstance(message, Add):
+        info = message.info
+        body = _string(1, message.uid) + _field(
+            2, _string(1, info.name) + _string(2, info.namespace) + _string(3, info.service_account)
+        )
+        return _field(_ADD, body)
+    if isinstance(message, Keep):
+        return _field(_KEEP, _string(1, message.uid))
+    if isinstance(message, Del):
+        return _field(_DEL, _string(2, message.uid))
+    if isinstance(message, SnapshotSent):
+        return _field(_SNAPSHOT_SENT, b"")
+    raise TypeError(f"not a ZDS message: {type(message).__name__}")
+
+
+# -- decoding ----------------------------------------------------------------------------------
+def decode_hello(data: bytes) -> Hello:
+    fields = _fields(data)
+    version = fields.get(1, 0)
+    if not isinstance(version, int):
+        raise ZdsError("ZdsHello.version must be a varint")
+    if version != VERSION_V1:
+        raise ZdsError(f"unsupported ZDS version {version}; this agent speaks V1")
+    return Hello(version)
+
+
+def decode_request(data: bytes) -> Request:
+    """A WorkloadRequest (agent → ztunnel)."""
+    fields = _fields(data)
+    present = [n for n in (_ADD, _DEL, _SNAPSHOT_SENT, _NO_SNAPSHOT, _KEEP) if n in fields]
+    if len(present) != 1:
+        raise ZdsError(f"WorkloadRequest must carry exactly one payload, found {len(present)}")
+    (which,) = present
+    if which == _ADD:
+        add = _sub(fields, _ADD, "add")
+        uid = _text(add, 1, "add.uid")
+        info = _sub(add, 2, "add.workload_info")
+        if not uid:
+            raise ZdsError("add without a uid")
+        return Add(uid, WorkloadInfo(_text(info, 1, "name"), _text(info, 2, "namespace"),
+                                     _text(info, 3, "service_account")))
+    if which == _KEEP:
+        uid = _text(_sub(fields, _KEEP, "keep"), 1, "keep.uid")
+        if not uid:
+            raise ZdsError("keep without a uid")
+        return Keep(uid)
+    if which == _DEL:
+        uid = _text(_sub(fields, _DEL, "del"), 2, "del.uid")
+        if not uid:
+            raise ZdsError("del without a uid")
+        return Del(uid)
+    if which == _SNAPSHOT_SENT:
+        return SnapshotSent()
+    raise ZdsError("NoSnapshotPresent is not supported; the agent always sends a snapshot")
+
+
+def decode_response(data: bytes) -> Ack:
+    """A WorkloadResponse (ztunnel → agent)."""
+    fields = _fields(data)
+    if 1 not in fields:
+        raise ZdsError("WorkloadResponse without an ack")
+    return Ack(_text(_sub(fields, 1, "ack"), 1, "ack.error"))
+
+
+def check_fds(message: Request, fds: list[int]) -> None:
+    """An Add carries exactly one netns fd; nothing else carries any (zds.proto's rule)."""
+    if isinstance(message, Add):
+        if len(fds) != 1:
+            raise ZdsError(f"add for {message.uid} carries {len(fds)} file descriptors; exactly one (the netns) is required")
+    elif fds:
+        raise ZdsError(f"{type(message).__name__} must not carry file descriptors")
+
+
+# -- datagrams ---------------------------------------------------------------------------------
+def send_datagram(sock: socket.socket, payload: bytes, fd: int | None = None) -> None:
+    """Send one message, with `fd` in SCM_RIGHTS. The socket must be non-blocking or ready."""
+    ancillary = []
+    if fd is not None:
+        ancillary.append((socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes()))
+    sock.sendmsg([payload], ancillary)
+
+
+def recv_datagram(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """Receive one message and any fds it carried (the caller owns and must close them).
+
+    Raises ZdsError for a truncated datagram or truncated ancillary data, after closing any fds.
+    Returns (b"", []) when the peer closed the connection.
+    """
+    fd_size = array.array("i").itemsize
+    data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4 * fd_size))
+    fds: list[int] = []
+    for level, kind, blob in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(blob) - len(blob) % fd_size
+            fds.extend(array.array("i", blob[:usable]))
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in fds:
+            _close(fd)
+        raise ZdsError("datagram or its file descriptors were truncated")
+    return data, fds
+
+
+def _close(fd: int) -> None:
+    import os
+
+    try:
+        os.close(fd)
+    except OSError:
+        pass
