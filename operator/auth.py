@@ -15,6 +15,9 @@ from wisp.identity import SpiffeId
 
 from .distributor import ROLE_WAYPOINT, ROLE_ZTUNNEL, View
 
+ROLE_NODE_AGENT = "node-agent"
+ROLE_RUNTIME = "runtime"
+
 
 @dataclass(slots=True, frozen=True)
 class Caller:
@@ -28,7 +31,9 @@ class Caller:
         return View(self.role, self.node if self.role == ROLE_ZTUNNEL else None)
 
     def describe(self) -> str:
-        return f"{self.role} on node {self.node}" if self.node else f"{self.role} {self.identity}"
+        if self.node:
+            return f"{self.role} on node {self.node}"
+        return f"{self.role} {self.identity}" if self.identity else self.role
 
 
 class LocalCredentials:
@@ -39,6 +44,13 @@ class LocalCredentials:
 
     def issue_ztunnel(self, node: str) -> str:
         return self._issue(Caller(ROLE_ZTUNNEL, node=node))
+
+    def issue_node_agent(self, node: str) -> str:
+        return self._issue(Caller(ROLE_NODE_AGENT, node=node))
+
+    def issue_runtime(self) -> str:
+        """Local mode only: the runtime that plays kubelet and `kubectl` for the CLI."""
+        return self._issue(Caller(ROLE_RUNTIME))
 
     def issue_waypoint(self, identity: SpiffeId) -> str:
         return self._issue(Caller(ROLE_WAYPOINT, identity=identity))

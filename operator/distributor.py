@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from wisp.controlplane.protocol import encode_delta, encode_resource, encode_snapshot
 from wisp.model import (
     KIND_AUTHORIZATION,
+    KIND_WORKLOAD,
     Authorization,
     Delta,
     ModelSnapshot,
     Resource,
     ResourceKey,
+    Workload,
     diff,
     resource_key,
 )
@@ -77,6 +79,9 @@ class Distributor:
         self._history: deque[_Publication] = deque(maxlen=history)
         self._changed = asyncio.Event()
         self._encoded: dict[ResourceKey, tuple[Resource, dict]] = {}
+        # Workloads per (node, namespace), kept up to date from each delta so a publication
+        # costs O(change), not O(workloads).
+        self._node_namespace_counts: dict[str, dict[str, int]] = {}
         self.subscribers: dict[str, SubscriberStatus] = {}
         self.publish(ModelSnapshot())
 
@@ -90,7 +95,11 @@ class Distributor:
         return self._history[-1].snapshot
 
     def publish(self, snapshot: ModelSnapshot, delta: Delta | None = None) -> str | None:
-        """Make `snapshot` current; returns its version, or None if nothing changed."""
+        """Make `snapshot` current; returns its version, or None if nothing changed.
+
+        `delta`, if given, must be exactly `diff(self.snapshot, snapshot)` (the reconciler knows
+        it when it patched one pod); otherwise it is computed, comparing every resource.
+        """
         previous = self._history[-1] if self._history else None
         if delta is None:
             delta = diff(previous.snapshot, snapshot) if previous else Delta(tuple(snapshot.resources()), ())
@@ -98,13 +107,23 @@ class Distributor:
             return None
         for key in delta.removals:
             self._encoded.pop(key, None)
+        if previous is None:
+            node_namespaces = self._count_node_namespaces(snapshot)
+            authorizations = _authorizations_by_namespace(snapshot)
+        else:
+            node_namespaces = self._update_node_namespaces(previous, delta)
+            authorizations = previous.authorizations_by_namespace
+            if any(k.kind == KIND_AUTHORIZATION for k in delta.removals) or any(
+                isinstance(obj, Authorization) for obj in delta.upserts
+            ):
+                authorizations = _authorizations_by_namespace(snapshot)
         publication = _Publication(
             number=previous.number + 1 if previous else 0,
             snapshot=snapshot,
             delta=delta,
             published_at=time.monotonic(),
-            node_namespaces=_node_namespaces(snapshot),
-            authorizations_by_namespace=_authorizations_by_namespace(snapshot),
+            node_namespaces=node_namespaces,
+            authorizations_by_namespace=authorizations,
         )
         self._history.append(publication)
         # Wake everyone waiting on this version; later waiters wait on a fresh event.
@@ -122,6 +141,52 @@ class Distributor:
         except asyncio.TimeoutError:
             return False
         return True
+
+    def _count_node_namespaces(self, snapshot: ModelSnapshot) -> dict[str, frozenset[str]]:
+        counts = self._node_namespace_counts = {}
+        for workload in snapshot.workloads.values():
+            if workload.node:
+                per_node = counts.setdefault(workload.node, {})
+                per_node[workload.namespace] = per_node.get(workload.namespace, 0) + 1
+        return {node: frozenset(namespaces) for node, namespaces in counts.items()}
+
+    def _update_node_namespaces(self, previous: _Publication, delta: Delta) -> dict[str, frozenset[str]]:
+        counts = self._node_namespace_counts
+        touched: set[str] = set()
+
+        def count(workload: Workload | None, step: int) -> None:
+            if workload is None or not workload.node:
+                return
+            per_node = counts.setdefault(workload.node, {})
+            left = per_node.get(workload.namespace, 0) + step
+            if left:
+                per_node[workload.namespace] = left
+            else:
+                del per_node[workload.namespace]
+            touched.add(workload.node)
+
+        before = previous.snapshot.workloads
+        for key in delta.removals:
+            if key.kind == KIND_WORKLOAD:
+                count(before.get(key.key), -1)
+        for obj in delta.upserts:
+            if isinstance(obj, Workload):
+                old = before.get(obj.uid)
+                if old is not None and old.node == obj.node and old.namespace == obj.namespace:
+                    continue
+                count(old, -1)
+                count(obj, +1)
+        if not touched:
+            return previous.node_namespaces
+        result = dict(previous.node_namespaces)
+        for node in touched:
+            namespaces = counts.get(node)
+            if namespaces:
+                result[node] = frozenset(namespaces)
+            else:
+                result.pop(node, None)
+                counts.pop(node, None)
+        return result
 
     def _version(self, number: int) -> str:
         return f"{self.epoch}-{number}"
@@ -257,14 +322,6 @@ class Distributor:
             except asyncio.TimeoutError:
                 return False
         return True
-
-
-def _node_namespaces(snapshot: ModelSnapshot) -> dict[str, frozenset[str]]:
-    by_node: dict[str, set[str]] = {}
-    for workload in snapshot.workloads.values():
-        if workload.node:
-            by_node.setdefault(workload.node, set()).add(workload.namespace)
-    return {node: frozenset(namespaces) for node, namespaces in by_node.items()}
 
 
 def _authorizations_by_namespace(snapshot: ModelSnapshot) -> dict[str, list[Authorization]]:

@@ -25,6 +25,7 @@ from .ca_service import CaService
 from .cluster import MeshSettings
 from .controller import Controller
 from .distributor import Distributor
+from .local_api import LocalApi
 from .local_source import LocalSource
 from .server import ControlPlaneApp, serve
 from .store import ObjectStore
@@ -82,8 +83,11 @@ async def run(args: argparse.Namespace) -> int:
     args.state_dir.mkdir(parents=True, exist_ok=True)
     (args.state_dir / "root-cert.pem").write_bytes(ca.roots_pem())
     credentials = LocalCredentials()
+    tokens = args.state_dir / "tokens"
     for node in args.node:
-        write_secret(args.state_dir / "tokens" / f"ztunnel-{node}", credentials.issue_ztunnel(node))
+        write_secret(tokens / f"ztunnel-{node}", credentials.issue_ztunnel(node))
+        write_secret(tokens / f"node-agent-{node}", credentials.issue_node_agent(node))
+    write_secret(tokens / "runtime", credentials.issue_runtime())
     identity = SpiffeId(args.trust_domain, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT)
     serving = ca.issue_serving(identity, dns_names=("wisp-operator.istio-system.svc", "localhost"),
                                ip_addresses=tuple(args.advertise) + ("127.0.0.1",))
@@ -94,7 +98,8 @@ async def run(args: argparse.Namespace) -> int:
         log.warning("manifest rejected", **problem.log_fields())
     distributor = Distributor()
     controller = Controller(store, distributor)
-    app = ControlPlaneApp(CaService(ca), credentials, distributor, lambda: controller.state)
+    app = ControlPlaneApp(CaService(ca), credentials, distributor, lambda: controller.state,
+                          local_api=LocalApi(store, controller))
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -25,7 +25,7 @@ from wisp.identity import CertBundle
 from .auth import Caller, LocalCredentials
 from .ca_service import CaService
 from .cluster import ClusterState
-from .distributor import Distributor
+from .distributor import ROLE_WAYPOINT, ROLE_ZTUNNEL, Distributor
 
 log = structlog.get_logger("wisp.operator.server")
 
@@ -46,6 +46,7 @@ class ControlPlaneApp:
         *,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+        local_api=None,
     ) -> None:
         self.ca = ca
         self.credentials = credentials
@@ -53,6 +54,8 @@ class ControlPlaneApp:
         self.state = state
         self.ping_interval = ping_interval
         self.ack_timeout = ack_timeout
+        # Local mode's stand-in for the Kubernetes API (operator/local_api.py), if any.
+        self.local_api = local_api
         self.ready = True
 
     async def __call__(self, scope, receive, send) -> None:
@@ -69,8 +72,22 @@ class ControlPlaneApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         caller = self.credentials.authenticate(headers.get("authorization"))
         if caller is None:
+            await _drain(receive, method)
             await _json(send, 401, {"error": "missing or unknown bearer credential; node proxies "
                                              "use the token the control plane issued for them"})
+            return
+        if path.startswith("/v1/local/") and self.local_api is not None:
+
+            async def read_body():
+                return await _read_body(receive, send)
+
+            async def respond(status, payload):
+                if payload is None:
+                    await _respond(send, status, b"")
+                else:
+                    await _json(send, status, payload)
+
+            await self.local_api.handle(scope, receive, send, caller, read_body, respond)
             return
         route = {
             (CERTIFICATE_PATH, "POST"): self._certificate,
@@ -79,6 +96,7 @@ class ControlPlaneApp:
             ("/debug/subscribers", "GET"): self._subscribers,
         }.get((path, method))
         if route is None:
+            await _drain(receive, method)
             await _json(send, 404, {"error": f"no route {method} {path}"})
             return
         await route(scope, receive, send, caller)
@@ -123,6 +141,9 @@ class ControlPlaneApp:
         await _json(send, 200, {"version": self.distributor.version, "subscribers": table})
 
     async def _stream(self, scope, receive, send, caller: Caller) -> None:
+        if caller.role not in (ROLE_ZTUNNEL, ROLE_WAYPOINT):
+            await _json(send, 403, {"error": f"{caller.describe()} does not subscribe to config"})
+            return
         params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         version = params.get("version", [None])[0]
         subscriber = params.get("subscriber", [None])[0] or f"{caller.role}-{secrets.token_hex(4)}"
@@ -186,6 +207,19 @@ async def _read_body(receive, send) -> bytes | None:
             return None
         if not message.get("more_body"):
             return bytes(body)
+
+
+async def _drain(receive, method: str) -> None:
+    """Consume a request body we will refuse: hypercorn fails the whole HTTP/2 connection if
+    body data arrives for a stream that was already answered."""
+    if method in ("GET", "HEAD"):
+        return
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if message["type"] == "http.disconnect" or not message.get("more_body") or size > MAX_BODY:
+            return
 
 
 async def _respond(send, status: int, body: bytes, content_type: bytes = b"application/json") -> None:

@@ -13,8 +13,10 @@ source but not the object itself:
 
 Every change that alters the effective object set bumps ``version`` and wakes
 ``wait_for_change``; a change that leaves it as it was (a resync, a reload of an
-unchanged file) does not. Snapshots are ``ClusterState`` values, built once per
-version. Objects in snapshots are shared: treat them as read-only.
+unchanged file) does not. ``changes_since(version)`` names the keys that changed,
+so a reader can redo only what depends on them. Snapshots are ``ClusterState``
+values, built once per version, by patching the previous snapshot when few keys
+changed. Objects in snapshots are shared: treat them as read-only.
 
 Mutations are synchronous and must run on the event loop's thread.
 """
@@ -25,6 +27,8 @@ import asyncio
 import copy
 import ipaddress
 import re
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +44,9 @@ log = structlog.get_logger(__name__)
 POD_PHASES = frozenset({"Pending", "Running", "Succeeded", "Failed", "Unknown"})
 # Conditions the runtime owns on a pod; the manifest's others (e.g. ours, WaypointBound) stay.
 _RUNTIME_CONDITIONS = ("Ready", "ContainersReady")
+
+# How many versions' changed keys are kept for changes_since; older asks get None.
+CHANGE_HISTORY = 1024
 
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
 _LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -83,9 +90,13 @@ class ObjectStore:
         self._holders: dict[Key, list[str]] = {}
         self._runtime: dict[Key, PodRuntime] = {}
         self._labels: dict[Key, dict[str, str | None]] = {}
+        self._annotations: dict[Key, dict[str, str | None]] = {}
         self._effective: dict[Key, dict[str, Any]] = {}
         self._version = 0
         self._snapshot: ClusterState | None = None
+        # The last snapshot built and its version: the base the next one is patched from.
+        self._built: tuple[int, ClusterState] | None = None
+        self._changes: deque[tuple[int, frozenset[Key]]] = deque(maxlen=CHANGE_HISTORY)
         self._changed = asyncio.Event()
         self._reported_conflicts: set[tuple[str, Key]] = set()
 
@@ -98,8 +109,30 @@ class ObjectStore:
 
     def snapshot(self) -> ClusterState:
         if self._snapshot is None:
-            self._snapshot = ClusterState(dict(self._effective), self._settings)
+            changed = self.changes_since(self._built[0]) if self._built is not None else None
+            if self._built is not None and changed is not None and len(changed) <= max(64, len(self._effective) // 8):
+                self._snapshot = _patched(self._built[1], self._effective, changed)
+            else:
+                self._snapshot = ClusterState(dict(self._effective), self._settings)
+            self._built = (self._version, self._snapshot)
         return self._snapshot
+
+    def changes_since(self, version: int) -> frozenset[Key] | None:
+        """The keys whose effective object changed (added, replaced, removed) after ``version``.
+
+        None when ``version`` is older than the history kept (or not one of ours): the caller
+        must then assume everything changed.
+        """
+        if version == self._version:
+            return frozenset()
+        if not 0 <= version < self._version or not self._changes or self._changes[0][0] > version + 1:
+            return None
+        keys: set[Key] = set()
+        for number, changed in reversed(self._changes):
+            if number <= version:
+                break
+            keys |= changed
+        return frozenset(keys)
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self._effective.get((kind, namespace, name))
@@ -202,6 +235,19 @@ class ObjectStore:
         self._labels.setdefault(key, {}).update(labels)
         self._refresh({key})
 
+    def set_annotations(self, kind: str, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        """Overlay annotations, as ``kubectl annotate`` (or the node agent's patch) does.
+
+        ``None`` removes one. Changes accumulate and survive reloads of the object's source.
+        """
+        key = (kind, namespace, name)
+        self._require(key)
+        for k, v in annotations.items():
+            if not isinstance(k, str) or not k or (v is not None and not isinstance(v, str)):
+                raise InvalidChange(f"annotations must map names to strings or null, got {k!r}: {v!r}")
+        self._annotations.setdefault(key, {}).update(annotations)
+        self._refresh({key})
+
     # --- internals -------------------------------------------------------------------------
 
     def _require(self, key: Key) -> None:
@@ -243,6 +289,7 @@ class ObjectStore:
                 # The object is gone; so is what was overlaid on it, as on a cluster.
                 self._runtime.pop(key, None)
                 self._labels.pop(key, None)
+                self._annotations.pop(key, None)
                 if self._effective.pop(key, None) is not None:
                     changed = True
                 continue
@@ -258,8 +305,9 @@ class ObjectStore:
 
     def _effective_object(self, key: Key, base: dict[str, Any]) -> dict[str, Any]:
         label_overlay = self._labels.get(key)
+        annotation_overlay = self._annotations.get(key)
         runtime = self._runtime.get(key)
-        if not label_overlay and runtime is None:
+        if not label_overlay and not annotation_overlay and runtime is None:
             return base
         obj = dict(base)
         meta = obj["metadata"] = dict(obj["metadata"])
@@ -273,7 +321,65 @@ class ObjectStore:
             meta["labels"] = merged
         if runtime is not None:
             _merge_runtime(obj, meta, runtime)
+        if annotation_overlay:
+            merged = dict(meta.get("annotations") or {})
+            for k, v in annotation_overlay.items():
+                if v is None:
+                    merged.pop(k, None)
+                else:
+                    merged[k] = v
+            meta["annotations"] = merged
         return obj
+
+
+def _patched(base: ClusterState, effective: Mapping[Key, dict[str, Any]], changed: Iterable[Key]) -> ClusterState:
+    """``base`` with the objects under ``changed`` taken from ``effective``.
+
+    A fresh ClusterState sorts every key (~15 ms for 10k objects); here only the
+    (kind, namespace) lists that changed are copied, each kept sorted by name as
+    ClusterState keeps them.
+    """
+    objects = dict(base.objects)
+    by_kind = dict(base._by_kind)  # noqa: SLF001 - the index ClusterState would rebuild from scratch
+    copied_kinds: set[str] = set()
+    copied_lists: set[tuple[str, str]] = set()
+    for key in changed:
+        kind, ns, name = key
+        old = base.objects.get(key)
+        new = effective.get(key)
+        if old is None and new is None:
+            continue
+        if new is None:
+            del objects[key]
+        else:
+            objects[key] = new
+        if kind not in copied_kinds:
+            by_kind[kind] = dict(by_kind.get(kind, {}))
+            copied_kinds.add(kind)
+        per_ns = by_kind[kind]
+        if (kind, ns) not in copied_lists:
+            per_ns[ns] = list(per_ns.get(ns, ()))
+            copied_lists.add((kind, ns))
+        listed = per_ns[ns]
+        at = bisect_left(listed, name, key=_name)
+        if old is None:
+            listed.insert(at, new)
+        elif new is None:
+            del listed[at]
+        else:
+            listed[at] = new
+    for kind, ns in copied_lists:
+        if not by_kind[kind][ns]:
+            del by_kind[kind][ns]
+    for kind in copied_kinds:
+        if not by_kind[kind]:
+            del by_kind[kind]
+    return ClusterState(objects, base.settings, by_kind)
+
+
+def _name(obj: dict[str, Any]) -> str:
+    # Every stored object passed object_id(), so metadata.name is a string.
+    return obj["metadata"]["name"]
 
 
 def _merge_runtime(obj: dict[str, Any], meta: dict[str, Any], runtime: PodRuntime) -> None:

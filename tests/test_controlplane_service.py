@@ -29,7 +29,9 @@ from wisp.model import Authorization, ModelSnapshot, Workload
 from wisp_operator.auth import LocalCredentials
 from wisp_operator.ca_service import CaService
 from wisp_operator.cluster import ClusterState
+from wisp_operator.controller import Controller
 from wisp_operator.distributor import Distributor
+from wisp_operator.local_api import LocalApi
 from wisp_operator.server import ControlPlaneApp, serve
 
 from .conftest import spiffe
@@ -60,6 +62,10 @@ class Plane:
     loop: asyncio.AbstractEventLoop
     app: ControlPlaneApp
 
+    def call(self, fn, *args, **kwargs):
+        """Run `fn(...)` on the control plane's event loop (where its store lives)."""
+        return asyncio.run_coroutine_threadsafe(_call(fn, *args, **kwargs), self.loop).result(5)
+
     def publish(self, snapshot: ModelSnapshot) -> str:
         future = asyncio.run_coroutine_threadsafe(_call(self.distributor.publish, snapshot), self.loop)
         return future.result(5)
@@ -68,13 +74,16 @@ class Plane:
         return make_client(self.address, self.roots, token)
 
 
-async def _call(fn, *args):
-    return fn(*args)
+async def _call(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
 
 
 @asynccontextmanager
 async def control_plane(ca, state: ClusterState, *, ping_interval: float = 10.0, history: int = 64,
-                  port: int = 0, credentials: LocalCredentials | None = None, ack_timeout: float = 30.0):
+                  port: int = 0, credentials: LocalCredentials | None = None, ack_timeout: float = 30.0,
+                  store=None):
+    """A control plane on 127.0.0.1 in its own thread; with `store`, the real controller and
+    local API run too (state then comes from the store, as in the operator)."""
     credentials = credentials or LocalCredentials()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -90,10 +99,20 @@ async def control_plane(ca, state: ClusterState, *, ping_interval: float = 10.0,
             box["loop"] = asyncio.get_running_loop()
             box["shutdown"] = asyncio.Event()
             box["distributor"] = Distributor(history=history)
-            box["app"] = ControlPlaneApp(CaService(ca), credentials, box["distributor"], lambda: state,
-                                         ping_interval=ping_interval, ack_timeout=ack_timeout)
+            local_api, state_of = None, (lambda: state)
+            if store is not None:
+                controller = box["controller"] = Controller(store, box["distributor"])
+                local_api = LocalApi(store, controller, ping_interval=ping_interval)
+                state_of = lambda: controller.state  # noqa: E731
+            box["app"] = ControlPlaneApp(CaService(ca), credentials, box["distributor"], state_of,
+                                         ping_interval=ping_interval, ack_timeout=ack_timeout,
+                                         local_api=local_api)
             started.set()
-            await serve(box["app"], listener, bundle, box["shutdown"])
+            async with asyncio.TaskGroup() as tasks:
+                reconciler = tasks.create_task(box["controller"].run()) if store is not None else None
+                await serve(box["app"], listener, bundle, box["shutdown"])
+                if reconciler is not None:
+                    reconciler.cancel()
 
         asyncio.run(main())
 
