@@ -20,11 +20,9 @@ a Deployment stands for, named and owned as Kubernetes would.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ from wisp_operator.cluster import (
 from wisp_operator.errors import OperatorError
 from wisp_operator.manifest import dicts, integer, mapping, object_id, string_map
 from wisp_operator.store import ObjectStore
+from wisp.deployments import POD_TEMPLATE_HASH_LABEL, pod_template_hash, pods_for_deployment  # noqa: F401 (re-exported)
 
 log = structlog.get_logger(__name__)
 
@@ -79,9 +78,6 @@ MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-# Kubernetes renders generated name parts with this alphabet (no vowels, no 0/1/3).
-_SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
 
 
 class SourceError(OperatorError):
@@ -325,84 +321,6 @@ def _check_deployment(spec: dict[str, Any], kind: str, namespace: str, name: str
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
             float: "a number"}.get(type(value), type(value).__name__)
-
-
-# --- Deployments -> Pods (pure) ------------------------------------------------------------------
-
-
-def pod_template_hash(template: dict[str, Any]) -> str:
-    """A stable hash of a pod template, in Kubernetes' safe alphabet (10 characters)."""
-    encoded = json.dumps(template, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return _safe_encode(hashlib.sha256(encoded).digest(), 10)
-
-
-def _safe_encode(digest: bytes, length: int) -> str:
-    value = int.from_bytes(digest, "big")
-    out = []
-    for _ in range(length):
-        value, digit = divmod(value, len(_SAFE_ALPHABET))
-        out.append(_SAFE_ALPHABET[digit])
-    return "".join(out)
-
-
-def pods_for_deployment(deployment: dict[str, Any], replicas: int | None = None) -> list[dict[str, Any]]:
-    """The Pods of ``deployment``'s current ReplicaSet, as its controllers would create them.
-
-    Names are ``<deployment>-<template hash>-<5 characters>``, deterministic per replica
-    index, so a reload of an unchanged Deployment yields the same pods and a changed
-    template a new set. Each pod is owned (controller) by ReplicaSet
-    ``<deployment>-<template hash>`` and labelled with the template's labels plus
-    ``pod-template-hash``. ``replicas`` overrides ``spec.replicas`` (default 1).
-    """
-    oid = object_id(deployment, KIND_DEPLOYMENT)
-    template = mapping(deployment, "spec.template", oid)
-    if not template:
-        raise oid.invalid("spec.template is required")
-    count = integer(deployment, "spec.replicas", oid, 1) if replicas is None else replicas
-    if count < 0:
-        raise oid.invalid(f"replicas must not be negative, got {count}")
-    namespace = oid.namespace or DEFAULT_NAMESPACE
-    template_hash = pod_template_hash(template)
-    replica_set = f"{oid.name}-{template_hash}"
-    labels = {**string_map(template, "metadata.labels", oid, at="spec.template"),
-              POD_TEMPLATE_HASH_LABEL: template_hash}
-    annotations = string_map(template, "metadata.annotations", oid, at="spec.template")
-    spec = mapping(template, "spec", oid, at="spec.template")
-    dicts(spec, "containers", oid, at="spec.template.spec")
-    owner = {
-        "apiVersion": "apps/v1",
-        "kind": "ReplicaSet",
-        "name": replica_set,
-        "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"wisp-local:ReplicaSet/{namespace}/{replica_set}")),
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-    pods = []
-    for suffix in _pod_suffixes(replica_set, count):
-        metadata: dict[str, Any] = {
-            "name": f"{replica_set}-{suffix}",
-            "namespace": namespace,
-            "labels": dict(labels),
-            "ownerReferences": [dict(owner)],
-        }
-        if annotations:
-            metadata["annotations"] = dict(annotations)
-        pods.append({"apiVersion": "v1", "kind": KIND_POD, "metadata": metadata, "spec": copy.deepcopy(spec)})
-    return pods
-
-
-def _pod_suffixes(replica_set: str, count: int) -> list[str]:
-    suffixes: list[str] = []
-    for index in range(count):
-        salt = 0
-        while True:
-            digest = hashlib.sha256(f"{replica_set}/{index}/{salt}".encode()).digest()
-            suffix = _safe_encode(digest, 5)
-            if suffix not in suffixes:
-                break
-            salt += 1
-        suffixes.append(suffix)
-    return suffixes
 
 
 # --- the source (I/O) ----------------------------------------------------------------------------
