@@ -333,6 +333,20 @@ class _FileState:
     errors: tuple[ManifestError, ...]
 
 
+def _with_deployment_pods(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add the Pods each Deployment stands for: in local mode the control plane plays the
+    ReplicaSet controller, with the same names the runtime (kubelet) runs them under."""
+    explicit = {object_id(o).key for o in objects if o.get("kind") == KIND_POD}
+    extra = []
+    for obj in objects:
+        if obj.get("kind") == KIND_DEPLOYMENT:
+            for pod in pods_for_deployment(obj):
+                key = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+                if key not in explicit:
+                    extra.append(pod)
+    return objects + extra
+
+
 class LocalSource:
     """Keeps ``store``'s objects under ``source`` equal to the manifests in ``directory``."""
 
@@ -383,7 +397,7 @@ class LocalSource:
                         other_path=first.path,
                     ))
         before = self.store.version
-        self.store.replace(self.source, (mo.obj for mo in chosen.values()))
+        self.store.replace(self.source, _with_deployment_pods([mo.obj for mo in chosen.values()]))
         self._report(errors)
         if self.store.version != before:
             log.info("manifests loaded", directory=str(self.directory), files=len(files), objects=len(chosen),

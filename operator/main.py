@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--state-dir", required=True, type=Path,
                         help="where the root certificate and node credentials are written")
     parser.add_argument("--listen", default="0.0.0.0:15012", help="address:port to serve on")
+    parser.add_argument("--local-socket", type=Path,
+                        help="also serve plain HTTP on this unix socket (local runtime and CLI)")
     parser.add_argument("--advertise", action="append", default=[],
                         help="IP address clients dial (repeatable); goes into the serving certificate")
     parser.add_argument("--node", action="append", default=[], help="node whose ztunnel gets a credential")
@@ -115,7 +117,8 @@ async def run(args: argparse.Namespace) -> int:
         async with asyncio.TaskGroup() as tasks:
             watcher = tasks.create_task(source.watch())
             reconciler = tasks.create_task(controller.run())
-            await serve(app, sock, serving, shutdown)
+            await serve(app, sock, serving, shutdown,
+                        unix_path=str(args.local_socket) if args.local_socket else None)
             watcher.cancel()
             reconciler.cancel()
     finally:

@@ -232,8 +232,16 @@ async def _json(send, status: int, payload: dict) -> None:
     await _respond(send, status, json.dumps(payload).encode())
 
 
-async def serve(app: ControlPlaneApp, sock: socket.socket, bundle: CertBundle, shutdown: asyncio.Event) -> None:
-    """Serve `app` over TLS (ALPN h2, http/1.1) on a bound, listening socket until `shutdown`."""
+async def serve(
+    app: ControlPlaneApp, sock: socket.socket, bundle: CertBundle, shutdown: asyncio.Event,
+    *, unix_path: str | None = None,
+) -> None:
+    """Serve `app` over TLS (ALPN h2, http/1.1) on a bound, listening socket until `shutdown`.
+
+    With `unix_path`, also serve plain HTTP on that unix socket (mode 0600): the local runtime and
+    CLI live in the machine's own namespace, which has no route to the control plane's address.
+    Callers still present bearer credentials there.
+    """
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(prefix="wisp-cp-", dir=base) as directory:
         cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
@@ -247,6 +255,11 @@ async def serve(app: ControlPlaneApp, sock: socket.socket, bundle: CertBundle, s
         config.bind = [f"fd://{os.dup(sock.fileno())}"]
         config.certfile, config.keyfile = cert, key
         config.alpn_protocols = ["h2", "http/1.1"]
+        if unix_path:
+            if os.path.exists(unix_path):
+                os.unlink(unix_path)
+            config.insecure_bind = [f"unix:{unix_path}"]
+            config.umask = 0o177
         config.accesslog = None
         config.errorlog = None
         config.graceful_timeout = 1.0

@@ -149,7 +149,20 @@ def test_supported_kinds_load_with_their_api_versions(tmp_path: Path, kind: str,
     spec = "{template: {spec: {containers: []}}}" if kind == "Deployment" else "{}"
     write(tmp_path, "x.yaml", f"apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x}}\nspec: {spec}\n")
     _, store = loaded(tmp_path)
-    assert keys(store) == {(kind, "default", "x")}
+    # A Deployment also brings its Pod (the control plane plays the ReplicaSet controller).
+    assert {k for k in keys(store) if k[0] == kind} == {(kind, "default", "x")}
+    assert len(keys(store)) == (2 if kind == "Deployment" else 1)
+
+
+def test_deployment_pods_are_in_the_store_under_the_names_the_runtime_uses(tmp_path: Path) -> None:
+    write(tmp_path, "d.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n"
+                              "spec: {replicas: 2, selector: {matchLabels: {app: web}},\n"
+                              "  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c}]}}}\n")
+    _, store = loaded(tmp_path)
+    deployment = store.get("Deployment", "shop", "web")
+    expected = {p["metadata"]["name"] for p in pods_for_deployment(deployment)}
+    assert {k[2] for k in keys(store) if k[0] == "Pod"} == expected
+    assert len(expected) == 2
 
 
 # --- bad manifests -------------------------------------------------------------------------------

@@ -20,8 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     init = ca_sub.add_parser("init", help="write a new root and intermediate in Istio's cacerts layout")
     init.add_argument("directory")
     init.add_argument("--trust-domain", default="cluster.local")
+    from wisp.runtime import cli as runtime_cli
+
+    runtime_cli.add_commands(sub)
     args = parser.parse_args(argv)
     log.configure(args.log_level)
+    if args.command in ("up", "down", "apply", "delete", "get", "label", "exec"):
+        return runtime_cli.run_command(args)
 
     if args.command == "demo":
         if args.bytes <= 0:

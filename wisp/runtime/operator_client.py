@@ -1,0 +1,73 @@
+"""The runtime's (and CLI's) calls to the control plane, over its local unix socket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from .paths import RuntimePaths
+
+
+class OperatorError(RuntimeError):
+    def __init__(self, status: int | None, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class OperatorClient:
+    """Async (trio or asyncio) client with the runtime's credential."""
+
+    def __init__(self, paths: RuntimePaths, timeout: float = 10.0) -> None:
+        self.paths = paths
+        self.timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            token = self.paths.token("runtime").read_text().strip()
+            self._client = httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=str(self.paths.operator_socket)),
+                base_url="http://operator", timeout=self.timeout,
+                headers={"authorization": f"Bearer {token}"},
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            response = await self._http().request(method, path, json=body)
+        except (httpx.HTTPError, OSError) as exc:
+            raise OperatorError(None, f"control plane unreachable at {self.paths.operator_socket}: {exc}") from None
+        if response.status_code >= 300:
+            try:
+                message = response.json().get("error", response.text)
+            except ValueError:
+                message = response.text
+            raise OperatorError(response.status_code, message)
+        return response.json() if response.content else None
+
+    async def ready(self) -> bool:
+        try:
+            response = await self._http().get("/healthz/ready")
+        except (httpx.HTTPError, OSError, FileNotFoundError):
+            return False
+        return response.status_code == 200
+
+    async def set_pod_runtime(self, namespace: str, name: str, *, node: str, pod_ip: str | None,
+                              phase: str, ready: bool) -> None:
+        await self._call("PUT", f"/v1/local/pods/{namespace}/{name}/runtime",
+                         {"node": node, "pod_ip": pod_ip, "phase": phase, "ready": ready})
+
+    async def clear_pod_runtime(self, namespace: str, name: str) -> None:
+        await self._call("DELETE", f"/v1/local/pods/{namespace}/{name}/runtime")
+
+    async def set_labels(self, kind: str, namespace: str, name: str, labels: dict[str, str | None]) -> None:
+        await self._call("PATCH", f"/v1/local/labels/{kind}/{namespace or '-'}/{name}", labels)
+
+    async def objects(self) -> dict[str, Any]:
+        return await self._call("GET", "/v1/local/objects")

@@ -1,0 +1,81 @@
+"""Supervised processes: start inside a network namespace, restart when they exit, stop cleanly.
+
+What a DaemonSet or a pod's restartPolicy does on a cluster: the operator, node agents,
+ztunnels and pod containers are restarted after a delay when they exit, until stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import trio
+
+log = structlog.get_logger("wisp.runtime.processes")
+
+
+@dataclass(slots=True)
+class Supervised:
+    name: str
+    netns: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    restart_delay: float = 1.0
+    stop_timeout: float = 5.0
+    process: trio.Process | None = None
+    restarts: int = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None and self.process.returncode is None else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the process running until cancelled; then stop it (SIGTERM, then SIGKILL)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        first = True
+        try:
+            while True:
+                with open(self.log_path, "ab") as out:
+                    self.process = await trio.lowlevel.open_process(
+                        ["ip", "netns", "exec", self.netns, *self.argv],
+                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                        env={**os.environ, **self.env}, start_new_session=True,
+                    )
+                if first:
+                    task_status.started(self)
+                    first = False
+                code = await self.process.wait()
+                log.warning("process exited; restarting", name=self.name, code=code, delay=self.restart_delay)
+                self.restarts += 1
+                await trio.sleep(self.restart_delay)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.stop()
+
+    async def stop(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        _signal_group(process, signal.SIGTERM)
+        with trio.move_on_after(self.stop_timeout):
+            await process.wait()
+        if process.returncode is None:
+            _signal_group(process, signal.SIGKILL)
+            await process.wait()
+
+
+def _signal_group(process: trio.Process, signum: int) -> None:
+    # `ip netns exec` execs the command, so the group holds it and anything it started.
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
