@@ -1,0 +1,93 @@
+"""`wisp-echo`: the echo app's command line; runs until SIGTERM or SIGINT, then exits 0."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import socket
+import sys
+from functools import partial
+
+import structlog
+import trio
+
+from wisp import log, sockets
+
+from .config import EchoConfig
+from .server import serve
+
+logger = structlog.get_logger("wisp.echo")
+
+_USAGE_EXAMPLES = """\
+examples:
+  wisp-echo --http 8080
+  wisp-echo --http 8080 --grpc 9090 --tcp 9000 --name web-0
+  wisp-echo --bind :: --http 8080 --log-requests
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="wisp-echo", epilog=_USAGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Echo app: answers HTTP/1.1, HTTP/2 (h2c), gRPC and raw TCP with who called.")
+    parser.add_argument("--http", type=_port, metavar="PORT",
+                        help="HTTP/1.1 and HTTP/2 with prior knowledge (gRPC too) on this port")
+    parser.add_argument("--grpc", type=_port, metavar="PORT",
+                        help="gRPC (HTTP/2 without TLS) on this port: /wisp.echo.Echo/Echo")
+    parser.add_argument("--tcp", type=_port, metavar="PORT",
+                        help="raw TCP echo on this port")
+    parser.add_argument("--name", help="name to report (default: $HOSTNAME, else the host name)")
+    parser.add_argument("--bind", type=_address, default="0.0.0.0", metavar="ADDR",
+                        help="address to listen on (default 0.0.0.0; :: for IPv6 and IPv4)")
+    parser.add_argument("--log-requests", action="store_true",
+                        help="log one line per request or TCP connection")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    if args.http is None and args.grpc is None and args.tcp is None:
+        parser.error("give at least one of --http, --grpc, --tcp")
+    log.configure(args.log_level)
+    config = EchoConfig(name=args.name or os.environ.get("HOSTNAME") or socket.gethostname(),
+                        log_requests=args.log_requests)
+    listeners: dict[str, socket.socket] = {}
+    try:
+        for kind in ("http", "grpc", "tcp"):
+            port = getattr(args, kind)
+            if port is not None:
+                listeners[kind] = sockets.listener((args.bind, port), reuse_port=False)
+    except OSError as exc:
+        print(f"wisp-echo: cannot listen on {args.bind} port {port}: {exc.strerror}",
+              file=sys.stderr)
+        for sock in listeners.values():
+            sock.close()
+        return 1
+    return trio.run(_run, config, listeners)
+
+
+async def _run(config: EchoConfig, listeners: dict[str, socket.socket]) -> int:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve, config, **listeners))
+            logger.info("echo app listening", name=config.name,
+                        **{kind: sock.getsockname()[1] for kind, sock in listeners.items()})
+            async for signum in signals:
+                logger.info("echo app stopping", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    return 0
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None

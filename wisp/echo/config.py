@@ -1,0 +1,14 @@
+"""Settings shared by the echo app's listeners."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Bytes asked of the socket per read: large reads keep Python work per chunk, not per packet.
+READ_SIZE = 256 * 1024
+
+
+@dataclass(slots=True, frozen=True)
+class EchoConfig:
+    name: str  # reported as `hostname`; the local runtime sets it to the pod's name
+    log_requests: bool = False  # one log line per request or TCP connection (off for benchmarks)

@@ -1,0 +1,161 @@
+"""The echo app's gRPC service, as plain functions: message framing, protobuf, and the one method.
+
+The service is
+
+    service Echo { rpc Echo(EchoRequest) returns (EchoResponse); }   // package wisp.echo
+    message EchoRequest  { string message = 1; }
+    message EchoResponse { string message = 1; string peer = 2; string hostname = 3; }
+
+Its messages hold only strings, so a few lines of protobuf wire format replace generated code:
+varints, length-delimited fields, and skipping the field types a newer client might add.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+METHOD = "/wisp.echo.Echo/Echo"
+CONTENT_TYPE = "application/grpc"
+# gRPC's default limit on a received message.
+MAX_MESSAGE = 4 * 1024 * 1024
+_PREFIX = struct.Struct("!BI")
+
+
+class Status(IntEnum):
+    OK = 0
+    INVALID_ARGUMENT = 3
+    RESOURCE_EXHAUSTED = 8
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+
+
+class WireError(ValueError):
+    """Bytes that are not a valid gRPC message stream or protobuf message."""
+
+
+@dataclass(slots=True, frozen=True)
+class Reply:
+    status: Status
+    message: str = ""  # grpc-message, for errors
+    body: bytes = b""  # framed response messages, for OK
+
+
+def call(method: str, body: bytes, *, body_bytes: int, peer: str, hostname: str) -> Reply:
+    """Answer one unary call. `body` is the request's DATA, `body_bytes` how much arrived."""
+    if method != METHOD:
+        return Reply(Status.UNIMPLEMENTED, f"unknown method {method}; this server has {METHOD}")
+    if body_bytes > len(body) or body_bytes > _PREFIX.size + MAX_MESSAGE:
+        return Reply(Status.RESOURCE_EXHAUSTED, f"request larger than {MAX_MESSAGE} bytes")
+    try:
+        messages = unframe(body)
+        if len(messages) != 1:
+            return Reply(Status.UNIMPLEMENTED if not messages else Status.INTERNAL,
+                         f"a unary call takes one request message, got {len(messages)}")
+        fields = decode_strings(messages[0], {1})
+    except WireError as exc:
+        return Reply(Status.INTERNAL, f"could not read EchoRequest: {exc}")
+    response = encode_strings({1: fields.get(1, ""), 2: peer, 3: hostname})
+    return Reply(Status.OK, body=frame(response))
+
+
+def frame(message: bytes) -> bytes:
+    """One length-prefixed, uncompressed gRPC message."""
+    return _PREFIX.pack(0, len(message)) + message
+
+
+def unframe(data: bytes) -> list[bytes]:
+    messages = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < _PREFIX.size:
+            raise WireError("truncated message prefix")
+        compressed, length = _PREFIX.unpack_from(data, pos)
+        pos += _PREFIX.size
+        if compressed:
+            raise WireError("compressed messages are not supported (no grpc-encoding was agreed)")
+        if len(data) - pos < length:
+            raise WireError("truncated message")
+        messages.append(data[pos:pos + length])
+        pos += length
+    return messages
+
+
+def grpc_message(text: str) -> str:
+    """Percent-encode a grpc-message value as the gRPC HTTP/2 protocol requires."""
+    return "".join(
+        chr(byte) if 0x20 <= byte <= 0x7E and byte != 0x25 else f"%{byte:02X}"
+        for byte in text.encode()
+    )
+
+
+# -- protobuf wire format ----------------------------------------------------------------------
+
+def encode_varint(value: int) -> bytes:
+    if value < 0:
+        raise ValueError("varints here are unsigned")
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at `pos` and the position after it."""
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise WireError("truncated varint")
+        if shift > 63:
+            raise WireError("varint longer than 64 bits")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def encode_strings(fields: dict[int, str]) -> bytes:
+    """A message of string fields; empty strings are left out, as proto3 does."""
+    out = bytearray()
+    for number, text in sorted(fields.items()):
+        if text:
+            raw = text.encode()
+            out += encode_varint(number << 3 | 2) + encode_varint(len(raw)) + raw
+    return bytes(out)
+
+
+def decode_strings(data: bytes, wanted: set[int]) -> dict[int, str]:
+    """The string fields numbered in `wanted`; every other field is skipped."""
+    fields: dict[int, str] = {}
+    pos = 0
+    while pos < len(data):
+        key, pos = decode_varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise WireError("field number 0")
+        if wire_type == 0:
+            _, pos = decode_varint(data, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length, pos = decode_varint(data, pos)
+            if pos + length > len(data):
+                raise WireError(f"field {number} runs past the end of the message")
+            if number in wanted:
+                try:
+                    fields[number] = data[pos:pos + length].decode()
+                except UnicodeDecodeError as exc:
+                    raise WireError(f"field {number} is not UTF-8") from exc
+            pos += length
+        else:
+            raise WireError(f"unsupported wire type {wire_type} in field {number}")
+        if pos > len(data):
+            raise WireError(f"field {number} runs past the end of the message")
+    return fields
