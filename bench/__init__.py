@@ -1,0 +1,1 @@
+"""Benchmarks: each one measures wisp next to native anchors in the same run and prints ratios."""
