@@ -169,8 +169,16 @@ class HboneServer:
     ) -> None:
         try:
             with trio.fail_after(self.handshake_timeout):
-                bundle = await certs()
-                ctx = self._contexts.get(bundle, server_side=True)
+                try:
+                    bundle = await certs()
+                    ctx = self._contexts.get(bundle, server_side=True)
+                except (trio.TooSlowError, trio.Cancelled):
+                    raise
+                except Exception as exc:
+                    # No certificate (yet) for this listener: refuse this peer, keep serving.
+                    raw.close()
+                    self._reject(peer, f"no server certificate for this listener: {exc}")
+                    return
                 tls = await TlsStream.handshake(raw, ctx, server_side=True)
         except TlsError as exc:
             self._reject(peer, str(exc))

@@ -1,0 +1,117 @@
+"""Inbound HBONE (15008): a CONNECT from a peer proxy, checked and spliced to the local app.
+
+Order as in ztunnel's inbound.rs (reference §2): the HBONE server already did TLS, CONNECT
+and the authority syntax; here the authority must name the pod the listener belongs to (400),
+the pod must be known (wait ≤5 s, else 503), the port must not be ztunnel's own (503), L4
+authorization must allow it (401), and the app must accept a connection made from the peer's
+IP (10 s, else 503). Then 200 and splice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from wisp import sockets
+from wisp.hbone import ConnectRequest
+from wisp.model import Workload
+
+from . import listeners, rbac
+from .metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, ConnectionRecord, Peer
+from .splice import reset, splice, tcp_stream
+from .state import workload_identity
+
+if TYPE_CHECKING:
+    from .app import Ztunnel
+    from .proxy import PodProxy
+
+log = structlog.get_logger("ztunnel.inbound")
+
+WORKLOAD_WAIT = 5.0
+CONNECT_TIMEOUT = 10.0
+
+
+async def wait_for_workload(ztunnel: Ztunnel, ip: str, timeout: float = WORKLOAD_WAIT) -> Workload | None:
+    """The local workload with `ip`, waiting a little for config that may be on its way."""
+    with trio.move_on_after(timeout):
+        while True:
+            workload = ztunnel.state.workload_by_ip(ip)
+            if workload is not None:
+                return workload
+            await ztunnel.state_changed.wait()
+    return None
+
+
+def _addr(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+async def handle(proxy: PodProxy, request: ConnectRequest) -> None:
+    ztunnel = proxy.ztunnel
+    local_ip = request.local_address[0]
+    peer_ip, peer_port = request.peer_address
+    target_ip, port = str(request.authority.ip), request.authority.port
+    if target_ip != local_ip:
+        request.reject(400, f"authority {request.authority} is not this pod ({local_ip})")
+        return
+    workload = await wait_for_workload(ztunnel, local_ip)
+    if workload is None:
+        request.reject(503, f"no workload with address {local_ip} is known to this ztunnel")
+        return
+    if port in listeners.ILLEGAL_PORTS:
+        request.reject(503, f"port {port} is ztunnel's own; refusing a self call")
+        return
+    state = ztunnel.state
+    conn = rbac.Connection(request.peer_identity, peer_ip, local_ip, port)
+    decision = rbac.authorize(state.policies_for(workload), conn)
+    service = None
+    host = request.forwarded_host
+    if host:
+        service = state.service_by_host(host, workload.namespace)
+    record = ConnectionRecord(
+        ztunnel.metrics, direction="inbound",
+        source=Peer(state.workload_by_ip(peer_ip), request.peer_identity, peer_ip),
+        destination=Peer(workload, workload_identity(workload)),
+        service=service, security=MUTUAL_TLS,
+        src_addr=_addr(peer_ip, peer_port), dst_addr=_addr(local_ip, port),
+        hbone_addr=str(request.authority),
+    )
+    if not decision.allowed:
+        log.info("connection denied by policy", src_identity=str(request.peer_identity),
+                 src=_addr(peer_ip, peer_port), dst=_addr(local_ip, port), policy=decision.policy,
+                 reason=decision.reason)
+        request.reject(401, f"denied by authorization policy ({decision.reason})")
+        record.close(FLAG_DENY)
+        return
+    try:
+        upstream_sock = await listeners.pod_socket(proxy.netns_fd, local_ip, source=peer_ip, transparent=True)
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await sockets.connect(upstream_sock, (local_ip, port))
+        except BaseException:
+            upstream_sock.close()
+            raise
+    except (OSError, trio.TooSlowError) as exc:
+        error = str(exc) or "connect timed out"
+        log.warning("inbound connect to the app failed", dst=_addr(local_ip, port), src=peer_ip, error=error)
+        request.reject(503, f"connection to {_addr(local_ip, port)} failed: {error}")
+        record.close(FLAG_CONNECT, error)
+        return
+    upstream = tcp_stream(upstream_sock)
+    stream = request.accept()
+    flags = None
+    try:
+        with ztunnel.tracker.track("inbound", conn) as tracked:
+            with tracked.scope:
+                await splice(stream, upstream, record.transfer)
+        if tracked.denied:
+            flags = FLAG_DENY
+            reset(upstream)
+            stream.close()  # unfinished: RST_STREAM
+    finally:
+        stream.close()
+        with trio.CancelScope(shield=True):
+            await upstream.aclose()
+        record.close(flags)

@@ -1,0 +1,92 @@
+"""Inbound plaintext (15006): a connection from outside the mesh, redirected by the pod's rules.
+
+Reference §4: original destination → reject ztunnel's own ports → authorize with no identity
+(so a STRICT PeerAuthentication, a DENY on `not_principals: presence`, refuses it) → connect
+to the app from the client's IP (transparent socket in the pod) → splice.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from wisp import sockets
+
+from . import listeners, rbac
+from .metrics import FLAG_CONNECT, FLAG_DENY, UNKNOWN, ConnectionRecord, Peer
+from .splice import reset, splice, tcp_stream
+from .state import workload_identity
+
+if TYPE_CHECKING:
+    from .proxy import PodProxy
+
+log = structlog.get_logger("ztunnel.inbound_passthrough")
+
+CONNECT_TIMEOUT = 10.0
+
+
+def _addr(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+async def serve(proxy: PodProxy, sock: socket.socket, peer: tuple[str, int]) -> None:
+    ztunnel = proxy.ztunnel
+    dst_ip, dst_port = sockets.original_dst(sock)
+    if dst_port in listeners.ILLEGAL_PORTS:
+        log.warning("plaintext connection to ztunnel's own port refused", src=_addr(*peer),
+                    dst=_addr(dst_ip, dst_port))
+        reset(sock)
+        return
+    state = ztunnel.state
+    workload = state.workload_by_ip(dst_ip) or proxy.workload(state)
+    if workload is None:
+        log.warning("plaintext connection to an unknown workload refused", dst=_addr(dst_ip, dst_port))
+        reset(sock)
+        return
+    conn = rbac.Connection(None, peer[0], dst_ip, dst_port)
+    decision = rbac.authorize(state.policies_for(workload), conn)
+    record = ConnectionRecord(
+        ztunnel.metrics, direction="inbound",
+        source=Peer(state.workload_by_ip(peer[0]), None, peer[0]),
+        destination=Peer(workload, workload_identity(workload)),
+        service=None, security=UNKNOWN,
+        src_addr=_addr(*peer), dst_addr=_addr(dst_ip, dst_port),
+    )
+    if not decision.allowed:
+        log.info("connection denied by policy", src=_addr(*peer), dst=_addr(dst_ip, dst_port),
+                 policy=decision.policy, reason=decision.reason)
+        record.close(FLAG_DENY)
+        reset(sock)
+        return
+    try:
+        upstream_sock = await listeners.pod_socket(proxy.netns_fd, dst_ip, source=peer[0], transparent=True)
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                await sockets.connect(upstream_sock, (dst_ip, dst_port))
+        except BaseException:
+            upstream_sock.close()
+            raise
+    except (OSError, trio.TooSlowError) as exc:
+        error = str(exc) or "connect timed out"
+        log.warning("inbound connect to the app failed", dst=_addr(dst_ip, dst_port), src=peer[0], error=error)
+        record.close(FLAG_CONNECT, error)
+        reset(sock)
+        return
+    client, upstream = tcp_stream(sock), tcp_stream(upstream_sock)
+    flags = None
+    try:
+        with ztunnel.tracker.track("inbound", conn) as tracked:
+            with tracked.scope:
+                await splice(client, upstream, record.transfer)
+        if tracked.denied:
+            flags = FLAG_DENY
+            reset(client)
+            reset(upstream)
+    finally:
+        with trio.CancelScope(shield=True):
+            await client.aclose()
+            await upstream.aclose()
+        record.close(flags)

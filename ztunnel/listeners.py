@@ -1,0 +1,56 @@
+"""The three listeners ztunnel opens inside each enrolled pod's network namespace.
+
+Kept in one place so that a supervisor handing netns fds to N worker processes can have each
+worker open the same listeners: all are SO_REUSEPORT, so the kernel spreads connections.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from dataclasses import dataclass
+
+from wisp import netns, sockets
+
+OUTBOUND_PORT = 15001
+INBOUND_PLAINTEXT_PORT = 15006
+INBOUND_PORT = 15008
+# Connecting to one of these would loop traffic back into ztunnel.
+ILLEGAL_PORTS = frozenset({OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_PORT})
+# Every socket ztunnel makes in a pod carries this mark, so the in-pod rules let it through.
+MARK = 0x539
+
+
+@dataclass(slots=True)
+class PodListeners:
+    outbound: socket.socket
+    inbound_plaintext: socket.socket
+    inbound: socket.socket
+
+    def close(self) -> None:
+        for sock in (self.outbound, self.inbound_plaintext, self.inbound):
+            sockets.close(sock)
+
+
+def open_listeners(host: str = "0.0.0.0") -> PodListeners:
+    """Open the listeners in the calling thread's network namespace."""
+    opened: list[socket.socket] = []
+    try:
+        for port in (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_PORT):
+            opened.append(sockets.listener((host, port), mark=MARK, transparent=True, reuse_port=True))
+    except BaseException:
+        for sock in opened:
+            sock.close()
+        raise
+    return PodListeners(*opened)
+
+
+async def open_pod_listeners(netns_fd: int, host: str = "0.0.0.0") -> PodListeners:
+    return await netns.run_in_netns(netns_fd, open_listeners, host)
+
+
+async def pod_socket(netns_fd: int, host: str, *, source: str | None = None,
+                     transparent: bool = False) -> socket.socket:
+    """A marked, non-blocking TCP socket for connecting to `host`, made inside the pod."""
+    make = functools.partial(sockets.new_tcp_socket, host, mark=MARK, source=source, transparent=transparent)
+    return await netns.run_in_netns(netns_fd, make)

@@ -1,0 +1,66 @@
+"""`wisp-ztunnel`: the node proxy's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import trio
+
+from wisp import log as wisp_log
+from wisp.identity import DEFAULT_TRUST_DOMAIN
+from wisp.zds import DEFAULT_SOCKET_PATH
+
+from .app import Config, Ztunnel
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(prog="wisp-ztunnel", description="wisp's per-node L4 proxy (ztunnel)")
+    parser.add_argument("--node", default=os.environ.get("NODE_NAME"), help="this node's name (env NODE_NAME)")
+    parser.add_argument("--zds-socket", default=DEFAULT_SOCKET_PATH, help="the node agent's ZDS socket")
+    parser.add_argument("--control-plane", default=os.environ.get("WISP_CONTROL_PLANE"),
+                        help="host:port of the control plane (config stream and CA)")
+    parser.add_argument("--state-dir", default="/run/wisp/state",
+                        help="holds root-cert.pem and tokens/ztunnel-<node>")
+    parser.add_argument("--token-file", help="bearer token (default <state-dir>/tokens/ztunnel-<node>)")
+    parser.add_argument("--root-cert", help="mesh roots (default <state-dir>/root-cert.pem)")
+    parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    parser.add_argument("--admin-address", type=_address, default=("127.0.0.1", 15000))
+    parser.add_argument("--metrics-address", type=_address, default=("0.0.0.0", 15020))
+    parser.add_argument("--readiness-address", type=_address, default=("0.0.0.0", 15021))
+    parser.add_argument("--drain-seconds", type=float, default=5.0)
+    parser.add_argument("--log-level", default=os.environ.get("WISP_LOG_LEVEL", "info"))
+    parser.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
+    args = parser.parse_args(argv)
+    if not args.node:
+        parser.error("--node (or NODE_NAME) is required")
+    wisp_log.configure(args.log_level, json=args.log_json)
+    return Config(
+        node=args.node, zds_socket=args.zds_socket, control_plane=args.control_plane,
+        state_dir=args.state_dir, trust_domain=args.trust_domain, token_file=args.token_file,
+        root_cert=args.root_cert, admin_address=args.admin_address,
+        metrics_address=args.metrics_address, readiness_address=args.readiness_address,
+        drain_seconds=args.drain_seconds,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        trio.run(Ztunnel(config).run)
+    except OSError as exc:
+        print(f"wisp-ztunnel: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

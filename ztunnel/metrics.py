@@ -1,0 +1,190 @@
+"""Telemetry per connection: Istio's `istio_tcp_*` counters and the `connection complete` log.
+
+A `ConnectionRecord` follows one proxied connection: it counts the open, is flushed
+periodically while the connection lives (so long connections show their bytes), and on close
+counts the close, the remaining bytes and writes the access log. Labels follow Istio's
+(reference §11): reporter `source` on outbound, `destination` on inbound; missing values are
+`unknown`. The registry is ours, not prometheus-client's global one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+import trio
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from wisp.identity import SpiffeId
+from wisp.model import Service, Workload
+
+from .splice import Transfer
+
+log = structlog.get_logger("ztunnel.access")
+
+LABELS = (
+    "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app",
+    "source_version", "source_cluster", "destination_service", "destination_service_namespace",
+    "destination_service_name", "destination_workload", "destination_workload_namespace",
+    "destination_principal", "destination_app", "destination_version", "destination_cluster",
+    "request_protocol", "response_flags", "connection_security_policy",
+)
+UNKNOWN = "unknown"
+MUTUAL_TLS = "mutual_tls"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# response_flags values (Envoy's short names, as Istio reports them).
+FLAG_NONE = "-"
+FLAG_DENY = "DENY"
+FLAG_CONNECT = "CONNECT"  # upstream connect failed
+
+
+@dataclass(slots=True, frozen=True)
+class Peer:
+    """One end of a connection as telemetry describes it."""
+
+    workload: Workload | None = None
+    identity: SpiffeId | None = None
+    address: str | None = None
+
+
+def _workload_labels(prefix: str, peer: Peer) -> dict[str, str]:
+    w = peer.workload
+    return {
+        f"{prefix}_workload": (w.workload_name or w.name) if w else UNKNOWN,
+        f"{prefix}_workload_namespace": w.namespace if w else UNKNOWN,
+        f"{prefix}_principal": str(peer.identity) if peer.identity else UNKNOWN,
+        f"{prefix}_app": (w.canonical_name or w.workload_name or w.name) if w else UNKNOWN,
+        f"{prefix}_version": (w.canonical_revision or "latest") if w else UNKNOWN,
+        f"{prefix}_cluster": (w.cluster_id or "Kubernetes") if w else UNKNOWN,
+    }
+
+
+def connection_labels(reporter: str, source: Peer, destination: Peer, service: Service | None,
+                      security: str, response_flags: str = FLAG_NONE) -> dict[str, str]:
+    labels = {"reporter": reporter}
+    labels.update(_workload_labels("source", source))
+    labels["destination_service"] = service.hostname if service else (
+        destination.workload.name if destination.workload else UNKNOWN)
+    labels["destination_service_namespace"] = service.namespace if service else (
+        destination.workload.namespace if destination.workload else UNKNOWN)
+    labels["destination_service_name"] = service.name if service else (
+        destination.workload.name if destination.workload else UNKNOWN)
+    labels.update(_workload_labels("destination", destination))
+    labels["request_protocol"] = "tcp"
+    labels["response_flags"] = response_flags
+    labels["connection_security_policy"] = security
+    return {k: (v or UNKNOWN) for k, v in labels.items()}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.opened = Counter("istio_tcp_connections_opened_total",
+                              "Connections opened by the proxy", LABELS, registry=self.registry)
+        self.closed = Counter("istio_tcp_connections_closed_total",
+                              "Connections closed by the proxy", LABELS, registry=self.registry)
+        self.sent = Counter("istio_tcp_sent_bytes_total",
+                            "Bytes sent to the client (server to client)", LABELS, registry=self.registry)
+        self.received = Counter("istio_tcp_received_bytes_total",
+                                "Bytes received from the client (client to server)", LABELS,
+                                registry=self.registry)
+        self.live: set[ConnectionRecord] = set()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of a counter's samples whose labels include `labels` (for tests and debugging)."""
+        total = 0.0
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def flush(self) -> None:
+        """Report the bytes of live connections moved since their last flush."""
+        for record in list(self.live):
+            record.flush()
+
+    async def flush_periodically(self, interval: float = 5.0) -> None:
+        while True:
+            await trio.sleep(interval)
+            self.flush()
+
+
+class ConnectionRecord:
+    """The telemetry of one connection, from open to close."""
+
+    def __init__(self, metrics: Metrics, *, direction: str, source: Peer, destination: Peer,
+                 service: Service | None, security: str, src_addr: str, dst_addr: str,
+                 hbone_addr: str | None = None) -> None:
+        self.metrics = metrics
+        self.direction = direction
+        self.source = source
+        self.destination = destination
+        self.service = service
+        self.security = security
+        self.src_addr = src_addr
+        self.dst_addr = dst_addr
+        self.hbone_addr = hbone_addr
+        self.transfer = Transfer()
+        self.response_flags = FLAG_NONE
+        self.started = trio.current_time()
+        self._reported_up = 0
+        self._reported_down = 0
+        self._closed = False
+        self.metrics.opened.labels(**self._labels()).inc()
+        metrics.live.add(self)
+
+    def _labels(self) -> dict[str, str]:
+        reporter = "source" if self.direction == "outbound" else "destination"
+        return connection_labels(reporter, self.source, self.destination, self.service,
+                                 self.security, self.response_flags)
+
+    def flush(self) -> None:
+        up, down = self.transfer.upstream, self.transfer.downstream
+        if up == self._reported_up and down == self._reported_down:
+            return
+        labels = self._labels()
+        if up > self._reported_up:
+            self.metrics.received.labels(**labels).inc(up - self._reported_up)
+        if down > self._reported_down:
+            self.metrics.sent.labels(**labels).inc(down - self._reported_down)
+        self._reported_up, self._reported_down = up, down
+
+    def close(self, response_flags: str | None = None, error: str | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.metrics.live.discard(self)
+        if response_flags:
+            self.response_flags = response_flags
+        self.flush()
+        self.metrics.closed.labels(**self._labels()).inc()
+        duration_ms = int((trio.current_time() - self.started) * 1000)
+        src, dst = self.source, self.destination
+        fields = {
+            "src.addr": self.src_addr,
+            "src.workload": src.workload.name if src.workload else None,
+            "src.namespace": src.workload.namespace if src.workload else None,
+            "src.identity": str(src.identity) if src.identity else None,
+            "dst.addr": self.dst_addr,
+            "dst.hbone_addr": self.hbone_addr,
+            "dst.service": self.service.hostname if self.service else None,
+            "dst.workload": dst.workload.name if dst.workload else None,
+            "dst.namespace": dst.workload.namespace if dst.workload else None,
+            "dst.identity": str(dst.identity) if dst.identity else None,
+            "direction": self.direction,
+            "bytes_sent": self.transfer.upstream,
+            "bytes_recv": self.transfer.downstream,
+            "duration": f"{duration_ms}ms",
+        }
+        if self.response_flags != FLAG_NONE:
+            fields["response_flags"] = self.response_flags
+        error = error or self.transfer.error
+        if error:
+            fields["error"] = error
+        log.info("connection complete", **{k: v for k, v in fields.items() if v is not None})
