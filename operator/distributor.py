@@ -7,7 +7,9 @@ merged deltas since its version, and one too far behind gets a snapshot. A slow 
 costs only itself: versions coalesce while it is busy, nobody waits for it.
 
 ztunnels see every workload and service (any of them can be a destination) but only the
-authorizations they enforce: GLOBAL ones and those of namespaces with a workload on their node.
+authorizations they enforce: GLOBAL ones, those of namespaces with a workload on their node, and
+selector policies a workload on their node lists (Istio's mesh-wide STRICT lives in the root
+namespace and reaches workloads that way).
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ class _Publication:
     snapshot: ModelSnapshot
     delta: Delta
     published_at: float
-    node_namespaces: dict[str, frozenset[str]]
+    # Per node, what makes a policy its business: ("ns", namespace) of a local workload, and
+    # ("ref", "ns/name") of a selector policy a local workload lists.
+    node_scopes: dict[str, frozenset[tuple[str, str]]]
     authorizations_by_namespace: dict[str, list[Authorization]]
 
 
@@ -108,10 +112,10 @@ class Distributor:
         for key in delta.removals:
             self._encoded.pop(key, None)
         if previous is None:
-            node_namespaces = self._count_node_namespaces(snapshot)
+            node_scopes = self._count_node_scopes(snapshot)
             authorizations = _authorizations_by_namespace(snapshot)
         else:
-            node_namespaces = self._update_node_namespaces(previous, delta)
+            node_scopes = self._update_node_scopes(previous, delta)
             authorizations = previous.authorizations_by_namespace
             if any(k.kind == KIND_AUTHORIZATION for k in delta.removals) or any(
                 isinstance(obj, Authorization) for obj in delta.upserts
@@ -122,7 +126,7 @@ class Distributor:
             snapshot=snapshot,
             delta=delta,
             published_at=time.monotonic(),
-            node_namespaces=node_namespaces,
+            node_scopes=node_scopes,
             authorizations_by_namespace=authorizations,
         )
         self._history.append(publication)
@@ -142,27 +146,29 @@ class Distributor:
             return False
         return True
 
-    def _count_node_namespaces(self, snapshot: ModelSnapshot) -> dict[str, frozenset[str]]:
-        counts = self._node_namespace_counts = {}
+    def _count_node_scopes(self, snapshot: ModelSnapshot) -> dict[str, frozenset[tuple[str, str]]]:
+        counts = self._node_scope_counts = {}
         for workload in snapshot.workloads.values():
             if workload.node:
                 per_node = counts.setdefault(workload.node, {})
-                per_node[workload.namespace] = per_node.get(workload.namespace, 0) + 1
-        return {node: frozenset(namespaces) for node, namespaces in counts.items()}
+                for scope in _scopes(workload):
+                    per_node[scope] = per_node.get(scope, 0) + 1
+        return {node: frozenset(scopes) for node, scopes in counts.items()}
 
-    def _update_node_namespaces(self, previous: _Publication, delta: Delta) -> dict[str, frozenset[str]]:
-        counts = self._node_namespace_counts
+    def _update_node_scopes(self, previous: _Publication, delta: Delta) -> dict[str, frozenset[tuple[str, str]]]:
+        counts = self._node_scope_counts
         touched: set[str] = set()
 
         def count(workload: Workload | None, step: int) -> None:
             if workload is None or not workload.node:
                 return
             per_node = counts.setdefault(workload.node, {})
-            left = per_node.get(workload.namespace, 0) + step
-            if left:
-                per_node[workload.namespace] = left
-            else:
-                del per_node[workload.namespace]
+            for scope in _scopes(workload):
+                left = per_node.get(scope, 0) + step
+                if left:
+                    per_node[scope] = left
+                else:
+                    del per_node[scope]
             touched.add(workload.node)
 
         before = previous.snapshot.workloads
@@ -172,17 +178,18 @@ class Distributor:
         for obj in delta.upserts:
             if isinstance(obj, Workload):
                 old = before.get(obj.uid)
-                if old is not None and old.node == obj.node and old.namespace == obj.namespace:
+                if (old is not None and old.node == obj.node and old.namespace == obj.namespace
+                        and old.authorization_policies == obj.authorization_policies):
                     continue
                 count(old, -1)
                 count(obj, +1)
         if not touched:
-            return previous.node_namespaces
-        result = dict(previous.node_namespaces)
+            return previous.node_scopes
+        result = dict(previous.node_scopes)
         for node in touched:
-            namespaces = counts.get(node)
-            if namespaces:
-                result[node] = frozenset(namespaces)
+            scopes = counts.get(node)
+            if scopes:
+                result[node] = frozenset(scopes)
             else:
                 result.pop(node, None)
                 counts.pop(node, None)
@@ -214,19 +221,19 @@ class Distributor:
             return self._version(current.number), self._snapshot_message(view, current)
         return self._version(current.number), self._delta_message(view, base, current)
 
-    def _relevant_namespaces(self, view: View, publication: _Publication) -> frozenset[str]:
-        return publication.node_namespaces.get(view.node or "", frozenset())
+    def _scopes_of(self, view: View, publication: _Publication) -> frozenset[tuple[str, str]]:
+        return publication.node_scopes.get(view.node or "", frozenset())
 
-    def _wanted(self, view: View, obj: Resource, namespaces: frozenset[str]) -> bool:
+    def _wanted(self, view: View, obj: Resource, scopes: frozenset[tuple[str, str]]) -> bool:
         if not view.filtered or not isinstance(obj, Authorization):
             return True
-        return obj.scope == "GLOBAL" or obj.namespace in namespaces
+        return _relevant(obj, scopes)
 
     def _snapshot_message(self, view: View, publication: _Publication) -> bytes:
-        namespaces = self._relevant_namespaces(view, publication)
+        scopes = self._scopes_of(view, publication)
         resources = (
             self._encode(obj) for obj in publication.snapshot.resources()
-            if self._wanted(view, obj, namespaces)
+            if self._wanted(view, obj, scopes)
         )
         return encode_snapshot(self._version(publication.number), resources)
 
@@ -242,26 +249,34 @@ class Distributor:
                 changes[resource_key(obj)] = obj
         upserts: list[dict] = []
         removals: list[ResourceKey] = []
-        now_ns = self._relevant_namespaces(view, current)
+        now = self._scopes_of(view, current)
         for key, obj in changes.items():
             if obj is None:
                 removals.append(key)
-            elif self._wanted(view, obj, now_ns):
+            elif self._wanted(view, obj, now):
                 upserts.append(self._encode(obj))
             else:
                 removals.append(key)  # changed, but no longer this subscriber's business
         if view.filtered:
-            before_ns = self._relevant_namespaces(view, base)
-            for namespace in now_ns - before_ns:
-                for obj in current.authorizations_by_namespace.get(namespace, ()):
-                    key = resource_key(obj)
-                    if key not in changes:
-                        upserts.append(self._encode(obj))
-            for namespace in before_ns - now_ns:
-                for obj in current.authorizations_by_namespace.get(namespace, ()):
-                    key = resource_key(obj)
-                    if key not in changes:
-                        removals.append(key)
+            before = self._scopes_of(view, base)
+            # Unchanged policies that became (or stopped being) this node's business.
+            candidates: dict[ResourceKey, Authorization] = {}
+            for kind, value in now ^ before:
+                if kind == "ns":
+                    for obj in current.authorizations_by_namespace.get(value, ()):
+                        candidates[resource_key(obj)] = obj
+                else:
+                    obj = current.snapshot.authorizations.get(value)
+                    if obj is not None:
+                        candidates[resource_key(obj)] = obj
+            for key, obj in candidates.items():
+                if key in changes:
+                    continue
+                was, is_now = _relevant(obj, before), _relevant(obj, now)
+                if is_now and not was:
+                    upserts.append(self._encode(obj))
+                elif was and not is_now:
+                    removals.append(key)
         return encode_delta(self._version(current.number), self._version(base.number), upserts, removals)
 
     def _encode(self, obj: Resource) -> dict:
@@ -322,6 +337,16 @@ class Distributor:
             except asyncio.TimeoutError:
                 return False
         return True
+
+
+def _scopes(workload: Workload) -> list[tuple[str, str]]:
+    return [("ns", workload.namespace), *(("ref", key) for key in workload.authorization_policies)]
+
+
+def _relevant(policy: Authorization, scopes: frozenset[tuple[str, str]]) -> bool:
+    """Does a ztunnel whose local workloads give `scopes` enforce `policy`?"""
+    return (policy.scope == "GLOBAL" or ("ns", policy.namespace) in scopes
+            or ("ref", f"{policy.namespace}/{policy.name}") in scopes)
 
 
 def _authorizations_by_namespace(snapshot: ModelSnapshot) -> dict[str, list[Authorization]]:

@@ -308,6 +308,32 @@ async def test_ztunnel_gets_only_authorizations_for_namespaces_on_its_node(ca):
         assert len(views["node-a"].workloads) == len(views["node-b"].workloads) == 2
 
 
+async def test_ztunnel_gets_selector_policies_its_workloads_list_from_any_namespace(ca):
+    """Mesh-wide STRICT is a selector policy in the root namespace, listed by each workload."""
+    strict = Authorization(name="istio_converted_static_strict", namespace="istio-system",
+                           scope="WORKLOAD_SELECTOR", action="DENY")
+    listing = Workload(uid="Kubernetes//Pod/shop/web-1", name="web-1", namespace="shop", addresses=("10.244.0.9",),
+                       node="node-a", authorization_policies=("istio-system/istio_converted_static_strict",))
+    async with control_plane(ca, STATE) as plane:
+        plane.publish(ModelSnapshot.of([workload("shop", "web-1", "node-a"), strict]))
+        updates = []
+        async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
+            subscriber = ConfigSubscriber(client, "zt-a", updates.append)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscriber.run)
+                await wait_until(lambda: len(updates) == 1)
+                assert not updates[-1].authorizations
+                plane.publish(ModelSnapshot.of([listing, strict]))
+                await wait_until(lambda: len(updates) == 2)
+                assert set(updates[-1].authorizations) == {"istio-system/istio_converted_static_strict"}
+                nursery.cancel_scope.cancel()
+        async with plane.client(plane.credentials.issue_ztunnel("node-b")) as client:
+            async with client.stream("GET", "/v1/config") as response:
+                async for line in response.aiter_lines():
+                    assert not decode(line).snapshot.authorizations
+                    break
+
+
 async def test_workload_moving_onto_a_node_brings_its_namespace_policies_in_the_delta(ca):
     async with control_plane(ca, STATE) as plane:
         base = [workload("shop", "web-1", "node-a"), authorization("bank", "bank-deny")]
