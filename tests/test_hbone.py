@@ -600,3 +600,16 @@ def test_random_bytes_after_the_handshake_never_disturb_the_server(
             stream.close()
 
     trio.run(scenario)
+
+
+async def test_close_to_drops_pooled_connections_to_that_address_only(hbone):
+    stream = await hbone.connect()
+    stream.close()
+    conn = hbone.pool.connections()[0]
+    assert hbone.pool.close_to("10.9.9.9") == 0
+    assert conn.is_open
+    assert hbone.pool.close_to("127.0.0.1") == 1
+    assert not conn.is_open and not hbone.pool.connections()
+    again = await hbone.connect()
+    assert again.conn is not conn
+    again.close()

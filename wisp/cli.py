@@ -23,7 +23,17 @@ def main(argv: list[str] | None = None) -> int:
     from wisp.runtime import cli as runtime_cli
 
     runtime_cli.add_commands(sub)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `wisp exec POD -- CMD ...`: everything after `--` is the command, whatever it looks like.
+    after_dashes = None
+    if "--" in argv:
+        split = argv.index("--")
+        argv, after_dashes = argv[:split], argv[split + 1:]
     args = parser.parse_args(argv)
+    if after_dashes is not None:
+        if args.command != "exec":
+            parser.error("`--` is only used by `wisp exec POD -- COMMAND`")
+        args.argv = after_dashes
     log.configure(args.log_level)
     if args.command in ("up", "down", "apply", "delete", "get", "label", "exec"):
         return runtime_cli.run_command(args)

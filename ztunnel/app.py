@@ -76,7 +76,14 @@ class Ztunnel:
 
     # -- config --------------------------------------------------------------------------------
     def apply_config(self, snapshot: ModelSnapshot, version: str | None = None) -> None:
-        """Install a new config version; live inbound connections it now denies are closed."""
+        """Install a new config version; live inbound connections it now denies are closed, and
+        pooled HBONE connections to workloads that went away (or moved) are dropped."""
+        gone = _vacated_addresses(self.state.snapshot, snapshot)
+        if gone:
+            for proxy in self.pods.proxies.values():
+                if proxy.pool is not None:
+                    for address in gone:
+                        proxy.pool.close_to(address, "workload at this address left the mesh config")
         self.state = ProxyState(snapshot)
         self.config_version = version
         self.config_synced = True
@@ -181,3 +188,9 @@ class _NoClient:
 
     async def __aexit__(self, *exc_info):
         return None
+
+
+def _vacated_addresses(old: ModelSnapshot, new: ModelSnapshot) -> set[str]:
+    """Addresses whose workload was removed or replaced between two config versions."""
+    now = {address: uid for uid, w in new.workloads.items() for address in w.addresses}
+    return {address for uid, w in old.workloads.items() for address in w.addresses if now.get(address) != uid}

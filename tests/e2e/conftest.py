@@ -117,7 +117,7 @@ class Mesh:
         """Packets seen on `interface` inside `netns` while the block runs (tcpdump -A text)."""
         directory = Path(tempfile.mkdtemp(prefix="wisp-e2e-pcap-"))
         pcap = directory / "capture.pcap"
-        process = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-i", interface, "-U", "-s", "0",
+        process = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-Z", "root", "--immediate-mode", "-i", interface, "-U", "-s", "0",
                                     "-w", str(pcap), bpf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         box: dict = {}
         try:

@@ -106,6 +106,24 @@ class HbonePool:
         self._conns.setdefault(key, []).append(conn)
         return conn
 
+    def close_to(self, host: str, reason: str = "destination went away") -> int:
+        """Close every pooled connection to `host` (any port); returns how many.
+
+        For when the control plane says the workload at that address is gone or replaced: a
+        peer whose namespace vanished never resets its connections, and streams opened on them
+        would hang until keepalive notices.
+        """
+        closed = 0
+        for key, conns in list(self._conns.items()):
+            if key.dst[0] != host:
+                continue
+            for conn in conns:
+                conn.close(reason)
+                closed += 1
+            del self._conns[key]
+            self._dial_locks.pop(key, None)
+        return closed
+
     async def _evict_loop(self) -> None:
         interval = max(0.05, min(self.idle_timeout / 4, 5.0))
         while True:

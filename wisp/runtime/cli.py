@@ -78,7 +78,8 @@ def add_commands(sub) -> None:
     execute = prefixed(sub.add_parser("exec", help="run a command inside a pod's network namespace"))
     execute.add_argument("-n", "--namespace", default="default")
     execute.add_argument("pod", help="pod name, or a Deployment name to pick one of its pods")
-    execute.add_argument("command", nargs=argparse.REMAINDER)
+    execute.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                         help="the command to run, after --")
 
 
 def run_command(args) -> int:
@@ -368,7 +369,7 @@ def label(paths: RuntimePaths, args) -> int:
 # -- exec ----------------------------------------------------------------------------------------------
 def execute(paths: RuntimePaths, args) -> int:
     _require_up(paths)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         raise CliError("give a command after --, e.g. wisp exec -n shop client -- curl http://web")
     pod = find_pod(paths, args.namespace, args.pod)

@@ -59,6 +59,7 @@ class Runtime:
         self._manifest_digest = ""
         self._objects: list[dict[str, Any]] = []
         self._last_rules: str | None = None
+        self._next_ip: dict[str, int] = {}
         self.kubelet = Kubelet(self.topology, self.operator, bin_dir=self.bin_dir, logs=self.paths.logs,
                                cni_socket=self.paths.cni_socket, restart_delay=restart_delay)
 
@@ -181,10 +182,17 @@ class Runtime:
         return min(self.nodes, key=lambda n: (load[n.name], n.index))
 
     def _allocate_ip(self, node: Node) -> str:
+        """The next free address after the last one given out on this node, as host-local IPAM
+        does: an address is not reused right after its pod died, while other pods on the bridge
+        may still cache the old interface's MAC for it."""
         used = {r.ip for r in self.pods.values() if r.node == node}
-        for host in list(node.pod_network.hosts())[9:]:
-            if str(host) not in used:
-                return str(host)
+        hosts = [str(h) for h in node.pod_network.hosts()][9:]
+        start = self._next_ip.get(node.name, 0)
+        for step in range(len(hosts)):
+            index = (start + step) % len(hosts)
+            if hosts[index] not in used:
+                self._next_ip[node.name] = index + 1
+                return hosts[index]
         raise RuntimeError(f"node {node.name} has no free pod address")
 
     async def _sync_services(self) -> None:

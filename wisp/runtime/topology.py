@@ -163,6 +163,9 @@ class Topology:
         # Deleting the namespace deletes eth0, and with it the veth peer in the node.
         run(["ip", "netns", "delete", pod.netns], check=False)
         run(["ip", "-n", pod.node.netns, "link", "delete", pod.host_veth], check=False)
+        # The node forgets the pod's MAC; its neighbours' caches are why addresses are handed
+        # out round-robin rather than reused at once (see the runtime's allocator).
+        run(["ip", "-n", pod.node.netns, "neigh", "flush", "to", pod.ip], check=False)
         shutil.rmtree(os.path.join(NETNS_ETC, pod.netns), ignore_errors=True)
 
     def write_hosts(self, netns: str, entries: list[tuple[str, list[str]]]) -> None:

@@ -1,0 +1,208 @@
+"""Where the node agent learns about pods and namespaces, and where it writes the annotation.
+
+`PodSource` is the small interface; `LocalPodSource` follows the local runtime's operator
+(`GET /v1/local/pods`, newline-delimited full views, pings every 10 s; `PATCH
+.../annotations`). A Kubernetes source would watch Pods on this node and Namespaces and patch the
+pod. `MemoryPodSource` is fed directly (tests, embedding).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import httpx
+import structlog
+import trio
+
+from .errors import PodSourceError
+
+PODS_PATH = "/v1/local/pods"
+REDIRECTION_ANNOTATION = "ambient.istio.io/redirection"
+
+log = structlog.get_logger("cni.podsource")
+
+PodKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """Everything the agent needs at one moment: namespaces by name, this node's pods by key."""
+
+    version: int
+    namespaces: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    pods: Mapping[PodKey, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, version: int, namespaces: list[dict], pods: list[dict]) -> PodView:
+        """From lists of Kubernetes-shaped objects; objects without a name/uid are left out."""
+        ns_by_name: dict[str, dict] = {}
+        for ns in namespaces:
+            name = _meta(ns).get("name")
+            if isinstance(name, str) and name:
+                ns_by_name[name] = ns
+            else:
+                log.warning("namespace without a name left out of the view", version=version)
+        pod_by_key: dict[PodKey, dict] = {}
+        for pod in pods:
+            meta = _meta(pod)
+            key = (meta.get("namespace"), meta.get("name"))
+            if not all(isinstance(k, str) and k for k in key) or not isinstance(meta.get("uid"), str):
+                log.warning("pod without namespace, name or uid left out of the view", version=version,
+                            pod=f"{key[0]}/{key[1]}")
+                continue
+            pod_by_key[key] = pod  # type: ignore[index]
+        return cls(version, ns_by_name, pod_by_key)
+
+
+def parse_line(line: str) -> PodView | None:
+    """One line of the pods stream: a view, or None for a ping. PodSourceError if unusable."""
+    try:
+        message = json.loads(line)
+    except ValueError as exc:
+        raise PodSourceError(f"pods stream line is not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise PodSourceError("pods stream line is not a JSON object")
+    if message.get("ping") is True:
+        return None
+    version, namespaces, pods = message.get("version"), message.get("namespaces"), message.get("pods")
+    if not isinstance(version, int) or not isinstance(namespaces, list) or not isinstance(pods, list):
+        raise PodSourceError("pods stream view needs an integer version and namespaces and pods lists")
+    if not all(isinstance(o, dict) for o in namespaces + pods):
+        raise PodSourceError("pods stream view holds something that is not an object")
+    return PodView.build(version, namespaces, pods)
+
+
+def _meta(obj: dict) -> dict:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+class PodSource(Protocol):
+    async def run(self, publish: Callable[[PodView], None]) -> None:
+        """Follow the source forever, calling `publish(view)` with every new full view."""
+
+    async def set_redirection(self, namespace: str, name: str, value: str | None) -> None:
+        """Set (or with None remove) the pod's `ambient.istio.io/redirection` annotation.
+
+        A pod that no longer exists is not an error (there is nothing left to annotate).
+        """
+
+
+class LocalPodSource:
+    """The local runtime's operator, over HTTPS/HTTP2 (`wisp.controlplane.client.make_client`)."""
+
+    def __init__(self, client: httpx.AsyncClient, *, backoff_min: float = 0.1, backoff_max: float = 15.0,
+                 read_timeout: float = 30.0) -> None:
+        self.client = client
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.read_timeout = read_timeout
+
+    async def run(self, publish: Callable[[PodView], None]) -> None:
+        backoff = self.backoff_min
+        while True:
+            try:
+                received = await self._follow(publish)
+                log.info("pods stream ended; reconnecting")
+            except (httpx.HTTPError, PodSourceError) as exc:
+                log.warning("pods stream unavailable", error=str(exc) or type(exc).__name__,
+                            retry_in=round(backoff, 2))
+                received = False
+            backoff = self.backoff_min if received else min(backoff * 2, self.backoff_max)
+            await trio.sleep(backoff * random.uniform(0.8, 1.2))
+
+    async def _follow(self, publish: Callable[[PodView], None]) -> bool:
+        received = False
+        timeout = httpx.Timeout(10.0, read=self.read_timeout)
+        async with self.client.stream("GET", PODS_PATH, timeout=timeout) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise PodSourceError(f"GET {PODS_PATH} answered {response.status_code}: {_error_text(response)}")
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    view = parse_line(line)
+                except PodSourceError as exc:
+                    # One bad line is the sender's bug; the last good view stays.
+                    log.warning("ignoring unusable pods stream line", error=str(exc))
+                    continue
+                received = True
+                if view is not None:
+                    publish(view)
+        return received
+
+    async def set_redirection(self, namespace: str, name: str, value: str | None) -> None:
+        path = f"{PODS_PATH}/{namespace}/{name}/annotations"
+        try:
+            response = await self.client.patch(path, json={REDIRECTION_ANNOTATION: value})
+        except httpx.HTTPError as exc:
+            raise PodSourceError(f"cannot annotate pod {namespace}/{name}: {exc or type(exc).__name__}") from None
+        if response.status_code == 404:
+            log.info("pod to annotate is gone", pod=f"{namespace}/{name}")
+            return
+        if response.status_code >= 300:
+            raise PodSourceError(f"annotating pod {namespace}/{name} answered {response.status_code}: "
+                                 f"{_error_text(response)}")
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return str(body.get("error", body)) if isinstance(body, dict) else str(body)
+    except ValueError:
+        return response.text.strip() or response.reason_phrase
+
+
+class MemoryPodSource:
+    """A pod source held in memory: `show(...)` publishes a view; annotation writes are applied
+    to the held pods and published again, as the control plane would echo them."""
+
+    def __init__(self) -> None:
+        self.view: PodView | None = None
+        self.writes: list[tuple[str, str, str | None]] = []
+        self._publish: Callable[[PodView], None] | None = None
+
+    def show(self, namespaces: list[dict] | None = None, pods: list[dict] | None = None) -> PodView:
+        """Publish a new view; a list left out stays as it is (with any annotations written)."""
+        version = (self.view.version + 1) if self.view else 1
+        if namespaces is None:
+            namespaces = list(self.view.namespaces.values()) if self.view else []
+        if pods is None:
+            pods = list(self.view.pods.values()) if self.view else []
+        self._set(PodView.build(version, namespaces, pods))
+        assert self.view is not None
+        return self.view
+
+    def _set(self, view: PodView) -> None:
+        self.view = view
+        if self._publish is not None:
+            self._publish(view)
+
+    async def run(self, publish: Callable[[PodView], None]) -> None:
+        self._publish = publish
+        if self.view is not None:
+            publish(self.view)
+        await trio.sleep_forever()
+
+    async def set_redirection(self, namespace: str, name: str, value: str | None) -> None:
+        self.writes.append((namespace, name, value))
+        if self.view is None or (namespace, name) not in self.view.pods:
+            return
+        pod = json.loads(json.dumps(self.view.pods[(namespace, name)]))
+        annotations = pod.setdefault("metadata", {}).setdefault("annotations", {})
+        if value is None:
+            annotations.pop(REDIRECTION_ANNOTATION, None)
+        else:
+            annotations[REDIRECTION_ANNOTATION] = value
+        pods = dict(self.view.pods)
+        pods[(namespace, name)] = pod
+        self._set(replace(self.view, version=self.view.version + 1, pods=pods))
+
+    def annotation(self, namespace: str, name: str) -> str | None:
+        pod = self.view.pods.get((namespace, name)) if self.view else None
+        return (_meta(pod).get("annotations") or {}).get(REDIRECTION_ANNOTATION) if pod else None

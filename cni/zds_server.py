@@ -1,0 +1,388 @@
+"""ZDS server: hands enrolled pods' network namespaces to ztunnel (Istio's sequence and semantics).
+
+The agent listens on a unix SOCK_SEQPACKET socket; ztunnel connects and says Hello; the agent
+sends one Add (netns fd in SCM_RIGHTS) or Keep (pod whose netns it cannot open) per enrolled pod,
+each acked, then SnapshotSent; then Add/Del as pods come and go. Only the newest connection is
+served. `ZdsSession` is the sans-IO protocol state of one connection; `ZdsServer` is the shell.
+
+Failure handling: a NACK leaves the pod un-acked and it is offered again every `retry_interval`;
+an ack that does not come within `ack_timeout` drops the connection (a late ack could otherwise
+be taken for the answer to the next request) and ztunnel's reconnect brings a fresh snapshot.
+Anything from ztunnel that is not what the protocol expects drops that connection only.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from wisp import netns as wnetns
+from wisp import sockets as wsockets
+from wisp import zds
+from wisp.zds import Ack, Add, Del, Hello, Keep, Request, SnapshotSent, WorkloadInfo, ZdsError
+
+log = structlog.get_logger("cni.zds")
+
+ACK_TIMEOUT = zds.ACK_TIMEOUT
+RETRY_INTERVAL = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ZdsPod:
+    """A pod ztunnel should serve: uid (metadata.uid), workload info, netns path (None: Keep)."""
+
+    uid: str
+    info: WorkloadInfo
+    netns: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    acked: bool
+    error: str = ""
+
+
+class ZdsSession:
+    """Protocol state of one ztunnel connection, sans-IO.
+
+    ztunnel speaks first (Hello); after that it may only answer, one Ack per request, and it
+    never sends file descriptors.
+    """
+
+    def __init__(self) -> None:
+        self.hello: Hello | None = None
+        self.outstanding: Request | None = None
+
+    def receive(self, data: bytes, fds: list[int]) -> Hello | Ack:
+        """Interpret one datagram from ztunnel; ZdsError if it breaks the protocol."""
+        if fds:
+            raise ZdsError(f"ztunnel sent {len(fds)} file descriptor(s); only the agent sends them")
+        if self.hello is None:
+            self.hello = zds.decode_hello(data)
+            return self.hello
+        if self.outstanding is None:
+            raise ZdsError("unsolicited message: no request is waiting for an ack")
+        ack = zds.decode_response(data)
+        # Protobuf would ignore unknown fields, and an Add or Keep read as a WorkloadResponse looks
+        # like a NACK; ztunnel's acks are canonical, so anything else is not an ack.
+        if zds.encode(ack) != data:
+            raise ZdsError("not a WorkloadResponse: the message carries fields an Ack does not have")
+        self.outstanding = None
+        return ack
+
+    def send(self, request: Request) -> bytes:
+        if self.hello is None:
+            raise ZdsError("cannot send a request before ztunnel's Hello")
+        if self.outstanding is not None:
+            raise ZdsError("a request is still waiting for its ack")
+        self.outstanding = request
+        return zds.encode(request)
+
+
+class _Drop(Exception):
+    """End this connection; the message says why."""
+
+
+@dataclass(eq=False)
+class _Work:
+    message: Add | Del
+    pod: ZdsPod | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    outcome: Outcome = Outcome(False, "not sent")
+
+    def finish(self, outcome: Outcome) -> None:
+        if not self.done.is_set():
+            self.outcome = outcome
+            self.done.set()
+
+
+class _Connection:
+    def __init__(self, server: ZdsServer, sock: socket.socket, number: int) -> None:
+        self.server = server
+        self.sock = sock
+        self.number = number
+        self.session = ZdsSession()
+        self.cancel_scope = trio.CancelScope()
+        self.work_send, self.work_recv = trio.open_memory_channel[_Work](math.inf)
+        self.ack_send, self.ack_recv = trio.open_memory_channel[Ack](1)
+        self.hello = trio.Event()
+        self.ready = False
+        self.acked: set[str] = set()
+        self.queued: set[str] = set()
+        self.log = log.bind(connection=number)
+        self.end_reason = "agent stopping"
+
+    def submit(self, work: _Work) -> None:
+        if isinstance(work.message, Add):
+            self.queued.add(work.message.uid)
+        self.work_send.send_nowait(work)
+
+    async def run(self) -> None:
+        try:
+            with self.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader)
+                    await self._writer()
+        except* _Drop as group:
+            self.end_reason = str(group.exceptions[0])
+        except* OSError as group:
+            self.end_reason = f"socket error: {group.exceptions[0]}"
+        finally:
+            self.close(self.end_reason)
+
+    def close(self, reason: str) -> None:
+        wsockets.close(self.sock)
+        self.work_send.close()
+        while True:
+            try:
+                work = self.work_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            work.finish(Outcome(False, f"ztunnel connection ended: {reason}"))
+        self.server._connection_ended(self)
+        self.log.info("ztunnel connection closed", reason=reason)
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                data, fds = await _recv(self.sock)
+            except ZdsError as exc:
+                self.log.warning("dropping ztunnel connection: unreadable datagram", error=str(exc))
+                raise _Drop(f"unreadable datagram: {exc}") from None
+            if not data and not fds:
+                raise _Drop("ztunnel closed the connection")
+            try:
+                message = self.session.receive(data, fds)
+            except ZdsError as exc:
+                self.log.warning("dropping ztunnel connection: protocol violation", error=str(exc),
+                                 datagram=data[:64].hex())
+                raise _Drop(f"protocol violation: {exc}") from None
+            finally:
+                for fd in fds:
+                    _close_fd(fd)
+            if isinstance(message, Hello):
+                self.log.info("ztunnel said hello", version=message.version)
+                self.server._promote(self)
+                self.hello.set()
+            else:
+                self.ack_send.send_nowait(message)
+
+    async def _writer(self) -> None:
+        with trio.move_on_after(self.server.ack_timeout) as scope:
+            await self.hello.wait()
+        if scope.cancelled_caught:
+            raise _Drop(f"no Hello within {self.server.ack_timeout} s")
+        snapshot = list(self.server.pods.values())
+        for pod in snapshot:
+            await self._offer(pod, in_snapshot=True)
+        ack = await self._request(SnapshotSent())
+        if not ack.ok:
+            self.log.warning("ztunnel refused the snapshot", error=ack.error)
+        self.ready = True
+        self.log.info("snapshot sent", pods=len(snapshot), acked=len(self.acked))
+        async for work in self.work_recv:
+            if isinstance(work.message, Add):
+                self.queued.discard(work.message.uid)
+                pod = self.server.pods.get(work.message.uid)
+                if pod is None:
+                    work.finish(Outcome(False, "pod was removed before ztunnel got it"))
+                    continue
+                work.finish(await self._offer(pod, in_snapshot=False))
+            else:
+                ack = await self._request(work.message)
+                self.acked.discard(work.message.uid)
+                if not ack.ok:
+                    self.log.warning("ztunnel refused to remove a pod", uid=work.message.uid, error=ack.error)
+                work.finish(Outcome(ack.ok, ack.error))
+
+    async def _offer(self, pod: ZdsPod, *, in_snapshot: bool) -> Outcome:
+        """Add (with the netns fd) or, in a snapshot, Keep when the netns cannot be opened."""
+        fd = None
+        if pod.netns is not None:
+            try:
+                fd = wnetns.open_netns(pod.netns)
+            except OSError as exc:
+                if not in_snapshot:
+                    return Outcome(False, str(exc))
+                self.log.info("pod netns unavailable; sending Keep", uid=pod.uid, error=str(exc))
+        elif not in_snapshot:
+            return Outcome(False, "the pod's network namespace is not known")
+        try:
+            message: Add | Keep = Add(pod.uid, pod.info) if fd is not None else Keep(pod.uid)
+            ack = await self._request(message, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if ack.ok:
+            self.acked.add(pod.uid)
+            self.server._acked(pod.uid)
+            return Outcome(True)
+        self.acked.discard(pod.uid)
+        self.log.warning("ztunnel refused a pod; will retry", uid=pod.uid, error=ack.error,
+                         retry_in=self.server.retry_interval)
+        return Outcome(False, f"ztunnel refused the pod: {ack.error}")
+
+    async def _request(self, message: Request, fd: int | None = None) -> Ack:
+        payload = self.session.send(message)
+        with trio.move_on_after(self.server.ack_timeout) as scope:
+            await _send(self.sock, payload, fd)
+            return await self.ack_recv.receive()
+        assert scope.cancelled_caught
+        self.log.warning("ztunnel did not ack in time; dropping the connection so it resyncs",
+                         message=type(message).__name__, timeout=self.server.ack_timeout)
+        raise _Drop(f"no ack for {type(message).__name__} within {self.server.ack_timeout} s")
+
+
+class ZdsServer:
+    """Keeps the set of pods ztunnel should serve and tells the newest ztunnel connection about it."""
+
+    def __init__(self, path: str, *, ack_timeout: float = ACK_TIMEOUT, retry_interval: float = RETRY_INTERVAL,
+                 on_ack: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self.ack_timeout = ack_timeout
+        self.retry_interval = retry_interval
+        self.on_ack = on_ack
+        self.pods: dict[str, ZdsPod] = {}
+        self.connection: _Connection | None = None
+        self.connections_seen = 0
+
+    # -- what the agent calls ------------------------------------------------------------------
+    def register(self, pod: ZdsPod) -> None:
+        """Include the pod in snapshots from now on, without sending anything (start-up)."""
+        self.pods[pod.uid] = pod
+
+    def is_acked(self, uid: str) -> bool:
+        conn = self.connection
+        return conn is not None and uid in conn.acked
+
+    async def add(self, pod: ZdsPod) -> Outcome:
+        """Have ztunnel serve the pod; returns once ztunnel acked or refused, or it cannot be asked."""
+        self.pods[pod.uid] = pod
+        conn = self.connection
+        if conn is None:
+            return Outcome(False, "no ztunnel is connected")
+        work = _Work(Add(pod.uid, pod.info), pod)
+        conn.submit(work)
+        return await self._wait(work)
+
+    async def remove(self, uid: str) -> Outcome:
+        """Stop serving the pod. Without a connection the next snapshot simply leaves it out."""
+        if self.pods.pop(uid, None) is None:
+            return Outcome(True)
+        conn = self.connection
+        if conn is None:
+            return Outcome(True)
+        work = _Work(Del(uid))
+        conn.submit(work)
+        return await self._wait(work)
+
+    async def _wait(self, work: _Work) -> Outcome:
+        # The connection finishes every item (ack, NACK, or its own end); this bound only guards
+        # against a long queue in front of it.
+        with trio.move_on_after(self.ack_timeout * 3):
+            await work.done.wait()
+            return work.outcome
+        return Outcome(False, "ztunnel is busy; still queued")
+
+    # -- serving -------------------------------------------------------------------------------
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listener = _listen(self.path)
+        log.info("ZDS listening", path=self.path)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._retry_loop)
+                task_status.started()
+                while True:
+                    sock, _ = await wsockets.accept(listener)
+                    self.connections_seen += 1
+                    conn = _Connection(self, sock, self.connections_seen)
+                    # It replaces the active session only once it said Hello (see _promote):
+                    # a client that connects and sends garbage must not cut ztunnel off.
+                    conn.log.info("ztunnel connected")
+                    nursery.start_soon(conn.run)
+        finally:
+            wsockets.close(listener)
+            _unlink(self.path)
+
+    def _promote(self, conn: _Connection) -> None:
+        """`conn` said Hello: it becomes the active session, ending the one before it."""
+        old, self.connection = self.connection, conn
+        if old is not None and old is not conn:
+            old.end_reason = "replaced by a newer ztunnel connection"
+            old.cancel_scope.cancel()
+
+    def _connection_ended(self, conn: _Connection) -> None:
+        if self.connection is conn:
+            self.connection = None
+
+    def _acked(self, uid: str) -> None:
+        if self.on_ack is not None:
+            self.on_ack(uid)
+
+    async def _retry_loop(self) -> None:
+        while True:
+            await trio.sleep(self.retry_interval)
+            conn = self.connection
+            if conn is None or not conn.ready:
+                continue
+            for uid, pod in list(self.pods.items()):
+                if uid not in conn.acked and uid not in conn.queued and pod.netns is not None:
+                    conn.log.info("offering un-acked pod to ztunnel again", uid=uid)
+                    conn.submit(_Work(Add(uid, pod.info), pod))
+
+
+# -- socket shell ------------------------------------------------------------------------------
+def _listen(path: str) -> socket.socket:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    _unlink(path)  # a stale socket from a previous agent would make bind fail
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(16)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+async def _send(sock: socket.socket, payload: bytes, fd: int | None) -> None:
+    while True:
+        try:
+            zds.send_datagram(sock, payload, fd)
+            return
+        except (BlockingIOError, InterruptedError):
+            await trio.lowlevel.wait_writable(sock)
+
+
+async def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+    while True:
+        try:
+            return zds.recv_datagram(sock)
+        except (BlockingIOError, InterruptedError):
+            await trio.lowlevel.wait_readable(sock)
+        except ConnectionResetError:
+            return b"", []
+
+
+def _close_fd(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise

@@ -1,0 +1,280 @@
+"""The node agent's ZDS server: Istio's sequence, netns fds, acks, retries and bad peers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+import trio
+
+from cni.testing import FakeZtunnel, random_prefix, scratch_netns
+from cni.zds_server import ZdsPod, ZdsServer, ZdsSession
+from wisp import zds
+from wisp.zds import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, ZdsError
+
+INFO = WorkloadInfo("web", "shop", "web-sa")
+
+
+# -- the protocol state, sans-IO ---------------------------------------------------------------
+def test_session_expects_hello_first():
+    session = ZdsSession()
+    with pytest.raises(ZdsError):
+        session.receive(zds.encode(Ack()), [])
+
+
+def test_session_refuses_to_send_before_hello():
+    with pytest.raises(ZdsError, match="before"):
+        ZdsSession().send(SnapshotSent())
+
+
+def test_session_accepts_one_ack_per_request():
+    session = ZdsSession()
+    assert session.receive(zds.encode(Hello()), []) == Hello()
+    session.send(Keep("uid-1"))
+    assert session.receive(zds.encode(Ack("boom")), []) == Ack("boom")
+    with pytest.raises(ZdsError, match="unsolicited"):
+        session.receive(zds.encode(Ack()), [])
+
+
+def test_session_rejects_file_descriptors_from_ztunnel():
+    with pytest.raises(ZdsError, match="file descriptor"):
+        ZdsSession().receive(zds.encode(Hello()), [99])
+
+
+def test_session_does_not_take_an_add_for_a_nack():
+    session = ZdsSession()
+    session.receive(zds.encode(Hello()), [])
+    session.send(SnapshotSent())
+    # Add{uid} and Ack{error} share field numbers; only a canonical Ack counts.
+    with pytest.raises(ZdsError, match="not a WorkloadResponse"):
+        session.receive(zds.encode(Add("uid-1", INFO)), [])
+
+
+# -- the server over a real SOCK_SEQPACKET socket -----------------------------------------------
+@pytest.fixture
+def sockdir():
+    path = tempfile.mkdtemp(prefix="wisp-tcni")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def pod_netns():
+    with scratch_netns(f"{random_prefix()}-shop-web") as path:
+        yield path
+
+
+@pytest.fixture
+async def server(sockdir):
+    acks: list[str] = []
+    srv = ZdsServer(os.path.join(sockdir, "run", "ztunnel.sock"), ack_timeout=0.5, retry_interval=0.1,
+                    on_ack=acks.append)
+    srv.acks = acks
+    async with trio.open_nursery() as nursery:
+        await nursery.start(srv.serve)
+        yield srv
+        nursery.cancel_scope.cancel()
+
+
+async def snapshot(fake: FakeZtunnel) -> list:
+    """Receive and ack everything up to and including SnapshotSent."""
+    got = []
+    while True:
+        item = await fake.receive()
+        assert item is not None, "agent closed the connection during the snapshot"
+        got.append(item)
+        await fake.ack()
+        if isinstance(item.message, SnapshotSent):
+            return got
+
+
+async def test_snapshot_adds_each_enrolled_pod_with_its_netns_fd(server, pod_netns):
+    server.register(ZdsPod("uid-web", INFO, pod_netns))
+    fake = FakeZtunnel(server.path)
+    await fake.connect()
+    try:
+        got = await snapshot(fake)
+        assert [g.message for g in got] == [Add("uid-web", INFO), SnapshotSent()]
+        st = os.stat(pod_netns)
+        assert (got[0].netns.dev, got[0].netns.ino) == (st.st_dev, st.st_ino)
+        assert server.acks == ["uid-web"]
+    finally:
+        fake.close()
+
+
+async def test_snapshot_keeps_pods_whose_netns_is_gone(server):
+    server.register(ZdsPod("uid-gone", INFO, f"/var/run/netns/{random_prefix()}-gone"))
+    server.register(ZdsPod("uid-unknown", INFO, None))
+    fake = FakeZtunnel(server.path)
+    await fake.connect()
+    try:
+        assert [g.message for g in await snapshot(fake)] == [Keep("uid-gone"), Keep("uid-unknown"), SnapshotSent()]
+    finally:
+        fake.close()
+
+
+async def test_add_after_snapshot_waits_for_the_ack(server, pod_netns):
+    fake = FakeZtunnel(server.path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        await fake.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
+        outcome = await server.add(ZdsPod("uid-web", INFO, pod_netns))
+        assert outcome.acked
+        assert fake.messages()[-1] == Add("uid-web", INFO)
+        assert server.is_acked("uid-web")
+        fake.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_unenrol_sends_del(server, pod_netns):
+    fake = FakeZtunnel(server.path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        await fake.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
+        await server.add(ZdsPod("uid-web", INFO, pod_netns))
+        outcome = await server.remove("uid-web")
+        assert outcome.acked
+        assert fake.messages()[-1] == Del("uid-web")
+        assert "uid-web" not in server.pods
+        fake.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_add_without_ztunnel_reports_it_and_goes_into_the_next_snapshot(server, pod_netns):
+    outcome = await server.add(ZdsPod("uid-web", INFO, pod_netns))
+    assert not outcome.acked and "no ztunnel" in outcome.error
+    fake = FakeZtunnel(server.path)
+    await fake.connect()
+    try:
+        assert [g.message for g in await snapshot(fake)] == [Add("uid-web", INFO), SnapshotSent()]
+    finally:
+        fake.close()
+
+
+async def test_nacked_pod_is_offered_again_until_acked(server, pod_netns):
+    answers = iter(["proxy failed to start", "still failing"])
+    fake = FakeZtunnel(server.path, answer=lambda m: next(answers, "") if isinstance(m, Add) else "")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        await fake.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
+        outcome = await server.add(ZdsPod("uid-web", INFO, pod_netns))
+        assert not outcome.acked and "proxy failed to start" in outcome.error
+        with trio.fail_after(3):
+            while "uid-web" not in server.acks:
+                await trio.sleep(0.02)
+        assert [m for m in fake.messages() if isinstance(m, Add)] == [Add("uid-web", INFO)] * 3
+        assert server.is_acked("uid-web")
+        fake.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_missing_ack_drops_the_connection_and_the_next_one_resyncs(server, pod_netns):
+    server.register(ZdsPod("uid-web", INFO, pod_netns))
+    silent = FakeZtunnel(server.path)
+    await silent.connect()
+    try:
+        assert (await silent.receive()).message == Add("uid-web", INFO)
+        assert await silent.receive(timeout=3) is None  # no ack in 0.5 s: the agent hangs up
+    finally:
+        silent.close()
+    fake = FakeZtunnel(server.path)
+    await fake.connect()
+    try:
+        assert [g.message for g in await snapshot(fake)] == [Add("uid-web", INFO), SnapshotSent()]
+    finally:
+        fake.close()
+
+
+GARBAGE = {
+    "random bytes": (b"\xff\xff\xff\xff\x0f\x99garbage", False),
+    "add without fd": (zds.encode(Add("uid-x", INFO)), False),
+    "del with an fd": (zds.encode(Del("uid-x")), True),
+    "ack carrying an fd": (zds.encode(Ack()), True),
+}
+
+
+@pytest.mark.parametrize("name", list(GARBAGE))
+async def test_garbage_drops_that_connection_and_the_agent_keeps_serving(server, name):
+    payload, with_fd = GARBAGE[name]
+    bad = FakeZtunnel(server.path)
+    await bad.connect()
+    try:
+        assert (await bad.receive()).message == SnapshotSent()
+        fd = os.open("/dev/null", os.O_RDONLY) if with_fd else None
+        try:
+            await bad.send_raw(payload, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        assert await bad.receive(timeout=3) is None
+    finally:
+        bad.close()
+    await _agent_still_serves(server)
+
+
+async def test_message_before_hello_drops_the_connection(server):
+    bad = FakeZtunnel(server.path)
+    await bad.connect(hello=False)
+    try:
+        await bad.ack()
+        assert await bad.receive(timeout=3) is None
+    finally:
+        bad.close()
+    await _agent_still_serves(server)
+
+
+async def test_unsupported_hello_version_drops_the_connection(server):
+    bad = FakeZtunnel(server.path)
+    await bad.connect(hello=False)
+    try:
+        await bad.send_raw(zds.encode(Hello(version=7)))
+        assert await bad.receive(timeout=3) is None
+    finally:
+        bad.close()
+    await _agent_still_serves(server)
+
+
+async def _agent_still_serves(server: ZdsServer) -> None:
+    good = FakeZtunnel(server.path)
+    await good.connect()
+    try:
+        assert [g.message for g in await snapshot(good)] == [SnapshotSent()]
+    finally:
+        good.close()
+
+
+async def test_newest_ztunnel_connection_replaces_the_old_one(server, pod_netns):
+    old, new = FakeZtunnel(server.path), FakeZtunnel(server.path)
+    try:
+        await old.connect()
+        await snapshot(old)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(new.serve)
+            assert await old.receive(timeout=3) is None
+            await new.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
+            assert (await server.add(ZdsPod("uid-web", INFO, pod_netns))).acked
+            assert new.messages()[-1] == Add("uid-web", INFO)
+            new.close()
+            nursery.cancel_scope.cancel()
+    finally:
+        old.close()
+        new.close()
+
+
+async def test_stale_socket_file_is_replaced(sockdir):
+    path = os.path.join(sockdir, "ztunnel.sock")
+    with open(path, "w"):
+        pass
+    srv = ZdsServer(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(srv.serve)
+        fake = FakeZtunnel(path)
+        await fake.connect()
+        assert (await fake.receive()).message == SnapshotSent()
+        fake.close()
+        nursery.cancel_scope.cancel()
+    assert not os.path.exists(path)
