@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from wisp import log
 
@@ -12,9 +14,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wisp", description="wisp, an ambient service mesh")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="show an HBONE tunnel between two workload identities")
+    demo = sub.add_parser("demo", help="run the example shop on a local mesh and show traffic crossing it")
+    demo.add_argument("directory", nargs="?", type=Path, default=Path("examples/shop"))
+    demo.add_argument("--prefix", default="wisp-demo")
+    demo.add_argument("--keep", action="store_true", help="leave the mesh running afterwards")
+    demo.add_argument("--tunnel-only", action="store_true",
+                      help="only show one HBONE tunnel between two identities (no root needed)")
     demo.add_argument("--bytes", type=int, default=64 * 1024 * 1024,
-                      help="how many bytes to send through the tunnel (default 64 MiB)")
+                      help="with --tunnel-only: bytes to send through the tunnel (default 64 MiB)")
     ca = sub.add_parser("ca", help="certificate authority tools")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True)
     init = ca_sub.add_parser("init", help="write a new root and intermediate in Istio's cacerts layout")
@@ -39,11 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         return runtime_cli.run_command(args)
 
     if args.command == "demo":
-        if args.bytes <= 0:
-            parser.error("--bytes must be positive")
-        from wisp.demo import run_demo
+        if args.tunnel_only:
+            if args.bytes <= 0:
+                parser.error("--bytes must be positive")
+            from wisp.demo import run_demo
 
-        return run_demo(args.bytes)
+            return run_demo(args.bytes)
+        if os.geteuid() != 0:
+            parser.error("the mesh demo needs root (network namespaces); --tunnel-only does not")
+        if not args.directory.is_dir():
+            parser.error(f"{args.directory} is not a directory (run from the repository root)")
+        from wisp.runtime.demo import run_demo as run_mesh_demo
+
+        return run_mesh_demo(args.directory, args.prefix, args.keep)
     if args.command == "ca" and args.ca_command == "init":
         return _ca_init(args.directory, args.trust_domain)
     parser.error(f"unknown command {args.command}")
