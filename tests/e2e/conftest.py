@@ -147,7 +147,7 @@ def leftovers(prefix: str) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def mesh():
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests build network namespaces and need root (CI runs them as root)")

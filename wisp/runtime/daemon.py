@@ -102,6 +102,8 @@ class Runtime:
                 "--zds-socket", str(self.paths.zds_socket(node.name)),
                 "--cni-socket", str(self.paths.cni_socket(node.name)),
                 "--token-file", str(self.paths.token(f"node-agent-{node.name}")),
+                # ztunnel has no DNS proxy on 15053 yet; capturing DNS would break it.
+                "--no-dns-capture",
             ])
             await self._start(nursery, f"ztunnel-{node.name}", node.netns, [
                 str(self.bin_dir / "wisp-ztunnel"), *common,
