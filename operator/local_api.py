@@ -23,6 +23,7 @@ import structlog
 
 from .auth import ROLE_NODE_AGENT, ROLE_RUNTIME, Caller
 from .controller import Controller
+from .server import disconnect_watch
 from .store import ObjectStore, StoreError
 
 log = structlog.get_logger("wisp.operator.local")
@@ -84,16 +85,8 @@ class LocalApi:
     async def _watch_pods(self, receive, send, caller: Caller) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/x-ndjson")]})
-        gone = asyncio.Event()
-
-        async def watch_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
-
-        watcher = asyncio.create_task(watch_disconnect())
         last = None
-        try:
+        async with disconnect_watch(receive) as gone:
             while not gone.is_set():
                 seen = self.store.version
                 view = self.pods_view(caller.node or "")
@@ -106,8 +99,6 @@ class LocalApi:
                     await asyncio.wait_for(self.store.wait_for_change(seen), self.ping_interval)
                 except asyncio.TimeoutError:
                     await send({"type": "http.response.body", "body": PING, "more_body": True})
-        finally:
-            watcher.cancel()
 
     async def _annotate(self, namespace: str, name: str, caller: Caller, read_body, respond) -> None:
         pod = self.store.get("Pod", namespace, name)

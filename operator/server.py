@@ -13,6 +13,7 @@ import secrets
 import socket
 import tempfile
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from urllib.parse import parse_qs
 
 import hypercorn.asyncio
@@ -154,35 +155,46 @@ class ControlPlaneApp:
                  resume_from=version)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", CONTENT_TYPE.encode()), (b"cache-control", b"no-store")]})
-        gone = asyncio.Event()
-
-        async def watch_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            gone.set()
-
-        watcher = asyncio.create_task(watch_disconnect())
         try:
-            while not gone.is_set():
-                message = dist.next_message(view, version)
-                if message is not None:
-                    version, body = message
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                    dist.sent(status, version)
-                    # hypercorn buffers whatever we send regardless of the peer's HTTP/2 window,
-                    # so acks are the flow control: nothing more until this one is applied.
-                    if not await dist.wait_for_ack(status, version, self.ack_timeout):
-                        reason = status.last_error or f"no ack within {self.ack_timeout:g} s"
-                        log.warning("closing config stream", subscriber=subscriber, version=version,
-                                    reason=reason)
-                        break
-                    continue
-                if not await dist.wait_for_change(version, self.ping_interval):
-                    await send({"type": "http.response.body", "body": PING, "more_body": True})
+            async with disconnect_watch(receive) as gone:
+                await self._follow(gone, send, dist, status, subscriber, view, version)
         finally:
-            watcher.cancel()
             status.connected = False
             log.info("subscriber disconnected", subscriber=subscriber)
+
+    async def _follow(self, gone, send, dist, status, subscriber, view, version) -> None:
+        """Send what the subscriber lacks, one acknowledged message at a time, until it leaves."""
+        while not gone.is_set():
+            message = dist.next_message(view, version)
+            if message is not None:
+                version, body = message
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                dist.sent(status, version)
+                # hypercorn buffers whatever we send regardless of the peer's HTTP/2 window,
+                # so acks are the flow control: nothing more until this one is applied.
+                if not await dist.wait_for_ack(status, version, self.ack_timeout):
+                    reason = status.last_error or f"no ack within {self.ack_timeout:g} s"
+                    log.warning("closing config stream", subscriber=subscriber, version=version, reason=reason)
+                    return
+                continue
+            if not await dist.wait_for_change(version, self.ping_interval):
+                await send({"type": "http.response.body", "body": PING, "more_body": True})
+
+@asynccontextmanager
+async def disconnect_watch(receive):
+    """An event set when the client goes away, for responses that stream until it does."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield gone
+    finally:
+        watcher.cancel()
 
 
 async def _lifespan(receive, send) -> None:
