@@ -1,15 +1,15 @@
 """ZDS: how the node agent hands pod network namespaces to ztunnel (Istio's zds.proto, on the wire).
 
 Messages are protobuf, byte-compatible with istio/ztunnel's `proto/zds.proto`, so a wisp node
-agent can serve Istio's ztunnel and the reverse. They are encoded here by hand: five messages of
-strings and one nested message do not justify a protobuf code-generation step.
+agent can serve Istio's ztunnel and the reverse.
 
 One message per SOCK_SEQPACKET datagram; an Add carries exactly one netns fd in SCM_RIGHTS.
 Sequence: ztunnel connects and sends ZdsHello; the agent sends one Add (with fd) or Keep
 (known pod, no fd) per enrolled pod, each acked; then SnapshotSent, after which ztunnel drops
 pods it was not told about and acks; then Add/Del as pods come and go.
 
-This module is sans-IO except for the two small datagram helpers at the end.
+This module is sans-IO except for the two small datagram helpers at the end; the wire format
+pieces are wisp.protobuf's.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import array
 import socket
 from dataclasses import dataclass
+
+from wisp import protobuf
 
 DEFAULT_SOCKET_PATH = "/var/run/ztunnel/ztunnel.sock"
 VERSION_V1 = 1
@@ -75,83 +77,21 @@ Request = Add | Keep | Del | SnapshotSent
 
 # WorkloadRequest oneof field numbers (zds.proto).
 _ADD, _DEL, _SNAPSHOT_SENT, _NO_SNAPSHOT, _KEEP = 1, 2, 3, 4, 5
-_VARINT, _LEN = 0, 2
 
 
-# -- protobuf primitives -----------------------------------------------------------------------
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | _LEN) + _varint(len(payload)) + payload
-
-
-def _string(number: int, value: str) -> bytes:
-    # proto3 leaves default (empty) values out.
-    return _field(number, value.encode()) if value else b""
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ZdsError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ZdsError("varint too long")
-
-
+# -- protobuf, with errors as ZdsError ----------------------------------------------------------
 def _fields(data: bytes) -> dict[int, bytes | int]:
-    """Top-level fields of a message; unknown wire types are an error, unknown fields are kept."""
-    fields: dict[int, bytes | int] = {}
-    pos = 0
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise ZdsError("field number 0")
-        if wire == _VARINT:
-            value, pos = _read_varint(data, pos)
-            fields[number] = value
-        elif wire == _LEN:
-            size, pos = _read_varint(data, pos)
-            if pos + size > len(data):
-                raise ZdsError("length-delimited field runs past the end")
-            fields[number] = data[pos:pos + size]
-            pos += size
-        elif wire == 5:
-            pos += 4
-        elif wire == 1:
-            pos += 8
-        else:
-            raise ZdsError(f"unsupported wire type {wire}")
-        if pos > len(data):
-            raise ZdsError("field runs past the end")
-    return fields
+    try:
+        return protobuf.parse(data)
+    except protobuf.ProtobufError as exc:
+        raise ZdsError(str(exc)) from None
 
 
 def _text(fields: dict, number: int, what: str) -> str:
-    value = fields.get(number, b"")
-    if not isinstance(value, bytes):
-        raise ZdsError(f"{what} must be a string")
     try:
-        return value.decode()
-    except UnicodeDecodeError:
-        raise ZdsError(f"{what} is not UTF-8") from None
+        return protobuf.text(fields, number, what)
+    except protobuf.ProtobufError as exc:
+        raise ZdsError(str(exc)) from None
 
 
 def _sub(fields: dict, number: int, what: str) -> dict:
@@ -164,21 +104,22 @@ def _sub(fields: dict, number: int, what: str) -> dict:
 # -- encoding ----------------------------------------------------------------------------------
 def encode(message: Hello | Request | Ack) -> bytes:
     if isinstance(message, Hello):
-        return _varint(1 << 3 | _VARINT) + _varint(message.version)
+        return protobuf.varint(1, message.version)
     if isinstance(message, Ack):
-        return _field(1, _string(1, message.error))
+        return protobuf.length_delimited(1, protobuf.string(1, message.error))
     if isinstance(message, Add):
         info = message.info
-        body = _string(1, message.uid) + _field(
-            2, _string(1, info.name) + _string(2, info.namespace) + _string(3, info.service_account)
+        body = protobuf.string(1, message.uid) + protobuf.length_delimited(
+            2, protobuf.string(1, info.name) + protobuf.string(2, info.namespace)
+            + protobuf.string(3, info.service_account)
         )
-        return _field(_ADD, body)
+        return protobuf.length_delimited(_ADD, body)
     if isinstance(message, Keep):
-        return _field(_KEEP, _string(1, message.uid))
+        return protobuf.length_delimited(_KEEP, protobuf.string(1, message.uid))
     if isinstance(message, Del):
-        return _field(_DEL, _string(2, message.uid))
+        return protobuf.length_delimited(_DEL, protobuf.string(2, message.uid))
     if isinstance(message, SnapshotSent):
-        return _field(_SNAPSHOT_SENT, b"")
+        return protobuf.length_delimited(_SNAPSHOT_SENT, b"")
     raise TypeError(f"not a ZDS message: {type(message).__name__}")
 
 

@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from wisp import protobuf
+
 METHOD = "/wisp.echo.Echo/Echo"
 CONTENT_TYPE = "application/grpc"
 # gRPC's default limit on a received message.
@@ -93,69 +95,28 @@ def grpc_message(text: str) -> str:
 # -- protobuf wire format ----------------------------------------------------------------------
 
 def encode_varint(value: int) -> bytes:
-    if value < 0:
-        raise ValueError("varints here are unsigned")
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return protobuf.encode_varint(value)
 
 
 def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
     """The varint at `pos` and the position after it."""
-    value = shift = 0
-    while True:
-        if pos >= len(data):
-            raise WireError("truncated varint")
-        if shift > 63:
-            raise WireError("varint longer than 64 bits")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
+    try:
+        return protobuf.decode_varint(data, pos)
+    except protobuf.ProtobufError as exc:
+        raise WireError(str(exc)) from None
 
 
 def encode_strings(fields: dict[int, str]) -> bytes:
     """A message of string fields; empty strings are left out, as proto3 does."""
-    out = bytearray()
-    for number, text in sorted(fields.items()):
-        if text:
-            raw = text.encode()
-            out += encode_varint(number << 3 | 2) + encode_varint(len(raw)) + raw
-    return bytes(out)
+    return b"".join(protobuf.string(number, text) for number, text in sorted(fields.items()))
 
 
 def decode_strings(data: bytes, wanted: set[int]) -> dict[int, str]:
     """The string fields numbered in `wanted`; every other field is skipped."""
-    fields: dict[int, str] = {}
-    pos = 0
-    while pos < len(data):
-        key, pos = decode_varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise WireError("field number 0")
-        if wire_type == 0:
-            _, pos = decode_varint(data, pos)
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        elif wire_type == 2:
-            length, pos = decode_varint(data, pos)
-            if pos + length > len(data):
-                raise WireError(f"field {number} runs past the end of the message")
-            if number in wanted:
-                try:
-                    fields[number] = data[pos:pos + length].decode()
-                except UnicodeDecodeError as exc:
-                    raise WireError(f"field {number} is not UTF-8") from exc
-            pos += length
-        else:
-            raise WireError(f"unsupported wire type {wire_type} in field {number}")
-        if pos > len(data):
-            raise WireError(f"field {number} runs past the end of the message")
+    try:
+        parsed = protobuf.parse(data)
+        fields = {number: protobuf.text(parsed, number, f"field {number}")
+                  for number in wanted if isinstance(parsed.get(number), bytes)}
+    except protobuf.ProtobufError as exc:
+        raise WireError(str(exc)) from None
     return fields
