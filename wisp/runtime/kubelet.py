@@ -26,6 +26,7 @@ from .topology import Node, PodNet, Topology
 log = structlog.get_logger("wisp.runtime.kubelet")
 
 CNI_VERSION = "1.0.0"
+RESYNC_INTERVAL = 10.0
 
 
 @dataclass(slots=True)
@@ -157,6 +158,7 @@ class Kubelet:
 
     async def _readiness(self, record: PodRecord) -> None:
         probe = _readiness_probe(record.spec)
+        last_report = -RESYNC_INTERVAL
         while True:
             alive = all(c.running for c in record.containers)
             if probe is None:
@@ -166,9 +168,13 @@ class Kubelet:
             else:
                 status, _ = await probes.http_get(record.node.netns, (record.ip, probe[1]), probe[2])
                 ready = alive and 200 <= status < 400
-            if ready != record.ready or record.phase != "Running":
+            # Report changes at once; otherwise now and then, which also brings a restarted
+            # control plane up to date.
+            now = trio.current_time()
+            if ready != record.ready or now - last_report >= RESYNC_INTERVAL:
                 record.ready = ready
-            await self._report(record)
+                await self._report(record)
+                last_report = now
             await trio.sleep(1.0 if ready else 0.3)
 
     async def _teardown(self, record: PodRecord) -> None:
