@@ -37,6 +37,7 @@ from wisp.model import (
 ROLE_ZTUNNEL = "ztunnel"
 ROLE_WAYPOINT = "waypoint"
 DEFAULT_HISTORY = 64
+_DELTA_MESSAGE_CACHE = 256
 
 
 @dataclass(slots=True, frozen=True)
@@ -83,9 +84,11 @@ class Distributor:
         self._history: deque[_Publication] = deque(maxlen=history)
         self._changed = asyncio.Event()
         self._encoded: dict[ResourceKey, tuple[Resource, dict]] = {}
-        # Workloads per (node, namespace), kept up to date from each delta so a publication
+        # Workloads per (node, scope), kept up to date from each delta so a publication
         # costs O(change), not O(workloads).
-        self._node_namespace_counts: dict[str, dict[str, int]] = {}
+        self._node_scope_counts: dict[str, dict[tuple[str, str], int]] = {}
+        # Encoded deltas to the current version, by (base version, filter); reset on publish.
+        self._delta_messages: dict[tuple, bytes] = {}
         self.subscribers: dict[str, SubscriberStatus] = {}
         self.publish(ModelSnapshot())
 
@@ -130,6 +133,7 @@ class Distributor:
             authorizations_by_namespace=authorizations,
         )
         self._history.append(publication)
+        self._delta_messages.clear()
         # Wake everyone waiting on this version; later waiters wait on a fresh event.
         self._changed.set()
         self._changed = asyncio.Event()
@@ -219,7 +223,16 @@ class Distributor:
         base = self._find(version)
         if base is None:
             return self._version(current.number), self._snapshot_message(view, current)
-        return self._version(current.number), self._delta_message(view, base, current)
+        # Subscribers at the same version with the same filter get the same bytes: a pod change
+        # fanned out to a node's ztunnels is encoded once, not once per stream.
+        key = (base.number, view.filtered, self._scopes_of(view, base) if view.filtered else None,
+               self._scopes_of(view, current) if view.filtered else None)
+        message = self._delta_messages.get(key)
+        if message is None:
+            if len(self._delta_messages) >= _DELTA_MESSAGE_CACHE:
+                self._delta_messages.clear()
+            message = self._delta_messages[key] = self._delta_message(view, base, current)
+        return self._version(current.number), message
 
     def _scopes_of(self, view: View, publication: _Publication) -> frozenset[tuple[str, str]]:
         return publication.node_scopes.get(view.node or "", frozenset())

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wisp.model import KIND_WORKLOAD, Authorization, Delta, ModelSnapshot, ResourceKey, Service, Workload
@@ -353,6 +353,8 @@ class Reconciler:
         """The reconciliation of ``state``: patched if ``can_patch`` says so, else a full build."""
         if self._build is not None and self.can_patch(state, changed):
             assert changed is not None
+            if not changed:
+                return replace(self._build.result, delta=Delta())
             self.patches += 1
             try:
                 return self._build.patch(state, sorted(changed))

@@ -170,6 +170,9 @@ class ControlPlaneApp:
                 version, body = message
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 dist.sent(status, version)
+                # Let go of it before waiting: a first sync is a snapshot of megabytes, and a
+                # stream holding its last message would keep one per subscriber alive.
+                message = body = None
                 # hypercorn buffers whatever we send regardless of the peer's HTTP/2 window,
                 # so acks are the flow control: nothing more until this one is applied.
                 if not await dist.wait_for_ack(status, version, self.ack_timeout):
@@ -275,6 +278,9 @@ async def serve(
         config.accesslog = None
         config.errorlog = None
         config.graceful_timeout = 1.0
-        # Streams stay open for hours; only truly idle connections are closed.
+        # Streams stay open for hours; only truly idle connections are closed. Acks are requests,
+        # so hypercorn's default of recycling a connection after 1,000 of them would make every
+        # subscriber on it reconnect at once.
         config.keep_alive_timeout = 120
+        config.keep_alive_max_requests = 1 << 62
         await hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown.wait)

@@ -282,7 +282,7 @@ class ObjectStore:
         return refused
 
     def _refresh(self, keys: Iterable[Key]) -> None:
-        changed = False
+        changed: list[Key] = []
         for key in keys:
             holders = self._holders.get(key)
             if holders is None:
@@ -291,14 +291,15 @@ class ObjectStore:
                 self._labels.pop(key, None)
                 self._annotations.pop(key, None)
                 if self._effective.pop(key, None) is not None:
-                    changed = True
+                    changed.append(key)
                 continue
             obj = self._effective_object(key, self._by_source[holders[0]][key])
             if self._effective.get(key) != obj:
                 self._effective[key] = obj
-                changed = True
+                changed.append(key)
         if changed:
             self._version += 1
+            self._changes.append((self._version, frozenset(changed)))
             self._snapshot = None
             event, self._changed = self._changed, asyncio.Event()
             event.set()
