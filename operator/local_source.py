@@ -21,7 +21,6 @@ a Deployment stands for, named and owned as Kubernetes would.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from wisp_operator.cluster import (
     Key,
 )
 from wisp_operator.errors import OperatorError
-from wisp_operator.manifest import dicts, integer, mapping, object_id, string_map
+from wisp_operator.manifest import object_id
 from wisp_operator.store import ObjectStore
 from wisp.deployments import POD_TEMPLATE_HASH_LABEL, pod_template_hash, pods_for_deployment  # noqa: F401 (re-exported)
 

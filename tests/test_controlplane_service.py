@@ -24,7 +24,7 @@ import trio
 from wisp import sockets
 from wisp.controlplane.client import ConfigSubscriber, ControlPlaneError, fetch_certificate, make_client
 from wisp.controlplane.protocol import ConfigView, decode
-from wisp.identity import SpiffeId, generate_key, make_csr, verify_chain
+from wisp.identity import generate_key, make_csr, verify_chain
 from wisp.model import Authorization, ModelSnapshot, Workload
 from wisp_operator.auth import LocalCredentials
 from wisp_operator.ca_service import CaService

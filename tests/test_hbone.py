@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import socket
 import ssl
 import struct
@@ -28,14 +27,13 @@ from wisp.hbone import (
     HboneServer,
     PeerIdentityError,
     PoolKey,
-    TlsError,
     connect_headers,
     dial,
 )
 from wisp.hbone.tls import TlsStream, _load_chain
 from wisp.identity import CertificateAuthority, SpiffeId, generate_key, make_csr
 
-from .conftest import TRUST_DOMAIN, spiffe
+from .conftest import spiffe
 
 SERVER_ID = spiffe("shop", "checkout")
 CLIENT_ID = spiffe("shop", "frontend")

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from wisp import sockets
 from wisp.hbone import ConnectRequest
 from wisp.model import Workload
 
@@ -86,13 +85,8 @@ async def handle(proxy: PodProxy, request: ConnectRequest) -> None:
         record.close(FLAG_DENY)
         return
     try:
-        upstream_sock = await listeners.pod_socket(proxy.netns_fd, local_ip, source=peer_ip, transparent=True)
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                await sockets.connect(upstream_sock, (local_ip, port))
-        except BaseException:
-            upstream_sock.close()
-            raise
+        upstream_sock = await listeners.connect_app(proxy.netns_fd, (local_ip, port), source=peer_ip,
+                                                    timeout=CONNECT_TIMEOUT)
     except (OSError, trio.TooSlowError) as exc:
         error = str(exc) or "connect timed out"
         log.warning("inbound connect to the app failed", dst=_addr(local_ip, port), src=peer_ip, error=error)

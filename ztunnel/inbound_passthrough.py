@@ -62,13 +62,8 @@ async def serve(proxy: PodProxy, sock: socket.socket, peer: tuple[str, int]) -> 
         reset(sock)
         return
     try:
-        upstream_sock = await listeners.pod_socket(proxy.netns_fd, dst_ip, source=peer[0], transparent=True)
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                await sockets.connect(upstream_sock, (dst_ip, dst_port))
-        except BaseException:
-            upstream_sock.close()
-            raise
+        upstream_sock = await listeners.connect_app(proxy.netns_fd, (dst_ip, dst_port), source=peer[0],
+                                                    timeout=CONNECT_TIMEOUT)
     except (OSError, trio.TooSlowError) as exc:
         error = str(exc) or "connect timed out"
         log.warning("inbound connect to the app failed", dst=_addr(dst_ip, dst_port), src=peer[0], error=error)

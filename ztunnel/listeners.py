@@ -10,6 +10,8 @@ import functools
 import socket
 from dataclasses import dataclass
 
+import trio
+
 from wisp import netns, sockets
 
 OUTBOUND_PORT = 15001
@@ -54,3 +56,20 @@ async def pod_socket(netns_fd: int, host: str, *, source: str | None = None,
     """A marked, non-blocking TCP socket for connecting to `host`, made inside the pod."""
     make = functools.partial(sockets.new_tcp_socket, host, mark=MARK, source=source, transparent=transparent)
     return await netns.run_in_netns(netns_fd, make)
+
+
+async def connect_app(netns_fd: int, address: tuple[str, int], *, source: str, timeout: float):
+    """A connection to the local app from `source` (the real client's IP), made transparently.
+
+    Inbound traffic reaches the app as if straight from its client: the socket lives in the pod's
+    netns, binds the client's address (IP_TRANSPARENT) and carries ztunnel's mark, so the in-pod
+    rules route the app's replies back to ztunnel. OSError or trio.TooSlowError on failure.
+    """
+    sock = await pod_socket(netns_fd, address[0], source=source, transparent=True)
+    try:
+        with trio.fail_after(timeout):
+            await sockets.connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -7,7 +7,6 @@ applies are deleted, labels restored), so the order of tests does not matter.
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import time

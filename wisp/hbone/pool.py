@@ -17,7 +17,6 @@ from wisp.identity import CertBundle, SpiffeId
 
 from .client import SocketFactory, default_socket_factory, dial, open_stream
 from .connection import CLIENT_SETTINGS, H2Settings, HboneConnection, HboneStream
-from .errors import ConnectionClosed
 from .tls import ContextCache
 
 log = structlog.get_logger("wisp.hbone.pool")

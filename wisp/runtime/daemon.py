@@ -27,7 +27,6 @@ from .kubelet import Kubelet, PodRecord
 from .manifests import (
     desired_pods,
     load_directory,
-    namespace_of,
     resolve_target_port,
     selects,
     services,

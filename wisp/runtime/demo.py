@@ -40,7 +40,7 @@ def run_demo(directory: Path, prefix: str, keep: bool) -> int:
             print(f"\nthe mesh is still up: try `wisp exec --prefix {prefix} -n shop client -- curl http://frontend.shop/`"
                   f"\nand `wisp down --prefix {prefix}` when done")
         else:
-            print(f"\n$ wisp down")
+            print("\n$ wisp down")
             cli.down(paths, argparse.Namespace())
 
 
