@@ -31,7 +31,7 @@ from .manifests import (
     selects,
     services,
 )
-from .operator_client import OperatorClient
+from .operator_client import OperatorClient, OperatorError
 from .paths import RuntimePaths
 from .processes import Supervised
 from .topology import CONTROL_PLANE_IP, SERVICE_HOOKS, Node, Topology, service_rules
@@ -113,6 +113,7 @@ class Runtime:
             await self._wait(f"ztunnel on {node.name}", lambda node=node: self._ztunnel_ready(node), 60)
         await self.sync(nursery)
         await self._wait("the pods", self._pods_ready, 120)
+        await self._wait("the configuration to reach every ztunnel", self._config_settled, 60)
         self.phase = "ready"
         log.info("mesh ready", nodes=len(self.nodes), pods=len(self.pods))
 
@@ -133,7 +134,28 @@ class Runtime:
         return status == 200
 
     async def _pods_ready(self) -> bool:
-        return all(p.ready for p in self.pods.values())
+        # Service rules and each pod's /etc/hosts follow the pods as they come up, so both are
+        # complete by the time the mesh says it is ready.
+        await self._sync_services()
+        return all(p.ready and p.hosts is not None for p in self.pods.values())
+
+    async def _config_settled(self) -> bool:
+        """The control plane sees every pod ready and every ztunnel acknowledged its latest
+        config: only then does traffic through services find its endpoints everywhere."""
+        for _ in range(2):  # twice, so a reconcile already under way is seen through
+            try:
+                listing, subscribers = await self.operator.objects(), await self.operator.subscribers()
+            except OperatorError:
+                return False
+            pods = [o for o in listing["objects"] if o.get("kind") == "Pod"]
+            if not all(_ready(pod) for pod in pods):
+                return False
+            ztunnels = [s for s in subscribers["subscribers"] if s["role"] == "ztunnel" and s["connected"]]
+            if len(ztunnels) < len(self.nodes) or any(
+                    s["acked_version"] != subscribers["version"] for s in ztunnels):
+                return False
+            await trio.sleep(0.2)
+        return True
 
     # -- keeping pods and services in line with the manifests --------------------------------------
     async def _sync_forever(self, nursery: trio.Nursery) -> None:
@@ -266,6 +288,11 @@ class Runtime:
         self.phase = "stopped"
         self._write_status()
         log.info("mesh stopped")
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _digest(directory: Path) -> str:

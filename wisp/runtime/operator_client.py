@@ -71,3 +71,7 @@ class OperatorClient:
 
     async def objects(self) -> dict[str, Any]:
         return await self._call("GET", "/v1/local/objects")
+
+    async def subscribers(self) -> dict[str, Any]:
+        """The config version and what each subscriber (ztunnel, waypoint) acknowledged."""
+        return await self._call("GET", "/debug/subscribers")
