@@ -353,3 +353,17 @@ spec:
                       what=f"pod {name} reachable through the mesh")
     finally:
         mesh.delete(text, name)
+
+
+# -- 8. the runtime ------------------------------------------------------------------------------------
+
+
+def test_every_pod_resolves_every_service_name(mesh):
+    """`wisp up` returns only once each pod's /etc/hosts names every service (with its short
+    name in the pod's own namespace), so a first request by name never falls through to DNS."""
+    for pod in mesh.status()["pods"]:
+        result = mesh.in_pod(pod["namespace"], pod["name"], "getent", "hosts", "far.ambient.svc.cluster.local",
+                             timeout=5)
+        assert result.returncode == 0, f"{pod['namespace']}/{pod['name']} cannot resolve far.ambient"
+    assert mesh.in_pod("ambient", "client", "getent", "hosts", "far", timeout=5).returncode == 0
+    assert mesh.in_pod("legacy", "client", "getent", "hosts", "far", timeout=5).returncode != 0

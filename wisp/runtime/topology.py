@@ -178,6 +178,13 @@ class Topology:
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")
         os.replace(tmp, os.path.join(directory, "hosts"))
+        # Names come from the hosts file only. A pod cannot reach the machine's resolver, so
+        # point it at its own loopback, where nothing listens: a lookup the file cannot answer
+        # (glibc asks for IPv6 first) fails at once instead of waiting out a timeout.
+        resolv = os.path.join(directory, "resolv.conf")
+        if not os.path.exists(resolv):
+            with open(resolv, "w") as f:
+                f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
 
     def set_service_rules(self, node: Node, rules: str) -> None:
         """Replace the node's kube-proxy-like DNAT chain (iptables-restore input for WISP-SERVICES)."""
