@@ -21,6 +21,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from wisp.asgi import lifespan
+
 from .enrolment import CniAddRequest
 from .errors import CniAgentError
 
@@ -64,7 +66,7 @@ def make_app(add: AddHandler, ready: trio.Event):
 
     async def app(scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -106,15 +108,6 @@ def make_app(add: AddHandler, ready: trio.Event):
 
     return app
 
-
-async def _lifespan(receive, send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _respond(send, status: int, body: dict[str, Any]) -> None:

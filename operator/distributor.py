@@ -57,7 +57,6 @@ class _Publication:
     number: int
     snapshot: ModelSnapshot
     delta: Delta
-    published_at: float
     # Per node, what makes a policy its business: ("ns", namespace) of a local workload, and
     # ("ref", "ns/name") of a selector policy a local workload lists.
     node_scopes: dict[str, frozenset[tuple[str, str]]]
@@ -128,7 +127,6 @@ class Distributor:
             number=previous.number + 1 if previous else 0,
             snapshot=snapshot,
             delta=delta,
-            published_at=time.monotonic(),
             node_scopes=node_scopes,
             authorizations_by_namespace=authorizations,
         )

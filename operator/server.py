@@ -20,6 +20,7 @@ import hypercorn.asyncio
 import hypercorn.config
 import structlog
 
+from wisp.asgi import lifespan
 from wisp.controlplane.protocol import ACK_PATH, CERTIFICATE_PATH, CONTENT_TYPE, PING, STREAM_PATH
 from wisp.identity import CertBundle
 
@@ -61,7 +62,7 @@ class ControlPlaneApp:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -199,15 +200,6 @@ async def disconnect_watch(receive):
     finally:
         watcher.cancel()
 
-
-async def _lifespan(receive, send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _read_body(receive, send) -> bytes | None:

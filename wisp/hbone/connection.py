@@ -252,7 +252,6 @@ class HboneConnection:
         self._goaway_last_stream_id: int | None = None
         self.peer_max_streams: int = 100
         self.last_active = trio.current_time()
-        self.streams_opened = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -314,11 +313,6 @@ class HboneConnection:
         self._flush()
         log.debug("goaway sent", conn=self.id, reason=reason)
 
-    async def wait_idle(self) -> None:
-        """Return when no stream is open (or the connection failed)."""
-        while self.streams and self.failure is None:
-            await trio.sleep(0.05)
-
     # -- client side ---------------------------------------------------------------------------
     def open_stream(self, headers: list[tuple[bytes, bytes]]) -> HboneStream:
         """Send a CONNECT request and return the stream; the caller awaits `wait_response`."""
@@ -328,7 +322,6 @@ class HboneConnection:
         stream = HboneStream(self, stream_id)
         self.streams[stream_id] = stream
         self._h2.send_headers(stream_id, headers, end_stream=False)
-        self.streams_opened += 1
         self._flush()
         return stream
 
@@ -548,7 +541,6 @@ class HboneConnection:
         self.streams[sid] = stream
         if event.stream_ended is not None:
             stream._feed_eof()
-        self.streams_opened += 1
         self.last_active = trio.current_time()
         self._handler_nursery.start_soon(self._on_request, stream, _decode_headers(event.headers))
 

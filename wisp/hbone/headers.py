@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -48,13 +47,6 @@ def parse_authority(text: str) -> Authority:
 def new_traceparent() -> str:
     """A W3C traceparent with fresh trace and span ids, not sampled (as ztunnel sends)."""
     return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00"
-
-
-_TRACEPARENT_RE = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
-
-
-def is_traceparent(value: str) -> bool:
-    return bool(_TRACEPARENT_RE.fullmatch(value))
 
 
 def baggage(values: Mapping[str, str | None]) -> str:

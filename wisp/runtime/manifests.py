@@ -9,7 +9,6 @@ runtime cannot read is skipped here and reported there.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,10 +175,3 @@ def resolve_target_port(pod: dict[str, Any], target: int | str) -> int | None:
                 return port["containerPort"]
     return None
 
-
-def is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
