@@ -32,7 +32,7 @@ def test_node_is_required(monkeypatch):
 
 def test_process_is_not_ready_without_snapshot_and_drains_on_sigterm(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ztunnel.main", "--node", "n1", "--zds-socket", str(tmp_path / "zds.sock"),
+        [sys.executable, "-m", "ztunnel.main", "--node", "n1", "--workers", "1", "--zds-socket", str(tmp_path / "zds.sock"),
          "--admin-address", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0",
          "--readiness-address", "127.0.0.1:0", "--drain-seconds", "0.2", "--log-json"],
         stderr=subprocess.PIPE, text=True,

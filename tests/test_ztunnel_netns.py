@@ -299,7 +299,7 @@ async def echo_app(lab: Lab, peers: list, pod: str = "b", port: int = APP_PORT, 
 
 
 @asynccontextmanager
-async def running_mesh(lab: Lab, ca, tmp_path, resources=BASE, *, snapshot: bool = True):
+async def running_mesh(lab: Lab, ca, tmp_path, resources=BASE, *, snapshot: bool = True, workers: int = 1):
     async with control_plane(ca, CLUSTER) as plane:
         plane.publish(ModelSnapshot.of(resources))
         (tmp_path / "tokens").mkdir()
@@ -310,7 +310,7 @@ async def running_mesh(lab: Lab, ca, tmp_path, resources=BASE, *, snapshot: bool
         config = Config(
             node=NODE, zds_socket=zds_path, control_plane=plane.address, state_dir=str(tmp_path),
             admin_address=("127.0.0.1", 0), metrics_address=("127.0.0.1", 0),
-            readiness_address=("127.0.0.1", 0), drain_seconds=1.0,
+            readiness_address=("127.0.0.1", 0), drain_seconds=1.0, workers=workers,
         )
         ztunnel = Ztunnel(config)
         peers: list = []
@@ -324,9 +324,9 @@ async def running_mesh(lab: Lab, ca, tmp_path, resources=BASE, *, snapshot: bool
                     assert (await agent.add(lab, "a", CLIENT)).ok
                     assert (await agent.add(lab, "b", WEB)).ok
                     assert (await agent.request(SnapshotSent())).ok
-                    with trio.fail_after(10):
-                        while ztunnel.pending():
-                            await trio.sleep(0.02)
+                    with trio.fail_after(30):
+                        while await ztunnel.pending_all():
+                            await trio.sleep(0.05)
                 yield mesh
                 nursery.cancel_scope.cancel()
         finally:

@@ -94,7 +94,7 @@ def readiness_handler(ztunnel: Ztunnel) -> Handler:
     async def handle(method: str, path: str) -> Response:
         if path != "/healthz/ready":
             return 404, "text/plain", b"not found\n"
-        pending = ztunnel.pending()
+        pending = await ztunnel.pending_all()
         if pending:
             return 500, "text/plain", f"not ready, pending: {', '.join(pending)}\n".encode()
         return 200, "text/plain", b"ready\n"
@@ -106,14 +106,15 @@ def metrics_handler(ztunnel: Ztunnel) -> Handler:
         if path not in ("/metrics", "/stats/prometheus"):
             return 404, "text/plain", b"not found\n"
         ztunnel.metrics.flush()
-        return 200, METRICS_CONTENT_TYPE, ztunnel.metrics.exposition()
+        workers_dir = ztunnel.workers.metrics_dir if ztunnel.workers else None
+        return 200, METRICS_CONTENT_TYPE, ztunnel.metrics.exposition(workers_dir)
     return handle
 
 
 def admin_handler(ztunnel: Ztunnel) -> Handler:
     async def handle(method: str, path: str) -> Response:
         if path == "/config_dump":
-            body = json.dumps(config_dump(ztunnel), indent=2, sort_keys=True).encode() + b"\n"
+            body = json.dumps(await config_dump(ztunnel), indent=2, sort_keys=True).encode() + b"\n"
             return 200, "application/json", body
         if path == "/healthz/ready":
             return await readiness_handler(ztunnel)(method, path)
@@ -126,17 +127,30 @@ def admin_handler(ztunnel: Ztunnel) -> Handler:
     return handle
 
 
-def config_dump(ztunnel: Ztunnel) -> dict:
+async def config_dump(ztunnel: Ztunnel) -> dict:
     snapshot = ztunnel.state.snapshot
-    return {
+    dump = {
         "node": ztunnel.config.node,
-        "version": ztunnel.config_version,
         "workloads": [to_json(w) for _, w in sorted(snapshot.workloads.items())],
         "services": [to_json(s) for _, s in sorted(snapshot.services.items())],
         "policies": [to_json(p) for _, p in sorted(snapshot.authorizations.items())],
+        **process_dump(ztunnel),
+    }
+    if ztunnel.workers is not None:
+        dump["workers"] = await ztunnel.workers.statuses()
+        dump["ready"] = not await ztunnel.pending_all()
+    return dump
+
+
+def process_dump(ztunnel: Ztunnel) -> dict:
+    """What one process holds: the main process's part of /config_dump, a worker's status."""
+    return {
+        "version": ztunnel.config_version,
         "certificates": ztunnel.certs.dump() if ztunnel.certs else [],
         "pods": [proxy.describe() for _, proxy in sorted(ztunnel.pods.proxies.items())],
         "pending_pods": sorted(ztunnel.pods.pending),
         "connections": len(ztunnel.tracker.live),
+        "connections_opened": ztunnel.metrics.value("istio_tcp_connections_opened_total"),
+        "pending": ztunnel.pending(),
         "ready": not ztunnel.pending(),
     }

@@ -3,6 +3,10 @@
 Holds the config (ProxyState, rebuilt per version, after which live inbound connections are
 re-authorized), the certificate manager, metrics, live connections and the pod proxies; runs
 the config subscriber, the ZDS client, the HTTP endpoints, and the drain on SIGTERM.
+
+With `workers` > 1 this process also supervises the other worker processes (workers.py): its
+ZDS client feeds them every pod and its endpoints answer for all of them. A worker itself
+(`worker_fds` set) gets its pods from the main process and serves no HTTP endpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .identity import CertManager
 from .inpod import PodManager, ZdsClient
 from .metrics import Metrics
 from .state import ProxyState
+from .workers import PodFanOut, WorkerPool, serve_supervisor
 
 log = structlog.get_logger("ztunnel")
 
@@ -44,10 +49,15 @@ class Config:
     readiness_address: tuple[str, int] = ("0.0.0.0", 15021)
     drain_seconds: float = 5.0
     certificate_ttl: int | None = None
+    workers: int = 1  # processes in all, this one included
+    worker_index: int = 0
+    worker_fds: tuple[int, int] | None = None  # in a worker: its ZDS and status sockets
+    log_level: str = "info"  # passed on to workers
+    log_json: bool | None = None
 
     @property
     def subscriber_id(self) -> str:
-        return f"ztunnel-{self.node}"
+        return f"ztunnel-{self.node}-w{self.worker_index}" if self.worker_index else f"ztunnel-{self.node}"
 
     def token_path(self) -> Path:
         return Path(self.token_file or Path(self.state_dir) / "tokens" / f"ztunnel-{self.node}")
@@ -66,7 +76,8 @@ class Ztunnel:
         self.metrics = Metrics()
         self.tracker = ConnectionTracker()
         self.pods = PodManager(self)
-        self.zds = ZdsClient(config.zds_socket, self.pods)
+        self.workers = WorkerPool(config, config.workers) if config.workers > 1 else None
+        self.zds = ZdsClient(config.zds_socket, self.pods if self.workers is None else PodFanOut(self.pods, self.workers))
         self.certs: CertManager | None = None
         self.subscriber: ConfigSubscriber | None = None
         self.draining = False
@@ -105,6 +116,10 @@ class Ztunnel:
             pending.append("shutdown (draining)")
         return pending
 
+    async def pending_all(self) -> list[str]:
+        """`pending`, and what each worker process still waits for."""
+        return self.pending() + (await self.workers.pending() if self.workers else [])
+
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
@@ -116,7 +131,10 @@ class Ztunnel:
             async with CertManager(fetch) as certs:
                 self.certs = certs
                 async with trio.open_nursery() as nursery:
-                    await self._start_http(nursery)
+                    if self.config.worker_fds is None:
+                        await self._start_http(nursery)
+                    if self.workers is not None:
+                        await nursery.start(self.workers.run)
                     await nursery.start(self.pods.run)
                     if client is not None:
                         self.subscriber = ConfigSubscriber(
@@ -124,14 +142,20 @@ class Ztunnel:
                             lambda snapshot: self.apply_config(snapshot, self.subscriber.view.version),
                         )
                         nursery.start_soon(self.subscriber.run)
-                    nursery.start_soon(self.zds.run)
+                    if self.config.worker_fds is None:
+                        nursery.start_soon(self.zds.run)
+                    else:
+                        nursery.start_soon(serve_supervisor, self, *self.config.worker_fds)
                     nursery.start_soon(self.metrics.flush_periodically)
                     if handle_signals:
                         nursery.start_soon(self._watch_signals)
                     log.info("ztunnel started", node=self.config.node, **{k: f"{h}:{p}" for k, (h, p) in self.bound.items()})
                     task_status.started(self)
                     await self._shutdown.wait()
-                    await self.drain()
+                    async with trio.open_nursery() as draining:
+                        draining.start_soon(self.drain)
+                        if self.workers is not None:
+                            draining.start_soon(self.workers.stop)
                     nursery.cancel_scope.cancel()
         log.info("ztunnel stopped")
 

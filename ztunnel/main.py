@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+import structlog
 import trio
 
 from wisp import log as wisp_log
@@ -13,6 +14,9 @@ from wisp.identity import DEFAULT_TRUST_DOMAIN
 from wisp.zds import DEFAULT_SOCKET_PATH
 
 from .app import Config, Ztunnel
+from .workers import default_count
+
+MAX_WORKERS = 64
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -20,6 +24,19 @@ def _address(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _worker_count(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 1 to {MAX_WORKERS}")
+    return int(text)
+
+
+def _fd_pair(text: str) -> tuple[int, int]:
+    first, sep, second = text.partition(",")
+    if not sep or not first.isdigit() or not second.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not ZDS_FD,STATUS_FD")
+    return int(first), int(second)
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -37,18 +54,37 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--metrics-address", type=_address, default=("0.0.0.0", 15020))
     parser.add_argument("--readiness-address", type=_address, default=("0.0.0.0", 15021))
     parser.add_argument("--drain-seconds", type=float, default=5.0)
+    parser.add_argument("--workers", type=_worker_count, default=None,
+                        help="processes serving the pods, each on its own core "
+                             f"(env WISP_ZTUNNEL_WORKERS; default min(2, usable cores) = {default_count()})")
+    # Set by the main process on the workers it starts (ztunnel/workers.py).
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-fds", type=_fd_pair, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default=os.environ.get("WISP_LOG_LEVEL", "info"))
     parser.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
     args = parser.parse_args(argv)
     if not args.node:
         parser.error("--node (or NODE_NAME) is required")
+    workers = args.workers
+    if workers is None:
+        text = os.environ.get("WISP_ZTUNNEL_WORKERS", "")
+        try:
+            workers = _worker_count(text) if text else default_count()
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"WISP_ZTUNNEL_WORKERS: {exc}")
+    if (args.worker_fds is None) != (args.worker_index == 0):
+        parser.error("--worker-index and --worker-fds go together (they are set by the main process)")
     wisp_log.configure(args.log_level, json=args.log_json)
+    if args.worker_index:
+        structlog.contextvars.bind_contextvars(worker=args.worker_index)
     return Config(
         node=args.node, zds_socket=args.zds_socket, control_plane=args.control_plane,
         state_dir=args.state_dir, trust_domain=args.trust_domain, token_file=args.token_file,
         root_cert=args.root_cert, admin_address=args.admin_address,
         metrics_address=args.metrics_address, readiness_address=args.readiness_address,
-        drain_seconds=args.drain_seconds,
+        drain_seconds=args.drain_seconds, workers=1 if args.worker_fds else workers,
+        worker_index=args.worker_index, worker_fds=args.worker_fds, log_level=args.log_level,
+        log_json=args.log_json,
     )
 
 

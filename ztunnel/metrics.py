@@ -5,16 +5,25 @@ periodically while the connection lives (so long connections show their bytes), 
 counts the close, the remaining bytes and writes the access log. Labels follow Istio's
 (reference §11): reporter `source` on outbound, `destination` on inbound; missing values are
 `unknown`. The registry is ours, not prometheus-client's global one.
+
+With worker processes, each worker's counters live in prometheus-client's multiprocess files
+(the worker is started with PROMETHEUS_MULTIPROC_DIR set) and the main process adds them to its
+own when scraped, so the counters are the node's totals and survive a worker's restart.
 """
 
 from __future__ import annotations
 
+import glob
+import os
+from collections import defaultdict
 from dataclasses import dataclass
 
 import structlog
 import trio
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from wisp.identity import SpiffeId
 from wisp.model import Service, Workload
@@ -92,8 +101,13 @@ class Metrics:
                                 registry=self.registry)
         self.live: set[ConnectionRecord] = set()
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, workers_dir: str | None = None) -> bytes:
+        """The Prometheus text; with `workers_dir`, the sum of ours and the workers' counters."""
+        if workers_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry(auto_describe=False)
+        merged.register(_SummedCounters(self.registry, workers_dir))
+        return generate_latest(merged)
 
     def value(self, name: str, **labels: str) -> float:
         """Sum of a counter's samples whose labels include `labels` (for tests and debugging)."""
@@ -113,6 +127,33 @@ class Metrics:
         while True:
             await trio.sleep(interval)
             self.flush()
+
+
+class _SummedCounters:
+    """Our registry's counters plus every worker's multiprocess files, summed per label set.
+
+    Files of workers that exited stay and keep counting, so a restart never makes a total go
+    down. Only `_total` samples are kept: the files hold no `_created` timestamps.
+    """
+
+    def __init__(self, own: CollectorRegistry, directory: str) -> None:
+        self.own = own
+        self.directory = directory
+
+    def collect(self):
+        files = glob.glob(os.path.join(self.directory, "*.db"))
+        help_texts: dict[str, str] = {}
+        sums: dict[str, dict[tuple, float]] = defaultdict(lambda: defaultdict(float))
+        for family in (*self.own.collect(), *MultiProcessCollector.merge(files)):
+            help_texts.setdefault(family.name, family.documentation)
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    sums[family.name][(sample.name, tuple(sorted(sample.labels.items())))] += sample.value
+        for name, documentation in help_texts.items():
+            metric = Metric(name, documentation, "counter")
+            for (sample_name, labels), value in sums[name].items():
+                metric.add_sample(sample_name, dict(labels), value)
+            yield metric
 
 
 class ConnectionRecord:

@@ -1,0 +1,469 @@
+"""Worker processes: a ztunnel that uses N cores, every process serving every pod.
+
+CPython runs one core per process, so `wisp-ztunnel --workers N` is N processes. The main process
+is worker 0 and also the supervisor of workers 1..N-1, which run this program in worker mode.
+For each worker it holds two socketpairs:
+
+- ZDS (SOCK_SEQPACKET): the main process is the worker's node agent. It sends the pods it holds
+  (an Add with a duplicate of each netns fd), SnapshotSent, then every Add and Del the real agent
+  sends; the agent's ack waits for every running worker's. A worker runs the ordinary ZdsClient
+  and PodManager, so it opens its own SO_REUSEPORT listeners in each pod's netns and the kernel
+  spreads new connections over the processes.
+- status (SOCK_STREAM): `status <n>` → one JSON line (readiness, pods, certificates, connections),
+  for the main process's readiness and /config_dump.
+
+A worker stops when either socket closes, so none outlives the main process (also after SIGKILL;
+PR_SET_PDEATHSIG would follow the thread that spawned it, and trio spawns from worker threads).
+A worker that exits is started again after a second and given the current pods; the others are
+not touched. Workers subscribe to the config stream and fetch certificates themselves, with the
+node's token. Their counters are prometheus-client multiprocess files in a directory the main
+process owns (see metrics.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from wisp import zds
+from wisp.zds import Add, Del, SnapshotSent, WorkloadInfo, ZdsError
+
+from .admin import process_dump
+from .inpod import PodManager, PodStartError
+
+if TYPE_CHECKING:
+    from .app import Config, Ztunnel
+
+log = structlog.get_logger("ztunnel.workers")
+
+RESTART_DELAY = 1.0
+HELLO_TIMEOUT = 30.0  # a fresh interpreter importing ztunnel on a busy machine
+# The node agent waits ACK_TIMEOUT for our ack, which includes the workers'.
+WORKER_ACK_TIMEOUT = zds.ACK_TIMEOUT - 1.0
+STATUS_TIMEOUT = 2.0
+
+
+def default_count() -> int:
+    """Istio's ztunnel runs two worker threads by default; fewer if we are given one core."""
+    return min(2, len(os.sched_getaffinity(0)))
+
+
+def worker_argv(config: Config, index: int, zds_fd: int, status_fd: int) -> list[str]:
+    """The command line of worker `index`: the main process's settings, no HTTP endpoints."""
+    argv = [
+        sys.executable, "-m", "ztunnel.main", "--node", config.node, "--workers", "1",
+        "--worker-index", str(index), "--worker-fds", f"{zds_fd},{status_fd}",
+        "--state-dir", config.state_dir, "--token-file", str(config.token_path()),
+        "--root-cert", str(config.root_path()), "--trust-domain", config.trust_domain,
+        "--drain-seconds", str(config.drain_seconds), "--log-level", config.log_level,
+    ]
+    if config.control_plane:
+        argv += ["--control-plane", config.control_plane]
+    if config.log_json is not None:
+        argv.append("--log-json" if config.log_json else "--no-log-json")
+    return argv
+
+
+# -- the supervisor side ---------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Pod:
+    info: WorkloadInfo
+    fd: int  # our duplicate of the netns fd, for workers that start later
+
+
+class WorkerPool:
+    """Workers 1..count-1 of a ztunnel, and the pods they all serve. Run `run` in a nursery."""
+
+    def __init__(self, config: Config, count: int) -> None:
+        self.config = config
+        self.pods: dict[str, _Pod] = {}
+        self.workers = [Worker(self, index) for index in range(1, count)]
+        self.metrics_dir: str | None = None
+        self._scope = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.metrics_dir = tempfile.mkdtemp(prefix=f"wisp-ztunnel-{self.config.node}-metrics-", dir=base)
+        log.info("starting worker processes", workers=len(self.workers), metrics_dir=self.metrics_dir)
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    for worker in self.workers:
+                        nursery.start_soon(worker.supervise)
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            for pod in self.pods.values():
+                _close_fd(pod.fd)
+            self.pods.clear()
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Drain and end every worker (each gets SIGTERM and its drain deadline)."""
+        self._scope.cancel()
+        await self._stopped.wait()
+
+    # -- pod events, called through PodFanOut ------------------------------------------------------
+    async def add(self, uid: str, info: WorkloadInfo, fd: int) -> list[str]:
+        """Remember the pod (owning `fd`, kept for workers that start later) and give it to
+        every running worker."""
+        self._forget(uid)
+        pod = self.pods[uid] = _Pod(info, fd)
+        # Built when a worker's turn comes: by then a Del may have closed the fd.
+        return await self._forward(lambda: (Add(uid, info), fd) if self.pods.get(uid) is pod else None)
+
+    async def remove(self, uid: str) -> list[str]:
+        self._forget(uid)
+        return await self._forward(lambda: (Del(uid), None))
+
+    async def retain(self, uids: set[str]) -> list[str]:
+        errors = []
+        for uid in [uid for uid in self.pods if uid not in uids]:
+            errors += await self.remove(uid)
+        return errors
+
+    def _forget(self, uid: str) -> None:
+        pod = self.pods.pop(uid, None)
+        if pod is not None:
+            _close_fd(pod.fd)
+
+    async def _forward(self, message: Callable[[], tuple[Any, int | None] | None]) -> list[str]:
+        errors: list[str] = []
+
+        async def one(worker: Worker) -> None:
+            error = await worker.forward(message)
+            if error:
+                errors.append(f"worker {worker.index}: {error}")
+
+        async with trio.open_nursery() as nursery:
+            for worker in self.workers:
+                nursery.start_soon(one, worker)
+        return sorted(errors)
+
+    # -- readiness and dumps -----------------------------------------------------------------------
+    async def statuses(self) -> list[dict]:
+        """One entry per worker: what the supervisor knows, plus the worker's own status."""
+        results: dict[int, dict] = {}
+
+        async def one(worker: Worker) -> None:
+            results[worker.index] = {"worker": worker.index, "pid": worker.pid, "restarts": worker.restarts,
+                                     "status": await worker.status()}
+
+        async with trio.open_nursery() as nursery:
+            for worker in self.workers:
+                nursery.start_soon(one, worker)
+        return [results[index] for index in sorted(results)]
+
+    async def pending(self) -> list[str]:
+        pending = []
+        for entry in await self.statuses():
+            status = entry["status"]
+            if status is None:
+                pending.append(f"worker {entry['worker']} (not running)" if entry["pid"] is None
+                               else f"worker {entry['worker']} (not answering)")
+            elif status["pending"]:
+                pending.append(f"worker {entry['worker']}: {', '.join(status['pending'])}")
+        return pending
+
+
+class Worker:
+    """One worker process: started, fed the pods, restarted when it exits, stopped on request."""
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.restarts = 0
+        self.process: trio.Process | None = None
+        self._zds: socket.socket | None = None  # set once the worker said Hello
+        self._zds_lock = trio.Lock()
+        self._status: trio.SocketStream | None = None
+        self._status_lock = trio.Lock()
+        self._status_buffer = b""
+        self._seq = itertools.count(1)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None and self.process.returncode is None else None
+
+    async def supervise(self) -> None:
+        try:
+            while True:
+                code = await self._run_once()
+                self.restarts += 1
+                log.warning("ztunnel worker exited; restarting it with the current pods", worker=self.index,
+                            code=code, restart_in=RESTART_DELAY)
+                await trio.sleep(RESTART_DELAY)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._terminate()
+
+    async def _run_once(self) -> int:
+        zds_ours, zds_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        status_ours, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            argv = worker_argv(self.pool.config, self.index, zds_theirs.fileno(), status_theirs.fileno())
+            env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.pool.metrics_dir or ""}
+            self.process = await trio.lowlevel.open_process(
+                argv, pass_fds=(zds_theirs.fileno(), status_theirs.fileno()), env=env)
+        except BaseException:
+            for sock in (zds_ours, status_ours):
+                sock.close()
+            raise
+        finally:
+            zds_theirs.close()
+            status_theirs.close()
+        log.info("ztunnel worker started", worker=self.index, pid=self.process.pid)
+        zds_ours.setblocking(False)
+        self._status = trio.SocketStream(trio.socket.from_stdlib_socket(status_ours))
+        self._status_buffer = b""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._open_session, zds_ours)
+                code = await self.process.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._zds = None
+            trio.lowlevel.notify_closing(zds_ours)
+            zds_ours.close()
+            await self._status.aclose()
+            self._status = None
+        return code
+
+    async def _open_session(self, sock: socket.socket) -> None:
+        """Take the worker's Hello, then give it every pod and SnapshotSent."""
+        try:
+            with trio.fail_after(HELLO_TIMEOUT):
+                zds.decode_hello(await _receive(sock))
+            async with self._zds_lock:
+                self._zds = sock
+                for uid in list(self.pool.pods):
+                    pod = self.pool.pods.get(uid)
+                    if pod is None:  # a Del came while we waited for an ack
+                        continue
+                    error = await self._exchange(Add(uid, pod.info), pod.fd)
+                    if error:
+                        log.warning("worker could not start a pod; it retries", worker=self.index, error=error)
+                await self._exchange(SnapshotSent(), None)
+            log.info("ztunnel worker given the pods", worker=self.index, pods=len(self.pool.pods))
+        except (OSError, ZdsError, trio.TooSlowError, _WorkerError) as exc:
+            self._kill(f"ZDS session with the worker failed: {exc}")
+
+    async def forward(self, message: Callable[[], tuple[Any, int | None] | None]) -> str | None:
+        """Send one request (built now, None if it is stale) and wait for the ack.
+
+        A worker that has not said Hello yet is skipped: it gets every pod when it does. One that
+        breaks the protocol or does not ack in time is killed, and so restarted.
+        """
+        async with self._zds_lock:
+            built = message() if self._zds is not None else None
+            if built is None:
+                return None
+            request, fd = built
+            try:
+                return await self._exchange(request, fd)
+            except (OSError, ZdsError, trio.TooSlowError) as exc:
+                self._kill(f"did not ack {type(request).__name__}: {exc}")
+                return f"did not ack {type(request).__name__} ({exc}); restarting it"
+            except _WorkerError as exc:
+                return str(exc)
+
+    async def _exchange(self, request, fd: int | None) -> str | None:
+        """One request and its ack; the ack's error text (None when it succeeded)."""
+        assert self._zds is not None
+        with trio.fail_after(WORKER_ACK_TIMEOUT):
+            while True:
+                try:
+                    zds.send_datagram(self._zds, zds.encode(request), fd)
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self._zds)
+            ack = zds.decode_response(await _receive(self._zds))
+        if not ack.ok and isinstance(request, SnapshotSent):
+            raise _WorkerError(f"refused the snapshot: {ack.error}")
+        return ack.error or None
+
+    async def status(self) -> dict | None:
+        """The worker's own status, or None if it is not running or does not answer in time."""
+        async with self._status_lock:
+            stream = self._status
+            if stream is None:
+                return None
+            seq = next(self._seq)
+            with trio.move_on_after(STATUS_TIMEOUT):
+                try:
+                    await stream.send_all(f"status {seq}\n".encode())
+                    while True:
+                        while b"\n" not in self._status_buffer:
+                            data = await stream.receive_some(65536)
+                            if not data:
+                                return None
+                            self._status_buffer += data
+                        line, self._status_buffer = self._status_buffer.split(b"\n", 1)
+                        reply = json.loads(line)
+                        if reply.get("seq") == seq:  # older replies are answers we gave up waiting for
+                            return reply
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError, AttributeError):
+                    return None
+            return None
+
+    def _kill(self, reason: str) -> None:
+        if self.pid is not None:
+            log.warning("killing ztunnel worker", worker=self.index, reason=reason)
+            self.process.kill()
+
+    async def _terminate(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(self.pool.config.drain_seconds + 5):
+            await process.wait()
+        if process.returncode is None:
+            log.warning("ztunnel worker did not stop in time; killing it", worker=self.index)
+            process.kill()
+            await process.wait()
+
+
+class _WorkerError(Exception):
+    """A worker answered, but not as a worker must (refused its snapshot)."""
+
+
+async def _receive(sock: socket.socket) -> bytes:
+    while True:
+        try:
+            data, fds = zds.recv_datagram(sock)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        for fd in fds:
+            _close_fd(fd)
+        if not data:
+            raise OSError("the worker closed its ZDS socket")
+        return data
+
+
+def _close_fd(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+class PodFanOut:
+    """What the main process's ZdsClient acts on: its own PodManager and every worker.
+
+    The node agent's request succeeds only when this process and every running worker did it;
+    otherwise its NACK names who failed, and the agent offers the pod again later.
+    """
+
+    def __init__(self, local: PodManager, pool: WorkerPool) -> None:
+        self.local = local
+        self.pool = pool
+
+    async def add(self, uid: str, info: WorkloadInfo, fd: int) -> None:
+        duplicate = os.dup(fd)  # both adds own the fd they are given
+        await self._both(lambda: self.local.add(uid, info, fd), lambda: self.pool.add(uid, info, duplicate))
+
+    def keep(self, uid: str) -> None:
+        # Keep only comes in a snapshot; every worker already has what this process has.
+        self.local.keep(uid)
+
+    async def remove(self, uid: str) -> None:
+        await self._both(lambda: self.local.remove(uid), lambda: self.pool.remove(uid))
+
+    async def retain(self, uids) -> list[str]:
+        keep = set(uids)
+        gone: list[str] = []
+
+        async def local() -> None:
+            gone.extend(await self.local.retain(keep))
+
+        await self._both(local, lambda: self.pool.retain(keep))
+        return gone
+
+    @staticmethod
+    async def _both(local, workers) -> None:
+        errors: list[str] = []
+
+        async def run_local() -> None:
+            try:
+                await local()
+            except PodStartError as exc:
+                errors.insert(0, str(exc))
+
+        async def run_workers() -> None:
+            errors.extend(await workers())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_local)
+            nursery.start_soon(run_workers)
+        if errors:
+            raise PodStartError("; ".join(errors))
+
+
+# -- the worker side -------------------------------------------------------------------------------
+async def serve_supervisor(ztunnel: Ztunnel, zds_fd: int, status_fd: int) -> None:
+    """In a worker: take pods from the main process, answer its status requests; when either
+    socket closes the main process is gone, so shut down."""
+    for fd in (zds_fd, status_fd):
+        os.set_inheritable(fd, False)
+    zds_sock = socket.socket(fileno=zds_fd)
+    zds_sock.setblocking(False)
+    status_sock = socket.socket(fileno=status_fd)
+    try:
+        async with trio.open_nursery() as nursery:
+            async def follow_zds() -> None:
+                try:
+                    await ztunnel.zds.serve(zds_sock)
+                except OSError as exc:
+                    log.warning("ZDS socket to the main process failed", error=str(exc))
+                nursery.cancel_scope.cancel()
+
+            async def follow_status() -> None:
+                await _answer_status(ztunnel, status_sock)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(follow_zds)
+            nursery.start_soon(follow_status)
+    finally:
+        trio.lowlevel.notify_closing(zds_sock)
+        zds_sock.close()
+    log.info("main ztunnel process is gone; shutting down")
+    ztunnel.request_shutdown()
+
+
+async def _answer_status(ztunnel: Ztunnel, sock: socket.socket) -> None:
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    buffer = b""
+    try:
+        while True:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                command, _, seq = line.decode("ascii", "replace").partition(" ")
+                if command == "status" and seq.isdigit():
+                    reply = {"seq": int(seq), **process_dump(ztunnel)}
+                else:
+                    reply = {"error": f"unknown request {line[:100]!r}; send 'status <n>'"}
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+    finally:
+        await stream.aclose()
