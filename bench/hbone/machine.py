@@ -37,7 +37,7 @@ def summary(machine: dict) -> str:
 MEASURED_CODE = ("wisp/hbone", "wisp/sockets.py", "wisp/identity", "bench/hbone")
 
 
-def source(root: Path) -> dict:
+def source(root: Path, measured: tuple[str, ...] = MEASURED_CODE) -> dict:
     """The revision measured: commit, and files of the measured code that differ from it."""
     def git(*args: str) -> str:
         try:
@@ -45,7 +45,7 @@ def source(root: Path) -> dict:
                                   timeout=10, check=True).stdout.rstrip("\n")
         except (OSError, subprocess.SubprocessError):
             return ""
-    changed = [line[3:] for line in git("status", "--porcelain", "--", *MEASURED_CODE).splitlines()]
+    changed = [line[3:] for line in git("status", "--porcelain", "--", *measured).splitlines()]
     return {"commit": git("rev-parse", "--short", "HEAD") or "unknown", "changes": changed}
 
 

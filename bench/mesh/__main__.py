@@ -1,0 +1,226 @@
+"""`python -m bench.mesh [--quick] [--docs]`: the mesh benchmark on the local runtime.
+
+Brings a two-node mesh up (`wisp up`, prefix wisp-b<random>), starts the contenders, runs the
+plan, always takes everything down again, prints the tables and saves JSON to bench/results/.
+`--docs` also rewrites the generated part of docs/performance.md and the latency chart;
+`--render bench/results/mesh-….json [--docs]` does that for a saved run without measuring.
+`bench/run` installs what this needs and calls it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.hbone import machine
+
+from . import chart, docs, report, runner
+from .contenders import CONTENDERS, Contender
+from .mesh import Mesh, MeshError
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs" / "performance.md"
+CHART = ROOT / "docs" / "img" / "mesh-latency.png"
+MEASURED_CODE = ("wisp", "ztunnel", "cni", "operator", "bench/mesh")
+TOOLS = {"haproxy": ["haproxy", "-v"], "nginx": ["nginx", "-v"], "h2load": ["h2load", "--version"],
+         "wrk": ["wrk", "-v"], "iperf3": ["iperf3", "--version"]}
+
+PRESETS = {
+    "quick": dict(rounds=1, fixed_seconds=10, saturation_seconds=5, connect_seconds=5, bulk_seconds=5,
+                  idle_connections=10_000, quiet_budget=0.0),
+    "default": dict(rounds=3, fixed_seconds=30, saturation_seconds=10, connect_seconds=10, bulk_seconds=10,
+                    idle_connections=10_000, quiet_budget=45.0),
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one short round, under 5 minutes in all")
+    p.add_argument("--rounds", type=int, help="rounds (each runs every contender once per measure)")
+    p.add_argument("--fixed-seconds", type=float, help="seconds of the fixed 1,000 req/s run (Istio's: ≥ 30)")
+    p.add_argument("--idle-connections", type=int, help="idle connections opened through each contender")
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of %(default)s")
+    p.add_argument("--measures", default=",".join(runner.MEASURES), help="comma-separated subset of %(default)s")
+    p.add_argument("--docs", action="store_true",
+                   help=f"rewrite the generated part of {DOCS.relative_to(ROOT)} and {CHART.relative_to(ROOT)}")
+    p.add_argument("--no-json", action="store_true", help="do not write bench/results/mesh-<date>.json")
+    p.add_argument("--render", type=Path, metavar="JSON", help="measure nothing: print (and publish) a saved run")
+    args = p.parse_args(argv)
+    for name, allowed in (("contenders", tuple(CONTENDERS)), ("measures", runner.MEASURES)):
+        chosen = {x for x in getattr(args, name).split(",") if x}
+        if chosen - set(allowed) or not chosen:
+            p.error(f"--{name} takes a comma-separated subset of {','.join(allowed)}")
+        # Canonical order: anchors first, so tables and ratios read the same every run.
+        setattr(args, name, tuple(x for x in allowed if x in chosen))
+    return args
+
+
+def make_plan(args: argparse.Namespace) -> runner.Plan:
+    preset = dict(PRESETS["quick" if args.quick else "default"])
+    overrides = {"rounds": args.rounds, "fixed_seconds": args.fixed_seconds, "idle_connections": args.idle_connections}
+    preset.update({k: v for k, v in overrides.items() if v})
+    return runner.Plan(**preset, contenders=args.contenders, measures=args.measures)
+
+
+def describe_plan(plan: runner.Plan) -> str:
+    return (f"{plan.rounds} round(s), contenders alternating within each; (a) h2load HTTP/1.1, "
+            f"{plan.fixed_rate:,} req/s over {plan.fixed_connections} connections for {plan.fixed_seconds:g} s, "
+            f"1 KiB responses; (b) wrk, {plan.saturation_connections} keep-alive connections, "
+            f"{plan.saturation_seconds:g} s; (c) wrk with `Connection: close`, {plan.saturation_connections} "
+            f"connections, {plan.connect_seconds:g} s; (d) iperf3 client→server, 1 and 8 connections, "
+            f"{plan.bulk_seconds:g} s each; (e) {plan.idle_connections:,} idle connections, once per contender "
+            f"after the rounds")
+
+
+def tool_versions() -> dict[str, str]:
+    out = {}
+    for name, argv in TOOLS.items():
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            out[name] = lines[0] if lines else "unknown"
+        except (OSError, subprocess.SubprocessError):
+            out[name] = "missing"
+    return out
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def progress(plan: runner.Plan, names: dict[str, str]):
+    def show(sample: runner.Sample) -> None:
+        r = sample.result
+        figure = {
+            "fixed": lambda: (f"{r['requests'] / r['seconds']:.0f} req/s p50 {r['p50_us'] / 1000:.3f} "
+                              f"p99 {r['p99_us'] / 1000:.3f} p99.9 {r['p999_us'] / 1000:.3f} ms"),
+            "saturation": lambda: f"{r['req_s']:.0f} req/s",
+            "connect": lambda: f"{r['req_s']:.0f} conn/s",
+            "bulk1": lambda: f"{r['gbps']:.2f} Gb/s",
+            "bulk8": lambda: f"{r['gbps']:.2f} Gb/s",
+            "idle": lambda: f"{r['opened']:,} open",
+        }[sample.measure]()
+        proxies = ", ".join(f"{n} {p['cpu_s']:.2f} CPU-s" if "cpu_s" in p else
+                            f"{n} {p['rss_before_kib'] / 1024:.0f}→{p['rss_after_kib'] / 1024:.0f} MiB"
+                            for n, p in sample.proxies.items())
+        where = "idle" if sample.measure == "idle" else f"round {sample.round + 1}/{plan.rounds}"
+        log(f"{where}  {sample.measure:10}  {names[sample.contender]:18}  {figure}"
+            + (f"  ({proxies})" if proxies else "")
+            + (f"  others {sample.other_cpu / sample.wall:.0%}" if sample.measure != "idle" else ""))
+    return show
+
+
+def measure(plan: runner.Plan, contenders: list[Contender], names: dict[str, str]) -> tuple[list[runner.Sample], dict]:
+    namespaces = list(dict.fromkeys(c.namespace for c in contenders))
+    extra = [obj for c in contenders for obj in c.manifests()]
+    with Mesh(namespaces, f"wisp-b{secrets.token_hex(3)}", log, extra) as mesh:
+        try:
+            for contender in contenders:
+                contender.start(mesh, log)
+            samples = runner.run(plan, contenders, mesh, progress(plan, names))
+            return samples, mesh.restarts()
+        finally:
+            for contender in contenders:
+                contender.stop()
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.render:
+        return publish(json.loads(args.render.read_text()), args, saved=None)
+    # `wisp down` and the contenders' stops run on SIGTERM too, not only on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    plan = make_plan(args)
+    contenders = [CONTENDERS[key]() for key in plan.contenders]
+    names = {c.key: c.label for c in contenders}
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    host, tools = machine.describe(), tool_versions()
+    source = machine.source(ROOT, MEASURED_CODE)
+    log(f"bench.mesh: {describe_plan(plan)}")
+    log(f"machine: {machine.summary(host)}")
+    try:
+        samples, restarts = measure(plan, contenders, names)
+    except KeyboardInterrupt:
+        log("interrupted; mesh and proxies stopped")
+        return 130
+    except (runner.BenchError, MeshError) as exc:
+        log(f"bench.mesh failed: {exc}")
+        return 1
+    summary = report.summarise(samples, plan.contenders)
+    data = report.as_json(summary, plan, samples, date=now.isoformat(), machine=host, tools=tools,
+                          source=source, names=names, restarts=restarts,
+                          anchors=[c.key for c in contenders if c.anchor],
+                          command=" ".join(["bench/run", *argv]))
+    saved = None
+    if not args.no_json:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        saved = RESULTS / f"mesh-{now:%Y-%m-%dT%H%M%SZ}.json"
+        saved.write_text(json.dumps(data, indent=1) + "\n")
+    return publish(data, args, saved=saved)
+
+
+def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
+    """Print the tables of a run (just measured or loaded); with --docs, update docs and chart."""
+    plan = runner.Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()})
+    samples = [runner.Sample(**s) for s in data["samples"]]
+    names, anchors = data["names"], tuple(data["anchors"])
+    summary = report.summarise(samples, plan.contenders)
+    results = report.evaluate(summary)
+    problems = report.errors(samples) + [f"{name} restarted {n} time(s) during the run"
+                                         for name, n in data["restarts"].items() if n]
+    print()
+    print(report.text_table(*report.table(summary, names, anchors)))
+    print()
+    print(report.text_table(*report.target_rows(results, names)))
+    print()
+    print("\n".join([*report.idle_detail(samples, names), *problems, report.noise(samples)]))
+    if saved is not None:
+        print(f"\nresults: {saved.relative_to(ROOT)}")
+    if args.docs:
+        date = dt.datetime.fromisoformat(data["date"])
+        chart.latency_png(summary, names, CHART,
+                          f"Latency at {plan.fixed_rate:,} req/s, HTTP/1.1 1 KiB, {plan.fixed_connections} "
+                          f"connections (medians of {plan.rounds} rounds), {date:%Y-%m-%d}")
+        docs.update(DOCS, markdown(data, plan, summary, results, samples, problems))
+        print(f"updated: {DOCS.relative_to(ROOT)}, {CHART.relative_to(ROOT)}")
+    return 0
+
+
+def markdown(data: dict, plan: runner.Plan, summary: dict, results: list[dict], samples: list[runner.Sample],
+             problems: list[str]) -> str:
+    names, anchors = data["names"], tuple(data["anchors"])
+    source = data["source"]
+    changes = ", ".join(source["changes"])
+    revision = source["commit"] + (f" plus uncommitted changes in {changes}" if changes else "")
+    date = dt.datetime.fromisoformat(data["date"])
+    tools = "; ".join(data["tools"].values())
+    return "\n".join([
+        f"Measured {date:%Y-%m-%d %H:%M} UTC on {machine.summary(data['machine'])}; {tools}; wisp at {revision}.",
+        "",
+        f"Command: `{data['command']}` — {describe_plan(plan)}.",
+        "",
+        f"![Latency percentiles at {plan.fixed_rate:,} req/s per contender]"
+        f"({CHART.relative_to(DOCS.parent).as_posix()})",
+        "",
+        report.markdown_table(*report.table(summary, names, anchors), left=2),
+        "",
+        "Targets (ratios from this run):",
+        "",
+        report.markdown_table(*report.target_rows(results, names), left=2),
+        "",
+        *(f"- {line}" for line in [*report.idle_detail(samples, names), *problems]),
+        "",
+        report.noise(samples),
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,258 @@
+"""From samples to figures: medians over rounds, ratios to each anchor, targets, tables, JSON.
+
+Every figure is a median over rounds of one per-round value. Latency percentiles come from each
+round's own h2load log; "added" latency is a contender's percentile minus direct's in the same
+round, then the median of those. Per-proxy figures are kept per node ("node1", "node2"), since a
+target "per ztunnel" must hold for each.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+from .runner import Plan, Sample
+
+ANCHOR_FOR_ADDED = "direct"
+TARGET_DIGITS = 3
+NODES = ("node1", "node2")
+
+
+@dataclass(slots=True, frozen=True)
+class Metric:
+    key: str
+    heading: str
+    unit: str
+    digits: int
+    # Higher is better (rates); for latency, CPU and memory lower is better.
+    higher_better: bool = False
+
+
+def _m(key: str, heading: str, unit: str, digits: int, higher_better: bool = False) -> Metric:
+    return Metric(key, heading, unit, digits, higher_better)
+
+
+METRICS = (
+    _m("p50_ms", "p50 at 1,000 rps", "ms", 3),
+    _m("p90_ms", "p90 at 1,000 rps", "ms", 3),
+    _m("p99_ms", "p99 at 1,000 rps", "ms", 3),
+    _m("p999_ms", "p99.9 at 1,000 rps", "ms", 3),
+    _m("added_p50_ms", "added p50 over direct", "ms", 3),
+    _m("added_p90_ms", "added p90 over direct", "ms", 3),
+    _m("added_p99_ms", "added p99 over direct", "ms", 3),
+    _m("cpu_per_1k_{proxy}", "{proxy} proxy CPU-s per 1,000 requests", "s", 3),
+    _m("rss_peak_mb_{proxy}", "{proxy} proxy peak RSS at 1,000 rps", "MB", 1),
+    _m("saturation_rps", "saturation, 16 keep-alive connections", "req/s", 0, True),
+    _m("connect_rps", "new connections (Connection: close)", "conn/s", 0, True),
+    _m("bulk1_gbps", "bulk, 1 connection (iperf3)", "Gb/s", 2, True),
+    _m("bulk8_gbps", "bulk, 8 connections (iperf3)", "Gb/s", 2, True),
+    _m("idle_kb_{proxy}", "{proxy} proxy RSS per idle connection", "KB", 1),
+)
+
+
+def expand(metrics: tuple[Metric, ...], proxies: list[str]) -> list[Metric]:
+    """Per-proxy metrics ("{proxy}" in the key) once for each proxy name seen, others as they are."""
+    out = []
+    for m in metrics:
+        if "{proxy}" in m.key:
+            out += [Metric(m.key.format(proxy=p), m.heading.format(proxy=p), m.unit, m.digits, m.higher_better)
+                    for p in proxies]
+        else:
+            out.append(m)
+    return out
+
+
+def proxy_names(summary: dict) -> list[str]:
+    names = {key.rsplit("_", 1)[1] for metrics in summary.values() for key in metrics if key.startswith("cpu_per_1k_")}
+    return sorted(names)
+
+
+@dataclass(slots=True, frozen=True)
+class Target:
+    label: str
+    contender: str
+    metrics: tuple[str, ...]  # every one must meet the bound (e.g. both nodes' ztunnels)
+    bound: float
+    # None: an absolute bound; otherwise the metric is divided by this anchor's, same run.
+    relative_to: str | None
+    at_least: bool
+
+
+TARGETS = (
+    Target("saturation req/s ≥ 1.0× HAProxy pair", "ztunnel", ("saturation_rps",), 1.0, "haproxy", True),
+    Target("bulk Gb/s, 1 connection ≥ 1.0× HAProxy pair", "ztunnel", ("bulk1_gbps",), 1.0, "haproxy", True),
+    Target("bulk Gb/s, 8 connections ≥ 1.0× HAProxy pair", "ztunnel", ("bulk8_gbps",), 1.0, "haproxy", True),
+    Target("new connections/s ≥ 2× HAProxy pair", "ztunnel", ("connect_rps",), 2.0, "haproxy", True),
+    Target("added p99 at 1,000 rps ≤ 0.5 ms", "ztunnel", ("added_p99_ms",), 0.5, None, False),
+    Target("≤ 0.10 vCPU per 1,000 rps per ztunnel", "ztunnel",
+           tuple(f"cpu_per_1k_{n}" for n in NODES), 0.10, None, False),
+    Target("≤ 40 MB RSS at 1,000 rps per ztunnel", "ztunnel",
+           tuple(f"rss_peak_mb_{n}" for n in NODES), 40.0, None, False),
+    Target("≤ 16 KB RSS per idle connection per ztunnel", "ztunnel",
+           tuple(f"idle_kb_{n}" for n in NODES), 16.0, None, False),
+)
+
+
+# -- per-sample values ---------------------------------------------------------------------------------
+def values(sample: Sample) -> dict[str, float]:
+    """The metrics one sample contributes (added latency is computed per round, later)."""
+    r = sample.result
+    if sample.measure == "fixed":
+        out = {f"p{q}_ms": r[f"p{q}_us"] / 1000 for q in ("50", "90", "99", "999")}
+        out["fixed_rps"] = r["requests"] / r["seconds"]
+        for node, proxy in sample.proxies.items():
+            out[f"cpu_per_1k_{node}"] = proxy["cpu_s"] / (r["requests"] / 1000)
+            out[f"rss_peak_mb_{node}"] = proxy["rss_peak_kib"] * 1024 / 1e6
+        return out
+    if sample.measure == "saturation":
+        return {"saturation_rps": r["requests"] / r["seconds"]}
+    if sample.measure == "connect":
+        return {"connect_rps": r["requests"] / r["seconds"]}
+    if sample.measure in ("bulk1", "bulk8"):
+        return {f"{sample.measure}_gbps": r["gbps"]}
+    if sample.measure == "idle":
+        return {f"idle_kb_{node}": (p["rss_after_kib"] - p["rss_before_kib"]) * 1024 / 1e3 / r["opened"]
+                for node, p in sample.proxies.items() if r["opened"]}
+    raise ValueError(f"unknown measure {sample.measure!r}")
+
+
+def summarise(samples: list[Sample], contenders: tuple[str, ...]) -> dict:
+    """{contender: {metric: {"median", "min", "max", "rounds": [...]}}}, added latency included."""
+    per_round: dict[tuple[str, int], dict[str, float]] = {}
+    for sample in samples:
+        per_round.setdefault((sample.contender, sample.round), {}).update(values(sample))
+    for (contender, round_), row in per_round.items():
+        anchor = per_round.get((ANCHOR_FOR_ADDED, round_), {})
+        for q in ("50", "90", "99"):
+            if f"p{q}_ms" in row and f"p{q}_ms" in anchor:
+                row[f"added_p{q}_ms"] = row[f"p{q}_ms"] - anchor[f"p{q}_ms"]
+    out: dict = {c: {} for c in contenders}
+    for (contender, _), row in sorted(per_round.items()):
+        for metric, value in row.items():
+            out.setdefault(contender, {}).setdefault(metric, []).append(value)
+    for metrics in out.values():
+        for metric, rounds in metrics.items():
+            metrics[metric] = {"median": statistics.median(rounds), "min": min(rounds), "max": max(rounds),
+                               "rounds": rounds}
+    return out
+
+
+def median(summary: dict, contender: str, metric: str) -> float:
+    cell = summary.get(contender, {}).get(metric)
+    return cell["median"] if cell else math.nan
+
+
+def ratio(summary: dict, contender: str, anchor: str, metric: str) -> float:
+    """contender ÷ anchor of the medians; NaN where either is missing or the anchor is zero."""
+    a, b = median(summary, contender, metric), median(summary, anchor, metric)
+    if math.isnan(a) or math.isnan(b) or b == 0:
+        return math.nan
+    return a / b
+
+
+def ratio_pairs(contenders: tuple[str, ...], anchors: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(contender, anchor) for every contender and every anchor listed before it."""
+    return [(c, a) for i, c in enumerate(contenders) for a in contenders[:i] if a in anchors]
+
+
+def evaluate(summary: dict) -> list[dict]:
+    """Each target whose contender ran: the measured value (worst over its metrics), PASS or MISS."""
+    out = []
+    for target in TARGETS:
+        if target.contender not in summary or (target.relative_to and target.relative_to not in summary):
+            continue
+        measured = [ratio(summary, target.contender, target.relative_to, m) if target.relative_to
+                    else median(summary, target.contender, m) for m in target.metrics]
+        measured = [v for v in measured if not math.isnan(v)]
+        if not measured:
+            continue
+        worst = min(measured) if target.at_least else max(measured)
+        ok = worst >= target.bound if target.at_least else worst <= target.bound
+        out.append({"target": target.label, "contender": target.contender, "value": worst,
+                    "relative": bool(target.relative_to), "metric": target.metrics[0], "pass": ok})
+    return out
+
+
+# -- rendering -------------------------------------------------------------------------------------------
+def fmt(value: float, digits: int) -> str:
+    return "–" if math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def fmt_ratio(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.2f}×"
+
+
+def table(summary: dict, names: dict[str, str], anchors: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
+    """One row per metric: each contender's median, then each ratio to an anchor."""
+    contenders = tuple(summary)
+    pairs = ratio_pairs(contenders, anchors)
+    head = ["measure", "unit", *(names[c] for c in contenders), *(f"{names[c]} ÷ {names[a]}" for c, a in pairs)]
+    rows = []
+    for metric in expand(METRICS, proxy_names(summary)):
+        cells = [median(summary, c, metric.key) for c in contenders]
+        if all(math.isnan(v) for v in cells):
+            continue
+        ratios = [ratio(summary, c, a, metric.key) for c, a in pairs]
+        rows.append([metric.heading, metric.unit, *(fmt(v, metric.digits) for v in cells),
+                     *(fmt_ratio(r) for r in ratios)])
+    return head, rows
+
+
+def target_rows(results: list[dict], names: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+    head = ["target", "contender", "measured", "result"]
+    rows = [[r["target"], names[r["contender"]],
+             f"{r['value']:.2f}×" if r["relative"] else f"{r['value']:,.{TARGET_DIGITS}f}",
+             "PASS" if r["pass"] else "MISS"] for r in results]
+    return head, rows
+
+
+def text_table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def markdown_table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
+    align = ["---"] * left + ["---:"] * (len(head) - left)
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, align, *rows])
+
+
+def noise(samples: list[Sample]) -> str:
+    timed = [s for s in samples if s.measure != "idle" and s.wall > 0]
+    shares = [s.other_cpu / s.wall for s in timed] or [0.0]
+    return (f"Other programs used {statistics.median(shares):.0%} of a core during the median measurement, "
+            f"{max(shares):.0%} at most.")
+
+
+def idle_detail(samples: list[Sample], names: dict[str, str]) -> list[str]:
+    lines = []
+    for s in samples:
+        if s.measure != "idle":
+            continue
+        r = s.result
+        per_node = ", ".join(f"{node} {p['rss_before_kib'] / 1024:.0f} → {p['rss_after_kib'] / 1024:.0f} MiB"
+                             for node, p in s.proxies.items())
+        lines.append(f"{names[s.contender]}: {r['opened']:,} of {r['asked']:,} opened ({r['failed']} failed), "
+                     f"all established at the server after {r['established_seconds']:.1f} s"
+                     + (f"; proxy RSS {per_node}" if per_node else ""))
+    return lines
+
+
+def errors(samples: list[Sample]) -> list[str]:
+    """Failed requests or socket errors: a figure with errors is not comparable."""
+    out = []
+    for s in samples:
+        r = s.result
+        bad = r.get("failed", 0) + r.get("socket_errors", 0) + r.get("non_2xx", 0)
+        if bad:
+            out.append(f"round {s.round + 1} {s.contender} {s.measure}: {bad} failed requests or socket errors")
+    return out
+
+
+def as_json(summary: dict, plan: Plan, samples: list[Sample], **meta) -> dict:
+    return {"benchmark": "bench.mesh", **meta, "plan": asdict(plan), "summary": summary,
+            "targets": evaluate(summary), "samples": [asdict(s) for s in samples]}

@@ -1,0 +1,249 @@
+"""The plan and its execution: rounds of every measure, contenders alternating within each.
+
+A round runs each measure for every contender in turn (fixed A B C, saturation A B C, …), so a
+slow drift on the shared machine spreads over all contenders instead of favouring one. Around
+every measurement the runner reads each proxy's process tree (CPU seconds, memory), the load
+generator's CPU, and the machine's busy time, so that other programs' load shows next to the
+figures. The idle-connection measure runs once per contender after the rounds: it is slow and
+leaves the proxies' memory high.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import loadgen, procstat
+from .contenders import Contender, Route
+from .mesh import HTTP_PORT, Mesh, MeshError, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+MEASURES = ("fixed", "saturation", "connect", "bulk1", "bulk8", "idle")
+RSS_SAMPLE_INTERVAL = 0.5
+# Other programs' CPU, as a share of one core, below which the machine counts as quiet.
+QUIET_SHARE = 0.15
+
+
+@dataclass(slots=True, frozen=True)
+class Plan:
+    rounds: int
+    fixed_seconds: float
+    saturation_seconds: float
+    connect_seconds: float
+    bulk_seconds: float
+    idle_connections: int
+    # Seconds the whole run may wait for other programs to go quiet (0: never wait).
+    quiet_budget: float = 0.0
+    fixed_rate: int = 1000
+    fixed_connections: int = 4
+    saturation_connections: int = 16
+    contenders: tuple[str, ...] = ()
+    measures: tuple[str, ...] = MEASURES
+
+
+@dataclass(slots=True)
+class Sample:
+    round: int
+    contender: str
+    measure: str
+    result: dict
+    # Per proxy (e.g. "node1"): cpu_s over the measurement, rss_peak_kib sampled during it,
+    # hwm_kib (VmHWM, peak since start) at its end, rss_before_kib / rss_after_kib.
+    proxies: dict[str, dict]
+    wall: float
+    generator_cpu: float = 0.0
+    # CPU seconds the rest of the machine used meanwhile (busy minus generator and proxies).
+    other_cpu: float = 0.0
+    waited: float = 0.0
+
+
+class BenchError(Exception):
+    """A contender or a load generator failed; the message says which and why."""
+
+
+class RssSampler:
+    """Samples each proxy tree's RSS on a thread while a measurement runs; keeps the peak."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peak = {name: 0 for name in pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_INTERVAL):
+            self._sample()
+
+    def _sample(self) -> None:
+        for name, pid in self.pids.items():
+            try:
+                self.peak[name] = max(self.peak[name], procstat.tree_usage(pid).rss_kib)
+            except ProcessLookupError:
+                pass
+
+
+def run(plan: Plan, contenders: list[Contender], mesh: Mesh, progress: Callable[[Sample], None]) -> list[Sample]:
+    samples: list[Sample] = []
+    budget = plan.quiet_budget
+    timed = [m for m in plan.measures if m != "idle"]
+    with tempfile.TemporaryDirectory(prefix=f"{mesh.prefix}-logs-") as scratch:
+        for contender in contenders:
+            _warm_up(contender.route(mesh))
+        for round_ in range(plan.rounds):
+            for measure in timed:
+                for contender in contenders:
+                    waited = _wait_quiet(budget) if budget > 0 else 0.0
+                    budget -= waited
+                    sample = _measure(plan, round_, measure, contender, mesh, Path(scratch))
+                    sample.waited = waited
+                    samples.append(sample)
+                    progress(sample)
+        if "idle" in plan.measures:
+            for contender in contenders:
+                sample = _idle(plan, contender, mesh)
+                samples.append(sample)
+                progress(sample)
+    return samples
+
+
+def _warm_up(route: Route) -> None:
+    """Two seconds of load so pools, caches and the proxies' first connections exist."""
+    loadgen.run_in(route.netns, loadgen.wrk_argv(route.url, connections=4, seconds=2), 60)
+
+
+def _command(plan: Plan, measure: str, route: Route, scratch: Path) -> tuple[list[str], float]:
+    if measure == "fixed":
+        return loadgen.h2load_argv(route.url, rate=plan.fixed_rate, connections=plan.fixed_connections,
+                                   seconds=plan.fixed_seconds, log_file=scratch / "h2load.log"), plan.fixed_seconds
+    if measure in ("saturation", "connect"):
+        seconds = plan.saturation_seconds if measure == "saturation" else plan.connect_seconds
+        return loadgen.wrk_argv(route.url, connections=plan.saturation_connections, seconds=seconds,
+                                close=measure == "connect"), seconds
+    streams = {"bulk1": 1, "bulk8": 8}[measure]
+    return loadgen.iperf3_argv(*route.iperf, streams=streams, seconds=plan.bulk_seconds), plan.bulk_seconds
+
+
+def _measure(plan: Plan, round_: int, measure: str, contender: Contender, mesh: Mesh, scratch: Path) -> Sample:
+    route = contender.route(mesh)
+    pids = contender.proxies(mesh)
+    argv, seconds = _command(plan, measure, route, scratch)
+    before = {name: procstat.tree_usage(pid) for name, pid in pids.items()}
+    busy0 = procstat.machine_busy()
+    try:
+        with RssSampler(pids) as sampler:
+            finished = loadgen.run_in(route.netns, argv, timeout=seconds + 120)
+    except loadgen.LoadError as exc:
+        raise BenchError(f"{contender.key} {measure}: {exc}") from exc
+    busy = procstat.machine_busy() - busy0
+    after = {name: procstat.tree_usage(pid) for name, pid in pids.items()}
+    if measure == "fixed":
+        result = loadgen.parse_h2load(finished.stdout)
+        latencies = loadgen.parse_h2load_log((scratch / "h2load.log").read_text())
+        result.update({f"p{q:g}_us".replace(".", ""): loadgen.percentile(latencies, q) for q in (50, 90, 99, 99.9)})
+        result["logged"] = len(latencies)
+    elif measure in ("saturation", "connect"):
+        result = loadgen.parse_wrk(finished.stdout)
+    else:
+        result = loadgen.parse_iperf3(finished.stdout)
+    proxies = {name: {"cpu_s": after[name].cpu_s - before[name].cpu_s, "rss_peak_kib": sampler.peak[name],
+                      "hwm_kib": after[name].hwm_kib, "rss_before_kib": before[name].rss_kib,
+                      "rss_after_kib": after[name].rss_kib, "processes": after[name].processes}
+               for name in pids}
+    proxy_cpu = sum(p["cpu_s"] for p in proxies.values())
+    return Sample(round_, contender.key, measure, result, proxies, wall=finished.wall,
+                  generator_cpu=finished.cpu_s, other_cpu=max(0.0, busy - finished.cpu_s - proxy_cpu))
+
+
+def _idle(plan: Plan, contender: Contender, mesh: Mesh) -> Sample:
+    """Open idle connections from the client pod through the contender and read what they cost."""
+    count = min(plan.idle_connections, contender.idle_limit or plan.idle_connections)
+    route = contender.route(mesh)
+    server = mesh.pod(contender.namespace.name, "server")
+    contender.allow_open_files(mesh, count)
+    pids = contender.proxies(mesh)
+    time.sleep(1.0)  # let memory freed by the last measurement settle
+    before = {name: procstat.tree_usage(pid) for name, pid in pids.items()}
+    start = time.perf_counter()
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", route.netns, sys.executable, "-m", "bench.mesh.idle", route.http[0],
+         str(route.http[1]), str(count)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = _read_line(holder, timeout=600)
+        opened = json.loads(line)
+        # Connected at the client is not yet connected at the server: wait until the server
+        # holds them all, so both proxies carry every connection.
+        wait_for(lambda: _established(server.netns) >= opened["opened"], 300,
+                 f"{opened['opened']} connections established at the server ({contender.key})", interval=1.0)
+        established_after = time.perf_counter() - start
+        time.sleep(2.0)
+        after = {name: procstat.tree_usage(pid) for name, pid in pids.items()}
+        established = _established(server.netns)
+    except MeshError as exc:
+        raise BenchError(str(exc)) from exc
+    finally:
+        if holder.poll() is None:
+            holder.stdin.close()
+            try:
+                holder.wait(60)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.wait()
+    # Let the closes reach the server before the next contender counts its own connections.
+    try:
+        wait_for(lambda: _established(server.netns) < 50, 120, "idle connections closed", interval=1.0)
+    except MeshError as exc:
+        raise BenchError(str(exc)) from exc
+    proxies = {name: {"rss_before_kib": before[name].rss_kib, "rss_after_kib": after[name].rss_kib,
+                      "hwm_kib": after[name].hwm_kib, "processes": after[name].processes}
+               for name in pids}
+    result = {"asked": count, "opened": opened["opened"], "failed": opened["failed"],
+              "connect_seconds": opened["seconds"], "established_seconds": established_after,
+              "established": established}
+    return Sample(0, contender.key, "idle", result, proxies, wall=time.perf_counter() - start)
+
+
+def _read_line(process: subprocess.Popen, timeout: float) -> str:
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    if not ready:
+        raise BenchError(f"the idle-connection holder said nothing within {timeout:g} s")
+    line = process.stdout.readline()
+    if not line:
+        raise BenchError(f"the idle-connection holder exited with {process.wait()}")
+    return line
+
+
+def _established(netns: str, port: int = HTTP_PORT) -> int:
+    out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    return sum(1 for line in out.splitlines() if line.strip())
+
+
+def _wait_quiet(budget: float, window: float = 0.3) -> float:
+    """Wait, at most `budget` s, for a moment when other programs leave the CPUs alone
+    (between measurements nothing of ours is busy, so what runs is someone else's work)."""
+    start = time.monotonic()
+    while True:
+        busy = procstat.machine_busy()
+        time.sleep(window)
+        waited = time.monotonic() - start
+        if (procstat.machine_busy() - busy) / window < QUIET_SHARE or waited >= budget:
+            return waited
+

@@ -1,0 +1,214 @@
+"""bench/mesh: reading the load generators' output, /proc sums, percentiles, ratios and targets."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench.mesh import loadgen, procstat, report
+from bench.mesh.runner import Sample
+
+H2LOAD_OUT = """\
+starting benchmark...
+spawning thread #0: 4 total client(s). Timing-based test with 0s of warm-up time and 10s of main duration for measurements.
+Warm-up phase is over for thread #0.
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 10.00s, 1000.00 req/s, 1.17MB/s
+requests: 10000 total, 10000 started, 10000 done, 9998 succeeded, 2 failed, 0 errored, 0 timeout
+status codes: 9998 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 11.72MB (12290000) total, 1.32MB (1380000) headers (space savings 0.00%), 9.77MB (10240000) data
+"""
+
+WRK_OUT = """\
+Running 5s test @ http://10.244.2.10:8080/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   276.58us  312.12us  12.01ms   96.12%
+    Req/Sec    57.72k     3.21k   61.02k    80.00%
+  Latency Distribution
+     50%  196.00us
+     75%  258.00us
+     90%  329.00us
+     99%    1.24ms
+  288600 requests in 5.00s, 335.49MB read
+  Socket errors: connect 0, read 3, write 0, timeout 1
+  Non-2xx or 3xx responses: 2
+Requests/sec:  57716.49
+Transfer/sec:     67.09MB
+"""
+
+
+def test_h2load_summary_counts_only_succeeded_requests_and_sums_failures():
+    parsed = loadgen.parse_h2load(H2LOAD_OUT)
+    assert parsed["requests"] == 9998
+    assert parsed["failed"] == 2
+    assert parsed["seconds"] == 10.0
+    assert parsed["req_s"] == 1000.0
+
+
+def test_h2load_summary_in_milliseconds_is_converted_to_seconds():
+    parsed = loadgen.parse_h2load(H2LOAD_OUT.replace("finished in 10.00s", "finished in 500.25ms"))
+    assert parsed["seconds"] == pytest.approx(0.50025)
+
+
+def test_h2load_without_summary_is_an_error_that_shows_its_output():
+    with pytest.raises(loadgen.LoadError, match="connect refused"):
+        loadgen.parse_h2load("connect refused\n")
+
+
+def test_h2load_log_keeps_latencies_of_2xx_requests_only():
+    log = "1700000000000000\t200\t512\n1700000000001000\t503\t90000\n1700000000002000\t204\t700\nbroken\n"
+    assert loadgen.parse_h2load_log(log) == [512.0, 700.0]
+
+
+def test_h2load_rate_is_split_over_connections():
+    argv = loadgen.h2load_argv("http://x/", rate=1000, connections=4, seconds=30, log_file="/tmp/l")
+    assert argv[argv.index("--rps") + 1] == "250"
+    assert "--h1" in argv
+
+
+def test_h2load_rate_that_does_not_split_evenly_is_refused():
+    with pytest.raises(ValueError):
+        loadgen.h2load_argv("http://x/", rate=1000, connections=3, seconds=30, log_file="/tmp/l")
+
+
+def test_wrk_report_gives_rate_errors_and_percentiles_in_microseconds():
+    parsed = loadgen.parse_wrk(WRK_OUT)
+    assert parsed["requests"] == 288600
+    assert parsed["seconds"] == 5.0
+    assert parsed["req_s"] == 57716.49
+    assert parsed["socket_errors"] == 4
+    assert parsed["non_2xx"] == 2
+    assert parsed["p50_us"] == pytest.approx(196.0)
+    assert parsed["p99_us"] == pytest.approx(1240.0)
+
+
+def test_wrk_connection_close_sends_the_header():
+    argv = loadgen.wrk_argv("http://x/", connections=16, seconds=5, close=True)
+    assert argv[argv.index("-H") + 1] == "Connection: close"
+    assert "-H" not in loadgen.wrk_argv("http://x/", connections=16, seconds=5)
+
+
+def test_iperf3_json_gives_received_gigabits():
+    out = json.dumps({"end": {"sum_received": {"bits_per_second": 9.5e9, "bytes": 11875000000, "seconds": 10.0},
+                              "sum_sent": {"retransmits": 7}}})
+    assert loadgen.parse_iperf3(out) == {"gbps": 9.5, "bytes": 11875000000, "seconds": 10.0, "retransmits": 7}
+
+
+def test_iperf3_error_is_reported():
+    with pytest.raises(loadgen.LoadError, match="unable to connect"):
+        loadgen.parse_iperf3(json.dumps({"error": "unable to connect to server"}))
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 1001)]  # 1..1000
+    assert loadgen.percentile(values, 50) == 500
+    assert loadgen.percentile(values, 99) == 990
+    assert loadgen.percentile(values, 99.9) == 999
+    assert loadgen.percentile([7.0], 99.9) == 7.0
+    assert math.isnan(loadgen.percentile([], 50))
+
+
+def test_stat_fields_are_counted_after_a_command_name_with_spaces_and_parentheses():
+    # pid (comm) state ppid ... utime(14) stime(15)
+    text = "42 (wisp (ztunnel) x) S 7 42 42 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 3 0 100 1000 200\n"
+    assert procstat.parse_stat(text) == (7, 300.0)
+
+
+def test_status_gives_rss_and_peak_and_zero_for_kernel_threads():
+    text = "Name:\tztunnel\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\nThreads:\t3\n"
+    assert procstat.parse_status(text) == (40960, 51200)
+    assert procstat.parse_status("Name:\tkthreadd\nThreads:\t1\n") == (0, 0)
+
+
+def test_descendants_include_grandchildren_but_not_siblings():
+    parents = {1: 0, 10: 1, 11: 10, 12: 10, 13: 11, 20: 1, 21: 20}
+    assert procstat.descendants(10, parents) == [10, 11, 12, 13]
+
+
+def test_tree_usage_sums_cpu_and_memory_over_the_process_tree(tmp_path):
+    def proc(pid, ppid, utime, stime, rss, hwm):
+        d = tmp_path / str(pid)
+        d.mkdir()
+        (d / "stat").write_text(f"{pid} (p) S {ppid} 1 1 0 -1 0 0 0 0 0 {utime} {stime} 0 0 20 0 1 0 1 1 1\n")
+        (d / "status").write_text(f"VmHWM:\t{hwm} kB\nVmRSS:\t{rss} kB\n")
+
+    proc(100, 1, 100, 50, 1000, 2000)
+    proc(101, 100, 30, 20, 500, 600)  # a worker
+    proc(200, 1, 999, 999, 9999, 9999)  # unrelated
+    (tmp_path / "self").mkdir()
+    usage = procstat.tree_usage(100, tmp_path)
+    assert usage.cpu_s == pytest.approx(200 / procstat.TICKS)
+    assert (usage.rss_kib, usage.hwm_kib, usage.processes) == (1500, 2600, 2)
+    with pytest.raises(ProcessLookupError):
+        procstat.tree_usage(300, tmp_path)
+
+
+def _fixed(contender, round_, p50_us, p99_us, requests=10_000, cpu=(0.5, 0.4), rss_kib=(20_000, 30_000)):
+    proxies = {f"node{i + 1}": {"cpu_s": c, "rss_peak_kib": r} for i, (c, r) in enumerate(zip(cpu, rss_kib))}
+    result = {"requests": requests, "seconds": 10.0, "p50_us": p50_us, "p90_us": p50_us * 2,
+              "p99_us": p99_us, "p999_us": p99_us * 2}
+    return Sample(round_, contender, "fixed", result, proxies if contender != "direct" else {}, wall=10.0)
+
+
+def test_added_latency_is_taken_against_direct_in_the_same_round_then_medianed():
+    samples = [
+        _fixed("direct", 0, 200, 1000), _fixed("ztunnel", 0, 500, 1500),  # +0.3 / +0.5 ms
+        _fixed("direct", 1, 400, 3000), _fixed("ztunnel", 1, 600, 3200),  # +0.2 / +0.2 ms
+        _fixed("direct", 2, 300, 1000), _fixed("ztunnel", 2, 700, 1900),  # +0.4 / +0.9 ms
+    ]
+    summary = report.summarise(samples, ("direct", "ztunnel"))
+    assert summary["ztunnel"]["added_p50_ms"]["median"] == pytest.approx(0.3)
+    assert summary["ztunnel"]["added_p99_ms"]["median"] == pytest.approx(0.5)
+    assert summary["direct"]["added_p99_ms"]["median"] == 0
+
+
+def test_cpu_per_thousand_requests_and_peak_rss_are_per_proxy():
+    summary = report.summarise([_fixed("ztunnel", 0, 500, 1500, requests=10_000, cpu=(0.5, 0.8))], ("ztunnel",))
+    assert summary["ztunnel"]["cpu_per_1k_node1"]["median"] == pytest.approx(0.05)
+    assert summary["ztunnel"]["cpu_per_1k_node2"]["median"] == pytest.approx(0.08)
+    assert summary["ztunnel"]["rss_peak_mb_node2"]["median"] == pytest.approx(30_000 * 1024 / 1e6)
+
+
+def test_idle_memory_per_connection_is_the_rss_growth_divided_by_connections():
+    sample = Sample(0, "ztunnel", "idle", {"opened": 10_000}, {
+        "node1": {"rss_before_kib": 40_000, "rss_after_kib": 140_000},
+        "node2": {"rss_before_kib": 40_000, "rss_after_kib": 90_000}}, wall=30.0)
+    values = report.values(sample)
+    assert values["idle_kb_node1"] == pytest.approx(100_000 * 1024 / 1000 / 10_000)  # 10.24 KB
+    assert values["idle_kb_node2"] == pytest.approx(5.12)
+
+
+def _rates(contender, saturation, connect, bulk1):
+    return [Sample(0, contender, "saturation", {"requests": saturation * 10, "seconds": 10.0}, {}, wall=10),
+            Sample(0, contender, "connect", {"requests": connect * 10, "seconds": 10.0}, {}, wall=10),
+            Sample(0, contender, "bulk1", {"gbps": bulk1}, {}, wall=10)]
+
+
+def test_ratios_divide_by_each_earlier_anchor_and_skip_missing_values():
+    samples = _rates("direct", 40_000, 8_000, 10.0) + _rates("haproxy", 20_000, 2_000, 4.0) + \
+        _rates("ztunnel", 5_000, 1_000, 2.0)
+    summary = report.summarise(samples, ("direct", "haproxy", "ztunnel"))
+    assert report.ratio_pairs(("direct", "haproxy", "ztunnel"), ("direct", "haproxy")) == [
+        ("haproxy", "direct"), ("ztunnel", "direct"), ("ztunnel", "haproxy")]
+    assert report.ratio(summary, "ztunnel", "haproxy", "saturation_rps") == pytest.approx(0.25)
+    assert report.ratio(summary, "ztunnel", "direct", "bulk1_gbps") == pytest.approx(0.2)
+    assert math.isnan(report.ratio(summary, "ztunnel", "direct", "cpu_per_1k_node1"))
+
+
+def test_targets_pass_or_miss_on_the_worst_node_and_on_ratios_to_the_anchor():
+    samples = _rates("haproxy", 20_000, 2_000, 4.0) + _rates("ztunnel", 20_000, 3_000, 4.4) + [
+        _fixed("direct", 0, 200, 1000), _fixed("ztunnel", 0, 500, 1400, cpu=(0.5, 1.2))]
+    results = {r["target"]: r for r in report.evaluate(report.summarise(samples, ("direct", "haproxy", "ztunnel")))}
+    assert results["saturation req/s ≥ 1.0× HAProxy pair"]["pass"]
+    assert results["bulk Gb/s, 1 connection ≥ 1.0× HAProxy pair"]["value"] == pytest.approx(1.1)
+    assert not results["new connections/s ≥ 2× HAProxy pair"]["pass"]  # 1.5×
+    assert results["added p99 at 1,000 rps ≤ 0.5 ms"]["pass"]  # +0.4 ms
+    cpu = results["≤ 0.10 vCPU per 1,000 rps per ztunnel"]
+    assert cpu["value"] == pytest.approx(0.12) and not cpu["pass"]  # node2 misses though node1 passes
+    # No idle or bulk8 samples: those targets are left out, not failed.
+    assert not any("idle" in name or "8 connections" in name for name in results)
