@@ -152,7 +152,7 @@ def mesh():
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests build network namespaces and need root (CI runs them as root)")
     prefix = f"wisp-t{secrets.token_hex(2)}"
-    up = run([str(BIN / "wisp"), "up", "--prefix", prefix, "--nodes", "2", "--restart-delay", "2",
+    up = run([str(BIN / "wisp"), "up", "--prefix", prefix, "--nodes", "2", "--restart-delay", "2", "--ztunnel-workers", "2",
               str(HERE / "manifests")], timeout=240)
     try:
         if up.returncode != 0:

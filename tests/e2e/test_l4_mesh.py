@@ -6,6 +6,7 @@ applies are deleted, labels restored), so the order of tests does not matter.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -296,7 +297,6 @@ def test_node_agent_restart_keeps_pods_enrolled_without_duplicate_rules(mesh):
      {"CNI_COMMAND": "ADD", "CNI_ARGS": "K8S_POD_NAME=x;K8S_POD_NAMESPACE=ambient"}, 1),
 ])
 def test_bad_cni_input_gets_a_cni_error_and_the_agent_keeps_serving(mesh, stdin, env, code):
-    import json
     import os
 
     socket_path = str(mesh.paths.cni_socket("node1"))
@@ -367,3 +367,16 @@ def test_every_pod_resolves_every_service_name(mesh):
         assert result.returncode == 0, f"{pod['namespace']}/{pod['name']} cannot resolve far.ambient"
     assert mesh.in_pod("ambient", "client", "getent", "hosts", "far", timeout=5).returncode == 0
     assert mesh.in_pod("legacy", "client", "getent", "hosts", "far", timeout=5).returncode != 0
+
+
+def test_each_ztunnel_spreads_connections_over_its_worker_processes(mesh):
+    """The suite's mesh runs two processes per ztunnel (`wisp up --ztunnel-workers 2`): both
+    serve every pod of the node, and new connections land on both."""
+    for _ in range(20):
+        assert mesh.curl("ambient", "client", "http://far.ambient/")[0] == 200
+    result = mesh.in_node("node1", "curl", "-s", "-m", "5", "http://127.0.0.1:15000/config_dump")
+    dump = json.loads(result.stdout)
+    (worker,) = dump["workers"]
+    assert worker["status"]["ready"] and dump["ready"]
+    assert {p["uid"] for p in worker["status"]["pods"]} == {p["uid"] for p in dump["pods"]}
+    assert dump["connections_opened"] > 0 and worker["status"]["connections_opened"] > 0

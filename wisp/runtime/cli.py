@@ -60,6 +60,8 @@ def add_commands(sub) -> None:
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--timeout", type=float, default=180.0)
     up.add_argument("--restart-delay", type=float, default=1.0, help="seconds before a crashed process restarts")
+    up.add_argument("--ztunnel-workers", type=int, default=1,
+                    help="worker processes (cores) per ztunnel (default 1: the local mesh shares one machine)")
     prefixed(sub.add_parser("down", help="stop the mesh and remove everything it made"))
     apply = prefixed(sub.add_parser("apply", help="add or change objects"))
     apply.add_argument("-f", "--filename", type=Path, required=True)
@@ -117,6 +119,8 @@ def up(paths: RuntimePaths, args) -> int:
         raise CliError(f"{args.directory} is not a directory of manifests")
     if not 1 <= args.nodes <= 20:
         raise CliError("--nodes must be between 1 and 20")
+    if not 1 <= args.ztunnel_workers <= 64:
+        raise CliError("--ztunnel-workers must be between 1 and 64")
     if daemon_pid(paths):
         raise CliError(f"a mesh with prefix {paths.prefix!r} is already up; run `wisp down` first")
     leftovers = clean(paths.prefix)
@@ -135,7 +139,7 @@ def up(paths: RuntimePaths, args) -> int:
     with open(paths.logs / "daemon.log", "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "wisp.runtime.daemon", "--prefix", paths.prefix, "--nodes", str(args.nodes),
-             "--restart-delay", str(args.restart_delay)],
+             "--restart-delay", str(args.restart_delay), "--ztunnel-workers", str(args.ztunnel_workers)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     paths.pidfile.write_text(str(process.pid))

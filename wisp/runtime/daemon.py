@@ -42,10 +42,11 @@ ZTUNNEL_READY_PORT = 15021
 
 
 class Runtime:
-    def __init__(self, prefix: str, node_count: int, *, restart_delay: float = 1.0) -> None:
+    def __init__(self, prefix: str, node_count: int, *, restart_delay: float = 1.0, ztunnel_workers: int = 1) -> None:
         self.paths = RuntimePaths(prefix)
         self.topology = Topology(prefix)
         self.node_count = node_count
+        self.ztunnel_workers = ztunnel_workers
         self.bin_dir = Path(sys.executable).parent
         self.operator = OperatorClient(self.paths)
         self.restart_delay = restart_delay
@@ -108,6 +109,7 @@ class Runtime:
                 str(self.bin_dir / "wisp-ztunnel"), *common,
                 "--zds-socket", str(self.paths.zds_socket(node.name)),
                 "--token-file", str(self.paths.token(f"ztunnel-{node.name}")),
+                "--workers", str(self.ztunnel_workers),
             ])
         for node in self.nodes:
             await self._wait(f"ztunnel on {node.name}", lambda node=node: self._ztunnel_ready(node), 60)
@@ -150,12 +152,17 @@ class Runtime:
             pods = [o for o in listing["objects"] if o.get("kind") == "Pod"]
             if not all(_ready(pod) for pod in pods):
                 return False
-            ztunnels = [s for s in subscribers["subscribers"] if s["role"] == "ztunnel" and s["connected"]]
-            if len(ztunnels) < len(self.nodes) or any(
-                    s["acked_version"] != subscribers["version"] for s in ztunnels):
+            # Every ztunnel process subscribes on its own: worker i of a node as ztunnel-<node>-w<i>.
+            current = {s["id"] for s in subscribers["subscribers"] if s["role"] == "ztunnel" and s["connected"]
+                       and s["acked_version"] == subscribers["version"]}
+            if not self._ztunnel_subscribers() <= current:
                 return False
             await trio.sleep(0.2)
         return True
+
+    def _ztunnel_subscribers(self) -> set[str]:
+        return {f"ztunnel-{node.name}-w{index}" if index else f"ztunnel-{node.name}"
+                for node in self.nodes for index in range(self.ztunnel_workers)}
 
     # -- keeping pods and services in line with the manifests --------------------------------------
     async def _sync_forever(self, nursery: trio.Nursery) -> None:
@@ -310,10 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="wisp")
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--restart-delay", type=float, default=1.0)
+    parser.add_argument("--ztunnel-workers", type=int, default=1)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     wisp_log.configure(args.log_level, json=True)
-    runtime = Runtime(args.prefix, args.nodes, restart_delay=args.restart_delay)
+    runtime = Runtime(args.prefix, args.nodes, restart_delay=args.restart_delay, ztunnel_workers=args.ztunnel_workers)
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:

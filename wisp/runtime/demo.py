@@ -25,7 +25,7 @@ MARKER = "the-demo-request-text"
 
 def run_demo(directory: Path, prefix: str, keep: bool) -> int:
     paths = RuntimePaths(prefix)
-    args = argparse.Namespace(directory=directory, nodes=2, timeout=180.0, restart_delay=1.0)
+    args = argparse.Namespace(directory=directory, nodes=2, timeout=180.0, restart_delay=1.0, ztunnel_workers=1)
     print(f"$ wisp up {directory} --nodes 2\n")
     try:
         cli.up(paths, args)
