@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,22 @@ def test_arguments_build_the_config():
     assert str(config.token_path()) == "/s/tokens/ztunnel-n1"
     assert str(config.root_path()) == "/s/root-cert.pem"
     assert config.metrics_address == ("127.0.0.1", 0) and config.drain_seconds == 2.0
+
+
+def test_workers_default_to_two_or_the_cores_given_and_can_be_set(monkeypatch):
+    monkeypatch.delenv("WISP_ZTUNNEL_WORKERS", raising=False)
+    assert parse_args(["--node", "n1"]).workers == min(2, len(os.sched_getaffinity(0)))
+    assert parse_args(["--node", "n1", "--workers", "3"]).workers == 3
+    monkeypatch.setenv("WISP_ZTUNNEL_WORKERS", "4")
+    assert parse_args(["--node", "n1"]).workers == 4
+
+
+@pytest.mark.parametrize("argv,env", [(["--workers", "0"], ""), (["--workers", "two"], ""), ([], "-1")])
+def test_a_bad_worker_count_is_refused(monkeypatch, capsys, argv, env):
+    monkeypatch.setenv("WISP_ZTUNNEL_WORKERS", env)
+    with pytest.raises(SystemExit):
+        parse_args(["--node", "n1", *argv])
+    assert "number of workers from 1 to 64" in capsys.readouterr().err
 
 
 def test_node_is_required(monkeypatch):

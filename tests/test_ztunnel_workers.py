@@ -21,6 +21,7 @@ from urllib.error import HTTPError
 import pytest
 import trio
 
+from wisp import zds
 from wisp.zds import Add, Del, WorkloadInfo
 
 from .test_ztunnel_netns import (  # noqa: F401  (lab is a fixture)
@@ -119,6 +120,14 @@ async def test_the_agents_ack_reports_a_worker_that_failed(mesh):
     assert (await mesh.agent.request(Del("Kubernetes//Pod/x/y"))).ok
 
 
+async def test_garbage_from_the_agent_is_nacked_and_reaches_no_worker(mesh):
+    for junk in (b"\xff\xff\xff", b"\x0a\x05\x0a\x02u", os.urandom(64)):
+        mesh.agent.conn.send(junk)
+        zds.decode_response(await mesh.agent._recv())
+    assert {p["uid"] for p in (await worker_status(mesh))["pods"]} == {CLIENT.uid, WEB.uid}
+    await connect_many(mesh, 5)
+
+
 async def test_a_killed_worker_is_restarted_with_the_pods_and_serves_again(mesh):
     proxies = dict(mesh.ztunnel.pods.proxies)
     (before,) = await mesh.ztunnel.workers.statuses()
@@ -186,16 +195,18 @@ def process_cleanup():
     procs: list[subprocess.Popen] = []
     pids: list[int] = []
     yield procs, pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     for proc in procs:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()  # not kill: it removes its metrics directory
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         proc.stderr.close()
+    for pid in pids:  # workers end with their main process; this is only for a failed test
+        if not gone(pid, timeout=5):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_sigterm_drains_and_ends_every_worker(tmp_path, process_cleanup):
@@ -224,3 +235,10 @@ def test_a_worker_does_not_outlive_a_killed_main_process(tmp_path, process_clean
     proc.kill()
     proc.wait()
     assert gone(worker)
+    # The killed process could not remove its metrics directory; the next ztunnel does.
+    stale = events["starting worker processes"]["metrics_dir"]
+    assert os.path.isdir(stale)
+    again, events = start_ztunnel(tmp_path)
+    procs.append(again)
+    pids.append(events["ztunnel worker started"]["pid"])
+    assert not os.path.exists(stale)

@@ -22,6 +22,7 @@ process owns (see metrics.py).
 
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import os
@@ -53,6 +54,18 @@ HELLO_TIMEOUT = 30.0  # a fresh interpreter importing ztunnel on a busy machine
 # The node agent waits ACK_TIMEOUT for our ack, which includes the workers'.
 WORKER_ACK_TIMEOUT = zds.ACK_TIMEOUT - 1.0
 STATUS_TIMEOUT = 2.0
+
+
+def _metrics_dir(node: str) -> str:
+    """A fresh directory for the workers' metric files, on tmpfs, named for our pid; those of
+    ztunnels that died without removing theirs (SIGKILL) are removed first."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    prefix = f"wisp-ztunnel-{node}-metrics-"
+    for path in glob.glob(os.path.join(base, prefix + "*")):
+        pid = os.path.basename(path)[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base)
 
 
 def default_count() -> int:
@@ -95,8 +108,7 @@ class WorkerPool:
         self._stopped = trio.Event()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self.metrics_dir = tempfile.mkdtemp(prefix=f"wisp-ztunnel-{self.config.node}-metrics-", dir=base)
+        self.metrics_dir = _metrics_dir(self.config.node)
         log.info("starting worker processes", workers=len(self.workers), metrics_dir=self.metrics_dir)
         try:
             with self._scope:
@@ -200,16 +212,13 @@ class Worker:
         return self.process.pid if self.process is not None and self.process.returncode is None else None
 
     async def supervise(self) -> None:
-        try:
-            while True:
-                code = await self._run_once()
-                self.restarts += 1
-                log.warning("ztunnel worker exited; restarting it with the current pods", worker=self.index,
-                            code=code, restart_in=RESTART_DELAY)
-                await trio.sleep(RESTART_DELAY)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._terminate()
+        """Run the worker until cancelled, restarting it whenever it exits; then stop it."""
+        while True:
+            code = await self._run_once()
+            self.restarts += 1
+            log.warning("ztunnel worker exited; restarting it with the current pods", worker=self.index,
+                        code=code, restart_in=RESTART_DELAY)
+            await trio.sleep(RESTART_DELAY)
 
     async def _run_once(self) -> int:
         zds_ours, zds_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -236,11 +245,14 @@ class Worker:
                 code = await self.process.wait()
                 nursery.cancel_scope.cancel()
         finally:
-            self._zds = None
-            trio.lowlevel.notify_closing(zds_ours)
-            zds_ours.close()
-            await self._status.aclose()
-            self._status = None
+            with trio.CancelScope(shield=True):
+                # Stopped with SIGTERM, not by closing its sockets: that would say we died.
+                await self._terminate()
+                self._zds = None
+                trio.lowlevel.notify_closing(zds_ours)
+                zds_ours.close()
+                await self._status.aclose()
+                self._status = None
         return code
 
     async def _open_session(self, sock: socket.socket) -> None:
