@@ -14,8 +14,8 @@ For each worker it holds two socketpairs:
 
 A worker stops when either socket closes, so none outlives the main process (also after SIGKILL;
 PR_SET_PDEATHSIG would follow the thread that spawned it, and trio spawns from worker threads).
-A worker that exits is started again after a second and given the current pods; the others are
-not touched. Workers subscribe to the config stream and fetch certificates themselves, with the
+A worker that exits is started again after a second (longer if it keeps exiting at once) and
+given the current pods; the others are not touched. Workers subscribe to the config stream and fetch certificates themselves, with the
 node's token. Their counters are prometheus-client multiprocess files in a directory the main
 process owns (see metrics.py).
 """
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ztunnel.workers")
 
 RESTART_DELAY = 1.0
+RESTART_DELAY_MAX = 30.0
+STABLE_AFTER = 10.0  # a worker that ran this long restarts after RESTART_DELAY again
 HELLO_TIMEOUT = 30.0  # a fresh interpreter importing ztunnel on a busy machine
 # The node agent waits ACK_TIMEOUT for our ack, which includes the workers'.
 WORKER_ACK_TIMEOUT = zds.ACK_TIMEOUT - 1.0
@@ -172,8 +174,9 @@ class WorkerPool:
         results: dict[int, dict] = {}
 
         async def one(worker: Worker) -> None:
+            status = await worker.status()
             results[worker.index] = {"worker": worker.index, "pid": worker.pid, "restarts": worker.restarts,
-                                     "status": await worker.status()}
+                                     "state": worker.state(status), "status": status}
 
         async with trio.open_nursery() as nursery:
             for worker in self.workers:
@@ -185,8 +188,7 @@ class WorkerPool:
         for entry in await self.statuses():
             status = entry["status"]
             if status is None:
-                pending.append(f"worker {entry['worker']} (not running)" if entry["pid"] is None
-                               else f"worker {entry['worker']} (not answering)")
+                pending.append(f"worker {entry['worker']} ({entry['state']})")
             elif status["pending"]:
                 pending.append(f"worker {entry['worker']}: {', '.join(status['pending'])}")
         return pending
@@ -211,14 +213,25 @@ class Worker:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None and self.process.returncode is None else None
 
+    def state(self, status: dict | None) -> str:
+        if self.pid is None:
+            return "not running"
+        if self._zds is None:
+            return "starting"
+        return "not answering" if status is None else "running"
+
     async def supervise(self) -> None:
-        """Run the worker until cancelled, restarting it whenever it exits; then stop it."""
+        """Run the worker, and again whenever it exits, until cancelled (which stops it)."""
+        delay = RESTART_DELAY
         while True:
+            started = trio.current_time()
             code = await self._run_once()
             self.restarts += 1
+            delay = RESTART_DELAY if trio.current_time() - started > STABLE_AFTER else delay
             log.warning("ztunnel worker exited; restarting it with the current pods", worker=self.index,
-                        code=code, restart_in=RESTART_DELAY)
-            await trio.sleep(RESTART_DELAY)
+                        code=code, restart_in=delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESTART_DELAY_MAX)
 
     async def _run_once(self) -> int:
         zds_ours, zds_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -309,10 +322,11 @@ class Worker:
         return ack.error or None
 
     async def status(self) -> dict | None:
-        """The worker's own status, or None if it is not running or does not answer in time."""
+        """The worker's own status, or None if it is not running, has not said Hello yet or does
+        not answer in time."""
         async with self._status_lock:
             stream = self._status
-            if stream is None:
+            if stream is None or self._zds is None:
                 return None
             seq = next(self._seq)
             with trio.move_on_after(STATUS_TIMEOUT):
