@@ -33,7 +33,7 @@ TOOLS = {"haproxy": ["haproxy", "-v"], "nginx": ["nginx", "-v"], "h2load": ["h2l
          "wrk": ["wrk", "-v"], "iperf3": ["iperf3", "--version"]}
 
 PRESETS = {
-    "quick": dict(rounds=1, fixed_seconds=10, saturation_seconds=5, connect_seconds=5, bulk_seconds=5,
+    "quick": dict(rounds=1, fixed_seconds=10, saturation_seconds=4, connect_seconds=4, bulk_seconds=4,
                   idle_connections=10_000, quiet_budget=0.0),
     "default": dict(rounds=3, fixed_seconds=30, saturation_seconds=10, connect_seconds=10, bulk_seconds=10,
                     idle_connections=10_000, quiet_budget=45.0),
@@ -141,6 +141,7 @@ def main(argv: list[str]) -> int:
     plan = make_plan(args)
     contenders = [CONTENDERS[key]() for key in plan.contenders]
     names = {c.key: c.label for c in contenders}
+    short = {c.key: c.short for c in contenders}
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     host, tools = machine.describe(), tool_versions()
     source = machine.source(ROOT, MEASURED_CODE)
@@ -156,7 +157,7 @@ def main(argv: list[str]) -> int:
         return 1
     summary = report.summarise(samples, plan.contenders)
     data = report.as_json(summary, plan, samples, date=now.isoformat(), machine=host, tools=tools,
-                          source=source, names=names, restarts=restarts,
+                          source=source, names=names, short=short, restarts=restarts,
                           anchors=[c.key for c in contenders if c.anchor],
                           command=" ".join(["bench/run", *argv]))
     saved = None
@@ -177,7 +178,7 @@ def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
     problems = report.errors(samples) + [f"{name} restarted {n} time(s) during the run"
                                          for name, n in data["restarts"].items() if n]
     print()
-    print(report.text_table(*report.table(summary, names, anchors)))
+    print(report.text_table(*report.table(summary, names, anchors, data["short"])))
     print()
     print(report.text_table(*report.target_rows(results, names)))
     print()
@@ -210,7 +211,7 @@ def markdown(data: dict, plan: runner.Plan, summary: dict, results: list[dict], 
         f"![Latency percentiles at {plan.fixed_rate:,} req/s per contender]"
         f"({CHART.relative_to(DOCS.parent).as_posix()})",
         "",
-        report.markdown_table(*report.table(summary, names, anchors), left=2),
+        report.markdown_table(*report.table(summary, names, anchors, data["short"]), left=2),
         "",
         "Targets (ratios from this run):",
         "",

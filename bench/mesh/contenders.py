@@ -41,6 +41,7 @@ class Route:
 class Contender:
     key: ClassVar[str]
     label: ClassVar[str]
+    short: ClassVar[str]  # for ratio headings
     # Anchors are what the others are divided by; every contender is also compared with each anchor.
     anchor: ClassVar[bool] = False
     namespace: ClassVar[BenchNamespace]
@@ -92,13 +93,13 @@ def process_tree(root: int) -> list[int]:
 class Direct(Contender):
     """Client pod to server pod, no proxy: the limit."""
 
-    key, label, anchor, namespace = "direct", "direct (no mesh)", True, PLAIN
+    key, label, short, anchor, namespace = "direct", "direct (no mesh)", "direct", True, PLAIN
 
 
 class WispZtunnel(Contender):
     """The mesh namespace's pods: in-pod redirection to node1's ztunnel, HBONE to node2's."""
 
-    key, label, namespace = "ztunnel", "wisp ztunnel pair", MESH
+    key, label, short, namespace = "ztunnel", "wisp ztunnel pair", "ztunnel", MESH
 
     def proxies(self, mesh: Mesh) -> dict[str, int]:
         return {node: mesh.component_pid(f"ztunnel-{node}") for node in (CLIENT_NODE, SERVER_NODE)}
@@ -142,7 +143,7 @@ class HaproxyMtls(Contender):
     pod: "ztunnel without HTTP/2", one TLS connection per TCP connection.
     """
 
-    key, label, anchor, namespace = "haproxy", "HAProxy mTLS pair", True, PLAIN
+    key, label, short, anchor, namespace = "haproxy", "HAProxy mTLS pair", "HAProxy", True, PLAIN
     threads: ClassVar[int] = 1
     # HAProxy holds two descriptors per connection (client side and server side) and sizes its
     # maxconn from the open-file limit; without CAP_SYS_RESOURCE that stays at the hard limit

@@ -173,6 +173,13 @@ class Mesh:
             raise MeshError(f"{name} is not running")
         return pid
 
+    def container_pids(self, namespace: str, name: str) -> list[int]:
+        """The running containers' pids of a pod (the server's nginx and iperf3)."""
+        for p in self._status.get("pods", []):
+            if p["namespace"] == namespace and p["name"] == name:
+                return [c["pid"] for c in p.get("containers", []) if c.get("pid")]
+        raise MeshError(f"pod {namespace}/{name} is not in the mesh's status")
+
     def restarts(self) -> dict[str, int]:
         self.refresh()
         return {name: c["restarts"] for name, c in self._status.get("components", {}).items()}

@@ -183,11 +183,12 @@ def fmt_ratio(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.2f}×"
 
 
-def table(summary: dict, names: dict[str, str], anchors: tuple[str, ...]) -> tuple[list[str], list[list[str]]]:
+def table(summary: dict, names: dict[str, str], anchors: tuple[str, ...],
+          short: dict[str, str]) -> tuple[list[str], list[list[str]]]:
     """One row per metric: each contender's median, then each ratio to an anchor."""
     contenders = tuple(summary)
     pairs = ratio_pairs(contenders, anchors)
-    head = ["measure", "unit", *(names[c] for c in contenders), *(f"{names[c]} ÷ {names[a]}" for c, a in pairs)]
+    head = ["measure", "unit", *(names[c] for c in contenders), *(f"{short[c]} ÷ {short[a]}" for c, a in pairs)]
     rows = []
     for metric in expand(METRICS, proxy_names(summary)):
         cells = [median(summary, c, metric.key) for c in contenders]

@@ -60,7 +60,10 @@ class Sample:
     proxies: dict[str, dict]
     wall: float
     generator_cpu: float = 0.0
-    # CPU seconds the rest of the machine used meanwhile (busy minus generator and proxies).
+    # The server pod's processes (nginx, iperf3).
+    server_cpu: float = 0.0
+    # CPU seconds the rest of the machine used meanwhile: busy minus generator, proxies and server
+    # (so it includes the mesh's control plane and node agents, and other people's programs).
     other_cpu: float = 0.0
     waited: float = 0.0
 
@@ -143,8 +146,10 @@ def _command(plan: Plan, measure: str, route: Route, scratch: Path) -> tuple[lis
 def _measure(plan: Plan, round_: int, measure: str, contender: Contender, mesh: Mesh, scratch: Path) -> Sample:
     route = contender.route(mesh)
     pids = contender.proxies(mesh)
+    servers = mesh.container_pids(contender.namespace.name, "server")
     argv, seconds = _command(plan, measure, route, scratch)
     before = {name: procstat.tree_usage(pid) for name, pid in pids.items()}
+    server0 = _cpu(servers)
     busy0 = procstat.machine_busy()
     try:
         with RssSampler(pids) as sampler:
@@ -152,6 +157,7 @@ def _measure(plan: Plan, round_: int, measure: str, contender: Contender, mesh: 
     except loadgen.LoadError as exc:
         raise BenchError(f"{contender.key} {measure}: {exc}") from exc
     busy = procstat.machine_busy() - busy0
+    server_cpu = _cpu(servers) - server0
     after = {name: procstat.tree_usage(pid) for name, pid in pids.items()}
     if measure == "fixed":
         result = loadgen.parse_h2load(finished.stdout)
@@ -168,7 +174,12 @@ def _measure(plan: Plan, round_: int, measure: str, contender: Contender, mesh: 
                for name in pids}
     proxy_cpu = sum(p["cpu_s"] for p in proxies.values())
     return Sample(round_, contender.key, measure, result, proxies, wall=finished.wall,
-                  generator_cpu=finished.cpu_s, other_cpu=max(0.0, busy - finished.cpu_s - proxy_cpu))
+                  generator_cpu=finished.cpu_s, server_cpu=server_cpu,
+                  other_cpu=max(0.0, busy - finished.cpu_s - proxy_cpu - server_cpu))
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(procstat.tree_usage(pid).cpu_s for pid in pids)
 
 
 def _idle(plan: Plan, contender: Contender, mesh: Mesh) -> Sample:
