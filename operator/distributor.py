@@ -75,6 +75,11 @@ class SubscriberStatus:
     last_error: str | None = None
     sent_at: dict[str, float] = field(default_factory=dict)
     ack_event: asyncio.Event = field(default_factory=asyncio.Event)
+    # Sent and not yet acknowledged, oldest first: (version number, size in bytes, sent at).
+    in_flight: deque[tuple[int, int, float]] = field(default_factory=deque)
+
+    def in_flight_bytes(self) -> int:
+        return sum(size for _, size, _ in self.in_flight)
 
 
 class Distributor:
@@ -201,12 +206,9 @@ class Distributor:
         return f"{self.epoch}-{number}"
 
     def _find(self, version: str | None) -> _Publication | None:
-        if not version:
+        number = self._number(version) if version else None
+        if number is None:
             return None
-        epoch, _, number = version.rpartition("-")
-        if epoch != self.epoch or not number.isdigit():
-            return None
-        number = int(number)
         first = self._history[0].number
         if not first <= number <= self._history[-1].number:
             return None
@@ -309,14 +311,22 @@ class Distributor:
         status.last_error = None
         return status
 
-    def sent(self, status: SubscriberStatus, version: str) -> None:
+    def sent(self, status: SubscriberStatus, version: str, size: int = 0) -> None:
+        now = time.monotonic()
         status.sent_version = version
-        status.sent_at[version] = time.monotonic()
+        status.sent_at[version] = now
         if len(status.sent_at) > 16:
             status.sent_at.pop(next(iter(status.sent_at)))
+        number = self._number(version)
+        if number is not None:
+            status.in_flight.append((number, size, now))
 
     def acked(self, subscriber_id: str, view: View, version: str, error: str | None) -> bool:
-        """Record an ack (error None) or a NACK; False if the subscriber is unknown to us."""
+        """Record an ack (error None) or a NACK; False if the subscriber is unknown to us.
+
+        An ack covers every version up to it: subscribers may acknowledge only the latest of
+        several they applied in a row.
+        """
         status = self.subscribers.get(subscriber_id)
         if status is None or status.view != view:
             return False
@@ -325,29 +335,43 @@ class Distributor:
         else:
             status.acked_version = version
             status.last_error = None
+            number = self._number(version)
+            if number is not None:
+                while status.in_flight and status.in_flight[0][0] <= number:
+                    status.in_flight.popleft()
         status.ack_event.set()
         return True
 
-    async def wait_for_ack(self, status: SubscriberStatus, version: str, timeout: float) -> bool:
-        """True once `version` is acknowledged; False on a NACK or when `timeout` passes.
+    def ack_deadline(self, status: SubscriberStatus, timeout: float) -> float | None:
+        """When (time.monotonic) the oldest unacknowledged message runs out of time, if any."""
+        return status.in_flight[0][2] + timeout if status.in_flight else None
 
-        The stream sends nothing more until then: at most one message per subscriber is in
-        flight, so a subscriber that stops reading costs one message of memory, not a backlog,
-        and everything published meanwhile reaches it as one merged delta.
+    async def wait_for_room(self, status: SubscriberStatus, window: int, window_bytes: int, timeout: float) -> bool:
+        """Wait until the subscriber may be sent another message; False on a NACK or when its
+        oldest unacknowledged message is older than `timeout`.
+
+        At most `window` messages, and `window_bytes` beyond the first, are in flight per
+        subscriber: one that stops reading costs that much memory, not a backlog, and
+        everything published meanwhile reaches it as one merged delta once it catches up.
         """
-        deadline = asyncio.get_running_loop().time() + timeout
-        while status.acked_version != version:
+        while True:
             if status.last_error is not None:
                 return False
+            if len(status.in_flight) < window and (
+                    not status.in_flight or status.in_flight_bytes() < window_bytes):
+                return True
             status.ack_event.clear()
-            remaining = deadline - asyncio.get_running_loop().time()
+            remaining = self.ack_deadline(status, timeout) - time.monotonic()
             if remaining <= 0:
                 return False
             try:
                 await asyncio.wait_for(status.ack_event.wait(), remaining)
             except asyncio.TimeoutError:
                 return False
-        return True
+
+    def _number(self, version: str) -> int | None:
+        epoch, _, number = version.rpartition("-")
+        return int(number) if epoch == self.epoch and number.isdigit() else None
 
 
 def _scopes(workload: Workload) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qs
@@ -34,6 +35,11 @@ log = structlog.get_logger("wisp.operator.server")
 MAX_BODY = 256 * 1024
 DEFAULT_PING_INTERVAL = 10.0
 DEFAULT_ACK_TIMEOUT = 30.0
+# Unacknowledged messages a subscriber may have in flight, and bytes beyond the first of them:
+# room for a burst of deltas while acks (which clients coalesce) catch up, but never more than
+# one snapshot.
+DEFAULT_WINDOW = 16
+DEFAULT_WINDOW_BYTES = 1 << 20
 
 
 class ControlPlaneApp:
@@ -48,6 +54,8 @@ class ControlPlaneApp:
         *,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+        window: int = DEFAULT_WINDOW,
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
         local_api=None,
     ) -> None:
         self.ca = ca
@@ -56,6 +64,8 @@ class ControlPlaneApp:
         self.state = state
         self.ping_interval = ping_interval
         self.ack_timeout = ack_timeout
+        self.window = window
+        self.window_bytes = window_bytes
         # Local mode's stand-in for the Kubernetes API (operator/local_api.py), if any.
         self.local_api = local_api
         self.ready = True
@@ -164,25 +174,37 @@ class ControlPlaneApp:
             log.info("subscriber disconnected", subscriber=subscriber)
 
     async def _follow(self, gone, send, dist, status, subscriber, view, version) -> None:
-        """Send what the subscriber lacks, one acknowledged message at a time, until it leaves."""
+        """Send what the subscriber lacks, within its window of unacknowledged messages, until
+        it leaves (or lets its oldest message go unacknowledged past the deadline)."""
+        status.in_flight.clear()
         while not gone.is_set():
+            # hypercorn buffers whatever we send regardless of the peer's HTTP/2 window, so the
+            # ack window is the flow control.
+            if not await dist.wait_for_room(status, self.window, self.window_bytes, self.ack_timeout):
+                reason = status.last_error or f"no ack within {self.ack_timeout:g} s"
+                log.warning("closing config stream", subscriber=subscriber, version=version, reason=reason)
+                return
             message = dist.next_message(view, version)
             if message is not None:
                 version, body = message
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-                dist.sent(status, version)
-                # Let go of it before waiting: a first sync is a snapshot of megabytes, and a
-                # stream holding its last message would keep one per subscriber alive.
+                dist.sent(status, version, len(body))
+                # Let go of it: a first sync is a snapshot of megabytes, and a stream holding its
+                # last message would keep one per subscriber alive.
                 message = body = None
-                # hypercorn buffers whatever we send regardless of the peer's HTTP/2 window,
-                # so acks are the flow control: nothing more until this one is applied.
-                if not await dist.wait_for_ack(status, version, self.ack_timeout):
-                    reason = status.last_error or f"no ack within {self.ack_timeout:g} s"
-                    log.warning("closing config stream", subscriber=subscriber, version=version, reason=reason)
-                    return
                 continue
-            if not await dist.wait_for_change(version, self.ping_interval):
-                await send({"type": "http.response.body", "body": PING, "more_body": True})
+            timeout = self.ping_interval
+            deadline = dist.ack_deadline(status, self.ack_timeout)
+            if deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            if not await dist.wait_for_change(version, timeout):
+                deadline = dist.ack_deadline(status, self.ack_timeout)
+                if deadline is not None and deadline <= time.monotonic():
+                    log.warning("closing config stream", subscriber=subscriber, version=version,
+                                reason=f"no ack within {self.ack_timeout:g} s")
+                    return
+                if timeout >= self.ping_interval:
+                    await send({"type": "http.response.body", "body": PING, "more_body": True})
 
 @asynccontextmanager
 async def disconnect_watch(receive):

@@ -32,7 +32,7 @@ from wisp_operator.cluster import ClusterState
 from wisp_operator.controller import Controller
 from wisp_operator.distributor import Distributor
 from wisp_operator.local_api import LocalApi
-from wisp_operator.server import ControlPlaneApp, serve
+from wisp_operator.server import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, ControlPlaneApp, serve
 
 from .conftest import spiffe
 
@@ -81,7 +81,7 @@ async def _call(fn, *args, **kwargs):
 @asynccontextmanager
 async def control_plane(ca, state: ClusterState, *, ping_interval: float = 10.0, history: int = 64,
                   port: int = 0, credentials: LocalCredentials | None = None, ack_timeout: float = 30.0,
-                  store=None):
+                  store=None, window: int = DEFAULT_WINDOW):
     """A control plane on 127.0.0.1 in its own thread; with `store`, the real controller and
     local API run too (state then comes from the store, as in the operator)."""
     credentials = credentials or LocalCredentials()
@@ -106,7 +106,7 @@ async def control_plane(ca, state: ClusterState, *, ping_interval: float = 10.0,
                 state_of = lambda: controller.state  # noqa: E731
             box["app"] = ControlPlaneApp(CaService(ca), credentials, box["distributor"], state_of,
                                          ping_interval=ping_interval, ack_timeout=ack_timeout,
-                                         local_api=local_api)
+                                         window=window, local_api=local_api)
             started.set()
             async with asyncio.TaskGroup() as tasks:
                 reconciler = tasks.create_task(box["controller"].run()) if store is not None else None
@@ -369,20 +369,67 @@ async def test_slow_subscriber_never_blocks_the_others(ca):
                     nursery.start_soon(subscriber.run)
                     await wait_until(lambda: len(updates) == 1, timeout=10)
                     for round_ in range(20):
-                        # Every round rewrites every workload: ~1 MB per delta for the stalled one.
+                        # Every round rewrites every workload: ~360 KB per delta for the stalled one.
                         changed = [workload("shop", f"w-{i}", "node-a", ip=f"10.245.{round_}.{i % 250}")
                                    for i in range(2000)]
                         version = plane.publish(ModelSnapshot.of(changed))
                         await wait_until(lambda: subscriber.view.version == version, timeout=5)
                     nursery.cancel_scope.cancel()
             stalled_status = plane.distributor.subscribers["stalled"]
-            # It was sent its snapshot and nothing after it: one message in flight, no backlog.
-            assert stalled_status.sent_version == stalled_status.sent_version.rsplit("-", 1)[0] + "-1"
+            # It was sent messages until they filled its window of bytes, and nothing after.
+            sizes = [size for _, size, _ in stalled_status.in_flight]
+            assert sum(sizes[:-1]) < DEFAULT_WINDOW_BYTES <= sum(sizes)
+            assert stalled_status.sent_version.endswith(f"-{len(sizes)}")
             assert stalled_status.acked_version is None
             # And, silent past the ack deadline, its stream is closed (it would resume from there).
             await wait_until(lambda: not stalled_status.connected, timeout=5)
         finally:
             stalled.close()
+
+
+async def test_subscriber_that_stops_acking_gets_its_window_of_small_deltas_then_nothing(ca):
+    async with control_plane(ca, STATE, ack_timeout=2.0, window=4) as plane:
+        plane.publish(ModelSnapshot.of([workload("shop", "w-0", "node-a")]))
+        token = plane.credentials.issue_ztunnel("node-a")
+        stalled = await _stalled_subscriber(plane.address, plane.roots, token)
+        try:
+            for i in range(1, 10):
+                plane.publish(ModelSnapshot.of([workload("shop", f"w-{i}", "node-a")]))
+                await trio.sleep(0.02)
+            status = plane.distributor.subscribers["stalled"]
+            await wait_until(lambda: len(status.in_flight) == 4)
+            await trio.sleep(0.2)
+            assert len(status.in_flight) == 4 and status.sent_version.endswith("-4")
+            await wait_until(lambda: not status.connected, timeout=5)
+        finally:
+            stalled.close()
+
+
+async def test_one_ack_covers_every_version_before_it(ca):
+    async with control_plane(ca, STATE) as plane:
+        plane.publish(ModelSnapshot.of([workload("shop", "w-0", "node-a")]))
+        updates = []
+        async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
+            # A long ack delay: the burst below is acknowledged by one request, after it.
+            subscriber = ConfigSubscriber(client, "zt-a", updates.append, ack_delay=0.5)
+            acks = []
+            real_ack = subscriber._ack
+
+            async def counting_ack(version, error):
+                acks.append(version)
+                await real_ack(version, error)
+            subscriber._ack = counting_ack
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscriber.run)
+                await wait_until(lambda: len(updates) == 1)
+                for i in range(1, 6):
+                    version = plane.publish(ModelSnapshot.of([workload("shop", f"w-{i}", "node-a")]))
+                    await wait_until(lambda: subscriber.view.version == version)
+                status = plane.distributor.subscribers["zt-a"]
+                await wait_until(lambda: status.acked_version == version)
+                assert not status.in_flight
+                assert acks[-1] == version and len(acks) <= 2
+                nursery.cancel_scope.cancel()
 
 
 async def _stalled_subscriber(address: str, roots: bytes, token: str) -> socket.socket:

@@ -291,20 +291,30 @@ def diff(old: ModelSnapshot, new: ModelSnapshot) -> Delta:
 
 
 def apply(snapshot: ModelSnapshot, delta: Delta) -> ModelSnapshot:
-    """The snapshot a client holds after receiving ``delta`` (the inverse of ``diff``)."""
-    maps: dict[str, dict[str, Any]] = {
-        KIND_WORKLOAD: dict(snapshot.workloads),
-        KIND_SERVICE: dict(snapshot.services),
-        KIND_AUTHORIZATION: dict(snapshot.authorizations),
+    """The snapshot a client holds after receiving ``delta`` (the inverse of ``diff``).
+
+    Only the kinds the delta touches are copied; the others are shared with ``snapshot``
+    (snapshots are never mutated), so a one-pod change copies one map, not three.
+    """
+    maps: dict[str, Mapping[str, Any]] = {
+        KIND_WORKLOAD: snapshot.workloads,
+        KIND_SERVICE: snapshot.services,
+        KIND_AUTHORIZATION: snapshot.authorizations,
     }
+    copied: set[str] = set()
+
+    def writable(kind: str) -> dict[str, Any]:
+        if kind not in copied:
+            maps[kind] = dict(maps[kind])
+            copied.add(kind)
+        return maps[kind]  # type: ignore[return-value]
+
     for rk in delta.removals:
-        maps[rk.kind].pop(rk.key, None)
+        writable(rk.kind).pop(rk.key, None)
     for obj in delta.upserts:
         rk = resource_key(obj)
-        maps[rk.kind][rk.key] = obj
-    return ModelSnapshot(
-        maps[KIND_WORKLOAD], maps[KIND_SERVICE], maps[KIND_AUTHORIZATION]
-    )
+        writable(rk.kind)[rk.key] = obj
+    return ModelSnapshot(maps[KIND_WORKLOAD], maps[KIND_SERVICE], maps[KIND_AUTHORIZATION])
 
 
 # --- JSON ---------------------------------------------------------------------------------------

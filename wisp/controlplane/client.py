@@ -82,6 +82,7 @@ class ConfigSubscriber:
         backoff_min: float = 0.1,
         backoff_max: float = 15.0,
         read_timeout: float = 30.0,
+        ack_delay: float = 0.1,
     ) -> None:
         self.client = client
         self.id = subscriber_id
@@ -90,6 +91,8 @@ class ConfigSubscriber:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.read_timeout = read_timeout
+        self.ack_delay = ack_delay
+        self._ack_wanted = trio.Event()
         self.synced = trio.Event()
         self.connected = False
         self.reconnects = 0
@@ -123,6 +126,20 @@ class ConfigSubscriber:
         params = {"subscriber": self.id}
         if resume and self.view.version:
             params["version"] = self.view.version
+        self._ack_wanted = trio.Event()
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._acknowledge)
+            try:
+                received = await self._read(params)
+            except (StreamProtocolError, httpx.HTTPError, ControlPlaneError) as exc:
+                failure = exc  # raised below, outside the nursery, as itself
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return received
+
+    async def _read(self, params: dict[str, str]) -> bool:
         timeout = httpx.Timeout(10.0, read=self.read_timeout)
         received = False
         async with self.client.stream("GET", STREAM_PATH, params=params, timeout=timeout) as response:
@@ -143,8 +160,24 @@ class ConfigSubscriber:
                 if applied:
                     self.on_update(self.view.snapshot)
                     self.synced.set()
-                    await self._ack(self.view.version, None)
+                    self._ack_wanted.set()
         return received
+
+    async def _acknowledge(self) -> None:
+        """Ack the latest applied version `ack_delay` after the first unacknowledged one.
+
+        One ack covers every version before it, so a burst of deltas costs one request, and the
+        requests stay out of the way of reading: the control plane fans each change out to every
+        node at once, and an ack per message would compete with the reads for the same CPU.
+        """
+        acked = None
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted = trio.Event()  # what is applied from now on wants another ack
+            await trio.sleep(self.ack_delay)
+            if self.view.version != acked:
+                acked = self.view.version
+                await self._ack(acked, None)
 
     async def _ack(self, version: str, error: str | None) -> None:
         try:
