@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import secrets
 import signal
 import subprocess
@@ -46,6 +47,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="one short round, under 5 minutes in all")
     p.add_argument("--rounds", type=int, help="rounds (each runs every contender once per measure)")
     p.add_argument("--fixed-seconds", type=float, help="seconds of the fixed 1,000 req/s run (Istio's: ≥ 30)")
+    p.add_argument("--ztunnel-workers", type=int, help="worker processes per ztunnel (wisp up --ztunnel-workers)")
     p.add_argument("--idle-connections", type=int, help="idle connections opened through each contender")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of %(default)s")
     p.add_argument("--measures", default=",".join(runner.MEASURES), help="comma-separated subset of %(default)s")
@@ -65,7 +67,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def make_plan(args: argparse.Namespace) -> runner.Plan:
     preset = dict(PRESETS["quick" if args.quick else "default"])
-    overrides = {"rounds": args.rounds, "fixed_seconds": args.fixed_seconds, "idle_connections": args.idle_connections}
+    overrides = {"rounds": args.rounds, "fixed_seconds": args.fixed_seconds, "idle_connections": args.idle_connections,
+                 "ztunnel_workers": args.ztunnel_workers}
     preset.update({k: v for k, v in overrides.items() if v})
     return runner.Plan(**preset, contenders=args.contenders, measures=args.measures)
 
@@ -77,7 +80,7 @@ def describe_plan(plan: runner.Plan) -> str:
             f"{plan.saturation_seconds:g} s; (c) wrk with `Connection: close`, {plan.saturation_connections} "
             f"connections, {plan.connect_seconds:g} s; (d) iperf3 client→server, 1 and 8 connections, "
             f"{plan.bulk_seconds:g} s each; (e) {plan.idle_connections:,} idle connections, once per contender "
-            f"after the rounds")
+            f"after the rounds; {plan.ztunnel_workers} worker process(es) per ztunnel, HAProxy 1 thread per node")
 
 
 def tool_versions() -> dict[str, str]:
@@ -90,6 +93,12 @@ def tool_versions() -> dict[str, str]:
         except (OSError, subprocess.SubprocessError):
             out[name] = "missing"
     return out
+
+
+def _version(line: str) -> str:
+    """The version number in a tool's first line of `--version` output."""
+    found = re.search(r"\d+\.\d+(?:\.\d+)?", line)
+    return found.group(0) if found else line
 
 
 def log(message: str) -> None:
@@ -121,7 +130,7 @@ def progress(plan: runner.Plan, names: dict[str, str]):
 def measure(plan: runner.Plan, contenders: list[Contender], names: dict[str, str]) -> tuple[list[runner.Sample], dict]:
     namespaces = list(dict.fromkeys(c.namespace for c in contenders))
     extra = [obj for c in contenders for obj in c.manifests()]
-    with Mesh(namespaces, f"wisp-b{secrets.token_hex(3)}", log, extra) as mesh:
+    with Mesh(namespaces, f"wisp-b{secrets.token_hex(3)}", log, extra, plan.ztunnel_workers) as mesh:
         try:
             for contender in contenders:
                 contender.start(mesh, log)
@@ -202,7 +211,7 @@ def markdown(data: dict, plan: runner.Plan, summary: dict, results: list[dict], 
     changes = ", ".join(source["changes"])
     revision = source["commit"] + (f" plus uncommitted changes in {changes}" if changes else "")
     date = dt.datetime.fromisoformat(data["date"])
-    tools = "; ".join(data["tools"].values())
+    tools = ", ".join(f"{name} {_version(line)}" for name, line in data["tools"].items())
     return "\n".join([
         f"Measured {date:%Y-%m-%d %H:%M} UTC on {machine.summary(data['machine'])}; {tools}; wisp at {revision}.",
         "",

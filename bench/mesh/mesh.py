@@ -109,8 +109,10 @@ def nginx_conf(work: Path, namespace: str) -> str:
 class Mesh:
     """A running local mesh for the benchmark; `with Mesh(...)` brings it up and always down."""
 
-    def __init__(self, namespaces: list[BenchNamespace], prefix: str, log, extra: list[dict] = ()) -> None:
+    def __init__(self, namespaces: list[BenchNamespace], prefix: str, log, extra: list[dict] = (),
+                 ztunnel_workers: int = 1) -> None:
         self.namespaces = namespaces
+        self.ztunnel_workers = ztunnel_workers
         self.extra = list(extra)
         self.prefix = prefix
         self.paths = RuntimePaths(prefix)
@@ -139,7 +141,8 @@ class Mesh:
             yaml.safe_dump_all(manifests(self.namespaces, self.work) + self.extra, sort_keys=False))
         self.log(f"wisp up --prefix {self.prefix} (work directory {self.work})")
         done = subprocess.run([str(VENV_BIN / "wisp"), "up", str(manifest_dir), "--nodes", "2",
-                               "--prefix", self.prefix, "--timeout", str(UP_TIMEOUT)],
+                               "--prefix", self.prefix, "--timeout", str(UP_TIMEOUT),
+                               "--ztunnel-workers", str(self.ztunnel_workers)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise MeshError(f"wisp up failed: {(done.stderr or done.stdout).strip()}")

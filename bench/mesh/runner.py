@@ -45,6 +45,7 @@ class Plan:
     fixed_rate: int = 1000
     fixed_connections: int = 4
     saturation_connections: int = 16
+    ztunnel_workers: int = 1
     contenders: tuple[str, ...] = ()
     measures: tuple[str, ...] = MEASURES
 
