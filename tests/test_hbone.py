@@ -265,6 +265,54 @@ async def test_one_gib_each_way_through_one_stream_arrives_intact(hbone):
     stream.close()
 
 
+async def test_forwarded_stream_reaches_its_socket_whole_and_in_order_under_backpressure(hbone):
+    """forward_to: the connection's reader writes to the socket while it takes data, and the
+    stream's own reader sends the rest; a slow socket reader makes both paths run."""
+    payload = b"".join(_blocks(8 * 1024 * 1024, b"forwarded", size=64 * 1024))
+    stream = await hbone.connect(ECHO)
+    near, far = socket.socketpair()
+    near.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+    near_stream = trio.SocketStream(trio.socket.from_stdlib_socket(near))
+    far_stream = trio.SocketStream(trio.socket.from_stdlib_socket(far))
+    direct: list[int] = []
+    via_reader = 0
+    received = bytearray()
+    stream.forward_to(near.fileno(), direct.append)
+
+    async def pump():  # what ztunnel's splice does with a forwarded stream, in small steps
+        nonlocal via_reader
+        while chunk := await stream.receive_some(256 * 1024):
+            via_reader += len(chunk)
+            for start in range(0, len(chunk), 4096):
+                await near_stream.send_all(chunk[start:start + 4096])
+                await trio.sleep(0)  # room for the connection's reader to run mid-chunk
+        await near_stream.send_eof()
+
+    async def slow_reader():
+        while chunk := await far_stream.receive_some(32 * 1024):
+            received.extend(chunk)
+            await trio.sleep(0.0002)
+
+    async def send():  # in pieces and bursts, so the socket is sometimes ready, sometimes full
+        for start in range(0, len(payload), 64 * 1024):
+            await stream.send_all(payload[start:start + 64 * 1024])
+            if start % (512 * 1024) == 0:
+                await trio.sleep(0.002)
+        await stream.send_eof()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            nursery.start_soon(slow_reader)
+            nursery.start_soon(send)
+    stream.close()
+    await near_stream.aclose()
+    await far_stream.aclose()
+    assert bytes(received) == payload
+    assert direct and via_reader, "both the direct and the queued path should have carried data"
+    assert sum(direct) + via_reader == len(payload)
+
+
 async def test_two_hundred_concurrent_streams_share_one_connection(server_bundle, client_bundle):
     async with running(server_bundle, client_bundle, max_streams=200) as harness:
         streams = [await harness.connect() for _ in range(200)]

@@ -13,6 +13,7 @@ import struct
 import trio
 
 from wisp import sockets
+from wisp.hbone import HboneStream
 
 CHUNK = 256 * 1024
 
@@ -27,6 +28,12 @@ class Transfer:
         self.downstream = 0  # server → client (Istio's "sent")
         self.error: str | None = None
 
+    def count_upstream(self, size: int) -> None:
+        self.upstream += size
+
+    def count_downstream(self, size: int) -> None:
+        self.downstream += size
+
 
 async def splice(client: trio.abc.HalfCloseableStream, server: trio.abc.HalfCloseableStream,
                  transfer: Transfer | None = None) -> Transfer:
@@ -40,6 +47,10 @@ async def splice(client: trio.abc.HalfCloseableStream, server: trio.abc.HalfClos
 
 async def _copy(src: trio.abc.HalfCloseableStream, dst: trio.abc.HalfCloseableStream,
                 transfer: Transfer, upstream: bool, scope: trio.CancelScope) -> None:
+    if isinstance(src, HboneStream) and isinstance(dst, trio.SocketStream):
+        # HBONE's reader writes arriving data to the socket itself; this task sees only what the
+        # socket would not take at once, and the end of the stream.
+        src.forward_to(dst.socket.fileno(), transfer.count_upstream if upstream else transfer.count_downstream)
     try:
         while True:
             data = await src.receive_some(CHUNK)
