@@ -171,6 +171,7 @@ class HboneStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
         self._reader_busy = False
+        blocked = False
         while not self._chunks:
             if self._closed:
                 raise trio.ClosedResourceError("stream is closed")
@@ -180,13 +181,15 @@ class HboneStream(trio.abc.HalfCloseableStream):
             if self._error is not None:
                 raise trio.BrokenResourceError(str(self._error)) from self._error
             await self._lot.park()
+            blocked = True
         chunk = self._chunks.popleft()
         if max_bytes is not None and len(chunk) > max_bytes:
             self._chunks.appendleft(chunk[max_bytes:])
             chunk = chunk[:max_bytes]
         self.conn._consumed(self.stream_id, len(chunk))
         self._reader_busy = True
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if not blocked:  # a schedule point either way, as in TlsStream.receive_some
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return chunk
 
     async def send_all(self, data) -> None:
@@ -427,6 +430,7 @@ class HboneConnection:
         await trio.lowlevel.checkpoint_if_cancelled()
         h2c = self._h2
         sid = stream.stream_id
+        blocked = False
         with memoryview(data) as view:
             while view:
                 self._check_stream(stream)
@@ -436,6 +440,7 @@ class HboneConnection:
                     raise trio.BrokenResourceError(f"stream {sid} is closed") from None
                 if window <= 0:
                     await self._window_lot.park()
+                    blocked = True
                     continue
                 size = min(window, h2c.max_outbound_frame_size, len(view))
                 try:
@@ -447,7 +452,9 @@ class HboneConnection:
                 self.last_active = trio.current_time()
                 while self._queued - self._written > _HIGH_WATER and self.failure is None:
                     await self._written_lot.park()
-        await trio.lowlevel.cancel_shielded_checkpoint()
+                    blocked = True
+        if not blocked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _wait_window(self, stream: HboneStream) -> None:
         while True:

@@ -139,6 +139,7 @@ class TlsStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
         size = max_bytes or READ_SIZE
+        blocked = False
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("TLS stream is closed")
@@ -147,10 +148,12 @@ class TlsStream(trio.abc.Stream):
                 break
             except ssl.SSLWantReadError:
                 await trio.lowlevel.wait_readable(self._sock)
+                blocked = True
             except ssl.SSLWantWriteError:
                 # TLS 1.3 post-handshake messages can make a read want to write. The writer
                 # task may already be waiting for writability, so poll instead of competing.
                 await trio.sleep(0.001)
+                blocked = True
             except ssl.SSLZeroReturnError:
                 data = b""
                 break
@@ -160,7 +163,10 @@ class TlsStream(trio.abc.Stream):
                 if exc.errno == errno.EBADF or self._closed:
                     raise trio.ClosedResourceError("TLS stream is closed") from None
                 raise trio.BrokenResourceError(f"connection lost: {exc.strerror or exc}") from None
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if not blocked:
+            # A call that waited has been through the scheduler; one that did not must still be
+            # a schedule point, as trio's own streams are (a second pass per message is waste).
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
     async def send_all(self, data) -> None:
