@@ -198,6 +198,8 @@ def test_ratios_divide_by_each_earlier_anchor_and_skip_missing_values():
     assert report.ratio(summary, "ztunnel", "haproxy", "saturation_rps") == pytest.approx(0.25)
     assert report.ratio(summary, "ztunnel", "direct", "bulk1_gbps") == pytest.approx(0.2)
     assert math.isnan(report.ratio(summary, "ztunnel", "direct", "cpu_per_1k_node1"))
+    negative = {"haproxy": {"added_p90_ms": {"median": -0.12}}, "ztunnel": {"added_p90_ms": {"median": 0.05}}}
+    assert math.isnan(report.ratio(negative, "ztunnel", "haproxy", "added_p90_ms"))
 
 
 def test_targets_pass_or_miss_on_the_worst_node_and_on_ratios_to_the_anchor():

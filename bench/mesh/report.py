@@ -144,9 +144,10 @@ def median(summary: dict, contender: str, metric: str) -> float:
 
 
 def ratio(summary: dict, contender: str, anchor: str, metric: str) -> float:
-    """contender ÷ anchor of the medians; NaN where either is missing or the anchor is zero."""
+    """contender ÷ anchor of the medians; NaN where either is missing or not positive (an added
+    latency can be zero or negative when the tails are noise, and a ratio of those means nothing)."""
     a, b = median(summary, contender, metric), median(summary, anchor, metric)
-    if math.isnan(a) or math.isnan(b) or b == 0:
+    if math.isnan(a) or math.isnan(b) or a <= 0 or b <= 0:
         return math.nan
     return a / b
 
