@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import socket
 import ssl
 import struct
@@ -32,6 +33,7 @@ from wisp.hbone import (
 )
 from wisp.hbone.tls import TlsStream, _load_chain
 from wisp.identity import CertificateAuthority, SpiffeId, generate_key, make_csr
+from ztunnel.splice import splice
 
 from .conftest import spiffe
 
@@ -311,6 +313,40 @@ async def test_forwarded_stream_reaches_its_socket_whole_and_in_order_under_back
     assert bytes(received) == payload
     assert direct and via_reader, "both the direct and the queued path should have carried data"
     assert sum(direct) + via_reader == len(payload)
+
+
+async def test_splice_stops_forwarding_before_the_socket_can_be_closed(hbone):
+    """A descriptor number is reused once closed: data arriving after the splice must never be
+    written to whatever socket now has the number the application's socket had."""
+    stream = await hbone.connect(ECHO)
+    near, far = socket.socketpair()
+    near_stream = trio.SocketStream(trio.socket.from_stdlib_socket(near))
+    far_stream = trio.SocketStream(trio.socket.from_stdlib_socket(far))
+    number = near.fileno()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(splice, stream, near_stream)
+            await far_stream.send_all(b"hello")
+            assert await receive_exactly(far_stream, 5) == b"hello"
+            await far_stream.send_eof()
+            assert await receive_all(far_stream) == b""
+    await near_stream.aclose()
+    await far_stream.aclose()
+    other, peer = socket.socketpair()  # another connection now holds the old number
+    duplicated = other.fileno() != number
+    if duplicated:
+        os.dup2(other.fileno(), number)
+    try:
+        stream._feed(b"late")  # as the connection's reader would, had the peer sent more
+        peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            peer.recv(16)
+    finally:
+        if duplicated:
+            os.close(number)
+        for sock in (other, peer):
+            sock.close()
+        stream.close()
 
 
 async def test_two_hundred_concurrent_streams_share_one_connection(server_bundle, client_bundle):

@@ -47,7 +47,8 @@ async def splice(client: trio.abc.HalfCloseableStream, server: trio.abc.HalfClos
 
 async def _copy(src: trio.abc.HalfCloseableStream, dst: trio.abc.HalfCloseableStream,
                 transfer: Transfer, upstream: bool, scope: trio.CancelScope) -> None:
-    if isinstance(src, HboneStream) and isinstance(dst, trio.SocketStream):
+    forwarding = isinstance(src, HboneStream) and isinstance(dst, trio.SocketStream)
+    if forwarding:
         # HBONE's reader writes arriving data to the socket itself; this task sees only what the
         # socket would not take at once, and the end of the stream.
         src.forward_to(dst.socket.fileno(), transfer.count_upstream if upstream else transfer.count_downstream)
@@ -66,6 +67,10 @@ async def _copy(src: trio.abc.HalfCloseableStream, dst: trio.abc.HalfCloseableSt
         if transfer.error is None:
             transfer.error = str(exc) or type(exc).__name__
         scope.cancel()
+    finally:
+        if forwarding:
+            # Before the caller closes the socket: a closed descriptor's number is soon reused.
+            src.stop_forwarding()
 
 
 def tcp_stream(sock: socket.socket) -> trio.SocketStream:

@@ -135,9 +135,14 @@ class HboneStream(trio.abc.HalfCloseableStream):
         sent, so direct writes may resume. `count(n)` is told of every byte written directly.
         EOF and errors still reach `receive_some`. It saves one pass through trio's scheduler
         per message on the proxy's hottest path (HBONE to the application's TCP socket).
+        Call `stop_forwarding` before the socket is closed: its number could soon name another.
         """
         self._sink_fd = fd
         self._sink_count = count
+
+    def stop_forwarding(self) -> None:
+        self._sink_fd = -1
+        self._sink_count = None
 
     # -- called by the connection --------------------------------------------------------------
     def _feed(self, data: bytes) -> None:
