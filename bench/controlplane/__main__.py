@@ -15,11 +15,9 @@ import signal
 import sys
 from pathlib import Path
 
+from bench.publish import DOCS, ROOT, save_results
 from . import report, runner
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "bench" / "results"
-DOCS = ROOT / "docs" / "performance.md"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -62,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted; child processes stopped", file=sys.stderr)
             return 130
         if not args.no_json:
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            path = RESULTS / f"controlplane-{now.strftime('%Y-%m-%dT%H%M%SZ')}.json"
-            path.write_text(json.dumps(run, indent=1))
+            path = save_results("controlplane", now, run)
             print(f"results: {path.relative_to(ROOT)}", file=sys.stderr)
     figures = report.summary(run["results"])
     print(report.table(run["results"], figures))

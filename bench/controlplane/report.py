@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import os
 import platform
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from bench.hbone.machine import source as machine_source
+from bench.publish import update_section
 
 TARGETS = {"full_build_s": 1.0, "delta_p99_ms": 50.0, "peak_rss_mb": 300.0}
 MEASURED_CODE = ("operator", "wisp/controlplane", "wisp/model.py", "bench/controlplane")
@@ -191,14 +193,7 @@ def machine() -> dict[str, Any]:
 
 
 def source(root: Path) -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                                  timeout=10, check=True).stdout.rstrip("\n")
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    changed = [line[3:] for line in git("status", "--porcelain", "--", *MEASURED_CODE).splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD") or "unknown", "changes": changed}
+    return machine_source(root, MEASURED_CODE)
 
 
 # --- docs/performance.md ---------------------------------------------------------------------------
@@ -206,13 +201,6 @@ def source(root: Path) -> dict[str, Any]:
 HEADING = "## Control plane (bench/controlplane)"
 BEGIN = "<!-- bench.controlplane results: begin (rewritten by `python -m bench.controlplane --docs`) -->"
 END = "<!-- bench.controlplane results: end -->"
-INTRO = """# Performance
-
-Measured figures for wisp, each with its date and the machine it ran on. Reproduce a section with
-the command it shows, run from the repository root; raw results go to `bench/results/`.
-"""
-
-
 def docs_block(run: dict[str, Any], figures: dict[str, Any]) -> str:
     m, src, plan = run["machine"], run["source"], run["plan"]
     where = f"{src['commit']}" + (" plus uncommitted changes" if src["changes"] else "")
@@ -232,16 +220,4 @@ def docs_block(run: dict[str, Any], figures: dict[str, Any]) -> str:
 
 
 def update_docs(path: Path, block: str) -> None:
-    """Rewrite only this section's generated block (creating the file or section if missing)."""
-    generated = f"{BEGIN}\n{block.rstrip()}\n{END}"
-    text = path.read_text() if path.exists() else INTRO
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        text = before + generated + rest.split(END, 1)[1]
-    elif HEADING in text:
-        head, tail = text.split(HEADING, 1)
-        text = f"{head}{HEADING}\n\n{generated}\n{tail}"
-    else:
-        text = f"{text.rstrip()}\n\n{HEADING}\n\n{generated}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    update_section(path, HEADING, BEGIN, END, block)

@@ -11,13 +11,11 @@ import json
 import sys
 from pathlib import Path
 
+from bench.publish import DOCS, ROOT, save_results
 from . import docs, machine, report, runner
 from .client import CONTENDERS, MEASURES
 
 MiB = 2**20
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "bench" / "results"
-DOCS = ROOT / "docs" / "performance.md"
 
 PRESETS = {
     "quick": dict(rounds=3, bulk_size=256 * MiB, bidir_size=64 * MiB, echo_seconds=3.0,
@@ -103,11 +101,7 @@ def main(argv: list[str]) -> int:
     summary = report.summarise(result.samples, plan.contenders)
     data = report.as_json(summary, plan, result.samples, date=now.isoformat(), machine=host,
                           source=source, command=" ".join(["python -m bench.hbone", *argv]))
-    saved = None
-    if not args.no_json:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        saved = RESULTS / f"hbone-{now:%Y-%m-%dT%H%M%SZ}.json"
-        saved.write_text(json.dumps(data, indent=1) + "\n")
+    saved = None if args.no_json else save_results("hbone", now, data)
     return publish(data, args, saved=saved)
 
 

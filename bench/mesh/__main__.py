@@ -21,13 +21,11 @@ from pathlib import Path
 
 from bench.hbone import machine
 
+from bench.publish import DOCS, ROOT, save_results
 from . import chart, docs, report, runner
 from .contenders import CONTENDERS, Contender
 from .mesh import Mesh, MeshError
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "bench" / "results"
-DOCS = ROOT / "docs" / "performance.md"
 CHART = ROOT / "docs" / "img" / "mesh-latency.png"
 MEASURED_CODE = ("wisp", "ztunnel", "cni", "operator", "bench/mesh")
 TOOLS = {"haproxy": ["haproxy", "-v"], "nginx": ["nginx", "-v"], "h2load": ["h2load", "--version"],
@@ -169,11 +167,7 @@ def main(argv: list[str]) -> int:
                           source=source, names=names, short=short, restarts=restarts,
                           anchors=[c.key for c in contenders if c.anchor],
                           command=" ".join(["bench/run", *argv]))
-    saved = None
-    if not args.no_json:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        saved = RESULTS / f"mesh-{now:%Y-%m-%dT%H%M%SZ}.json"
-        saved.write_text(json.dumps(data, indent=1) + "\n")
+    saved = None if args.no_json else save_results("mesh", now, data)
     return publish(data, args, saved=saved)
 
 
