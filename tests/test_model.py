@@ -213,3 +213,25 @@ def test_applying_a_diff_yields_the_new_snapshot() -> None:
     old = ModelSnapshot.of([MINIMAL_WORKLOAD, FULL_SERVICE])
     new = ModelSnapshot.of([FULL_WORKLOAD, FULL_AUTHORIZATION])
     assert apply(old, diff(old, new)) == new
+
+
+def test_applying_deltas_in_a_row_leaves_every_earlier_snapshot_as_it_was() -> None:
+    first = ModelSnapshot.of([MINIMAL_WORKLOAD, FULL_SERVICE])
+    second = apply(first, Delta(upserts=(FULL_WORKLOAD,), removals=()))
+    third = apply(second, Delta(upserts=(FULL_AUTHORIZATION,), removals=(ResourceKey("workload", "c//Pod/a/b"),)))
+    assert first == ModelSnapshot.of([MINIMAL_WORKLOAD, FULL_SERVICE])
+    assert second == ModelSnapshot.of([MINIMAL_WORKLOAD, FULL_WORKLOAD, FULL_SERVICE])
+    assert third == ModelSnapshot.of([FULL_WORKLOAD, FULL_SERVICE, FULL_AUTHORIZATION])
+    # Kinds a delta does not touch are shared, not copied.
+    assert third.services is first.services
+    assert diff(third, first) == diff(ModelSnapshot.of([FULL_WORKLOAD, FULL_SERVICE, FULL_AUTHORIZATION]), first)
+
+
+def test_snapshots_compare_by_content_whatever_their_maps() -> None:
+    built = ModelSnapshot.of([MINIMAL_WORKLOAD, FULL_SERVICE])
+    patched = apply(ModelSnapshot.of([MINIMAL_WORKLOAD]), Delta(upserts=(FULL_SERVICE,), removals=()))
+    assert type(patched.services) is not type(built.services)
+    assert patched == built and built == patched
+    changed = Service("web", "shop", "web.shop.svc.cluster.local", addresses=("10.96.9.9",))
+    assert apply(patched, Delta(upserts=(changed,), removals=())) != built
+    assert ModelSnapshot.of([MINIMAL_WORKLOAD]) != built

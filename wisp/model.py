@@ -14,9 +14,11 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
+
+import immutables
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_SERVICE_ACCOUNT = "default"
@@ -227,9 +229,14 @@ def resource_key(obj: Resource) -> ResourceKey:
     raise TypeError(f"not a model resource: {type(obj).__name__}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ModelSnapshot:
-    """The whole model at one moment, each kind keyed by its resource key."""
+    """The whole model at one moment, each kind keyed by its resource key.
+
+    The maps are any read-only Mapping: plain dicts where a snapshot is built whole, persistent
+    maps (`immutables.Map`) once `apply` has patched it, so a delta costs O(log n) rather than a
+    copy of every workload. Snapshots compare by content, whichever the maps are.
+    """
 
     workloads: Mapping[str, Workload] = field(default_factory=dict)
     services: Mapping[str, Service] = field(default_factory=dict)
@@ -250,6 +257,11 @@ class ModelSnapshot:
             target[rk.key] = obj
         return cls(workloads, services, authorizations)
 
+    def persistent(self) -> ModelSnapshot:
+        """The same snapshot with persistent maps, which `apply` patches without copying."""
+        return ModelSnapshot(*(m if isinstance(m, immutables.Map) else immutables.Map(m)
+                               for m in (self.workloads, self.services, self.authorizations)))
+
     def resources(self) -> typing.Iterator[Resource]:
         yield from self.workloads.values()
         yield from self.services.values()
@@ -257,6 +269,24 @@ class ModelSnapshot:
 
     def __len__(self) -> int:
         return len(self.workloads) + len(self.services) + len(self.authorizations)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ModelSnapshot):
+            return NotImplemented
+        return all(_same_items(a, b) for a, b in (
+            (self.workloads, other.workloads), (self.services, other.services),
+            (self.authorizations, other.authorizations)))
+
+    __hash__ = None  # type: ignore[assignment]  # maps are not hashable
+
+
+def _same_items(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    if a is b:
+        return True
+    if len(a) != len(b):
+        return False
+    missing = object()
+    return all(b.get(key, missing) == value for key, value in a.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,27 +323,35 @@ def diff(old: ModelSnapshot, new: ModelSnapshot) -> Delta:
 def apply(snapshot: ModelSnapshot, delta: Delta) -> ModelSnapshot:
     """The snapshot a client holds after receiving ``delta`` (the inverse of ``diff``).
 
-    Only the kinds the delta touches are copied; the others are shared with ``snapshot``
-    (snapshots are never mutated), so a one-pod change copies one map, not three.
+    Only the kinds the delta touches change, and those become persistent maps patched in
+    O(log n) per resource: a one-pod change to 10,000 workloads neither copies nor frees the
+    other 9,999 entries (a dict copy did both, ~40 µs each, per subscriber per change). A kind
+    still held in a dict is converted first (3 ms for 10,000; subscribers convert snapshots as
+    they decode them, see `persistent`). Others are shared with ``snapshot``, which is never
+    mutated.
     """
     maps: dict[str, Mapping[str, Any]] = {
         KIND_WORKLOAD: snapshot.workloads,
         KIND_SERVICE: snapshot.services,
         KIND_AUTHORIZATION: snapshot.authorizations,
     }
-    copied: set[str] = set()
+    mutations: dict[str, Any] = {}
 
-    def writable(kind: str) -> dict[str, Any]:
-        if kind not in copied:
-            maps[kind] = dict(maps[kind])
-            copied.add(kind)
-        return maps[kind]  # type: ignore[return-value]
+    def writable(kind: str):
+        mutation = mutations.get(kind)
+        if mutation is None:
+            current = maps[kind]
+            persistent = current if isinstance(current, immutables.Map) else immutables.Map(current)
+            mutation = mutations[kind] = persistent.mutate()
+        return mutation
 
     for rk in delta.removals:
         writable(rk.kind).pop(rk.key, None)
     for obj in delta.upserts:
         rk = resource_key(obj)
         writable(rk.kind)[rk.key] = obj
+    for kind, mutation in mutations.items():
+        maps[kind] = mutation.finish()
     return ModelSnapshot(maps[KIND_WORKLOAD], maps[KIND_SERVICE], maps[KIND_AUTHORIZATION])
 
 
@@ -378,76 +416,131 @@ def encode(obj: Any) -> bytes:
 
 def from_json(kind: str | type, data: Any) -> Any:
     """Rebuild a model object from ``to_json`` output; ``kind`` is "workload"/"service"/
-    "authorization" or a model class. Raises ModelError on malformed input."""
+    "authorization" or a model class. Raises ModelError on malformed input, naming the field."""
     cls = _KINDS.get(kind) if isinstance(kind, str) else kind
     if cls is None:
         raise ModelError(f"unknown model kind {kind!r}; expected one of {sorted(_KINDS)}")
-    return _decode(cls, data, cls.__name__)
+    try:
+        return _decoder(cls)(data)
+    except _Malformed as exc:
+        raise ModelError(f"{cls.__name__}{''.join(reversed(exc.path))}: {exc.message}") from None
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
+# Decoding runs for every resource of every config message a proxy receives, so each type's
+# decoder is built once from its annotations, and the path to a bad field is put together
+# only when one fails.
+
+class _Malformed(Exception):
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.path: list[str] = []  # innermost first
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
+_DECODERS: dict[Any, Callable[[Any], Any]] = {}
 
 
-def _decode(tp: Any, data: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
+def _decoder(tp: Any) -> Callable[[Any], Any]:
+    decoder = _DECODERS.get(tp)
+    if decoder is None:
+        decoder = _DECODERS[tp] = _build_decoder(tp)
+    return decoder
+
+
+def _build_decoder(tp: Any) -> Callable[[Any], Any]:
     if tp is StringMatch:
-        return _decode_string_match(data, where)
+        return _decode_string_match
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(data, dict):
-            raise ModelError(f"{where}: expected an object, got {type(data).__name__}")
-        hints = _hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        unknown = set(data) - names
-        if unknown:
-            raise ModelError(f"{where}: unknown field(s) {sorted(unknown)}")
-        kwargs = {k: _decode(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-        try:
-            return tp(**kwargs)
-        except TypeError as exc:  # a required field is missing
-            raise ModelError(f"{where}: {exc}") from None
+        return _dataclass_decoder(tp)
+    origin = typing.get_origin(tp)
     if origin is Union or origin is types.UnionType:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if data is None:
-            return None
-        return _decode(args[0], data, where)
+        (inner_type,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = _decoder(inner_type)
+        return lambda data: None if data is None else inner(data)
     if origin is tuple:
-        if not isinstance(data, list):
-            raise ModelError(f"{where}: expected a list, got {type(data).__name__}")
-        item = typing.get_args(tp)[0]
-        return tuple(_decode(item, v, f"{where}[{i}]") for i, v in enumerate(data))
+        return _tuple_decoder(_decoder(typing.get_args(tp)[0]))
     if origin is Mapping or origin is dict:
-        if not isinstance(data, dict):
-            raise ModelError(f"{where}: expected an object, got {type(data).__name__}")
-        _, vt = typing.get_args(tp)
-        return {k: _decode(vt, v, f"{where}[{k!r}]") for k, v in sorted(data.items())}
+        return _mapping_decoder(_decoder(typing.get_args(tp)[1]))
     if tp is bool:
-        if not isinstance(data, bool):
-            raise ModelError(f"{where}: expected a boolean, got {data!r}")
-        return data
+        return _scalar_decoder(lambda v: isinstance(v, bool), "a boolean")
     if tp is int:
-        if not isinstance(data, int) or isinstance(data, bool):
-            raise ModelError(f"{where}: expected an integer, got {data!r}")
-        return data
+        return _scalar_decoder(lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
     if tp is str:
-        if not isinstance(data, str):
-            raise ModelError(f"{where}: expected a string, got {data!r}")
-        return data
-    raise ModelError(f"{where}: cannot decode type {tp!r}")  # pragma: no cover - programming error
+        return _scalar_decoder(lambda v: isinstance(v, str), "a string")
+    raise TypeError(f"cannot decode type {tp!r}")  # a programming error, not bad input
 
 
-def _decode_string_match(data: Any, where: str) -> StringMatch:
+def _dataclass_decoder(cls: type) -> Callable[[Any], Any]:
+    hints = typing.get_type_hints(cls)
+    names = frozenset(f.name for f in dataclasses.fields(cls))
+    fields: dict[str, Callable[[Any], Any]] = {}  # filled on first use: types may refer to each other
+
+    def decode(data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise _Malformed(f"expected an object, got {type(data).__name__}")
+        kwargs = {}
+        for key, value in data.items():
+            field_decoder = fields.get(key)
+            if field_decoder is None:
+                if key not in names:
+                    raise _Malformed(f"unknown field(s) {sorted(set(data) - names)}")
+                field_decoder = fields[key] = _decoder(hints[key])
+            try:
+                kwargs[key] = field_decoder(value)
+            except _Malformed as exc:
+                exc.path.append(f".{key}")
+                raise
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # a required field is missing
+            raise _Malformed(str(exc)) from None
+    return decode
+
+
+def _tuple_decoder(item: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def decode(data: Any) -> tuple:
+        if not isinstance(data, list):
+            raise _Malformed(f"expected a list, got {type(data).__name__}")
+        result = []
+        for index, value in enumerate(data):
+            try:
+                result.append(item(value))
+            except _Malformed as exc:
+                exc.path.append(f"[{index}]")
+                raise
+        return tuple(result)
+    return decode
+
+
+def _mapping_decoder(value: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def decode(data: Any) -> dict:
+        if not isinstance(data, dict):
+            raise _Malformed(f"expected an object, got {type(data).__name__}")
+        result = {}
+        for k, v in sorted(data.items()):
+            try:
+                result[k] = value(v)
+            except _Malformed as exc:
+                exc.path.append(f"[{k!r}]")
+                raise
+        return result
+    return decode
+
+
+def _scalar_decoder(valid: Callable[[Any], bool], what: str) -> Callable[[Any], Any]:
+    def decode(data: Any) -> Any:
+        if valid(data):
+            return data
+        raise _Malformed(f"expected {what}, got {data!r}")
+    return decode
+
+
+def _decode_string_match(data: Any) -> StringMatch:
     if not isinstance(data, dict) or len(data) != 1:
-        raise ModelError(f"{where}: expected one of exact/prefix/suffix/presence, got {data!r}")
+        raise _Malformed(f"expected one of exact/prefix/suffix/presence, got {data!r}")
     ((kind, value),) = data.items()
     if kind == "presence":
         return StringMatch("presence")
     if kind not in ("exact", "prefix", "suffix") or not isinstance(value, str):
-        raise ModelError(f"{where}: expected one of exact/prefix/suffix/presence, got {data!r}")
+        raise _Malformed(f"expected one of exact/prefix/suffix/presence, got {data!r}")
     return StringMatch(kind, value)
+
