@@ -23,7 +23,7 @@ import structlog
 
 from .auth import ROLE_NODE_AGENT, ROLE_RUNTIME, Caller
 from .controller import Controller
-from .server import disconnect_watch
+from .server import first_of, wait_disconnect
 from .store import ObjectStore, StoreError
 
 log = structlog.get_logger("wisp.operator.local")
@@ -85,9 +85,10 @@ class LocalApi:
     async def _watch_pods(self, receive, send, caller: Caller) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/x-ndjson")]})
-        last = None
-        async with disconnect_watch(receive) as gone:
-            while not gone.is_set():
+
+        async def follow() -> None:
+            last = None
+            while True:
                 seen = self.store.version
                 view = self.pods_view(caller.node or "")
                 body = json.dumps(view, sort_keys=True, separators=(",", ":"))
@@ -99,6 +100,8 @@ class LocalApi:
                     await asyncio.wait_for(self.store.wait_for_change(seen), self.ping_interval)
                 except asyncio.TimeoutError:
                     await send({"type": "http.response.body", "body": PING, "more_body": True})
+
+        await first_of(wait_disconnect(receive), follow())
 
     async def _annotate(self, namespace: str, name: str, caller: Caller, read_body, respond) -> None:
         pod = self.store.get("Pod", namespace, name)

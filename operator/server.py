@@ -7,6 +7,7 @@ by its bearer credential; every refusal is a JSON `{"error": ...}` that says wha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -14,7 +15,6 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import asynccontextmanager
 from urllib.parse import parse_qs
 
 import hypercorn.asyncio
@@ -22,7 +22,7 @@ import hypercorn.config
 import structlog
 
 from wisp.asgi import lifespan
-from wisp.controlplane.protocol import ACK_PATH, CERTIFICATE_PATH, CONTENT_TYPE, PING, STREAM_PATH
+from wisp.controlplane.protocol import ACK_PATH, CERTIFICATE_PATH, CONTENT_TYPE, PING, STREAM_PATH, encode_close
 from wisp.identity import CertBundle
 
 from .auth import Caller, LocalCredentials
@@ -40,6 +40,10 @@ DEFAULT_ACK_TIMEOUT = 30.0
 # one snapshot.
 DEFAULT_WINDOW = 16
 DEFAULT_WINDOW_BYTES = 1 << 20
+# How long a duplex stream the control plane closes waits for the subscriber to end its side.
+DEFAULT_CLOSE_GRACE = 5.0
+# How long the last words of a stream may wait for a peer's HTTP/2 window.
+_END_TIMEOUT = 1.0
 
 
 class ControlPlaneApp:
@@ -56,6 +60,7 @@ class ControlPlaneApp:
         ack_timeout: float = DEFAULT_ACK_TIMEOUT,
         window: int = DEFAULT_WINDOW,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
+        close_grace: float = DEFAULT_CLOSE_GRACE,
         local_api=None,
     ) -> None:
         self.ca = ca
@@ -66,6 +71,7 @@ class ControlPlaneApp:
         self.ack_timeout = ack_timeout
         self.window = window
         self.window_bytes = window_bytes
+        self.close_grace = close_grace
         # Local mode's stand-in for the Kubernetes API (operator/local_api.py), if any.
         self.local_api = local_api
         self.ready = True
@@ -84,7 +90,7 @@ class ControlPlaneApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         caller = self.credentials.authenticate(headers.get("authorization"))
         if caller is None:
-            await _drain(receive, method)
+            await _drain(receive, scope)
             await _json(send, 401, {"error": "missing or unknown bearer credential; node proxies "
                                              "use the token the control plane issued for them"})
             return
@@ -104,11 +110,12 @@ class ControlPlaneApp:
         route = {
             (CERTIFICATE_PATH, "POST"): self._certificate,
             (STREAM_PATH, "GET"): self._stream,
+            (STREAM_PATH, "POST"): self._stream,
             (ACK_PATH, "POST"): self._ack,
             ("/debug/subscribers", "GET"): self._subscribers,
         }.get((path, method))
         if route is None:
-            await _drain(receive, method)
+            await _drain(receive, scope)
             await _json(send, 404, {"error": f"no route {method} {path}"})
             return
         await route(scope, receive, send, caller)
@@ -128,14 +135,9 @@ class ControlPlaneApp:
         if body is None:
             return
         try:
-            ack = json.loads(body)
-            subscriber, version, error = ack["subscriber"], ack["version"], ack.get("error")
-            if not isinstance(subscriber, str) or not isinstance(version, str):
-                raise TypeError("subscriber and version must be strings")
-            if error is not None and not isinstance(error, str):
-                raise TypeError("error must be a string or null")
-        except (ValueError, KeyError, TypeError) as exc:
-            await _json(send, 400, {"error": f"ack must be {{subscriber, version, error}}: {exc}"})
+            subscriber, version, error = parse_ack(body, with_subscriber=True)
+        except ValueError as exc:
+            await _json(send, 400, {"error": str(exc)})
             return
         if not self.distributor.acked(subscriber, caller.view, version, error):
             await _json(send, 404, {"error": f"no subscriber {subscriber!r} for {caller.describe()}"})
@@ -153,7 +155,10 @@ class ControlPlaneApp:
         await _json(send, 200, {"version": self.distributor.version, "subscribers": table})
 
     async def _stream(self, scope, receive, send, caller: Caller) -> None:
+        """GET: the config stream, acks by separate POSTs. POST: the same stream, with the
+        subscriber's acks as ndjson lines in the request body (full duplex, as xDS's stream)."""
         if caller.role not in (ROLE_ZTUNNEL, ROLE_WAYPOINT):
+            await _drain(receive, scope)
             await _json(send, 403, {"error": f"{caller.describe()} does not subscribe to config"})
             return
         params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -162,28 +167,62 @@ class ControlPlaneApp:
         view = caller.view
         dist = self.distributor
         status = dist.connected(subscriber, view)
+        duplex = scope["method"] == "POST"
         log.info("subscriber connected", subscriber=subscriber, role=view.role, node=view.node,
-                 resume_from=version)
+                 resume_from=version, duplex=duplex)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", CONTENT_TYPE.encode()), (b"cache-control", b"no-store")]})
+
+        def on_ack(line: bytes) -> None:
+            _, acked, error = parse_ack(line, with_subscriber=False)
+            dist.acked(subscriber, view, acked, error)
+            if error:
+                log.warning("config rejected by subscriber", subscriber=subscriber, version=acked, error=error)
+
+        watch = read_acks(receive, on_ack) if duplex else wait_disconnect(receive)
         try:
-            async with disconnect_watch(receive) as gone:
-                await self._follow(gone, send, dist, status, subscriber, view, version)
+            # Until the client leaves (or, duplex, ends its acks) or the stream gives up on it
+            # (or, duplex, on a bad ack), which returns why.
+            reason = await first_of(watch, self._follow(send, dist, status, subscriber, view, version))
+            if reason is not None and duplex:
+                await self._close_duplex(receive, send, subscriber, reason)
+            # End the response explicitly: an ASGI app that returns mid-body leaves hypercorn's
+            # HTTP/2 stream open on the client's side, which would wait for its read timeout.
+            # A client that stopped reading may never take it; then the stream just goes.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}),
+                                       _END_TIMEOUT)
         finally:
             status.connected = False
             log.info("subscriber disconnected", subscriber=subscriber)
 
-    async def _follow(self, gone, send, dist, status, subscriber, view, version) -> None:
+    async def _close_duplex(self, receive, send, subscriber: str, reason: str) -> None:
+        """Tell the subscriber why its stream ends, and let it end its side first.
+
+        hypercorn 0.18 fails the whole connection when request data arrives for a stream whose
+        response has ended (pgjones/hypercorn#329), so the response ends only after the
+        request body did, or after `close_grace` for a client that ignores the close.
+        """
+        try:
+            await asyncio.wait_for(
+                send({"type": "http.response.body", "body": encode_close(reason), "more_body": True}), _END_TIMEOUT)
+            await asyncio.wait_for(_drain_until_end(receive), self.close_grace)
+        except asyncio.TimeoutError:
+            pass  # not reading, or not ending its side: the stream ends without it
+        log.info("config stream closed", subscriber=subscriber, reason=reason)
+
+    async def _follow(self, send, dist, status, subscriber, view, version) -> str:
         """Send what the subscriber lacks, within its window of unacknowledged messages, until
-        it leaves (or lets its oldest message go unacknowledged past the deadline)."""
+        it lets its oldest message go unacknowledged past the deadline or reports an error;
+        returns why it stopped."""
         status.in_flight.clear()
-        while not gone.is_set():
+        while True:
             # hypercorn buffers whatever we send regardless of the peer's HTTP/2 window, so the
             # ack window is the flow control.
             if not await dist.wait_for_room(status, self.window, self.window_bytes, self.ack_timeout):
                 reason = status.last_error or f"no ack within {self.ack_timeout:g} s"
                 log.warning("closing config stream", subscriber=subscriber, version=version, reason=reason)
-                return
+                return reason
             message = dist.next_message(view, version)
             if message is not None:
                 version, body = message
@@ -200,28 +239,79 @@ class ControlPlaneApp:
             if not await dist.wait_for_change(version, timeout):
                 deadline = dist.ack_deadline(status, self.ack_timeout)
                 if deadline is not None and deadline <= time.monotonic():
-                    log.warning("closing config stream", subscriber=subscriber, version=version,
-                                reason=f"no ack within {self.ack_timeout:g} s")
-                    return
+                    reason = f"no ack within {self.ack_timeout:g} s"
+                    log.warning("closing config stream", subscriber=subscriber, version=version, reason=reason)
+                    return reason
                 if timeout >= self.ping_interval:
                     await send({"type": "http.response.body", "body": PING, "more_body": True})
 
-@asynccontextmanager
-async def disconnect_watch(receive):
-    """An event set when the client goes away, for responses that stream until it does."""
-    gone = asyncio.Event()
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone.set()
-
-    watcher = asyncio.create_task(watch())
+async def first_of(*coroutines):
+    """Run the coroutines concurrently until one of them ends and return its result (or raise
+    its exception); the rest are cancelled."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
     try:
-        yield gone
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watcher.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return next(iter(done)).result()
 
+
+async def wait_disconnect(receive) -> None:
+    """Until the client goes away (a streamed response's request has no body to read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def read_acks(receive, on_ack: Callable[[bytes], None]) -> str | None:
+    """Each line of a duplex stream's request body goes to `on_ack`, until the client goes
+    away or ends its body (it is leaving: None) or sends something that is not an ack (why)."""
+    pending = b""
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            pending += message.get("body", b"")
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    on_ack(line)
+            if len(pending) > MAX_BODY:
+                raise ValueError(f"ack line over {MAX_BODY} bytes")
+            if not message.get("more_body"):
+                return None
+    except ValueError as exc:
+        return f"bad ack: {exc}"
+
+
+async def _drain_until_end(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body"):
+            return
+
+
+def parse_ack(body: bytes, *, with_subscriber: bool) -> tuple[str | None, str, str | None]:
+    """(subscriber, version, error) of an ack; ValueError says what is wrong with it."""
+    shape = "{subscriber, version, error}" if with_subscriber else "{version, error}"
+    try:
+        ack = json.loads(body)
+        if not isinstance(ack, dict):
+            raise TypeError(f"got {type(ack).__name__}")
+        subscriber = ack["subscriber"] if with_subscriber else None
+        version, error = ack["version"], ack.get("error")
+        if (with_subscriber and not isinstance(subscriber, str)) or not isinstance(version, str):
+            raise TypeError("subscriber and version must be strings" if with_subscriber
+                            else "version must be a string")
+        if error is not None and not isinstance(error, str):
+            raise TypeError("error must be a string or null")
+    except KeyError as exc:
+        raise ValueError(f"ack must be {shape}: missing {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"ack must be {shape}: {exc}") from None
+    return subscriber, version, error
 
 
 async def _read_body(receive, send) -> bytes | None:
@@ -238,10 +328,13 @@ async def _read_body(receive, send) -> bytes | None:
             return bytes(body)
 
 
-async def _drain(receive, method: str) -> None:
+async def _drain(receive, scope) -> None:
     """Consume a request body we will refuse: hypercorn fails the whole HTTP/2 connection if
-    body data arrives for a stream that was already answered."""
-    if method in ("GET", "HEAD"):
+    body data arrives for a stream that was already answered (pgjones/hypercorn#329).
+
+    Not for a duplex config stream: its body is acks, which its client sends only once the
+    stream is answered 200, so it would never end."""
+    if scope["method"] in ("GET", "HEAD") or scope["path"] == STREAM_PATH:
         return
     size = 0
     while True:

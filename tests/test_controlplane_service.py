@@ -22,7 +22,15 @@ import pytest
 import trio
 
 from wisp import sockets
-from wisp.controlplane.client import ConfigSubscriber, ControlPlaneError, fetch_certificate, make_client
+from wisp.controlplane.client import (
+    ConfigSubscriber,
+    ControlPlaneError,
+    Endpoint,
+    connect,
+    fetch_certificate,
+    make_client,
+    open_config_stream,
+)
 from wisp.controlplane.protocol import ConfigView, decode
 from wisp.identity import generate_key, make_csr, verify_chain
 from wisp.model import Authorization, ModelSnapshot, Workload
@@ -72,6 +80,9 @@ class Plane:
 
     def client(self, token: str) -> httpx.AsyncClient:
         return make_client(self.address, self.roots, token)
+
+    def endpoint(self, token: str) -> Endpoint:
+        return Endpoint(self.address, self.roots, token)
 
 
 async def _call(fn, *args, **kwargs):
@@ -239,18 +250,17 @@ async def test_subscriber_gets_a_snapshot_then_deltas_and_acks_them(ca):
         first = ModelSnapshot.of([workload("shop", "web-1", "node-a")])
         plane.publish(first)
         updates = []
-        async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
-            subscriber = ConfigSubscriber(client, "zt-a", updates.append)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(subscriber.run)
-                await wait_until(lambda: len(updates) == 1)
-                assert _keys(updates[0]) == {"Kubernetes//Pod/shop/web-1"}
-                second = ModelSnapshot.of([workload("shop", "web-1", "node-a"), workload("shop", "web-2", "node-b")])
-                version = plane.publish(second)
-                await wait_until(lambda: len(updates) == 2)
-                assert updates[1] == second
-                await wait_until(lambda: plane.distributor.subscribers["zt-a"].acked_version == version)
-                nursery.cancel_scope.cancel()
+        subscriber = ConfigSubscriber(plane.endpoint(plane.credentials.issue_ztunnel("node-a")), "zt-a", updates.append)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(subscriber.run)
+            await wait_until(lambda: len(updates) == 1)
+            assert _keys(updates[0]) == {"Kubernetes//Pod/shop/web-1"}
+            second = ModelSnapshot.of([workload("shop", "web-1", "node-a"), workload("shop", "web-2", "node-b")])
+            version = plane.publish(second)
+            await wait_until(lambda: len(updates) == 2)
+            assert updates[1] == second
+            await wait_until(lambda: plane.distributor.subscribers["zt-a"].acked_version == version)
+            nursery.cancel_scope.cancel()
 
 
 async def test_reconnecting_subscriber_resumes_with_a_delta_from_its_version(ca):
@@ -317,16 +327,15 @@ async def test_ztunnel_gets_selector_policies_its_workloads_list_from_any_namesp
     async with control_plane(ca, STATE) as plane:
         plane.publish(ModelSnapshot.of([workload("shop", "web-1", "node-a"), strict]))
         updates = []
-        async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
-            subscriber = ConfigSubscriber(client, "zt-a", updates.append)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(subscriber.run)
-                await wait_until(lambda: len(updates) == 1)
-                assert not updates[-1].authorizations
-                plane.publish(ModelSnapshot.of([listing, strict]))
-                await wait_until(lambda: len(updates) == 2)
-                assert set(updates[-1].authorizations) == {"istio-system/istio_converted_static_strict"}
-                nursery.cancel_scope.cancel()
+        subscriber = ConfigSubscriber(plane.endpoint(plane.credentials.issue_ztunnel("node-a")), "zt-a", updates.append)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(subscriber.run)
+            await wait_until(lambda: len(updates) == 1)
+            assert not updates[-1].authorizations
+            plane.publish(ModelSnapshot.of([listing, strict]))
+            await wait_until(lambda: len(updates) == 2)
+            assert set(updates[-1].authorizations) == {"istio-system/istio_converted_static_strict"}
+            nursery.cancel_scope.cancel()
         async with plane.client(plane.credentials.issue_ztunnel("node-b")) as client:
             async with client.stream("GET", "/v1/config") as response:
                 async for line in response.aiter_lines():
@@ -339,19 +348,18 @@ async def test_workload_moving_onto_a_node_brings_its_namespace_policies_in_the_
         base = [workload("shop", "web-1", "node-a"), authorization("bank", "bank-deny")]
         plane.publish(ModelSnapshot.of(base))
         updates = []
-        async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
-            subscriber = ConfigSubscriber(client, "zt-a", updates.append)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(subscriber.run)
-                await wait_until(lambda: len(updates) == 1)
-                assert not updates[-1].authorizations
-                plane.publish(ModelSnapshot.of([*base, workload("bank", "ledger-1", "node-a", ip="10.244.0.10")]))
-                await wait_until(lambda: len(updates) == 2)
-                assert set(updates[-1].authorizations) == {"bank/bank-deny"}
-                plane.publish(ModelSnapshot.of(base))
-                await wait_until(lambda: len(updates) == 3)
-                assert not updates[-1].authorizations
-                nursery.cancel_scope.cancel()
+        subscriber = ConfigSubscriber(plane.endpoint(plane.credentials.issue_ztunnel("node-a")), "zt-a", updates.append)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(subscriber.run)
+            await wait_until(lambda: len(updates) == 1)
+            assert not updates[-1].authorizations
+            plane.publish(ModelSnapshot.of([*base, workload("bank", "ledger-1", "node-a", ip="10.244.0.10")]))
+            await wait_until(lambda: len(updates) == 2)
+            assert set(updates[-1].authorizations) == {"bank/bank-deny"}
+            plane.publish(ModelSnapshot.of(base))
+            await wait_until(lambda: len(updates) == 3)
+            assert not updates[-1].authorizations
+            nursery.cancel_scope.cancel()
 
 
 async def test_slow_subscriber_never_blocks_the_others(ca):
@@ -363,18 +371,17 @@ async def test_slow_subscriber_never_blocks_the_others(ca):
         stalled = await _stalled_subscriber(plane.address, plane.roots, token)
         try:
             updates = []
-            async with plane.client(token) as client:
-                subscriber = ConfigSubscriber(client, "fast", updates.append)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(subscriber.run)
-                    await wait_until(lambda: len(updates) == 1, timeout=10)
-                    for round_ in range(20):
-                        # Every round rewrites every workload: ~360 KB per delta for the stalled one.
-                        changed = [workload("shop", f"w-{i}", "node-a", ip=f"10.245.{round_}.{i % 250}")
-                                   for i in range(2000)]
-                        version = plane.publish(ModelSnapshot.of(changed))
-                        await wait_until(lambda: subscriber.view.version == version, timeout=5)
-                    nursery.cancel_scope.cancel()
+            subscriber = ConfigSubscriber(plane.endpoint(token), "fast", updates.append)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(subscriber.run)
+                await wait_until(lambda: len(updates) == 1, timeout=10)
+                for round_ in range(20):
+                    # Every round rewrites every workload: ~360 KB per delta for the stalled one.
+                    changed = [workload("shop", f"w-{i}", "node-a", ip=f"10.245.{round_}.{i % 250}")
+                               for i in range(2000)]
+                    version = plane.publish(ModelSnapshot.of(changed))
+                    await wait_until(lambda: subscriber.view.version == version, timeout=5)
+                nursery.cancel_scope.cancel()
             stalled_status = plane.distributor.subscribers["stalled"]
             # It was sent messages until they filled its window of bytes, and nothing after.
             sizes = [size for _, size, _ in stalled_status.in_flight]
@@ -409,27 +416,27 @@ async def test_one_ack_covers_every_version_before_it(ca):
     async with control_plane(ca, STATE) as plane:
         plane.publish(ModelSnapshot.of([workload("shop", "w-0", "node-a")]))
         updates = []
-        async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
-            # A long ack delay: the burst below is acknowledged by one request, after it.
-            subscriber = ConfigSubscriber(client, "zt-a", updates.append, ack_delay=0.5)
-            acks = []
-            real_ack = subscriber._ack
+        # A long ack delay: the burst below is acknowledged by one ack line, after it.
+        subscriber = ConfigSubscriber(plane.endpoint(plane.credentials.issue_ztunnel("node-a")), "zt-a",
+                                      updates.append, ack_delay=0.5)
+        acks = []
+        real_acked = plane.distributor.acked
 
-            async def counting_ack(version, error):
-                acks.append(version)
-                await real_ack(version, error)
-            subscriber._ack = counting_ack
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(subscriber.run)
-                await wait_until(lambda: len(updates) == 1)
-                for i in range(1, 6):
-                    version = plane.publish(ModelSnapshot.of([workload("shop", f"w-{i}", "node-a")]))
-                    await wait_until(lambda: subscriber.view.version == version)
-                status = plane.distributor.subscribers["zt-a"]
-                await wait_until(lambda: status.acked_version == version)
-                assert not status.in_flight
-                assert acks[-1] == version and len(acks) <= 2
-                nursery.cancel_scope.cancel()
+        def counting_acked(subscriber_id, view, version, error):
+            acks.append(version)
+            return real_acked(subscriber_id, view, version, error)
+        plane.distributor.acked = counting_acked
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(subscriber.run)
+            await wait_until(lambda: len(updates) == 1)
+            for i in range(1, 6):
+                version = plane.publish(ModelSnapshot.of([workload("shop", f"w-{i}", "node-a")]))
+                await wait_until(lambda: subscriber.view.version == version)
+            status = plane.distributor.subscribers["zt-a"]
+            await wait_until(lambda: status.acked_version == version)
+            assert not status.in_flight
+            assert acks[-1] == version and len(acks) <= 2
+            nursery.cancel_scope.cancel()
 
 
 async def _stalled_subscriber(address: str, roots: bytes, token: str) -> socket.socket:
@@ -463,8 +470,8 @@ async def test_subscriber_keeps_its_config_while_the_control_plane_is_away(ca):
     async with trio.open_nursery() as nursery:
         async with control_plane(ca, STATE, port=port, credentials=credentials) as plane:
             plane.publish(first)
-            client = plane.client(token)
-            subscriber = ConfigSubscriber(client, "zt-a", lambda _: None, backoff_min=0.05, backoff_max=0.2)
+            subscriber = ConfigSubscriber(plane.endpoint(token), "zt-a", lambda _: None, backoff_min=0.05,
+                                          backoff_max=0.2)
             nursery.start_soon(subscriber.run)
             await wait_until(lambda: subscriber.snapshot == first)
         # The control plane is gone: the subscriber retries and keeps serving what it had.
@@ -475,10 +482,187 @@ async def test_subscriber_keeps_its_config_while_the_control_plane_is_away(ca):
             plane.publish(second)
             await wait_until(lambda: subscriber.snapshot == second, timeout=10)
         nursery.cancel_scope.cancel()
-    await client.aclose()
 
 
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# -- the duplex stream: acks and refusals ----------------------------------------------------
+
+
+class DuplexStream:
+    """A raw duplex config stream (`POST /v1/config`), read line by line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.pending = b""
+
+    async def line(self) -> dict | None:
+        while b"\n" not in self.pending:
+            chunk = await self.stream.receive_some()
+            if not chunk:
+                return None
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        return json.loads(line)
+
+
+@asynccontextmanager
+async def duplex_stream(plane, token: str, subscriber: str):
+    async with trio.open_nursery() as nursery:
+        endpoint = plane.endpoint(token)
+        conn = await connect(nursery, endpoint)
+        try:
+            yield DuplexStream(await open_config_stream(conn, endpoint, {"subscriber": subscriber}))
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize("line,fragment", [
+    (b"not json", "ack must be {version, error}"),
+    (b"[1]", "got list"),
+    (b'{"error": null}', "missing 'version'"),
+    (b'{"version": 7}', "version must be a string"),
+    (b'{"version": "v", "error": 3}', "error must be a string or null"),
+])
+async def test_a_bad_ack_on_the_stream_closes_that_stream_only_and_says_why(ca, line, fragment):
+    async with control_plane(ca, STATE) as plane:
+        plane.publish(ModelSnapshot.of([workload("shop", "w-0", "node-a")]))
+        token = plane.credentials.issue_ztunnel("node-a")
+        updates = []
+        good = ConfigSubscriber(plane.endpoint(token), "good", updates.append)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(good.run)
+            await wait_until(lambda: len(updates) == 1)
+            async with duplex_stream(plane, token, "bad") as bad:
+                with trio.fail_after(5):
+                    assert (await bad.line())["type"] == "snapshot"
+                    await bad.stream.send_all(line + b"\n")
+                    close = await bad.line()
+                    assert close["type"] == "close" and fragment in close["reason"]
+                    # Once we end our side, the control plane ends the response.
+                    await bad.stream.send_eof()
+                    assert await bad.line() is None
+            await wait_until(lambda: not plane.distributor.subscribers["bad"].connected)
+            # The other stream goes on.
+            version = plane.publish(ModelSnapshot.of([workload("shop", "w-1", "node-a")]))
+            await wait_until(lambda: good.view.version == version)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_duplex_stream_without_acks_is_closed_with_the_reason(ca):
+    async with control_plane(ca, STATE, ack_timeout=0.5) as plane:
+        plane.publish(ModelSnapshot.of([workload("shop", "w-0", "node-a")]))
+        async with duplex_stream(plane, plane.credentials.issue_ztunnel("node-a"), "silent") as silent:
+            with trio.fail_after(5):
+                assert (await silent.line())["type"] == "snapshot"
+                assert await silent.line() == {"type": "close", "reason": "no ack within 0.5 s"}
+                await silent.stream.send_eof()
+                assert await silent.line() is None
+
+
+async def test_acks_on_the_stream_keep_it_open_and_are_recorded(ca):
+    async with control_plane(ca, STATE, ack_timeout=0.5) as plane:
+        first = plane.publish(ModelSnapshot.of([workload("shop", "w-0", "node-a")]))
+        async with duplex_stream(plane, plane.credentials.issue_ztunnel("node-a"), "acking") as acking:
+            with trio.fail_after(5):
+                assert (await acking.line())["version"] == first
+                await acking.stream.send_all(b'{"version": "%s"}\n' % first.encode())
+                status = plane.distributor.subscribers["acking"]
+                await wait_until(lambda: status.acked_version == first)
+            await trio.sleep(1.0)  # twice the ack deadline: nothing is overdue
+            assert status.connected and not status.in_flight
+
+
+@pytest.mark.parametrize("body,fragment", [
+    (b"{", "ack must be {subscriber, version, error}"),
+    (b'{"version": "v"}', "missing 'subscriber'"),
+    (b'{"subscriber": "zt", "version": "v", "error": []}', "error must be a string or null"),
+])
+async def test_a_bad_ack_request_gets_400_naming_the_problem(plane, body, fragment):
+    async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
+        response = await client.post("/v1/config/ack", content=body)
+    assert response.status_code == 400
+    assert fragment in response.json()["error"]
+
+
+async def test_only_proxies_may_subscribe_and_the_refusal_says_why(plane):
+    subscriber = ConfigSubscriber(plane.endpoint(plane.credentials.issue_node_agent("node-a")), "agent",
+                                  lambda _: None)
+    with pytest.raises(ControlPlaneError, match="does not subscribe to config") as info:
+        await subscriber._follow(resume=True)
+    assert info.value.status == 403
+    assert subscriber.view.version is None
+
+
+def test_control_plane_endpoint_must_be_host_and_port():
+    for bad in ("10.0.0.1", ":15012", "host:port", "host:0", "host:70000"):
+        with pytest.raises(ValueError, match="host:port"):
+            Endpoint(bad, b"", "t")
+    assert Endpoint("[fd00::1]:15012", b"", "t").host == "fd00::1"
+
+
+async def test_subscriber_nacks_what_it_cannot_apply_and_resyncs_from_a_snapshot(ca, tmp_path):
+    """Against a stand-in control plane that first sends a delta for a version the subscriber
+    does not hold: the NACK arrives on the stream, and the next request asks for a snapshot."""
+    requests, nacks = [], []
+    snapshot = (b'{"type":"snapshot","version":"e-2","resources":[{"kind":"workload","key":"k",'
+                b'"value":{"uid":"k","name":"w","namespace":"shop"}}]}\n')
+
+    async def handler(stream, headers):
+        requests.append(headers[":path"])
+        stream.conn.respond(stream, 200)
+        if len(requests) == 1:
+            await stream.send_all(b'{"type":"delta","version":"e-8","since":"e-7","upserts":[],"removals":[]}\n')
+            body = b""
+            while chunk := await stream.receive_some():
+                body += chunk
+            nacks.extend(json.loads(line) for line in body.splitlines())
+            await stream.send_eof()
+        else:
+            await stream.send_all(snapshot)
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(_stand_in_control_plane, ca, tmp_path, handler)
+        updates = []
+        subscriber = ConfigSubscriber(Endpoint(address, ca.roots_pem(), "t"), "zt-a", updates.append,
+                                      backoff_min=0.01)
+        nursery.start_soon(subscriber.run)
+        await wait_until(lambda: len(updates) == 1)
+        nursery.cancel_scope.cancel()
+    assert nacks == [{"version": "", "error": "delta e-8 applies on e-7, but we hold None"}]
+    assert "version=" not in requests[1] and "subscriber=zt-a" in requests[1]
+    assert set(updates[0].workloads) == {"k"} and subscriber.view.version == "e-2"
+
+
+async def _stand_in_control_plane(ca, tmp_path, handler, *, task_status=trio.TASK_STATUS_IGNORED):
+    """HTTPS/HTTP2 on 127.0.0.1 whose every request goes to `handler(stream, headers)`."""
+    from wisp.hbone.connection import SERVER_SETTINGS, HboneConnection
+    from wisp.hbone.tls import TlsStream
+
+    bundle = ca.issue_serving(spiffe("istio-system", "wisp-operator"), ip_addresses=("127.0.0.1",))
+    (tmp_path / "chain.pem").write_bytes(bundle.chain_pem())
+    (tmp_path / "key.pem").write_bytes(bundle.key_pem())
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "chain.pem", tmp_path / "key.pem")
+    ctx.set_alpn_protocols(["h2"])
+    listener = sockets.listener(("127.0.0.1", 0), reuse_port=False)
+    task_status.started(f"127.0.0.1:{listener.getsockname()[1]}")
+    async with trio.open_nursery() as nursery:
+        while True:
+            sock, _ = await sockets.accept(listener)
+            tls = await TlsStream.handshake(sock, ctx, server_side=True)
+            conn = HboneConnection(tls, client_side=False, settings=SERVER_SETTINGS, peer_identity=None,
+                                   on_request=handler)
+            nursery.start_soon(conn.run)
+
+
+async def test_a_duplex_stream_with_an_unknown_credential_is_refused_at_once(plane):
+    subscriber = ConfigSubscriber(plane.endpoint("not-a-token"), "who", lambda _: None, connect_timeout=5)
+    with pytest.raises(ControlPlaneError, match="bearer credential") as info:
+        await subscriber._follow(resume=True)
+    assert info.value.status == 401

@@ -20,7 +20,7 @@ import structlog
 import trio
 
 from wisp import sockets
-from wisp.controlplane.client import ConfigSubscriber, fetch_certificate, make_client
+from wisp.controlplane.client import ConfigSubscriber, Endpoint, fetch_certificate
 from wisp.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
 from wisp.model import ModelSnapshot
 
@@ -126,7 +126,8 @@ class Ztunnel:
     # -- running -------------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED, handle_signals: bool = True) -> None:
         """Serve until SIGTERM/SIGINT (or `request_shutdown`), drain, return."""
-        async with self._control_plane_client() as client:
+        endpoint = self._control_plane()
+        async with (endpoint.client() if endpoint else _NoClient()) as client:
             fetch = self._fetcher(client)
             async with CertManager(fetch) as certs:
                 self.certs = certs
@@ -136,9 +137,9 @@ class Ztunnel:
                     if self.workers is not None:
                         await nursery.start(self.workers.run)
                     await nursery.start(self.pods.run)
-                    if client is not None:
+                    if endpoint is not None:
                         self.subscriber = ConfigSubscriber(
-                            client, self.config.subscriber_id,
+                            endpoint, self.config.subscriber_id,
                             lambda snapshot: self.apply_config(snapshot, self.subscriber.view.version),
                         )
                         nursery.start_soon(self.subscriber.run)
@@ -189,12 +190,12 @@ class Ztunnel:
             self.bound[name] = sock.getsockname()[:2]
             await nursery.start(admin.serve_http, sock, handler)
 
-    def _control_plane_client(self):
+    def _control_plane(self) -> Endpoint | None:
         if not self.config.control_plane:
-            return _NoClient()
+            return None
         token = self.config.token_path().read_text().strip()
         roots = self.config.root_path().read_bytes()
-        return make_client(self.config.control_plane, roots, token)
+        return Endpoint(self.config.control_plane, roots, token)
 
     def _fetcher(self, client: httpx.AsyncClient | None):
         ttl = self.config.certificate_ttl

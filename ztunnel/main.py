@@ -26,6 +26,13 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
+    return text
+
+
 def _worker_count(text: str) -> int:
     if not text.strip().isdigit() or not 1 <= int(text) <= MAX_WORKERS:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 1 to {MAX_WORKERS}")
@@ -43,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(prog="wisp-ztunnel", description="wisp's per-node L4 proxy (ztunnel)")
     parser.add_argument("--node", default=os.environ.get("NODE_NAME"), help="this node's name (env NODE_NAME)")
     parser.add_argument("--zds-socket", default=DEFAULT_SOCKET_PATH, help="the node agent's ZDS socket")
-    parser.add_argument("--control-plane", default=os.environ.get("WISP_CONTROL_PLANE"),
+    parser.add_argument("--control-plane", type=_host_port, default=os.environ.get("WISP_CONTROL_PLANE"),
                         help="host:port of the control plane (config stream and CA)")
     parser.add_argument("--state-dir", default="/run/wisp/state",
                         help="holds root-cert.pem and tokens/ztunnel-<node>")

@@ -1,25 +1,49 @@
 """Client side of the control plane: an HTTP/2 client, certificate requests, the config stream.
 
-Runs on trio (httpx picks its backend from the running loop). The subscriber reconnects with
-backoff and keeps serving the last good config while the control plane is away.
+Runs on trio. Requests (certificates) go through httpx. The config stream is full duplex, the
+control plane's messages one way and this subscriber's acks the other on the same HTTP/2 stream,
+which httpx cannot do (it sends a whole request body before it reads the response); it runs on
+wisp's own HTTP/2 connection (`wisp.hbone.connection`, h2 on trio). The subscriber reconnects
+with backoff and keeps serving the last good config while the control plane is away.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
+import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import httpx
 import structlog
 import trio
 
+from wisp import sockets
+from wisp.hbone.connection import H2Settings, HboneConnection, HboneStream
+from wisp.hbone.errors import HboneError
+from wisp.hbone.tls import TlsStream
 from wisp.identity import CertBundle, IdentityError, SpiffeId, generate_key, load_pem_certificates, make_csr
 from wisp.model import ModelSnapshot
 
-from .protocol import ACK_PATH, CERTIFICATE_PATH, STREAM_PATH, ConfigView, StreamProtocolError, decode
+from .protocol import (
+    CERTIFICATE_PATH,
+    CONTENT_TYPE,
+    MAX_MESSAGE,
+    STREAM_PATH,
+    ConfigView,
+    StreamProtocolError,
+    decode,
+    encode_ack,
+)
 
 log = structlog.get_logger("wisp.controlplane")
+
+# HTTP/2 as the control plane's stream wants it: frames of the protocol's default size.
+STREAM_SETTINGS = H2Settings(max_frame_size=16 * 1024)
 
 
 class ControlPlaneError(Exception):
@@ -28,6 +52,36 @@ class ControlPlaneError(Exception):
     def __init__(self, status: int | None, message: str) -> None:
         self.status = status
         super().__init__(f"control plane answered {status}: {message}" if status else message)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """How to reach the control plane: `host:port`, the mesh's root certificates, our token."""
+
+    address: str
+    roots_pem: bytes
+    token: str
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"control plane address must be host:port, got {self.address!r}")
+
+    @property
+    def host(self) -> str:
+        return self.address.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rpartition(":")[2])
+
+    def client(self, *, timeout: float = 10.0) -> httpx.AsyncClient:
+        return make_client(self.address, self.roots_pem, self.token, timeout=timeout)
+
+    def tls_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cadata=self.roots_pem.decode("ascii"))
+        ctx.set_alpn_protocols(["h2"])
+        return ctx
 
 
 def make_client(address: str, roots_pem: bytes, token: str, *, timeout: float = 10.0) -> httpx.AsyncClient:
@@ -70,26 +124,73 @@ async def fetch_certificate(client: httpx.AsyncClient, identity: SpiffeId, lifet
     return bundle
 
 
+async def connect(nursery: trio.Nursery, endpoint: Endpoint) -> HboneConnection:
+    """An HTTP/2 connection to the control plane over TLS, served by a task in `nursery`."""
+    where = endpoint.address
+    try:
+        infos = await trio.socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ControlPlaneError(None, f"cannot resolve {where}: {exc.strerror or exc}") from None
+    address = infos[0][4]
+    sock = sockets.new_tcp_socket(address[0])
+    try:
+        await sockets.connect(sock, address)
+    except OSError as exc:
+        sock.close()
+        raise ControlPlaneError(None, f"cannot reach the control plane at {where}: {exc.strerror or exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+    tls = await TlsStream.handshake(sock, endpoint.tls_context(), server_side=False, server_hostname=endpoint.host)
+    if tls.alpn_protocol() != "h2":
+        tls.close()
+        raise ControlPlaneError(None, f"the control plane at {where} did not negotiate HTTP/2")
+    conn = HboneConnection(tls, client_side=True, settings=STREAM_SETTINGS, peer_identity=None)
+    return await nursery.start(conn.run)
+
+
+async def open_config_stream(conn: HboneConnection, endpoint: Endpoint, query: dict[str, str]) -> HboneStream:
+    """POST /v1/config: the duplex config stream, once the control plane answered 200;
+    ControlPlaneError with its status and reason otherwise."""
+    headers = [
+        (b":method", b"POST"), (b":scheme", b"https"), (b":authority", endpoint.address.encode()),
+        (b":path", f"{STREAM_PATH}?{urlencode(query)}".encode()),
+        (b"authorization", f"Bearer {endpoint.token}".encode()),
+        (b"content-type", CONTENT_TYPE.encode()),
+    ]
+    stream = conn.open_stream(headers)
+    status = await conn.wait_response(stream)
+    if status == 200:
+        return stream
+    body = b""
+    with trio.move_on_after(1):
+        while len(body) < 64 * 1024 and (chunk := await stream.receive_some()):
+            body += chunk
+    raise ControlPlaneError(status, _error_text(body))
+
+
 class ConfigSubscriber:
     """Follows the config stream; `on_update(snapshot)` runs after each applied version."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        endpoint: Endpoint,
         subscriber_id: str,
         on_update: Callable[[ModelSnapshot], None],
         *,
         backoff_min: float = 0.1,
         backoff_max: float = 15.0,
+        connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
         ack_delay: float = 0.1,
     ) -> None:
-        self.client = client
+        self.endpoint = endpoint
         self.id = subscriber_id
         self.on_update = on_update
         self.view = ConfigView()
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.ack_delay = ack_delay
         self._ack_wanted = trio.Event()
@@ -113,7 +214,7 @@ class ConfigSubscriber:
                 log.warning("config stream sent something unusable; resyncing", error=str(exc))
                 resume = False
                 received = False
-            except (httpx.HTTPError, ControlPlaneError) as exc:
+            except (ControlPlaneError, HboneError, OSError, trio.BrokenResourceError) as exc:
                 log.warning("config stream unavailable", error=str(exc) or type(exc).__name__,
                             retry_in=round(backoff, 2))
                 received = False
@@ -123,67 +224,127 @@ class ConfigSubscriber:
             await trio.sleep(backoff * random.uniform(0.8, 1.2))
 
     async def _follow(self, resume: bool) -> bool:
-        params = {"subscriber": self.id}
+        """One connection: open the stream, apply what arrives, ack it; True if anything came."""
+        query = {"subscriber": self.id}
         if resume and self.view.version:
-            params["version"] = self.view.version
+            query["version"] = self.view.version
         self._ack_wanted = trio.Event()
-        failure: Exception | None = None
+        failure: BaseException | None = None
+        received = False
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._acknowledge)
+            conn: HboneConnection | None = None
             try:
-                received = await self._read(params)
-            except (StreamProtocolError, httpx.HTTPError, ControlPlaneError) as exc:
+                with trio.fail_after(self.connect_timeout):
+                    conn = await connect(nursery, self.endpoint)
+                    stream = await open_config_stream(conn, self.endpoint, query)
+                self.connected = True
+                nursery.start_soon(self._acknowledge, stream)
+                received = await self._read(stream, conn)
+            except trio.TooSlowError:
+                failure = ControlPlaneError(
+                    None, f"no config stream from {self.endpoint.address} within {self.connect_timeout:g} s")
+            except (StreamProtocolError, ControlPlaneError, HboneError, OSError, trio.BrokenResourceError) as exc:
                 failure = exc  # raised below, outside the nursery, as itself
-            nursery.cancel_scope.cancel()
+            finally:
+                if conn is not None:
+                    conn.close()
+                nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
         return received
 
-    async def _read(self, params: dict[str, str]) -> bool:
-        timeout = httpx.Timeout(10.0, read=self.read_timeout)
+    async def _read(self, stream: HboneStream, conn: HboneConnection) -> bool:
+        """Apply each line as it arrives; returns when the control plane ends the stream."""
         received = False
-        async with self.client.stream("GET", STREAM_PATH, params=params, timeout=timeout) as response:
-            if response.status_code != 200:
-                await response.aread()
-                raise ControlPlaneError(response.status_code, _error_message(response))
-            self.connected = True
-            async for line in response.aiter_lines():
-                if not line:
-                    continue
-                try:
-                    message = decode(line)
-                    applied = self.view.apply(message)
-                except StreamProtocolError as exc:
-                    await self._ack(getattr(exc, "version", None) or self.view.version or "", str(exc))
-                    raise
-                received = True
-                if applied:
-                    self.on_update(self.view.snapshot)
-                    self.synced.set()
-                    self._ack_wanted.set()
-        return received
+        parts: list[bytes] = []  # the start of a message still arriving
+        size = 0
+        with trio.CancelScope() as idle:
+            while True:
+                idle.deadline = trio.current_time() + self.read_timeout
+                chunk = await stream.receive_some()
+                if not chunk:
+                    return received
+                start = 0
+                while (end := chunk.find(b"\n", start)) >= 0:
+                    if parts:
+                        parts.append(chunk[start:end])
+                        line = b"".join(parts)
+                        parts.clear()
+                        size = 0
+                    else:
+                        line = chunk[start:end]
+                    start = end + 1
+                    if line:
+                        received = True
+                        if await self._apply(line, stream, conn):
+                            return received
+                if start < len(chunk):
+                    parts.append(chunk[start:] if start else chunk)
+                    size += len(chunk) - start
+                    if size > MAX_MESSAGE:
+                        await self._reject(stream, conn, StreamProtocolError(
+                            f"config message over {MAX_MESSAGE} bytes"))
+        raise ControlPlaneError(None, f"nothing from the control plane for {self.read_timeout:g} s")
 
-    async def _acknowledge(self) -> None:
+    async def _apply(self, line: bytes, stream: HboneStream, conn: HboneConnection) -> bool:
+        """Decode and apply one message; True when the control plane closes the stream."""
+        try:
+            message = decode(line)
+            applied = self.view.apply(message)
+        except StreamProtocolError as exc:
+            await self._reject(stream, conn, exc)
+        if message.type == "close":
+            log.warning("the control plane closed the config stream; reconnecting", reason=message.reason)
+            # End our side before the connection closes: the control plane waits for it.
+            with trio.move_on_after(1):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_eof()
+                    await conn.wait_flushed()
+            return True
+        if applied:
+            self.on_update(self.view.snapshot)
+            self.synced.set()
+            self._ack_wanted.set()
+        return False
+
+    async def _reject(self, stream: HboneStream, conn: HboneConnection, exc: StreamProtocolError):
+        """NACK what we could not use, end our side, give the control plane a moment to end its
+        side, and raise: the caller resyncs from a snapshot."""
+        version = getattr(exc, "version", None) or self.view.version or ""
+        with trio.move_on_after(1):
+            try:
+                await stream.send_all(encode_ack(version, str(exc)))
+                await stream.send_eof()
+                await conn.wait_flushed()
+                while await stream.receive_some():
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        raise exc
+
+    async def _acknowledge(self, stream: HboneStream) -> None:
         """Ack the latest applied version `ack_delay` after the first unacknowledged one.
 
-        One ack covers every version before it, so a burst of deltas costs one request, and the
-        requests stay out of the way of reading: the control plane fans each change out to every
+        One ack covers every version before it, so a burst of deltas costs one message, and
+        acks stay out of the way of reading: the control plane fans each change out to every
         node at once, and an ack per message would compete with the reads for the same CPU.
         """
         acked = None
-        while True:
-            await self._ack_wanted.wait()
-            self._ack_wanted = trio.Event()  # what is applied from now on wants another ack
-            await trio.sleep(self.ack_delay)
-            if self.view.version != acked:
-                acked = self.view.version
-                await self._ack(acked, None)
-
-    async def _ack(self, version: str, error: str | None) -> None:
         try:
-            response = await self.client.post(ACK_PATH, json={"subscriber": self.id, "version": version, "error": error})
-        except httpx.HTTPError as exc:
-            log.debug("ack not delivered", version=version, error=str(exc))
-            return
-        if response.status_code >= 300:
-            log.debug("ack refused", version=version, status=response.status_code)
+            while True:
+                await self._ack_wanted.wait()
+                self._ack_wanted = trio.Event()  # what is applied from now on wants another ack
+                await trio.sleep(self.ack_delay)
+                if self.view.version != acked:
+                    acked = self.view.version
+                    await stream.send_all(encode_ack(acked, None))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the reader meets the same failure and reconnects
+
+
+def _error_text(body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        return str(json.loads(text).get("error", text))
+    except (ValueError, AttributeError):
+        return text or "no reason given"

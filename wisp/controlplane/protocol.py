@@ -1,14 +1,18 @@
 """The config stream's wire format, sans-IO: encode on the server, decode and apply on the client.
 
-A subscriber GETs `/v1/config` and reads newline-delimited JSON, one message per line:
+A subscriber POSTs to `/v1/config` and reads newline-delimited JSON, one message per line:
 - `{"type": "snapshot", "version": V, "resources": [R, ...]}` — the whole view, replacing any;
 - `{"type": "delta", "version": V, "since": U, "upserts": [R, ...], "removals": [K, ...]}` —
   applies only on top of version U;
-- `{"type": "ping"}` — keeps an idle stream alive and lets the client notice a dead one.
+- `{"type": "ping"}` — keeps an idle stream alive and lets the client notice a dead one;
+- `{"type": "close", "reason": "..."}` — the control plane ends the stream (a NACK, acks
+  overdue, a bad ack): the client ends its side and reconnects.
 R is `{"kind", "key", "value"}` with the model's JSON; K is `{"kind", "key"}`. Versions are
 opaque strings `<epoch>-<n>`: a restarted control plane has a new epoch, so a client resuming
-with an old version gets a snapshot. The client acknowledges each applied version (or reports
-the error) with a POST to `/v1/config/ack`.
+with an old version gets a snapshot. The client acknowledges what it applied (or reports the
+error) in its request body on the same stream, one line each: `{"version": V}` or
+`{"version": V, "error": "..."}`; an ack covers every version before it. Simple clients (curl)
+may instead GET `/v1/config` and POST `{"subscriber", "version", "error"}` to `/v1/config/ack`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ STREAM_PATH = "/v1/config"
 ACK_PATH = "/v1/config/ack"
 CERTIFICATE_PATH = "/v1/certificates"
 CONTENT_TYPE = "application/x-ndjson"
+# Largest message a subscriber accepts: a snapshot of 10,000 workloads is about 7 MiB.
+MAX_MESSAGE = 256 * 1024 * 1024
 
 
 class StreamProtocolError(ValueError):
@@ -63,6 +69,15 @@ def encode_delta(version: str, since: str, upserts: Iterable[dict], removals: It
 PING = _dumps({"type": "ping"})
 
 
+def encode_close(reason: str) -> bytes:
+    return _dumps({"type": "close", "reason": reason})
+
+
+def encode_ack(version: str, error: str | None) -> bytes:
+    """One line of a subscriber's acks: it applied `version` (and all before), or `error`."""
+    return _dumps({"version": version} if error is None else {"version": version, "error": error})
+
+
 @dataclass(slots=True, frozen=True)
 class Message:
     type: str
@@ -70,6 +85,7 @@ class Message:
     since: str | None = None
     snapshot: ModelSnapshot | None = None
     delta: Delta | None = None
+    reason: str | None = None
 
 
 def decode(line: bytes | str) -> Message:
@@ -83,12 +99,16 @@ def decode(line: bytes | str) -> Message:
     kind = data.get("type")
     if kind == "ping":
         return Message("ping")
+    if kind == "close":
+        reason = data.get("reason")
+        return Message("close", reason=reason if isinstance(reason, str) else "no reason given")
     version = data.get("version")
     if not isinstance(version, str) or not version:
         raise StreamProtocolError(f"{kind} message has no version")
     if kind == "snapshot":
         resources = [_decode_resource(r) for r in _list(data, "resources")]
-        return Message("snapshot", version, snapshot=ModelSnapshot.of(resources))
+        # Persistent maps, so the deltas that follow patch it rather than copy it.
+        return Message("snapshot", version, snapshot=ModelSnapshot.of(resources).persistent())
     if kind == "delta":
         since = data.get("since")
         if not isinstance(since, str):
@@ -130,7 +150,7 @@ class ConfigView:
         self.version: str | None = None
 
     def apply(self, message: Message) -> bool:
-        """Apply a snapshot or delta; False for pings. The view is unchanged if this raises."""
+        """Apply a snapshot or delta; False for anything else. The view is unchanged if this raises."""
         if message.type == "snapshot":
             self.snapshot, self.version = message.snapshot, message.version
             return True

@@ -246,7 +246,7 @@ class HboneConnection:
         *,
         client_side: bool,
         settings: H2Settings,
-        peer_identity: SpiffeId,
+        peer_identity: SpiffeId | None,
         local_identity: SpiffeId | None = None,
         on_request: Callable[[HboneStream, dict[str, str]], Awaitable[None]] | None = None,
     ) -> None:
@@ -366,6 +366,12 @@ class HboneConnection:
         self._h2.send_headers(stream_id, headers, end_stream=False)
         self._flush()
         return stream
+
+    async def wait_flushed(self) -> None:
+        """Until what was queued so far has been handed to the kernel (or the connection failed)."""
+        target = self._queued
+        while self._written < target and self.failure is None:
+            await self._written_lot.park()
 
     async def wait_response(self, stream: HboneStream) -> int:
         while stream.response_status is None:
@@ -631,8 +637,7 @@ class HboneConnection:
         except h2.exceptions.ProtocolError:
             pass
         with trio.move_on_after(1):
-            while self._written < self._queued and self.failure is None:
-                await self._written_lot.park()
+            await self.wait_flushed()
         self._fail(reason)
 
     async def _keepalive(self) -> None:

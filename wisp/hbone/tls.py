@@ -84,17 +84,20 @@ class TlsStream(trio.abc.Stream):
 
     @classmethod
     async def handshake(
-        cls, raw: socket.socket, ctx: ssl.SSLContext, *, server_side: bool
+        cls, raw: socket.socket, ctx: ssl.SSLContext, *, server_side: bool,
+        server_hostname: str | None = None,
     ) -> TlsStream:
         """Wrap `raw` (non-blocking, connected) and complete the handshake; TlsError on failure.
 
         The socket is consumed either way. Callers bound the time with a cancel scope.
+        `server_hostname` is for contexts that check it (HBONE peers are named by SPIFFE ID).
         """
         try:
             # Taken now: once the peer goes away the kernel no longer tells.
             local, peer = raw.getsockname()[:2], raw.getpeername()[:2]
             sock = ctx.wrap_socket(
-                raw, server_side=server_side, do_handshake_on_connect=False, server_hostname=None
+                raw, server_side=server_side, do_handshake_on_connect=False,
+                server_hostname=server_hostname
             )
         except (OSError, ValueError) as exc:
             raw.close()
