@@ -41,6 +41,19 @@ def test_a_bad_worker_count_is_refused(monkeypatch, capsys, argv, env):
     assert "number of workers from 1 to 64" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,env", [
+    (["--control-plane", "10.250.0.1"], {}),
+    (["--control-plane", "cp:port"], {}),
+    ([], {"WISP_CONTROL_PLANE": "cp:99999"}),
+])
+def test_a_bad_control_plane_address_is_refused(monkeypatch, capsys, argv, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit):
+        parse_args(["--node", "n1", *argv])
+    assert "is not host:port" in capsys.readouterr().err
+
+
 def test_node_is_required(monkeypatch):
     monkeypatch.delenv("NODE_NAME", raising=False)
     with pytest.raises(SystemExit):

@@ -10,6 +10,7 @@ import structlog
 import trio
 
 from wisp import log as wisp_log
+from wisp.controlplane.client import check_address
 from wisp.identity import DEFAULT_TRUST_DOMAIN
 from wisp.zds import DEFAULT_SOCKET_PATH
 
@@ -27,10 +28,10 @@ def _address(text: str) -> tuple[str, int]:
 
 
 def _host_port(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
-    return text
+    try:
+        return check_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _worker_count(text: str) -> int:

@@ -63,9 +63,7 @@ class Endpoint:
     token: str
 
     def __post_init__(self) -> None:
-        host, sep, port = self.address.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"control plane address must be host:port, got {self.address!r}")
+        check_address(self.address)
 
     @property
     def host(self) -> str:
@@ -82,6 +80,14 @@ class Endpoint:
         ctx = ssl.create_default_context(cadata=self.roots_pem.decode("ascii"))
         ctx.set_alpn_protocols(["h2"])
         return ctx
+
+
+def check_address(address: str) -> str:
+    """`address` if it is host:port (a name, an IPv4 or a bracketed IPv6 address); ValueError if not."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return address
 
 
 def make_client(address: str, roots_pem: bytes, token: str, *, timeout: float = 10.0) -> httpx.AsyncClient:
