@@ -44,6 +44,7 @@ DEFAULT_WINDOW_BYTES = 1 << 20
 DEFAULT_CLOSE_GRACE = 5.0
 # How long the last words of a stream may wait for a peer's HTTP/2 window.
 _END_TIMEOUT = 1.0
+_SEND_PIECE = 64 * 1024
 
 
 class ControlPlaneApp:
@@ -226,7 +227,12 @@ class ControlPlaneApp:
             message = dist.next_message(view, version)
             if message is not None:
                 version, body = message
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                # In pieces: hypercorn copies what it is given into the stream's buffer and
+                # waits only after, so a 7 MB snapshot sent whole would sit there twice per
+                # subscriber; a piece at a time, it holds one piece.
+                for offset in range(0, len(body), _SEND_PIECE):
+                    await send({"type": "http.response.body", "body": body[offset:offset + _SEND_PIECE],
+                                "more_body": True})
                 dist.sent(status, version, len(body))
                 # Let go of it: a first sync is a snapshot of megabytes, and a stream holding its
                 # last message would keep one per subscriber alive.
