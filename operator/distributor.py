@@ -148,8 +148,11 @@ class Distributor:
             return True
         event = self._changed
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout rather than wait_for, which runs the wait as another task: this
+            # is every stream's wait, woken for every change.
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
             return False
         return True
 
@@ -365,8 +368,9 @@ class Distributor:
             if remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(status.ack_event.wait(), remaining)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(remaining):
+                    await status.ack_event.wait()
+            except TimeoutError:
                 return False
 
     def _number(self, version: str) -> int | None:
