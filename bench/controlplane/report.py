@@ -201,6 +201,8 @@ def source(root: Path) -> dict[str, Any]:
 HEADING = "## Control plane (bench/controlplane)"
 BEGIN = "<!-- bench.controlplane results: begin (rewritten by `python -m bench.controlplane --docs`) -->"
 END = "<!-- bench.controlplane results: end -->"
+
+
 def docs_block(run: dict[str, Any], figures: dict[str, Any]) -> str:
     m, src, plan = run["machine"], run["source"], run["plan"]
     where = f"{src['commit']}" + (" plus uncommitted changes" if src["changes"] else "")
@@ -212,8 +214,8 @@ def docs_block(run: dict[str, Any], figures: dict[str, Any]) -> str:
         "",
         f"Command: `{run['command']}` — {plan['repeats']} full builds and encodings (median); "
         f"{plan['changes']} readiness flips of one pod, {plan['spacing'] * 1000:.0f} ms apart, each delivered to "
-        f"{plan['subscribers']} ztunnel subscribers ({plan['nodes']} nodes × {plan['per_node']}, one HTTP/2 "
-        "connection per node) in a second process; control plane alone in a third.",
+        f"{plan['subscribers']} ztunnel subscribers ({plan['nodes']} nodes × {plan['per_node']}, each on its own "
+        "TLS connection, acks on the stream) in a second process; control plane alone in a third.",
         "",
         table(run["results"], figures),
     ])
