@@ -316,7 +316,7 @@ class ConfigSubscriber:
     async def _reject(self, stream: HboneStream, conn: HboneConnection, exc: StreamProtocolError):
         """NACK what we could not use, end our side, give the control plane a moment to end its
         side, and raise: the caller resyncs from a snapshot."""
-        version = getattr(exc, "version", None) or self.view.version or ""
+        version = self.view.version or ""  # the NACK names what we still hold
         with trio.move_on_after(1):
             try:
                 await stream.send_all(encode_ack(version, str(exc)))
