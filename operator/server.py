@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from urllib.parse import parse_qs
@@ -370,18 +369,11 @@ async def serve(
     CLI live in the machine's own namespace, which has no route to the control plane's address.
     Callers still present bearer credentials there.
     """
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(prefix="wisp-cp-", dir=base) as directory:
-        cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-        with open(cert, "wb") as f:
-            f.write(bundle.chain_pem())
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(bundle.key_pem())
+    with bundle.pem_file() as pem:
         config = hypercorn.config.Config()
         # hypercorn closes the socket it serves; give it a duplicate so `sock` stays the caller's.
         config.bind = [f"fd://{os.dup(sock.fileno())}"]
-        config.certfile, config.keyfile = cert, key
+        config.certfile = config.keyfile = pem
         config.alpn_protocols = ["h2", "http/1.1"]
         if unix_path:
             if os.path.exists(unix_path):

@@ -605,7 +605,7 @@ def test_control_plane_endpoint_must_be_host_and_port():
     assert Endpoint("[fd00::1]:15012", b"", "t").host == "fd00::1"
 
 
-async def test_subscriber_nacks_what_it_cannot_apply_and_resyncs_from_a_snapshot(ca, tmp_path):
+async def test_subscriber_nacks_what_it_cannot_apply_and_resyncs_from_a_snapshot(ca):
     """Against a stand-in control plane that first sends a delta for a version the subscriber
     does not hold: the NACK arrives on the stream, and the next request asks for a snapshot."""
     requests, nacks = [], []
@@ -627,7 +627,7 @@ async def test_subscriber_nacks_what_it_cannot_apply_and_resyncs_from_a_snapshot
             await trio.sleep_forever()
 
     async with trio.open_nursery() as nursery:
-        address = await nursery.start(_stand_in_control_plane, ca, tmp_path, handler)
+        address = await nursery.start(_stand_in_control_plane, ca, handler)
         updates = []
         subscriber = ConfigSubscriber(Endpoint(address, ca.roots_pem(), "t"), "zt-a", updates.append,
                                       backoff_min=0.01)
@@ -639,16 +639,15 @@ async def test_subscriber_nacks_what_it_cannot_apply_and_resyncs_from_a_snapshot
     assert set(updates[0].workloads) == {"k"} and subscriber.view.version == "e-2"
 
 
-async def _stand_in_control_plane(ca, tmp_path, handler, *, task_status=trio.TASK_STATUS_IGNORED):
+async def _stand_in_control_plane(ca, handler, *, task_status=trio.TASK_STATUS_IGNORED):
     """HTTPS/HTTP2 on 127.0.0.1 whose every request goes to `handler(stream, headers)`."""
     from wisp.hbone.connection import SERVER_SETTINGS, HboneConnection
     from wisp.hbone.tls import TlsStream
 
     bundle = ca.issue_serving(spiffe("istio-system", "wisp-operator"), ip_addresses=("127.0.0.1",))
-    (tmp_path / "chain.pem").write_bytes(bundle.chain_pem())
-    (tmp_path / "key.pem").write_bytes(bundle.key_pem())
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tmp_path / "chain.pem", tmp_path / "key.pem")
+    with bundle.pem_file() as path:
+        ctx.load_cert_chain(path)
     ctx.set_alpn_protocols(["h2"])
     listener = sockets.listener(("127.0.0.1", 0), reuse_port=False)
     task_status.started(f"127.0.0.1:{listener.getsockname()[1]}")

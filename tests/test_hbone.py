@@ -31,7 +31,7 @@ from wisp.hbone import (
     connect_headers,
     dial,
 )
-from wisp.hbone.tls import TlsStream, _load_chain
+from wisp.hbone.tls import TlsStream
 from wisp.identity import CertificateAuthority, SpiffeId, generate_key, make_csr
 from ztunnel.splice import splice
 
@@ -225,7 +225,8 @@ async def raw_tls(port: int, *, bundle=None, alpn=("h2",), roots_pem: bytes) -> 
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     if bundle is not None:
-        _load_chain(ctx, bundle)
+        with bundle.pem_file() as path:
+            ctx.load_cert_chain(path)
     sock = await sockets.open_tcp(("127.0.0.1", port))
     return await TlsStream.handshake(sock, ctx, server_side=False)
 

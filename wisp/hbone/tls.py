@@ -8,10 +8,8 @@ through MemoryBIOs in Python on the hot path.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import ssl
-import tempfile
 from collections import OrderedDict
 
 import trio
@@ -38,20 +36,9 @@ def make_context(bundle: CertBundle, *, server_side: bool) -> ssl.SSLContext:
     ctx.set_alpn_protocols([ALPN_H2])
     # No session tickets: every connection authenticates with a full handshake, as ztunnel does.
     ctx.options |= ssl.OP_NO_TICKET
-    _load_chain(ctx, bundle)
-    return ctx
-
-
-def _load_chain(ctx: ssl.SSLContext, bundle: CertBundle) -> None:
-    # The ssl module loads certificates only from files; keep the key on a private tmpfs file
-    # for the moment of loading.
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(prefix="wisp-tls-", dir=base) as directory:
-        path = os.path.join(directory, "bundle.pem")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(bundle.key_pem() + bundle.chain_pem())
+    with bundle.pem_file() as path:
         ctx.load_cert_chain(path)
+    return ctx
 
 
 class ContextCache:

@@ -7,7 +7,11 @@ intermediates and the trust roots, and it knows when to rotate (half of its life
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -157,6 +161,19 @@ class CertBundle:
 
     def roots_pem(self) -> bytes:
         return certificates_to_pem(list(self.roots))
+
+    @contextlib.contextmanager
+    def pem_file(self) -> Iterator[str]:
+        """A private file (mode 0600, on tmpfs when there is one) holding the key then the
+        chain, for the moment of handing it to something that loads only files (the ssl
+        module, hypercorn); removed on exit."""
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.TemporaryDirectory(prefix="wisp-key-", dir=base) as directory:
+            path = os.path.join(directory, "bundle.pem")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.key_pem() + self.chain_pem())
+            yield path
 
 
 def _public_key_der(public_key) -> bytes:
