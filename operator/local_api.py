@@ -24,7 +24,7 @@ import structlog
 from .auth import ROLE_NODE_AGENT, ROLE_RUNTIME, Caller
 from .controller import Controller
 from .server import first_of, wait_disconnect
-from .store import ObjectStore, StoreError
+from .store import ObjectNotFound, ObjectStore, StoreError
 
 log = structlog.get_logger("wisp.operator.local")
 
@@ -88,17 +88,20 @@ class LocalApi:
 
         async def follow() -> None:
             last = None
+            seen = None
             while True:
-                seen = self.store.version
-                view = self.pods_view(caller.node or "")
-                body = json.dumps(view, sort_keys=True, separators=(",", ":"))
-                if body != last:
-                    last = body
-                    line = f'{{"version":{seen},{body[1:]}\n'.encode()
-                    await send({"type": "http.response.body", "body": line, "more_body": True})
+                if self.store.version != seen:
+                    seen = self.store.version
+                    view = self.pods_view(caller.node or "")
+                    body = json.dumps(view, sort_keys=True, separators=(",", ":"))
+                    if body != last:
+                        last = body
+                        line = f'{{"version":{seen},{body[1:]}\n'.encode()
+                        await send({"type": "http.response.body", "body": line, "more_body": True})
                 try:
-                    await asyncio.wait_for(self.store.wait_for_change(seen), self.ping_interval)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(self.ping_interval):
+                        await self.store.wait_for_change(seen)
+                except TimeoutError:
                     await send({"type": "http.response.body", "body": PING, "more_body": True})
 
         await first_of(wait_disconnect(receive), follow())
@@ -136,7 +139,7 @@ class LocalApi:
                 phase=str(body.get("phase", "Pending")), ready=bool(body.get("ready", False)),
             )
         except StoreError as exc:
-            return await respond(404 if "not found" in str(exc).lower() else 400, {"error": str(exc)})
+            return await respond(404 if isinstance(exc, ObjectNotFound) else 400, {"error": str(exc)})
         await respond(204, None)
 
     async def _labels(self, kind: str, namespace: str, name: str, read_body, respond) -> None:
@@ -146,7 +149,7 @@ class LocalApi:
         try:
             self.store.set_labels(kind, namespace, name, changes)
         except StoreError as exc:
-            return await respond(404 if "not found" in str(exc).lower() else 400, {"error": str(exc)})
+            return await respond(404 if isinstance(exc, ObjectNotFound) else 400, {"error": str(exc)})
         await respond(204, None)
 
     def _objects(self) -> dict[str, Any]:

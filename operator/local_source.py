@@ -46,6 +46,7 @@ from wisp_operator.cluster import (
 from wisp_operator.errors import OperatorError
 from wisp_operator.manifest import object_id
 from wisp_operator.store import ObjectStore
+from wisp_operator.selectors import is_subset
 from wisp.deployments import POD_TEMPLATE_HASH_LABEL, pod_template_hash, pods_for_deployment  # noqa: F401 (re-exported)
 
 log = structlog.get_logger(__name__)
@@ -312,7 +313,7 @@ def _check_deployment(spec: dict[str, Any], kind: str, namespace: str, name: str
         if not isinstance(selector, dict):
             raise _Bad("spec.selector must be an object", kind, namespace, name)
         match = _string_map(selector.get("matchLabels"), "spec.selector.matchLabels", kind, namespace, name)
-        if any(labels.get(k) != v for k, v in match.items()):
+        if not is_subset(match, labels):
             raise _Bad("spec.selector.matchLabels does not match spec.template.metadata.labels",
                        kind, namespace, name)
 

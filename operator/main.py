@@ -96,8 +96,7 @@ async def run(args: argparse.Namespace) -> int:
 
     store = ObjectStore(MeshSettings(trust_domain=args.trust_domain))
     source = LocalSource(args.manifests, store)
-    for problem in source.load():
-        log.warning("manifest rejected", **problem.log_fields())
+    source.load()  # reports each bad manifest itself
     distributor = Distributor()
     controller = Controller(store, distributor)
     app = ControlPlaneApp(CaService(ca), credentials, distributor, lambda: controller.state,

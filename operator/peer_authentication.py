@@ -29,6 +29,7 @@ from typing import Any
 
 from wisp.model import Authorization, Clause, Match, Rule, StringMatch
 from wisp_operator.manifest import ObjectId, get, mapping, object_id, string, string_map
+from wisp_operator.selectors import is_subset
 
 STATIC_STRICT_POLICY_NAME = "istio_converted_static_strict"
 CONVERTED_PREFIX = "converted_peer_authentication_"
@@ -132,7 +133,7 @@ class PeerAuthIndex:
     def workload_policy(self, namespace: str, pod_labels: dict[str, str]) -> PeerAuth | None:
         for pa in self.workload.get(namespace, ()):  # sorted oldest first
             assert pa.selector is not None
-            if all(pod_labels.get(k) == v for k, v in pa.selector.items()):
+            if is_subset(pa.selector, pod_labels):
                 return pa
         return None
 

@@ -37,7 +37,8 @@ from wisp.model import (
     StringMatch,
 )
 from wisp_operator.errors import InvalidObject
-from wisp_operator.manifest import ObjectId, dicts, get, integer, mapping, object_id, string, string_map
+from wisp_operator.manifest import ObjectId, dicts, get, integer, mapping, object_id, string, string_map, strings
+from wisp_operator.selectors import is_subset
 
 CONDITION_ZTUNNEL_ACCEPTED = "ZtunnelAccepted"
 
@@ -222,12 +223,12 @@ def _convert_rule(
         match = Match(
             source_ips=_ips(src, "ipBlocks", oid, src_at),
             not_source_ips=_ips(src, "notIpBlocks", oid, src_at),
-            namespaces=tuple(string_match(v) for v in _strs(src, "namespaces", oid, src_at)),
-            not_namespaces=tuple(string_match(v) for v in _strs(src, "notNamespaces", oid, src_at)),
+            namespaces=tuple(string_match(v) for v in strings(src, "namespaces", oid, src_at)),
+            not_namespaces=tuple(string_match(v) for v in strings(src, "notNamespaces", oid, src_at)),
             service_accounts=_service_accounts(src, "serviceAccounts", oid, src_at),
             not_service_accounts=_service_accounts(src, "notServiceAccounts", oid, src_at),
-            principals=tuple(principal_match(v) for v in _strs(src, "principals", oid, src_at)),
-            not_principals=tuple(principal_match(v) for v in _strs(src, "notPrincipals", oid, src_at)),
+            principals=tuple(principal_match(v) for v in strings(src, "principals", oid, src_at)),
+            not_principals=tuple(principal_match(v) for v in strings(src, "notPrincipals", oid, src_at)),
         )
         if http and match.is_empty():
             from_unconstrained = True
@@ -251,8 +252,8 @@ def _convert_rule(
 
 
 def _when_match(key: str, when: dict[str, Any], oid: ObjectId, at: str) -> Match:
-    values = _strs(when, "values", oid, at)
-    not_values = _strs(when, "notValues", oid, at)
+    values = strings(when, "values", oid, at)
+    not_values = strings(when, "notValues", oid, at)
     if key == "source.namespace":
         return Match(
             namespaces=tuple(map(string_match, values)), not_namespaces=tuple(map(string_match, not_values))
@@ -270,14 +271,6 @@ def _when_match(key: str, when: dict[str, Any], oid: ObjectId, at: str) -> Match
                      not_destination_ips=_parse_ips(not_values, oid, f"{at}.notValues"))
     return Match(destination_ports=_parse_ports(values, oid, f"{at}.values"),
                  not_destination_ports=_parse_ports(not_values, oid, f"{at}.notValues"))
-
-
-def _strs(obj: dict[str, Any], key: str, oid: ObjectId, at: str) -> list[str]:
-    values = get(obj, key, oid, list, [], at=at)
-    for i, v in enumerate(values):
-        if not isinstance(v, str):
-            raise oid.invalid(f"{at}.{key}[{i}] must be a string, got {v!r}")
-    return values
 
 
 def _ports(obj: dict[str, Any], key: str, oid: ObjectId, at: str) -> tuple[int, ...]:
@@ -302,14 +295,12 @@ def _parse_ports(values: list[Any], oid: ObjectId, at: str) -> tuple[int, ...]:
 
 
 def _ips(obj: dict[str, Any], key: str, oid: ObjectId, at: str) -> tuple[str, ...]:
-    return _parse_ips(_strs(obj, key, oid, at), oid, f"{at}.{key}")
+    return _parse_ips(strings(obj, key, oid, at), oid, f"{at}.{key}")
 
 
 def _parse_ips(values: list[str], oid: ObjectId, at: str) -> tuple[str, ...]:
     out = []
     for i, v in enumerate(values):
-        if not isinstance(v, str):
-            raise oid.invalid(f"{at}[{i}] must be an IP address or CIDR, got {v!r}")
         try:
             out.append(str(ipaddress.ip_network(v, strict=False)))
         except ValueError:
@@ -320,7 +311,7 @@ def _parse_ips(values: list[str], oid: ObjectId, at: str) -> tuple[str, ...]:
 def _service_accounts(obj: dict[str, Any], key: str, oid: ObjectId, at: str) -> tuple[ServiceAccountMatch, ...]:
     # "ns/sa", or a bare "sa" meaning the policy's own namespace.
     out = []
-    for v in _strs(obj, key, oid, at):
+    for v in strings(obj, key, oid, at):
         ns, sep, sa = v.partition("/")
         out.append(ServiceAccountMatch(ns, sa) if sep else ServiceAccountMatch(oid.namespace, v))
     return tuple(out)
@@ -342,7 +333,7 @@ class SelectorPolicyIndex:
         keys = []
         for ns in (namespace, self.root_namespace) if namespace != self.root_namespace else (namespace,):
             for selector, key in self._by_ns.get(ns, ()):
-                if all(pod_labels.get(k) == v for k, v in selector.items()):
+                if is_subset(selector, pod_labels):
                     keys.append(key)
         keys.sort()
         return keys

@@ -9,9 +9,8 @@ from wisp_operator.manifest import ObjectId, dicts, string, string_map, strings
 
 def selector_matches(selector: dict[str, Any], labels: dict[str, str], oid: ObjectId, at: str) -> bool:
     """Whether ``labels`` satisfy a LabelSelector; an empty selector selects everything."""
-    for key, value in string_map(selector, "matchLabels", oid, at).items():
-        if labels.get(key) != value:
-            return False
+    if not is_subset(string_map(selector, "matchLabels", oid, at), labels):
+        return False
     for where, expr in dicts(selector, "matchExpressions", oid, at):
         key = string(expr, "key", oid, at=where)
         operator = string(expr, "operator", oid, at=where)
