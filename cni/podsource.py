@@ -18,6 +18,8 @@ import httpx
 import structlog
 import trio
 
+from wisp.controlplane.client import error_text
+
 from .errors import PodSourceError
 
 PODS_PATH = "/v1/local/pods"
@@ -121,7 +123,7 @@ class LocalPodSource:
         async with self.client.stream("GET", PODS_PATH, timeout=timeout) as response:
             if response.status_code != 200:
                 await response.aread()
-                raise PodSourceError(f"GET {PODS_PATH} answered {response.status_code}: {_error_text(response)}")
+                raise PodSourceError(f"GET {PODS_PATH} answered {response.status_code}: {error_text(response.content, response.reason_phrase)}")
             async for line in response.aiter_lines():
                 if not line.strip():
                     continue
@@ -147,15 +149,7 @@ class LocalPodSource:
             return
         if response.status_code >= 300:
             raise PodSourceError(f"annotating pod {namespace}/{name} answered {response.status_code}: "
-                                 f"{_error_text(response)}")
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        return str(body.get("error", body)) if isinstance(body, dict) else str(body)
-    except ValueError:
-        return response.text.strip() or response.reason_phrase
+                                 f"{error_text(response.content, response.reason_phrase)}")
 
 
 class MemoryPodSource:

@@ -99,11 +99,14 @@ def make_client(address: str, roots_pem: bytes, token: str, *, timeout: float = 
     )
 
 
-def _error_message(response: httpx.Response) -> str:
+def error_text(body: bytes, fallback: str = "no reason given") -> str:
+    """What a control plane refusal says: its JSON `error`, else the body as text."""
+    text = body.decode("utf-8", "replace").strip()
     try:
-        return str(response.json().get("error", response.text))
+        data = json.loads(text)
     except ValueError:
-        return response.text.strip() or response.reason_phrase
+        return text or fallback
+    return str(data.get("error", data)) if isinstance(data, dict) else str(data)
 
 
 async def fetch_certificate(client: httpx.AsyncClient, identity: SpiffeId, lifetime_seconds: int | None = None) -> CertBundle:
@@ -114,7 +117,7 @@ async def fetch_certificate(client: httpx.AsyncClient, identity: SpiffeId, lifet
         request["ttl_seconds"] = lifetime_seconds
     response = await client.post(CERTIFICATE_PATH, json=request)
     if response.status_code != 200:
-        raise ControlPlaneError(response.status_code, _error_message(response))
+        raise ControlPlaneError(response.status_code, error_text(response.content, response.reason_phrase))
     try:
         chain = response.json()["cert_chain"]
         certs = [load_pem_certificates(pem.encode(), "certificate chain") for pem in chain]
@@ -172,7 +175,7 @@ async def open_config_stream(conn: HboneConnection, endpoint: Endpoint, query: d
     with trio.move_on_after(1):
         while len(body) < 64 * 1024 and (chunk := await stream.receive_some()):
             body += chunk
-    raise ControlPlaneError(status, _error_text(body))
+    raise ControlPlaneError(status, error_text(body))
 
 
 class ConfigSubscriber:
@@ -347,10 +350,3 @@ class ConfigSubscriber:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the reader meets the same failure and reconnects
 
-
-def _error_text(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        return str(json.loads(text).get("error", text))
-    except (ValueError, AttributeError):
-        return text or "no reason given"
