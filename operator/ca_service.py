@@ -11,10 +11,12 @@ import json
 from dataclasses import dataclass
 
 from wisp.identity import CertificateAuthority, IdentityError, InvalidCsr, InvalidSpiffeId, SpiffeId
+from wisp.model import DEFAULT_SERVICE_ACCOUNT
 
 from .auth import Caller
 from .cluster import ClusterState
 from .distributor import ROLE_WAYPOINT, ROLE_ZTUNNEL
+from .pods import TERMINAL_PHASES
 
 MAX_LIFETIME = dt.timedelta(hours=24)
 MIN_LIFETIME = dt.timedelta(minutes=10)
@@ -87,10 +89,10 @@ def authorize(caller: Caller, identity: SpiffeId, state: ClusterState, trust_dom
         spec = pod.get("spec")
         if not isinstance(spec, dict) or spec.get("nodeName") != caller.node:
             continue
-        if (spec.get("serviceAccountName") or "default") != identity.service_account:
+        if (spec.get("serviceAccountName") or DEFAULT_SERVICE_ACCOUNT) != identity.service_account:
             continue
         status = pod.get("status")
-        if isinstance(status, dict) and status.get("phase") in ("Succeeded", "Failed"):
+        if isinstance(status, dict) and status.get("phase") in TERMINAL_PHASES:
             continue
         return None
     return (f"no running pod with service account {identity.service_account!r} in namespace "

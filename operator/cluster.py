@@ -117,17 +117,8 @@ class ClusterState:
     def nodes(self) -> list[dict[str, Any]]:
         return self.of_kind(KIND_NODE, "")
 
-    def node(self, name: str) -> dict[str, Any] | None:
-        return self.get(KIND_NODE, "", name)
-
-    def deployments(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        return self.of_kind(KIND_DEPLOYMENT, namespace)
-
     def gateways(self, namespace: str | None = None) -> list[dict[str, Any]]:
         return self.of_kind(KIND_GATEWAY, namespace)
-
-    def gateway_classes(self) -> list[dict[str, Any]]:
-        return self.of_kind(KIND_GATEWAY_CLASS, "")
 
     def authorization_policies(self, namespace: str | None = None) -> list[dict[str, Any]]:
         return self.of_kind(KIND_AUTHORIZATION_POLICY, namespace)

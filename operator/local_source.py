@@ -44,7 +44,7 @@ from wisp_operator.cluster import (
     Key,
 )
 from wisp_operator.errors import OperatorError
-from wisp_operator.manifest import object_id
+from wisp_operator.manifest import DNS_SUBDOMAIN, object_id
 from wisp_operator.store import ObjectStore
 from wisp_operator.selectors import is_subset
 from wisp.deployments import POD_TEMPLATE_HASH_LABEL, pod_template_hash, pods_for_deployment  # noqa: F401 (re-exported)
@@ -77,7 +77,6 @@ DEFAULT_NAMESPACE = "default"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class SourceError(OperatorError):
@@ -255,7 +254,7 @@ def checked_object(raw: Any) -> dict[str, Any]:
         if not _DNS_LABEL.match(namespace) or len(namespace) > 63:
             raise _Bad("metadata.namespace must be a DNS label (lower-case letters, digits, '-'; up to 63)",
                        kind, namespace, name)
-    dns_name = _DNS_LABEL if kind == KIND_NAMESPACE else _DNS_SUBDOMAIN
+    dns_name = _DNS_LABEL if kind == KIND_NAMESPACE else DNS_SUBDOMAIN
     if not dns_name.match(name) or len(name) > (63 if kind == KIND_NAMESPACE else 253):
         raise _Bad("metadata.name must be a DNS name (lower-case letters, digits, '-', '.')",
                    kind, namespace, name)

@@ -7,11 +7,15 @@ in the reconciler. Absent fields read as the given default, as in the API.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from wisp_operator.errors import InvalidObject
+
+# Kubernetes names: RFC 1123 subdomains (most objects, label prefixes).
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 _MISSING: Any = object()
 

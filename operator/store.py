@@ -37,7 +37,7 @@ import structlog
 
 from wisp_operator.cluster import KIND_POD, ClusterState, Key, MeshSettings
 from wisp_operator.errors import OperatorError
-from wisp_operator.manifest import object_id
+from wisp_operator.manifest import DNS_SUBDOMAIN, object_id
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +49,6 @@ _RUNTIME_CONDITIONS = ("Ready", "ContainersReady")
 CHANGE_HISTORY = 1024
 
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
-_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class StoreError(OperatorError):
@@ -313,24 +312,23 @@ class ObjectStore:
         obj = dict(base)
         meta = obj["metadata"] = dict(obj["metadata"])
         if label_overlay:
-            merged = dict(meta.get("labels") or {})
-            for k, v in label_overlay.items():
-                if v is None:
-                    merged.pop(k, None)
-                else:
-                    merged[k] = v
-            meta["labels"] = merged
+            _overlay(meta, "labels", label_overlay)
         if runtime is not None:
             _merge_runtime(obj, meta, runtime)
         if annotation_overlay:
-            merged = dict(meta.get("annotations") or {})
-            for k, v in annotation_overlay.items():
-                if v is None:
-                    merged.pop(k, None)
-                else:
-                    merged[k] = v
-            meta["annotations"] = merged
+            _overlay(meta, "annotations", annotation_overlay)
         return obj
+
+
+def _overlay(meta: dict[str, Any], field: str, changes: Mapping[str, str | None]) -> None:
+    """Set ``meta[field]`` to a copy with ``changes`` applied; None removes a key."""
+    merged = dict(meta.get(field) or {})
+    for k, v in changes.items():
+        if v is None:
+            merged.pop(k, None)
+        else:
+            merged[k] = v
+    meta[field] = merged
 
 
 def _patched(base: ClusterState, effective: Mapping[Key, dict[str, Any]], changed: Iterable[Key]) -> ClusterState:
@@ -415,7 +413,7 @@ def _check_label(key: Any, value: Any) -> None:
     if not isinstance(key, str):
         raise InvalidChange(f"label keys must be strings, got {key!r}")
     prefix, _, name = key.rpartition("/")
-    if (prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix))) or len(name) > 63 or not _LABEL_NAME.match(name):
+    if (prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix))) or len(name) > 63 or not _LABEL_NAME.match(name):
         raise InvalidChange(f"invalid label key {key!r}: want [prefix/]name, name up to 63 of [A-Za-z0-9-_.]")
     if value is None:
         return

@@ -43,7 +43,6 @@ CONDITION_WAYPOINT_BOUND = "istio.io/WaypointBound"
 TRAFFIC_SERVICE = "service"
 TRAFFIC_WORKLOAD = "workload"
 TRAFFIC_ALL = "all"
-TRAFFIC_NONE = "none"
 
 REASON_ACCEPTED = "WaypointAccepted"
 REASON_NOT_READY = "WaypointIsNotReady"
@@ -62,10 +61,6 @@ class Waypoint:
     allowed_selector: dict[str, Any] | None
     ready: bool
     address: GatewayAddress | None
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
     def carries(self, traffic: str) -> bool:
         return self.traffic_type in (traffic, TRAFFIC_ALL)
@@ -98,10 +93,6 @@ class WaypointBinding:
     waypoint: str = ""
     address: GatewayAddress | None = None
     condition: dict[str, str] | None = None
-
-    @property
-    def bound(self) -> bool:
-        return self.address is not None
 
 
 NO_BINDING = WaypointBinding()
@@ -141,9 +132,6 @@ class WaypointIndex:
                 self.waypoints[(oid.namespace, oid.name)] = self._waypoint(gw, oid, default_traffic)
             except InvalidObject as exc:
                 self.errors.append(exc)
-
-    def get(self, namespace: str, name: str) -> Waypoint | None:
-        return self.waypoints.get((namespace, name))
 
     def _waypoint(self, gw: dict[str, Any], oid: ObjectId, default_traffic: str) -> Waypoint:
         traffic = labels(gw, oid).get(WAYPOINT_FOR_LABEL, default_traffic)

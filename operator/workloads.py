@@ -14,7 +14,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from wisp.model import Locality, PortMapping, Workload
+from wisp.deployments import POD_TEMPLATE_HASH_LABEL, SAFE_ALPHABET
+from wisp.model import DEFAULT_SERVICE_ACCOUNT, Locality, PortMapping, Workload
 from wisp_operator import pods
 from wisp_operator.cluster import MeshSettings
 from wisp_operator.manifest import (
@@ -39,7 +40,7 @@ _CANONICAL_NAME_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/
 _CANONICAL_REVISION_LABELS = ("service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")
 # Jobs created by a CronJob are named "<cronjob>-<scheduled time in minutes>".
 _CRONJOB_JOB = re.compile(r"^(.+)-\d{8,10}$")
-_SAFE_ALPHABET = frozenset("bcdfghjklmnpqrstvwxz2456789")
+_SAFE_ALPHABET = frozenset(SAFE_ALPHABET)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ def workload_name_and_type(pod: dict[str, Any], oid: ObjectId, pod_labels: dict[
     if not isinstance(kind, str) or not isinstance(name, str) or not name:
         raise oid.invalid("metadata.ownerReferences entries need string kind and name")
     if kind == "ReplicaSet":
-        pod_hash = pod_labels.get("pod-template-hash")
+        pod_hash = pod_labels.get(POD_TEMPLATE_HASH_LABEL)
         if pod_hash and name.endswith(f"-{pod_hash}"):
             return name[: -len(pod_hash) - 1], "deployment"
         base, sep, suffix = name.rpartition("-")
@@ -195,7 +196,7 @@ def convert_pod(
         network=network or settings.network,
         tunnel_protocol="HBONE" if pod_annotations.get(REDIRECTION_ANNOTATION) == "enabled" else "NONE",
         trust_domain=settings.trust_domain,
-        service_account=string(pod, "spec.serviceAccountName", oid) or "default",
+        service_account=string(pod, "spec.serviceAccountName", oid) or DEFAULT_SERVICE_ACCOUNT,
         waypoint=binding.address,
         node=node,
         canonical_name=canonical_name,

@@ -16,26 +16,13 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Union
 
 import immutables
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_SERVICE_ACCOUNT = "default"
 HBONE_MTLS_PORT = 15008
-
-TunnelProtocol = Literal["NONE", "HBONE"]
-WorkloadStatus = Literal["HEALTHY", "UNHEALTHY"]
-Scope = Literal["GLOBAL", "NAMESPACE", "WORKLOAD_SELECTOR"]
-Action = Literal["ALLOW", "DENY"]
-StringMatchKind = Literal["exact", "prefix", "suffix", "presence"]
-
-TUNNEL_PROTOCOLS = ("NONE", "HBONE")
-WORKLOAD_STATUSES = ("HEALTHY", "UNHEALTHY")
-SCOPES = ("GLOBAL", "NAMESPACE", "WORKLOAD_SELECTOR")
-ACTIONS = ("ALLOW", "DENY")
-# ztunnel's AppProtocol enum; "" stands for UNKNOWN so the common case encodes to nothing.
-APP_PROTOCOLS = ("", "HTTP11", "HTTP2", "GRPC")
 
 
 class ModelError(ValueError):
