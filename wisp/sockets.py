@@ -23,6 +23,11 @@ SO_ORIGINAL_DST = 80
 Address = tuple[str, int]
 
 
+def format_address(ip: str, port: int) -> str:
+    """`ip:port`, with an IPv6 address in brackets."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 def family_of(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
 

@@ -11,6 +11,7 @@ ZDS client feeds them every pod and its endpoints answer for all of them. A work
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,7 @@ class Ztunnel:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED, handle_signals: bool = True) -> None:
         """Serve until SIGTERM/SIGINT (or `request_shutdown`), drain, return."""
         endpoint = self._control_plane()
-        async with (endpoint.client() if endpoint else _NoClient()) as client:
+        async with (endpoint.client() if endpoint else contextlib.nullcontext()) as client:
             fetch = self._fetcher(client)
             async with CertManager(fetch) as certs:
                 self.certs = certs
@@ -205,14 +206,6 @@ class Ztunnel:
                 raise RuntimeError("no control plane configured; cannot obtain certificates")
             return await fetch_certificate(client, identity, ttl)
         return fetch
-
-
-class _NoClient:
-    async def __aenter__(self):
-        return None
-
-    async def __aexit__(self, *exc_info):
-        return None
 
 
 def _vacated_addresses(old: ModelSnapshot, new: ModelSnapshot) -> set[str]:

@@ -22,12 +22,10 @@ log = structlog.get_logger("ztunnel.connections")
 
 @dataclass(slots=True, eq=False)
 class Tracked:
-    direction: str
     # Set for inbound connections: what authorization decided on.
     rbac: rbac.Connection | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     denied: bool = False
-    policy: str | None = None
 
 
 class ConnectionTracker:
@@ -37,8 +35,10 @@ class ConnectionTracker:
         self._empty.set()
 
     @contextmanager
-    def track(self, direction: str, conn: rbac.Connection | None = None) -> Iterator[Tracked]:
-        tracked = Tracked(direction, conn)
+    def track(self, conn: rbac.Connection | None = None) -> Iterator[Tracked]:
+        """Count a connection (for draining); with `conn`, an inbound one that a new policy
+        may close (`recheck`)."""
+        tracked = Tracked(conn)
         self.live.add(tracked)
         self._empty = trio.Event() if self._empty.is_set() else self._empty
         try:
@@ -65,7 +65,6 @@ class ConnectionTracker:
             if decision.allowed:
                 continue
             tracked.denied = True
-            tracked.policy = decision.policy
             tracked.scope.cancel()
             closed += 1
             log.info("connection closed due to policy rejection",

@@ -15,6 +15,7 @@ import structlog
 import trio
 
 from wisp.hbone import ConnectRequest
+from wisp.sockets import format_address
 from wisp.model import Workload
 
 from . import listeners, rbac
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ztunnel.inbound")
 
 WORKLOAD_WAIT = 5.0
-CONNECT_TIMEOUT = 10.0
 
 
 async def wait_for_workload(ztunnel: Ztunnel, ip: str, timeout: float = WORKLOAD_WAIT) -> Workload | None:
@@ -42,9 +42,6 @@ async def wait_for_workload(ztunnel: Ztunnel, ip: str, timeout: float = WORKLOAD
             await ztunnel.state_changed.wait()
     return None
 
-
-def _addr(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 async def handle(proxy: PodProxy, request: ConnectRequest) -> None:
@@ -74,36 +71,35 @@ async def handle(proxy: PodProxy, request: ConnectRequest) -> None:
         source=Peer(state.workload_by_ip(peer_ip), request.peer_identity, peer_ip),
         destination=Peer(workload, workload_identity(workload)),
         service=service, security=MUTUAL_TLS,
-        src_addr=_addr(peer_ip, peer_port), dst_addr=_addr(local_ip, port),
+        src_addr=format_address(peer_ip, peer_port), dst_addr=format_address(local_ip, port),
         hbone_addr=str(request.authority),
     )
     if not decision.allowed:
         log.info("connection denied by policy", src_identity=str(request.peer_identity),
-                 src=_addr(peer_ip, peer_port), dst=_addr(local_ip, port), policy=decision.policy,
+                 src=format_address(peer_ip, peer_port), dst=format_address(local_ip, port), policy=decision.policy,
                  reason=decision.reason)
         request.reject(401, f"denied by authorization policy ({decision.reason})")
         record.close(FLAG_DENY)
         return
     try:
-        upstream_sock = await listeners.connect_app(proxy.netns_fd, (local_ip, port), source=peer_ip,
-                                                    timeout=CONNECT_TIMEOUT)
+        upstream_sock = await listeners.connect_in_pod(proxy.netns_fd, (local_ip, port), source=peer_ip,
+                                                       timeout=listeners.CONNECT_TIMEOUT)
     except (OSError, trio.TooSlowError) as exc:
         error = str(exc) or "connect timed out"
-        log.warning("inbound connect to the app failed", dst=_addr(local_ip, port), src=peer_ip, error=error)
-        request.reject(503, f"connection to {_addr(local_ip, port)} failed: {error}")
+        log.warning("inbound connect to the app failed", dst=format_address(local_ip, port), src=peer_ip, error=error)
+        request.reject(503, f"connection to {format_address(local_ip, port)} failed: {error}")
         record.close(FLAG_CONNECT, error)
         return
     upstream = tcp_stream(upstream_sock)
     stream = request.accept()
     flags = None
     try:
-        with ztunnel.tracker.track("inbound", conn) as tracked:
+        with ztunnel.tracker.track(conn) as tracked:
             with tracked.scope:
                 await splice(stream, upstream, record.transfer)
         if tracked.denied:
             flags = FLAG_DENY
             reset(upstream)
-            stream.close()  # unfinished: RST_STREAM
     finally:
         stream.close()
         with trio.CancelScope(shield=True):

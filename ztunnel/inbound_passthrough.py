@@ -14,6 +14,7 @@ import structlog
 import trio
 
 from wisp import sockets
+from wisp.sockets import format_address
 
 from . import listeners, rbac
 from .metrics import FLAG_CONNECT, FLAG_DENY, UNKNOWN, ConnectionRecord, Peer
@@ -25,25 +26,21 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("ztunnel.inbound_passthrough")
 
-CONNECT_TIMEOUT = 10.0
 
-
-def _addr(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 async def serve(proxy: PodProxy, sock: socket.socket, peer: tuple[str, int]) -> None:
     ztunnel = proxy.ztunnel
     dst_ip, dst_port = sockets.original_dst(sock)
     if dst_port in listeners.ILLEGAL_PORTS:
-        log.warning("plaintext connection to ztunnel's own port refused", src=_addr(*peer),
-                    dst=_addr(dst_ip, dst_port))
+        log.warning("plaintext connection to ztunnel's own port refused", src=format_address(*peer),
+                    dst=format_address(dst_ip, dst_port))
         reset(sock)
         return
     state = ztunnel.state
     workload = state.workload_by_ip(dst_ip) or proxy.workload(state)
     if workload is None:
-        log.warning("plaintext connection to an unknown workload refused", dst=_addr(dst_ip, dst_port))
+        log.warning("plaintext connection to an unknown workload refused", dst=format_address(dst_ip, dst_port))
         reset(sock)
         return
     conn = rbac.Connection(None, peer[0], dst_ip, dst_port)
@@ -53,27 +50,27 @@ async def serve(proxy: PodProxy, sock: socket.socket, peer: tuple[str, int]) -> 
         source=Peer(state.workload_by_ip(peer[0]), None, peer[0]),
         destination=Peer(workload, workload_identity(workload)),
         service=None, security=UNKNOWN,
-        src_addr=_addr(*peer), dst_addr=_addr(dst_ip, dst_port),
+        src_addr=format_address(*peer), dst_addr=format_address(dst_ip, dst_port),
     )
     if not decision.allowed:
-        log.info("connection denied by policy", src=_addr(*peer), dst=_addr(dst_ip, dst_port),
+        log.info("connection denied by policy", src=format_address(*peer), dst=format_address(dst_ip, dst_port),
                  policy=decision.policy, reason=decision.reason)
         record.close(FLAG_DENY)
         reset(sock)
         return
     try:
-        upstream_sock = await listeners.connect_app(proxy.netns_fd, (dst_ip, dst_port), source=peer[0],
-                                                    timeout=CONNECT_TIMEOUT)
+        upstream_sock = await listeners.connect_in_pod(proxy.netns_fd, (dst_ip, dst_port), source=peer[0],
+                                                       timeout=listeners.CONNECT_TIMEOUT)
     except (OSError, trio.TooSlowError) as exc:
         error = str(exc) or "connect timed out"
-        log.warning("inbound connect to the app failed", dst=_addr(dst_ip, dst_port), src=peer[0], error=error)
+        log.warning("inbound connect to the app failed", dst=format_address(dst_ip, dst_port), src=peer[0], error=error)
         record.close(FLAG_CONNECT, error)
         reset(sock)
         return
     client, upstream = tcp_stream(sock), tcp_stream(upstream_sock)
     flags = None
     try:
-        with ztunnel.tracker.track("inbound", conn) as tracked:
+        with ztunnel.tracker.track(conn) as tracked:
             with tracked.scope:
                 await splice(client, upstream, record.transfer)
         if tracked.denied:

@@ -188,7 +188,6 @@ class ZdsClient:
     def __init__(self, path: str, pods: PodManager) -> None:
         self.path = path
         self.pods = pods
-        self.connected = False
         self.snapshot_done = trio.Event()  # set after the first snapshot was applied
         self.connections = 0
         self.errors = 0
@@ -208,7 +207,6 @@ class ZdsClient:
                 continue
             backoff = BACKOFF_MIN
             self.connections += 1
-            self.connected = True
             log.info("connected to the node agent", path=self.path)
             try:
                 await self.serve(sock)
@@ -216,7 +214,6 @@ class ZdsClient:
             except OSError as exc:
                 log.warning("node agent connection failed", error=str(exc))
             finally:
-                self.connected = False
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
             await trio.sleep(backoff)

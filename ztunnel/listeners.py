@@ -21,6 +21,8 @@ INBOUND_PORT = 15008
 ILLEGAL_PORTS = frozenset({OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_PORT})
 # Every socket ztunnel makes in a pod carries this mark, so the in-pod rules let it through.
 MARK = 0x539
+# How long a connection to an app or a peer may take to open.
+CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -58,14 +60,16 @@ async def pod_socket(netns_fd: int, host: str, *, source: str | None = None,
     return await netns.run_in_netns(netns_fd, make)
 
 
-async def connect_app(netns_fd: int, address: tuple[str, int], *, source: str, timeout: float):
-    """A connection to the local app from `source` (the real client's IP), made transparently.
+async def connect_in_pod(netns_fd: int, address: tuple[str, int], *, timeout: float,
+                         source: str | None = None) -> socket.socket:
+    """A connection to `address` from the pod's netns, carrying ztunnel's mark.
 
-    Inbound traffic reaches the app as if straight from its client: the socket lives in the pod's
-    netns, binds the client's address (IP_TRANSPARENT) and carries ztunnel's mark, so the in-pod
-    rules route the app's replies back to ztunnel. OSError or trio.TooSlowError on failure.
+    With `source` (the real client's IP), made transparently: inbound traffic reaches the app as
+    if straight from its client, the socket binding the client's address (IP_TRANSPARENT), and
+    the in-pod rules route the app's replies back to ztunnel by the mark. OSError or
+    trio.TooSlowError on failure.
     """
-    sock = await pod_socket(netns_fd, address[0], source=source, transparent=True)
+    sock = await pod_socket(netns_fd, address[0], source=source, transparent=source is not None)
     try:
         with trio.fail_after(timeout):
             await sockets.connect(sock, address)

@@ -18,6 +18,7 @@ import structlog
 import trio
 
 from wisp import sockets
+from wisp.sockets import format_address
 from wisp.hbone import HboneError, PoolKey, connect_headers
 from wisp.identity import SpiffeId
 from wisp.model import GatewayAddress, Service, Workload
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("ztunnel.outbound")
 
-CONNECT_TIMEOUT = 10.0
 HBONE = "hbone"
 DIRECT = "direct"
 PASSTHROUGH = "passthrough"
@@ -54,16 +54,13 @@ class Route:
     waypoint: bool = False
 
 
-def _addr(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
 
 def plan(state: ProxyState, source: Workload | None, dst: tuple[str, int],
          rng: random.Random | None = None) -> Route:
     """Reference §3. Raises SelfCall, or NoHealthyEndpoint for a known service without one."""
     ip, port = dst
     if ipaddress.ip_address(ip).is_loopback and port in listeners.ILLEGAL_PORTS:
-        raise SelfCall(f"refusing to connect to ztunnel's own port {_addr(ip, port)}")
+        raise SelfCall(f"refusing to connect to ztunnel's own port {format_address(ip, port)}")
     source_ns = source.namespace if source else None
     service = state.service_by_vip(ip, source_ns)
     if service is not None:
@@ -83,7 +80,7 @@ def plan(state: ProxyState, source: Workload | None, dst: tuple[str, int],
         own = workload_identity(workload)
         if own is not None:
             identities.add(own)
-        return Route(HBONE, (target_ip, listeners.INBOUND_PORT), _addr(target_ip, target_port),
+        return Route(HBONE, (target_ip, listeners.INBOUND_PORT), format_address(target_ip, target_port),
                      workload, service, frozenset(identities))
     return Route(DIRECT, (target_ip, target_port), None, workload, service)
 
@@ -113,7 +110,7 @@ def _to_waypoint(state: ProxyState, gateway: GatewayAddress, dst: tuple[str, int
         raise NoHealthyEndpoint(f"waypoint {gateway.address} has no healthy workload")
     waypoint = (rng or random).choices(candidates, [max(w.capacity, 1) for w in candidates])[0]
     identity = workload_identity(waypoint)
-    return Route(HBONE, (waypoint.addresses[0], gateway.hbone_mtls_port), _addr(*dst),
+    return Route(HBONE, (waypoint.addresses[0], gateway.hbone_mtls_port), format_address(*dst),
                  workload, service, frozenset([identity]) if identity else frozenset(), waypoint=True)
 
 
@@ -140,7 +137,7 @@ async def serve(proxy: PodProxy, sock: socket.socket, peer: tuple[str, int]) -> 
     try:
         route = plan(state, source, dst)
     except (SelfCall, NoHealthyEndpoint) as exc:
-        log.warning("outbound connection refused", src=_addr(*peer), dst=_addr(*dst), error=str(exc))
+        log.warning("outbound connection refused", src=format_address(*peer), dst=format_address(*dst), error=str(exc))
         reset(sock)
         return
     dst_identity = next(iter(sorted(route.identities)), None) if route.kind == HBONE else (
@@ -150,7 +147,7 @@ async def serve(proxy: PodProxy, sock: socket.socket, peer: tuple[str, int]) -> 
         source=Peer(source, source_identity, peer[0]),
         destination=Peer(route.workload, dst_identity),
         service=route.service, security=MUTUAL_TLS if route.kind == HBONE else UNKNOWN,
-        src_addr=_addr(*peer), dst_addr=_addr(*dst),
+        src_addr=format_address(*peer), dst_addr=format_address(*dst),
         hbone_addr=route.authority if route.kind == HBONE else None,
     )
     client = tcp_stream(sock)
@@ -160,12 +157,12 @@ async def serve(proxy: PodProxy, sock: socket.socket, peer: tuple[str, int]) -> 
             upstream = await _connect(proxy, route, peer, source, source_identity)
         except (HboneError, CertificateUnavailable, OSError, trio.TooSlowError) as exc:
             error = str(exc) or type(exc).__name__
-            log.warning("outbound connect failed", src=_addr(*peer), dst=_addr(*dst),
-                        via=route.kind, target=_addr(*route.target), error=error)
+            log.warning("outbound connect failed", src=format_address(*peer), dst=format_address(*dst),
+                        via=route.kind, target=format_address(*route.target), error=error)
             record.close(FLAG_CONNECT, error)
             reset(client)
             return
-        with ztunnel.tracker.track("outbound") as tracked:
+        with ztunnel.tracker.track() as tracked:
             with tracked.scope:
                 await splice(client, upstream, record.transfer)
     finally:
@@ -183,14 +180,8 @@ async def _connect(proxy: PodProxy, route: Route, peer: tuple[str, int], source:
             service_host=route.service.hostname if route.service else None,
         )
         key = PoolKey(source_identity, route.identities, route.target, peer[0])
-        return await proxy.pool.connect(key, headers, timeout=CONNECT_TIMEOUT)
-    upstream = await listeners.pod_socket(proxy.netns_fd, route.target[0])
-    try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            await sockets.connect(upstream, route.target)
-    except BaseException:
-        upstream.close()
-        raise
+        return await proxy.pool.connect(key, headers, timeout=listeners.CONNECT_TIMEOUT)
+    upstream = await listeners.connect_in_pod(proxy.netns_fd, route.target, timeout=listeners.CONNECT_TIMEOUT)
     return tcp_stream(upstream)
 
 

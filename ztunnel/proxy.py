@@ -58,7 +58,6 @@ class PodProxy:
         self._connections: trio.Nursery | None = None
         self.stopped = trio.Event()
         self._server_drained = trio.Event()
-        self.started_at = trio.current_time()
 
     def _trust_domain(self) -> str:
         workload = self.workload(self.ztunnel.state)
