@@ -177,23 +177,27 @@ class ConnectionRecord:
         self._reported_up = 0
         self._reported_down = 0
         self._closed = False
-        self.metrics.opened.labels(**self._labels()).inc()
+        self._label_series()
+        self.metrics.opened.labels(**self._labels).inc()
         metrics.live.add(self)
 
-    def _labels(self) -> dict[str, str]:
+    def _label_series(self) -> None:
+        """The connection's label set and its byte counters, built once (19 labels each time
+        was most of a periodic flush); again only if closing changes the response flags."""
         reporter = "source" if self.direction == "outbound" else "destination"
-        return connection_labels(reporter, self.source, self.destination, self.service,
-                                 self.security, self.response_flags)
+        self._labels = connection_labels(reporter, self.source, self.destination, self.service,
+                                         self.security, self.response_flags)
+        self._received = self.metrics.received.labels(**self._labels)
+        self._sent = self.metrics.sent.labels(**self._labels)
 
     def flush(self) -> None:
         up, down = self.transfer.upstream, self.transfer.downstream
         if up == self._reported_up and down == self._reported_down:
             return
-        labels = self._labels()
         if up > self._reported_up:
-            self.metrics.received.labels(**labels).inc(up - self._reported_up)
+            self._received.inc(up - self._reported_up)
         if down > self._reported_down:
-            self.metrics.sent.labels(**labels).inc(down - self._reported_down)
+            self._sent.inc(down - self._reported_down)
         self._reported_up, self._reported_down = up, down
 
     def close(self, response_flags: str | None = None, error: str | None = None) -> None:
@@ -201,10 +205,11 @@ class ConnectionRecord:
             return
         self._closed = True
         self.metrics.live.discard(self)
-        if response_flags:
+        if response_flags and response_flags != self.response_flags:
             self.response_flags = response_flags
+            self._label_series()
         self.flush()
-        self.metrics.closed.labels(**self._labels()).inc()
+        self.metrics.closed.labels(**self._labels).inc()
         duration_ms = int((trio.current_time() - self.started) * 1000)
         src, dst = self.source, self.destination
         fields = {
