@@ -138,12 +138,25 @@ async def config_dump(ztunnel: Ztunnel) -> dict:
     }
     if ztunnel.workers is not None:
         dump["workers"] = await ztunnel.workers.statuses()
-        dump["ready"] = not await ztunnel.pending_all()
+        dump["ready"] = not (ztunnel.pending() or pending_of(dump["workers"]))
     return dump
+
+
+def pending_of(statuses: list[dict]) -> list[str]:
+    """What the workers with these `statuses` still wait for; empty when all are ready."""
+    pending = []
+    for entry in statuses:
+        status = entry["status"]
+        if status is None:
+            pending.append(f"worker {entry['worker']} ({entry['state']})")
+        elif status["pending"]:
+            pending.append(f"worker {entry['worker']}: {', '.join(status['pending'])}")
+    return pending
 
 
 def process_dump(ztunnel: Ztunnel) -> dict:
     """What one process holds: the main process's part of /config_dump, a worker's status."""
+    pending = ztunnel.pending()
     return {
         "version": ztunnel.config_version,
         "certificates": ztunnel.certs.dump() if ztunnel.certs else [],
@@ -151,6 +164,6 @@ def process_dump(ztunnel: Ztunnel) -> dict:
         "pending_pods": sorted(ztunnel.pods.pending),
         "connections": len(ztunnel.tracker.live),
         "connections_opened": ztunnel.metrics.value("istio_tcp_connections_opened_total"),
-        "pending": ztunnel.pending(),
-        "ready": not ztunnel.pending(),
+        "pending": pending,
+        "ready": not pending,
     }

@@ -41,7 +41,7 @@ import trio
 from wisp import zds
 from wisp.zds import Add, Del, SnapshotSent, WorkloadInfo, ZdsError
 
-from .admin import process_dump
+from .admin import pending_of, process_dump
 from .inpod import PodManager, PodStartError
 
 if TYPE_CHECKING:
@@ -184,14 +184,7 @@ class WorkerPool:
         return [results[index] for index in sorted(results)]
 
     async def pending(self) -> list[str]:
-        pending = []
-        for entry in await self.statuses():
-            status = entry["status"]
-            if status is None:
-                pending.append(f"worker {entry['worker']} ({entry['state']})")
-            elif status["pending"]:
-                pending.append(f"worker {entry['worker']}: {', '.join(status['pending'])}")
-        return pending
+        return pending_of(await self.statuses())
 
 
 class Worker:
