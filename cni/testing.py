@@ -57,12 +57,7 @@ class FakeZtunnel:
 
     async def send_raw(self, payload: bytes, fd: int | None = None) -> None:
         assert self.sock is not None
-        while True:
-            try:
-                zds.send_datagram(self.sock, payload, fd)
-                return
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
+        await zds.send(self.sock, payload, fd)
 
     async def ack(self, error: str = "") -> None:
         await self.send_raw(zds.encode(Ack(error)))
@@ -71,15 +66,10 @@ class FakeZtunnel:
         """The next request from the agent, or None when the agent closed the connection."""
         assert self.sock is not None
         with trio.fail_after(timeout):
-            while True:
-                try:
-                    data, fds = zds.recv_datagram(self.sock)
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(self.sock)
-                except ConnectionResetError:
-                    data, fds = b"", []
-                    break
+            try:
+                data, fds = await zds.receive(self.sock)
+            except ConnectionResetError:
+                data, fds = b"", []
         if not data and not fds:
             self.closed_by_agent.set()
             return None

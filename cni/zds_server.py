@@ -232,7 +232,7 @@ class _Connection:
     async def _request(self, message: Request, fd: int | None = None) -> Ack:
         payload = self.session.send(message)
         with trio.move_on_after(self.server.ack_timeout) as scope:
-            await _send(self.sock, payload, fd)
+            await zds.send(self.sock, payload, fd)
             return await self.ack_recv.receive()
         assert scope.cancelled_caught
         self.log.warning("ztunnel did not ack in time; dropping the connection so it resyncs",
@@ -361,23 +361,11 @@ def _unlink(path: str) -> None:
         pass
 
 
-async def _send(sock: socket.socket, payload: bytes, fd: int | None) -> None:
-    while True:
-        try:
-            zds.send_datagram(sock, payload, fd)
-            return
-        except (BlockingIOError, InterruptedError):
-            await trio.lowlevel.wait_writable(sock)
-
-
 async def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
-    while True:
-        try:
-            return zds.recv_datagram(sock)
-        except (BlockingIOError, InterruptedError):
-            await trio.lowlevel.wait_readable(sock)
-        except ConnectionResetError:
-            return b"", []
+    try:
+        return await zds.receive(sock)
+    except ConnectionResetError:
+        return b"", []
 
 
 def _close_fd(fd: int) -> None:

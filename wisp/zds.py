@@ -8,15 +8,18 @@ Sequence: ztunnel connects and sends ZdsHello; the agent sends one Add (with fd)
 (known pod, no fd) per enrolled pod, each acked; then SnapshotSent, after which ztunnel drops
 pods it was not told about and acks; then Add/Del as pods come and go.
 
-This module is sans-IO except for the two small datagram helpers at the end; the wire format
-pieces are wisp.protobuf's.
+This module is sans-IO except for the datagram helpers at the end, which the node agent and
+ztunnel share; the wire format pieces are wisp.protobuf's.
 """
 
 from __future__ import annotations
 
 import array
+import os
 import socket
 from dataclasses import dataclass
+
+import trio
 
 from wisp import protobuf
 
@@ -205,14 +208,32 @@ def recv_datagram(sock: socket.socket) -> tuple[bytes, list[int]]:
             fds.extend(array.array("i", blob[:usable]))
     if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
         for fd in fds:
-            _close(fd)
+            close_fd(fd)
         raise ZdsError("datagram or its file descriptors were truncated")
     return data, fds
 
 
-def _close(fd: int) -> None:
-    import os
+async def send(sock: socket.socket, payload: bytes, fd: int | None = None) -> None:
+    """`send_datagram` on a non-blocking socket, waiting while it is full."""
+    while True:
+        try:
+            send_datagram(sock, payload, fd)
+            return
+        except (BlockingIOError, InterruptedError):
+            await trio.lowlevel.wait_writable(sock)
 
+
+async def receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """`recv_datagram` on a non-blocking socket, waiting for a message."""
+    while True:
+        try:
+            return recv_datagram(sock)
+        except (BlockingIOError, InterruptedError):
+            await trio.lowlevel.wait_readable(sock)
+
+
+def close_fd(fd: int) -> None:
+    """Close a received descriptor nobody will use; one already closed is fine."""
     try:
         os.close(fd)
     except OSError:

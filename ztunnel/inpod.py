@@ -92,7 +92,7 @@ class PodManager:
                 await trio.sleep_forever()
         finally:
             for pending in self.pending.values():
-                _close_fd(pending.fd)
+                zds.close_fd(pending.fd)
             self.pending.clear()
 
     async def add(self, uid: str, info: WorkloadInfo, fd: int) -> None:
@@ -100,11 +100,11 @@ class PodManager:
         try:
             ident = netns.identity(fd)
         except OSError as exc:
-            _close_fd(fd)
+            zds.close_fd(fd)
             raise PodStartError(f"netns fd for {uid} is unusable: {exc}") from None
         current = self.proxies.get(uid)
         if current is not None and current.pod.netns == ident:
-            _close_fd(fd)
+            zds.close_fd(fd)
             log.debug("pod already enrolled with this netns", uid=uid)
             return
         if current is not None:
@@ -159,7 +159,7 @@ class PodManager:
     def _drop_pending(self, uid: str) -> None:
         pending = self.pending.pop(uid, None)
         if pending is not None:
-            _close_fd(pending.fd)
+            zds.close_fd(pending.fd)
 
     async def _retry_loop(self) -> None:
         while True:
@@ -174,13 +174,6 @@ class PodManager:
                     continue
                 del self.pending[uid]
                 log.info("pod proxy started after retry", uid=uid)
-
-
-def _close_fd(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
 
 
 # -- the client shell ------------------------------------------------------------------------------
@@ -223,11 +216,8 @@ class ZdsClient:
         session = ZdsSession()
         await _send(sock, session.hello())
         while True:
-            await trio.lowlevel.wait_readable(sock)
             try:
-                data, fds = zds.recv_datagram(sock)
-            except BlockingIOError:
-                continue
+                data, fds = await zds.receive(sock)
             except ZdsError as exc:
                 await self._nack(sock, str(exc))
                 continue
@@ -237,7 +227,7 @@ class ZdsClient:
                 request = session.receive(data, fds)
             except ZdsError as exc:
                 for fd in fds:
-                    _close_fd(fd)
+                    zds.close_fd(fd)
                 await self._nack(sock, str(exc))
                 continue
             error = await self._apply(session, request, fds)
@@ -279,10 +269,6 @@ async def _connect(sock: socket.socket, path: str) -> None:
 
 async def _send(sock: socket.socket, payload: bytes) -> None:
     with trio.move_on_after(zds.ACK_TIMEOUT):
-        while True:
-            try:
-                zds.send_datagram(sock, payload)
-                return
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+        await zds.send(sock, payload)
+        return
     raise OSError(f"node agent did not take our message within {zds.ACK_TIMEOUT:g} s")

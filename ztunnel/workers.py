@@ -121,7 +121,7 @@ class WorkerPool:
                     await trio.sleep_forever()
         finally:
             for pod in self.pods.values():
-                _close_fd(pod.fd)
+                zds.close_fd(pod.fd)
             self.pods.clear()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
             self._stopped.set()
@@ -153,7 +153,7 @@ class WorkerPool:
     def _forget(self, uid: str) -> None:
         pod = self.pods.pop(uid, None)
         if pod is not None:
-            _close_fd(pod.fd)
+            zds.close_fd(pod.fd)
 
     async def _forward(self, message: Callable[[], tuple[Any, int | None] | None]) -> list[str]:
         errors: list[str] = []
@@ -303,12 +303,7 @@ class Worker:
         """One request and its ack; the ack's error text (None when it succeeded)."""
         assert self._zds is not None
         with trio.fail_after(WORKER_ACK_TIMEOUT):
-            while True:
-                try:
-                    zds.send_datagram(self._zds, zds.encode(request), fd)
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(self._zds)
+            await zds.send(self._zds, zds.encode(request), fd)
             ack = zds.decode_response(await _receive(self._zds))
         if not ack.ok and isinstance(request, SnapshotSent):
             raise _WorkerError(f"refused the snapshot: {ack.error}")
@@ -362,24 +357,12 @@ class _WorkerError(Exception):
 
 
 async def _receive(sock: socket.socket) -> bytes:
-    while True:
-        try:
-            data, fds = zds.recv_datagram(sock)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
-            continue
-        for fd in fds:
-            _close_fd(fd)
-        if not data:
-            raise OSError("the worker closed its ZDS socket")
-        return data
-
-
-def _close_fd(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+    data, fds = await zds.receive(sock)
+    for fd in fds:
+        zds.close_fd(fd)
+    if not data:
+        raise OSError("the worker closed its ZDS socket")
+    return data
 
 
 class PodFanOut:
