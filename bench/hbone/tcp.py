@@ -23,6 +23,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
         size = max_bytes or READ_SIZE
+        blocked = False
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("TCP stream is closed")
@@ -31,9 +32,11 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 break
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self._sock)
+                blocked = True
             except OSError as exc:
                 raise _broken(exc, self._closed) from None
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if not blocked:  # a read that waited has been through the scheduler, as in TlsStream
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
     async def send_all(self, data) -> None:

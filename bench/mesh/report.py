@@ -25,29 +25,23 @@ class Metric:
     heading: str
     unit: str
     digits: int
-    # Higher is better (rates); for latency, CPU and memory lower is better.
-    higher_better: bool = False
-
-
-def _m(key: str, heading: str, unit: str, digits: int, higher_better: bool = False) -> Metric:
-    return Metric(key, heading, unit, digits, higher_better)
 
 
 METRICS = (
-    _m("p50_ms", "p50 at 1,000 rps", "ms", 3),
-    _m("p90_ms", "p90 at 1,000 rps", "ms", 3),
-    _m("p99_ms", "p99 at 1,000 rps", "ms", 3),
-    _m("p999_ms", "p99.9 at 1,000 rps", "ms", 3),
-    _m("added_p50_ms", "added p50 over direct", "ms", 3),
-    _m("added_p90_ms", "added p90 over direct", "ms", 3),
-    _m("added_p99_ms", "added p99 over direct", "ms", 3),
-    _m("cpu_per_1k_{proxy}", "{proxy} proxy CPU-s per 1,000 requests", "s", 3),
-    _m("rss_peak_mb_{proxy}", "{proxy} proxy peak RSS at 1,000 rps", "MB", 1),
-    _m("saturation_rps", "saturation, 16 keep-alive connections", "req/s", 0, True),
-    _m("connect_rps", "new connections (Connection: close)", "conn/s", 0, True),
-    _m("bulk1_gbps", "bulk, 1 connection (iperf3)", "Gb/s", 2, True),
-    _m("bulk8_gbps", "bulk, 8 connections (iperf3)", "Gb/s", 2, True),
-    _m("idle_kb_{proxy}", "{proxy} proxy RSS per idle connection", "KB", 1),
+    Metric("p50_ms", "p50 at 1,000 rps", "ms", 3),
+    Metric("p90_ms", "p90 at 1,000 rps", "ms", 3),
+    Metric("p99_ms", "p99 at 1,000 rps", "ms", 3),
+    Metric("p999_ms", "p99.9 at 1,000 rps", "ms", 3),
+    Metric("added_p50_ms", "added p50 over direct", "ms", 3),
+    Metric("added_p90_ms", "added p90 over direct", "ms", 3),
+    Metric("added_p99_ms", "added p99 over direct", "ms", 3),
+    Metric("cpu_per_1k_{proxy}", "{proxy} proxy CPU-s per 1,000 requests", "s", 3),
+    Metric("rss_peak_mb_{proxy}", "{proxy} proxy peak RSS at 1,000 rps", "MB", 1),
+    Metric("saturation_rps", "saturation, 16 keep-alive connections", "req/s", 0),
+    Metric("connect_rps", "new connections (Connection: close)", "conn/s", 0),
+    Metric("bulk1_gbps", "bulk, 1 connection (iperf3)", "Gb/s", 2),
+    Metric("bulk8_gbps", "bulk, 8 connections (iperf3)", "Gb/s", 2),
+    Metric("idle_kb_{proxy}", "{proxy} proxy RSS per idle connection", "KB", 1),
 )
 
 
@@ -56,7 +50,7 @@ def expand(metrics: tuple[Metric, ...], proxies: list[str]) -> list[Metric]:
     out = []
     for m in metrics:
         if "{proxy}" in m.key:
-            out += [Metric(m.key.format(proxy=p), m.heading.format(proxy=p), m.unit, m.digits, m.higher_better)
+            out += [Metric(m.key.format(proxy=p), m.heading.format(proxy=p), m.unit, m.digits)
                     for p in proxies]
         else:
             out.append(m)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import loadgen, procstat
 from .contenders import Contender, Route
-from .mesh import HTTP_PORT, Mesh, MeshError, wait_for
+from .mesh import HTTP_PORT, Mesh, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MEASURES = ("fixed", "saturation", "connect", "bulk1", "bulk8", "idle")
@@ -208,8 +208,6 @@ def _idle(plan: Plan, contender: Contender, mesh: Mesh) -> Sample:
         time.sleep(2.0)
         after = {name: procstat.tree_usage(pid) for name, pid in pids.items()}
         established = _established(server.netns)
-    except MeshError as exc:
-        raise BenchError(str(exc)) from exc
     finally:
         if holder.poll() is None:
             holder.stdin.close()
@@ -219,10 +217,7 @@ def _idle(plan: Plan, contender: Contender, mesh: Mesh) -> Sample:
                 holder.kill()
                 holder.wait()
     # Let the closes reach the server before the next contender counts its own connections.
-    try:
-        wait_for(lambda: _established(server.netns) < 50, 120, "idle connections closed", interval=1.0)
-    except MeshError as exc:
-        raise BenchError(str(exc)) from exc
+    wait_for(lambda: _established(server.netns) < 50, 120, "idle connections closed", interval=1.0)
     proxies = {name: {"rss_before_kib": before[name].rss_kib, "rss_after_kib": after[name].rss_kib,
                       "hwm_kib": after[name].hwm_kib, "processes": after[name].processes}
                for name in pids}
