@@ -21,6 +21,8 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from . import paths
+
 NODE_NETWORK = ipaddress.ip_network("10.250.0.0/24")
 CONTROL_PLANE_IP = "10.250.0.1"
 SERVICE_NETWORK = ipaddress.ip_network("10.96.0.0/16")
@@ -81,7 +83,20 @@ def netns_exec(netns: str, args: list[str], **kwargs) -> str:
 def list_netns(prefix: str) -> list[str]:
     out = run(["ip", "netns", "list"], check=False)
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    return [n for n in names if n == f"{prefix}-net" or n.startswith(f"{prefix}-")]
+    return [n for n in names if owns(prefix, n)]
+
+
+def owns(prefix: str, name: str, others: Iterable[str] | None = None) -> bool:
+    """Is `name` one of mesh `prefix`'s namespaces? All are `<prefix>-…`, but so are those of a
+    mesh whose prefix extends ours ("wisp" and "wisp-demo"): those, for any mesh with a run
+    directory (`others`, default: every one under RUN_ROOT), are not ours. A name that fits
+    both (our namespace "demo") goes to the longer prefix while that mesh runs."""
+    if not name.startswith(f"{prefix}-"):
+        return False
+    if others is None:
+        others = os.listdir(paths.RUN_ROOT) if os.path.isdir(paths.RUN_ROOT) else ()
+    return not any(other != prefix and other.startswith(f"{prefix}-") and name.startswith(f"{other}-")
+                   for other in others)
 
 
 class Topology:
@@ -200,7 +215,7 @@ class Topology:
             gone.append(netns)
         if os.path.isdir(NETNS_ETC):
             for entry in os.listdir(NETNS_ETC):
-                if entry == self.switch or entry.startswith(f"{self.prefix}-"):
+                if owns(self.prefix, entry):
                     shutil.rmtree(os.path.join(NETNS_ETC, entry), ignore_errors=True)
         return gone
 
