@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -121,7 +122,7 @@ async def serve_endpoint(path: str, add: AddHandler, ready: trio.Event, *,
                          task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve until cancelled; the socket file is replaced at start and removed at the end."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    _unlink(path)
+    Path(path).unlink(missing_ok=True)
     config = Config()
     config.bind = [f"unix:{path}"]
     config.accesslog = None
@@ -132,11 +133,5 @@ async def serve_endpoint(path: str, add: AddHandler, ready: trio.Event, *,
     try:
         await serve(make_app(add, ready), config, task_status=task_status)
     finally:
-        _unlink(path)
+        Path(path).unlink(missing_ok=True)
 
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

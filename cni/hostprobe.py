@@ -107,13 +107,14 @@ class HostProbe:
     async def sync(self, ips: Iterable[str]) -> None:
         """Make the sets hold exactly `ips` (start-up: drop pods that left while we were away)."""
         want = set(ips)
+        have: set[str] = set()
         for family in (4, 6):
-            have = await self.members(family)
-            stale = have - want
-            if stale:
-                log.info("removing stale probe addresses", addresses=sorted(stale))
-                await self.remove(stale)
-        await self.add(sorted(want))
+            have |= await self.members(family)
+        stale = have - want
+        if stale:
+            log.info("removing stale probe addresses", addresses=sorted(stale))
+            await self.remove(stale)
+        await self.add(sorted(want - have))  # one ipset process per address: only the missing
 
     async def _change(self, verb: str, ip: str) -> None:
         try:

@@ -12,6 +12,7 @@ import trio
 
 from wisp import log as wlog
 from wisp.controlplane.client import make_client
+from wisp.runtime.paths import RuntimePaths
 
 from .agent import AgentConfig, NodeAgent
 from .podnetns import LocalNetnsLocator
@@ -39,10 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     wlog.configure(args.log_level)
-    run_dir = f"/run/wisp/{args.prefix}"
-    state = f"{run_dir}/state"
-    token_file = args.token_file or f"{state}/tokens/node-agent-{args.node}"
-    root_cert = args.root_cert or f"{state}/root-cert.pem"
+    paths = RuntimePaths(args.prefix)
+    token_file = args.token_file or paths.token(f"node-agent-{args.node}")
+    root_cert = args.root_cert or paths.root_cert
     try:
         with open(token_file, encoding="ascii") as f:
             token = f.read().strip()
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"wisp-node-agent: cannot read credentials: {exc}")
     config = AgentConfig(
         node=args.node,
-        zds_socket=args.zds_socket or f"{run_dir}/{args.node}/ztunnel.sock",
-        cni_socket=args.cni_socket or f"{run_dir}/{args.node}/cni.sock",
+        zds_socket=args.zds_socket or str(paths.zds_socket(args.node)),
+        cni_socket=args.cni_socket or str(paths.cni_socket(args.node)),
         host_netns=args.host_netns,
         dns_capture=not args.no_dns_capture,
     )

@@ -11,15 +11,12 @@ import os
 from typing import Any, Protocol
 
 from wisp import netns as wnetns
+from wisp.runtime.topology import pod_netns_name
 
 
 class NetnsLocator(Protocol):
     def find(self, pod: dict[str, Any]) -> str | None:
         """A path naming the pod's network namespace, or None if it has none (any more)."""
-
-
-def local_netns_name(prefix: str, namespace: str, name: str) -> str:
-    return f"{prefix}-{namespace}-{name}"
 
 
 class LocalNetnsLocator:
@@ -28,7 +25,7 @@ class LocalNetnsLocator:
         self.run_dir = run_dir
 
     def path(self, namespace: str, name: str) -> str:
-        return os.path.join(self.run_dir, local_netns_name(self.prefix, namespace, name))
+        return os.path.join(self.run_dir, pod_netns_name(self.prefix, namespace, name))
 
     def find(self, pod: dict[str, Any]) -> str | None:
         meta = pod.get("metadata") or {}

@@ -18,7 +18,7 @@ import httpx
 import structlog
 import trio
 
-from wisp.controlplane.client import error_text
+from wisp.controlplane.protocol import error_text
 
 from .errors import PodSourceError
 

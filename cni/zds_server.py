@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 import trio
@@ -309,7 +310,7 @@ class ZdsServer:
                     nursery.start_soon(conn.run)
         finally:
             wsockets.close(listener)
-            _unlink(self.path)
+            Path(self.path).unlink(missing_ok=True)
 
     def _promote(self, conn: _Connection) -> None:
         """`conn` said Hello: it becomes the active session, ending the one before it."""
@@ -341,7 +342,7 @@ class ZdsServer:
 # -- socket shell ------------------------------------------------------------------------------
 def _listen(path: str) -> socket.socket:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    _unlink(path)  # a stale socket from a previous agent would make bind fail
+    Path(path).unlink(missing_ok=True)  # a stale socket from a previous agent would make bind fail
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
         sock.bind(path)
@@ -352,13 +353,6 @@ def _listen(path: str) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 async def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:

@@ -10,7 +10,6 @@ with backoff and keeps serving the last good config while the control plane is a
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import socket
 import ssl
@@ -38,6 +37,7 @@ from .protocol import (
     StreamProtocolError,
     decode,
     encode_ack,
+    error_text,
 )
 
 log = structlog.get_logger("wisp.controlplane")
@@ -97,16 +97,6 @@ def make_client(address: str, roots_pem: bytes, token: str, *, timeout: float = 
         base_url=f"https://{address}", http2=True, verify=ctx, timeout=timeout,
         headers={"authorization": f"Bearer {token}"},
     )
-
-
-def error_text(body: bytes, fallback: str = "no reason given") -> str:
-    """What a control plane refusal says: its JSON `error`, else the body as text."""
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text or fallback
-    return str(data.get("error", data)) if isinstance(data, dict) else str(data)
 
 
 async def fetch_certificate(client: httpx.AsyncClient, identity: SpiffeId, lifetime_seconds: int | None = None) -> CertBundle:

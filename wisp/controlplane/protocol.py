@@ -41,6 +41,16 @@ CONTENT_TYPE = "application/x-ndjson"
 MAX_MESSAGE = 256 * 1024 * 1024
 
 
+def error_text(body: bytes, fallback: str = "no reason given") -> str:
+    """What a control plane refusal says: its JSON `error`, else the body as text."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text or fallback
+    return str(data.get("error", data)) if isinstance(data, dict) else str(data)
+
+
 class StreamProtocolError(ValueError):
     """A config-stream message that cannot be decoded or does not apply to what we hold."""
 

@@ -94,18 +94,6 @@ def grpc_message(text: str) -> str:
 
 # -- protobuf wire format ----------------------------------------------------------------------
 
-def encode_varint(value: int) -> bytes:
-    return protobuf.encode_varint(value)
-
-
-def decode_varint(data: bytes, pos: int) -> tuple[int, int]:
-    """The varint at `pos` and the position after it."""
-    try:
-        return protobuf.decode_varint(data, pos)
-    except protobuf.ProtobufError as exc:
-        raise WireError(str(exc)) from None
-
-
 def encode_strings(fields: dict[int, str]) -> bytes:
     """A message of string fields; empty strings are left out, as proto3 does."""
     return b"".join(protobuf.string(number, text) for number, text in sorted(fields.items()))

@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 
+from wisp.controlplane.protocol import error_text
+
 from .paths import RuntimePaths
 
 
@@ -44,11 +46,7 @@ class OperatorClient:
         except (httpx.HTTPError, OSError) as exc:
             raise OperatorError(None, f"control plane unreachable at {self.paths.operator_socket}: {exc}") from None
         if response.status_code >= 300:
-            try:
-                message = response.json().get("error", response.text)
-            except ValueError:
-                message = response.text
-            raise OperatorError(response.status_code, message)
+            raise OperatorError(response.status_code, error_text(response.content, response.reason_phrase))
         return response.json() if response.content else None
 
     async def ready(self) -> bool:

@@ -21,6 +21,8 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from wisp import netns as wnetns
+
 from . import paths
 
 NODE_NETWORK = ipaddress.ip_network("10.250.0.0/24")
@@ -57,7 +59,7 @@ class PodNet:
 
     @property
     def netns_path(self) -> str:
-        return f"/var/run/netns/{self.netns}"
+        return wnetns.path_of(self.netns)
 
 
 def run(args: list[str], *, stdin: str | None = None, check: bool = True) -> str:
@@ -78,6 +80,11 @@ def ip_batch(netns: str | None, commands: Iterable[str]) -> None:
 
 def netns_exec(netns: str, args: list[str], **kwargs) -> str:
     return run(["ip", "netns", "exec", netns, *args], **kwargs)
+
+
+def pod_netns_name(prefix: str, namespace: str, name: str) -> str:
+    """The network namespace of pod `namespace/name` in mesh `prefix` (the node agent finds it so)."""
+    return f"{prefix}-{namespace}-{name}"
 
 
 def list_netns(prefix: str) -> list[str]:
@@ -115,7 +122,7 @@ class Topology:
         )
 
     def pod_netns(self, namespace: str, name: str) -> str:
-        return f"{self.prefix}-{namespace}-{name}"
+        return pod_netns_name(self.prefix, namespace, name)
 
     def _host_veth(self, netns: str) -> str:
         # Interface names are limited to 15 bytes; a hash of the pod netns keeps them unique.
