@@ -22,7 +22,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from wisp.asgi import lifespan
+from wisp.asgi import lifespan, read_body
 
 from .enrolment import CniAddRequest
 from .errors import CniAgentError
@@ -84,15 +84,9 @@ def make_app(add: AddHandler, ready: trio.Event):
         if method != "POST":
             await _respond(send, 405, {"error": f"{path} takes POST"})
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if len(body) > MAX_BODY:
-                await _respond(send, 413, {"error": f"request body over {MAX_BODY} bytes"})
-                return
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive, send, MAX_BODY, _respond)
+        if body is None:
+            return
         try:
             request = parse_add(body)
         except BadRequest as exc:

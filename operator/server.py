@@ -20,7 +20,7 @@ import hypercorn.asyncio
 import hypercorn.config
 import structlog
 
-from wisp.asgi import lifespan
+from wisp.asgi import lifespan, read_body
 from wisp.controlplane.protocol import ACK_PATH, CERTIFICATE_PATH, CONTENT_TYPE, PING, STREAM_PATH, encode_close
 from wisp.identity import CertBundle
 
@@ -96,8 +96,8 @@ class ControlPlaneApp:
             return
         if path.startswith("/v1/local/") and self.local_api is not None:
 
-            async def read_body():
-                return await _read_body(receive, send)
+            async def read():
+                return await read_body(receive, send, MAX_BODY, _json)
 
             async def respond(status, payload):
                 if payload is None:
@@ -105,7 +105,7 @@ class ControlPlaneApp:
                 else:
                     await _json(send, status, payload)
 
-            await self.local_api.handle(scope, receive, send, caller, read_body, respond)
+            await self.local_api.handle(scope, receive, send, caller, read, respond)
             return
         route = {
             (CERTIFICATE_PATH, "POST"): self._certificate,
@@ -121,7 +121,7 @@ class ControlPlaneApp:
         await route(scope, receive, send, caller)
 
     async def _certificate(self, scope, receive, send, caller: Caller) -> None:
-        body = await _read_body(receive, send)
+        body = await read_body(receive, send, MAX_BODY, _json)
         if body is None:
             return
         response = self.ca.sign(caller, body, self.state())
@@ -131,7 +131,7 @@ class ControlPlaneApp:
         await _respond(send, response.status, response.encode())
 
     async def _ack(self, scope, receive, send, caller: Caller) -> None:
-        body = await _read_body(receive, send)
+        body = await read_body(receive, send, MAX_BODY, _json)
         if body is None:
             return
         try:
@@ -317,20 +317,6 @@ def parse_ack(body: bytes, *, with_subscriber: bool) -> tuple[str | None, str, s
     except (ValueError, TypeError) as exc:
         raise ValueError(f"ack must be {shape}: {exc}") from None
     return subscriber, version, error
-
-
-async def _read_body(receive, send) -> bytes | None:
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        body += message.get("body", b"")
-        if len(body) > MAX_BODY:
-            await _json(send, 413, {"error": f"request body over {MAX_BODY} bytes"})
-            return None
-        if not message.get("more_body"):
-            return bytes(body)
 
 
 async def _drain(receive, scope) -> None:

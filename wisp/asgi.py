@@ -12,3 +12,19 @@ async def lifespan(receive, send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+async def read_body(receive, send, limit: int, respond) -> bytes | None:
+    """A request's whole body; None once the client left or the body passed `limit` bytes,
+    which gets `respond(send, 413, {"error": ...})`."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > limit:
+            await respond(send, 413, {"error": f"request body over {limit} bytes"})
+            return None
+        if not message.get("more_body"):
+            return bytes(body)
