@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import structlog
 import trio
 
+from wisp.zds.node import ACK_TIMEOUT, RETRY_INTERVAL, ZdsServer
+
 from .cni_endpoint import serve_endpoint
 from .enrolment import Enroller
 from .hostprobe import HostProbe
 from .podnetns import NetnsLocator
 from .podsource import PodSource
 from .rules import PodRules
-from .zds_server import ACK_TIMEOUT, RETRY_INTERVAL, ZdsServer
 
 log = structlog.get_logger("cni.agent")
 

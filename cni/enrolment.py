@@ -20,14 +20,14 @@ import structlog
 import trio
 
 from wisp.enrolment import InvalidObject, enrolment
-from wisp.zds import WorkloadInfo
+from wisp.zds.node import ZdsPod, ZdsServer
+from wisp.zds.protocol import WorkloadInfo
 
 from .errors import CniAgentError, EnrolmentFailed
 from .hostprobe import HostProbe
 from .podnetns import NetnsLocator
 from .podsource import REDIRECTION_ANNOTATION, PodKey, PodSource, PodView
 from .rules import PodRules, families_for
-from .zds_server import ZdsPod, ZdsServer
 
 log = structlog.get_logger("cni.enrolment")
 

@@ -15,8 +15,8 @@ import trio
 
 from wisp import netns as wnetns
 from wisp import sockets as wsockets
-from wisp import zds
-from wisp.zds import Ack, Add, Hello, Request
+from wisp.zds import protocol, transport
+from wisp.zds.protocol import Ack, Add, Hello, Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,29 +53,29 @@ class FakeZtunnel:
         sock.setblocking(False)
         self.sock = sock
         if hello:
-            await self.send_raw(zds.encode(Hello()))
+            await self.send_raw(protocol.encode(Hello()))
 
     async def send_raw(self, payload: bytes, fd: int | None = None) -> None:
         assert self.sock is not None
-        await zds.send(self.sock, payload, fd)
+        await transport.send(self.sock, payload, fd)
 
     async def ack(self, error: str = "") -> None:
-        await self.send_raw(zds.encode(Ack(error)))
+        await self.send_raw(protocol.encode(Ack(error)))
 
     async def receive(self, timeout: float = 5.0) -> Received | None:
         """The next request from the agent, or None when the agent closed the connection."""
         assert self.sock is not None
         with trio.fail_after(timeout):
             try:
-                data, fds = await zds.receive(self.sock)
+                data, fds = await transport.receive(self.sock)
             except ConnectionResetError:
                 data, fds = b"", []
         if not data and not fds:
             self.closed_by_agent.set()
             return None
         try:
-            message = zds.decode_request(data)
-            zds.check_fds(message, fds)
+            message = protocol.decode_request(data)
+            protocol.check_fds(message, fds)
             ident = wnetns.identity(fds[0]) if isinstance(message, Add) else None
         finally:
             for fd in fds:

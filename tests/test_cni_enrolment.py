@@ -16,7 +16,7 @@ from cni.agent import AgentConfig, NodeAgent
 from cni.podnetns import LocalNetnsLocator
 from cni.podsource import MemoryPodSource
 from cni.testing import FakeZtunnel, netns_run, random_prefix, scratch_netns
-from wisp.zds import Add, Del, Keep, SnapshotSent, WorkloadInfo
+from wisp.zds.protocol import Add, Del, Keep, SnapshotSent, WorkloadInfo
 
 UID = "0b5d7c1e-web"
 POD_IP = "10.244.1.5"

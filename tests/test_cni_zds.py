@@ -10,46 +10,46 @@ import pytest
 import trio
 
 from cni.testing import FakeZtunnel, random_prefix, scratch_netns
-from cni.zds_server import ZdsPod, ZdsServer, ZdsSession
-from wisp import zds
-from wisp.zds import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, ZdsError
+from wisp.zds import protocol
+from wisp.zds.node import NodeSession, ZdsPod, ZdsServer
+from wisp.zds.protocol import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, ZdsError
 
 INFO = WorkloadInfo("web", "shop", "web-sa")
 
 
 # -- the protocol state, sans-IO ---------------------------------------------------------------
 def test_session_expects_hello_first():
-    session = ZdsSession()
+    session = NodeSession()
     with pytest.raises(ZdsError):
-        session.receive(zds.encode(Ack()), [])
+        session.receive(protocol.encode(Ack()), [])
 
 
 def test_session_refuses_to_send_before_hello():
     with pytest.raises(ZdsError, match="before"):
-        ZdsSession().send(SnapshotSent())
+        NodeSession().send(SnapshotSent())
 
 
 def test_session_accepts_one_ack_per_request():
-    session = ZdsSession()
-    assert session.receive(zds.encode(Hello()), []) == Hello()
+    session = NodeSession()
+    assert session.receive(protocol.encode(Hello()), []) == Hello()
     session.send(Keep("uid-1"))
-    assert session.receive(zds.encode(Ack("boom")), []) == Ack("boom")
+    assert session.receive(protocol.encode(Ack("boom")), []) == Ack("boom")
     with pytest.raises(ZdsError, match="unsolicited"):
-        session.receive(zds.encode(Ack()), [])
+        session.receive(protocol.encode(Ack()), [])
 
 
 def test_session_rejects_file_descriptors_from_ztunnel():
     with pytest.raises(ZdsError, match="file descriptor"):
-        ZdsSession().receive(zds.encode(Hello()), [99])
+        NodeSession().receive(protocol.encode(Hello()), [99])
 
 
 def test_session_does_not_take_an_add_for_a_nack():
-    session = ZdsSession()
-    session.receive(zds.encode(Hello()), [])
+    session = NodeSession()
+    session.receive(protocol.encode(Hello()), [])
     session.send(SnapshotSent())
     # Add{uid} and Ack{error} share field numbers; only a canonical Ack counts.
     with pytest.raises(ZdsError, match="not a WorkloadResponse"):
-        session.receive(zds.encode(Add("uid-1", INFO)), [])
+        session.receive(protocol.encode(Add("uid-1", INFO)), [])
 
 
 # -- the server over a real SOCK_SEQPACKET socket -----------------------------------------------
@@ -191,9 +191,9 @@ async def test_missing_ack_drops_the_connection_and_the_next_one_resyncs(server,
 
 GARBAGE = {
     "random bytes": (b"\xff\xff\xff\xff\x0f\x99garbage", False),
-    "add without fd": (zds.encode(Add("uid-x", INFO)), False),
-    "del with an fd": (zds.encode(Del("uid-x")), True),
-    "ack carrying an fd": (zds.encode(Ack()), True),
+    "add without fd": (protocol.encode(Add("uid-x", INFO)), False),
+    "del with an fd": (protocol.encode(Del("uid-x")), True),
+    "ack carrying an fd": (protocol.encode(Ack()), True),
 }
 
 
@@ -231,7 +231,7 @@ async def test_unsupported_hello_version_drops_the_connection(server):
     bad = FakeZtunnel(server.path)
     await bad.connect(hello=False)
     try:
-        await bad.send_raw(zds.encode(Hello(version=7)))
+        await bad.send_raw(protocol.encode(Hello(version=7)))
         assert await bad.receive(timeout=3) is None
     finally:
         bad.close()

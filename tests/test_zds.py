@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wisp import zds
-from wisp.zds import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, ZdsError
+from wisp.zds import protocol, transport
+from wisp.zds.protocol import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, ZdsError
 
 
 @pytest.mark.parametrize("message,wire", [
@@ -25,7 +25,7 @@ from wisp.zds import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, Zds
     (Ack("no such netns"), b"\x0a\x0f\x0a\x0dno such netns"),
 ])
 def test_messages_encode_as_istio_protobuf(message, wire):
-    assert zds.encode(message) == wire
+    assert protocol.encode(message) == wire
 
 
 @pytest.mark.parametrize("message", [
@@ -33,22 +33,22 @@ def test_messages_encode_as_istio_protobuf(message, wire):
     SnapshotSent(),
 ])
 def test_requests_round_trip(message):
-    assert zds.decode_request(zds.encode(message)) == message
+    assert protocol.decode_request(protocol.encode(message)) == message
 
 
 def test_acks_round_trip():
-    assert zds.decode_response(zds.encode(Ack("boom"))) == Ack("boom")
-    assert zds.decode_response(zds.encode(Ack())).ok
+    assert protocol.decode_response(protocol.encode(Ack("boom"))) == Ack("boom")
+    assert protocol.decode_response(protocol.encode(Ack())).ok
 
 
 def test_hello_with_another_version_is_refused():
     with pytest.raises(ZdsError, match="unsupported ZDS version 2"):
-        zds.decode_hello(b"\x08\x02")
+        protocol.decode_hello(b"\x08\x02")
 
 
 @pytest.mark.parametrize("wire,fragment", [
     (b"", "exactly one payload"),
-    (zds.encode(Del("a")) + zds.encode(SnapshotSent()), "exactly one payload"),
+    (protocol.encode(Del("a")) + protocol.encode(SnapshotSent()), "exactly one payload"),
     (b"\x0a\x05\x0a\x02u", "runs past the end"),
     (b"\x0a\x00", "add without a uid"),
     (b"\x22\x00", "NoSnapshotPresent"),
@@ -58,12 +58,12 @@ def test_hello_with_another_version_is_refused():
 ])
 def test_malformed_requests_are_refused_with_a_reason(wire, fragment):
     with pytest.raises(ZdsError, match=fragment):
-        zds.decode_request(wire)
+        protocol.decode_request(wire)
 
 
 @given(st.binary(max_size=256))
 def test_random_bytes_either_decode_or_raise_zds_error(data):
-    for decode in (zds.decode_request, zds.decode_response, zds.decode_hello):
+    for decode in (protocol.decode_request, protocol.decode_response, protocol.decode_hello):
         try:
             decode(data)
         except ZdsError:
@@ -71,27 +71,27 @@ def test_random_bytes_either_decode_or_raise_zds_error(data):
 
 
 def test_add_needs_exactly_one_fd_and_nothing_else_may_carry_one():
-    zds.check_fds(Add("u"), [5])
+    protocol.check_fds(Add("u"), [5])
     with pytest.raises(ZdsError, match="exactly one"):
-        zds.check_fds(Add("u"), [])
+        protocol.check_fds(Add("u"), [])
     with pytest.raises(ZdsError, match="exactly one"):
-        zds.check_fds(Add("u"), [5, 6])
+        protocol.check_fds(Add("u"), [5, 6])
     with pytest.raises(ZdsError, match="must not carry"):
-        zds.check_fds(Del("u"), [5])
+        protocol.check_fds(Del("u"), [5])
 
 
 def test_datagrams_carry_a_netns_fd_across_a_seqpacket_socket():
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     netns = os.open("/proc/self/ns/net", os.O_RDONLY)
     try:
-        zds.send_datagram(left, zds.encode(Add("u")), netns)
-        data, fds = zds.recv_datagram(right)
-        assert zds.decode_request(data) == Add("u")
+        transport.send_datagram(left, protocol.encode(Add("u")), netns)
+        data, fds = transport.recv_datagram(right)
+        assert protocol.decode_request(data) == Add("u")
         assert len(fds) == 1
         assert os.fstat(fds[0]).st_ino == os.fstat(netns).st_ino
         os.close(fds[0])
         left.close()
-        assert zds.recv_datagram(right) == (b"", [])
+        assert transport.recv_datagram(right) == (b"", [])
     finally:
         os.close(netns)
         right.close()

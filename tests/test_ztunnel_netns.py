@@ -22,7 +22,7 @@ import httpx
 import pytest
 import trio
 
-from wisp import netns, sockets, zds
+from wisp import netns, sockets
 from wisp.model import (
     Authorization,
     Clause,
@@ -34,7 +34,8 @@ from wisp.model import (
     StringMatch,
     Workload,
 )
-from wisp.zds import Add, Del, SnapshotSent, WorkloadInfo
+from wisp.zds import protocol, transport
+from wisp.zds.protocol import Add, Del, SnapshotSent, WorkloadInfo
 from wisp_operator.cluster import ClusterState
 from ztunnel.app import Config, Ztunnel
 
@@ -166,22 +167,22 @@ class Agent:
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(self.server)
         self.conn.setblocking(False)
-        assert zds.decode_hello(await self._recv()).version == 1
+        assert protocol.decode_hello(await self._recv()).version == 1
 
     async def _recv(self) -> bytes:
         with trio.fail_after(10):
             while True:
                 try:
-                    data, _ = zds.recv_datagram(self.conn)
+                    data, _ = transport.recv_datagram(self.conn)
                     return data
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(self.conn)
 
-    async def request(self, message, fd: int | None = None) -> zds.Ack:
-        zds.send_datagram(self.conn, zds.encode(message), fd)
-        return zds.decode_response(await self._recv())
+    async def request(self, message, fd: int | None = None) -> protocol.Ack:
+        transport.send_datagram(self.conn, protocol.encode(message), fd)
+        return protocol.decode_response(await self._recv())
 
-    async def add(self, lab: Lab, pod: str, w: Workload) -> zds.Ack:
+    async def add(self, lab: Lab, pod: str, w: Workload) -> protocol.Ack:
         fd = netns.open_netns(netns.path_of(lab.ns(pod)))
         try:
             return await self.request(Add(w.uid, WorkloadInfo(w.name, w.namespace, w.service_account)), fd)

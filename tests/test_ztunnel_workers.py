@@ -21,8 +21,8 @@ from urllib.error import HTTPError
 import pytest
 import trio
 
-from wisp import zds
-from wisp.zds import Add, Del, WorkloadInfo
+from wisp.zds import protocol
+from wisp.zds.protocol import Add, Del, WorkloadInfo
 
 from .test_ztunnel_netns import (  # noqa: F401  (lab is a fixture)
     APP_PORT,
@@ -123,7 +123,7 @@ async def test_the_agents_ack_reports_a_worker_that_failed(mesh):
 async def test_garbage_from_the_agent_is_nacked_and_reaches_no_worker(mesh):
     for junk in (b"\xff\xff\xff", b"\x0a\x05\x0a\x02u", os.urandom(64)):
         mesh.agent.conn.send(junk)
-        zds.decode_response(await mesh.agent._recv())
+        protocol.decode_response(await mesh.agent._recv())
     assert {p["uid"] for p in (await worker_status(mesh))["pods"]} == {CLIENT.uid, WEB.uid}
     await connect_many(mesh, 5)
 
@@ -163,7 +163,7 @@ async def test_readiness_waits_for_every_worker(lab, ca, tmp_path):  # noqa: F81
 def start_ztunnel(tmp_path, *extra: str) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "ztunnel.main", "--node", "n1", "--workers", "2",
-         "--zds-socket", str(tmp_path / "zds.sock"), "--admin-address", "127.0.0.1:0",
+         "--zds-socket", str(tmp_path / "protocol.sock"), "--admin-address", "127.0.0.1:0",
          "--metrics-address", "127.0.0.1:0", "--readiness-address", "127.0.0.1:0",
          "--drain-seconds", "0.5", "--log-json", *extra],
         stderr=subprocess.PIPE, text=True,

@@ -8,9 +8,11 @@ import socket
 import pytest
 import trio
 
-from wisp import netns, zds
-from wisp.zds import Add, Del, Keep, SnapshotSent, WorkloadInfo
-from ztunnel.inpod import PodStartError, ZdsClient, ZdsSession
+from wisp import netns
+from wisp.zds import protocol, transport
+from wisp.zds.protocol import Add, Del, Keep, SnapshotSent, WorkloadInfo
+from wisp.zds.workload import WorkloadSession, ZdsClient
+from ztunnel.inpod import PodStartError
 
 
 class FakePods:
@@ -56,18 +58,18 @@ class Agent:
         with trio.fail_after(5):
             while True:
                 try:
-                    data, fds = zds.recv_datagram(self.sock)
+                    data, fds = transport.recv_datagram(self.sock)
                     assert not fds
                     return data
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(self.sock)
 
-    async def send(self, payload: bytes, fd: int | None = None) -> zds.Ack:
-        zds.send_datagram(self.sock, payload, fd)
-        return zds.decode_response(await self.recv())
+    async def send(self, payload: bytes, fd: int | None = None) -> protocol.Ack:
+        transport.send_datagram(self.sock, payload, fd)
+        return protocol.decode_response(await self.recv())
 
-    async def request(self, message, fd: int | None = None) -> zds.Ack:
-        return await self.send(zds.encode(message), fd)
+    async def request(self, message, fd: int | None = None) -> protocol.Ack:
+        return await self.send(protocol.encode(message), fd)
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ async def session(nursery):
     client = ZdsClient("/nonexistent", pods)
     nursery.start_soon(client.serve, ours)
     agent = Agent(theirs)
-    assert zds.decode_hello(await agent.recv()) == zds.Hello()
+    assert protocol.decode_hello(await agent.recv()) == protocol.Hello()
     yield agent, pods, client
     theirs.close()
 
@@ -156,10 +158,10 @@ async def test_snapshot_drops_pods_not_announced_and_marks_the_snapshot_done(net
 
 
 def test_session_counts_only_snapshot_phase_uids():
-    s = ZdsSession()
-    s.receive(zds.encode(Keep("a")), [])
-    s.receive(zds.encode(SnapshotSent()), [])
-    s.receive(zds.encode(Del("a")), [])
+    s = WorkloadSession()
+    s.receive(protocol.encode(Keep("a")), [])
+    s.receive(protocol.encode(SnapshotSent()), [])
+    s.receive(protocol.encode(Del("a")), [])
     assert s.snapshot_uids == {"a"} and s.snapshot_done
 
 
@@ -182,7 +184,7 @@ async def test_client_connects_once_the_agent_listens_and_reconnects(tmp_path, n
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(server)
         agent = Agent(conn)
-        assert zds.decode_hello(await agent.recv()).version == 1
+        assert protocol.decode_hello(await agent.recv()).version == 1
         assert (await agent.request(Add(f"u{round_}"), netns_fd)).ok
         assert (await agent.request(SnapshotSent())).ok
         conn.close()  # the agent restarts; the client must come back

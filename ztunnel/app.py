@@ -24,11 +24,12 @@ from wisp import sockets
 from wisp.controlplane.client import ConfigSubscriber, Endpoint, fetch_certificate
 from wisp.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
 from wisp.model import ModelSnapshot
+from wisp.zds.workload import ZdsClient
 
 from . import admin
 from .connections import ConnectionTracker
 from .identity import CertManager
-from .inpod import PodManager, ZdsClient
+from .inpod import PodManager
 from .metrics import Metrics
 from .state import ProxyState
 from .workers import PodFanOut, WorkerPool, serve_supervisor

@@ -1,25 +1,23 @@
-"""In-pod mode: the ZDS client that receives pod network namespaces, and the pod proxies' lifecycle.
+"""In-pod mode: the pod proxies' lifecycle, driven by ZDS (wisp.zds.workload's ZdsClient).
 
-`ZdsSession` is the protocol per connection, sans-IO: it validates each datagram and tracks
-the snapshot phase. `ZdsClient` is the shell: connect (backoff 10 ms → 15 s), Hello, then for
-each message act on `PodManager` and Ack (with the error text when it failed). `PodManager`
+`PodManager`
 starts one PodProxy per pod, keyed by uid and netns identity: the same netns again is a no-op,
 a different one replaces the proxy; a failed start is NACKed and retried every 5 s.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
-from wisp import netns, zds
-from wisp.zds import Add, Del, Keep, Request, SnapshotSent, WorkloadInfo, ZdsError
+from wisp import netns
+from wisp.zds.protocol import WorkloadInfo
+from wisp.zds.transport import close_fd
+from wisp.zds.workload import WorkloadError
 
 from .listeners import open_pod_listeners
 from .proxy import Pod, PodProxy
@@ -29,42 +27,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("ztunnel.inpod")
 
-BACKOFF_MIN = 0.01
-BACKOFF_MAX = 15.0
 RETRY_INTERVAL = 5.0
 
 
-class PodStartError(Exception):
+class PodStartError(WorkloadError):
     """A pod's proxy could not start (netns gone, listeners refused); the agent is told why."""
-
-
-# -- protocol, sans-IO -----------------------------------------------------------------------------
-@dataclass(slots=True)
-class ZdsSession:
-    """One connection to the node agent: Hello, a snapshot of Add/Keep, SnapshotSent, then updates."""
-
-    snapshot_uids: set[str] = field(default_factory=set)
-    snapshot_done: bool = False
-
-    @staticmethod
-    def hello() -> bytes:
-        return zds.encode(zds.Hello())
-
-    def receive(self, data: bytes, fds: list[int]) -> Request:
-        """Validate one datagram; ZdsError says what is wrong (the caller closes the fds)."""
-        request = zds.decode_request(data)
-        zds.check_fds(request, fds)
-        if isinstance(request, SnapshotSent):
-            if self.snapshot_done:
-                raise ZdsError("SnapshotSent received twice on one connection")
-            self.snapshot_done = True
-        elif isinstance(request, (Add, Keep)) and not self.snapshot_done:
-            self.snapshot_uids.add(request.uid)
-        return request
-
-    @staticmethod
-    def ack(error: str | None = None) -> bytes:
-        return zds.encode(zds.Ack(error or ""))
 
 
 # -- pods ------------------------------------------------------------------------------------------
@@ -92,7 +59,7 @@ class PodManager:
                 await trio.sleep_forever()
         finally:
             for pending in self.pending.values():
-                zds.close_fd(pending.fd)
+                close_fd(pending.fd)
             self.pending.clear()
 
     async def add(self, uid: str, info: WorkloadInfo, fd: int) -> None:
@@ -100,11 +67,11 @@ class PodManager:
         try:
             ident = netns.identity(fd)
         except OSError as exc:
-            zds.close_fd(fd)
+            close_fd(fd)
             raise PodStartError(f"netns fd for {uid} is unusable: {exc}") from None
         current = self.proxies.get(uid)
         if current is not None and current.pod.netns == ident:
-            zds.close_fd(fd)
+            close_fd(fd)
             log.debug("pod already enrolled with this netns", uid=uid)
             return
         if current is not None:
@@ -159,7 +126,7 @@ class PodManager:
     def _drop_pending(self, uid: str) -> None:
         pending = self.pending.pop(uid, None)
         if pending is not None:
-            zds.close_fd(pending.fd)
+            close_fd(pending.fd)
 
     async def _retry_loop(self) -> None:
         while True:
@@ -174,101 +141,3 @@ class PodManager:
                     continue
                 del self.pending[uid]
                 log.info("pod proxy started after retry", uid=uid)
-
-
-# -- the client shell ------------------------------------------------------------------------------
-class ZdsClient:
-    def __init__(self, path: str, pods: PodManager) -> None:
-        self.path = path
-        self.pods = pods
-        self.snapshot_done = trio.Event()  # set after the first snapshot was applied
-        self.connections = 0
-        self.errors = 0
-
-    async def run(self) -> None:
-        backoff = BACKOFF_MIN
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-            sock.setblocking(False)
-            try:
-                await _connect(sock, self.path)
-            except OSError as exc:
-                sock.close()
-                log.debug("node agent not reachable", path=self.path, error=str(exc), retry_in=backoff)
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                continue
-            backoff = BACKOFF_MIN
-            self.connections += 1
-            log.info("connected to the node agent", path=self.path)
-            try:
-                await self.serve(sock)
-                log.warning("node agent closed the connection")
-            except OSError as exc:
-                log.warning("node agent connection failed", error=str(exc))
-            finally:
-                trio.lowlevel.notify_closing(sock)
-                sock.close()
-            await trio.sleep(backoff)
-
-    async def serve(self, sock: socket.socket) -> None:
-        """Speak ZDS on a connected socket until the peer closes it."""
-        session = ZdsSession()
-        await _send(sock, session.hello())
-        while True:
-            try:
-                data, fds = await zds.receive(sock)
-            except ZdsError as exc:
-                await self._nack(sock, str(exc))
-                continue
-            if not data and not fds:
-                return
-            try:
-                request = session.receive(data, fds)
-            except ZdsError as exc:
-                for fd in fds:
-                    zds.close_fd(fd)
-                await self._nack(sock, str(exc))
-                continue
-            error = await self._apply(session, request, fds)
-            await _send(sock, session.ack(error))
-
-    async def _nack(self, sock: socket.socket, error: str) -> None:
-        self.errors += 1
-        log.warning("invalid message from the node agent", error=error)
-        await _send(sock, ZdsSession.ack(error))
-
-    async def _apply(self, session: ZdsSession, request: Request, fds: list[int]) -> str | None:
-        try:
-            if isinstance(request, Add):
-                await self.pods.add(request.uid, request.info, fds[0])
-            elif isinstance(request, Keep):
-                self.pods.keep(request.uid)
-            elif isinstance(request, Del):
-                await self.pods.remove(request.uid)
-            elif isinstance(request, SnapshotSent):
-                await self.pods.retain(session.snapshot_uids)
-                self.snapshot_done.set()
-                log.info("node agent snapshot applied", pods=len(session.snapshot_uids))
-        except PodStartError as exc:
-            self.errors += 1
-            log.warning("pod request failed", request=type(request).__name__, error=str(exc))
-            return str(exc)
-        return None
-
-
-async def _connect(sock: socket.socket, path: str) -> None:
-    try:
-        sock.connect(path)
-    except (BlockingIOError, InterruptedError):
-        await trio.lowlevel.wait_writable(sock)
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(err, os.strerror(err))
-
-
-async def _send(sock: socket.socket, payload: bytes) -> None:
-    with trio.move_on_after(zds.ACK_TIMEOUT):
-        await zds.send(sock, payload)
-        return
-    raise OSError(f"node agent did not take our message within {zds.ACK_TIMEOUT:g} s")

@@ -12,7 +12,7 @@ import trio
 from wisp import log as wisp_log
 from wisp.controlplane.client import check_address
 from wisp.identity import DEFAULT_TRUST_DOMAIN
-from wisp.zds import DEFAULT_SOCKET_PATH
+from wisp.zds.protocol import DEFAULT_SOCKET_PATH
 
 from .app import Config, Ztunnel
 from .workers import default_count

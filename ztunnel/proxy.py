@@ -21,7 +21,7 @@ from wisp.hbone import HbonePool, HboneServer
 from wisp.identity import SpiffeId
 from wisp.model import Workload
 from wisp.netns import NetnsId
-from wisp.zds import WorkloadInfo
+from wisp.zds.protocol import WorkloadInfo
 
 from . import inbound, inbound_passthrough, listeners, outbound
 from .listeners import PodListeners

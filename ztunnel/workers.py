@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from wisp import zds
-from wisp.zds import Add, Del, SnapshotSent, WorkloadInfo, ZdsError
+from wisp.zds import protocol, transport
+from wisp.zds.node import NodeSession
+from wisp.zds.protocol import Add, Del, SnapshotSent, WorkloadInfo, ZdsError
 
 from .admin import pending_of, process_dump
 from .inpod import PodManager, PodStartError
@@ -54,7 +55,7 @@ RESTART_DELAY_MAX = 30.0
 STABLE_AFTER = 10.0  # a worker that ran this long restarts after RESTART_DELAY again
 HELLO_TIMEOUT = 30.0  # a fresh interpreter importing ztunnel on a busy machine
 # The node agent waits ACK_TIMEOUT for our ack, which includes the workers'.
-WORKER_ACK_TIMEOUT = zds.ACK_TIMEOUT - 1.0
+WORKER_ACK_TIMEOUT = protocol.ACK_TIMEOUT - 1.0
 STATUS_TIMEOUT = 2.0
 
 
@@ -121,7 +122,7 @@ class WorkerPool:
                     await trio.sleep_forever()
         finally:
             for pod in self.pods.values():
-                zds.close_fd(pod.fd)
+                transport.close_fd(pod.fd)
             self.pods.clear()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
             self._stopped.set()
@@ -153,7 +154,7 @@ class WorkerPool:
     def _forget(self, uid: str) -> None:
         pod = self.pods.pop(uid, None)
         if pod is not None:
-            zds.close_fd(pod.fd)
+            transport.close_fd(pod.fd)
 
     async def _forward(self, message: Callable[[], tuple[Any, int | None] | None]) -> list[str]:
         errors: list[str] = []
@@ -196,6 +197,7 @@ class Worker:
         self.restarts = 0
         self.process: trio.Process | None = None
         self._zds: socket.socket | None = None  # set once the worker said Hello
+        self._session = NodeSession()
         self._zds_lock = trio.Lock()
         self._status: trio.SocketStream | None = None
         self._status_lock = trio.Lock()
@@ -264,8 +266,9 @@ class Worker:
     async def _open_session(self, sock: socket.socket) -> None:
         """Take the worker's Hello, then give it every pod and SnapshotSent."""
         try:
+            self._session = NodeSession()
             with trio.fail_after(HELLO_TIMEOUT):
-                zds.decode_hello(await _receive(sock))
+                self._session.receive(*await _receive(sock))
             async with self._zds_lock:
                 self._zds = sock
                 for uid in list(self.pool.pods):
@@ -303,8 +306,8 @@ class Worker:
         """One request and its ack; the ack's error text (None when it succeeded)."""
         assert self._zds is not None
         with trio.fail_after(WORKER_ACK_TIMEOUT):
-            await zds.send(self._zds, zds.encode(request), fd)
-            ack = zds.decode_response(await _receive(self._zds))
+            await transport.send(self._zds, self._session.send(request), fd)
+            ack = self._session.receive(*await _receive(self._zds))
         if not ack.ok and isinstance(request, SnapshotSent):
             raise _WorkerError(f"refused the snapshot: {ack.error}")
         return ack.error or None
@@ -356,13 +359,14 @@ class _WorkerError(Exception):
     """A worker answered, but not as a worker must (refused its snapshot)."""
 
 
-async def _receive(sock: socket.socket) -> bytes:
-    data, fds = await zds.receive(sock)
+async def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+    data, fds = await transport.receive(sock)
     for fd in fds:
-        zds.close_fd(fd)
+        # Workers never send descriptors: NodeSession refuses such a message; nothing keeps these.
+        transport.close_fd(fd)
     if not data:
         raise OSError("the worker closed its ZDS socket")
-    return data
+    return data, fds
 
 
 class PodFanOut:

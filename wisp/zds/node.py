@@ -1,9 +1,10 @@
-"""ZDS server: hands enrolled pods' network namespaces to ztunnel (Istio's sequence and semantics).
+"""ZDS, the node agent's side: hands enrolled pods' network namespaces to ztunnel (Istio's sequence and semantics).
 
 The agent listens on a unix SOCK_SEQPACKET socket; ztunnel connects and says Hello; the agent
 sends one Add (netns fd in SCM_RIGHTS) or Keep (pod whose netns it cannot open) per enrolled pod,
 each acked, then SnapshotSent; then Add/Del as pods come and go. Only the newest connection is
-served. `ZdsSession` is the sans-IO protocol state of one connection; `ZdsServer` is the shell.
+served. `NodeSession` is the sans-IO protocol state of one connection (ztunnel's main process
+also speaks it to its worker processes); `ZdsServer` is the node agent's shell.
 
 Failure handling: a NACK leaves the pod un-acked and it is offered again every `retry_interval`;
 an ack that does not come within `ack_timeout` drops the connection (a late ack could otherwise
@@ -13,7 +14,6 @@ Anything from ztunnel that is not what the protocol expects drops that connectio
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import socket
@@ -26,12 +26,13 @@ import trio
 
 from wisp import netns as wnetns
 from wisp import sockets as wsockets
-from wisp import zds
-from wisp.zds import Ack, Add, Del, Hello, Keep, Request, SnapshotSent, WorkloadInfo, ZdsError
+
+from . import protocol, transport
+from .protocol import Ack, Add, Del, Hello, Keep, Request, SnapshotSent, WorkloadInfo, ZdsError
 
 log = structlog.get_logger("cni.zds")
 
-ACK_TIMEOUT = zds.ACK_TIMEOUT
+ACK_TIMEOUT = protocol.ACK_TIMEOUT
 RETRY_INTERVAL = 5.0
 
 
@@ -50,7 +51,7 @@ class Outcome:
     error: str = ""
 
 
-class ZdsSession:
+class NodeSession:
     """Protocol state of one ztunnel connection, sans-IO.
 
     ztunnel speaks first (Hello); after that it may only answer, one Ack per request, and it
@@ -66,14 +67,14 @@ class ZdsSession:
         if fds:
             raise ZdsError(f"ztunnel sent {len(fds)} file descriptor(s); only the agent sends them")
         if self.hello is None:
-            self.hello = zds.decode_hello(data)
+            self.hello = protocol.decode_hello(data)
             return self.hello
         if self.outstanding is None:
             raise ZdsError("unsolicited message: no request is waiting for an ack")
-        ack = zds.decode_response(data)
+        ack = protocol.decode_response(data)
         # Protobuf would ignore unknown fields, and an Add or Keep read as a WorkloadResponse looks
         # like a NACK; ztunnel's acks are canonical, so anything else is not an ack.
-        if zds.encode(ack) != data:
+        if protocol.encode(ack) != data:
             raise ZdsError("not a WorkloadResponse: the message carries fields an Ack does not have")
         self.outstanding = None
         return ack
@@ -84,7 +85,7 @@ class ZdsSession:
         if self.outstanding is not None:
             raise ZdsError("a request is still waiting for its ack")
         self.outstanding = request
-        return zds.encode(request)
+        return protocol.encode(request)
 
 
 class _Drop(Exception):
@@ -109,7 +110,7 @@ class _Connection:
         self.server = server
         self.sock = sock
         self.number = number
-        self.session = ZdsSession()
+        self.session = NodeSession()
         self.cancel_scope = trio.CancelScope()
         self.work_send, self.work_recv = trio.open_memory_channel[_Work](math.inf)
         self.ack_send, self.ack_recv = trio.open_memory_channel[Ack](1)
@@ -167,7 +168,7 @@ class _Connection:
                 raise _Drop(f"protocol violation: {exc}") from None
             finally:
                 for fd in fds:
-                    _close_fd(fd)
+                    transport.close_fd(fd)
             if isinstance(message, Hello):
                 self.log.info("ztunnel said hello", version=message.version)
                 self.server._promote(self)
@@ -233,7 +234,7 @@ class _Connection:
     async def _request(self, message: Request, fd: int | None = None) -> Ack:
         payload = self.session.send(message)
         with trio.move_on_after(self.server.ack_timeout) as scope:
-            await zds.send(self.sock, payload, fd)
+            await transport.send(self.sock, payload, fd)
             return await self.ack_recv.receive()
         assert scope.cancelled_caught
         self.log.warning("ztunnel did not ack in time; dropping the connection so it resyncs",
@@ -294,7 +295,7 @@ class ZdsServer:
 
     # -- serving -------------------------------------------------------------------------------
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listener = _listen(self.path)
+        listener = transport.listen(self.path)
         log.info("ZDS listening", path=self.path)
         try:
             async with trio.open_nursery() as nursery:
@@ -340,31 +341,8 @@ class ZdsServer:
 
 
 # -- socket shell ------------------------------------------------------------------------------
-def _listen(path: str) -> socket.socket:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Path(path).unlink(missing_ok=True)  # a stale socket from a previous agent would make bind fail
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(path)
-        os.chmod(path, 0o600)
-        sock.listen(16)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 async def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
     try:
-        return await zds.receive(sock)
+        return await transport.receive(sock)
     except ConnectionResetError:
         return b"", []
-
-
-def _close_fd(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError as exc:
-        if exc.errno != errno.EBADF:
-            raise

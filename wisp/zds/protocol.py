@@ -8,18 +8,14 @@ Sequence: ztunnel connects and sends ZdsHello; the agent sends one Add (with fd)
 (known pod, no fd) per enrolled pod, each acked; then SnapshotSent, after which ztunnel drops
 pods it was not told about and acks; then Add/Del as pods come and go.
 
-This module is sans-IO except for the datagram helpers at the end, which the node agent and
-ztunnel share; the wire format pieces are wisp.protobuf's.
+This module is sans-IO: messages, their encoding and the per-message rules, with errors as
+ZdsError. Datagrams are `transport.py`'s; each side's session and shell are `node.py` (the node
+agent) and `workload.py` (ztunnel). The wire format pieces are wisp.protobuf's.
 """
 
 from __future__ import annotations
 
-import array
-import os
-import socket
 from dataclasses import dataclass
-
-import trio
 
 from wisp import protobuf
 
@@ -182,59 +178,3 @@ def check_fds(message: Request, fds: list[int]) -> None:
             raise ZdsError(f"add for {message.uid} carries {len(fds)} file descriptors; exactly one (the netns) is required")
     elif fds:
         raise ZdsError(f"{type(message).__name__} must not carry file descriptors")
-
-
-# -- datagrams ---------------------------------------------------------------------------------
-def send_datagram(sock: socket.socket, payload: bytes, fd: int | None = None) -> None:
-    """Send one message, with `fd` in SCM_RIGHTS. The socket must be non-blocking or ready."""
-    ancillary = []
-    if fd is not None:
-        ancillary.append((socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes()))
-    sock.sendmsg([payload], ancillary)
-
-
-def recv_datagram(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """Receive one message and any fds it carried (the caller owns and must close them).
-
-    Raises ZdsError for a truncated datagram or truncated ancillary data, after closing any fds.
-    Returns (b"", []) when the peer closed the connection.
-    """
-    fd_size = array.array("i").itemsize
-    data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4 * fd_size))
-    fds: list[int] = []
-    for level, kind, blob in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(blob) - len(blob) % fd_size
-            fds.extend(array.array("i", blob[:usable]))
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-        for fd in fds:
-            close_fd(fd)
-        raise ZdsError("datagram or its file descriptors were truncated")
-    return data, fds
-
-
-async def send(sock: socket.socket, payload: bytes, fd: int | None = None) -> None:
-    """`send_datagram` on a non-blocking socket, waiting while it is full."""
-    while True:
-        try:
-            send_datagram(sock, payload, fd)
-            return
-        except (BlockingIOError, InterruptedError):
-            await trio.lowlevel.wait_writable(sock)
-
-
-async def receive(sock: socket.socket) -> tuple[bytes, list[int]]:
-    """`recv_datagram` on a non-blocking socket, waiting for a message."""
-    while True:
-        try:
-            return recv_datagram(sock)
-        except (BlockingIOError, InterruptedError):
-            await trio.lowlevel.wait_readable(sock)
-
-
-def close_fd(fd: int) -> None:
-    """Close a received descriptor nobody will use; one already closed is fine."""
-    try:
-        os.close(fd)
-    except OSError:
-        pass
