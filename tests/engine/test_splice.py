@@ -1,0 +1,174 @@
+"""The engine's TCP splice and acceptor, over loopback sockets driven by a bare loop."""
+
+from __future__ import annotations
+
+import errno
+import resource
+import socket
+import threading
+import time
+
+import pytest
+
+from wisp.engine.accept import Acceptor
+from wisp.engine.loop import Loop
+from wisp.engine.splice import HIGH_WATER, Splice, TcpEnd
+
+
+def run_until(loop: Loop, predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    loop.run_once(0.01)
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        loop.run_once(0.01)
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    return a, b
+
+
+def test_bytes_cross_both_ways_and_half_close_propagates():
+    loop = Loop()
+    client_inner, client_outer = pair()
+    server_inner, server_outer = pair()
+    done = []
+    splice = Splice(TcpEnd(loop, client_inner, upstream=True), TcpEnd(loop, server_inner, upstream=False),
+                    on_done=done.append)
+    splice.start()
+    client_outer.sendall(b"hello")
+    client_outer.shutdown(socket.SHUT_WR)
+    server_outer.settimeout(5)
+    got = b""
+    while len(got) < 5:
+        run_until(loop, lambda: True)
+        got += server_outer.recv(100)
+    assert got == b"hello"
+    run_until(loop, lambda: server_outer.recv(1, socket.MSG_PEEK) == b"" if _readable(server_outer) else False)
+    # The other direction is still open after the client's half-close.
+    server_outer.sendall(b"world")
+    client_outer.settimeout(5)
+    run_until(loop, lambda: _readable(client_outer))
+    assert client_outer.recv(100) == b"world"
+    assert not done
+    server_outer.shutdown(socket.SHUT_WR)
+    run_until(loop, lambda: bool(done))
+    assert (splice.upstream, splice.downstream, splice.error) == (5, 5, None)
+
+
+def _readable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_a_slow_reader_pauses_the_writer_and_memory_stays_bounded():
+    loop = Loop()
+    client_inner, client_outer = pair()
+    server_inner, server_outer = pair()
+    splice = Splice(TcpEnd(loop, client_inner, upstream=True), TcpEnd(loop, server_inner, upstream=False))
+    splice.start()
+    client_outer.setblocking(False)
+    chunk = b"x" * 65536
+    sent = 0
+    for _ in range(2000):  # push far more than any buffer, without reading at the server
+        try:
+            sent += client_outer.send(chunk)
+        except BlockingIOError:
+            pass
+        loop.run_once(0)
+    server_end = splice.server
+    buffered = len(server_end._buffer or b"")
+    # 128 MiB offered; the kernel's buffers and one high-water mark took the rest.
+    assert sent < 8 * HIGH_WATER
+    assert HIGH_WATER < buffered <= HIGH_WATER + 256 * 1024
+    assert splice.client._paused
+    # Draining the reader resumes the flow and every byte arrives.
+    server_outer.setblocking(False)
+    received = 0
+    deadline = time.monotonic() + 10
+    while received < sent and time.monotonic() < deadline:
+        loop.run_once(0)
+        try:
+            received += len(server_outer.recv(1 << 20))
+        except BlockingIOError:
+            pass
+    assert received == sent
+
+
+def test_an_error_on_one_side_resets_the_other():
+    loop = Loop()
+    client_inner, client_outer = pair()
+    server_inner, server_outer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    server_inner.setblocking(False)
+    done = []
+    splice = Splice(TcpEnd(loop, client_inner, upstream=True), TcpEnd(loop, server_inner, upstream=False),
+                    on_done=done.append)
+    splice.start()
+    server_outer.close()  # the server vanishes: writing to it fails
+    client_outer.sendall(b"x" * 1000)
+    run_until(loop, lambda: bool(done))
+    assert splice.error
+    assert client_inner.fileno() == -1 and server_inner.fileno() == -1
+
+
+def _listener() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def test_the_acceptor_bounds_connections_per_source():
+    loop = Loop()
+    lst = _listener()
+    accepted = []
+    acceptor = Acceptor(loop, lst, lambda c, p, release: accepted.append((c, release)), name="t", per_source=3)
+    clients = [socket.create_connection(lst.getsockname()) for _ in range(5)]
+    run_until(loop, lambda: acceptor.accepted + acceptor.refused == 5)
+    assert (acceptor.accepted, acceptor.refused) == (3, 2)
+    # A released slot can be used again.
+    conn, release = accepted.pop()
+    conn.close()
+    release()
+    release()  # a second call changes nothing
+    clients.append(socket.create_connection(lst.getsockname()))
+    run_until(loop, lambda: acceptor.accepted == 4)
+    assert acceptor.by_source == {"127.0.0.1": 3}
+    for c in clients:
+        c.close()
+    for c, _ in accepted:
+        c.close()
+    acceptor.close()
+
+
+def test_the_acceptor_backs_off_when_descriptors_run_out_and_recovers():
+    loop = Loop()
+    lst = _listener()
+    accepted = []
+    acceptor = Acceptor(loop, lst, lambda c, p, release: accepted.append(c), name="t")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hog = []
+    client = socket.create_connection(lst.getsockname())
+    try:
+        # Use up every descriptor this process may open.
+        while True:
+            try:
+                hog.append(open("/dev/null"))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        loop.run_once(0.1)
+        assert acceptor.resource_errors >= 1 and not accepted
+    finally:
+        for f in hog:
+            f.close()
+    run_until(loop, lambda: bool(accepted))
+    client.close()
+    for c in accepted:
+        c.close()
+    acceptor.close()
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
