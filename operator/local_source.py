@@ -3,9 +3,12 @@
 Every ``*.yaml``/``*.yml`` file under the directory (recursively, hidden files
 and folders skipped) holds one or more documents; empty documents are skipped
 and ``kind: List`` is expanded. Each object is checked the way the API server
-would check what the reconciler relies on (known kind, matching apiVersion,
-name, metadata/labels/annotations/spec shapes) and defaulted (namespace
-"default" for namespaced kinds).
+would check it: the kind must be served at its apiVersion, the envelope must be
+sound (name, metadata/labels/annotations/spec shapes) and defaulted (namespace
+"default" for namespaced kinds), and kinds with a CRD in deploy/crds must pass
+``wisp_operator.validation.admit`` (the CRD's schema and istiod's webhook checks).
+Objects carry ``metadata.generation`` as on a cluster: 1 when created, one more
+each time anything but metadata and status changes.
 
 A bad manifest changes nothing but itself: a file with any bad document is
 rejected as a whole, and the objects it contributed before (its last good
@@ -14,6 +17,10 @@ define the same object differently conflict: the first in sorted path order
 keeps it and the conflict is reported naming both files. Errors are returned
 by ``load`` and logged once each, for as long as they persist.
 
+``apply_file`` and ``delete_objects`` are the local ``kubectl apply``/``delete``:
+they validate first and change the directory only if every object passes, then
+load, so the store holds the result before they return.
+
 ``pods_for_deployment`` is the local runtime's ReplicaSet controller: the Pods
 a Deployment stands for, named and owned as Kubernetes would.
 """
@@ -21,6 +28,8 @@ a Deployment stands for, named and owned as Kubernetes would.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,48 +40,20 @@ import structlog
 import watchfiles
 import yaml
 
-from wisp_operator.cluster import (
-    KIND_AUTHORIZATION_POLICY,
-    KIND_DEPLOYMENT,
-    KIND_GATEWAY,
-    KIND_GATEWAY_CLASS,
-    KIND_NAMESPACE,
-    KIND_NODE,
-    KIND_PEER_AUTHENTICATION,
-    KIND_POD,
-    KIND_SERVICE,
-    Key,
-)
+from wisp_operator.cluster import KIND_DEPLOYMENT, KIND_NAMESPACE, KIND_POD, Key
 from wisp_operator.errors import OperatorError
 from wisp_operator.manifest import DNS_SUBDOMAIN, object_id
 from wisp_operator.store import ObjectStore
 from wisp_operator.selectors import is_subset
+from wisp_operator.validation import Refusal, Resources, admit, load_resources
+from wisp_operator.validation.errors import no_match
+from wisp_operator.validation.resources import BUILTIN
 from wisp.deployments import POD_TEMPLATE_HASH_LABEL, pod_template_hash, pods_for_deployment  # noqa: F401 (re-exported)
 
 log = structlog.get_logger(__name__)
 
-_CORE = ("v1",)
-_GATEWAY_API = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
-_ISTIO_SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
-
-# kind -> the apiVersions we accept for it (the first is the preferred one).
-API_VERSIONS: dict[str, tuple[str, ...]] = {
-    KIND_NAMESPACE: _CORE,
-    KIND_NODE: _CORE,
-    KIND_POD: _CORE,
-    KIND_SERVICE: _CORE,
-    "ServiceAccount": _CORE,
-    "EndpointSlice": ("discovery.k8s.io/v1",),
-    KIND_DEPLOYMENT: ("apps/v1",),
-    KIND_GATEWAY_CLASS: _GATEWAY_API,
-    KIND_GATEWAY: _GATEWAY_API,
-    "HTTPRoute": _GATEWAY_API,
-    "GRPCRoute": ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1alpha2"),
-    KIND_AUTHORIZATION_POLICY: _ISTIO_SECURITY,
-    KIND_PEER_AUTHENTICATION: _ISTIO_SECURITY,
-    "RequestAuthentication": _ISTIO_SECURITY,
-}
-CLUSTER_SCOPED = frozenset({KIND_NAMESPACE, KIND_NODE, KIND_GATEWAY_CLASS})
+# Kinds without a namespace, as the served resource types declare them.
+CLUSTER_SCOPED = frozenset(rt.kind for rt in BUILTIN if not rt.namespaced)
 DEFAULT_NAMESPACE = "default"
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
@@ -102,8 +83,10 @@ class ManifestError(OperatorError):
         namespace: str = "",
         name: str = "",
         other_path: str | None = None,
+        refusal: Refusal | None = None,
     ) -> None:
         self.path = path
+        self.refusal = refusal
         self.problem = problem
         self.document = document
         self.item = item
@@ -142,6 +125,14 @@ class ManifestError(OperatorError):
                   "other_file": self.other_path}
         return {k: v for k, v in fields.items() if v not in (None, "")}
 
+    def kubectl(self, source: str) -> str:
+        """This error as ``kubectl apply -f source`` would word it."""
+        if self.refusal is not None:
+            return self.refusal.kubectl(source)
+        if self.kind and self.name:
+            return f'The {self.kind} "{self.name}" is invalid: {self.problem}'
+        return f'error: error validating "{source}": {self.problem}'
+
 
 @dataclass(frozen=True, slots=True)
 class ManifestObject:
@@ -151,6 +142,7 @@ class ManifestObject:
     path: str
     document: int
     item: int | None
+    warnings: tuple[str, ...] = ()
 
     @property
     def key(self) -> Key:
@@ -159,31 +151,51 @@ class ManifestObject:
 
 
 class _Bad(Exception):
-    def __init__(self, problem: str, kind: str = "", namespace: str = "", name: str = "") -> None:
+    def __init__(self, problem: str, kind: str = "", namespace: str = "", name: str = "",
+                 refusal: Refusal | None = None) -> None:
         super().__init__(problem)
         self.problem, self.kind, self.namespace, self.name = problem, kind, namespace, name
+        self.refusal = refusal
 
 
 # --- parsing (pure) ------------------------------------------------------------------------------
 
 
-def parse_manifests(text: str, path: str) -> tuple[list[ManifestObject], list[ManifestError]]:
+def parse_manifests(text: str, path: str, resources: Resources | None = None
+                    ) -> tuple[list[ManifestObject], list[ManifestError]]:
     """The objects of one file's text, or the errors that reject it (``path`` names it in both)."""
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        # Count the documents that did parse, so the error names the one that did not.
+        good = 0
+        try:
+            for _ in yaml.safe_load_all(text):
+                good += 1
+        except yaml.YAMLError:
+            pass
+        return [], [ManifestError(path, _yaml_problem(exc), document=good + 1)]
+    return check_documents(documents, path, resources)
+
+
+def check_documents(documents: list[Any], path: str, resources: Resources | None = None
+                    ) -> tuple[list[ManifestObject], list[ManifestError]]:
+    """Check already-parsed documents (None entries are empty documents) as ``parse_manifests`` does."""
+    resources = resources or load_resources()
     objects: list[ManifestObject] = []
     errors: list[ManifestError] = []
     document = 0
     try:
-        for document, doc in enumerate(yaml.safe_load_all(text), start=1):
+        for document, doc in enumerate(documents, start=1):
             if doc is None:
                 continue
             for item, raw in _expand(doc):
                 try:
-                    objects.append(ManifestObject(checked_object(raw), path, document, item))
+                    obj, warnings = admitted_object(raw, resources)
+                    objects.append(ManifestObject(obj, path, document, item, warnings))
                 except _Bad as bad:
                     errors.append(ManifestError(path, bad.problem, document=document, item=item, kind=bad.kind,
-                                                namespace=bad.namespace, name=bad.name))
-    except yaml.YAMLError as exc:
-        errors.append(ManifestError(path, _yaml_problem(exc), document=document + 1))
+                                                namespace=bad.namespace, name=bad.name, refusal=bad.refusal))
     except _Bad as bad:  # a malformed List
         errors.append(ManifestError(path, bad.problem, document=document, kind=bad.kind))
     seen: dict[Key, ManifestObject] = {}
@@ -219,8 +231,19 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"invalid YAML: {problem}"
 
 
-def checked_object(raw: Any) -> dict[str, Any]:
+def admitted_object(raw: Any, resources: Resources | None = None) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``raw`` checked, defaulted and validated (``admit``), with the warnings to show; or ``_Bad``."""
+    obj = checked_object(raw, resources)
+    verdict = admit(obj, resources)
+    if verdict.refusal is not None:
+        meta = obj["metadata"]
+        raise _Bad(verdict.refusal.message, obj["kind"], meta.get("namespace", ""), meta["name"], verdict.refusal)
+    return verdict.obj, verdict.warnings
+
+
+def checked_object(raw: Any, resources: Resources | None = None) -> dict[str, Any]:
     """``raw`` checked and defaulted as the API server would, or ``_Bad`` saying why not."""
+    resources = resources or load_resources()
     if not isinstance(raw, dict):
         raise _Bad(f"a manifest must be an object (mapping), got {_type_name(raw)}")
     kind = raw.get("kind")
@@ -229,12 +252,13 @@ def checked_object(raw: Any) -> dict[str, Any]:
     shown = name if isinstance(name, str) else ""
     if not isinstance(kind, str) or not kind:
         raise _Bad("kind is missing or not a string", name=shown)
-    if kind not in API_VERSIONS:
-        raise _Bad(f"unknown kind; supported kinds: {', '.join(sorted(API_VERSIONS))}", kind, name=shown)
     api_version = raw.get("apiVersion")
-    if api_version not in API_VERSIONS[kind]:
-        raise _Bad(f"apiVersion must be {' or '.join(API_VERSIONS[kind])} for {kind}, got {api_version!r}",
-                   kind, name=shown)
+    if not isinstance(api_version, str) or resources.served(api_version, kind) is None:
+        rt = resources.for_kind(kind)
+        hint = f"; {kind} is served at {' and '.join(rt.api_versions())}" if rt is not None else ""
+        namespace = meta.get("namespace") if isinstance(meta, dict) else ""
+        refusal = no_match(kind, str(api_version or ""), namespace if isinstance(namespace, str) else "", shown)
+        raise _Bad(refusal.message + hint, kind, name=shown, refusal=refusal)
     if not isinstance(meta, dict):
         raise _Bad("metadata is missing or not an object", kind)
     namespace = meta.get("namespace")
@@ -245,7 +269,8 @@ def checked_object(raw: Any) -> dict[str, Any]:
 
     obj = dict(raw)
     meta = obj["metadata"] = dict(meta)
-    if kind in CLUSTER_SCOPED:
+    served = resources.for_kind(kind)
+    if served is not None and not served.namespaced:
         # The API server ignores a namespace on a cluster-scoped object; so do we.
         meta.pop("namespace", None)
         namespace = ""
@@ -346,17 +371,52 @@ def _with_deployment_pods(objects: list[dict[str, Any]]) -> list[dict[str, Any]]
     return objects + extra
 
 
+def _spec_digest(obj: dict[str, Any]) -> str:
+    """What metadata.generation follows: everything but metadata and status."""
+    rest = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _object_key(obj: dict[str, Any]) -> Key:
+    meta = obj["metadata"]
+    return (obj["kind"], meta.get("namespace", "") or "", meta["name"])
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What ``apply_file`` did: per object "created", "configured" or "unchanged", or the errors
+    that refused the whole file (then nothing changed), and the warnings to show."""
+
+    applied: tuple[tuple[Key, str], ...] = ()
+    errors: tuple[ManifestError, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # A hidden temporary name: neither this source nor the runtime reads it half-written.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class LocalSource:
     """Keeps ``store``'s objects under ``source`` equal to the manifests in ``directory``."""
 
-    def __init__(self, directory: str | Path, store: ObjectStore, *, source: str = "local") -> None:
+    def __init__(self, directory: str | Path, store: ObjectStore, *, source: str = "local",
+                 resources: Resources | None = None) -> None:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise SourceError(f"manifest directory {str(self.directory)!r} does not exist or is not a directory")
         self.store = store
         self.source = source
+        self.resources = resources or load_resources()
         self._files: dict[Path, _FileState] = {}
         self._errors: list[ManifestError] = []
+        self._chosen: dict[Key, ManifestObject] = {}
+        # key -> (spec digest, generation); key -> (object as loaded, generation, object as stored)
+        self._generations: dict[Key, tuple[str, int]] = {}
+        self._stamped: dict[Key, tuple[dict[str, Any], int, dict[str, Any]]] = {}
 
     @property
     def errors(self) -> list[ManifestError]:
@@ -395,8 +455,9 @@ class LocalSource:
                         document=mo.document, item=mo.item, kind=kind, namespace=ns, name=name,
                         other_path=first.path,
                     ))
+        self._chosen = chosen
         before = self.store.version
-        self.store.replace(self.source, _with_deployment_pods([mo.obj for mo in chosen.values()]))
+        self.store.replace(self.source, self._with_generations(_with_deployment_pods([mo.obj for mo in chosen.values()])))
         self._report(errors)
         if self.store.version != before:
             log.info("manifests loaded", directory=str(self.directory), files=len(files), objects=len(chosen),
@@ -416,10 +477,116 @@ class LocalSource:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             return _FileState(digest, kept, (ManifestError(str(path), f"not UTF-8 text: {exc.reason}"),))
-        objects, errors = parse_manifests(text, str(path))
+        objects, errors = parse_manifests(text, str(path), self.resources)
         if errors:
             return _FileState(digest, kept, tuple(errors))
         return _FileState(digest, tuple(objects), ())
+
+    def _with_generations(self, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``objects`` with metadata.generation as the API server keeps it (the user's value ignored)."""
+        out = []
+        seen: set[Key] = set()
+        for obj in objects:
+            key = _object_key(obj)
+            seen.add(key)
+            cached = self._stamped.get(key)
+            if cached is not None and cached[0] is obj:
+                out.append(cached[2])
+                continue
+            digest = _spec_digest(obj)
+            held = self._generations.get(key)
+            generation = 1 if held is None else held[1] if held[0] == digest else held[1] + 1
+            self._generations[key] = (digest, generation)
+            stamped = dict(obj, metadata=dict(obj["metadata"], generation=generation))
+            self._stamped[key] = (obj, generation, stamped)
+            out.append(stamped)
+        for key in self._generations.keys() - seen:
+            # Gone: recreating it starts again at generation 1, as a new object would.
+            del self._generations[key]
+            self._stamped.pop(key, None)
+        return out
+
+    # --- kubectl apply / delete ------------------------------------------------------------------
+
+    def _target(self, relative: str) -> Path:
+        rel = Path(relative)
+        if (rel.is_absolute() or not rel.parts or any(p in ("..", "") or p.startswith(".") for p in rel.parts)
+                or rel.suffix not in MANIFEST_SUFFIXES):
+            raise SourceError(f"{relative!r} is not a manifest file name inside the manifest directory")
+        return self.directory / rel
+
+    def apply_file(self, relative: str, documents: list[Any], *, dry_run: bool = False) -> ApplyResult:
+        """Make ``relative`` (a path under the directory) hold ``documents``, as ``kubectl apply``.
+
+        Every object is checked first; any error refuses the whole file and changes nothing.
+        An object defined in another file moves here (that file is rewritten without it), as
+        applying a changed object updates it on a cluster. The store is loaded before returning.
+        """
+        target = self._target(relative)
+        objects, errors = check_documents(documents, str(target), self.resources)
+        seen: dict[Key, ManifestObject] = {}
+        for mo in objects:
+            first = seen.setdefault(mo.key, mo)
+            if first is not mo and first.obj != mo.obj:
+                kind, ns, name = mo.key
+                errors.append(ManifestError(
+                    str(target), f"defined twice, differently, in this file (documents {first.document} and "
+                    f"{mo.document}); nothing was applied", document=mo.document, item=mo.item, kind=kind,
+                    namespace=ns, name=name))
+        if errors:
+            return ApplyResult(errors=tuple(errors))
+        applied = []
+        for key, mo in seen.items():
+            old = self._chosen.get(key)
+            applied.append((key, "created" if old is None else "unchanged" if old.obj == mo.obj else "configured"))
+        warnings = tuple(w for mo in seen.values() for w in mo.warnings)
+        if dry_run:
+            return ApplyResult(tuple(applied), (), warnings)
+        _write_atomically(target, yaml.safe_dump_all(documents, sort_keys=False))
+        moved = {key for key, _ in applied}
+        for path, state in list(self._files.items()):
+            if path != target and any(mo.key in moved for mo in state.objects):
+                self._remove_from_file(path, moved)
+        self.load()
+        return ApplyResult(tuple(applied), tuple(e for e in self._errors if e.path == str(target)), warnings)
+
+    def delete_objects(self, keys: list[Key]) -> list[tuple[Key, bool]]:
+        """Remove the objects under ``keys`` from every file holding them (a file left empty is
+        deleted); returns each key with whether it existed. The store is loaded before returning."""
+        wanted = set(keys)
+        found = {key for key in wanted if key in self._chosen}
+        for path, state in list(self._files.items()):
+            if any(mo.key in wanted for mo in state.objects):
+                self._remove_from_file(path, wanted)
+        self.load()
+        return [(key, key in found) for key in keys]
+
+    def _remove_from_file(self, path: Path, keys: set[Key]) -> None:
+        try:
+            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8-sig")))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            log.warning("manifest not rewritten", file=str(path), error=str(exc))
+            return
+        kept = []
+        for doc in documents:
+            if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+                items = [i for i in doc["items"] if self._raw_key(i) not in keys]
+                if items:
+                    kept.append(dict(doc, items=items))
+            elif doc is not None and self._raw_key(doc) not in keys:
+                kept.append(doc)
+        if kept:
+            _write_atomically(path, yaml.safe_dump_all(kept, sort_keys=False))
+        else:
+            path.unlink(missing_ok=True)
+
+    def _raw_key(self, obj: Any) -> Key | None:
+        if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+            return None
+        kind, meta = obj.get("kind"), obj["metadata"]
+        rt = self.resources.for_kind(kind) if isinstance(kind, str) else None
+        namespace = "" if rt is not None and not rt.namespaced else (meta.get("namespace") or DEFAULT_NAMESPACE)
+        return (kind, namespace, meta.get("name"))  # type: ignore[return-value]
 
     def _report(self, errors: list[ManifestError]) -> None:
         # Log each error once, for as long as it lasts; a fixed file is logged as fixed.
@@ -453,7 +620,7 @@ class LocalSource:
 
 
 __all__ = [
-    "API_VERSIONS",
+    "ApplyResult",
     "CLUSTER_SCOPED",
     "DEFAULT_NAMESPACE",
     "LocalSource",
@@ -461,6 +628,8 @@ __all__ = [
     "ManifestObject",
     "POD_TEMPLATE_HASH_LABEL",
     "SourceError",
+    "admitted_object",
+    "check_documents",
     "checked_object",
     "parse_manifests",
     "pod_template_hash",

@@ -170,9 +170,11 @@ def test_deployment_pods_are_in_the_store_under_the_names_the_runtime_uses(tmp_p
 BAD = {
     "invalid yaml": ("apiVersion: v1\nkind: Pod\nmetadata: {name: broken\n", "", "", "invalid YAML at line"),
     "not a mapping": ("- just\n- a list\n", "", "", "must be an object"),
-    "unknown kind": ("apiVersion: v1\nkind: Widget\nmetadata: {name: w1}\n", "Widget", "w1", "unknown kind"),
+    "unknown kind": ("apiVersion: v1\nkind: Widget\nmetadata: {name: w1}\n", "Widget", "w1",
+                     'no matches for kind "Widget" in version "v1"'),
     "wrong apiVersion": ("apiVersion: security.istio.io/v2\nkind: AuthorizationPolicy\nmetadata: {name: ap}\n",
-                         "AuthorizationPolicy", "ap", "apiVersion must be security.istio.io/v1"),
+                         "AuthorizationPolicy", "ap",
+                         'no matches for kind "AuthorizationPolicy" in version "security.istio.io/v2"'),
     "missing name": ("apiVersion: v1\nkind: Service\nmetadata: {namespace: shop}\n", "Service", "",
                      "metadata.name is missing"),
     "metadata not a mapping": ("apiVersion: v1\nkind: Service\nmetadata: [web]\n", "Service", "",
