@@ -80,8 +80,11 @@ class Controller:
 
     def _record_status(self, writes: tuple[StatusWrite, ...]) -> None:
         # Local mode keeps conditions here for `wisp get`; the Kubernetes source writes them.
-        for write in writes:
-            self.status[(write.kind, write.namespace, write.name, write.condition_type)] = write.condition
+        # Local objects carry no status of ours, so one reconciliation's writes are the whole
+        # desired set: replacing the table (not merging into it) drops the conditions of objects
+        # that are gone or no longer get one, instead of showing stale ones.
+        self.status = {(w.kind, w.namespace, w.name, w.condition_type): w.condition
+                       for w in writes if w.condition is not None}
 
     def _report(self, errors: tuple[InvalidObject, ...]) -> None:
         current = {str(error) for error in errors}

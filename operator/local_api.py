@@ -9,7 +9,12 @@ server, and kubelet reports pod state. Without Kubernetes those go through the c
 - the runtime (kubelet and kubectl for the CLI): `PUT`/`DELETE /v1/local/pods/<ns>/<name>/runtime`
   reports a pod's node, IP, phase and readiness; `PATCH /v1/local/labels/<kind>/<ns>/<name>`
   (`-` for a cluster-scoped object's namespace) overlays labels; `GET /v1/local/objects` lists
-  everything with the conditions the control plane derived.
+  everything with the conditions the control plane derived;
+- the CLI (`wisp apply/delete/get`, as kubectl): `GET /v1/local/resources` is discovery (kinds,
+  plural, singular and short names); `POST /v1/local/apply` validates one file's objects and, only
+  if all pass, writes the file into the manifest directory and loads it (answer 200 with
+  created/configured/unchanged per object and warnings, or 422 with kubectl-worded errors and
+  nothing changed); `POST /v1/local/delete` removes objects by kind, namespace and name.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import structlog
 
 from .auth import ROLE_NODE_AGENT, ROLE_RUNTIME, Caller
 from .controller import Controller
+from .local_source import LocalSource, SourceError
 from .server import first_of, wait_disconnect
 from .store import ObjectNotFound, ObjectStore, StoreError
 
@@ -33,10 +39,12 @@ PING = b'{"ping":true}\n'
 
 
 class LocalApi:
-    def __init__(self, store: ObjectStore, controller: Controller, *, ping_interval: float = 10.0) -> None:
+    def __init__(self, store: ObjectStore, controller: Controller, *, ping_interval: float = 10.0,
+                 source: LocalSource | None = None) -> None:
         self.store = store
         self.controller = controller
         self.ping_interval = ping_interval
+        self.source = source
 
     async def handle(self, scope, receive, send, caller: Caller, read_body, respond) -> None:
         parts = scope["path"][len(PREFIX):].split("/")
@@ -70,6 +78,17 @@ class LocalApi:
             if caller.role != ROLE_RUNTIME:
                 return await respond(403, {"error": "only the runtime lists objects"})
             return await respond(200, self._objects())
+        if parts in (["resources"], ["apply"], ["delete"]):
+            if caller.role != ROLE_RUNTIME:
+                return await respond(403, {"error": "only the runtime changes or discovers objects"})
+            if self.source is None:
+                return await respond(404, {"error": "this control plane has no local manifest directory"})
+            if parts == ["resources"] and method == "GET":
+                return await respond(200, {"resources": self.source.resources.as_list()})
+            if parts == ["apply"] and method == "POST":
+                return await self._apply(read_body, respond)
+            if parts == ["delete"] and method == "POST":
+                return await self._delete(read_body, respond)
         return await respond(404, {"error": f"no route {method} {scope['path']}"})
 
     # -- node agents -------------------------------------------------------------------------------
@@ -151,6 +170,51 @@ class LocalApi:
         except StoreError as exc:
             return await respond(404 if isinstance(exc, ObjectNotFound) else 400, {"error": str(exc)})
         await respond(204, None)
+
+    # -- the CLI: apply and delete ---------------------------------------------------------------------
+    async def _apply(self, read_body, respond) -> None:
+        body = await _json_object(read_body, respond)
+        if body is None:
+            return
+        path, shown, documents = body.get("path"), body.get("source"), body.get("documents")
+        if not isinstance(path, str) or not isinstance(documents, list):
+            return await respond(400, {"error": "apply needs path (string) and documents (list)"})
+        shown = shown if isinstance(shown, str) and shown else path
+        assert self.source is not None
+        try:
+            result = self.source.apply_file(path, documents, dry_run=bool(body.get("dryRun")))
+        except SourceError as exc:
+            return await respond(400, {"error": str(exc)})
+        if result.errors:
+            lines = [e.kubectl(shown) for e in result.errors]
+            log.info("apply refused", file=shown, errors=len(lines))
+            return await respond(422, {"error": "\n".join(lines), "messages": lines})
+        results = [self._described(key, action=action) for key, action in result.applied]
+        log.info("applied", file=shown, objects=len(results),
+                 changed=sum(1 for r in results if r["action"] != "unchanged"))
+        await respond(200, {"results": results, "warnings": list(result.warnings)})
+
+    async def _delete(self, read_body, respond) -> None:
+        body = await _json_object(read_body, respond)
+        if body is None:
+            return
+        objects = body.get("objects")
+        if not isinstance(objects, list) or not all(
+                isinstance(o, dict) and all(isinstance(o.get(k), str) for k in ("kind", "namespace", "name"))
+                for o in objects):
+            return await respond(400, {"error": "delete needs objects: [{kind, namespace, name}]"})
+        assert self.source is not None
+        keys = [(o["kind"], o["namespace"], o["name"]) for o in objects]
+        outcome = self.source.delete_objects(keys)
+        await respond(200, {"results": [self._described(key, deleted=found) for key, found in outcome]})
+
+    def _described(self, key: tuple[str, str, str], **extra: Any) -> dict[str, Any]:
+        kind, namespace, name = key
+        assert self.source is not None
+        rt = self.source.resources.for_kind(kind)
+        return {"kind": kind, "namespace": namespace, "name": name,
+                "resource": rt.display if rt else kind.lower(), "qualified": rt.qualified if rt else kind.lower(),
+                **extra}
 
     def _objects(self) -> dict[str, Any]:
         state = self.store.snapshot()

@@ -100,7 +100,7 @@ async def run(args: argparse.Namespace) -> int:
     distributor = Distributor()
     controller = Controller(store, distributor)
     app = ControlPlaneApp(CaService(ca), credentials, distributor, lambda: controller.state,
-                          local_api=LocalApi(store, controller))
+                          local_api=LocalApi(store, controller, source=source))
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

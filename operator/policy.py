@@ -102,8 +102,27 @@ def string_match(value: str) -> StringMatch:
 
 
 def principal_match(value: str) -> StringMatch:
-    # ztunnel compares principals without "spiffe://"; accept users who write it anyway.
-    return string_match(value.removeprefix("spiffe://"))
+    # As in Istio: the value is compared as written with the peer's principal, which has no
+    # "spiffe://"; so "spiffe://..." never matches (the condition says so, see _spiffe_principals).
+    return string_match(value)
+
+
+def _spiffe_principals(spec: dict[str, Any]) -> list[str]:
+    """Principals (in from.source or a source.principal condition) written with the scheme."""
+    found = []
+    for rule in spec.get("rules") or ():
+        if not isinstance(rule, dict):
+            continue
+        for frm in rule.get("from") or ():
+            src = frm.get("source") if isinstance(frm, dict) else None
+            if isinstance(src, dict):
+                for field_name in ("principals", "notPrincipals"):
+                    found += [v for v in src.get(field_name) or () if isinstance(v, str) and v.startswith("spiffe://")]
+        for when in rule.get("when") or ():
+            if isinstance(when, dict) and when.get("key") == "source.principal":
+                found += [v for v in (when.get("values") or []) + (when.get("notValues") or [])
+                          if isinstance(v, str) and v.startswith("spiffe://")]
+    return found
 
 
 def convert_authorization_policy(ap: dict[str, Any], root_namespace: str) -> PolicyConversion:
@@ -141,11 +160,18 @@ def convert_authorization_policy(ap: dict[str, Any], root_namespace: str) -> Pol
     authorization = Authorization(
         name=oid.name, namespace=oid.namespace, scope=scope, action=action, rules=tuple(rules)
     )
+    notes = []
     if http_found:
         found = ", ".join(sorted(http_found))
         boilerplate = _DENY_BOILERPLATE if action == "DENY" else _ALLOW_BOILERPLATE
-        message = _HTTP_RULE_FMT.format(found=found, boilerplate=boilerplate)
-        condition = _condition(True, "UnsupportedValue", message, generation)
+        notes.append(_HTTP_RULE_FMT.format(found=found, boilerplate=boilerplate))
+    spiffe = _spiffe_principals(spec)
+    if spiffe:
+        shown = ", ".join(f'"{v}"' for v in sorted(set(spiffe)))
+        notes.append(f"principals {shown} never match: principals are written without the spiffe:// scheme "
+                     f'(e.g. "{spiffe[0].removeprefix("spiffe://")}").')
+    if notes:
+        condition = _condition(True, "UnsupportedValue", " ".join(notes), generation)
     else:
         condition = _condition(True, "Accepted", "attached to ztunnel", generation)
     return PolicyConversion(authorization, condition, "", selector, tuple(sorted(http_found)))

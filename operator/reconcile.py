@@ -394,6 +394,11 @@ def _want(
 def _status_write(
     obj: dict[str, Any], oid: ObjectId, condition_type: str, desired: dict[str, Any] | None
 ) -> StatusWrite | None:
+    if desired is not None and "observedGeneration" not in desired:
+        generation = _generation(obj)
+        if generation:
+            # Every condition says which spec it describes, as Kubernetes conditions do.
+            desired = dict(desired, observedGeneration=generation)
     current = _current_condition(obj, condition_type)
     if desired is None:
         if current is None:
@@ -404,6 +409,12 @@ def _status_write(
     if not isinstance(api_version, str):
         api_version = _DEFAULT_API_VERSION.get(oid.kind, "v1")
     return StatusWrite(api_version, oid.kind, oid.namespace, oid.name, condition_type, desired)
+
+
+def _generation(obj: dict[str, Any]) -> int:
+    meta = obj.get("metadata")
+    generation = meta.get("generation") if isinstance(meta, dict) else None
+    return generation if isinstance(generation, int) and not isinstance(generation, bool) else 0
 
 
 def _current_condition(obj: dict[str, Any], condition_type: str) -> dict[str, Any] | None:

@@ -139,9 +139,9 @@ def test_l4_when_conditions(condition: dict[str, Any], expected: Clause) -> None
         ("*/sa/web", StringMatch("suffix", "/sa/web")),
         ("cluster.local/ns/shop/*", StringMatch("prefix", "cluster.local/ns/shop/")),
         ("cluster.local/ns/shop/sa/web", StringMatch("exact", "cluster.local/ns/shop/sa/web")),
-        ("spiffe://cluster.local/ns/shop/sa/web", StringMatch("exact", "cluster.local/ns/shop/sa/web")),
+        ("spiffe://cluster.local/ns/shop/sa/web", StringMatch("exact", "spiffe://cluster.local/ns/shop/sa/web")),
     ],
-    ids=["presence", "suffix", "prefix", "exact", "spiffe-prefix-stripped"],
+    ids=["presence", "suffix", "prefix", "exact", "spiffe-prefix-kept-as-istio-does"],
 )
 def test_string_match_forms(value: str, expected: StringMatch) -> None:
     assert one_rule({"from": [{"source": {"principals": [value]}}]}) == Rule((clause(principals=(expected,)),))
