@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 
 import pytest
 
-from bench.mesh import loadgen, procstat, report
+from bench.mesh import loadgen, pinning, procstat, profile, report
 from bench.mesh.runner import Sample
 
 H2LOAD_OUT = """\
@@ -214,3 +216,220 @@ def test_targets_pass_or_miss_on_the_worst_node_and_on_ratios_to_the_anchor():
     assert cpu["value"] == pytest.approx(0.12) and not cpu["pass"]  # node2 misses though node1 passes
     # No idle or bulk8 samples: those targets are left out, not failed.
     assert not any("idle" in name or "8 connections" in name for name in results)
+
+
+# -- fixed-rate runs, spread and trust ----------------------------------------------------------------
+def _run(contender, round_, run, p50_us, p99_us):
+    sample = _fixed(contender, round_, p50_us, p99_us)
+    sample.run = run
+    return sample
+
+
+def test_added_latency_pairs_each_fixed_run_with_directs_run_of_the_same_index():
+    samples = [
+        _run("direct", 0, 0, 200, 1000), _run("ztunnel", 0, 0, 500, 1200),  # +0.2 ms p99
+        _run("direct", 0, 1, 200, 3000), _run("ztunnel", 0, 1, 500, 3100),  # +0.1 ms p99
+        _run("direct", 0, 2, 200, 2000), _run("ztunnel", 0, 2, 500, 2900),  # +0.9 ms p99
+    ]
+    summary = report.summarise(samples, ("direct", "ztunnel"))
+    added = summary["ztunnel"]["added_p99_ms"]
+    assert added["rounds"] == pytest.approx([0.2, 0.1, 0.9])
+    assert (added["median"], added["min"], added["max"]) == pytest.approx((0.2, 0.1, 0.9))
+
+
+def test_other_measures_keep_one_value_per_round_beside_several_fixed_runs():
+    samples = [_run("ztunnel", 0, run, 500, 1500) for run in range(3)] + _rates("ztunnel", 5_000, 1_000, 2.0)
+    summary = report.summarise(samples, ("ztunnel",))
+    assert len(summary["ztunnel"]["p99_ms"]["rounds"]) == 3
+    assert summary["ztunnel"]["saturation_rps"]["rounds"] == [5_000]
+
+
+def test_latency_cells_show_their_range_and_other_cells_do_not():
+    samples = [_run("direct", 0, run, 200, p99) for run, p99 in enumerate((900, 1000, 1400))]
+    samples += _rates("direct", 40_000, 8_000, 10.0)
+    summary = report.summarise(samples, ("direct",))
+    head, rows = report.table(summary, {"direct": "direct"}, ("direct",), {"direct": "direct"})
+    cells = {row[0]: row[2] for row in rows}
+    assert cells["p99 at 1,000 rps"] == "1.000 (0.900–1.400)"
+    assert cells["saturation, 16 keep-alive connections"] == "40,000"
+    # direct's added latency is zero in every run: no range to show.
+    assert cells["added p99 over direct"] == "0.000"
+
+
+def test_trust_line_gives_directs_own_p99_range_as_the_noise_floor():
+    samples = [_run("direct", 0, run, p50, p99) for run, (p50, p99) in
+               enumerate(((200, 900), (250, 1000), (210, 1400)))]
+    line = report.latency_trust(report.summarise(samples, ("direct",)))
+    assert "0.900–1.400 ms" in line
+    assert "differences in p99 below 0.50 ms" in line
+    assert "in p50 below 0.05 ms" in line
+
+
+def test_trust_line_says_no_spread_was_measured_with_one_run():
+    line = report.latency_trust(report.summarise([_fixed("direct", 0, 200, 900)], ("direct",)))
+    assert "no spread was measured" in line
+
+
+def test_added_p99_target_carries_directs_noise():
+    samples = [_run("direct", 0, 0, 200, 1000), _run("ztunnel", 0, 0, 500, 1300),
+               _run("direct", 0, 1, 200, 1800), _run("ztunnel", 0, 1, 500, 2000)]
+    results = report.evaluate(report.summarise(samples, ("direct", "ztunnel")))
+    (added,) = [r for r in results if r["metric"] == "added_p99_ms"]
+    assert added["noise"] == pytest.approx(0.8)
+    assert report.target_rows(results, {"ztunnel": "z"})[1][0][3] == "PASS (noise 0.80 ms)"
+
+
+# -- engine shapes ------------------------------------------------------------------------------------
+def test_every_engine_is_held_to_every_target_and_gets_a_row_of_ratios_to_haproxy():
+    samples = _rates("haproxy", 20_000, 2_000, 4.0) + _rates("ztunnel[trio]", 5_000, 1_000, 2.0) + \
+        _rates("ztunnel[epoll]", 20_000, 5_000, 4.4)
+    summary = report.summarise(samples, ("haproxy", "ztunnel[trio]", "ztunnel[epoll]"))
+    saturation = [r for r in report.evaluate(summary) if r["metric"] == "saturation_rps"]
+    assert [(r["contender"], r["pass"]) for r in saturation] == [("ztunnel[trio]", False), ("ztunnel[epoll]", True)]
+    names = {"haproxy": "HAProxy", "ztunnel[trio]": "wisp ztunnel[trio] pair", "ztunnel[epoll]": "wisp ztunnel[epoll] pair"}
+    head, rows = report.engine_table(summary, names)
+    assert [row[0] for row in rows] == ["wisp ztunnel[trio] pair", "wisp ztunnel[epoll] pair"]
+    assert rows[0][head.index("saturation ÷ haproxy")] == "0.25×"
+    assert rows[1][head.index("new conn/s ÷ haproxy")] == "2.50×"
+    assert rows[1][head.index("bulk 8 conn ÷ haproxy")] == "–"  # not measured
+
+
+def test_wisp_contenders_are_ztunnel_with_or_without_an_engine():
+    assert report.is_wisp("ztunnel") and report.is_wisp("ztunnel[trio-epoll]")
+    assert not report.is_wisp("haproxy") and not report.is_wisp("direct")
+
+
+def test_engine_contenders_are_named_for_their_engine_and_set_the_variable():
+    from bench.mesh import contenders
+
+    made = contenders.make(("direct", "haproxy", "ztunnel"), ("trio", None))
+    assert [c.key for c in made] == ["direct", "haproxy", "ztunnel[trio]", "ztunnel"]
+    assert made[2].mesh_env() == {"WISP_ZTUNNEL_ENGINE": "trio"}
+    assert made[3].mesh_env() == {} and made[0].mesh_env() == {}
+    with pytest.raises(ValueError, match="unknown ztunnel engine 'uring'"):
+        contenders.WispZtunnel("uring")
+
+
+def test_process_environment_is_split_on_nul_and_first_equals_sign():
+    from bench.mesh.contenders import parse_environ
+
+    raw = b"PATH=/usr/bin\0WISP_ZTUNNEL_ENGINE=trio-epoll\0X=a=b\0\0broken\0"
+    assert parse_environ(raw) == {"PATH": "/usr/bin", "WISP_ZTUNNEL_ENGINE": "trio-epoll", "X": "a=b"}
+
+
+def test_engines_option_refuses_unknown_or_repeated_names():
+    from bench.mesh.__main__ import parse_args
+
+    assert parse_args(["--engines", "epoll,trio"]).engines == ("epoll", "trio")
+    assert parse_args([]).engines in (("",), (os.environ.get("WISP_ZTUNNEL_ENGINE"),))
+    for bad in ("uring", "trio,trio"):
+        with pytest.raises(SystemExit):
+            parse_args(["--engines", bad])
+
+
+# -- core layouts -------------------------------------------------------------------------------------
+def test_sides_layout_puts_each_proxy_with_its_side():
+    sides = pinning.layout("sides")
+    placement = pinning.placement(sides, [2, 5], server=[40, 41], proxies={"node1": 10, "node2": 20})
+    assert placement == {5: [40, 41, 20], 2: [10]}
+    assert pinning.generator_prefix(sides, [2, 5]) == ["taskset", "-c", "2"]
+
+
+def test_no_layout_pins_nothing():
+    none = pinning.layout("none")
+    assert not none.pinned
+    assert pinning.placement(none, [0, 1], server=[40], proxies={"node1": 10}) == {}
+    assert pinning.generator_prefix(none, [0, 1]) == []
+
+
+def test_rt_suffix_keeps_the_cores_and_runs_the_generator_under_chrt():
+    rt = pinning.layout("sides+rt")
+    assert rt.realtime and (rt.generator, rt.server, rt.node1, rt.node2) == (0, 1, 0, 1)
+    assert pinning.generator_prefix(rt, [0, 1]) == ["chrt", "-f", "1", "taskset", "-c", "0"]
+    assert not pinning.layout("sides").realtime
+    with pytest.raises(pinning.PinError, match="pins nothing"):
+        pinning.layout("none+rt")
+
+
+def test_a_layout_needing_more_cpus_than_usable_is_an_error():
+    with pytest.raises(pinning.PinError, match="needs 2 CPUs"):
+        pinning.placement(pinning.layout("sides"), [0], server=[40], proxies={})
+    with pytest.raises(pinning.PinError, match="unknown layout"):
+        pinning.layout("diagonal")
+
+
+def test_pinned_moves_every_thread_of_a_tree_and_restores_it():
+    import subprocess
+    import sys
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); "
+                              "time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(os.listdir(f"/proc/{child.pid}/task")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        assert len(tids) == 2
+        with pinning.Pinned({cpus[1]: [child.pid]}, realtime=True):
+            assert all(os.sched_getaffinity(t) == {cpus[1]} for t in tids)
+            assert all(os.sched_getscheduler(t) == os.SCHED_FIFO for t in tids)
+        assert all(os.sched_getaffinity(t) == set(cpus) for t in tids)
+        assert all(os.sched_getscheduler(t) == os.SCHED_OTHER for t in tids)
+    finally:
+        child.kill()
+        child.wait()
+
+
+# -- py-spy -------------------------------------------------------------------------------------------
+PYSPY_RAW = """\
+0x7f3b67c4524a (libc.so.6);<module> (ztunnel.py:1);run (trio/_run.py:10);recv (hbone.py:20);read (ssl.py:30) 6
+0x7f3b67c4524a (libc.so.6);<module> (ztunnel.py:1);run (trio/_run.py:10);recv (hbone.py:20) 2
+0x7f3b67c4524a (libc.so.6);<module> (ztunnel.py:1);run (trio/_run.py:10);send (hbone.py:40);0x7f3b6749c34c (libcrypto.so.3) 3
+0x7f3b67c4524a (libc.so.6);<module> (ztunnel.py:1);run (trio/_run.py:10);send (hbone.py:40);0x7f3b6749c433 (libcrypto.so.3) 1
+0x7f3b67c4524a (libc.so.6);<module> (ztunnel.py:1);run (trio/_run.py:10);run (trio/_run.py:10) 4
+"""
+
+
+def test_pyspy_raw_output_is_read_as_stacks_with_native_addresses_counted_per_library():
+    stacks = profile.parse_raw(PYSPY_RAW)
+    assert sum(stacks.values()) == 16
+    libcrypto = ("[libc.so.6]", "<module> (ztunnel.py:1)", "run (trio/_run.py:10)", "send (hbone.py:40)",
+                 "[libcrypto.so.3]")
+    assert stacks[libcrypto] == 4
+
+
+def test_pyspy_own_time_is_the_innermost_frame_and_total_counts_a_frame_once_per_stack():
+    stacks = profile.parse_raw(PYSPY_RAW)
+    by_own = profile.top(stacks, "own", 3)
+    assert [(e.frame, e.own) for e in by_own] == [
+        ("read (ssl.py:30)", 6), ("[libcrypto.so.3]", 4), ("run (trio/_run.py:10)", 4)]
+    by_total = {e.frame: e.total for e in profile.top(stacks, "total", 20)}
+    # Recursion (run inside run) is counted once per stack, so no frame exceeds all samples.
+    assert by_total["run (trio/_run.py:10)"] == 16
+    assert by_total["recv (hbone.py:20)"] == 8
+    assert by_total["send (hbone.py:40)"] == 4
+
+
+def test_pyspy_summary_keeps_the_top_entries_both_ways_and_renders_shares():
+    summary = profile.summary(profile.parse_raw(PYSPY_RAW), rate=100, n=2)
+    assert summary["samples"] == 16 and summary["seconds"] == pytest.approx(0.16)
+    assert [e["frame"] for e in summary["own"]] == ["read (ssl.py:30)", "[libcrypto.so.3]"]
+    assert len(summary["total"]) == 2
+    (title, head, rows), _ = report.profile_tables(summary)
+    assert title == "by own time" and rows[0] == ["read (ssl.py:30)", "37.5%", "37.5%"]
+
+
+def test_pyspy_output_that_is_not_stacks_is_an_error_naming_the_line():
+    with pytest.raises(profile.ProfileError, match="line 2"):
+        profile.parse_raw("a (b.py:1) 3\nnot a stack line\n")
+    with pytest.raises(ValueError):
+        profile.top(profile.parse_raw(PYSPY_RAW), "self")
+
+
+def test_old_results_without_runs_or_engines_still_load():
+    old = {"round": 0, "contender": "direct", "measure": "fixed", "result": {}, "proxies": {}, "wall": 1.0}
+    assert Sample(**old).run == 0

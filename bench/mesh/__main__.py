@@ -1,7 +1,9 @@
 """`python -m bench.mesh [--quick] [--docs]`: the mesh benchmark on the local runtime.
 
-Brings a two-node mesh up (`wisp up`, prefix wisp-b<random>), starts the contenders, runs the
-plan, always takes everything down again, prints the tables and saves JSON to bench/results/.
+Brings a two-node mesh up (`wisp up`, prefix wisp-b<random>; one more per extra ztunnel engine
+named with --engines, each brought up with WISP_ZTUNNEL_ENGINE set), starts the contenders, runs
+the plan, always takes everything down again, prints the tables and saves JSON (and, with
+--profile, py-spy's raw stacks) to bench/results/.
 `--docs` also rewrites the generated part of docs/performance.md and the latency chart;
 `--render bench/results/mesh-….json [--docs]` does that for a saved run without measuring.
 `bench/run` installs what this needs and calls it.
@@ -10,8 +12,10 @@ plan, always takes everything down again, prints the tables and saves JSON to be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+import os
 import re
 import secrets
 import signal
@@ -21,21 +25,23 @@ from pathlib import Path
 
 from bench.hbone import machine
 
-from bench.publish import DOCS, ROOT, save_results
-from . import chart, docs, report, runner
-from .contenders import CONTENDERS, Contender
-from .mesh import Mesh, MeshError
+from bench.publish import DOCS, RESULTS, ROOT, save_results
+from . import chart, docs, pinning, report, runner
+from .contenders import CONTENDERS, ENGINE_VARIABLE, ENGINES, Contender, make
+from .mesh import CLIENT_NODE, SERVER_NODE, Mesh, MeshError
 
 CHART = ROOT / "docs" / "img" / "mesh-latency.png"
 MEASURED_CODE = ("wisp", "ztunnel", "cni", "operator", "bench/mesh")
 TOOLS = {"haproxy": ["haproxy", "-v"], "nginx": ["nginx", "-v"], "h2load": ["h2load", "--version"],
          "wrk": ["wrk", "-v"], "iperf3": ["iperf3", "--version"]}
 
+# Each contender's fixed-rate total: quick 3 × 8 s, default 3 rounds × 2 runs × 20 s (Istio runs
+# ≥ 30 s once; several shorter runs give the same requests and a spread besides).
 PRESETS = {
-    "quick": dict(rounds=1, fixed_seconds=10, saturation_seconds=4, connect_seconds=4, bulk_seconds=4,
-                  idle_connections=10_000, quiet_budget=0.0),
-    "default": dict(rounds=3, fixed_seconds=30, saturation_seconds=10, connect_seconds=10, bulk_seconds=10,
-                    idle_connections=10_000, quiet_budget=45.0),
+    "quick": dict(rounds=1, fixed_seconds=8, fixed_runs=3, saturation_seconds=4, connect_seconds=4,
+                  bulk_seconds=4, idle_connections=10_000, quiet_budget=0.0),
+    "default": dict(rounds=3, fixed_seconds=20, fixed_runs=2, saturation_seconds=10, connect_seconds=10,
+                    bulk_seconds=10, idle_connections=10_000, quiet_budget=45.0),
 }
 
 
@@ -44,7 +50,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one short round, under 5 minutes in all")
     p.add_argument("--rounds", type=int, help="rounds (each runs every contender once per measure)")
-    p.add_argument("--fixed-seconds", type=float, help="seconds of the fixed 1,000 req/s run (Istio's: ≥ 30)")
+    p.add_argument("--fixed-seconds", type=float, help="seconds of each fixed 1,000 req/s run (Istio's: ≥ 30)")
+    p.add_argument("--fixed-runs", type=int, help="fixed-rate runs per contender per round, alternating")
+    p.add_argument("--pin", default=pinning.DEFAULT_LAYOUT,
+                   help=f"core layout of the fixed-rate runs: {', '.join(pinning.LAYOUTS)}, each also with "
+                        f"{pinning.REALTIME_SUFFIX} (default %(default)s; see bench/mesh/pinning.py)")
+    p.add_argument("--engines", default=os.environ.get(ENGINE_VARIABLE, ""),
+                   help=f"comma-separated ztunnel engines ({','.join(ENGINES)}), each its own contender "
+                        f"ztunnel[<engine>] in a mesh of its own (default: ztunnel's default engine, "
+                        f"or ${ENGINE_VARIABLE} if set)")
+    p.add_argument("--profile", nargs="?", const=CLIENT_NODE, choices=(CLIENT_NODE, SERVER_NODE),
+                   help="after the rounds, one extra fixed-rate run per ztunnel contender with py-spy recording "
+                        "that node's ztunnel (default node: %(const)s); prints its top entries")
     p.add_argument("--ztunnel-workers", type=int, help="worker processes per ztunnel (wisp up --ztunnel-workers)")
     p.add_argument("--idle-connections", type=int, help="idle connections opened through each contender")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of %(default)s")
@@ -60,25 +77,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error(f"--{name} takes a comma-separated subset of {','.join(allowed)}")
         # Canonical order: anchors first, so tables and ratios read the same every run.
         setattr(args, name, tuple(x for x in allowed if x in chosen))
+    engines = [x for x in args.engines.split(",") if x]
+    if set(engines) - set(ENGINES) or len(set(engines)) != len(engines):
+        p.error(f"--engines takes distinct names from {','.join(ENGINES)}")
+    args.engines = tuple(engines) or ("",)
+    try:
+        pinning.layout(args.pin)
+    except pinning.PinError as exc:
+        p.error(str(exc))
+    if args.profile and "ztunnel" not in args.contenders:
+        p.error("--profile records ztunnel: keep ztunnel among --contenders")
     return args
 
 
 def make_plan(args: argparse.Namespace) -> runner.Plan:
     preset = dict(PRESETS["quick" if args.quick else "default"])
     overrides = {"rounds": args.rounds, "fixed_seconds": args.fixed_seconds, "idle_connections": args.idle_connections,
-                 "ztunnel_workers": args.ztunnel_workers}
+                 "ztunnel_workers": args.ztunnel_workers, "fixed_runs": args.fixed_runs}
     preset.update({k: v for k, v in overrides.items() if v})
-    return runner.Plan(**preset, contenders=args.contenders, measures=args.measures)
+    return runner.Plan(**preset, contenders=args.contenders, measures=args.measures, pin=args.pin,
+                       engines=args.engines, profile=args.profile or "")
 
 
 def describe_plan(plan: runner.Plan) -> str:
+    layout = pinning.layout(plan.pin)
+    engines = [e for e in plan.engines if e]
     return (f"{plan.rounds} round(s), contenders alternating within each; (a) h2load HTTP/1.1, "
-            f"{plan.fixed_rate:,} req/s over {plan.fixed_connections} connections for {plan.fixed_seconds:g} s, "
-            f"1 KiB responses; (b) wrk, {plan.saturation_connections} keep-alive connections, "
+            f"{plan.fixed_rate:,} req/s over {plan.fixed_connections} connections, {plan.fixed_runs} run(s) of "
+            f"{plan.fixed_seconds:g} s per round, 1 KiB responses, cores: {layout.name} ({layout.description}); (b) wrk, {plan.saturation_connections} keep-alive connections, "
             f"{plan.saturation_seconds:g} s; (c) wrk with `Connection: close`, {plan.saturation_connections} "
             f"connections, {plan.connect_seconds:g} s; (d) iperf3 client→server, 1 and 8 connections, "
             f"{plan.bulk_seconds:g} s each; (e) {plan.idle_connections:,} idle connections, once per contender "
-            f"after the rounds; {plan.ztunnel_workers} worker process(es) per ztunnel, HAProxy 1 thread per node")
+            f"after the rounds; {plan.ztunnel_workers} worker process(es) per ztunnel, HAProxy 1 thread per node"
+            + (f"; ztunnel engines {', '.join(engines)}, each in its own mesh ({ENGINE_VARIABLE})" if engines else "")
+            + (f"; py-spy on {plan.profile}'s ztunnel in one extra fixed-rate run each" if plan.profile else ""))
 
 
 def tool_versions() -> dict[str, str]:
@@ -119,21 +151,38 @@ def progress(plan: runner.Plan, names: dict[str, str]):
                             f"{n} {p['rss_before_kib'] / 1024:.0f}→{p['rss_after_kib'] / 1024:.0f} MiB"
                             for n, p in sample.proxies.items())
         where = "idle" if sample.measure == "idle" else f"round {sample.round + 1}/{plan.rounds}"
+        if sample.measure == "fixed" and plan.fixed_runs > 1:
+            where += f" run {sample.run + 1}/{plan.fixed_runs}"
         log(f"{where}  {sample.measure:10}  {names[sample.contender]:18}  {figure}"
             + (f"  ({proxies})" if proxies else "")
             + (f"  others {sample.other_cpu / sample.wall:.0%}" if sample.measure != "idle" else ""))
     return show
 
 
-def measure(plan: runner.Plan, contenders: list[Contender], names: dict[str, str]) -> tuple[list[runner.Sample], dict]:
-    namespaces = list(dict.fromkeys(c.namespace for c in contenders))
-    extra = [obj for c in contenders for obj in c.manifests()]
-    with Mesh(namespaces, f"wisp-b{secrets.token_hex(3)}", log, extra, plan.ztunnel_workers) as mesh:
+def measure(plan: runner.Plan, contenders: list[Contender], names: dict[str, str],
+            keep: Path) -> tuple[list[runner.Sample], dict, dict]:
+    """Bring up one mesh per distinct `wisp up` environment (direct, HAProxy and the default
+    ztunnel share the first; each named engine has its own), run the plan, take them all down."""
+    groups: dict[tuple, list[Contender]] = {}
+    for contender in contenders:
+        groups.setdefault(tuple(sorted(contender.mesh_env().items())), []).append(contender)
+    with contextlib.ExitStack() as stack:
+        meshes: dict[str, Mesh] = {}
+        for env, members in groups.items():
+            namespaces = list(dict.fromkeys(c.namespace for c in members))
+            extra = [obj for c in members for obj in c.manifests()]
+            mesh = stack.enter_context(Mesh(namespaces, f"wisp-b{secrets.token_hex(3)}", log, extra,
+                                            plan.ztunnel_workers, env=dict(env)))
+            meshes.update({c.key: mesh for c in members})
         try:
             for contender in contenders:
-                contender.start(mesh, log)
-            samples = runner.run(plan, contenders, mesh, progress(plan, names))
-            return samples, mesh.restarts()
+                contender.start(meshes[contender.key], log)
+            samples, profiles = runner.run(plan, contenders, meshes, progress(plan, names), keep=keep)
+            restarts = {}
+            for env, members in groups.items():
+                where = "" if len(groups) == 1 else f" ({', '.join(c.key for c in members)} mesh)"
+                restarts.update({f"{name}{where}": n for name, n in meshes[members[0].key].restarts().items()})
+            return samples, profiles, restarts
         finally:
             for contender in contenders:
                 contender.stop()
@@ -146,7 +195,7 @@ def main(argv: list[str]) -> int:
     # `wisp down` and the contenders' stops run on SIGTERM too, not only on Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plan = make_plan(args)
-    contenders = [CONTENDERS[key]() for key in plan.contenders]
+    contenders = make(plan.contenders, tuple(e or None for e in plan.engines))
     names = {c.key: c.label for c in contenders}
     short = {c.key: c.short for c in contenders}
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -155,16 +204,16 @@ def main(argv: list[str]) -> int:
     log(f"bench.mesh: {describe_plan(plan)}")
     log(f"machine: {machine.summary(host)}")
     try:
-        samples, restarts = measure(plan, contenders, names)
+        samples, profiles, restarts = measure(plan, contenders, names, RESULTS / f"mesh-{now:%Y-%m-%dT%H%M%SZ}")
     except KeyboardInterrupt:
         log("interrupted; mesh and proxies stopped")
         return 130
-    except (runner.BenchError, MeshError) as exc:
+    except (runner.BenchError, MeshError, pinning.PinError) as exc:
         log(f"bench.mesh failed: {exc}")
         return 1
-    summary = report.summarise(samples, plan.contenders)
+    summary = report.summarise(samples, tuple(names))
     data = report.as_json(summary, plan, samples, date=now.isoformat(), machine=host, tools=tools,
-                          source=source, names=names, short=short, restarts=restarts,
+                          source=source, names=names, short=short, restarts=restarts, profiles=profiles,
                           anchors=[c.key for c in contenders if c.anchor],
                           command=" ".join(["bench/run", *argv]))
     saved = None if args.no_json else save_results("mesh", now, data)
@@ -176,16 +225,26 @@ def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
     plan = runner.Plan(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()})
     samples = [runner.Sample(**s) for s in data["samples"]]
     names, anchors = data["names"], tuple(data["anchors"])
-    summary = report.summarise(samples, plan.contenders)
+    summary = report.summarise(samples, tuple(names))
     results = report.evaluate(summary)
     problems = report.errors(samples) + [f"{name} restarted {n} time(s) during the run"
                                          for name, n in data["restarts"].items() if n]
     print()
     print(report.text_table(*report.table(summary, names, anchors, data["short"])))
     print()
+    print(report.latency_trust(summary))
+    if "haproxy" in summary and any(map(report.is_wisp, summary)):
+        print()
+        print(report.text_table(*report.engine_table(summary, names)))
+    print()
     print(report.text_table(*report.target_rows(results, names)))
     print()
     print("\n".join([*report.idle_detail(samples, names), *problems, report.noise(samples)]))
+    for contender, profile in data.get("profiles", {}).items():
+        print(f"\npy-spy, {names[contender]}: {profile_caption(profile)}")
+        for title, head, rows in report.profile_tables(profile):
+            print(f"\n{title}:")
+            print(report.text_table(head, rows))
     if saved is not None:
         print(f"\nresults: {saved.relative_to(ROOT)}")
     if args.docs:
@@ -196,6 +255,12 @@ def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
         docs.update(DOCS, markdown(data, plan, summary, results, samples, problems))
         print(f"updated: {DOCS.relative_to(ROOT)}, {CHART.relative_to(ROOT)}")
     return 0
+
+
+def profile_caption(profile: dict) -> str:
+    return (f"{profile['node']}'s ztunnel (pid {profile['pid']}), {profile['samples']:,} samples at "
+            f"{profile['rate']} Hz while busy (idle waits excluded)"
+            + (f"; raw stacks: bench/results/{profile['raw']}" if profile.get("raw") else ""))
 
 
 def markdown(data: dict, plan: runner.Plan, summary: dict, results: list[dict], samples: list[runner.Sample],
@@ -216,6 +281,9 @@ def markdown(data: dict, plan: runner.Plan, summary: dict, results: list[dict], 
         "",
         report.markdown_table(*report.table(summary, names, anchors, data["short"]), left=2),
         "",
+        report.latency_trust(summary),
+        "",
+        *engine_block(summary, names),
         "Targets (ratios from this run):",
         "",
         report.markdown_table(*report.target_rows(results, names), left=2),
@@ -223,7 +291,24 @@ def markdown(data: dict, plan: runner.Plan, summary: dict, results: list[dict], 
         *(f"- {line}" for line in [*report.idle_detail(samples, names), *problems]),
         "",
         report.noise(samples),
+        *profile_block(data, names),
     ])
+
+
+def engine_block(summary: dict, names: dict[str, str]) -> list[str]:
+    if "haproxy" not in summary or sum(map(report.is_wisp, summary)) < 2:
+        return []
+    return ["Engine shapes (ratios to the HAProxy pair from this run; CPU and RSS: below 1× is better):", "",
+            report.markdown_table(*report.engine_table(summary, names)), ""]
+
+
+def profile_block(data: dict, names: dict[str, str]) -> list[str]:
+    lines = []
+    for contender, profile in data.get("profiles", {}).items():
+        lines += ["", f"py-spy's top entries, {names[contender]}: {profile_caption(profile)}."]
+        for title, head, rows in report.profile_tables(profile):
+            lines += ["", f"{title.capitalize()}:", "", report.markdown_table(head, rows)]
+    return lines
 
 
 if __name__ == "__main__":

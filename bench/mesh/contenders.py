@@ -39,14 +39,21 @@ class Route:
 
 
 class Contender:
-    key: ClassVar[str]
-    label: ClassVar[str]
-    short: ClassVar[str]  # for ratio headings
+    # Class attributes, except for ztunnel whose engine names it per instance.
+    key: str
+    label: str
+    short: str  # for ratio headings
     # Anchors are what the others are divided by; every contender is also compared with each anchor.
     anchor: ClassVar[bool] = False
     namespace: ClassVar[BenchNamespace]
     # Most idle connections its proxies can hold here, if fewer than asked for.
     idle_limit: ClassVar[int | None] = None
+    # Profiled with py-spy under --profile (Python proxies only).
+    profiled: ClassVar[bool] = False
+
+    def mesh_env(self) -> dict[str, str]:
+        """What `wisp up` must have in its environment for this contender's mesh."""
+        return {}
 
     def manifests(self) -> list[dict]:
         """Objects this contender adds to the mesh besides its namespace's client and server."""
@@ -96,13 +103,59 @@ class Direct(Contender):
     key, label, short, anchor, namespace = "direct", "direct (no mesh)", "direct", True, PLAIN
 
 
-class WispZtunnel(Contender):
-    """The mesh namespace's pods: in-pod redirection to node1's ztunnel, HBONE to node2's."""
+ENGINE_VARIABLE = "WISP_ZTUNNEL_ENGINE"
+ENGINES = ("trio", "trio-epoll", "epoll")
 
-    key, label, short, namespace = "ztunnel", "wisp ztunnel pair", "ztunnel", MESH
+
+class WispZtunnel(Contender):
+    """The mesh namespace's pods: in-pod redirection to node1's ztunnel, HBONE to node2's.
+
+    With an engine named, it is `ztunnel[<engine>]` and runs in a mesh of its own, brought up
+    with WISP_ZTUNNEL_ENGINE=<engine> (which `wisp up` hands down to every ztunnel process);
+    without, ztunnel chooses its default and the contender is plain `ztunnel`.
+    """
+
+    namespace = MESH
+    profiled = True
+
+    def __init__(self, engine: str | None = None) -> None:
+        if engine is not None and engine not in ENGINES:
+            raise ValueError(f"unknown ztunnel engine {engine!r}; known: {', '.join(ENGINES)}")
+        self.engine = engine
+        self.key = "ztunnel" if engine is None else f"ztunnel[{engine}]"
+        self.short = self.key
+        self.label = "wisp ztunnel pair" if engine is None else f"wisp ztunnel[{engine}] pair"
+
+    def mesh_env(self) -> dict[str, str]:
+        return {} if self.engine is None else {ENGINE_VARIABLE: self.engine}
+
+    def start(self, mesh: Mesh, log) -> None:
+        # The label must say what ran: check the variable reached both ztunnels' environment.
+        for node, pid in self.proxies(mesh).items():
+            seen = process_environment(pid).get(ENGINE_VARIABLE)
+            if self.engine is not None and seen != self.engine:
+                raise MeshError(f"ztunnel on {node} (pid {pid}) runs with {ENGINE_VARIABLE}={seen!r}, "
+                                f"not {self.engine!r}: the runtime did not pass it through")
+            log(f"{self.key} on {node}: pid {pid}, {ENGINE_VARIABLE}={seen or '(unset: default engine)'}")
 
     def proxies(self, mesh: Mesh) -> dict[str, int]:
         return {node: mesh.component_pid(f"ztunnel-{node}") for node in (CLIENT_NODE, SERVER_NODE)}
+
+
+def process_environment(pid: int) -> dict[str, str]:
+    """A running process's environment, from /proc/<pid>/environ (NUL-separated KEY=value)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        raw = f.read()
+    return parse_environ(raw)
+
+
+def parse_environ(raw: bytes) -> dict[str, str]:
+    out = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            out[key.decode(errors="replace")] = value.decode(errors="replace")
+    return out
 
 
 HAPROXY_GLOBAL = """\
@@ -216,4 +269,15 @@ class HaproxyMtls(Contender):
 
 
 # In table order: anchors first.
-CONTENDERS: dict[str, type[Contender]] = {c.key: c for c in (Direct, HaproxyMtls, WispZtunnel)}
+CONTENDERS: dict[str, type[Contender]] = {"direct": Direct, "haproxy": HaproxyMtls, "ztunnel": WispZtunnel}
+
+
+def make(keys: tuple[str, ...], engines: tuple[str | None, ...] = (None,)) -> list[Contender]:
+    """The contenders in table order; "ztunnel" once per engine (None: ztunnel's default)."""
+    out: list[Contender] = []
+    for key in keys:
+        if key == "ztunnel":
+            out += [WispZtunnel(engine) for engine in engines]
+        else:
+            out.append(CONTENDERS[key]())
+    return out

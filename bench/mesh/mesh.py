@@ -110,8 +110,11 @@ class Mesh:
     """A running local mesh for the benchmark; `with Mesh(...)` brings it up and always down."""
 
     def __init__(self, namespaces: list[BenchNamespace], prefix: str, log, extra: list[dict] = (),
-                 ztunnel_workers: int = 1) -> None:
+                 ztunnel_workers: int = 1, env: dict[str, str] | None = None) -> None:
         self.namespaces = namespaces
+        # Set in `wisp up`'s environment, which the runtime hands down to every ztunnel process
+        # (WISP_ZTUNNEL_ENGINE chooses ztunnel's data-path engine).
+        self.env = dict(env or {})
         self.ztunnel_workers = ztunnel_workers
         self.extra = list(extra)
         self.prefix = prefix
@@ -139,11 +142,12 @@ class Mesh:
             (self.work / f"nginx-{ns.name}-body").mkdir()
         (manifest_dir / "bench.yaml").write_text(
             yaml.safe_dump_all(manifests(self.namespaces, self.work) + self.extra, sort_keys=False))
-        self.log(f"wisp up --prefix {self.prefix} (work directory {self.work})")
+        settings = "".join(f"{k}={v} " for k, v in self.env.items())
+        self.log(f"{settings}wisp up --prefix {self.prefix} (work directory {self.work})")
         done = subprocess.run([str(VENV_BIN / "wisp"), "up", str(manifest_dir), "--nodes", "2",
                                "--prefix", self.prefix, "--timeout", str(UP_TIMEOUT),
                                "--ztunnel-workers", str(self.ztunnel_workers)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env={**os.environ, **self.env})
         if done.returncode != 0:
             raise MeshError(f"wisp up failed: {(done.stderr or done.stdout).strip()}")
         self.refresh()

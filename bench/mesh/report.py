@@ -1,9 +1,14 @@
 """From samples to figures: medians over rounds, ratios to each anchor, targets, tables, JSON.
 
 Every figure is a median over rounds of one per-round value. Latency percentiles come from each
-round's own h2load log; "added" latency is a contender's percentile minus direct's in the same
-round, then the median of those. Per-proxy figures are kept per node ("node1", "node2"), since a
-target "per ztunnel" must hold for each.
+fixed-rate run's own h2load log (several per round: `Plan.fixed_runs`); "added" latency is a
+contender's percentile minus direct's in the same round and run, then the median of those, and
+every latency is shown with its spread (min–max over the runs) beside it. How far to trust them
+is read off direct: its own p99 moves between runs with nothing in the path, and a difference
+smaller than that movement is noise (`latency_trust`). Per-proxy figures are kept per node
+("node1", "node2"), since a target "per ztunnel" must hold for each. Every ztunnel contender
+(one per engine: `ztunnel`, `ztunnel[epoll]`, …) is held to every target and gets a row in the
+engine table.
 """
 
 from __future__ import annotations
@@ -62,10 +67,16 @@ def proxy_names(summary: dict) -> list[str]:
     return sorted(names)
 
 
+def is_wisp(contender: str) -> bool:
+    """ztunnel with its default engine (`ztunnel`) or a named one (`ztunnel[epoll]`)."""
+    return contender == "ztunnel" or contender.startswith("ztunnel[")
+
+
 @dataclass(slots=True, frozen=True)
 class Target:
+    """A target every ztunnel contender is held to."""
+
     label: str
-    contender: str
     metrics: tuple[str, ...]  # every one must meet the bound (e.g. both nodes' ztunnels)
     bound: float
     # None: an absolute bound; otherwise the metric is divided by this anchor's, same run.
@@ -74,16 +85,16 @@ class Target:
 
 
 TARGETS = (
-    Target("saturation req/s ≥ 1.0× HAProxy pair", "ztunnel", ("saturation_rps",), 1.0, "haproxy", True),
-    Target("bulk Gb/s, 1 connection ≥ 1.0× HAProxy pair", "ztunnel", ("bulk1_gbps",), 1.0, "haproxy", True),
-    Target("bulk Gb/s, 8 connections ≥ 1.0× HAProxy pair", "ztunnel", ("bulk8_gbps",), 1.0, "haproxy", True),
-    Target("new connections/s ≥ 2× HAProxy pair", "ztunnel", ("connect_rps",), 2.0, "haproxy", True),
-    Target("added p99 at 1,000 rps ≤ 0.5 ms", "ztunnel", ("added_p99_ms",), 0.5, None, False),
-    Target("≤ 0.10 vCPU per 1,000 rps per ztunnel", "ztunnel",
+    Target("saturation req/s ≥ 1.0× HAProxy pair", ("saturation_rps",), 1.0, "haproxy", True),
+    Target("bulk Gb/s, 1 connection ≥ 1.0× HAProxy pair", ("bulk1_gbps",), 1.0, "haproxy", True),
+    Target("bulk Gb/s, 8 connections ≥ 1.0× HAProxy pair", ("bulk8_gbps",), 1.0, "haproxy", True),
+    Target("new connections/s ≥ 2× HAProxy pair", ("connect_rps",), 2.0, "haproxy", True),
+    Target("added p99 at 1,000 rps ≤ 0.5 ms", ("added_p99_ms",), 0.5, None, False),
+    Target("≤ 0.10 vCPU per 1,000 rps per ztunnel",
            tuple(f"cpu_per_1k_{n}" for n in NODES), 0.10, None, False),
-    Target("≤ 40 MB RSS at 1,000 rps per ztunnel", "ztunnel",
+    Target("≤ 40 MB RSS at 1,000 rps per ztunnel",
            tuple(f"rss_peak_mb_{n}" for n in NODES), 40.0, None, False),
-    Target("≤ 16 KB RSS per idle connection per ztunnel", "ztunnel",
+    Target("≤ 16 KB RSS per idle connection per ztunnel",
            tuple(f"idle_kb_{n}" for n in NODES), 16.0, None, False),
 )
 
@@ -112,17 +123,20 @@ def values(sample: Sample) -> dict[str, float]:
 
 
 def summarise(samples: list[Sample], contenders: tuple[str, ...]) -> dict:
-    """{contender: {metric: {"median", "min", "max", "rounds": [...]}}}, added latency included."""
-    per_round: dict[tuple[str, int], dict[str, float]] = {}
+    """{contender: {metric: {"median", "min", "max", "rounds": [...]}}}, added latency included.
+
+    "rounds" lists one value per round, or per fixed-rate run for the latency and fixed-rate
+    metrics (a round's other measures sit with its first run)."""
+    per_round: dict[tuple[str, int, int], dict[str, float]] = {}
     for sample in samples:
-        per_round.setdefault((sample.contender, sample.round), {}).update(values(sample))
-    for (contender, round_), row in per_round.items():
-        anchor = per_round.get((ANCHOR_FOR_ADDED, round_), {})
+        per_round.setdefault((sample.contender, sample.round, sample.run), {}).update(values(sample))
+    for (contender, round_, run), row in per_round.items():
+        anchor = per_round.get((ANCHOR_FOR_ADDED, round_, run), {})
         for q in ("50", "90", "99"):
             if f"p{q}_ms" in row and f"p{q}_ms" in anchor:
                 row[f"added_p{q}_ms"] = row[f"p{q}_ms"] - anchor[f"p{q}_ms"]
     out: dict = {c: {} for c in contenders}
-    for (contender, _), row in sorted(per_round.items()):
+    for (contender, _, _), row in sorted(per_round.items()):
         for metric, value in row.items():
             out.setdefault(contender, {}).setdefault(metric, []).append(value)
     for metrics in out.values():
@@ -152,20 +166,29 @@ def ratio_pairs(contenders: tuple[str, ...], anchors: tuple[str, ...]) -> list[t
 
 
 def evaluate(summary: dict) -> list[dict]:
-    """Each target whose contender ran: the measured value (worst over its metrics), PASS or MISS."""
+    """Each target for each ztunnel contender that ran: the measured value (worst over its
+    metrics), PASS or MISS; grouped by target, contenders in table order."""
     out = []
     for target in TARGETS:
-        if target.contender not in summary or (target.relative_to and target.relative_to not in summary):
+        if target.relative_to and target.relative_to not in summary:
             continue
-        measured = [ratio(summary, target.contender, target.relative_to, m) if target.relative_to
-                    else median(summary, target.contender, m) for m in target.metrics]
-        measured = [v for v in measured if not math.isnan(v)]
-        if not measured:
-            continue
-        worst = min(measured) if target.at_least else max(measured)
-        ok = worst >= target.bound if target.at_least else worst <= target.bound
-        out.append({"target": target.label, "contender": target.contender, "value": worst,
-                    "relative": bool(target.relative_to), "metric": target.metrics[0], "pass": ok})
+        for contender in filter(is_wisp, summary):
+            measured = [ratio(summary, contender, target.relative_to, m) if target.relative_to
+                        else median(summary, contender, m) for m in target.metrics]
+            measured = [v for v in measured if not math.isnan(v)]
+            if not measured:
+                continue
+            worst = min(measured) if target.at_least else max(measured)
+            ok = worst >= target.bound if target.at_least else worst <= target.bound
+            result = {"target": target.label, "contender": contender, "value": worst,
+                      "relative": bool(target.relative_to), "metric": target.metrics[0], "pass": ok}
+            if target.metrics[0].startswith("added_p"):
+                # A latency bound smaller than direct's own movement between runs is not shown
+                # either way by this run.
+                low, high, count = spread(summary, ANCHOR_FOR_ADDED, target.metrics[0].removeprefix("added_"))
+                if count > 1:
+                    result["noise"] = high - low
+            out.append(result)
     return out
 
 
@@ -178,9 +201,32 @@ def fmt_ratio(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.2f}×"
 
 
+def spread(summary: dict, contender: str, metric: str) -> tuple[float, float, int]:
+    """(min, max, how many values) of a metric over its rounds or runs."""
+    cell = summary.get(contender, {}).get(metric)
+    if not cell:
+        return math.nan, math.nan, 0
+    return cell["min"], cell["max"], len(cell["rounds"])
+
+
+def is_latency(metric: str) -> bool:
+    return metric.endswith("_ms")
+
+
+def fmt_cell(summary: dict, contender: str, metric: Metric) -> str:
+    """The median; for a latency measured more than once, its range beside it: `0.44 (0.41–0.52)`."""
+    value = median(summary, contender, metric.key)
+    low, high, count = spread(summary, contender, metric.key)
+    text = fmt(value, metric.digits)
+    if is_latency(metric.key) and count > 1 and not math.isnan(value) and not (low == high == 0):
+        text += f" ({fmt(low, metric.digits)}–{fmt(high, metric.digits)})"
+    return text
+
+
 def table(summary: dict, names: dict[str, str], anchors: tuple[str, ...],
           short: dict[str, str]) -> tuple[list[str], list[list[str]]]:
-    """One row per metric: each contender's median, then each ratio to an anchor."""
+    """One row per metric: each contender's median (latencies with their min–max), then each
+    ratio to an anchor."""
     contenders = tuple(summary)
     pairs = ratio_pairs(contenders, anchors)
     head = ["measure", "unit", *(names[c] for c in contenders), *(f"{short[c]} ÷ {short[a]}" for c, a in pairs)]
@@ -190,7 +236,7 @@ def table(summary: dict, names: dict[str, str], anchors: tuple[str, ...],
         if all(math.isnan(v) for v in cells):
             continue
         ratios = [ratio(summary, c, a, metric.key) for c, a in pairs]
-        rows.append([metric.heading, metric.unit, *(fmt(v, metric.digits) for v in cells),
+        rows.append([metric.heading, metric.unit, *(fmt_cell(summary, c, metric) for c in contenders),
                      *(fmt_ratio(r) for r in ratios)])
     return head, rows
 
@@ -199,7 +245,8 @@ def target_rows(results: list[dict], names: dict[str, str]) -> tuple[list[str], 
     head = ["target", "contender", "measured", "result"]
     rows = [[r["target"], names[r["contender"]],
              f"{r['value']:.2f}×" if r["relative"] else f"{r['value']:,.{TARGET_DIGITS}f}",
-             "PASS" if r["pass"] else "MISS"] for r in results]
+             ("PASS" if r["pass"] else "MISS") + (f" (noise {r['noise']:.2f} ms)" if "noise" in r else "")]
+            for r in results]
     return head, rows
 
 
@@ -215,6 +262,56 @@ def text_table(head: list[str], rows: list[list[str]]) -> str:
 def markdown_table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
     align = ["---"] * left + ["---:"] * (len(head) - left)
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, align, *rows])
+
+
+ENGINE_COLUMNS = (
+    ("saturation_rps", "saturation", False),
+    ("connect_rps", "new conn/s", False),
+    ("bulk1_gbps", "bulk 1 conn", False),
+    ("bulk8_gbps", "bulk 8 conn", False),
+    ("cpu_per_1k_node1", "CPU-s/1k node1", True),
+    ("cpu_per_1k_node2", "CPU-s/1k node2", True),
+    ("rss_peak_mb_node1", "RSS node1", True),
+    ("rss_peak_mb_node2", "RSS node2", True),
+)
+
+
+def engine_table(summary: dict, names: dict[str, str], anchor: str = "haproxy") -> tuple[list[str], list[list[str]]]:
+    """One row per ztunnel contender (one per engine shape): each figure as a ratio to the
+    anchor (for CPU and RSS, below 1× is better), then its added p50 and p99 with their ranges."""
+    head = ["contender", *(f"{title} ÷ {anchor}" for _, title, _ in ENGINE_COLUMNS),
+            "added p50 ms", "added p99 ms"]
+    rows = []
+    for contender in filter(is_wisp, summary):
+        cells = [fmt_ratio(ratio(summary, contender, anchor, key)) for key, _, _ in ENGINE_COLUMNS]
+        added = [fmt_cell(summary, contender, Metric(key, "", "ms", 3)) for key in ("added_p50_ms", "added_p99_ms")]
+        rows.append([names[contender], *cells, *added])
+    return head, rows
+
+
+def latency_trust(summary: dict, anchor: str = ANCHOR_FOR_ADDED) -> str:
+    """How far the latencies can be trusted: how much direct's own percentiles moved between
+    runs with nothing in the path. A difference smaller than that is noise."""
+    low99, high99, count = spread(summary, anchor, "p99_ms")
+    low50, high50, _ = spread(summary, anchor, "p50_ms")
+    if count < 2:
+        return ("How much to trust the latencies: one fixed-rate run per contender, so no spread was measured; "
+                "read the latencies as indicative only (more rounds or --fixed-runs give a spread).")
+    return (f"How much to trust the latencies: over {count} fixed-rate runs direct's own p99 ranged "
+            f"{low99:.3f}–{high99:.3f} ms and its p50 {low50:.3f}–{high50:.3f} ms, with nothing in the path; "
+            f"differences in p99 below {high99 - low99:.2f} ms (in p50 below {high50 - low50:.2f} ms) are noise.")
+
+
+def profile_tables(profile: dict, n: int | None = None) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, head, rows) for a py-spy profile's top entries, by own and by total samples;
+    shares are of all samples (CPU the process used, idle waits excluded)."""
+    samples = profile["samples"] or 1
+    out = []
+    for by, title in (("own", "by own time"), ("total", "by total time")):
+        entries = profile[by][:n] if n else profile[by]
+        rows = [[e["frame"], f"{e['own'] / samples:.1%}", f"{e['total'] / samples:.1%}"] for e in entries]
+        out.append((title, ["entry", "own", "total"], rows))
+    return out
 
 
 def noise(samples: list[Sample]) -> str:

@@ -1,11 +1,16 @@
 """The plan and its execution: rounds of every measure, contenders alternating within each.
 
 A round runs each measure for every contender in turn (fixed A B C, saturation A B C, …), so a
-slow drift on the shared machine spreads over all contenders instead of favouring one. Around
-every measurement the runner reads each proxy's process tree (CPU seconds, memory), the load
-generator's CPU, and the machine's busy time, so that other programs' load shows next to the
-figures. The idle-connection measure runs once per contender after the rounds: it is slow and
-leaves the proxies' memory high.
+slow drift on the shared machine spreads over all contenders instead of favouring one; the
+fixed-rate measure runs `fixed_runs` times per round (A B C A B C …), so its latencies have a
+spread even in one round. During the fixed-rate runs the load generator, the server pod and each
+proxy are pinned to cores by the plan's layout (bench/mesh/pinning.py); the throughput measures
+fill both cores and run unpinned, so the scheduler balances them. Around every measurement the
+runner reads each proxy's process tree (CPU seconds, memory), the load generator's CPU, and the
+machine's busy time, so that other programs' load shows next to the figures. With `profile` set,
+one extra fixed-rate run per Python contender after the rounds has py-spy recording that node's
+ztunnel (bench/mesh/profile.py); its figures are not part of the results. The idle-connection
+measure runs once per contender after the rounds: it is slow and leaves the proxies' memory high.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import loadgen, procstat
+from . import loadgen, pinning, procstat, profile
 from .contenders import Contender, Route
-from .mesh import HTTP_PORT, Mesh, wait_for
+from .mesh import HTTP_PORT, VENV_BIN, Mesh, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MEASURES = ("fixed", "saturation", "connect", "bulk1", "bulk8", "idle")
@@ -48,6 +53,14 @@ class Plan:
     ztunnel_workers: int = 1
     contenders: tuple[str, ...] = ()
     measures: tuple[str, ...] = MEASURES
+    # Fixed-rate runs per contender per round, alternating; each gives its own percentiles.
+    fixed_runs: int = 1
+    # The core layout of the fixed-rate runs (a name in pinning.LAYOUTS).
+    pin: str = pinning.DEFAULT_LAYOUT
+    # ztunnel engines, each its own contender ("" = ztunnel's default engine).
+    engines: tuple[str, ...] = ("",)
+    # The node whose ztunnel py-spy records in an extra fixed-rate run ("" = no profile).
+    profile: str = ""
 
 
 @dataclass(slots=True)
@@ -60,6 +73,9 @@ class Sample:
     # hwm_kib (VmHWM, peak since start) at its end, rss_before_kib / rss_after_kib.
     proxies: dict[str, dict]
     wall: float
+    # Which fixed-rate run of the round (0 for the other measures), and the core layout it ran in.
+    run: int = 0
+    layout: str = "none"
     generator_cpu: float = 0.0
     # The server pod's processes (nginx, iperf3).
     server_cpu: float = 0.0
@@ -103,36 +119,74 @@ class RssSampler:
                 pass
 
 
-def run(plan: Plan, contenders: list[Contender], mesh: Mesh, progress: Callable[[Sample], None]) -> list[Sample]:
+def run(plan: Plan, contenders: list[Contender], meshes: dict[str, Mesh], progress: Callable[[Sample], None],
+        keep: Path | None = None) -> tuple[list[Sample], dict[str, dict]]:
+    """Every measurement of the plan, and the profiles ({contender: summary}) if asked for;
+    `keep` is where py-spy's raw output is saved (file names start with it)."""
     samples: list[Sample] = []
+    profiles: dict[str, dict] = {}
     budget = plan.quiet_budget
     timed = [m for m in plan.measures if m != "idle"]
-    with tempfile.TemporaryDirectory(prefix=f"{mesh.prefix}-logs-") as scratch:
+    fixed_layout = pinning.layout(plan.pin)
+    with tempfile.TemporaryDirectory(prefix=f"{next(iter(meshes.values())).prefix}-logs-") as scratch:
         for contender in contenders:
-            _warm_up(contender.route(mesh))
+            warm_up(contender.route(meshes[contender.key]))
         for round_ in range(plan.rounds):
             for measure in timed:
-                for contender in contenders:
-                    waited = _wait_quiet(budget) if budget > 0 else 0.0
-                    budget -= waited
-                    sample = _measure(plan, round_, measure, contender, mesh, Path(scratch))
-                    sample.waited = waited
-                    samples.append(sample)
-                    progress(sample)
+                runs = plan.fixed_runs if measure == "fixed" else 1
+                layout = fixed_layout if measure == "fixed" else pinning.LAYOUTS["none"]
+                for run_ in range(runs):
+                    for contender in contenders:
+                        waited = _wait_quiet(budget) if budget > 0 else 0.0
+                        budget -= waited
+                        sample = measure_one(plan, round_, measure, contender, meshes[contender.key], Path(scratch),
+                                          layout=layout, run=run_)
+                        sample.waited = waited
+                        samples.append(sample)
+                        progress(sample)
+        if plan.profile:
+            for contender in contenders:
+                if contender.profiled:
+                    profiles[contender.key] = _profile(plan, contender, meshes[contender.key], Path(scratch),
+                                                       fixed_layout, keep)
         if "idle" in plan.measures:
             for contender in contenders:
-                sample = _idle(plan, contender, mesh)
+                sample = _idle(plan, contender, meshes[contender.key])
                 samples.append(sample)
                 progress(sample)
-    return samples
+    return samples, profiles
 
 
-def _warm_up(route: Route) -> None:
+def _profile(plan: Plan, contender: Contender, mesh: Mesh, scratch: Path, layout: pinning.Layout,
+             keep: Path | None) -> dict:
+    """One unmeasured fixed-rate run with py-spy recording the busiest process of one node's ztunnel."""
+    root = contender.proxies(mesh)[plan.profile]
+    pid = profile.busiest(root)
+    raw = scratch / f"pyspy-{contender.key}.txt"
+    py_spy = str(VENV_BIN / "py-spy")
+    try:
+        with profile.Recording(py_spy, pid, plan.fixed_seconds, raw) as recording:
+            measure_one(plan, 0, "fixed", contender, mesh, scratch, layout=layout, run=0)
+        stacks = recording.stacks()
+    except (OSError, profile.ProfileError, BenchError) as exc:
+        raise BenchError(f"{contender.key} profile: {exc}") from exc
+    out = profile.summary(stacks, profile.RATE)
+    out.update({"node": plan.profile, "pid": pid, "root_pid": root})
+    if keep is not None:
+        saved = keep.parent / f"{keep.name}-{contender.key}-pyspy.txt"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(raw.read_text())
+        out["raw"] = saved.name
+    return out
+
+
+def warm_up(route: Route) -> None:
     """Two seconds of load so pools, caches and the proxies' first connections exist."""
     loadgen.run_in(route.netns, loadgen.wrk_argv(route.url, connections=4, seconds=2), 60)
 
 
 def _command(plan: Plan, measure: str, route: Route, scratch: Path) -> tuple[list[str], float]:
+    """The load generator's command line and how long it runs."""
     if measure == "fixed":
         return loadgen.h2load_argv(route.url, rate=plan.fixed_rate, connections=plan.fixed_connections,
                                    seconds=plan.fixed_seconds, log_file=scratch / "h2load.log"), plan.fixed_seconds
@@ -144,16 +198,23 @@ def _command(plan: Plan, measure: str, route: Route, scratch: Path) -> tuple[lis
     return loadgen.iperf3_argv(*route.iperf, streams=streams, seconds=plan.bulk_seconds), plan.bulk_seconds
 
 
-def _measure(plan: Plan, round_: int, measure: str, contender: Contender, mesh: Mesh, scratch: Path) -> Sample:
+def measure_one(plan: Plan, round_: int, measure: str, contender: Contender, mesh: Mesh, scratch: Path, *,
+             layout: pinning.Layout, run: int = 0) -> Sample:
     route = contender.route(mesh)
     pids = contender.proxies(mesh)
     servers = mesh.container_pids(contender.namespace.name, "server")
     argv, seconds = _command(plan, measure, route, scratch)
+    try:
+        cpus = pinning.usable_cpus()
+        argv = pinning.generator_prefix(layout, cpus) + argv
+        placement = pinning.placement(layout, cpus, servers, pids)
+    except pinning.PinError as exc:
+        raise BenchError(str(exc)) from exc
     before = {name: procstat.tree_usage(pid) for name, pid in pids.items()}
     server0 = _cpu(servers)
     busy0 = procstat.machine_busy()
     try:
-        with RssSampler(pids) as sampler:
+        with pinning.Pinned(placement, layout.realtime), RssSampler(pids) as sampler:
             finished = loadgen.run_in(route.netns, argv, timeout=seconds + 120)
     except loadgen.LoadError as exc:
         raise BenchError(f"{contender.key} {measure}: {exc}") from exc
@@ -174,7 +235,7 @@ def _measure(plan: Plan, round_: int, measure: str, contender: Contender, mesh: 
                       "rss_after_kib": after[name].rss_kib, "processes": after[name].processes}
                for name in pids}
     proxy_cpu = sum(p["cpu_s"] for p in proxies.values())
-    return Sample(round_, contender.key, measure, result, proxies, wall=finished.wall,
+    return Sample(round_, contender.key, measure, result, proxies, wall=finished.wall, run=run, layout=layout.name,
                   generator_cpu=finished.cpu_s, server_cpu=server_cpu,
                   other_cpu=max(0.0, busy - finished.cpu_s - proxy_cpu - server_cpu))
 

@@ -1,0 +1,139 @@
+"""py-spy on a ztunnel during a fixed-rate run: where its CPU goes, as `py-spy top` would list it.
+
+`py-spy record --native --function --format raw` writes one line per distinct stack, frames
+root first separated by ';', then the number of samples (`a (f.py:1);b (g.py:9) 12`); idle
+threads are left out, so every sample is CPU the process was using (Python or native). From that,
+an entry's *own* samples are those where it is the innermost frame, its *total* samples those
+where it is anywhere on the stack (once per stack, however deep it recurses). Native frames with
+no symbol (`0x7f… (libcrypto.so.3)`) are counted per library, `[libcrypto.so.3]`.
+
+The profiled run is extra, after the measured rounds: py-spy pauses its target at every sample,
+which would add its own latency and CPU to the figures.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import procstat
+from .procstat import descendants
+
+RATE = 200
+TOP = 15
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]+ \((.+)\)$")
+_LINE = re.compile(r"^(.*) (\d+)$")
+
+
+class ProfileError(RuntimeError):
+    """py-spy failed or wrote something we cannot read; the message has its output."""
+
+
+@dataclass(slots=True, frozen=True)
+class Entry:
+    frame: str
+    own: int
+    total: int
+
+
+def frame_name(frame: str) -> str:
+    """A frame as it is counted: unnamed native code collapses to its library."""
+    found = _ADDRESS.match(frame)
+    return f"[{found.group(1)}]" if found else frame
+
+
+def parse_raw(text: str) -> Counter[tuple[str, ...]]:
+    """{stack (root first): samples} from py-spy's raw (collapsed-stack) output."""
+    stacks: Counter[tuple[str, ...]] = Counter()
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        found = _LINE.match(line.rstrip())
+        if not found:
+            raise ProfileError(f"line {number} of py-spy's output is not 'stack count': {line[:200]!r}")
+        stack = tuple(frame_name(f) for f in found.group(1).split(";") if f)
+        stacks[stack] += int(found.group(2))
+    return stacks
+
+
+def entries(stacks: Counter[tuple[str, ...]]) -> list[Entry]:
+    """Own and total samples of every frame seen."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for stack, count in stacks.items():
+        if not stack:
+            continue
+        own[stack[-1]] += count
+        for frame in set(stack):
+            total[frame] += count
+    return [Entry(frame, own[frame], total[frame]) for frame in total]
+
+
+def top(stacks: Counter[tuple[str, ...]], by: str, n: int = TOP) -> list[Entry]:
+    """The n entries with the most `own` or `total` samples (ties by name, so output is stable)."""
+    if by not in ("own", "total"):
+        raise ValueError(f"top entries are by 'own' or 'total', not {by!r}")
+    return sorted(entries(stacks), key=lambda e: (-getattr(e, by), e.frame))[:n]
+
+
+def summary(stacks: Counter[tuple[str, ...]], rate: int = RATE, n: int = TOP) -> dict:
+    """What the results keep: sample count, and the top entries by own and by total samples."""
+    samples = sum(stacks.values())
+
+    def rows(by: str) -> list[dict]:
+        return [{"frame": e.frame, "own": e.own, "total": e.total} for e in top(stacks, by, n)]
+
+    return {"samples": samples, "rate": rate, "seconds": samples / rate, "own": rows("own"), "total": rows("total")}
+
+
+def busiest(root: int) -> int:
+    """The process in `root`'s tree that has used the most CPU (a ztunnel's data-path process:
+    the main one with one worker, else the busiest worker)."""
+    parents = {}
+    ticks = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)], ticks[int(entry.name)] = procstat.parse_stat((entry / "stat").read_text())
+            except (OSError, ValueError, IndexError):
+                continue
+    tree = descendants(root, parents) if root in parents else [root]
+    return max(tree, key=lambda pid: ticks.get(pid, 0.0))
+
+
+def record_argv(py_spy: str, pid: int, seconds: float, output: Path, rate: int = RATE) -> list[str]:
+    return [py_spy, "record", "--native", "--function", "--format", "raw", "--rate", str(rate),
+            "--duration", str(max(1, int(seconds))), "--pid", str(pid), "--output", str(output)]
+
+
+class Recording:
+    """`with Recording(...)`: py-spy records `pid` while the block runs (for `seconds`)."""
+
+    def __init__(self, py_spy: str, pid: int, seconds: float, output: Path) -> None:
+        self.argv = record_argv(py_spy, pid, seconds, output)
+        self.output = output
+        self.seconds = seconds
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Recording:
+        self._process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        process = self._process
+        try:
+            out, _ = process.communicate(timeout=self.seconds + 60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, _ = process.communicate()
+        self.log = out
+        self.returncode = process.returncode
+
+    def stacks(self) -> Counter[tuple[str, ...]]:
+        if self.returncode != 0 or not self.output.exists():
+            raise ProfileError(f"py-spy exited with {self.returncode}: {self.log.strip()[-800:]}")
+        return parse_raw(self.output.read_text())
