@@ -33,7 +33,7 @@ from wisp.hbone import (
 )
 from wisp.hbone.tls import TlsStream
 from wisp.identity import CertificateAuthority, SpiffeId, generate_key, make_csr
-from ztunnel.splice import splice
+from ztunnel.proxy.splice import splice
 
 from .conftest import spiffe
 

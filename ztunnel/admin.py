@@ -9,19 +9,13 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
 import h11
 import structlog
 import trio
 
 from wisp import sockets
-from wisp.model import to_json
 
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from .app import Ztunnel
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 
 log = structlog.get_logger("ztunnel.admin")
 
@@ -90,80 +84,47 @@ async def _serve_one(conn: socket.socket, handler: Handler) -> None:
 
 
 # -- the endpoints ---------------------------------------------------------------------------------
-def readiness_handler(ztunnel: Ztunnel) -> Handler:
+# Each gets only what it answers from; the process assembles them (app.py).
+Pending = Callable[[], Awaitable[list[str]]]
+
+
+def readiness_handler(pending: Pending) -> Handler:
+    """/healthz/ready: 200 when `pending()` is empty, else 500 naming what is pending."""
     async def handle(method: str, path: str) -> Response:
         if path != "/healthz/ready":
             return 404, "text/plain", b"not found\n"
-        pending = await ztunnel.pending_all()
-        if pending:
-            return 500, "text/plain", f"not ready, pending: {', '.join(pending)}\n".encode()
+        waiting = await pending()
+        if waiting:
+            return 500, "text/plain", f"not ready, pending: {', '.join(waiting)}\n".encode()
         return 200, "text/plain", b"ready\n"
     return handle
 
 
-def metrics_handler(ztunnel: Ztunnel) -> Handler:
+def metrics_handler(metrics: Metrics, workers_dir: Callable[[], str | None]) -> Handler:
+    """/metrics: this process's counters, and the workers' in `workers_dir()` if any."""
     async def handle(method: str, path: str) -> Response:
         if path not in ("/metrics", "/stats/prometheus"):
             return 404, "text/plain", b"not found\n"
-        ztunnel.metrics.flush()
-        workers_dir = ztunnel.workers.metrics_dir if ztunnel.workers else None
-        return 200, METRICS_CONTENT_TYPE, ztunnel.metrics.exposition(workers_dir)
+        metrics.flush()
+        return 200, METRICS_CONTENT_TYPE, metrics.exposition(workers_dir())
     return handle
 
 
-def admin_handler(ztunnel: Ztunnel) -> Handler:
+def admin_handler(config_dump: Callable[[], Awaitable[dict]], pending: Pending,
+                  shutdown: Callable[[], None]) -> Handler:
+    """/config_dump, /healthz/ready and POST /quitquitquit (localhost only)."""
+    ready = readiness_handler(pending)
+
     async def handle(method: str, path: str) -> Response:
         if path == "/config_dump":
-            body = json.dumps(await config_dump(ztunnel), indent=2, sort_keys=True).encode() + b"\n"
+            body = json.dumps(await config_dump(), indent=2, sort_keys=True).encode() + b"\n"
             return 200, "application/json", body
         if path == "/healthz/ready":
-            return await readiness_handler(ztunnel)(method, path)
+            return await ready(method, path)
         if path == "/quitquitquit":
             if method != "POST":
                 return 405, "text/plain", b"use POST\n"
-            ztunnel.request_shutdown()
+            shutdown()
             return 200, "text/plain", b"draining\n"
         return 404, "text/plain", b"endpoints: /config_dump /healthz/ready /quitquitquit\n"
     return handle
-
-
-async def config_dump(ztunnel: Ztunnel) -> dict:
-    snapshot = ztunnel.state.snapshot
-    dump = {
-        "node": ztunnel.config.node,
-        "workloads": [to_json(w) for _, w in sorted(snapshot.workloads.items())],
-        "services": [to_json(s) for _, s in sorted(snapshot.services.items())],
-        "policies": [to_json(p) for _, p in sorted(snapshot.authorizations.items())],
-        **process_dump(ztunnel),
-    }
-    if ztunnel.workers is not None:
-        dump["workers"] = await ztunnel.workers.statuses()
-        dump["ready"] = not (ztunnel.pending() or pending_of(dump["workers"]))
-    return dump
-
-
-def pending_of(statuses: list[dict]) -> list[str]:
-    """What the workers with these `statuses` still wait for; empty when all are ready."""
-    pending = []
-    for entry in statuses:
-        status = entry["status"]
-        if status is None:
-            pending.append(f"worker {entry['worker']} ({entry['state']})")
-        elif status["pending"]:
-            pending.append(f"worker {entry['worker']}: {', '.join(status['pending'])}")
-    return pending
-
-
-def process_dump(ztunnel: Ztunnel) -> dict:
-    """What one process holds: the main process's part of /config_dump, a worker's status."""
-    pending = ztunnel.pending()
-    return {
-        "version": ztunnel.config_version,
-        "certificates": ztunnel.certs.dump() if ztunnel.certs else [],
-        "pods": [proxy.describe() for _, proxy in sorted(ztunnel.pods.proxies.items())],
-        "pending_pods": sorted(ztunnel.pods.pending),
-        "connections": len(ztunnel.tracker.live),
-        "connections_opened": ztunnel.metrics.value("istio_tcp_connections_opened_total"),
-        "pending": pending,
-        "ready": not pending,
-    }

@@ -2,9 +2,10 @@
 
 Holds the config (ProxyState, rebuilt per version, after which live inbound connections are
 re-authorized), the certificate manager, metrics, live connections and the pod proxies; runs
-the config subscriber, the ZDS client, the HTTP endpoints, and the drain on SIGTERM.
+the config subscriber, the ZDS client, the HTTP endpoints, and the drain on SIGTERM. The pod
+proxies get the narrow part of this as `ProxyInputs` (proxy/inputs.py), never this object.
 
-With `workers` > 1 this process also supervises the other worker processes (workers.py): its
+With `workers` > 1 this process also supervises the other worker processes (inpod/): its
 ZDS client feeds them every pod and its endpoints answer for all of them. A worker itself
 (`worker_fds` set) gets its pods from the main process and serves no HTTP endpoint.
 """
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import structlog
@@ -22,62 +21,35 @@ import trio
 
 from wisp import sockets
 from wisp.controlplane.client import ConfigSubscriber, Endpoint, fetch_certificate
-from wisp.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
-from wisp.model import ModelSnapshot
+from wisp.identity import SpiffeId
+from wisp.model import ModelSnapshot, to_json
 from wisp.zds.workload import ZdsClient
 
 from . import admin
-from .connections import ConnectionTracker
+from .config import Config
 from .identity import CertManager
-from .inpod import PodManager
+from .inpod.fanout import PodFanOut
+from .inpod.manager import PodManager
+from .inpod.supervisor import WorkerPool, pending_of
+from .inpod.worker import serve_supervisor
 from .metrics import Metrics
-from .state import ProxyState
-from .workers import PodFanOut, WorkerPool, serve_supervisor
+from .proxy.connections import ConnectionTracker
+from .proxy.inputs import ProxyInputs
+from .state.current import CurrentState
+from .state.proxy_state import ProxyState
 
 log = structlog.get_logger("ztunnel")
-
-
-@dataclass(slots=True, frozen=True)
-class Config:
-    node: str
-    zds_socket: str
-    control_plane: str | None
-    state_dir: str = "/run/wisp/state"
-    trust_domain: str = DEFAULT_TRUST_DOMAIN
-    token_file: str | None = None  # default <state_dir>/tokens/ztunnel-<node>
-    root_cert: str | None = None  # default <state_dir>/root-cert.pem
-    admin_address: tuple[str, int] = ("127.0.0.1", 15000)
-    metrics_address: tuple[str, int] = ("0.0.0.0", 15020)
-    readiness_address: tuple[str, int] = ("0.0.0.0", 15021)
-    drain_seconds: float = 5.0
-    certificate_ttl: int | None = None
-    workers: int = 1  # processes in all, this one included
-    worker_index: int = 0
-    worker_fds: tuple[int, int] | None = None  # in a worker: its ZDS and status sockets
-    log_level: str = "info"  # passed on to workers
-    log_json: bool | None = None
-
-    @property
-    def subscriber_id(self) -> str:
-        return f"ztunnel-{self.node}-w{self.worker_index}" if self.worker_index else f"ztunnel-{self.node}"
-
-    def token_path(self) -> Path:
-        return Path(self.token_file or Path(self.state_dir) / "tokens" / f"ztunnel-{self.node}")
-
-    def root_path(self) -> Path:
-        return Path(self.root_cert or Path(self.state_dir) / "root-cert.pem")
 
 
 class Ztunnel:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.state = ProxyState()
-        self.state_changed = trio.Event()
+        self.current = CurrentState()
         self.config_version: str | None = None
         self.config_synced = False
         self.metrics = Metrics()
         self.tracker = ConnectionTracker()
-        self.pods = PodManager(self)
+        self.pods = PodManager()
         self.workers = WorkerPool(config, config.workers) if config.workers > 1 else None
         self.zds = ZdsClient(config.zds_socket, self.pods if self.workers is None else PodFanOut(self.pods, self.workers))
         self.certs: CertManager | None = None
@@ -97,12 +69,11 @@ class Ztunnel:
                 if proxy.pool is not None:
                     for address in gone:
                         proxy.pool.close_to(address, "workload at this address left the mesh config")
-        self.state = ProxyState(snapshot)
+        state = ProxyState(snapshot)
+        self.current.replace(state)
         self.config_version = version
         self.config_synced = True
-        closed = self.tracker.recheck(self.state)
-        event, self.state_changed = self.state_changed, trio.Event()
-        event.set()
+        closed = self.tracker.recheck(state)
         log.info("config applied", version=version, workloads=len(snapshot.workloads),
                  services=len(snapshot.services), policies=len(snapshot.authorizations),
                  connections_closed=closed)
@@ -125,6 +96,48 @@ class Ztunnel:
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
+    @property
+    def state(self) -> ProxyState:
+        """The config version in force."""
+        return self.current.state
+
+    @property
+    def state_changed(self) -> trio.Event:
+        """Set when the next config version is applied."""
+        return self.current.changed
+
+    # -- what the endpoints report -------------------------------------------------------------
+    async def config_dump(self) -> dict:
+        snapshot = self.state.snapshot
+        dump = {
+            "node": self.config.node,
+            "workloads": [to_json(w) for _, w in sorted(snapshot.workloads.items())],
+            "services": [to_json(s) for _, s in sorted(snapshot.services.items())],
+            "policies": [to_json(p) for _, p in sorted(snapshot.authorizations.items())],
+            **self.process_dump(),
+        }
+        if self.workers is not None:
+            dump["workers"] = await self.workers.statuses()
+            dump["ready"] = not (self.pending() or pending_of(dump["workers"]))
+        return dump
+
+    def process_dump(self) -> dict:
+        """What this process holds: the main process's part of /config_dump, a worker's status."""
+        pending = self.pending()
+        return {
+            "version": self.config_version,
+            "certificates": self.certs.dump() if self.certs else [],
+            "pods": [proxy.describe() for _, proxy in sorted(self.pods.proxies.items())],
+            "pending_pods": sorted(self.pods.pending),
+            "connections": len(self.tracker.live),
+            "connections_opened": self.metrics.value("istio_tcp_connections_opened_total"),
+            "pending": pending,
+            "ready": not pending,
+        }
+
+    def _workers_dir(self) -> str | None:
+        return self.workers.metrics_dir if self.workers else None
+
     # -- running -------------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED, handle_signals: bool = True) -> None:
         """Serve until SIGTERM/SIGINT (or `request_shutdown`), drain, return."""
@@ -138,7 +151,8 @@ class Ztunnel:
                         await self._start_http(nursery)
                     if self.workers is not None:
                         await nursery.start(self.workers.run)
-                    await nursery.start(self.pods.run)
+                    inputs = ProxyInputs(self.current, certs, self.metrics, self.tracker, self.config.trust_domain)
+                    await nursery.start(self.pods.run, inputs)
                     if endpoint is not None:
                         self.subscriber = ConfigSubscriber(
                             endpoint, self.config.subscriber_id,
@@ -148,7 +162,8 @@ class Ztunnel:
                     if self.config.worker_fds is None:
                         nursery.start_soon(self.zds.run)
                     else:
-                        nursery.start_soon(serve_supervisor, self, *self.config.worker_fds)
+                        nursery.start_soon(serve_supervisor, self.zds, self.process_dump, self.request_shutdown,
+                                           *self.config.worker_fds)
                     nursery.start_soon(self.metrics.flush_periodically)
                     if handle_signals:
                         nursery.start_soon(self._watch_signals)
@@ -183,9 +198,10 @@ class Ztunnel:
 
     async def _start_http(self, nursery: trio.Nursery) -> None:
         for name, address, handler in (
-            ("readiness", self.config.readiness_address, admin.readiness_handler(self)),
-            ("metrics", self.config.metrics_address, admin.metrics_handler(self)),
-            ("admin", self.config.admin_address, admin.admin_handler(self)),
+            ("readiness", self.config.readiness_address, admin.readiness_handler(self.pending_all)),
+            ("metrics", self.config.metrics_address, admin.metrics_handler(self.metrics, self._workers_dir)),
+            ("admin", self.config.admin_address,
+             admin.admin_handler(self.config_dump, self.pending_all, self.request_shutdown)),
         ):
             # Not SO_REUSEPORT: two ztunnels answering one readiness port would hide a dead one.
             sock = sockets.listener(address, reuse_port=False)

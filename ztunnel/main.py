@@ -14,8 +14,9 @@ from wisp.controlplane.client import check_address
 from wisp.identity import DEFAULT_TRUST_DOMAIN
 from wisp.zds.protocol import DEFAULT_SOCKET_PATH
 
-from .app import Config, Ztunnel
-from .workers import default_count
+from .app import Ztunnel
+from .config import Config
+from .inpod.supervisor import default_count
 
 MAX_WORKERS = 64
 
@@ -65,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--workers", type=_worker_count, default=None,
                         help="processes serving the pods, each on its own core "
                              f"(env WISP_ZTUNNEL_WORKERS; default min(2, usable cores) = {default_count()})")
-    # Set by the main process on the workers it starts (ztunnel/workers.py).
+    # Set by the main process on the workers it starts (ztunnel/inpod/supervisor.py).
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--worker-fds", type=_fd_pair, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default=os.environ.get("WISP_LOG_LEVEL", "info"))

@@ -28,9 +28,25 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from wisp.identity import SpiffeId
 from wisp.model import Service, Workload
 
-from .splice import Transfer
-
 log = structlog.get_logger("ztunnel.access")
+
+
+class Transfer:
+    """Bytes moved so far; read by metrics while the connection lives."""
+
+    __slots__ = ("upstream", "downstream", "error")
+
+    def __init__(self) -> None:
+        self.upstream = 0  # client → server (Istio's "received")
+        self.downstream = 0  # server → client (Istio's "sent")
+        self.error: str | None = None
+
+    def count_upstream(self, size: int) -> None:
+        self.upstream += size
+
+    def count_downstream(self, size: int) -> None:
+        self.downstream += size
+
 
 LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app",

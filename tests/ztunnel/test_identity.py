@@ -11,7 +11,7 @@ import trio
 from wisp.identity import CertBundle, SpiffeId
 from ztunnel.identity import BACKOFF_MAX, CertificateUnavailable, CertManager, backoff_delay
 
-from .conftest import spiffe
+from ..conftest import spiffe
 
 WEB = spiffe("shop", "web")
 

@@ -37,9 +37,10 @@ from wisp.model import (
 from wisp.zds import protocol, transport
 from wisp.zds.protocol import Add, Del, SnapshotSent, WorkloadInfo
 from wisp_operator.cluster import ClusterState
-from ztunnel.app import Config, Ztunnel
+from ztunnel.app import Ztunnel
+from ztunnel.config import Config
 
-from .test_controlplane_service import control_plane
+from ..test_controlplane_service import control_plane
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

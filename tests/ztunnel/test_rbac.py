@@ -6,8 +6,8 @@ import pytest
 
 from wisp.identity import SpiffeId
 from wisp.model import Authorization, Clause, Match, Rule, ServiceAccountMatch, StringMatch, Workload
-from ztunnel import rbac
-from ztunnel.state import ProxyState
+from ztunnel.state import rbac
+from ztunnel.state.proxy_state import ProxyState
 from wisp.model import ModelSnapshot
 
 WEB = SpiffeId("cluster.local", "shop", "web")

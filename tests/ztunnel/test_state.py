@@ -1,4 +1,4 @@
-"""Config lookups and the outbound decision (reference §3), pure over ProxyState."""
+"""Config lookups and the outbound decision (reference §3, `ProxyState.route`), pure over ProxyState."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from wisp.identity import SpiffeId
 from wisp.model import GatewayAddress, ModelSnapshot, PortMapping, Service, Workload
-from ztunnel.outbound import DIRECT, HBONE, PASSTHROUGH, SelfCall, baggage_of, plan
-from ztunnel.state import NoHealthyEndpoint, ProxyState
+from ztunnel.proxy.outbound import baggage_of
+from ztunnel.state.proxy_state import DIRECT, HBONE, PASSTHROUGH, NoHealthyEndpoint, ProxyState, SelfCall
 
 SVC = "shop/web.shop.svc.cluster.local"
 
@@ -62,7 +62,7 @@ def test_unhealthy_endpoints_are_excluded():
 def test_no_healthy_endpoint_is_an_error():
     s = state(service(), workload("web-1", "10.244.1.10", services={SVC: ()}, status="UNHEALTHY"))
     with pytest.raises(NoHealthyEndpoint, match="no healthy endpoint"):
-        plan(s, CLIENT, ("10.96.0.10", 80))
+        s.route(CLIENT, ("10.96.0.10", 80))
 
 
 def test_endpoints_are_weighted_by_capacity():
@@ -92,7 +92,7 @@ def test_ip_lookup_finds_workloads():
 def test_service_with_hbone_endpoint_goes_to_its_15008_with_the_target_port_as_authority():
     s = state(service(sans=("spiffe://cluster.local/ns/shop/sa/other",)),
               workload("web-1", "10.244.1.10", services={SVC: ()}))
-    route = plan(s, CLIENT, ("10.96.0.10", 80))
+    route = s.route(CLIENT, ("10.96.0.10", 80))
     assert route.kind == HBONE
     assert route.target == ("10.244.1.10", 15008)
     assert route.authority == "10.244.1.10:8080"
@@ -102,25 +102,25 @@ def test_service_with_hbone_endpoint_goes_to_its_15008_with_the_target_port_as_a
 
 def test_pod_ip_goes_straight_to_that_workload():
     s = state(workload("web-1", "10.244.1.10"))
-    route = plan(s, CLIENT, ("10.244.1.10", 5000))
+    route = s.route(CLIENT, ("10.244.1.10", 5000))
     assert (route.kind, route.target, route.authority, route.service) == (HBONE, ("10.244.1.10", 15008), "10.244.1.10:5000", None)
 
 
 def test_workload_without_hbone_is_reached_directly():
     s = state(service(), workload("web-1", "10.244.1.10", services={SVC: ()}, tunnel="NONE"))
-    route = plan(s, CLIENT, ("10.96.0.10", 80))
+    route = s.route(CLIENT, ("10.96.0.10", 80))
     assert (route.kind, route.target) == (DIRECT, ("10.244.1.10", 8080))
 
 
 def test_unknown_destination_passes_through():
-    route = plan(state(), CLIENT, ("192.0.2.1", 443))
+    route = state().route(CLIENT, ("192.0.2.1", 443))
     assert (route.kind, route.target) == (PASSTHROUGH, ("192.0.2.1", 443))
 
 
 @pytest.mark.parametrize("port", [15001, 15006, 15008])
 def test_loopback_to_ztunnel_ports_is_a_self_call(port):
     with pytest.raises(SelfCall):
-        plan(state(), CLIENT, ("127.0.0.1", port))
+        state().route(CLIENT, ("127.0.0.1", port))
 
 
 def test_service_with_waypoint_goes_to_the_waypoint_with_the_vip_as_authority():
@@ -128,18 +128,18 @@ def test_service_with_waypoint_goes_to_the_waypoint_with_the_vip_as_authority():
     wp = workload("waypoint-1", "10.244.1.50", sa="waypoint", services={"shop/waypoint.shop.svc.cluster.local": ()})
     s = state(service(waypoint=GatewayAddress("10.96.0.99")), wp_svc, wp,
               workload("web-1", "10.244.1.10", services={SVC: ()}))
-    route = plan(s, CLIENT, ("10.96.0.10", 80))
+    route = s.route(CLIENT, ("10.96.0.10", 80))
     assert route.waypoint and route.target == ("10.244.1.50", 15008)
     assert route.authority == "10.96.0.10:80"
     assert route.identities == {SpiffeId("cluster.local", "shop", "waypoint")}
     # The waypoint itself is not sent back to itself.
-    assert not plan(s, wp, ("10.96.0.10", 80)).waypoint
+    assert not s.route(wp, ("10.96.0.10", 80)).waypoint
 
 
 def test_workload_waypoint_applies_when_addressed_directly():
     wp = workload("waypoint-1", "10.244.1.50", sa="waypoint")
     s = state(wp, workload("web-1", "10.244.1.10", waypoint=GatewayAddress("10.244.1.50")))
-    route = plan(s, CLIENT, ("10.244.1.10", 8080))
+    route = s.route(CLIENT, ("10.244.1.10", 8080))
     assert route.waypoint and route.authority == "10.244.1.10:8080" and route.target == ("10.244.1.50", 15008)
 
 

@@ -24,7 +24,7 @@ import trio
 from wisp.zds import protocol
 from wisp.zds.protocol import Add, Del, WorkloadInfo
 
-from .test_ztunnel_netns import (  # noqa: F401  (lab is a fixture)
+from .test_netns import (  # noqa: F401  (lab is a fixture)
     APP_PORT,
     B_IP,
     CLIENT,

@@ -12,7 +12,7 @@ from wisp import netns
 from wisp.zds import protocol, transport
 from wisp.zds.protocol import Add, Del, Keep, SnapshotSent, WorkloadInfo
 from wisp.zds.workload import WorkloadSession, ZdsClient
-from ztunnel.inpod import PodStartError
+from ztunnel.inpod.manager import PodStartError
 
 
 class FakePods:

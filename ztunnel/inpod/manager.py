@@ -1,7 +1,6 @@
 """In-pod mode: the pod proxies' lifecycle, driven by ZDS (wisp.zds.workload's ZdsClient).
 
-`PodManager`
-starts one PodProxy per pod, keyed by uid and netns identity: the same netns again is a no-op,
+`PodManager` (istio/ztunnel's `inpod/statemanager.rs`) starts one PodProxy per pod, keyed by uid and netns identity: the same netns again is a no-op,
 a different one replaces the proxy; a failed start is NACKed and retried every 5 s.
 """
 
@@ -9,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -19,11 +17,9 @@ from wisp.zds.protocol import WorkloadInfo
 from wisp.zds.transport import close_fd
 from wisp.zds.workload import WorkloadError
 
-from .listeners import open_pod_listeners
-from .proxy import Pod, PodProxy
-
-if TYPE_CHECKING:
-    from .app import Ztunnel
+from ..proxy.inputs import ProxyInputs
+from ..proxy.listeners import open_pod_listeners
+from ..proxy.pod import PodProxy
 
 log = structlog.get_logger("ztunnel.inpod")
 
@@ -44,13 +40,14 @@ class _Pending:
 class PodManager:
     """The pod proxies of this ztunnel, by pod uid. Run `run` in a nursery before use."""
 
-    def __init__(self, ztunnel: Ztunnel) -> None:
-        self.ztunnel = ztunnel
+    def __init__(self) -> None:
+        self.inputs: ProxyInputs | None = None  # given by `run`
         self.proxies: dict[str, PodProxy] = {}
         self.pending: dict[str, _Pending] = {}
         self._nursery: trio.Nursery | None = None
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, inputs: ProxyInputs, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.inputs = inputs
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -85,12 +82,12 @@ class PodManager:
             raise
 
     async def _start(self, uid: str, info: WorkloadInfo, fd: int, ident: netns.NetnsId) -> None:
-        assert self._nursery is not None, "PodManager.run must be running"
+        assert self._nursery is not None and self.inputs is not None, "PodManager.run must be running"
         try:
             pod_listeners = await open_pod_listeners(fd)
         except OSError as exc:
             raise PodStartError(f"cannot open listeners in the netns of {uid}: {exc}") from None
-        proxy = PodProxy(self.ztunnel, Pod(uid, info, ident), fd, pod_listeners)
+        proxy = PodProxy(self.inputs, uid, info, ident, fd, pod_listeners)
         try:
             await self._nursery.start(proxy.run)
         except Exception as exc:

@@ -1,4 +1,4 @@
-"""Worker processes: a ztunnel that uses N cores, every process serving every pod.
+"""Worker processes, the main process's side: a ztunnel that uses N cores, every process serving every pod.
 
 CPython runs one core per process, so `wisp-ztunnel --workers N` is N processes. The main process
 is worker 0 and also the supervisor of workers 1..N-1, which run this program in worker mode.
@@ -15,9 +15,12 @@ For each worker it holds two socketpairs:
 A worker stops when either socket closes, so none outlives the main process (also after SIGKILL;
 PR_SET_PDEATHSIG would follow the thread that spawned it, and trio spawns from worker threads).
 A worker that exits is started again after a second (longer if it keeps exiting at once) and
-given the current pods; the others are not touched. Workers subscribe to the config stream and fetch certificates themselves, with the
-node's token. Their counters are prometheus-client multiprocess files in a directory the main
+given the current pods; the others are not touched. Workers subscribe to the config stream and
+fetch certificates themselves, with the node's token. Their counters are prometheus-client multiprocess files in a directory the main
 process owns (see metrics.py).
+
+Here: `WorkerPool` and `Worker` (start, feed, restart, stop). `fanout.py` has the main process
+act on its own pods and every worker's; `worker.py` is a worker's end of the two sockets.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import trio
@@ -42,11 +45,7 @@ from wisp.zds import protocol, transport
 from wisp.zds.node import NodeSession
 from wisp.zds.protocol import Add, Del, SnapshotSent, WorkloadInfo, ZdsError
 
-from .admin import pending_of, process_dump
-from .inpod import PodManager, PodStartError
-
-if TYPE_CHECKING:
-    from .app import Config, Ztunnel
+from ..config import Config
 
 log = structlog.get_logger("ztunnel.workers")
 
@@ -92,7 +91,18 @@ def worker_argv(config: Config, index: int, zds_fd: int, status_fd: int) -> list
     return argv
 
 
-# -- the supervisor side ---------------------------------------------------------------------------
+def pending_of(statuses: list[dict]) -> list[str]:
+    """What the workers with these `statuses` still wait for; empty when all are ready."""
+    pending = []
+    for entry in statuses:
+        status = entry["status"]
+        if status is None:
+            pending.append(f"worker {entry['worker']} ({entry['state']})")
+        elif status["pending"]:
+            pending.append(f"worker {entry['worker']}: {', '.join(status['pending'])}")
+    return pending
+
+
 @dataclass(slots=True)
 class _Pod:
     info: WorkloadInfo
@@ -132,7 +142,7 @@ class WorkerPool:
         self._scope.cancel()
         await self._stopped.wait()
 
-    # -- pod events, called through PodFanOut ------------------------------------------------------
+    # -- pod events, called through PodFanOut (fanout.py) ------------------------------------------------------
     async def add(self, uid: str, info: WorkloadInfo, fd: int) -> list[str]:
         """Remember the pod (owning `fd`, kept for workers that start later) and give it to
         every running worker."""
@@ -367,109 +377,3 @@ async def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
     if not data:
         raise OSError("the worker closed its ZDS socket")
     return data, fds
-
-
-class PodFanOut:
-    """What the main process's ZdsClient acts on: its own PodManager and every worker.
-
-    The node agent's request succeeds only when this process and every running worker did it;
-    otherwise its NACK names who failed, and the agent offers the pod again later.
-    """
-
-    def __init__(self, local: PodManager, pool: WorkerPool) -> None:
-        self.local = local
-        self.pool = pool
-
-    async def add(self, uid: str, info: WorkloadInfo, fd: int) -> None:
-        duplicate = os.dup(fd)  # both adds own the fd they are given
-        await self._both(lambda: self.local.add(uid, info, fd), lambda: self.pool.add(uid, info, duplicate))
-
-    def keep(self, uid: str) -> None:
-        # Keep only comes in a snapshot; every worker already has what this process has.
-        self.local.keep(uid)
-
-    async def remove(self, uid: str) -> None:
-        await self._both(lambda: self.local.remove(uid), lambda: self.pool.remove(uid))
-
-    async def retain(self, uids) -> list[str]:
-        keep = set(uids)
-        gone: list[str] = []
-
-        async def local() -> None:
-            gone.extend(await self.local.retain(keep))
-
-        await self._both(local, lambda: self.pool.retain(keep))
-        return gone
-
-    @staticmethod
-    async def _both(local, workers) -> None:
-        errors: list[str] = []
-
-        async def run_local() -> None:
-            try:
-                await local()
-            except PodStartError as exc:
-                errors.insert(0, str(exc))
-
-        async def run_workers() -> None:
-            errors.extend(await workers())
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run_local)
-            nursery.start_soon(run_workers)
-        if errors:
-            raise PodStartError("; ".join(errors))
-
-
-# -- the worker side -------------------------------------------------------------------------------
-async def serve_supervisor(ztunnel: Ztunnel, zds_fd: int, status_fd: int) -> None:
-    """In a worker: take pods from the main process, answer its status requests; when either
-    socket closes the main process is gone, so shut down."""
-    for fd in (zds_fd, status_fd):
-        os.set_inheritable(fd, False)
-    zds_sock = socket.socket(fileno=zds_fd)
-    zds_sock.setblocking(False)
-    status_sock = socket.socket(fileno=status_fd)
-    try:
-        async with trio.open_nursery() as nursery:
-            async def follow_zds() -> None:
-                try:
-                    await ztunnel.zds.serve(zds_sock)
-                except OSError as exc:
-                    log.warning("ZDS socket to the main process failed", error=str(exc))
-                nursery.cancel_scope.cancel()
-
-            async def follow_status() -> None:
-                await _answer_status(ztunnel, status_sock)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(follow_zds)
-            nursery.start_soon(follow_status)
-    finally:
-        trio.lowlevel.notify_closing(zds_sock)
-        zds_sock.close()
-    log.info("main ztunnel process is gone; shutting down")
-    ztunnel.request_shutdown()
-
-
-async def _answer_status(ztunnel: Ztunnel, sock: socket.socket) -> None:
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-    buffer = b""
-    try:
-        while True:
-            data = await stream.receive_some(4096)
-            if not data:
-                return
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                command, _, seq = line.decode("ascii", "replace").partition(" ")
-                if command == "status" and seq.isdigit():
-                    reply = {"seq": int(seq), **process_dump(ztunnel)}
-                else:
-                    reply = {"error": f"unknown request {line[:100]!r}; send 'status <n>'"}
-                await stream.send_all(json.dumps(reply).encode() + b"\n")
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return
-    finally:
-        await stream.aclose()

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
-from . import rbac
-from .state import ProxyState
+from ..state import rbac
+from ..state.proxy_state import ProxyState
 
 log = structlog.get_logger("ztunnel.connections")
 

@@ -9,57 +9,41 @@ IP (10 s, else 503). Then 200 and splice.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import structlog
 import trio
 
 from wisp.hbone import ConnectRequest
 from wisp.sockets import format_address
-from wisp.model import Workload
 
-from . import listeners, rbac
-from .metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, ConnectionRecord, Peer
+from ..config import ILLEGAL_PORTS
+from ..metrics import FLAG_CONNECT, FLAG_DENY, MUTUAL_TLS, ConnectionRecord, Peer
+from ..state import rbac
+from ..state.proxy_state import workload_identity
+from . import listeners
+from .inputs import PodContext, ProxyInputs
 from .splice import reset, splice, tcp_stream
-from .state import workload_identity
-
-if TYPE_CHECKING:
-    from .app import Ztunnel
-    from .proxy import PodProxy
 
 log = structlog.get_logger("ztunnel.inbound")
 
 WORKLOAD_WAIT = 5.0
 
 
-async def wait_for_workload(ztunnel: Ztunnel, ip: str, timeout: float = WORKLOAD_WAIT) -> Workload | None:
-    """The local workload with `ip`, waiting a little for config that may be on its way."""
-    with trio.move_on_after(timeout):
-        while True:
-            workload = ztunnel.state.workload_by_ip(ip)
-            if workload is not None:
-                return workload
-            await ztunnel.state_changed.wait()
-    return None
-
-
-
-async def handle(proxy: PodProxy, request: ConnectRequest) -> None:
-    ztunnel = proxy.ztunnel
+async def handle(inputs: ProxyInputs, pod: PodContext, request: ConnectRequest) -> None:
     local_ip = request.local_address[0]
     peer_ip, peer_port = request.peer_address
     target_ip, port = str(request.authority.ip), request.authority.port
     if target_ip != local_ip:
         request.reject(400, f"authority {request.authority} is not this pod ({local_ip})")
         return
-    workload = await wait_for_workload(ztunnel, local_ip)
+    # Config naming the pod may still be on its way.
+    workload = await inputs.state.wait_for_workload(local_ip, WORKLOAD_WAIT)
     if workload is None:
         request.reject(503, f"no workload with address {local_ip} is known to this ztunnel")
         return
-    if port in listeners.ILLEGAL_PORTS:
+    if port in ILLEGAL_PORTS:
         request.reject(503, f"port {port} is ztunnel's own; refusing a self call")
         return
-    state = ztunnel.state
+    state = inputs.state.state
     conn = rbac.Connection(request.peer_identity, peer_ip, local_ip, port)
     decision = rbac.authorize(state.policies_for(workload), conn)
     service = None
@@ -67,7 +51,7 @@ async def handle(proxy: PodProxy, request: ConnectRequest) -> None:
     if host:
         service = state.service_by_host(host, workload.namespace)
     record = ConnectionRecord(
-        ztunnel.metrics, direction="inbound",
+        inputs.metrics, direction="inbound",
         source=Peer(state.workload_by_ip(peer_ip), request.peer_identity, peer_ip),
         destination=Peer(workload, workload_identity(workload)),
         service=service, security=MUTUAL_TLS,
@@ -82,7 +66,7 @@ async def handle(proxy: PodProxy, request: ConnectRequest) -> None:
         record.close(FLAG_DENY)
         return
     try:
-        upstream_sock = await listeners.connect_in_pod(proxy.netns_fd, (local_ip, port), source=peer_ip,
+        upstream_sock = await listeners.connect_in_pod(pod.netns_fd, (local_ip, port), source=peer_ip,
                                                        timeout=listeners.CONNECT_TIMEOUT)
     except (OSError, trio.TooSlowError) as exc:
         error = str(exc) or "connect timed out"
@@ -94,7 +78,7 @@ async def handle(proxy: PodProxy, request: ConnectRequest) -> None:
     stream = request.accept()
     flags = None
     try:
-        with ztunnel.tracker.track(conn) as tracked:
+        with inputs.tracker.track(conn) as tracked:
             with tracked.scope:
                 await splice(stream, upstream, record.transfer)
         if tracked.denied:

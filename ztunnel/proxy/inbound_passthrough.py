@@ -8,7 +8,6 @@ to the app from the client's IP (transparent socket in the pod) → splice.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -16,29 +15,26 @@ import trio
 from wisp import sockets
 from wisp.sockets import format_address
 
-from . import listeners, rbac
-from .metrics import FLAG_CONNECT, FLAG_DENY, UNKNOWN, ConnectionRecord, Peer
+from ..config import ILLEGAL_PORTS
+from ..metrics import FLAG_CONNECT, FLAG_DENY, UNKNOWN, ConnectionRecord, Peer
+from ..state import rbac
+from ..state.proxy_state import workload_identity
+from . import listeners
+from .inputs import PodContext, ProxyInputs
 from .splice import reset, splice, tcp_stream
-from .state import workload_identity
-
-if TYPE_CHECKING:
-    from .proxy import PodProxy
 
 log = structlog.get_logger("ztunnel.inbound_passthrough")
 
 
-
-
-async def serve(proxy: PodProxy, sock: socket.socket, peer: tuple[str, int]) -> None:
-    ztunnel = proxy.ztunnel
+async def serve(inputs: ProxyInputs, pod: PodContext, sock: socket.socket, peer: tuple[str, int]) -> None:
     dst_ip, dst_port = sockets.original_dst(sock)
-    if dst_port in listeners.ILLEGAL_PORTS:
+    if dst_port in ILLEGAL_PORTS:
         log.warning("plaintext connection to ztunnel's own port refused", src=format_address(*peer),
                     dst=format_address(dst_ip, dst_port))
         reset(sock)
         return
-    state = ztunnel.state
-    workload = state.workload_by_ip(dst_ip) or proxy.workload(state)
+    state = inputs.state.state
+    workload = state.workload_by_ip(dst_ip) or pod.workload(state)
     if workload is None:
         log.warning("plaintext connection to an unknown workload refused", dst=format_address(dst_ip, dst_port))
         reset(sock)
@@ -46,7 +42,7 @@ async def serve(proxy: PodProxy, sock: socket.socket, peer: tuple[str, int]) -> 
     conn = rbac.Connection(None, peer[0], dst_ip, dst_port)
     decision = rbac.authorize(state.policies_for(workload), conn)
     record = ConnectionRecord(
-        ztunnel.metrics, direction="inbound",
+        inputs.metrics, direction="inbound",
         source=Peer(state.workload_by_ip(peer[0]), None, peer[0]),
         destination=Peer(workload, workload_identity(workload)),
         service=None, security=UNKNOWN,
@@ -59,7 +55,7 @@ async def serve(proxy: PodProxy, sock: socket.socket, peer: tuple[str, int]) -> 
         reset(sock)
         return
     try:
-        upstream_sock = await listeners.connect_in_pod(proxy.netns_fd, (dst_ip, dst_port), source=peer[0],
+        upstream_sock = await listeners.connect_in_pod(pod.netns_fd, (dst_ip, dst_port), source=peer[0],
                                                        timeout=listeners.CONNECT_TIMEOUT)
     except (OSError, trio.TooSlowError) as exc:
         error = str(exc) or "connect timed out"
@@ -70,7 +66,7 @@ async def serve(proxy: PodProxy, sock: socket.socket, peer: tuple[str, int]) -> 
     client, upstream = tcp_stream(sock), tcp_stream(upstream_sock)
     flags = None
     try:
-        with ztunnel.tracker.track(conn) as tracked:
+        with inputs.tracker.track(conn) as tracked:
             with tracked.scope:
                 await splice(client, upstream, record.transfer)
         if tracked.denied:

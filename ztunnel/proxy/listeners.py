@@ -14,11 +14,7 @@ import trio
 
 from wisp import netns, sockets
 
-OUTBOUND_PORT = 15001
-INBOUND_PLAINTEXT_PORT = 15006
-INBOUND_PORT = 15008
-# Connecting to one of these would loop traffic back into ztunnel.
-ILLEGAL_PORTS = frozenset({OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_PORT})
+from ..config import INBOUND_PLAINTEXT_PORT, INBOUND_PORT, OUTBOUND_PORT
 # Every socket ztunnel makes in a pod carries this mark, so the in-pod rules let it through.
 MARK = 0x539
 # How long a connection to an app or a peer may take to open.

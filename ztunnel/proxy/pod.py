@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -19,39 +17,27 @@ import trio
 from wisp import sockets
 from wisp.hbone import HbonePool, HboneServer
 from wisp.identity import SpiffeId
-from wisp.model import Workload
 from wisp.netns import NetnsId
 from wisp.zds.protocol import WorkloadInfo
 
 from . import inbound, inbound_passthrough, listeners, outbound
+from .inputs import PodContext, ProxyInputs
 from .listeners import PodListeners
-from .state import ProxyState
-
-if TYPE_CHECKING:
-    from .app import Ztunnel
 
 log = structlog.get_logger("ztunnel.proxy")
 
-Handler = Callable[["PodProxy", socket.socket, tuple[str, int]], Awaitable[None]]
-
-
-@dataclass(slots=True, frozen=True)
-class Pod:
-    uid: str
-    info: WorkloadInfo
-    netns: NetnsId
+Handler = Callable[[ProxyInputs, PodContext, socket.socket, tuple[str, int]], Awaitable[None]]
 
 
 class PodProxy:
-    def __init__(self, ztunnel: Ztunnel, pod: Pod, netns_fd: int, pod_listeners: PodListeners) -> None:
-        self.ztunnel = ztunnel
-        self.pod = pod
-        self.netns_fd = netns_fd
+    def __init__(self, inputs: ProxyInputs, uid: str, info: WorkloadInfo, netns: NetnsId, netns_fd: int,
+                 pod_listeners: PodListeners) -> None:
+        self.inputs = inputs
         self.listeners = pod_listeners
-        self.identity = SpiffeId(
-            self._trust_domain(), pod.info.namespace, pod.info.service_account or "default"
-        )
-        self.pool: HbonePool | None = None
+        workload = inputs.state.state.local_workload(info.namespace, info.name)
+        trust_domain = workload.trust_domain if workload else inputs.trust_domain
+        identity = SpiffeId(trust_domain, info.namespace, info.service_account or "default")
+        self.pod = PodContext(uid, info, netns, netns_fd, identity)
         self.server: HboneServer | None = None
         self.scope = trio.CancelScope()
         self._accepting = trio.CancelScope()
@@ -59,28 +45,29 @@ class PodProxy:
         self.stopped = trio.Event()
         self._server_drained = trio.Event()
 
-    def _trust_domain(self) -> str:
-        workload = self.workload(self.ztunnel.state)
-        return workload.trust_domain if workload else self.ztunnel.config.trust_domain
+    @property
+    def identity(self) -> SpiffeId:
+        return self.pod.identity
 
-    def workload(self, state: ProxyState) -> Workload | None:
-        return state.local_workload(self.pod.info.namespace, self.pod.info.name)
+    @property
+    def pool(self) -> HbonePool | None:
+        return self.pod.pool
 
     async def certificate(self):
-        return await self.ztunnel.certs.get(self.identity)
+        return await self.inputs.certs.get(self.identity)
 
     async def _socket_factory(self, address: tuple[str, int], source_ip: str | None) -> socket.socket:
         # HBONE leaves from the source pod, marked so its own rules do not capture it again.
-        return await listeners.pod_socket(self.netns_fd, address[0], source=source_ip)
+        return await listeners.pod_socket(self.pod.netns_fd, address[0], source=source_ip)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        certs = self.ztunnel.certs
+        certs = self.inputs.certs
         certs.track(self.identity)
         try:
             with self.scope:
                 async with HbonePool(certs.get, socket_factory=self._socket_factory) as pool, \
                         HboneServer(self._inbound, trust_domain=self.identity.trust_domain) as server:
-                    self.pool, self.server = pool, server
+                    self.pod.pool, self.server = pool, server
                     async with trio.open_nursery() as connections:
                         self._connections = connections
                         with self._accepting:
@@ -89,7 +76,7 @@ class PodProxy:
                                 accepts.start_soon(self._accept_loop, self.listeners.outbound, outbound.serve)
                                 accepts.start_soon(self._accept_loop, self.listeners.inbound_plaintext,
                                                    inbound_passthrough.serve)
-                                log.info("pod proxy started", uid=self.pod.uid, pod=self._name,
+                                log.info("pod proxy started", uid=self.pod.uid, pod=self.pod.name,
                                          identity=str(self.identity))
                                 task_status.started(self)
                                 await trio.sleep_forever()
@@ -99,13 +86,9 @@ class PodProxy:
         finally:
             self.listeners.close()
             certs.untrack(self.identity)
-            os.close(self.netns_fd)
+            os.close(self.pod.netns_fd)
             self.stopped.set()
-            log.info("pod proxy stopped", uid=self.pod.uid, pod=self._name)
-
-    @property
-    def _name(self) -> str:
-        return f"{self.pod.info.namespace}/{self.pod.info.name}"
+            log.info("pod proxy stopped", uid=self.pod.uid, pod=self.pod.name)
 
     async def _accept_loop(self, sock: socket.socket, handler: Handler) -> None:
         try:
@@ -118,14 +101,14 @@ class PodProxy:
 
     async def _serve(self, handler: Handler, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
-            await handler(self, conn, peer)
+            await handler(self.inputs, self.pod, conn, peer)
         except Exception:
             # A bug costs one connection, never the pod's proxy.
-            log.exception("connection handler failed", pod=self._name, peer=f"{peer[0]}:{peer[1]}")
+            log.exception("connection handler failed", pod=self.pod.name, peer=f"{peer[0]}:{peer[1]}")
             sockets.close(conn)
 
     async def _inbound(self, request) -> None:
-        await inbound.handle(self, request)
+        await inbound.handle(self.inputs, self.pod, request)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting; GOAWAY inbound HBONE; let connections run until `timeout`."""

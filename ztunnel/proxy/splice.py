@@ -15,24 +15,9 @@ import trio
 from wisp import sockets
 from wisp.hbone import HboneStream
 
+from ..metrics import Transfer
+
 CHUNK = 256 * 1024
-
-
-class Transfer:
-    """Bytes moved so far; read by metrics while the connection lives."""
-
-    __slots__ = ("upstream", "downstream", "error")
-
-    def __init__(self) -> None:
-        self.upstream = 0  # client → server (Istio's "received")
-        self.downstream = 0  # server → client (Istio's "sent")
-        self.error: str | None = None
-
-    def count_upstream(self, size: int) -> None:
-        self.upstream += size
-
-    def count_downstream(self, size: int) -> None:
-        self.downstream += size
 
 
 async def splice(client: trio.abc.HalfCloseableStream, server: trio.abc.HalfCloseableStream,

@@ -1,23 +1,59 @@
-"""What the control plane told us, indexed for the data path (ztunnel's state/, pure).
+"""What the control plane told us, indexed for the data path, and the outbound decision over it (pure).
 
 `ProxyState` is built once per config version from a ModelSnapshot and never changes: lookups
 on the hot path are dict reads, and a connection keeps the state it started with. Indexes:
 IP → workload, VIP → services, service → endpoints (workloads that list it), policies by
 namespace and key.
+
+`ProxyState.route` is reference §3 in one call: service VIP → waypoint or a healthy endpoint
+with the right port; pod IP → that workload (or its waypoint); unknown → passthrough; with the
+identities the peer may present.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wisp.identity import InvalidSpiffeId, SpiffeId
-from wisp.model import Authorization, ModelSnapshot, PortMapping, Service, Workload
+from wisp.model import Authorization, GatewayAddress, ModelSnapshot, PortMapping, Service, Workload
+from wisp.sockets import format_address
+
+from ..config import ILLEGAL_PORTS, INBOUND_PORT
+
+HBONE = "hbone"
+DIRECT = "direct"
+PASSTHROUGH = "passthrough"
 
 
 class NoHealthyEndpoint(LookupError):
     """A known service has no healthy endpoint that serves the requested port."""
+
+
+class SelfCall(ValueError):
+    """The destination is one of ztunnel's own ports on loopback."""
+
+
+@dataclass(slots=True, frozen=True)
+class Route:
+    """Where one outbound connection goes (reference §3)."""
+
+    kind: str  # HBONE | DIRECT | PASSTHROUGH
+    target: tuple[str, int]  # what we connect to: peer's 15008, the endpoint, or the original dst
+    authority: str | None = None  # HBONE :authority
+    workload: Workload | None = None
+    service: Service | None = None
+    identities: frozenset[SpiffeId] = frozenset()  # what the HBONE peer may present
+    waypoint: bool = False
+
+    @property
+    def destination_identity(self) -> SpiffeId | None:
+        """The identity telemetry reports for the destination."""
+        if self.kind == HBONE:
+            return next(iter(sorted(self.identities)), None)
+        return workload_identity(self.workload) if self.workload else None
 
 
 @dataclass(slots=True, frozen=True)
@@ -118,6 +154,61 @@ class ProxyState:
             return candidates[0]
         weights = [max(e.workload.capacity, 1) for e in candidates]
         return (rng or random).choices(candidates, weights)[0]
+
+    # -- routing ----------------------------------------------------------------------------------
+    def route(self, source: Workload | None, dst: tuple[str, int], rng: random.Random | None = None) -> Route:
+        """Reference §3 for a connection from `source` to `dst`. Raises SelfCall, or
+        NoHealthyEndpoint for a known service (or waypoint) without one."""
+        ip, port = dst
+        if ipaddress.ip_address(ip).is_loopback and port in ILLEGAL_PORTS:
+            raise SelfCall(f"refusing to connect to ztunnel's own port {format_address(ip, port)}")
+        source_ns = source.namespace if source else None
+        service = self.service_by_vip(ip, source_ns)
+        if service is not None:
+            if service.waypoint is not None and not self._is_waypoint(source, service.waypoint):
+                return self._to_waypoint(service.waypoint, dst, service, rng)
+            endpoint = self.pick_endpoint(service, port, rng)
+            workload, target_ip, target_port = endpoint.workload, endpoint.ip, endpoint.port
+        else:
+            workload = self.workload_by_ip(ip)
+            if workload is None:
+                return Route(PASSTHROUGH, dst)
+            if workload.waypoint is not None and not self._is_waypoint(source, workload.waypoint):
+                return self._to_waypoint(workload.waypoint, dst, None, rng, workload)
+            target_ip, target_port = ip, port
+        if workload.tunnel_protocol == "HBONE":
+            identities = set(service_identities(service))
+            own = workload_identity(workload)
+            if own is not None:
+                identities.add(own)
+            return Route(HBONE, (target_ip, INBOUND_PORT), format_address(target_ip, target_port),
+                         workload, service, frozenset(identities))
+        return Route(DIRECT, (target_ip, target_port), None, workload, service)
+
+    def _waypoint_workloads(self, gateway: GatewayAddress) -> list[Workload]:
+        service = self.service_by_vip(gateway.address)
+        if service is not None:
+            return [e.workload for e in self.service_endpoints(service, gateway.hbone_mtls_port)]
+        workload = self.workload_by_ip(gateway.address)
+        return [workload] if workload is not None else []
+
+    def _is_waypoint(self, source: Workload | None, gateway: GatewayAddress) -> bool:
+        if source is None:
+            return False
+        if gateway.address in source.addresses:
+            return True
+        service = self.service_by_vip(gateway.address)
+        return service is not None and f"{service.namespace}/{service.hostname}" in source.services
+
+    def _to_waypoint(self, gateway: GatewayAddress, dst: tuple[str, int], service: Service | None,
+                     rng: random.Random | None, workload: Workload | None = None) -> Route:
+        candidates = [w for w in self._waypoint_workloads(gateway) if w.status == "HEALTHY" and w.addresses]
+        if not candidates:
+            raise NoHealthyEndpoint(f"waypoint {gateway.address} has no healthy workload")
+        waypoint = (rng or random).choices(candidates, [max(w.capacity, 1) for w in candidates])[0]
+        identity = workload_identity(waypoint)
+        return Route(HBONE, (waypoint.addresses[0], gateway.hbone_mtls_port), format_address(*dst),
+                     workload, service, frozenset([identity]) if identity else frozenset(), waypoint=True)
 
     # -- policies ---------------------------------------------------------------------------------
     def policies_for(self, workload: Workload) -> list[Authorization]:
