@@ -223,6 +223,13 @@ def _expand(doc: Any) -> Iterator[tuple[int | None, Any]]:
         yield None, doc
 
 
+def _expand_quietly(doc: Any) -> Iterator[tuple[int | None, Any]]:
+    try:
+        yield from _expand(doc)
+    except _Bad:
+        return
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
@@ -523,6 +530,12 @@ class LocalSource:
         applying a changed object updates it on a cluster. The store is loaded before returning.
         """
         target = self._target(relative)
+        # Applying never deletes: objects an earlier apply left in this file and that this one
+        # does not name stay (checked again with the rest, so the file loads whole).
+        named = {self._raw_key(o) for doc in documents for _, o in _expand_quietly(doc)}
+        kept = [o for doc in self._read_documents(target) for _, o in _expand_quietly(doc)
+                if self._raw_key(o) not in named]
+        documents = kept + list(documents)
         objects, errors = check_documents(documents, str(target), self.resources)
         seen: dict[Key, ManifestObject] = {}
         for mo in objects:
@@ -561,11 +574,19 @@ class LocalSource:
         self.load()
         return [(key, key in found) for key in keys]
 
-    def _remove_from_file(self, path: Path, keys: set[Key]) -> None:
+    @staticmethod
+    def _read_documents(path: Path) -> list[Any]:
+        if not path.exists():
+            return []
         try:
-            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8-sig")))
+            return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8-sig")) if d is not None]
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            log.warning("manifest not rewritten", file=str(path), error=str(exc))
+            log.warning("manifest not read", file=str(path), error=str(exc))
+            return []
+
+    def _remove_from_file(self, path: Path, keys: set[Key]) -> None:
+        documents = self._read_documents(path)
+        if not documents:
             return
         kept = []
         for doc in documents:

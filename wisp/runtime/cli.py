@@ -1,7 +1,11 @@
 """`wisp up/down/apply/delete/get/label/exec`: the local mesh from the command line.
 
 Each command prints what it did or one line saying what went wrong and what to do; bad
-arguments and bad manifests change nothing.
+arguments and bad manifests change nothing. `apply`, `delete` and `get` behave as kubectl's
+against an API server: the control plane validates each file whole (CRD schema, istiod's checks)
+and applies all of it or none, the answers are kubectl's words (`created`, `configured`,
+`unchanged`, `The AuthorizationPolicy "x" is invalid: ...`), refusals exit 1, and resource names
+resolve through the control plane's discovery (`ap`, `pa`, `authorizationpolicies`, ...).
 """
 
 from __future__ import annotations
@@ -28,21 +32,11 @@ from .manifests import (
     load_directory,
     namespace_of,
     parse_documents,
+    services,
     taken_cluster_ips,
 )
 from .operator_client import OperatorClient, OperatorError
 from .paths import RuntimePaths
-
-CLUSTER_SCOPED = {"Namespace", "Node", "GatewayClass"}
-KIND_ALIASES = {
-    "ns": "Namespace", "namespace": "Namespace", "namespaces": "Namespace",
-    "po": "Pod", "pod": "Pod", "pods": "Pod",
-    "svc": "Service", "service": "Service", "services": "Service",
-    "deploy": "Deployment", "deployment": "Deployment", "deployments": "Deployment",
-    "authorizationpolicy": "AuthorizationPolicy", "authorizationpolicies": "AuthorizationPolicy",
-    "peerauthentication": "PeerAuthentication", "peerauthentications": "PeerAuthentication",
-    "gateway": "Gateway", "gateways": "Gateway",
-}
 
 
 class CliError(Exception):
@@ -67,11 +61,12 @@ def add_commands(sub) -> None:
     apply.add_argument("-f", "--filename", type=Path, required=True)
     delete = prefixed(sub.add_parser("delete", help="remove the objects defined in a file"))
     delete.add_argument("-f", "--filename", type=Path, required=True)
-    get = prefixed(sub.add_parser("get", help="list objects (pods, services, namespaces, …)"))
+    get = prefixed(sub.add_parser("get", help="list objects (pods, svc, ap, pa, ra, gtw, …; as kubectl get)"))
     get.add_argument("kind", nargs="?", default="pods")
+    get.add_argument("names", nargs="*", help="only these objects")
     get.add_argument("-n", "--namespace")
     get.add_argument("-A", "--all-namespaces", action="store_true")
-    get.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    get.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml", "name"], default="table")
     label = prefixed(sub.add_parser("label", help="set (k=v) or remove (k-) labels"))
     label.add_argument("kind")
     label.add_argument("name")
@@ -94,6 +89,8 @@ def run_command(args) -> int:
         return handler(paths, args) or 0
     except CliError as exc:
         print(f"wisp {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except Failed:
         return 1
 
 
@@ -221,28 +218,68 @@ def _stop(paths: RuntimePaths, pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-# -- apply / delete ----------------------------------------------------------------------------------
+# -- apply / delete / get / label: kubectl's verbs, answered by the control plane -----------------------
 def _require_up(paths: RuntimePaths) -> None:
     if not daemon_pid(paths):
         raise CliError(f"no mesh {paths.prefix!r} is running; start one with `wisp up DIR`")
 
 
+class Failed(Exception):
+    """A kubectl-style failure already printed: the command exits 1."""
+
+
+def _files_to_apply(filename: Path) -> list[tuple[Path, str]]:
+    """(file, its name under the manifest directory's applied/ folder) for a file or a directory."""
+    if filename.is_dir():
+        found = sorted(p for p in filename.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+        if not found:
+            raise CliError(f"{filename} has no .yaml or .yml files")
+        return [(p, f"applied/{p.relative_to(filename)}") for p in found]
+    if not filename.is_file():
+        raise CliError(f'the path "{filename}" does not exist')
+    return [(filename, f"applied/{filename.name}")]
+
+
+def _existing_cluster_ips(paths: RuntimePaths) -> dict[tuple[str, str], str]:
+    return {(s.namespace, s.name): s.cluster_ip for s in services(load_directory(paths.manifests)) if s.cluster_ip}
+
+
 def apply(paths: RuntimePaths, args) -> int:
     _require_up(paths)
-    sources = _read_manifest_tree(args.filename) if args.filename.is_dir() else {
-        Path(args.filename.name): _parse_file(args.filename)}
-    taken = taken_cluster_ips(load_directory(paths.manifests))
-    for rel, objects in sources.items():
+    files = _files_to_apply(args.filename)
+    existing = _existing_cluster_ips(paths)
+    taken = set(existing.values())
+    failed = False
+    for path, target in files:
+        try:
+            objects = _parse_file(path)
+        except CliError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        # Re-applying a Service without a clusterIP keeps the address it has (API-server defaulting
+        # happens once, at creation).
+        objects = [_keep_cluster_ip(o, existing) for o in objects]
         objects = allocate_cluster_ips(objects, taken)
         taken |= taken_cluster_ips(objects)
-        target = paths.manifests / "applied" / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump_all(objects, sort_keys=False))
-        os.replace(tmp, target)
-        for obj in objects:
-            print(f"{obj['kind'].lower()}/{obj['metadata']['name']} configured")
-    return 0
+        try:
+            answer = _operator_call(paths, lambda c: c.apply(target, str(path), objects))
+        except Failed:
+            failed = True
+            continue
+        for warning in answer.get("warnings", []):
+            print(f"Warning: {warning}", file=sys.stderr)
+        for result in answer["results"]:
+            print(f"{result['resource']}/{result['name']} {result['action']}")
+    return 1 if failed else 0
+
+
+def _keep_cluster_ip(obj: dict[str, Any], existing: dict[tuple[str, str], str]) -> dict[str, Any]:
+    spec = obj.get("spec")
+    if obj.get("kind") != "Service" or not isinstance(spec, dict) or spec.get("clusterIP"):
+        return obj
+    ip = existing.get((namespace_of(obj), obj["metadata"]["name"]))
+    return dict(obj, spec=dict(spec, clusterIP=ip)) if ip else obj
 
 
 def _parse_file(path: Path) -> list[dict[str, Any]]:
@@ -256,34 +293,54 @@ def _parse_file(path: Path) -> list[dict[str, Any]]:
 
 def delete(paths: RuntimePaths, args) -> int:
     _require_up(paths)
-    doomed = {_key(o) for o in _parse_file(args.filename)}
-    removed = set()
-    for path in sorted(p for p in paths.manifests.rglob("*") if p.suffix in MANIFEST_SUFFIXES):
-        try:
-            objects = parse_documents(path.read_text(), str(path))
-        except ManifestProblem:
+    objects = _parse_file(args.filename)
+    resources = _Resources(_operator_call(paths, lambda c: c.resources()))
+    wanted, failed = [], False
+    for obj in objects:
+        rt = resources.kind(obj["kind"])
+        if rt is None:
+            print(f'error: resource mapping not found for name: "{obj["metadata"]["name"]}" namespace: '
+                  f'"{namespace_of(obj)}" from "{args.filename}": no matches for kind "{obj["kind"]}" in version '
+                  f'"{obj.get("apiVersion", "")}"\nensure CRDs are installed first', file=sys.stderr)
+            failed = True
             continue
-        keep = [o for o in objects if _key(o) not in doomed]
-        if len(keep) == len(objects):
-            continue
-        removed |= {_key(o) for o in objects} - {_key(o) for o in keep}
-        if keep:
-            path.write_text(yaml.safe_dump_all(keep, sort_keys=False))
+        wanted.append({"kind": obj["kind"], "namespace": namespace_of(obj) if rt["namespaced"] else "",
+                       "name": obj["metadata"]["name"]})
+    answer = _operator_call(paths, lambda c: c.delete(wanted)) if wanted else {"results": []}
+    for result in answer["results"]:
+        if result["deleted"]:
+            print(f'{result["resource"]} "{result["name"]}" deleted')
         else:
-            path.unlink()
-    for kind, namespace, name in sorted(removed):
-        print(f"{kind.lower()}/{name} deleted")
-    for kind, namespace, name in sorted(doomed - removed):
-        print(f"{kind.lower()}/{name} not found", file=sys.stderr)
-    return 0 if removed else 1
+            print(f'Error from server (NotFound): error when deleting "{args.filename}": '
+                  f'{result["qualified"]} "{result["name"]}" not found', file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
-def _key(obj: dict[str, Any]) -> tuple[str, str, str]:
-    kind = obj["kind"]
-    return kind, "" if kind in CLUSTER_SCOPED else namespace_of(obj), obj["metadata"]["name"]
+class _Resources:
+    """The control plane's discovery answer, resolved as kubectl resolves resource names."""
+
+    def __init__(self, listing: list[dict[str, Any]]) -> None:
+        self.by_kind = {r["kind"]: r for r in listing}
+        self.by_name: dict[str, dict[str, Any]] = {}
+        for r in listing:
+            group = r["group"]
+            names = [r["kind"], r["plural"], r["singular"], *r["shortNames"]]
+            if group:
+                names += [f"{r['plural']}.{group}", f"{r['singular']}.{group}"]
+            for name in names:
+                self.by_name.setdefault(name.lower(), r)
+
+    def kind(self, kind: str) -> dict[str, Any] | None:
+        return self.by_kind.get(kind)
+
+    def resolve(self, name: str) -> dict[str, Any]:
+        found = self.by_name.get(name.lower())
+        if found is None:
+            raise CliError(f'the server doesn\'t have a resource type "{name}"')
+        return found
 
 
-# -- get / label ----------------------------------------------------------------------------------------
 def _operator_call(paths: RuntimePaths, fn):
     async def call():
         client = OperatorClient(paths)
@@ -295,6 +352,10 @@ def _operator_call(paths: RuntimePaths, fn):
     try:
         return trio.run(call)
     except OperatorError as exc:
+        if exc.status == 422:
+            # The control plane refused the request and worded why, as kubectl would.
+            print(str(exc), file=sys.stderr)
+            raise Failed() from None
         raise CliError(str(exc)) from None
     except FileNotFoundError:
         raise CliError(f"no credentials in {paths.state}; is the mesh up?") from None
@@ -302,46 +363,114 @@ def _operator_call(paths: RuntimePaths, fn):
 
 def get(paths: RuntimePaths, args) -> int:
     _require_up(paths)
-    kind = KIND_ALIASES.get(args.kind.lower(), args.kind)
+    resources = _Resources(_operator_call(paths, lambda c: c.resources()))
+    try:
+        rt = resources.resolve(args.kind)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    kind, namespaced = rt["kind"], rt["namespaced"]
+    qualified = f"{rt['plural']}.{rt['group']}" if rt["group"] else rt["plural"]
     listing = _operator_call(paths, lambda c: c.objects())
-    status = {(p["namespace"], p["name"]): p for p in read_status(paths).get("pods", [])}
-    rows = [o for o in listing["objects"] if o.get("kind") == kind]
-    if kind not in CLUSTER_SCOPED and not args.all_namespaces:
-        rows = [o for o in rows if namespace_of(o) == (args.namespace or "default")]
-    if args.output == "json":
-        print(json.dumps({"items": rows, "conditions": listing["conditions"]}, indent=1))
-        return 0
+    namespace = args.namespace or "default"
+    rows = [_with_conditions(o, listing["conditions"]) for o in listing["objects"] if o.get("kind") == kind]
+    if namespaced and not args.all_namespaces:
+        rows = [o for o in rows if namespace_of(o) == namespace]
+    rows.sort(key=lambda o: (namespace_of(o) if namespaced else "", o["metadata"]["name"]))
+    status = 0
+    if args.names:
+        by_name = {o["metadata"]["name"]: o for o in rows}
+        for name in args.names:
+            if name not in by_name:
+                print(f'Error from server (NotFound): {qualified} "{name}" not found', file=sys.stderr)
+                status = 1
+        rows = [by_name[n] for n in args.names if n in by_name]
+    if args.output in ("json", "yaml"):
+        document = rows[0] if len(args.names) == 1 and rows else {"apiVersion": "v1", "kind": "List", "items": rows}
+        if args.names and not rows:
+            return status
+        if args.output == "json":
+            print(json.dumps(document, indent=4))
+        else:
+            print(yaml.safe_dump(document, sort_keys=False), end="")
+        return status
+    if args.output == "name":
+        for o in rows:
+            print(f"{rt['singular']}.{rt['group']}/{o['metadata']['name']}" if rt["group"]
+                  else f"{rt['singular']}/{o['metadata']['name']}")
+        return status
+    if not rows:
+        if not args.names:
+            where = f" in {namespace} namespace" if namespaced and not args.all_namespaces else ""
+            print(f"No resources found{where}.", file=sys.stderr)
+        return status
+    _print_table(_table(kind, namespaced, rows, paths, wide=args.output == "wide"))
+    return status
+
+
+def _with_conditions(obj: dict[str, Any], conditions: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The object as `kubectl get` shows it: the control plane's conditions in status.conditions."""
+    meta = obj.get("metadata") or {}
+    ours = conditions.get(f"{obj.get('kind')}/{meta.get('namespace', '')}/{meta.get('name')}", [])
+    if not ours:
+        return obj
+    status = dict(obj.get("status") or {})
+    mine = {c.get("type") for c in ours}
+    status["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") not in mine] + ours
+    return dict(obj, status=status)
+
+
+def _table(kind: str, namespaced: bool, rows: list[dict[str, Any]], paths: RuntimePaths, *, wide: bool) -> list[list[str]]:
+    def conditions(o: dict[str, Any]) -> str:
+        shown = [f"{c.get('type')}={c.get('status')}({c.get('reason')})"
+                 for c in (o.get("status") or {}).get("conditions") or [] if c.get("type") not in ("Ready", "ContainersReady")]
+        return ",".join(shown) or "-"
+
+    def messages(o: dict[str, Any]) -> str:
+        return " | ".join(f"{c.get('type')}: {c.get('message')}" for c in (o.get("status") or {}).get("conditions") or []
+                          if c.get("message")) or "-"
+
     if kind == "Pod":
+        run = {(p["namespace"], p["name"]): p for p in read_status(paths).get("pods", [])}
         table = [["NAMESPACE", "NAME", "READY", "STATUS", "NODE", "IP", "REDIRECTION"]]
         for o in rows:
             meta, st = o["metadata"], o.get("status") or {}
-            run = status.get((namespace_of(o), meta["name"]), {})
             ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
             table.append([namespace_of(o), meta["name"], "1/1" if ready else "0/1", st.get("phase", "Pending"),
-                          (o.get("spec") or {}).get("nodeName", "") or run.get("node", ""), st.get("podIP", ""),
-                          (meta.get("annotations") or {}).get("ambient.istio.io/redirection", "-")])
-    elif kind == "Service":
+                          (o.get("spec") or {}).get("nodeName", "") or run.get((namespace_of(o), meta["name"]), {}).get("node", ""),
+                          st.get("podIP", ""), (meta.get("annotations") or {}).get("ambient.istio.io/redirection", "-")])
+        return table
+    if kind == "Service":
         table = [["NAMESPACE", "NAME", "CLUSTER-IP", "PORTS", "WAYPOINT"]]
         for o in rows:
             spec = o.get("spec") or {}
             ports = ",".join(f"{p.get('port')}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or [])
             table.append([namespace_of(o), o["metadata"]["name"], spec.get("clusterIP", ""), ports,
                           (o["metadata"].get("labels") or {}).get("istio.io/use-waypoint", "-")])
-    elif kind == "Namespace":
+        return table
+    if kind == "Namespace":
         table = [["NAME", "DATAPLANE-MODE", "LABELS"]]
         for o in rows:
             labels = o["metadata"].get("labels") or {}
             table.append([o["metadata"]["name"], labels.get("istio.io/dataplane-mode", "-"),
                           ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"])
-    else:
-        table = [["NAMESPACE", "NAME", "CONDITIONS"]]
-        for o in rows:
-            key = f"{kind}/{namespace_of(o) if kind not in CLUSTER_SCOPED else ''}/{o['metadata']['name']}"
-            conditions = listing["conditions"].get(key, [])
-            table.append([namespace_of(o), o["metadata"]["name"],
-                          ",".join(f"{c.get('type')}={c.get('status')}({c.get('reason')})" for c in conditions) or "-"])
-    _print_table(table)
-    return 0
+        return table
+    # Istio's printer columns where it has one (AuthorizationPolicy: ACTION, PeerAuthentication: MODE).
+    extra = {"AuthorizationPolicy": ("ACTION", lambda o: (o.get("spec") or {}).get("action", "ALLOW")),
+             "PeerAuthentication": ("MODE", lambda o: ((o.get("spec") or {}).get("mtls") or {}).get("mode", "UNSET"))}
+    column = extra.get(kind)
+    header = (["NAMESPACE"] if namespaced else []) + ["NAME"] + ([column[0]] if column else []) + ["CONDITIONS"]
+    if wide:
+        header += ["GENERATION", "MESSAGE"]
+    table = [header]
+    for o in rows:
+        row = ([namespace_of(o)] if namespaced else []) + [o["metadata"]["name"]]
+        row += [column[1](o)] if column else []
+        row.append(conditions(o))
+        if wide:
+            row += [str(o["metadata"].get("generation", "-")), messages(o)]
+        table.append(row)
+    return table
 
 
 def _print_table(rows: list[list[str]]) -> None:
@@ -352,9 +481,8 @@ def _print_table(rows: list[list[str]]) -> None:
 
 def label(paths: RuntimePaths, args) -> int:
     _require_up(paths)
-    kind = KIND_ALIASES.get(args.kind.lower())
-    if kind is None:
-        raise CliError(f"cannot label {args.kind!r}; use namespace, pod or service")
+    resources = _Resources(_operator_call(paths, lambda c: c.resources()))
+    rt = resources.resolve(args.kind)
     changes: dict[str, str | None] = {}
     for item in args.labels:
         if item.endswith("-") and "=" not in item:
@@ -364,9 +492,9 @@ def label(paths: RuntimePaths, args) -> int:
             changes[key] = value
         else:
             raise CliError(f"{item!r} is neither key=value nor key-")
-    namespace = "" if kind in CLUSTER_SCOPED else args.namespace
-    _operator_call(paths, lambda c: c.set_labels(kind, namespace, args.name, changes))
-    print(f"{kind.lower()}/{args.name} labeled")
+    namespace = args.namespace if rt["namespaced"] else ""
+    _operator_call(paths, lambda c: c.set_labels(rt["kind"], namespace, args.name, changes))
+    print(f"{rt['singular']}/{args.name} labeled")
     return 0
 
 

@@ -70,6 +70,18 @@ class OperatorClient:
     async def objects(self) -> dict[str, Any]:
         return await self._call("GET", "/v1/local/objects")
 
+    async def resources(self) -> list[dict[str, Any]]:
+        """Discovery: every served kind with its plural, singular and short names."""
+        return (await self._call("GET", "/v1/local/resources"))["resources"]
+
+    async def apply(self, path: str, source: str, documents: list[Any], *, dry_run: bool = False) -> dict[str, Any]:
+        """Validate and apply one file's objects (all or nothing); 422 carries kubectl-worded errors."""
+        return await self._call("POST", "/v1/local/apply",
+                                {"path": path, "source": source, "documents": documents, "dryRun": dry_run})
+
+    async def delete(self, objects: list[dict[str, str]]) -> dict[str, Any]:
+        return await self._call("POST", "/v1/local/delete", {"objects": objects})
+
     async def subscribers(self) -> dict[str, Any]:
         """The config version and what each subscriber (ztunnel, waypoint) acknowledged."""
         return await self._call("GET", "/debug/subscribers")
