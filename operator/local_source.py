@@ -539,13 +539,7 @@ class LocalSource:
         objects, errors = check_documents(documents, str(target), self.resources)
         seen: dict[Key, ManifestObject] = {}
         for mo in objects:
-            first = seen.setdefault(mo.key, mo)
-            if first is not mo and first.obj != mo.obj:
-                kind, ns, name = mo.key
-                errors.append(ManifestError(
-                    str(target), f"defined twice, differently, in this file (documents {first.document} and "
-                    f"{mo.document}); nothing was applied", document=mo.document, item=mo.item, kind=kind,
-                    namespace=ns, name=name))
+            seen.setdefault(mo.key, mo)  # check_documents refused differing duplicates already
         if errors:
             return ApplyResult(errors=tuple(errors))
         applied = []
