@@ -35,10 +35,10 @@ MEASURED_CODE = ("wisp", "ztunnel", "cni", "operator", "bench/mesh")
 TOOLS = {"haproxy": ["haproxy", "-v"], "nginx": ["nginx", "-v"], "h2load": ["h2load", "--version"],
          "wrk": ["wrk", "-v"], "iperf3": ["iperf3", "--version"]}
 
-# Each contender's fixed-rate total: quick 3 × 8 s, default 3 rounds × 2 runs × 20 s (Istio runs
+# Each contender's fixed-rate total: quick 3 × 6 s, default 3 rounds × 2 runs × 20 s (Istio runs
 # ≥ 30 s once; several shorter runs give the same requests and a spread besides).
 PRESETS = {
-    "quick": dict(rounds=1, fixed_seconds=8, fixed_runs=3, saturation_seconds=4, connect_seconds=4,
+    "quick": dict(rounds=1, fixed_seconds=6, fixed_runs=3, saturation_seconds=4, connect_seconds=4,
                   bulk_seconds=4, idle_connections=10_000, quiet_budget=0.0),
     "default": dict(rounds=3, fixed_seconds=20, fixed_runs=2, saturation_seconds=10, connect_seconds=10,
                     bulk_seconds=10, idle_connections=10_000, quiet_budget=45.0),
@@ -251,7 +251,7 @@ def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
         date = dt.datetime.fromisoformat(data["date"])
         chart.latency_png(summary, names, CHART,
                           f"Latency at {plan.fixed_rate:,} req/s, HTTP/1.1 1 KiB, {plan.fixed_connections} "
-                          f"connections (medians of {plan.rounds} rounds), {date:%Y-%m-%d}")
+                          f"connections (medians of {plan.rounds * plan.fixed_runs} runs), {date:%Y-%m-%d}")
         docs.update(DOCS, markdown(data, plan, summary, results, samples, problems))
         print(f"updated: {DOCS.relative_to(ROOT)}, {CHART.relative_to(ROOT)}")
     return 0

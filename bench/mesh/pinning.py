@@ -1,16 +1,23 @@
 """Which core runs what during the fixed-rate runs: layouts, and pinning process trees to them.
 
-On a 2-core machine shared by the load generator, the server, two proxies and the mesh's own
-control processes, an unpinned request waits now and then for the scheduler to move or wake
-someone on the other core, and those waits (milliseconds) are what a p99 at 1,000 req/s measures.
-A layout puts each role on one core: the load generator (started under `taskset`), the server
-pod's processes and each node's proxy tree (every thread of every process, set with
-sched_setaffinity, and put back afterwards). Layout indexes 0 and 1 are the first two CPUs this
-process may use. A layout named `<name>+rt` also runs the pinned processes SCHED_FIFO for the run
-(`chrt -f 1` for the load generator), so their wake-ups preempt other programs' CPU-bound work
-instead of waiting for its time slice to end; the kernel's real-time throttling (95% of each
-second) keeps a runaway from taking a core, and at 1,000 req/s the path uses well under one. `python -m bench.mesh.layouts` measured the layouts against each other; the
-default is the one it found lowest and steadiest (docs/performance.md says by how much).
+On a 2-core machine shared by the load generator, the server, two proxies, the mesh's own
+control processes and other people's work, a request now and then waits for a core, and those
+waits (milliseconds) are what a p99 at 1,000 req/s measures. A layout puts each role on one core:
+the load generator (started under `taskset`), the server pod's processes and each node's proxy
+tree (every thread of every process, set with sched_setaffinity, and put back afterwards).
+Layout indexes 0 and 1 are the first two CPUs this process may use. A layout named `<name>+rt`
+also runs the pinned processes SCHED_FIFO for the run (`chrt -f 1` for the load generator), so
+their wake-ups preempt other programs' CPU-bound work instead of waiting out its time slice; the
+kernel's real-time throttling (95% of each second) keeps a runaway from taking a core, and at
+1,000 req/s the path uses well under one.
+
+`python -m bench.mesh.layouts` measured the layouts against each other (docs/performance.md has
+the figures): no pinned layout, real-time or not, gave direct a lower or steadier p99 than
+leaving placement to the scheduler; every layout that puts the load generator and the server on
+different cores doubled direct's p50 while the machine was quiet (a wake-up on the other, idle
+vCPU costs ~0.1 ms each way); and while other programs loaded the machine every layout gave every
+contender, direct included, a p99 of 5-8 ms. So the default is `none`, and the spread the report
+prints beside each latency is what says how far to trust it.
 """
 
 from __future__ import annotations
@@ -59,7 +66,8 @@ LAYOUTS = {layout.name: layout for layout in (
     Layout("one-core", 1, 1, 1, 1, "the whole request path (load generator, server pod, both proxies) on CPU 1; "
                                    "CPU 0 left to everything else"),
 )}
-DEFAULT_LAYOUT = "sides"
+# Chosen by measurement (see above): pinning did not steady direct's p99 on this machine.
+DEFAULT_LAYOUT = "none"
 
 
 REALTIME_SUFFIX = "+rt"
