@@ -1,8 +1,11 @@
-"""Network namespaces: entering one on a worker thread, and identifying one.
+"""Network namespaces: entering one for a socket() call, on a worker thread or the event loop's, and identifying one.
 
-A socket stays in the namespace it was created in, so pod sockets are made on a thread that has
-entered the pod's namespace and returned to its own before the thread is reused. Python 3.11 has
-no os.setns; libc's is called through ctypes.
+A socket stays in the namespace it was created in. `socket_in_netns` switches the calling thread
+into a pod's namespace for one synchronous call (creating and tuning a socket) and back, so the
+event-loop thread can make a pod's connect socket in a few microseconds; nothing may await in
+between, or other tasks would run in the pod's namespace. `run_in_netns` does the same on a
+worker thread, for slower work (opening a pod's listeners). Either way a thread that cannot
+return home stops the process. Python 3.11 has no os.setns; libc's is called through ctypes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ log = structlog.get_logger("wisp.netns")
 T = TypeVar("T")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The namespace threads that call socket_in_netns live in, opened on the first call (see there).
+_home_fd: int | None = None
 
 
 class NetnsError(OSError):
@@ -86,6 +91,28 @@ def in_netns(netns_fd: int, fn: Callable[..., T], *args) -> T:
                 os._exit(70)
     finally:
         os.close(home)
+
+
+def socket_in_netns(netns_fd: int, fn: Callable[..., T], *args, **kwargs) -> T:
+    """`fn(*args, **kwargs)` on the calling thread inside the namespace, and the thread home again.
+
+    For one short synchronous call, such as creating a socket, on a thread that lives in the
+    process's own namespace (the event loop's): no await may come between the switches. The
+    home namespace is opened once per process, from the calling thread on its first call. If the
+    thread cannot go home, the process exits: whatever ran next would make sockets in a pod.
+    """
+    global _home_fd
+    if _home_fd is None:
+        _home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    setns(netns_fd)  # on failure the thread has not moved
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        try:
+            setns(_home_fd)
+        except OSError as exc:
+            log.critical("thread stuck in a pod network namespace; stopping", error=str(exc))
+            os._exit(70)
 
 
 async def run_in_netns(netns_fd: int, fn: Callable[..., T], *args) -> T:

@@ -1,12 +1,14 @@
-"""The three listeners ztunnel opens inside each enrolled pod's network namespace.
+"""Sockets in an enrolled pod's network namespace: its three listeners, and connect sockets.
 
-Kept in one place so that a supervisor handing netns fds to N worker processes can have each
-worker open the same listeners: all are SO_REUSEPORT, so the kernel spreads connections.
+Listeners are opened on a worker thread in the pod's netns (once per pod); connect sockets on
+the event-loop thread, switched into the netns for the socket() call (once per connection).
+The listeners are kept in one place so that a supervisor handing netns fds to N worker processes
+can have each worker open the same listeners: all are SO_REUSEPORT, so the kernel spreads
+connections.
 """
 
 from __future__ import annotations
 
-import functools
 import socket
 from dataclasses import dataclass
 
@@ -49,11 +51,15 @@ async def open_pod_listeners(netns_fd: int, host: str = "0.0.0.0") -> PodListene
     return await netns.run_in_netns(netns_fd, open_listeners, host)
 
 
-async def pod_socket(netns_fd: int, host: str, *, source: str | None = None,
-                     transparent: bool = False) -> socket.socket:
-    """A marked, non-blocking TCP socket for connecting to `host`, made inside the pod."""
-    make = functools.partial(sockets.new_tcp_socket, host, mark=MARK, source=source, transparent=transparent)
-    return await netns.run_in_netns(netns_fd, make)
+def pod_socket(netns_fd: int, host: str, *, source: str | None = None,
+               transparent: bool = False) -> socket.socket:
+    """A marked, non-blocking TCP socket for connecting to `host`, made inside the pod.
+
+    Made on the calling (event-loop) thread, which enters the pod's netns for the socket() call
+    alone (bench.netns_socket: ~25 µs per socket this way, ~130–150 µs through a worker thread).
+    """
+    return netns.socket_in_netns(netns_fd, sockets.new_tcp_socket, host, mark=MARK, source=source,
+                                 transparent=transparent)
 
 
 async def connect_in_pod(netns_fd: int, address: tuple[str, int], *, timeout: float,
@@ -65,7 +71,7 @@ async def connect_in_pod(netns_fd: int, address: tuple[str, int], *, timeout: fl
     the in-pod rules route the app's replies back to ztunnel by the mark. OSError or
     trio.TooSlowError on failure.
     """
-    sock = await pod_socket(netns_fd, address[0], source=source, transparent=source is not None)
+    sock = pod_socket(netns_fd, address[0], source=source, transparent=source is not None)
     try:
         with trio.fail_after(timeout):
             await sockets.connect(sock, address)

@@ -58,7 +58,7 @@ class PodProxy:
 
     async def _socket_factory(self, address: tuple[str, int], source_ip: str | None) -> socket.socket:
         # HBONE leaves from the source pod, marked so its own rules do not capture it again.
-        return await listeners.pod_socket(self.pod.netns_fd, address[0], source=source_ip)
+        return listeners.pod_socket(self.pod.netns_fd, address[0], source=source_ip)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         certs = self.inputs.certs
