@@ -170,7 +170,10 @@ class TcpEnd:
             return True
         if self._buffer:
             self._buffer += data
-            self._peer_paused = len(self._buffer) > HIGH_WATER
+            # Sticky until the buffer drains below the low-water mark: a peer once paused
+            # stays paused until on_writable resumes it.
+            if len(self._buffer) > HIGH_WATER:
+                self._peer_paused = True
             return not self._peer_paused
         try:
             sent = self.sock.send(data)
@@ -183,7 +186,8 @@ class TcpEnd:
             return True
         self._buffer = bytearray(memoryview(data)[sent:])
         self._update()
-        self._peer_paused = len(self._buffer) > HIGH_WATER
+        if len(self._buffer) > HIGH_WATER:
+            self._peer_paused = True
         return not self._peer_paused
 
     def on_writable(self) -> None:

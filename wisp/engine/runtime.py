@@ -1,0 +1,72 @@
+"""The engine of one process: its loop, the shape that drives it, and the hand-off to trio.
+
+Data-path handlers run in the loop and never await. What must wait on the control side (a
+certificate not fetched yet, config that is on its way) is handed to trio with `spawn`, whose
+task calls back into the loop's objects when it is done — safely, because in both shapes trio
+and the loop share one thread and never run at the same time.
+
+Shapes (`WISP_ENGINE`, or ztunnel's `--engine`):
+- `epoll` (default): the loop owns the thread; trio is its guest.
+- `trio-epoll`: trio owns the thread; one trio task serves the loop when its epoll fd is ready.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .loop import Loop, drive_from_trio, run_with_trio_guest
+
+SHAPES = ("epoll", "trio-epoll")
+DEFAULT_SHAPE = "epoll"
+
+
+def shape_from_environment(default: str = DEFAULT_SHAPE) -> str:
+    shape = os.environ.get("WISP_ENGINE", "").strip() or default
+    if shape not in SHAPES:
+        raise ValueError(f"WISP_ENGINE={shape!r} is not an engine shape; choose one of {', '.join(SHAPES)}")
+    return shape
+
+
+class Engine:
+    def __init__(self, shape: str = DEFAULT_SHAPE) -> None:
+        if shape not in SHAPES:
+            raise ValueError(f"unknown engine shape {shape!r}; choose one of {', '.join(SHAPES)}")
+        self.shape = shape
+        self.loop = Loop()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+
+    def run(self, main: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run the process: trio's `main(*args)` for the control side, the loop for the data path."""
+        if self.shape == "epoll":
+            return run_with_trio_guest(self.loop, main, *args)
+        return trio.run(main, *args)
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The trio side of the engine: a nursery for hand-offs (and, in trio-epoll, the loop)."""
+        self._token = trio.lowlevel.current_trio_token()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.shape == "trio-epoll":
+                    nursery.start_soon(drive_from_trio, self.loop)
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run `fn(*args)` as a trio task (from the loop or from trio)."""
+        nursery, token = self._nursery, self._token
+        if nursery is None or token is None:
+            raise RuntimeError("the engine's trio side is not running")
+        token.run_sync_soon(nursery.start_soon, fn, *args)
+
+    def notify(self, fn: Callable[[], Any]) -> None:
+        """Run the synchronous `fn()` in trio's context soon (e.g. to set a trio.Event)."""
+        if self._token is not None:
+            self._token.run_sync_soon(fn)

@@ -1,0 +1,128 @@
+"""The HBONE server in the loop: accept on 15008, mutual TLS, then CONNECT requests.
+
+Checks what every HBONE endpoint checks (TLS 1.3, ALPN h2, a client certificate from our roots
+in our trust domain); a refused peer is told why in a GOAWAY (INADEQUATE_SECURITY) and closed.
+Every CONNECT that passes the codec and the authority syntax goes to `on_request`, which
+answers it (`accept` / `reject`) now or later.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections import Counter, deque
+from collections.abc import Callable
+
+import structlog
+
+from wisp import sockets
+from wisp.h2 import frames
+from wisp.identity import SpiffeId, VerificationError, spiffe_id_of
+
+from .accept import Acceptor
+from .hbone import ConnectRequest, HboneConnection, ServerConnection
+from .loop import Loop
+from .tls import Handshake
+
+log = structlog.get_logger("wisp.engine.server")
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class HboneServer:
+    """Serves HBONE on one listening socket with the certificate `context()` returns."""
+
+    def __init__(self, loop: Loop, sock: socket.socket, context: Callable[[], ssl.SSLContext | None], *,
+                 on_request: Callable[[ConnectRequest], None], trust_domain: str,
+                 name: str = "hbone") -> None:
+        self.loop = loop
+        self.context = context
+        self.on_request = on_request
+        self.trust_domain = trust_domain
+        self.connections: set[ServerConnection] = set()
+        self.stats: Counter[str] = Counter()
+        self.rejections: deque[tuple[tuple[str, int], str]] = deque(maxlen=256)
+        self.draining = False
+        self.acceptor = Acceptor(loop, sock, self._accepted, name=name)
+
+    def _accepted(self, raw: socket.socket, peer: tuple[str, int], release: Callable[[], None]) -> None:
+        self.stats["connections_accepted"] += 1
+        sockets.tune(raw)
+        ctx = self.context()
+        if ctx is None:
+            raw.close()
+            release()
+            self._reject(peer, "no server certificate for this listener yet")
+            return
+
+        def failed(reason: str) -> None:
+            release()
+            self._reject(peer, reason)
+
+        Handshake(self.loop, raw, ctx, server_side=True, timeout=HANDSHAKE_TIMEOUT,
+                  on_done=lambda h: self._handshaken(h, release), on_error=failed)
+
+    def _handshaken(self, handshake: Handshake, release: Callable[[], None]) -> None:
+        tls = handshake.sock
+        peer = handshake.peer
+        if tls.selected_alpn_protocol() != "h2":
+            tls.close()
+            release()
+            self._reject(peer, "the client did not negotiate ALPN h2")
+            return
+        try:
+            from cryptography import x509
+
+            der = tls.getpeercert(binary_form=True)
+            peer_identity = spiffe_id_of(x509.load_der_x509_certificate(der))
+        except (VerificationError, ValueError, TypeError) as exc:
+            self._refuse(handshake, release, f"client certificate: {exc}")
+            return
+        if peer_identity.trust_domain != self.trust_domain:
+            self._refuse(handshake, release,
+                         f"client identity {peer_identity} is not in trust domain {self.trust_domain!r}")
+            return
+
+        def closed(conn: HboneConnection) -> None:
+            self.connections.discard(conn)
+            release()
+
+        conn = ServerConnection(self.loop, tls, on_request=self._request, local=handshake.local, peer=peer,
+                                peer_identity=peer_identity, local_identity=None, on_closed=closed)
+        self.connections.add(conn)
+        if self.draining:
+            conn.goaway()
+
+    def _request(self, request: ConnectRequest) -> None:
+        self.stats["streams"] += 1
+        self.on_request(request)
+
+    def _refuse(self, handshake: Handshake, release: Callable[[], None], reason: str) -> None:
+        """Tell a peer we will not serve why, in a GOAWAY, then close."""
+        self._reject(handshake.peer, reason)
+        conn = ServerConnection(self.loop, handshake.sock, on_request=lambda r: None, local=handshake.local,
+                                peer=handshake.peer, peer_identity=None, local_identity=None,
+                                on_closed=lambda c: release())
+        conn.codec.goaway(frames.INADEQUATE_SECURITY, reason.encode()[:512])
+        conn.close(reason)
+
+    def _reject(self, peer: tuple[str, int], reason: str) -> None:
+        self.stats["connections_rejected"] += 1
+        self.rejections.append((peer, reason))
+        log.warning("hbone connection rejected", peer=f"{peer[0]}:{peer[1]}", reason=reason)
+
+    def drain(self) -> None:
+        """Stop accepting and send GOAWAY on every connection; streams in flight go on."""
+        self.draining = True
+        self.acceptor.close()
+        for conn in list(self.connections):
+            conn.goaway(debug="server draining")
+
+    @property
+    def open_streams(self) -> int:
+        return sum(len(c.streams) for c in self.connections)
+
+    def close(self, reason: str = "server closed") -> None:
+        self.acceptor.close()
+        for conn in list(self.connections):
+            conn.close(reason)
