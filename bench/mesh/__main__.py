@@ -161,11 +161,14 @@ def progress(plan: runner.Plan, names: dict[str, str]):
 
 def measure(plan: runner.Plan, contenders: list[Contender], names: dict[str, str],
             keep: Path) -> tuple[list[runner.Sample], dict, dict]:
-    """Bring up one mesh per distinct `wisp up` environment (direct, HAProxy and the default
-    ztunnel share the first; each named engine has its own), run the plan, take them all down."""
+    """Bring up one mesh per distinct `wisp up` environment (each named engine has its own;
+    direct and HAProxy, which no ztunnel carries, ride in the first), run the plan, take them
+    all down."""
+    envs = [tuple(sorted(c.mesh_env().items())) for c in contenders]
+    first = next((env for env in envs if env), ())
     groups: dict[tuple, list[Contender]] = {}
-    for contender in contenders:
-        groups.setdefault(tuple(sorted(contender.mesh_env().items())), []).append(contender)
+    for contender, env in zip(contenders, envs):
+        groups.setdefault(env or (first if contender.anchor else ()), []).append(contender)
     with contextlib.ExitStack() as stack:
         meshes: dict[str, Mesh] = {}
         for env, members in groups.items():
