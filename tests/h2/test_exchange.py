@@ -166,3 +166,27 @@ def test_goaway_both_directions(pair):
     client.goaway(frames.NO_ERROR)
     assert exchange(client, server) == [GoAwayReceived(frames.NO_ERROR, 0, b"")]
     assert client.goaway_sent and client.goaway_received
+
+
+def test_header_values_go_out_as_plain_literals_unless_huffman_is_asked_for():
+    import hpack
+
+    for huffman, visible in ((False, True), (True, False)):
+        client = Connection(client=True, huffman=huffman)
+        client.initiate()
+        take(client)
+        client.open_stream(CONNECT)
+        (headers,) = parse_frames(take(client))
+        assert (b"k8s.namespace.name=shop" in headers.payload) is visible
+        assert hpack.Decoder().decode(headers.payload) == CONNECT
+
+
+def test_a_field_marked_true_is_never_indexed(pair):
+    import hpack
+
+    client, server = pair
+    client.open_stream(CONNECT[:2] + [("traceparent", "00-unique-00", True), ("baggage", "k=v")])
+    (headers,) = parse_frames(take(client))
+    decoder = hpack.Decoder()
+    assert decoder.decode(headers.payload)[2] == ("traceparent", "00-unique-00")
+    assert [name for name, _ in decoder.header_table.dynamic_entries] == [b"baggage", b":authority", b":method"]
