@@ -391,19 +391,27 @@ PYSPY_RAW = """\
 0x7f3b67c4524a (libc.so.6);<module> (ztunnel.py:1);run (trio/_run.py:10);send (hbone.py:40);0x7f3b6749c34c (libcrypto.so.3) 3
 0x7f3b67c4524a (libc.so.6);<module> (ztunnel.py:1);run (trio/_run.py:10);send (hbone.py:40);0x7f3b6749c433 (libcrypto.so.3) 1
 0x7f3b67c4524a (libc.so.6);<module> (ztunnel.py:1);run (trio/_run.py:10);run (trio/_run.py:10) 4
+0x7f3b67c4524a (libc.so.6);<module> (ztunnel.py:1);run (trio/_run.py:10);get_events (trio/_io_epoll.py:238);epoll_wait (libc.so.6) 9
 """
 
 
 def test_pyspy_raw_output_is_read_as_stacks_with_native_addresses_counted_per_library():
     stacks = profile.parse_raw(PYSPY_RAW)
-    assert sum(stacks.values()) == 16
+    assert sum(stacks.values()) == 25
     libcrypto = ("[libc.so.6]", "<module> (ztunnel.py:1)", "run (trio/_run.py:10)", "send (hbone.py:40)",
                  "[libcrypto.so.3]")
     assert stacks[libcrypto] == 4
 
 
+def test_pyspy_stacks_that_end_in_a_wait_are_idle_not_work():
+    busy, idle = profile.split_idle(profile.parse_raw(PYSPY_RAW))
+    assert idle == 9 and sum(busy.values()) == 16
+    assert not any(stack[-1].startswith("epoll_wait") for stack in busy)
+    assert not profile.is_wait(("run (trio/_run.py:10)", "write (libc.so.6)"))
+
+
 def test_pyspy_own_time_is_the_innermost_frame_and_total_counts_a_frame_once_per_stack():
-    stacks = profile.parse_raw(PYSPY_RAW)
+    stacks, _ = profile.split_idle(profile.parse_raw(PYSPY_RAW))
     by_own = profile.top(stacks, "own", 3)
     assert [(e.frame, e.own) for e in by_own] == [
         ("read (ssl.py:30)", 6), ("[libcrypto.so.3]", 4), ("run (trio/_run.py:10)", 4)]
@@ -416,7 +424,8 @@ def test_pyspy_own_time_is_the_innermost_frame_and_total_counts_a_frame_once_per
 
 def test_pyspy_summary_keeps_the_top_entries_both_ways_and_renders_shares():
     summary = profile.summary(profile.parse_raw(PYSPY_RAW), rate=100, n=2)
-    assert summary["samples"] == 16 and summary["seconds"] == pytest.approx(0.16)
+    assert summary["samples"] == 16 and summary["idle_samples"] == 9
+    assert summary["seconds"] == pytest.approx(0.16)
     assert [e["frame"] for e in summary["own"]] == ["read (ssl.py:30)", "[libcrypto.so.3]"]
     assert len(summary["total"]) == 2
     (title, head, rows), _ = report.profile_tables(summary)

@@ -261,8 +261,9 @@ def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
 
 
 def profile_caption(profile: dict) -> str:
-    return (f"{profile['node']}'s ztunnel (pid {profile['pid']}), {profile['samples']:,} samples at "
-            f"{profile['rate']} Hz while busy (idle waits excluded)"
+    return (f"{profile['node']}'s ztunnel (pid {profile['pid']}), {profile['samples']:,} working samples at "
+            f"{profile['rate']} Hz (shares are of these; {profile.get('idle_samples', 0):,} more in epoll_wait or "
+            f"another wait, left out)"
             + (f"; raw stacks: bench/results/{profile['raw']}" if profile.get("raw") else ""))
 
 
