@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
 
 import trio
 
@@ -143,6 +144,18 @@ def close(sock: socket.socket) -> None:
     if sock.fileno() >= 0:
         trio.lowlevel.notify_closing(sock)
         sock.close()
+
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0) rather than FIN: how a refused or denied connection ends."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    except OSError:
+        pass
+    sock.close()
 
 
 def original_dst(sock: socket.socket) -> Address:

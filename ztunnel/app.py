@@ -21,6 +21,7 @@ import trio
 
 from wisp import sockets
 from wisp.controlplane.client import ConfigSubscriber, Endpoint, fetch_certificate
+from wisp.engine.runtime import Engine
 from wisp.identity import SpiffeId
 from wisp.model import ModelSnapshot, to_json
 from wisp.zds.workload import ZdsClient
@@ -42,13 +43,14 @@ log = structlog.get_logger("ztunnel")
 
 
 class Ztunnel:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, engine: Engine | None = None) -> None:
         self.config = config
+        self.engine = engine or Engine(config.engine)
         self.current = CurrentState()
         self.config_version: str | None = None
         self.config_synced = False
         self.metrics = Metrics()
-        self.tracker = ConnectionTracker()
+        self.tracker = ConnectionTracker(self.engine.notify)
         self.pods = PodManager()
         self.workers = WorkerPool(config, config.workers) if config.workers > 1 else None
         self.zds = ZdsClient(config.zds_socket, self.pods if self.workers is None else PodFanOut(self.pods, self.workers))
@@ -147,11 +149,13 @@ class Ztunnel:
             async with CertManager(fetch) as certs:
                 self.certs = certs
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(self.engine.serve)
                     if self.config.worker_fds is None:
                         await self._start_http(nursery)
                     if self.workers is not None:
                         await nursery.start(self.workers.run)
-                    inputs = ProxyInputs(self.current, certs, self.metrics, self.tracker, self.config.trust_domain)
+                    inputs = ProxyInputs(self.engine, self.current, certs, self.metrics, self.tracker,
+                                         self.config.trust_domain)
                     await nursery.start(self.pods.run, inputs)
                     if endpoint is not None:
                         self.subscriber = ConfigSubscriber(

@@ -37,6 +37,7 @@ class Config:
     worker_fds: tuple[int, int] | None = None  # in a worker: its ZDS and status sockets
     log_level: str = "info"  # passed on to workers
     log_json: bool | None = None
+    engine: str = "epoll"  # the data-path engine's shape (wisp.engine.runtime.SHAPES)
 
     @property
     def subscriber_id(self) -> str:

@@ -7,10 +7,11 @@ import os
 import sys
 
 import structlog
-import trio
 
 from wisp import log as wisp_log
 from wisp.controlplane.client import check_address
+from wisp.engine.accept import raise_file_limit
+from wisp.engine.runtime import DEFAULT_SHAPE, SHAPES, Engine
 from wisp.identity import DEFAULT_TRUST_DOMAIN
 from wisp.zds.protocol import DEFAULT_SOCKET_PATH
 
@@ -69,9 +70,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
     # Set by the main process on the workers it starts (ztunnel/inpod/supervisor.py).
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--worker-fds", type=_fd_pair, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=SHAPES, default=os.environ.get("WISP_ZTUNNEL_ENGINE") or DEFAULT_SHAPE,
+                        help="how the data path's loop is driven (env WISP_ZTUNNEL_ENGINE; default "
+                             f"{DEFAULT_SHAPE}; docs/architecture.md, 'The data-path engine')")
     parser.add_argument("--log-level", default=os.environ.get("WISP_LOG_LEVEL", "info"))
     parser.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
     args = parser.parse_args(argv)
+    if args.engine not in SHAPES:
+        parser.error(f"WISP_ZTUNNEL_ENGINE={args.engine!r} is not an engine shape; choose one of {', '.join(SHAPES)}")
     if not args.node:
         parser.error("--node (or NODE_NAME) is required")
     workers = args.workers
@@ -93,14 +99,18 @@ def parse_args(argv: list[str] | None = None) -> Config:
         metrics_address=args.metrics_address, readiness_address=args.readiness_address,
         drain_seconds=args.drain_seconds, workers=1 if args.worker_fds else workers,
         worker_index=args.worker_index, worker_fds=args.worker_fds, log_level=args.log_level,
-        log_json=args.log_json,
+        log_json=args.log_json, engine=args.engine,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    # File descriptors are what a busy (or hostile) node exhausts first; Istio's ztunnel also
+    # raises its limit at start.
+    raise_file_limit()
+    engine = Engine(config.engine)
     try:
-        trio.run(Ztunnel(config).run)
+        engine.run(Ztunnel(config, engine).run)
     except OSError as exc:
         print(f"wisp-ztunnel: {exc}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -189,7 +190,7 @@ class ConnectionRecord:
         self.hbone_addr = hbone_addr
         self.transfer = Transfer()
         self.response_flags = FLAG_NONE
-        self.started = trio.current_time()
+        self.started = time.monotonic()
         self._reported_up = 0
         self._reported_down = 0
         self._closed = False
@@ -226,7 +227,7 @@ class ConnectionRecord:
             self._label_series()
         self.flush()
         self.metrics.closed.labels(**self._labels).inc()
-        duration_ms = int((trio.current_time() - self.started) * 1000)
+        duration_ms = int((time.monotonic() - self.started) * 1000)
         src, dst = self.source, self.destination
         fields = {
             "src.addr": self.src_addr,

@@ -12,10 +12,11 @@ from __future__ import annotations
 import errno
 import resource
 import socket
-import struct
 from collections.abc import Callable
 
 import structlog
+
+from wisp import sockets
 
 from .loop import READ, Loop
 
@@ -26,7 +27,6 @@ _GONE_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.E
 _BATCH = 64
 BACKOFF = 0.1
 DEFAULT_PER_SOURCE = 4096
-_LINGER_RST = struct.pack("ii", 1, 0)
 
 # on_accept(conn, peer, release): serve `conn`; call release() once it is closed.
 OnAccept = Callable[[socket.socket, tuple[str, int], Callable[[], None]], None]
@@ -68,7 +68,7 @@ class Acceptor:
             count = self.by_source.get(ip, 0)
             if count >= self.per_source:
                 self.refused += 1
-                _reset(conn)
+                sockets.reset(conn)
                 if self.refused & (self.refused - 1) == 0:  # log the 1st, 2nd, 4th, 8th …
                     log.warning("connection refused: too many from one source", listener=self.name,
                                 source=ip, limit=self.per_source, refused=self.refused)
@@ -130,14 +130,6 @@ class _Release:
         acceptor, self._acceptor = self._acceptor, None
         if acceptor is not None:
             acceptor.release(self._ip)
-
-
-def _reset(conn: socket.socket) -> None:
-    try:
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-    except OSError:
-        pass
-    conn.close()
 
 
 def raise_file_limit() -> tuple[int, int]:

@@ -87,6 +87,11 @@ class StreamEnd:
         self.status: int | None = None
         self._body: bytearray | None = None
 
+    @property
+    def closed(self) -> bool:
+        """Reset, aborted or finished: nothing more will cross this stream."""
+        return self._closed
+
     # -- the splice's side ---------------------------------------------------------------
     def start(self) -> None:
         early, self._early = self._early, None

@@ -39,20 +39,26 @@ class Engine:
         self.loop = Loop()
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
+        self._hosted = False  # True while the loop owns the thread (trio its guest)
 
     def run(self, main: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Run the process: trio's `main(*args)` for the control side, the loop for the data path."""
         if self.shape == "epoll":
-            return run_with_trio_guest(self.loop, main, *args)
+            self._hosted = True
+            try:
+                return run_with_trio_guest(self.loop, main, *args)
+            finally:
+                self._hosted = False
         return trio.run(main, *args)
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """The trio side of the engine: a nursery for hand-offs (and, in trio-epoll, the loop)."""
+        """The trio side of the engine: a nursery for hand-offs, and the loop's driver when
+        nothing else drives it (shape trio-epoll, or a process started with plain trio.run)."""
         self._token = trio.lowlevel.current_trio_token()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if self.shape == "trio-epoll":
+                if not self._hosted:
                     nursery.start_soon(drive_from_trio, self.loop)
                 task_status.started(self)
                 await trio.sleep_forever()

@@ -34,9 +34,12 @@ class HboneServer:
 
     def __init__(self, loop: Loop, sock: socket.socket, context: Callable[[], ssl.SSLContext | None], *,
                  on_request: Callable[[ConnectRequest], None], trust_domain: str,
-                 name: str = "hbone") -> None:
+                 name: str = "hbone",
+                 fetch_certificate: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.loop = loop
         self.context = context
+        # Called when `context()` has no certificate yet: fetches it, then calls its argument.
+        self.fetch_certificate = fetch_certificate
         self.on_request = on_request
         self.trust_domain = trust_domain
         self.connections: set[ServerConnection] = set()
@@ -50,10 +53,26 @@ class HboneServer:
         sockets.tune(raw)
         ctx = self.context()
         if ctx is None:
+            if self.fetch_certificate is not None:
+                self.fetch_certificate(lambda: self._with_certificate(raw, peer, release))
+                return
             raw.close()
             release()
             self._reject(peer, "no server certificate for this listener yet")
             return
+        self._handshake(raw, peer, release, ctx)
+
+    def _with_certificate(self, raw: socket.socket, peer: tuple[str, int], release: Callable[[], None]) -> None:
+        ctx = self.context()
+        if ctx is None:
+            raw.close()
+            release()
+            self._reject(peer, "no server certificate for this listener")
+            return
+        self._handshake(raw, peer, release, ctx)
+
+    def _handshake(self, raw: socket.socket, peer: tuple[str, int], release: Callable[[], None],
+                   ctx: ssl.SSLContext) -> None:
 
         def failed(reason: str) -> None:
             release()

@@ -1,18 +1,20 @@
 """Live connections: counted for drain, and inbound ones re-authorized after each config change.
 
-ztunnel closes a live inbound connection as soon as a policy change denies it (reference §9).
-Each tracked connection runs its splice inside its own cancel scope; a re-check that now
-denies it marks it denied and cancels the scope, and the handler resets both sides.
+ztunnel closes a live inbound connection as soon as a policy change denies it (reference §9):
+a re-check that now denies a tracked connection marks it denied and fails its splice, which
+resets both sides. Connections are added and removed by the engine's handlers (synchronous);
+`wait_empty` is for the drain on trio's side, woken through the engine's `notify`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 import trio
+
+from wisp.engine.splice import Splice
 
 from ..state import rbac
 from ..state.proxy_state import ProxyState
@@ -22,34 +24,46 @@ log = structlog.get_logger("ztunnel.connections")
 
 @dataclass(slots=True, eq=False)
 class Tracked:
+    splice: Splice
     # Set for inbound connections: what authorization decided on.
     rbac: rbac.Connection | None = None
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    # Whose connection it is (the pod's proxy waits for its own when draining).
+    owner: object = None
     denied: bool = False
 
 
 class ConnectionTracker:
-    def __init__(self) -> None:
+    def __init__(self, notify: Callable[[Callable[[], object]], None] | None = None) -> None:
         self.live: set[Tracked] = set()
-        self._empty = trio.Event()
-        self._empty.set()
+        self._waiters: list[trio.Event] = []
+        # How to run a trio call from the loop (the engine's notify); None: call directly.
+        self._notify = notify
 
-    @contextmanager
-    def track(self, conn: rbac.Connection | None = None) -> Iterator[Tracked]:
+    def add(self, splice: Splice, conn: rbac.Connection | None = None, owner: object = None) -> Tracked:
         """Count a connection (for draining); with `conn`, an inbound one that a new policy
         may close (`recheck`)."""
-        tracked = Tracked(conn)
+        tracked = Tracked(splice, conn, owner)
         self.live.add(tracked)
-        self._empty = trio.Event() if self._empty.is_set() else self._empty
-        try:
-            yield tracked
-        finally:
-            self.live.discard(tracked)
-            if not self.live:
-                self._empty.set()
+        return tracked
+
+    def remove(self, tracked: Tracked) -> None:
+        self.live.discard(tracked)
+        if not self.live and self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for event in waiters:
+                if self._notify is not None:
+                    self._notify(event.set)
+                else:
+                    event.set()
+
+    def count(self, owner: object) -> int:
+        return sum(1 for tracked in self.live if tracked.owner is owner)
 
     async def wait_empty(self) -> None:
-        await self._empty.wait()
+        while self.live:
+            event = trio.Event()
+            self._waiters.append(event)
+            await event.wait()
 
     def recheck(self, state: ProxyState) -> int:
         """Close inbound connections the new policies deny; returns how many."""
@@ -65,10 +79,10 @@ class ConnectionTracker:
             if decision.allowed:
                 continue
             tracked.denied = True
-            tracked.scope.cancel()
             closed += 1
             log.info("connection closed due to policy rejection",
                      src_identity=str(conn.src_identity) if conn.src_identity else None,
                      src_ip=conn.src_ip, dst=f"{conn.dst_ip}:{conn.dst_port}",
                      policy=decision.policy, reason=decision.reason)
+            tracked.splice.fail("connection closed due to policy rejection")
         return closed

@@ -4,15 +4,19 @@ Order as in ztunnel's inbound.rs (reference §2): the HBONE server already did T
 and the authority syntax; here the authority must name the pod the listener belongs to (400),
 the pod must be known (wait ≤5 s, else 503), the port must not be ztunnel's own (503), L4
 authorization must allow it (401), and the app must accept a connection made from the peer's
-IP (10 s, else 503). Then 200 and splice.
+IP (10 s, else 503). Then 200 and splice. A stream the peer reset meanwhile is never connected
+upstream.
 """
 
 from __future__ import annotations
 
-import structlog
-import trio
+import socket
 
-from wisp.hbone import ConnectRequest
+import structlog
+
+from wisp.engine.hbone import ConnectRequest
+from wisp.engine.splice import Splice, TcpEnd
+from wisp.model import Workload
 from wisp.sockets import format_address
 
 from ..config import ILLEGAL_PORTS
@@ -21,25 +25,41 @@ from ..state import rbac
 from ..state.proxy_state import workload_identity
 from . import listeners
 from .inputs import PodContext, ProxyInputs
-from .splice import reset, splice, tcp_stream
 
 log = structlog.get_logger("ztunnel.inbound")
 
 WORKLOAD_WAIT = 5.0
 
 
-async def handle(inputs: ProxyInputs, pod: PodContext, request: ConnectRequest) -> None:
+def handle(inputs: ProxyInputs, pod: PodContext, request: ConnectRequest) -> None:
     local_ip = request.local_address[0]
-    peer_ip, peer_port = request.peer_address
-    target_ip, port = str(request.authority.ip), request.authority.port
+    target_ip = str(request.authority.ip)
     if target_ip != local_ip:
         request.reject(400, f"authority {request.authority} is not this pod ({local_ip})")
         return
-    # Config naming the pod may still be on its way.
+    workload = inputs.state.state.workload_by_ip(local_ip)
+    if workload is None:
+        # Config naming the pod may still be on its way: wait for it on trio's side.
+        inputs.engine.spawn(_wait_for_workload, inputs, pod, request)
+        return
+    _checked(inputs, pod, request, workload)
+
+
+async def _wait_for_workload(inputs: ProxyInputs, pod: PodContext, request: ConnectRequest) -> None:
+    local_ip = request.local_address[0]
     workload = await inputs.state.wait_for_workload(local_ip, WORKLOAD_WAIT)
+    if request.stream.closed:
+        return
     if workload is None:
         request.reject(503, f"no workload with address {local_ip} is known to this ztunnel")
         return
+    _checked(inputs, pod, request, workload)
+
+
+def _checked(inputs: ProxyInputs, pod: PodContext, request: ConnectRequest, workload: Workload) -> None:
+    local_ip = request.local_address[0]
+    peer_ip, peer_port = request.peer_address
+    port = request.authority.port
     if port in ILLEGAL_PORTS:
         request.reject(503, f"port {port} is ztunnel's own; refusing a self call")
         return
@@ -60,32 +80,38 @@ async def handle(inputs: ProxyInputs, pod: PodContext, request: ConnectRequest) 
     )
     if not decision.allowed:
         log.info("connection denied by policy", src_identity=str(request.peer_identity),
-                 src=format_address(peer_ip, peer_port), dst=format_address(local_ip, port), policy=decision.policy,
-                 reason=decision.reason)
+                 src=format_address(peer_ip, peer_port), dst=format_address(local_ip, port),
+                 policy=decision.policy, reason=decision.reason)
         request.reject(401, f"denied by authorization policy ({decision.reason})")
         record.close(FLAG_DENY)
         return
-    try:
-        upstream_sock = await listeners.connect_in_pod(pod.netns_fd, (local_ip, port), source=peer_ip,
-                                                       timeout=listeners.CONNECT_TIMEOUT)
-    except (OSError, trio.TooSlowError) as exc:
-        error = str(exc) or "connect timed out"
-        log.warning("inbound connect to the app failed", dst=format_address(local_ip, port), src=peer_ip, error=error)
-        request.reject(503, f"connection to {format_address(local_ip, port)} failed: {error}")
+    loop = inputs.engine.loop
+
+    def failed(error: str) -> None:
+        log.warning("inbound connect to the app failed", dst=format_address(local_ip, port), src=peer_ip,
+                    error=error)
+        if not request.stream.closed:
+            request.reject(503, f"connection to {format_address(local_ip, port)} failed: {error}")
         record.close(FLAG_CONNECT, error)
+
+    def connected(sock: socket.socket) -> None:
+        if request.stream.closed:  # the peer gave up (or reset) while we connected
+            sock.close()
+            record.close(FLAG_CONNECT, "the peer reset the stream")
+            return
+        tracked = None
+
+        def done(splice: Splice) -> None:
+            inputs.tracker.remove(tracked)
+            record.close(FLAG_DENY if tracked.denied else None)
+
+        splice = Splice(request.accept(), TcpEnd(loop, sock, upstream=False), on_done=done)
+        record.transfer = splice
+        tracked = inputs.tracker.add(splice, conn, pod)
+        splice.start()
+
+    if request.stream.closed:
+        record.close(FLAG_CONNECT, "the peer reset the stream")
         return
-    upstream = tcp_stream(upstream_sock)
-    stream = request.accept()
-    flags = None
-    try:
-        with inputs.tracker.track(conn) as tracked:
-            with tracked.scope:
-                await splice(stream, upstream, record.transfer)
-        if tracked.denied:
-            flags = FLAG_DENY
-            reset(upstream)
-    finally:
-        stream.close()
-        with trio.CancelScope(shield=True):
-            await upstream.aclose()
-        record.close(flags)
+    listeners.connect_in_pod(loop, pod.netns_fd, (local_ip, port), source=peer_ip,
+                             on_done=connected, on_error=failed)

@@ -8,11 +8,12 @@ to the app from the client's IP (transparent socket in the pod) → splice.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 import structlog
-import trio
 
 from wisp import sockets
+from wisp.engine.splice import Splice, TcpEnd
 from wisp.sockets import format_address
 
 from ..config import ILLEGAL_PORTS
@@ -21,23 +22,25 @@ from ..state import rbac
 from ..state.proxy_state import workload_identity
 from . import listeners
 from .inputs import PodContext, ProxyInputs
-from .splice import reset, splice, tcp_stream
 
 log = structlog.get_logger("ztunnel.inbound_passthrough")
 
 
-async def serve(inputs: ProxyInputs, pod: PodContext, sock: socket.socket, peer: tuple[str, int]) -> None:
+def serve(inputs: ProxyInputs, pod: PodContext, sock: socket.socket, peer: tuple[str, int],
+          release: Callable[[], None]) -> None:
     dst_ip, dst_port = sockets.original_dst(sock)
     if dst_port in ILLEGAL_PORTS:
         log.warning("plaintext connection to ztunnel's own port refused", src=format_address(*peer),
                     dst=format_address(dst_ip, dst_port))
-        reset(sock)
+        sockets.reset(sock)
+        release()
         return
     state = inputs.state.state
     workload = state.workload_by_ip(dst_ip) or pod.workload(state)
     if workload is None:
         log.warning("plaintext connection to an unknown workload refused", dst=format_address(dst_ip, dst_port))
-        reset(sock)
+        sockets.reset(sock)
+        release()
         return
     conn = rbac.Connection(None, peer[0], dst_ip, dst_port)
     decision = rbac.authorize(state.policies_for(workload), conn)
@@ -52,29 +55,30 @@ async def serve(inputs: ProxyInputs, pod: PodContext, sock: socket.socket, peer:
         log.info("connection denied by policy", src=format_address(*peer), dst=format_address(dst_ip, dst_port),
                  policy=decision.policy, reason=decision.reason)
         record.close(FLAG_DENY)
-        reset(sock)
+        sockets.reset(sock)
+        release()
         return
-    try:
-        upstream_sock = await listeners.connect_in_pod(pod.netns_fd, (dst_ip, dst_port), source=peer[0],
-                                                       timeout=listeners.CONNECT_TIMEOUT)
-    except (OSError, trio.TooSlowError) as exc:
-        error = str(exc) or "connect timed out"
-        log.warning("inbound connect to the app failed", dst=format_address(dst_ip, dst_port), src=peer[0], error=error)
+    loop = inputs.engine.loop
+
+    def failed(error: str) -> None:
+        log.warning("inbound connect to the app failed", dst=format_address(dst_ip, dst_port), src=peer[0],
+                    error=error)
         record.close(FLAG_CONNECT, error)
-        reset(sock)
-        return
-    client, upstream = tcp_stream(sock), tcp_stream(upstream_sock)
-    flags = None
-    try:
-        with inputs.tracker.track(conn) as tracked:
-            with tracked.scope:
-                await splice(client, upstream, record.transfer)
-        if tracked.denied:
-            flags = FLAG_DENY
-            reset(client)
-            reset(upstream)
-    finally:
-        with trio.CancelScope(shield=True):
-            await client.aclose()
-            await upstream.aclose()
-        record.close(flags)
+        sockets.reset(sock)
+        release()
+
+    def connected(upstream: socket.socket) -> None:
+        tracked = None
+
+        def done(splice: Splice) -> None:
+            inputs.tracker.remove(tracked)
+            record.close(FLAG_DENY if tracked.denied else None)
+            release()
+
+        splice = Splice(TcpEnd(loop, sock, upstream=True), TcpEnd(loop, upstream, upstream=False), on_done=done)
+        record.transfer = splice
+        tracked = inputs.tracker.add(splice, conn, pod)
+        splice.start()
+
+    listeners.connect_in_pod(loop, pod.netns_fd, (dst_ip, dst_port), source=peer[0],
+                             on_done=connected, on_error=failed)

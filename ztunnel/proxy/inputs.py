@@ -1,7 +1,8 @@
 """What a connection handler is given: the process's narrow inputs and the pod it serves.
 
 Like istio/ztunnel's `ProxyInputs`: handlers see the config in force, the certificate source,
-the metrics and the connection tracker — never the application object — and, per pod, its
+the metrics, the connection tracker and the engine whose loop runs them — never the
+application object — and, per pod, its
 identity, netns and HBONE pool.
 """
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wisp.hbone import HbonePool
+from wisp.engine.pool import Pool
+from wisp.engine.runtime import Engine
 from wisp.identity import SpiffeId
 from wisp.model import Workload
 from wisp.netns import NetnsId
@@ -26,6 +28,7 @@ from .connections import ConnectionTracker
 class ProxyInputs:
     """Shared by every pod proxy of one process."""
 
+    engine: Engine
     state: CurrentState
     certs: CertManager
     metrics: Metrics
@@ -42,7 +45,7 @@ class PodContext:
     netns: NetnsId
     netns_fd: int  # owned by the pod's proxy, closed when it stops
     identity: SpiffeId
-    pool: HbonePool | None = None  # set while the proxy runs
+    pool: Pool | None = None  # set while the proxy runs
 
     def workload(self, state: ProxyState) -> Workload | None:
         return state.local_workload(self.info.namespace, self.info.name)

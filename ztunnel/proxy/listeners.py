@@ -10,11 +10,12 @@ connections.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import trio
-
 from wisp import netns, sockets
+from wisp.engine.loop import Loop
+from wisp.engine.tls import Connect
 
 from ..config import INBOUND_PLAINTEXT_PORT, INBOUND_PORT, OUTBOUND_PORT
 # Every socket ztunnel makes in a pod carries this mark, so the in-pod rules let it through.
@@ -62,20 +63,18 @@ def pod_socket(netns_fd: int, host: str, *, source: str | None = None,
                                  transparent=transparent)
 
 
-async def connect_in_pod(netns_fd: int, address: tuple[str, int], *, timeout: float,
-                         source: str | None = None) -> socket.socket:
-    """A connection to `address` from the pod's netns, carrying ztunnel's mark.
+def connect_in_pod(loop: Loop, netns_fd: int, address: tuple[str, int], *,
+                   on_done: Callable[[socket.socket], None], on_error: Callable[[str], None],
+                   source: str | None = None, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Connect to `address` from the pod's netns, carrying ztunnel's mark; call back once.
 
     With `source` (the real client's IP), made transparently: inbound traffic reaches the app as
     if straight from its client, the socket binding the client's address (IP_TRANSPARENT), and
-    the in-pod rules route the app's replies back to ztunnel by the mark. OSError or
-    trio.TooSlowError on failure.
+    the in-pod rules route the app's replies back to ztunnel by the mark.
     """
-    sock = pod_socket(netns_fd, address[0], source=source, transparent=source is not None)
     try:
-        with trio.fail_after(timeout):
-            await sockets.connect(sock, address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+        sock = pod_socket(netns_fd, address[0], source=source, transparent=source is not None)
+    except OSError as exc:
+        on_error(f"cannot open a socket in the pod: {exc.strerror or exc}")
+        return
+    Connect(loop, sock, address, timeout=timeout, on_done=on_done, on_error=on_error)

@@ -1,29 +1,30 @@
 """Outbound (15001): taking a pod's captured connection where the state routes it.
 
-The decision is one call, `ProxyState.route` (reference §3). This is the I/O around it: HBONE
-through the pod's pool (sockets made in the source pod's netns), plain TCP for NONE
-destinations and passthrough, then splice.
+The decision is one call, `ProxyState.route` (reference §3). This is what follows it, in the
+engine's loop: HBONE through the pod's pool (sockets made in the source pod's netns), plain TCP
+for NONE destinations and passthrough, then splice. Nothing here awaits; a connection that
+cannot be made is reset and counted with the CONNECT flag.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 import structlog
-import trio
 
 from wisp import sockets
-from wisp.hbone import HboneError, PoolKey, connect_headers
-from wisp.identity import SpiffeId
+from wisp.engine.hbone import StreamEnd
+from wisp.engine.pool import PoolKey
+from wisp.engine.splice import Splice, TcpEnd
+from wisp.hbone.headers import connect_headers
 from wisp.model import Workload
 from wisp.sockets import format_address
 
-from ..identity import CertificateUnavailable
 from ..metrics import FLAG_CONNECT, MUTUAL_TLS, UNKNOWN, ConnectionRecord, Peer
 from ..state.proxy_state import HBONE, NoHealthyEndpoint, Route, SelfCall
 from . import listeners
 from .inputs import PodContext, ProxyInputs
-from .splice import reset, splice, tcp_stream
 
 log = structlog.get_logger("ztunnel.outbound")
 
@@ -41,65 +42,77 @@ def baggage_of(workload: Workload | None) -> dict[str, str | None]:
     }
 
 
-async def serve(inputs: ProxyInputs, pod: PodContext, sock: socket.socket, peer: tuple[str, int]) -> None:
+def serve(inputs: ProxyInputs, pod: PodContext, sock: socket.socket, peer: tuple[str, int],
+          release: Callable[[], None]) -> None:
     """Handle one connection captured on the pod's 15001."""
     dst = sockets.original_dst(sock)
     state = inputs.state.state
     source = pod.workload(state)
-    source_identity = pod.identity
     try:
         route = state.route(source, dst)
     except (SelfCall, NoHealthyEndpoint) as exc:
-        log.warning("outbound connection refused", src=format_address(*peer), dst=format_address(*dst), error=str(exc))
-        reset(sock)
+        log.warning("outbound connection refused", src=format_address(*peer), dst=format_address(*dst),
+                    error=str(exc))
+        sockets.reset(sock)
+        release()
         return
     record = ConnectionRecord(
         inputs.metrics, direction="outbound",
-        source=Peer(source, source_identity, peer[0]),
+        source=Peer(source, pod.identity, peer[0]),
         destination=Peer(route.workload, route.destination_identity),
         service=route.service, security=MUTUAL_TLS if route.kind == HBONE else UNKNOWN,
         src_addr=format_address(*peer), dst_addr=format_address(*dst),
         hbone_addr=route.authority if route.kind == HBONE else None,
     )
-    client = tcp_stream(sock)
-    upstream: trio.abc.HalfCloseableStream | None = None
-    try:
-        try:
-            upstream = await _connect(pod, route, peer, source, source_identity)
-        except (HboneError, CertificateUnavailable, OSError, trio.TooSlowError) as exc:
-            error = str(exc) or type(exc).__name__
-            log.warning("outbound connect failed", src=format_address(*peer), dst=format_address(*dst),
-                        via=route.kind, target=format_address(*route.target), error=error)
-            record.close(FLAG_CONNECT, error)
-            reset(client)
-            return
-        with inputs.tracker.track() as tracked:
-            with tracked.scope:
-                await splice(client, upstream, record.transfer)
-    finally:
-        await _close(client)
-        if upstream is not None:
-            await _close(upstream)
-        record.close()
+    loop = inputs.engine.loop
+    client = TcpEnd(loop, sock, upstream=True)
 
+    def failed(error: str) -> None:
+        log.warning("outbound connect failed", src=format_address(*peer), dst=format_address(*dst),
+                    via=route.kind, target=format_address(*route.target), error=error)
+        record.close(FLAG_CONNECT, error)
+        sockets.reset(sock)
+        release()
 
-async def _connect(pod: PodContext, route: Route, peer: tuple[str, int], source: Workload | None,
-                   source_identity: SpiffeId) -> trio.abc.HalfCloseableStream:
+    def connected(upstream: StreamEnd | TcpEnd) -> None:
+        tracked = None
+
+        def done(splice: Splice) -> None:
+            inputs.tracker.remove(tracked)
+            record.close()
+            release()
+
+        splice = Splice(client, upstream, on_done=done)
+        record.transfer = splice
+        tracked = inputs.tracker.add(splice, owner=pod)
+        splice.start()
+
     if route.kind == HBONE:
-        headers = connect_headers(
-            route.authority, baggage_values=baggage_of(source), client=peer,
-            service_host=route.service.hostname if route.service else None,
-        )
-        key = PoolKey(source_identity, route.identities, route.target, peer[0])
-        assert pod.pool is not None, "a pod's handlers run only while its pool is open"
-        return await pod.pool.connect(key, headers, timeout=listeners.CONNECT_TIMEOUT)
-    upstream = await listeners.connect_in_pod(pod.netns_fd, route.target, timeout=listeners.CONNECT_TIMEOUT)
-    return tcp_stream(upstream)
+        _connect_hbone(pod, route, peer, source, connected, failed)
+    else:
+        _connect_tcp(inputs, pod, route, connected, failed)
 
 
-async def _close(stream: trio.abc.AsyncResource) -> None:
-    with trio.CancelScope(shield=True):
-        try:
-            await stream.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+def _connect_hbone(pod: PodContext, route: Route, peer: tuple[str, int], source: Workload | None,
+                   connected: Callable[[StreamEnd], None], failed: Callable[[str], None]) -> None:
+    headers = connect_headers(
+        route.authority, baggage_values=baggage_of(source), client=peer,
+        service_host=route.service.hostname if route.service else None,
+    )
+    key = PoolKey(pod.identity, route.identities, route.target, peer[0])
+
+    def answered(stream: StreamEnd | None, error: str | None) -> None:
+        if stream is None:
+            failed(error or "HBONE stream refused")
+        else:
+            connected(stream)
+
+    assert pod.pool is not None, "a pod's handlers run only while its pool is open"
+    pod.pool.connect(key, headers, answered)
+
+
+def _connect_tcp(inputs: ProxyInputs, pod: PodContext, route: Route,
+                 connected: Callable[[TcpEnd], None], failed: Callable[[str], None]) -> None:
+    loop = inputs.engine.loop
+    listeners.connect_in_pod(loop, pod.netns_fd, route.target, on_error=failed,
+                             on_done=lambda s: connected(TcpEnd(loop, s, upstream=False)))

@@ -1,21 +1,27 @@
-"""One enrolled pod's proxy: its three listeners, its HBONE pool and server, its connections.
+"""One enrolled pod's proxy: its three listeners, its HBONE pool and server, in the engine's loop.
 
-Lifecycle: `run` serves until cancelled (pod removed) and closes everything it owns, the netns
-fd included; `drain` stops accepting, sends GOAWAY on inbound HBONE connections and lets live
-connections finish.
+Lifecycle: `run` registers the listeners, the pool and the HBONE server with the engine and
+serves until cancelled (pod removed), then closes everything it owns, the netns fd included;
+`drain` stops accepting, sends GOAWAY on inbound HBONE connections and lets live connections
+finish. Connections themselves are handled in the loop (outbound.py, inbound.py,
+inbound_passthrough.py); this object is the trio side of the pod.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Callable
 
 import structlog
 import trio
 
-from wisp import sockets
-from wisp.hbone import HbonePool, HboneServer
+from wisp.engine.accept import Acceptor
+from wisp.engine.pool import Pool
+from wisp.engine.server import HboneServer
+from wisp.hbone.tls import ContextCache
 from wisp.identity import SpiffeId
 from wisp.netns import NetnsId
 from wisp.zds.protocol import WorkloadInfo
@@ -26,7 +32,8 @@ from .listeners import PodListeners
 
 log = structlog.get_logger("ztunnel.proxy")
 
-Handler = Callable[[ProxyInputs, PodContext, socket.socket, tuple[str, int]], Awaitable[None]]
+# SSL contexts per certificate and side, shared by every pod of the process.
+_contexts = ContextCache()
 
 
 class PodProxy:
@@ -39,85 +46,91 @@ class PodProxy:
         identity = SpiffeId(trust_domain, info.namespace, info.service_account or "default")
         self.pod = PodContext(uid, info, netns, netns_fd, identity)
         self.server: HboneServer | None = None
+        self._acceptors: list[Acceptor] = []
         self.scope = trio.CancelScope()
-        self._accepting = trio.CancelScope()
-        self._connections: trio.Nursery | None = None
         self.stopped = trio.Event()
-        self._server_drained = trio.Event()
+        self._drained = trio.Event()
+        self.draining = False
 
     @property
     def identity(self) -> SpiffeId:
         return self.pod.identity
 
     @property
-    def pool(self) -> HbonePool | None:
+    def pool(self) -> Pool | None:
         return self.pod.pool
 
-    async def certificate(self):
-        return await self.inputs.certs.get(self.identity)
+    def _context(self, identity: SpiffeId, *, server_side: bool) -> ssl.SSLContext | None:
+        bundle = self.inputs.certs.current(identity)
+        return _contexts.get(bundle, server_side=server_side) if bundle is not None else None
 
-    async def _socket_factory(self, address: tuple[str, int], source_ip: str | None) -> socket.socket:
+    def _fetch_certificate(self, identity: SpiffeId, then: Callable[[], None]) -> None:
+        """The certificate is not there yet: fetch it on trio's side, then carry on in the loop."""
+        async def fetch() -> None:
+            try:
+                await self.inputs.certs.get(identity)
+            except Exception as exc:  # the caller reports the missing certificate
+                log.warning("certificate unavailable", identity=str(identity), error=str(exc))
+            then()
+
+        self.inputs.engine.spawn(fetch)
+
+    def _socket_factory(self, address: tuple[str, int], source_ip: str | None) -> socket.socket:
         # HBONE leaves from the source pod, marked so its own rules do not capture it again.
         return listeners.pod_socket(self.pod.netns_fd, address[0], source=source_ip)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         certs = self.inputs.certs
         certs.track(self.identity)
+        loop = self.inputs.engine.loop
+        inputs, pod = self.inputs, self.pod
         try:
             with self.scope:
-                async with HbonePool(certs.get, socket_factory=self._socket_factory) as pool, \
-                        HboneServer(self._inbound, trust_domain=self.identity.trust_domain) as server:
-                    self.pod.pool, self.server = pool, server
-                    async with trio.open_nursery() as connections:
-                        self._connections = connections
-                        with self._accepting:
-                            async with trio.open_nursery() as accepts:
-                                await server.listen(self.listeners.inbound, self.certificate)
-                                accepts.start_soon(self._accept_loop, self.listeners.outbound, outbound.serve)
-                                accepts.start_soon(self._accept_loop, self.listeners.inbound_plaintext,
-                                                   inbound_passthrough.serve)
-                                log.info("pod proxy started", uid=self.pod.uid, pod=self.pod.name,
-                                         identity=str(self.identity))
-                                task_status.started(self)
-                                await trio.sleep_forever()
-                        # Draining: connections already accepted run on until the drain deadline.
-                    # Inbound HBONE streams live in the server; leave only once its drain is over.
-                    await self._server_drained.wait()
+                pod.pool = Pool(loop, functools.partial(self._context, server_side=False), self._socket_factory,
+                                on_missing_certificate=self._fetch_certificate,
+                                connect_timeout=listeners.CONNECT_TIMEOUT)
+                self.server = HboneServer(
+                    loop, self.listeners.inbound, functools.partial(self._context, self.identity, server_side=True),
+                    on_request=functools.partial(inbound.handle, inputs, pod),
+                    trust_domain=self.identity.trust_domain, name=f"{pod.name}:15008",
+                    fetch_certificate=functools.partial(self._fetch_certificate, self.identity),
+                )
+                self._acceptors = [
+                    Acceptor(loop, self.listeners.outbound, functools.partial(outbound.serve, inputs, pod),
+                             name=f"{pod.name}:15001"),
+                    Acceptor(loop, self.listeners.inbound_plaintext,
+                             functools.partial(inbound_passthrough.serve, inputs, pod), name=f"{pod.name}:15006"),
+                ]
+                log.info("pod proxy started", uid=pod.uid, pod=pod.name, identity=str(self.identity))
+                task_status.started(self)
+                await self._drained.wait()
         finally:
+            for acceptor in self._acceptors:
+                acceptor.close()
+            if self.server is not None:
+                self.server.close("pod removed")
+            if pod.pool is not None:
+                pod.pool.close("pod removed")
             self.listeners.close()
             certs.untrack(self.identity)
-            os.close(self.pod.netns_fd)
+            os.close(pod.netns_fd)
             self.stopped.set()
-            log.info("pod proxy stopped", uid=self.pod.uid, pod=self.pod.name)
-
-    async def _accept_loop(self, sock: socket.socket, handler: Handler) -> None:
-        try:
-            while True:
-                conn, peer = await sockets.accept(sock)
-                assert self._connections is not None
-                self._connections.start_soon(self._serve, handler, conn, peer)
-        finally:
-            sockets.close(sock)
-
-    async def _serve(self, handler: Handler, conn: socket.socket, peer: tuple[str, int]) -> None:
-        try:
-            await handler(self.inputs, self.pod, conn, peer)
-        except Exception:
-            # A bug costs one connection, never the pod's proxy.
-            log.exception("connection handler failed", pod=self.pod.name, peer=f"{peer[0]}:{peer[1]}")
-            sockets.close(conn)
-
-    async def _inbound(self, request) -> None:
-        await inbound.handle(self.inputs, self.pod, request)
+            log.info("pod proxy stopped", uid=pod.uid, pod=pod.name)
 
     async def drain(self, timeout: float) -> None:
-        """Stop accepting; GOAWAY inbound HBONE; let connections run until `timeout`."""
-        self._accepting.cancel()
+        """Stop accepting; GOAWAY inbound HBONE; let the pod's connections run until `timeout`."""
+        self.draining = True
+        for acceptor in self._acceptors:
+            acceptor.close()
         try:
             if self.server is not None:
-                await self.server.drain(timeout)
+                self.server.drain()
+            tracker = self.inputs.tracker
+            with trio.move_on_after(timeout):
+                while tracker.count(self.pod) or (self.server is not None and self.server.open_streams):
+                    await trio.sleep(0.05)
         finally:
-            self._server_drained.set()
+            self._drained.set()
 
     def stop(self) -> None:
         self.scope.cancel()
@@ -127,5 +140,5 @@ class PodProxy:
             "uid": self.pod.uid, "name": self.pod.info.name, "namespace": self.pod.info.namespace,
             "service_account": self.pod.info.service_account, "identity": str(self.identity),
             "netns": {"dev": self.pod.netns.dev, "inode": self.pod.netns.ino},
-            "state": "draining" if self._accepting.cancel_called else "up",
+            "state": "draining" if self.draining else "up",
         }
