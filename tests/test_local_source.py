@@ -146,7 +146,10 @@ metadata: {name: shop, namespace: ignored}
     ("Deployment", "apps/v1"),
 ])
 def test_supported_kinds_load_with_their_api_versions(tmp_path: Path, kind: str, api_version: str) -> None:
-    spec = "{template: {spec: {containers: []}}}" if kind == "Deployment" else "{}"
+    specs = {"Deployment": "{template: {spec: {containers: []}}}",
+             # The Gateway CRD requires a class and listeners (deploy/crds).
+             "Gateway": "{gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}"}
+    spec = specs.get(kind, "{}")
     write(tmp_path, "x.yaml", f"apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x}}\nspec: {spec}\n")
     _, store = loaded(tmp_path)
     # A Deployment also brings its Pod (the control plane plays the ReplicaSet controller).

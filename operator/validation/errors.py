@@ -25,6 +25,7 @@ INVALID_VALUE = "Invalid value"
 TOO_LONG = "Too long"
 TOO_MANY = "Too many"
 FORBIDDEN = "Forbidden"
+DUPLICATE = "Duplicate value"
 
 
 def show_value(value: Any) -> str:

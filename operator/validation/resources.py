@@ -70,12 +70,14 @@ BUILTIN = (
     ResourceType("", "ServiceAccount", "serviceaccounts", "serviceaccount", ("sa",)),
     ResourceType("discovery.k8s.io", "EndpointSlice", "endpointslices", "endpointslice"),
     ResourceType("apps", "Deployment", "deployments", "deployment", ("deploy",)),
-    # Gateway API kinds (names and served versions as its CRDs declare them).
+    # Gateway API kinds (names and served versions as its CRDs declare them). The CRDs in
+    # deploy/crds replace Gateway, HTTPRoute and GRPCRoute (with their schemas); these entries
+    # serve only a CRD directory without them. GatewayClass has no CRD there: names only.
     ResourceType(_GATEWAY, "GatewayClass", "gatewayclasses", "gatewayclass", ("gc",), namespaced=False,
                  versions=("v1", "v1beta1")),
     ResourceType(_GATEWAY, "Gateway", "gateways", "gateway", ("gtw",), versions=("v1", "v1beta1")),
     ResourceType(_GATEWAY, "HTTPRoute", "httproutes", "httproute", versions=("v1", "v1beta1")),
-    ResourceType(_GATEWAY, "GRPCRoute", "grpcroutes", "grpcroute", versions=("v1", "v1alpha2")),
+    ResourceType(_GATEWAY, "GRPCRoute", "grpcroutes", "grpcroute", versions=("v1",)),
 )
 
 

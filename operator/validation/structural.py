@@ -6,17 +6,26 @@ What the API server does for a custom resource, in its order:
 2. unknown fields: a field the schema does not declare (and no ``additionalProperties`` or
    ``x-kubernetes-preserve-unknown-fields`` admits) is reported by path. ``kubectl apply``
    asks for strict field validation by default, so these refuse the object;
-3. the OpenAPI schema proper (types, enums, required, bounds, patterns, oneOf/anyOf/not):
+3. defaults: a missing property whose schema has a ``default`` gets it, then its own
+   properties' defaults, as the API server's structural defaulting does before it validates.
+   The checks below see the defaulted object (the Gateway API's CEL rules rely on it:
+   ``self[0].matches.size()`` reads the defaulted ``matches``); the object handed back
+   (``SchemaResult.pruned``) is the one sent, not defaulted, because the local store keeps
+   what the user wrote (see docs/configuration.md);
+4. the OpenAPI schema proper (types, enums, required, bounds, patterns, oneOf/anyOf/not):
    checked by ``jsonschema`` (Draft 4, the dialect of OpenAPI v3 schemas) on a copy of the
    schema with the Kubernetes extensions translated (``nullable``,
-   ``x-kubernetes-int-or-string``);
-4. ``x-kubernetes-validations`` CEL rules, where the value has the declared type.
+   ``x-kubernetes-int-or-string``), and ``x-kubernetes-list-type`` ``set``/``map``: no two
+   items (or map keys) alike;
+5. ``x-kubernetes-validations`` CEL rules, where the value has the declared type, with
+   property names escaped as Kubernetes escapes them (``cel.to_cel``).
 
 Errors carry Kubernetes' field paths (``spec.rules[0].to[0].operation.ports[0]``) and wording.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,7 +34,7 @@ from typing import Any
 import jsonschema
 
 from . import cel
-from .errors import INVALID_VALUE, REQUIRED, TOO_LONG, TOO_MANY, UNSUPPORTED, FieldError
+from .errors import DUPLICATE, INVALID_VALUE, REQUIRED, TOO_LONG, TOO_MANY, UNSUPPORTED, FieldError
 
 _ENVELOPE = ("apiVersion", "kind", "metadata")
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
@@ -46,9 +55,11 @@ def validate(obj: dict[str, Any], schema: dict[str, Any]) -> SchemaResult:
     """Check ``obj`` against ``schema``; the object itself is not modified."""
     unknown: list[str] = []
     pruned = _prune(_as_json(obj), schema, "", unknown, root=True)
-    errors = _schema_errors(pruned, schema)
+    defaulted = apply_defaults(copy.deepcopy(pruned), schema)
+    errors = _schema_errors(defaulted, schema)
+    _list_types(defaulted, schema, "", errors)
     if not errors:
-        _cel(pruned, schema, "", errors)
+        _cel(defaulted, schema, "", errors)
     return SchemaResult(pruned, tuple(unknown), tuple(errors))
 
 
@@ -82,10 +93,12 @@ def _prune(value: Any, schema: dict[str, Any], path: str, unknown: list[str], ro
             if child is None and not (sub or {}).get("nullable", False):
                 del value[key]
                 continue
+            if root and key in _ENVELOPE:
+                # ObjectMeta is the API server's own type, checked apart from the CRD schema (which
+                # may declare ``metadata: {type: object}``, as the Gateway API CRDs do).
+                continue
             if sub is not None:
                 value[key] = _prune(child, sub, _join(path, key), unknown)
-            elif root and key in _ENVELOPE:
-                continue
             elif not preserve and extra is not True:
                 unknown.append(_join(path, key))
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
@@ -94,7 +107,28 @@ def _prune(value: Any, schema: dict[str, Any], path: str, unknown: list[str], ro
     return value
 
 
-# --- 3: the OpenAPI schema, through jsonschema -------------------------------------------------
+# --- 3: defaults -----------------------------------------------------------------------------
+
+
+def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
+    """``value`` with its schema's defaults filled in (in place), as k8s structural defaulting."""
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        for key, sub in props.items():
+            if key not in value and isinstance(sub, dict) and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+        extra = schema.get("additionalProperties")
+        for key, child in value.items():
+            sub = props.get(key) or (extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                value[key] = apply_defaults(child, sub)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            value[i] = apply_defaults(item, schema["items"])
+    return value
+
+
+# --- 4: the OpenAPI schema, through jsonschema -------------------------------------------------
 
 
 def _to_json_schema(schema: Any) -> Any:
@@ -185,7 +219,47 @@ def _field_error(error: jsonschema.ValidationError) -> FieldError:
     return FieldError(path, INVALID_VALUE, error.message, type_name(value), True)
 
 
-# --- 4: CEL rules ------------------------------------------------------------------------------
+def _go_value(value: Any) -> str:
+    """A map key set as field.Duplicate prints it (Go's %#v of map[string]interface{})."""
+    inner = ", ".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in sorted(value.items()))
+    return "map[string]interface {}{" + inner + "}"
+
+
+def _list_types(value: Any, schema: dict[str, Any], path: str, errors: list[FieldError]) -> None:
+    """``x-kubernetes-list-type: set|map``: k8s structurallisttype.ValidateListSetsAndMaps."""
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for key, child in value.items():
+            sub = props.get(key) or (extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                _list_types(child, sub, _join(path, key), errors)
+    elif isinstance(value, list):
+        items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
+        list_type = schema.get("x-kubernetes-list-type")
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            if list_type == "set":
+                key = _key_of(item)
+                shown = json.dumps(item) if isinstance(item, str) else (_go_value(item) if isinstance(item, dict)
+                                                                         else json.dumps(item))
+            elif list_type == "map" and isinstance(item, dict):
+                keys = {k: item.get(k) for k in schema.get("x-kubernetes-list-map-keys") or () if k in item}
+                key, shown = _key_of(keys), _go_value(keys)
+            else:
+                key = None
+            if key is not None:
+                if key in seen:
+                    errors.append(FieldError(f"{path}[{i}]", DUPLICATE, shown))
+                seen.add(key)
+            _list_types(item, items, f"{path}[{i}]", errors)
+
+
+def _key_of(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+# --- 5: CEL rules ------------------------------------------------------------------------------
 
 
 def _cel(value: Any, schema: dict[str, Any], path: str, errors: list[FieldError]) -> None:
@@ -200,7 +274,7 @@ def _cel(value: Any, schema: dict[str, Any], path: str, errors: list[FieldError]
         for i, item in enumerate(value):
             _cel(item, schema["items"], f"{path}[{i}]", errors)
     for rule in schema.get("x-kubernetes-validations") or ():
-        outcome = cel.evaluate(rule["rule"], value)
+        outcome = cel.evaluate(rule["rule"], value, schema)
         if outcome is None or outcome.passed:
             continue
         message = rule.get("message") or f"failed rule: {rule['rule']}"
