@@ -106,7 +106,9 @@ def escape_property(name: str) -> str | None:
         return None
     if name in _RESERVED:
         return f"__{name}__"
-    escaped = _EXPAND.sub(lambda m: _ESCAPES.get(m.group(0), ""), name)
+    if any(m.group(0) not in _ESCAPES for m in _EXPAND.finditer(name)):
+        return None  # a character no escape exists for: the property is not visible to rules
+    escaped = _EXPAND.sub(lambda m: _ESCAPES[m.group(0)], name)
     return escaped if _CEL_IDENT.match(escaped) else None
 
 
@@ -140,6 +142,20 @@ class Outcome:
 _ENV = celpy.Environment()
 _programs: dict[str, Any] = {}
 _unsupported: dict[str, str] = {}
+# cel-python binds functions only when it evaluates, so a rule calling one it lacks would compile
+# and then fail on every object; we look at the calls up front and leave such a rule unenforced.
+_MACROS = frozenset({"has", "all", "exists", "exists_one", "map", "filter"})
+_KNOWN_FUNCTIONS = frozenset(celpy.evaluation.base_functions) | frozenset(FUNCTIONS) | _MACROS
+
+
+def _called_functions(tree: Any) -> set[str]:
+    called = set()
+    for node in tree.iter_subtrees():
+        if node.data == "member_dot_arg":
+            called.add(str(node.children[1]))
+        elif node.data == "ident_arg":
+            called.add(str(node.children[0]))
+    return called
 
 
 def _program(rule: str) -> Any | None:
@@ -151,12 +167,16 @@ def _program(rule: str) -> Any | None:
         _unsupported[rule] = "transition rule (reads oldSelf)"
     else:
         try:
-            program = _ENV.program(_ENV.compile(rule), functions=FUNCTIONS)
+            tree = _ENV.compile(rule)
+            missing = sorted(_called_functions(tree) - _KNOWN_FUNCTIONS)
+            program = None if missing else _ENV.program(tree, functions=FUNCTIONS)
         except Exception as exc:  # noqa: BLE001 - celpy raises several unrelated types for bad rules
             _unsupported[rule] = f"{type(exc).__name__}: {exc}"
         else:
-            _programs[rule] = program
-            return program
+            if program is not None:
+                _programs[rule] = program
+                return program
+            _unsupported[rule] = "uses functions we do not provide: " + ", ".join(missing)
     log.warning("CEL rule not enforced", rule=rule, reason=_unsupported[rule])
     return None
 

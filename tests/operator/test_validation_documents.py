@@ -1,9 +1,12 @@
 """Istio's documented examples are admitted unchanged; invalid variants are refused with the reason.
 
 The valid documents are the examples of istio.io's reference pages (security: authorization-policy,
-peer_authentication, request_authentication; networking: virtual-service, destination-rule). The
-invalid ones are those examples with one mistake each, refused as the API server (CRD schema and
-CEL rules) or istiod's webhook would refuse them, with the same words.
+peer_authentication, request_authentication; networking: virtual-service, destination-rule) and of
+the Gateway API's guides and GEPs (gateway-api.sigs.k8s.io: simple-gateway, http-routing,
+http-redirect-rewrite, http-timeouts (GEP-1742), grpc-routing, the GAMMA mesh guides (GEP-1426),
+and Istio's waypoint Gateway). The invalid ones are those examples with one mistake each, refused
+as the API server (CRD schema and CEL rules) or istiod's webhook would refuse them, with the same
+words.
 """
 
 from __future__ import annotations
@@ -225,6 +228,209 @@ spec:
         loadBalancer:
           simple: LEAST_REQUEST
 """,
+    "gtw istio waypoint (istio-waypoint class, HBONE on 15008)": """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: default
+  labels: {istio.io/waypoint-for: service}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+""",
+    "gtw simple HTTP gateway (v1beta1)": """
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: Gateway
+metadata: {name: prod-web, namespace: default}
+spec:
+  gatewayClassName: example
+  listeners:
+  - protocol: HTTP
+    port: 80
+    name: prod-web-gw
+    allowedRoutes:
+      namespaces:
+        from: Same
+""",
+    "gtw HTTPS listener with a certificate and infrastructure labels": """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: example-gateway, namespace: default}
+spec:
+  gatewayClassName: example-gateway-class
+  infrastructure:
+    labels: {example.com/team: platform}
+  listeners:
+  - name: https
+    protocol: HTTPS
+    port: 443
+    hostname: foo.example.com
+    tls:
+      certificateRefs:
+      - kind: Secret
+        group: ""
+        name: foo-example-com-cert
+""",
+    "httproute GAMMA mesh split on a Service parent": """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: smiley-route, namespace: faces}
+spec:
+  parentRefs:
+  - name: smiley
+    kind: Service
+    group: ""
+    port: 80
+  rules:
+  - backendRefs:
+    - name: smiley
+      port: 80
+      weight: 50
+    - name: smiley2
+      port: 80
+      weight: 50
+""",
+    "httproute GAMMA mesh header match and timeouts": """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: bookinfo}
+spec:
+  parentRefs:
+  - group: ""
+    kind: Service
+    name: reviews
+    port: 9080
+  rules:
+  - matches:
+    - headers:
+      - name: end-user
+        value: jason
+    backendRefs:
+    - name: reviews-v2
+      port: 9080
+    timeouts:
+      request: 10s
+      backendRequest: 2s
+  - backendRefs:
+    - name: reviews-v1
+      port: 9080
+""",
+    "httproute matches on path, header and query to two Gateway listeners": """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bar-route, namespace: default}
+spec:
+  parentRefs:
+  - name: example-gateway
+    namespace: infra
+    sectionName: http
+  - name: example-gateway
+    namespace: infra
+    sectionName: https
+  hostnames: ["bar.example.com"]
+  rules:
+  - matches:
+    - headers:
+      - type: Exact
+        name: env
+        value: canary
+    backendRefs:
+    - name: bar-svc-canary
+      port: 8080
+  - matches:
+    - path: {type: Exact, value: /login}
+      method: POST
+      queryParams:
+      - {name: debug, value: "1"}
+    backendRefs:
+    - name: bar-svc
+      port: 8080
+""",
+    "httproute URLRewrite replacePrefixMatch with one PathPrefix match": """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: http-filter-rewrite, namespace: default}
+spec:
+  hostnames: [rewrite.example]
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /cardamom}
+    filters:
+    - type: URLRewrite
+      urlRewrite:
+        hostname: elsewhere.example
+        path:
+          type: ReplacePrefixMatch
+          replacePrefixMatch: /fennel
+    backendRefs:
+    - name: example-svc
+      weight: 1
+      port: 80
+""",
+    "httproute https redirect with request header modifier (v1beta1)": """
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: HTTPRoute
+metadata: {name: http-filter-redirect, namespace: default}
+spec:
+  parentRefs:
+  - name: redirect-gateway
+    sectionName: http
+  hostnames: [redirect.example]
+  rules:
+  - filters:
+    - type: RequestRedirect
+      requestRedirect:
+        scheme: https
+        statusCode: 301
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: my-header, value: foo}]
+        remove: [x-legacy]
+""",
+    "grpcroute service/method and header matches": """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: foo-route, namespace: default}
+spec:
+  parentRefs:
+  - name: example-gateway
+  hostnames: ["foo.example.com"]
+  rules:
+  - matches:
+    - method:
+        service: com.example.User
+        method: Login
+    backendRefs:
+    - name: foo-svc
+      port: 50051
+  - matches:
+    - headers:
+      - type: Exact
+        name: magic
+        value: foo
+      method:
+        service: com.Example.Login
+        method: Login
+    backendRefs:
+    - name: foo-svc
+      port: 50051
+""",
+    "grpcroute GAMMA mesh route on a Service parent": """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo-mesh, namespace: default}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: echo, port: 7070}
+  rules:
+  - backendRefs:
+    - {name: echo-v1, port: 7070, weight: 90}
+    - {name: echo-v2, port: 7070, weight: 10}
+""",
 }
 
 # (document, refusal reason, the words of the refusal)
@@ -401,6 +607,183 @@ kind: DestinationRule
 metadata: {name: x, namespace: foo}
 spec: {host: a, trafficPolicy: {loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}}}
 """, INVALID, "spec.trafficPolicy.loadBalancer: Invalid value: \"object\""),
+    "httproute more than 16 rules": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules: [""" + ", ".join(["{backendRefs: [{name: web, port: 80}]}"] * 17) + """]
+""", INVALID, 'The HTTPRoute "x" is invalid: spec.rules: Too many: 17: must have at most 16 items'),
+    "httproute path match value not starting with /": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules: [{matches: [{path: {type: PathPrefix, value: api}}], backendRefs: [{name: web, port: 80}]}]
+""", INVALID, 'The HTTPRoute "x" is invalid: spec.rules[0].matches[0].path: Invalid value: "object": '
+     "value must be an absolute path and start with '/' when type one of ['Exact', 'PathPrefix']"),
+    "httproute path match without type (defaulted PathPrefix) and a relative value": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules: [{matches: [{path: {value: api}}]}]
+""", INVALID, "value must be an absolute path and start with '/'"),
+    "httproute URLRewrite replacePrefixMatch with an Exact match": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules:
+  - matches: [{path: {type: Exact, value: /cardamom}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /fennel}}
+    backendRefs: [{name: web, port: 80}]
+""", INVALID, 'spec.rules[0]: Invalid value: "object": When using URLRewrite filter with '
+     'path.replacePrefixMatch, exactly one PathPrefix match must be specified'),
+    "httproute URLRewrite full-path type with replacePrefixMatch": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules:
+  - filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /a, replacePrefixMatch: /b}}
+""", INVALID, 'spec.rules[0].filters[0].urlRewrite.path: Invalid value: "object": '
+     "type must be 'ReplacePrefixMatch' when replacePrefixMatch is set"),
+    "httproute redirect together with backendRefs": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules:
+  - filters: [{type: RequestRedirect, requestRedirect: {scheme: https}}]
+    backendRefs: [{name: web, port: 80}]
+""", INVALID, "RequestRedirect filter must not be used together with backendRefs"),
+    "httproute filter type without its config": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules: [{filters: [{type: RequestHeaderModifier}]}]
+""", INVALID, 'spec.rules[0].filters[0]: Invalid value: "object": filter.requestHeaderModifier must be '
+     'specified for RequestHeaderModifier filter.type'),
+    "httproute backend timeout longer than the request timeout": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules: [{timeouts: {request: 1s, backendRequest: 2s}, backendRefs: [{name: web, port: 80}]}]
+""", INVALID, "spec.rules[0].timeouts: Invalid value: \"object\": backendRequest timeout cannot be longer "
+     "than request timeout"),
+    "httproute Service backendRef without port": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules: [{backendRefs: [{name: web}]}]
+""", INVALID, 'spec.rules[0].backendRefs[0]: Invalid value: "object": Must have port for Service reference'),
+    "httproute same parent twice, one without sectionName": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  parentRefs:
+  - {name: example-gateway, namespace: infra}
+  - {name: example-gateway, namespace: infra, sectionName: https}
+""", INVALID, 'spec.parentRefs: Invalid value: "array": sectionName must be specified when parentRefs '
+     'includes 2 or more references to the same parent'),
+    "httproute header set twice": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules:
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: a, value: "1"}, {name: a, value: "2"}]}
+""", INVALID, 'spec.rules[0].filters[0].requestHeaderModifier.set[1]: Duplicate value: '
+     'map[string]interface {}{"name":"a"}'),
+    "httproute unknown field in a match": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules: [{matches: [{path: {type: PathPrefix, value: /}, header: [{name: a, value: b}]}]}]
+""", BAD_REQUEST, 'strict decoding error: unknown field "spec.rules[0].matches[0].header"'),
+    "gtw listener on port 0": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: foo}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 0, protocol: HBONE}]
+""", INVALID, 'The Gateway "waypoint" is invalid: spec.listeners[0].port: Invalid value: 0: '
+     'spec.listeners[0].port in body should be greater than or equal to 1'),
+    "gtw without listeners": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: foo}
+spec: {gatewayClassName: istio-waypoint}
+""", INVALID, "spec.listeners: Required value"),
+    "gtw two listeners with one name": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: foo}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}, {name: mesh, port: 15009, protocol: HBONE}]
+""", INVALID, 'spec.listeners[1]: Duplicate value: map[string]interface {}{"name":"mesh"}'),
+    "gtw tls on an HTTP listener": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: foo}
+spec:
+  gatewayClassName: example
+  listeners: [{name: http, port: 80, protocol: HTTP, tls: {certificateRefs: [{name: cert}]}}]
+""", INVALID, "spec.listeners: Invalid value: \"array\": tls must not be specified for protocols "
+     "['HTTP', 'TCP', 'UDP']"),
+    "gtw same port, protocol and hostname twice": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: foo}
+spec:
+  gatewayClassName: example
+  listeners: [{name: a, port: 80, protocol: HTTP}, {name: b, port: 80, protocol: HTTP}]
+""", INVALID, "Combination of port, protocol and hostname must be unique for each listener"),
+    "gtw infrastructure label key not a label key": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: foo}
+spec:
+  gatewayClassName: example
+  infrastructure: {labels: {"-team": platform}}
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+""", INVALID, "spec.infrastructure.labels: Invalid value: \"object\": Label keys must be in the form of an "
+     "optional DNS subdomain prefix followed by a required name segment of up to 63 characters."),
+    "grpcroute method match with neither service nor method": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules: [{matches: [{method: {}}]}]
+""", INVALID, "spec.rules[0].matches[0].method: Invalid value: \"object\": One or both of 'service' or "
+     "'method' must be specified"),
+    "grpcroute service with invalid characters": ("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: x, namespace: foo}
+spec:
+  rules: [{matches: [{method: {service: "com.example/User", method: Login}}]}]
+""", INVALID, "service must only contain valid characters"),
+    "grpcroute v1alpha2 is not served by the standard channel": ("""
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: GRPCRoute
+metadata: {name: x, namespace: foo}
+spec: {}
+""", NO_MATCH, 'no matches for kind "GRPCRoute" in version "gateway.networking.k8s.io/v1alpha2"'),
 }
 
 
