@@ -6,9 +6,9 @@ Pure functions over plain dicts: no I/O beyond reading the CRD files once. The l
 
 The order is the API server's: the kind and version must be served (``no matches for kind``);
 the object must fit its CRD's structural schema (unknown fields refused as ``kubectl apply``'s
-default ``--validate=strict`` does, types, enums, bounds, patterns, ``x-kubernetes-validations``
-CEL rules); only then do the semantic checks of istiod's validating webhook run. See
-docs/configuration.md.
+default ``--validate=strict`` does; then, on the object with the schema's defaults applied, types,
+enums, bounds, patterns, list sets and maps, ``x-kubernetes-validations`` CEL rules); only then do
+the semantic checks of istiod's validating webhook run. See docs/configuration.md.
 """
 
 from .admission import Verdict, admission_response, admit
