@@ -39,7 +39,8 @@ def parse_authority(text: str) -> Authority:
         raise InvalidAuthority(f"authority {text!r} does not name an IP address") from None
     if text.startswith("[") and ip.version != 6:
         raise InvalidAuthority(f"authority {text!r} brackets an IPv4 address")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: str.isdigit() also accepts '²' or '٣', which int() then refuses or reads.
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidAuthority(f"authority {text!r} has no valid port (1-65535)")
     return Authority(ip, int(port))
 
