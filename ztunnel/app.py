@@ -155,7 +155,7 @@ class Ztunnel:
                     if self.workers is not None:
                         await nursery.start(self.workers.run)
                     inputs = ProxyInputs(self.engine, self.current, certs, self.metrics, self.tracker,
-                                         self.config.trust_domain)
+                                         self.config.trust_domain, self.config.max_connections_per_source)
                     await nursery.start(self.pods.run, inputs)
                     if endpoint is not None:
                         self.subscriber = ConfigSubscriber(

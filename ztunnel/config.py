@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from wisp.engine.accept import DEFAULT_PER_SOURCE
 from wisp.identity import DEFAULT_TRUST_DOMAIN
 
 # The listeners of every pod proxy (reference §2–§4).
@@ -38,6 +39,8 @@ class Config:
     log_level: str = "info"  # passed on to workers
     log_json: bool | None = None
     engine: str = "epoll"  # the data-path engine's shape (wisp.engine.runtime.SHAPES)
+    # Live connections one source IP may hold on each listener of a pod (docs/hbone.md, "Hostile peers").
+    max_connections_per_source: int = DEFAULT_PER_SOURCE
 
     @property
     def subscriber_id(self) -> str:

@@ -10,7 +10,7 @@ import structlog
 
 from wisp import log as wisp_log
 from wisp.controlplane.client import check_address
-from wisp.engine.accept import raise_file_limit
+from wisp.engine.accept import DEFAULT_PER_SOURCE, raise_file_limit
 from wisp.engine.runtime import DEFAULT_SHAPE, SHAPES, Engine
 from wisp.identity import DEFAULT_TRUST_DOMAIN
 from wisp.zds.protocol import DEFAULT_SOCKET_PATH
@@ -39,6 +39,12 @@ def _host_port(text: str) -> str:
 def _worker_count(text: str) -> int:
     if not text.strip().isdigit() or not 1 <= int(text) <= MAX_WORKERS:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 1 to {MAX_WORKERS}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
     return int(text)
 
 
@@ -73,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--engine", choices=SHAPES, default=os.environ.get("WISP_ZTUNNEL_ENGINE") or DEFAULT_SHAPE,
                         help="how the data path's loop is driven (env WISP_ZTUNNEL_ENGINE; default "
                              f"{DEFAULT_SHAPE}; docs/architecture.md, 'The data-path engine')")
+    parser.add_argument("--max-connections-per-source", type=_positive, default=DEFAULT_PER_SOURCE,
+                        help="live connections one source IP may hold on each listener of a pod; more are "
+                             f"reset at once (default {DEFAULT_PER_SOURCE})")
     parser.add_argument("--log-level", default=os.environ.get("WISP_LOG_LEVEL", "info"))
     parser.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
     args = parser.parse_args(argv)
@@ -99,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         metrics_address=args.metrics_address, readiness_address=args.readiness_address,
         drain_seconds=args.drain_seconds, workers=1 if args.worker_fds else workers,
         worker_index=args.worker_index, worker_fds=args.worker_fds, log_level=args.log_level,
-        log_json=args.log_json, engine=args.engine,
+        log_json=args.log_json, engine=args.engine, max_connections_per_source=args.max_connections_per_source,
     )
 
 

@@ -19,7 +19,7 @@ from wisp import sockets
 from wisp.h2 import frames
 from wisp.identity import SpiffeId, VerificationError, spiffe_id_of
 
-from .accept import Acceptor
+from .accept import DEFAULT_PER_SOURCE, Acceptor
 from .hbone import ConnectRequest, HboneConnection, ServerConnection
 from .loop import Loop
 from .tls import Handshake
@@ -35,7 +35,8 @@ class HboneServer:
     def __init__(self, loop: Loop, sock: socket.socket, context: Callable[[], ssl.SSLContext | None], *,
                  on_request: Callable[[ConnectRequest], None], trust_domain: str,
                  name: str = "hbone",
-                 fetch_certificate: Callable[[Callable[[], None]], None] | None = None) -> None:
+                 fetch_certificate: Callable[[Callable[[], None]], None] | None = None,
+                 per_source: int = DEFAULT_PER_SOURCE) -> None:
         self.loop = loop
         self.context = context
         # Called when `context()` has no certificate yet: fetches it, then calls its argument.
@@ -46,7 +47,7 @@ class HboneServer:
         self.stats: Counter[str] = Counter()
         self.rejections: deque[tuple[tuple[str, int], str]] = deque(maxlen=256)
         self.draining = False
-        self.acceptor = Acceptor(loop, sock, self._accepted, name=name)
+        self.acceptor = Acceptor(loop, sock, self._accepted, name=name, per_source=per_source)
 
     def _accepted(self, raw: socket.socket, peer: tuple[str, int], release: Callable[[], None]) -> None:
         self.stats["connections_accepted"] += 1

@@ -83,6 +83,7 @@ def worker_argv(config: Config, index: int, zds_fd: int, status_fd: int) -> list
         "--state-dir", config.state_dir, "--token-file", str(config.token_path()),
         "--root-cert", str(config.root_path()), "--trust-domain", config.trust_domain,
         "--drain-seconds", str(config.drain_seconds), "--log-level", config.log_level,
+        "--max-connections-per-source", str(config.max_connections_per_source),
     ]
     if config.control_plane:
         argv += ["--control-plane", config.control_plane]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wisp.engine.accept import DEFAULT_PER_SOURCE
 from wisp.engine.pool import Pool
 from wisp.engine.runtime import Engine
 from wisp.identity import SpiffeId
@@ -34,6 +35,7 @@ class ProxyInputs:
     metrics: Metrics
     tracker: ConnectionTracker
     trust_domain: str  # for a pod the config does not name yet
+    max_connections_per_source: int = DEFAULT_PER_SOURCE  # on each listener of a pod
 
 
 @dataclass(slots=True)

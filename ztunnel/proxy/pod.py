@@ -94,12 +94,14 @@ class PodProxy:
                     on_request=functools.partial(inbound.handle, inputs, pod),
                     trust_domain=self.identity.trust_domain, name=f"{pod.name}:15008",
                     fetch_certificate=functools.partial(self._fetch_certificate, self.identity),
+                    per_source=inputs.max_connections_per_source,
                 )
                 self._acceptors = [
                     Acceptor(loop, self.listeners.outbound, functools.partial(outbound.serve, inputs, pod),
-                             name=f"{pod.name}:15001"),
+                             name=f"{pod.name}:15001", per_source=inputs.max_connections_per_source),
                     Acceptor(loop, self.listeners.inbound_plaintext,
-                             functools.partial(inbound_passthrough.serve, inputs, pod), name=f"{pod.name}:15006"),
+                             functools.partial(inbound_passthrough.serve, inputs, pod), name=f"{pod.name}:15006",
+                             per_source=inputs.max_connections_per_source),
                 ]
                 log.info("pod proxy started", uid=pod.uid, pod=pod.name, identity=str(self.identity))
                 task_status.started(self)
