@@ -7,7 +7,7 @@ import pytest
 
 from wisp.h2 import frames
 from wisp.h2.connection import Connection
-from wisp.h2.errors import ConnectionClosedError, GoingAway, StreamLimitReached
+from wisp.h2.errors import ConnectionClosed, GoingAway, StreamLimitReached
 from wisp.h2.events import DataReceived, GoAwayReceived, HeadersReceived, StreamReset
 from wisp.h2.settings import Settings
 from wisp.h2.testing import exchange, handshake, parse_frames, take
@@ -38,7 +38,7 @@ def test_received_goaway_with_an_error_code_is_reported(pair):
     exchange(client, server)
     server.goaway(frames.INADEQUATE_SECURITY, b"tls")
     assert server.is_closed
-    with pytest.raises(ConnectionClosedError):
+    with pytest.raises(ConnectionClosed):
         server.send_headers(sid, [(":status", "200")])
     assert exchange(server, client) == [GoAwayReceived(frames.INADEQUATE_SECURITY, sid, b"tls")]
     assert client.goaway_last_stream_id == sid

@@ -34,7 +34,7 @@ from hpack.exceptions import OversizedHeaderListError
 from . import frames
 from . import headers as fields
 from .errors import (
-    ConnectionClosedError,
+    ConnectionClosed,
     FlowControlError,
     GoingAway,
     H2Error,
@@ -329,7 +329,7 @@ class Connection:
     def send_data(self, stream_id: int, data, *, end_stream: bool = False) -> None:
         """Queue `data` (at most `send_window(stream_id)` bytes), split at the peer's frame size."""
         if self._terminated:
-            raise ConnectionClosedError("the HTTP/2 connection is closed")
+            raise ConnectionClosed("the HTTP/2 connection is closed")
         s = self._streams.get(stream_id)
         if s is None or s.state & 1:
             raise StreamClosedError(f"stream {stream_id} cannot send: {self.stream_state(stream_id)}")
@@ -853,7 +853,7 @@ class Connection:
 
     def _check_usable(self) -> None:
         if self._terminated:
-            raise ConnectionClosedError("the HTTP/2 connection is closed")
+            raise ConnectionClosed("the HTTP/2 connection is closed")
 
     def _recv_end(self, s: _Stream) -> None:
         if s.state == OPEN:

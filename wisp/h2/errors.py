@@ -1,10 +1,13 @@
 """Errors the HTTP/2 codec raises to its own caller.
 
-Only local misuse raises: calling a method the connection's state forbids. A peer's misbehaviour
-never raises; it becomes events (see wisp.h2.connection).
+The codec (wisp.h2.connection) raises only on local misuse: a call the connection's state forbids;
+a peer's misbehaviour never raises there, it becomes events. The trio shell (wisp.h2.trio) raises
+ConnectionClosed and StreamReset to the tasks using its streams.
 """
 
 from __future__ import annotations
+
+from .frames import error_name
 
 
 class H2Error(Exception):
@@ -27,5 +30,15 @@ class FlowControlError(H2Error):
     """More data than the send window allows; wait for WindowUpdated."""
 
 
-class ConnectionClosedError(H2Error):
-    """The connection ended (a connection error or a GOAWAY with an error code)."""
+class ConnectionClosed(H2Error):
+    """The connection ended: a connection error, a GOAWAY with an error code, a missed keepalive,
+    or the transport closed."""
+
+
+class StreamReset(H2Error):
+    """The stream was reset (RST_STREAM) before it finished."""
+
+    def __init__(self, stream_id: int, error_code: int) -> None:
+        self.stream_id = stream_id
+        self.error_code = error_code
+        super().__init__(f"stream {stream_id} was reset (HTTP/2 error {error_name(error_code)})")

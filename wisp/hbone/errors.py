@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wisp.h2 import errors as h2_errors
+
 
 class HboneError(Exception):
     """Base class for every HBONE failure."""
@@ -15,7 +17,7 @@ class PeerIdentityError(HboneError):
     """The peer's certificate verified but its SPIFFE identity is not one we accept."""
 
 
-class ConnectionClosed(HboneError):
+class ConnectionClosed(HboneError, h2_errors.ConnectionClosed):
     """The HTTP/2 connection is gone: GOAWAY, reset, missed keepalive or a protocol error."""
 
 
@@ -30,10 +32,10 @@ class ConnectRefused(HboneError):
         super().__init__(f"CONNECT {authority} refused with status {status}{detail}")
 
 
-class StreamReset(HboneError):
+class StreamReset(HboneError, h2_errors.StreamReset):
     """The peer reset the stream (RST_STREAM) before it finished."""
 
     def __init__(self, stream_id: int, error_code: int) -> None:
         self.stream_id = stream_id
         self.error_code = error_code
-        super().__init__(f"stream {stream_id} reset by peer (HTTP/2 error code {error_code})")
+        Exception.__init__(self, f"stream {stream_id} reset by peer (HTTP/2 error code {error_code})")

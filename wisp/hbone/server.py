@@ -13,13 +13,12 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import h2.config
-import h2.connection
-import h2.errors
 import structlog
 import trio
 
 from wisp import sockets
+from wisp.h2 import frames
+from wisp.h2.connection import Connection
 from wisp.identity import CertBundle, SpiffeId, VerificationError, spiffe_id_of
 
 from .connection import SERVER_SETTINGS, H2Settings, HboneConnection, HboneStream
@@ -221,14 +220,12 @@ class HboneServer:
     async def _refuse(self, tls: TlsStream, peer: tuple[str, int], reason: str) -> None:
         """Answer a peer we will not serve with an HTTP/2 GOAWAY that says why, then close."""
         self._reject(peer, reason)
-        h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-        h2c.initiate_connection()
-        h2c.close_connection(
-            error_code=h2.errors.ErrorCodes.INADEQUATE_SECURITY, additional_data=reason.encode()[:512]
-        )
+        codec = Connection(client=False)
+        codec.initiate()
+        codec.goaway(frames.INADEQUATE_SECURITY, reason.encode()[:512])
         with trio.move_on_after(1):
             try:
-                await tls.send_all(h2c.data_to_send())
+                await tls.send_all(bytes(codec.out))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         tls.close()
