@@ -26,7 +26,7 @@ _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 _GONE_ERRORS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 _BATCH = 64
 BACKOFF = 0.1
-DEFAULT_PER_SOURCE = 4096
+DEFAULT_PER_SOURCE = 16384
 
 # on_accept(conn, peer, release): serve `conn`; call release() once it is closed.
 OnAccept = Callable[[socket.socket, tuple[str, int], Callable[[], None]], None]

@@ -45,7 +45,11 @@ log = structlog.get_logger("wisp.engine.hbone")
 MiB = 1024 * 1024
 READ_SIZE = 256 * 1024
 # Parse what arrived once this much is buffered, even if OpenSSL has more records ready.
-_PARSE_AT = READ_SIZE - 16 * 1024
+_MAX_RECORD = 16 * 1024
+_PARSE_AT = READ_SIZE - _MAX_RECORD
+# One read buffer for every connection of the process: a pass reads and parses one connection
+# at a time, and the codec copies what it keeps, so 256 KiB per connection would be waste.
+_READ_VIEW = memoryview(bytearray(READ_SIZE))
 PING_INTERVAL = 10.0
 PING_TIMEOUT = 20.0
 
@@ -310,8 +314,6 @@ class HboneConnection:
         self.goaway_received = False
         self.last_active = time.monotonic()
         self.on_closed = on_closed
-        self._rbuf = bytearray(READ_SIZE)
-        self._rview = memoryview(self._rbuf)
         self._dirty = False
         self._want_write = False
         self._ping_sent: float | None = None
@@ -323,7 +325,7 @@ class HboneConnection:
     # -- reading --------------------------------------------------------------------------
     def on_readable(self) -> None:
         sock = self.sock
-        view = self._rview
+        view = _READ_VIEW
         filled = 0
         ended = False
         while True:
@@ -346,6 +348,11 @@ class HboneConnection:
                 ended = True
                 break
             filled += n
+            # A record shorter than the maximum ends what the peer wrote at once: unless OpenSSL
+            # holds more of it, the socket is most likely empty, and asking it again would cost
+            # a failing read (a syscall and an exception). If it is not, epoll says so again.
+            if n < _MAX_RECORD and not sock.pending():
+                break
             if filled >= _PARSE_AT:
                 self._receive(view[:filled])
                 if self.closed:

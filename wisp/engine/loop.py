@@ -129,6 +129,7 @@ class Loop:
     # -- one pass -------------------------------------------------------------------------
     def run_once(self, timeout: float = 0.0) -> None:
         handlers = self._handlers
+        read_events, write = _READ_EVENTS, WRITE
         self._in_pass = True
         try:
             for fd, events in self._epoll.poll(timeout, _MAX_EVENTS):
@@ -136,20 +137,22 @@ class Loop:
                 if handler is None:
                     continue
                 try:
-                    if events & _READ_EVENTS:
+                    if events & read_events:
                         handler.on_readable()
-                    if events & WRITE and handlers.get(fd) is handler:
+                    if events & write and handlers.get(fd) is handler:
                         handler.on_writable()
                 except Exception as exc:  # a bug costs one connection, never the loop
                     log.exception("engine handler failed", handler=type(handler).__name__)
                     _abort_quietly(handler, f"internal error: {type(exc).__name__}")
-            self._run_soon()
+            if self._soon:
+                self._run_soon()
             if self._timers and self._timers[0][0] <= time.monotonic():
                 self._run_timers()
         finally:
             self._in_pass = False
             self.passes += 1
-            self._flush()
+            if self._dirty:
+                self._flush()
 
     def _run_soon(self) -> None:
         for _ in range(len(self._soon)):

@@ -36,6 +36,10 @@ def make_context(bundle: CertBundle, *, server_side: bool) -> ssl.SSLContext:
     ctx.set_alpn_protocols([ALPN_H2])
     # No session tickets: every connection authenticates with a full handshake, as ztunnel does.
     ctx.options |= ssl.OP_NO_TICKET
+    if server_side:
+        # TLS 1.3 servers send tickets even with OP_NO_TICKET (stateful ones); none at all means
+        # no NewSessionTicket records for clients to process after the handshake.
+        ctx.num_tickets = 0
     with bundle.pem_file() as path:
         ctx.load_cert_chain(path)
     return ctx
