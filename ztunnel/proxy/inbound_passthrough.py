@@ -25,13 +25,20 @@ from .inputs import PodContext, ProxyInputs
 
 log = structlog.get_logger("ztunnel.inbound_passthrough")
 
+# Self calls refused so far in this process; any pod can send them by the thousand, so only the
+# 1st, 2nd, 4th, 8th … is logged.
+_self_calls = 0
+
 
 def serve(inputs: ProxyInputs, pod: PodContext, sock: socket.socket, peer: tuple[str, int],
           release: Callable[[], None]) -> None:
     dst_ip, dst_port = sockets.original_dst(sock)
     if dst_port in ILLEGAL_PORTS:
-        log.warning("plaintext connection to ztunnel's own port refused", src=format_address(*peer),
-                    dst=format_address(dst_ip, dst_port))
+        global _self_calls
+        _self_calls += 1
+        if _self_calls & (_self_calls - 1) == 0:
+            log.warning("plaintext connection to ztunnel's own port refused", src=format_address(*peer),
+                        dst=format_address(dst_ip, dst_port), times=_self_calls)
         sockets.reset(sock)
         release()
         return
