@@ -618,3 +618,56 @@ async def test_one_pods_connection_flood_is_bounded_per_source_and_the_node_keep
     # logs, handshakes that never came), not for the tens of thousands it refused.
     assert len(lines) < 4 * PER_SOURCE + 200
     assert not [line for line in lines if b"lack of resources" in line or b"exception" in line]
+
+
+async def test_running_out_of_descriptors_backs_off_and_the_process_survives(node):
+    # Many sources, each within its bound, together hold more than the file limit allows.
+    sources = tuple(f"10.77.0.{100 + i}" for i in range(HARD_FILES // PER_SOURCE + 2))
+    for ip in sources:
+        sh("ip", "-n", node.lab.ns("c"), "addr", "add", f"{ip}/24", "dev", "eth0")
+    live = await connect_from(node.lab, "a", (B_IP, APP_PORT))
+    socks: list[socket.socket] = []
+    try:
+        assert await read_line(live) == A_IP
+        log_before, rss_before = node.log_size(), node.rss_kb()
+        socks = await trio.to_thread.run_sync(open_flood, node, "c", (B_IP, 15008), PER_SOURCE * len(sources),
+                                              sources)
+        with trio.fail_after(15):
+            while not [line for line in node.log_lines(log_before) if b"lack of resources" in line]:
+                await trio.sleep(0.1)
+        descriptors = node.descriptors()
+        # A connection made before keeps flowing, and the process lives.
+        for _ in range(5):
+            await live.send_all(b"during")
+            assert await receive_exactly(live, 6) == b"during"
+            await trio.sleep(0.1)
+        assert node.alive()
+        rss_during = node.rss_kb()
+    finally:
+        close_all(socks)
+        for ip in sources:
+            subprocess.run(["ip", "-n", node.lab.ns("c"), "addr", "del", f"{ip}/24", "dev", "eth0"],
+                           capture_output=True)
+    # Once the attacker lets go, new connections are served again.
+    started = time.monotonic()
+    with trio.fail_after(15):
+        while True:
+            try:
+                await healthy_exchange(node.lab)
+                break
+            except (OSError, EOFError, trio.TooSlowError, AssertionError):
+                await trio.sleep(0.1)
+    recovered = time.monotonic() - started
+    await live.send_all(b"after")
+    assert await receive_exactly(live, 5) == b"after"
+    await live.aclose()
+    lines = node.log_lines(log_before)
+    backoffs = [line for line in lines if b"lack of resources" in line]
+    report("descriptor exhaustion", sources=len(sources), connections=PER_SOURCE * len(sources),
+           ztunnel_descriptors=descriptors, limit=HARD_FILES, rss_before_kb=rss_before, rss_during_kb=rss_during,
+           backoff_log_lines=len(backoffs), recovered_after_s=round(recovered, 2))
+    assert node.alive()
+    assert descriptors >= HARD_FILES - 8
+    assert len(backoffs) < 30  # logged at powers of two
+    assert not [line for line in lines if b"exception" in line]
+    assert rss_during - rss_before < RSS_SLACK_KB

@@ -2,6 +2,8 @@
 
 Checks what every HBONE endpoint checks (TLS 1.3, ALPN h2, a client certificate from our roots
 in our trust domain); a refused peer is told why in a GOAWAY (INADEQUATE_SECURITY) and closed.
+An accepted connection gets its TLS state only once its first bytes arrive, and has
+HANDSHAKE_TIMEOUT from its accept to finish the handshake.
 Every CONNECT that passes the codec and the authority syntax goes to `on_request`, which
 answers it (`accept` / `reject`) now or later.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 
@@ -21,7 +24,7 @@ from wisp.identity import SpiffeId, VerificationError, spiffe_id_of
 
 from .accept import DEFAULT_PER_SOURCE, Acceptor
 from .hbone import ConnectRequest, HboneConnection, ServerConnection
-from .loop import Loop
+from .loop import READ, Loop
 from .tls import Handshake
 
 log = structlog.get_logger("wisp.engine.server")
@@ -79,8 +82,11 @@ class HboneServer:
             release()
             self._reject(peer, reason)
 
-        Handshake(self.loop, raw, ctx, server_side=True, timeout=HANDSHAKE_TIMEOUT,
-                  on_done=lambda h: self._handshaken(h, release), on_error=failed)
+        def hello(timeout: float) -> None:
+            Handshake(self.loop, raw, ctx, server_side=True, timeout=timeout,
+                      on_done=lambda h: self._handshaken(h, release), on_error=failed)
+
+        _AwaitingHello(self.loop, raw, HANDSHAKE_TIMEOUT, hello, failed)
 
     def _handshaken(self, handshake: Handshake, release: Callable[[], None]) -> None:
         tls = handshake.sock
@@ -146,3 +152,41 @@ class HboneServer:
         self.acceptor.close()
         for conn in list(self.connections):
             conn.close(reason)
+
+
+class _AwaitingHello:
+    """An accepted connection until its first bytes arrive, holding no TLS state: an SSL object
+    and the buffers OpenSSL gives it on the first read cost ~45 KB, which idle connections (free
+    to whoever opens them) would otherwise hold for the whole handshake timeout."""
+
+    __slots__ = ("loop", "raw", "fd", "deadline", "then", "on_error", "timer", "waiting")
+
+    def __init__(self, loop: Loop, raw: socket.socket, timeout: float, then: Callable[[float], None],
+                 on_error: Callable[[str], None]) -> None:
+        self.loop = loop
+        self.raw = raw
+        self.fd = raw.fileno()
+        self.deadline = time.monotonic() + timeout
+        self.then = then  # then(seconds left for the handshake)
+        self.on_error = on_error
+        self.waiting = True
+        self.timer = loop.call_later(timeout, lambda: self.abort(f"no TLS handshake within {timeout:g} s"))
+        loop.register(self.fd, self, READ)
+
+    def on_readable(self) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.timer.cancel()
+            self.loop.unregister(self.fd)
+            self.then(max(0.0, self.deadline - time.monotonic()))
+
+    def on_writable(self) -> None:
+        pass
+
+    def abort(self, reason: str) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.timer.cancel()
+            self.loop.unregister(self.fd)
+            self.raw.close()
+            self.on_error(reason)
