@@ -209,7 +209,7 @@ def test_targets_pass_or_miss_on_the_worst_node_and_on_ratios_to_the_anchor():
         _fixed("direct", 0, 200, 1000), _fixed("ztunnel", 0, 500, 1400, cpu=(0.5, 1.2))]
     results = {r["target"]: r for r in report.evaluate(report.summarise(samples, ("direct", "haproxy", "ztunnel")))}
     assert results["saturation req/s ≥ 1.0× HAProxy pair"]["pass"]
-    assert results["bulk Gb/s, 1 connection ≥ 1.0× HAProxy pair"]["value"] == pytest.approx(1.1)
+    assert results["bulk Gb/s, 1 connection ≥ 0.9× HAProxy pair"]["value"] == pytest.approx(1.1)
     assert not results["new connections/s ≥ 2× HAProxy pair"]["pass"]  # 1.5×
     assert results["added p99 at 1,000 rps ≤ 0.5 ms"]["pass"]  # +0.4 ms
     cpu = results["≤ 0.10 vCPU per 1,000 rps per ztunnel"]

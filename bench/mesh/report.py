@@ -84,10 +84,12 @@ class Target:
     at_least: bool
 
 
+# The data-path engine issue's targets (bulk at 0.9×: one TLS stream per direction through
+# Python against HAProxy's, the ceiling study's margin).
 TARGETS = (
     Target("saturation req/s ≥ 1.0× HAProxy pair", ("saturation_rps",), 1.0, "haproxy", True),
-    Target("bulk Gb/s, 1 connection ≥ 1.0× HAProxy pair", ("bulk1_gbps",), 1.0, "haproxy", True),
-    Target("bulk Gb/s, 8 connections ≥ 1.0× HAProxy pair", ("bulk8_gbps",), 1.0, "haproxy", True),
+    Target("bulk Gb/s, 1 connection ≥ 0.9× HAProxy pair", ("bulk1_gbps",), 0.9, "haproxy", True),
+    Target("bulk Gb/s, 8 connections ≥ 0.9× HAProxy pair", ("bulk8_gbps",), 0.9, "haproxy", True),
     Target("new connections/s ≥ 2× HAProxy pair", ("connect_rps",), 2.0, "haproxy", True),
     Target("added p99 at 1,000 rps ≤ 0.5 ms", ("added_p99_ms",), 0.5, None, False),
     Target("≤ 0.10 vCPU per 1,000 rps per ztunnel",
