@@ -172,3 +172,18 @@ def test_the_acceptor_backs_off_when_descriptors_run_out_and_recovers():
         c.close()
     acceptor.close()
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
+
+
+def test_a_connect_that_fails_at_once_reports_why():
+    from wisp.engine.tls import Connect
+
+    loop = Loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    errors = []
+    # An IPv6 address on an IPv4 socket: connect() itself refuses, before any packet leaves.
+    Connect(loop, sock, ("::1", 80), timeout=5, on_done=lambda s: errors.append("connected"),
+            on_error=errors.append)
+    run_until(loop, lambda: errors)
+    assert errors[0].startswith("connect to ::1:80 failed: ")
+    assert sock.fileno() == -1

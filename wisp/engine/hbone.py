@@ -433,7 +433,6 @@ class HboneConnection:
             self._fail(f"connection lost: {getattr(exc, 'strerror', None) or exc}")
             return
         del out[:sent]
-        self.last_active = time.monotonic() if not self.streams else self.last_active
         if len(out) < LOW_WATER and self.paused_writers:
             resumed, self.paused_writers = self.paused_writers, set()
             for stream in resumed:

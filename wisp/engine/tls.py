@@ -39,7 +39,8 @@ class Connect:
             loop.register(sock.fileno(), self, WRITE)
             return
         except OSError as exc:
-            loop.call_soon(lambda: self._fail(self._reason(exc.errno)))
+            reason = self._reason(exc.errno)  # `exc` is unbound once the except block ends
+            loop.call_soon(lambda: self._fail(reason))
             return
         loop.call_soon(self._connected)
 
@@ -104,7 +105,8 @@ class Handshake:
         except (OSError, ValueError) as exc:
             raw.close()
             self._finished = True
-            loop.call_soon(lambda: on_error(f"cannot start TLS: {exc}"))
+            reason = f"cannot start TLS: {exc}"  # `exc` is unbound once the except block ends
+            loop.call_soon(lambda: on_error(reason))
             return
         self._timer = loop.call_later(timeout, lambda: self.abort(f"TLS handshake not finished within {timeout:g} s"))
         loop.register(self.fd, self, READ)
