@@ -39,6 +39,7 @@ from wisp.identity import SpiffeId
 from wisp.model import ModelSnapshot
 from wisp.zds.protocol import SnapshotSent
 from wisp_operator.cluster import ClusterState
+from wisp.engine.accept import DEFAULT_PER_SOURCE
 from ztunnel.main import parse_args
 
 from ..test_controlplane_service import control_plane
@@ -559,19 +560,23 @@ def close_all(socks: list[socket.socket]) -> None:
 
 @dataclass
 class Settled:
-    held: int       # connected and still open
-    reset: int      # refused by ztunnel (RST) after the handshake
-    pending: int    # still in the handshake (the listener's backlog was full)
+    """Outcomes as the attacker's sockets see them. A few may look held that ztunnel never
+    accepted: when the flood overflows the listener's queues the kernel answers with SYN
+    cookies, and a client whose last ACK was dropped believes it is connected and, idle, never
+    finds out. So what ztunnel holds is read from its descriptors."""
+
+    held: int       # connected and not reset
+    reset: int      # refused by ztunnel (RST) once accepted
+    pending: int    # still in the handshake
 
 
-def settle(socks: list[socket.socket], holds: int, timeout: float = 20) -> Settled:
-    """Waits until every connect has an outcome, at most `holds` are open, and the counts stay
-    put for a moment (or `timeout` passes)."""
+def settle(socks: list[socket.socket], timeout: float = 20) -> Settled:
+    """Waits until every connect has an outcome and the counts stay put for a moment."""
     poller = select.poll()
     for sock in socks:
         poller.register(sock, select.POLLOUT | select.POLLERR | select.POLLHUP)
     deadline = time.monotonic() + timeout
-    last = None
+    seen: list[Settled] = []
     while True:
         reset = connected = 0
         for _, events in poller.poll(0):
@@ -579,36 +584,39 @@ def settle(socks: list[socket.socket], holds: int, timeout: float = 20) -> Settl
                 reset += 1
             else:
                 connected += 1
-        now = Settled(connected, reset, len(socks) - reset - connected)
-        if (now == last and not now.pending and now.held <= holds) or time.monotonic() > deadline:
-            return now
-        last = now
-        time.sleep(0.3)
+        seen.append(Settled(connected, reset, len(socks) - reset - connected))
+        if (len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3] and not seen[-1].pending) \
+                or time.monotonic() > deadline:
+            return seen[-1]
+        time.sleep(0.25)
 
 
 async def test_one_pods_connection_flood_is_bounded_per_source_and_the_node_keeps_serving(node):
     # The limit ztunnel raised itself to at start (from SOFT_FILES).
     assert node.file_limit() == (HARD_FILES, HARD_FILES)
     log_before = node.log_size()
+    # Descriptors ztunnel may hold for each connection it keeps: the client's and the app's (its
+    # HBONE connections are shared); a connection waiting for its TLS handshake has one.
     floods = (
-        ("15001 capture", "d", (B_IP, APP_PORT), PER_SOURCE),
-        ("15006 capture", "c", (B_IP, APP_PORT), PER_SOURCE),
-        ("15006 straight", "c", (B_IP, 15006), 0),  # a self call: refused once accepted
-        ("15008 straight", "c", (B_IP, 15008), PER_SOURCE),  # held until the TLS handshake times out
+        ("15001 capture", "d", (B_IP, APP_PORT), PER_SOURCE, 2),
+        ("15006 capture", "c", (B_IP, APP_PORT), PER_SOURCE, 2),
+        ("15006 straight", "c", (B_IP, 15006), 0, 0),  # a self call: refused once accepted
+        ("15008 straight", "c", (B_IP, 15008), PER_SOURCE, 1),  # held until the handshake times out
     )
-    for name, pod, target, holds in floods:
-        rss_before = node.rss_kb()
+    for name, pod, target, holds, each in floods:
+        rss_before, descriptors_before = node.rss_kb(), node.descriptors()
         socks = await trio.to_thread.run_sync(open_flood, node, pod, target, FLOOD)
         try:
             async with healthy_client_during(node):
-                settled = await trio.to_thread.run_sync(settle, socks, holds)
+                settled = await trio.to_thread.run_sync(settle, socks)
                 descriptors = node.descriptors()
         finally:
             close_all(socks)
         report(f"{FLOOD} idle connections from pod {pod}, {name}", held=settled.held, reset=settled.reset,
                pending=settled.pending, ztunnel_descriptors=descriptors, rss_growth_kb=node.rss_kb() - rss_before)
-        assert settled.held == holds and settled.reset == FLOOD - holds
-        assert descriptors < HARD_FILES // 2
+        assert descriptors - descriptors_before <= holds * each + 20
+        assert settled.reset >= FLOOD - holds - FLOOD // 20
+        assert node.rss_kb() - rss_before < RSS_SLACK_KB // 2
     assert node.alive()
     lines = node.log_lines(log_before, exclude=f'"src.addr": "{A_IP}:')
     refusals = [line for line in lines if b"too many from one source" in line]
@@ -671,3 +679,11 @@ async def test_running_out_of_descriptors_backs_off_and_the_process_survives(nod
     assert len(backoffs) < 30  # logged at powers of two
     assert not [line for line in lines if b"exception" in line]
     assert rss_during - rss_before < RSS_SLACK_KB
+
+
+def test_the_per_source_bound_is_a_flag():
+    assert parse_args(["--node", "n1"]).max_connections_per_source == DEFAULT_PER_SOURCE
+    assert parse_args(["--node", "n1", "--max-connections-per-source", "200"]).max_connections_per_source == 200
+    for bad in ("0", "-5", "²", "many"):
+        with pytest.raises(SystemExit):
+            parse_args(["--node", "n1", "--max-connections-per-source", bad])
