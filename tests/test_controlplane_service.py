@@ -614,7 +614,7 @@ async def test_subscriber_nacks_what_it_cannot_apply_and_resyncs_from_a_snapshot
 
     async def handler(stream, headers):
         requests.append(headers[":path"])
-        stream.conn.respond(stream, 200)
+        stream.conn.send_headers(stream, [(b":status", b"200")])
         if len(requests) == 1:
             await stream.send_all(b'{"type":"delta","version":"e-8","since":"e-7","upserts":[],"removals":[]}\n')
             body = b""
@@ -641,7 +641,7 @@ async def test_subscriber_nacks_what_it_cannot_apply_and_resyncs_from_a_snapshot
 
 async def _stand_in_control_plane(ca, handler, *, task_status=trio.TASK_STATUS_IGNORED):
     """HTTPS/HTTP2 on 127.0.0.1 whose every request goes to `handler(stream, headers)`."""
-    from wisp.hbone.connection import SERVER_SETTINGS, HboneConnection
+    from wisp.h2.trio import H2Connection, H2Settings
     from wisp.hbone.tls import TlsStream
 
     bundle = ca.issue_serving(spiffe("istio-system", "wisp-operator"), ip_addresses=("127.0.0.1",))
@@ -655,8 +655,8 @@ async def _stand_in_control_plane(ca, handler, *, task_status=trio.TASK_STATUS_I
         while True:
             sock, _ = await sockets.accept(listener)
             tls = await TlsStream.handshake(sock, ctx, server_side=True)
-            conn = HboneConnection(tls, client_side=False, settings=SERVER_SETTINGS, peer_identity=None,
-                                   on_request=handler)
+            conn = H2Connection(tls, client_side=False, settings=H2Settings(max_concurrent_streams=200),
+                                on_request=handler)
             nursery.start_soon(conn.run)
 
 

@@ -3,7 +3,7 @@
 Runs on trio. Requests (certificates) go through httpx. The config stream is full duplex, the
 control plane's messages one way and this subscriber's acks the other on the same HTTP/2 stream,
 which httpx cannot do (it sends a whole request body before it reads the response); it runs on
-wisp's own HTTP/2 connection (`wisp.hbone.connection`, h2 on trio). The subscriber reconnects
+wisp's own HTTP/2 connection (`wisp.h2.trio`, the codec on trio). The subscriber reconnects
 with backoff and keeps serving the last good config while the control plane is away.
 """
 
@@ -22,7 +22,8 @@ import structlog
 import trio
 
 from wisp import sockets
-from wisp.hbone.connection import H2Settings, HboneConnection, HboneStream
+from wisp.h2.errors import H2Error
+from wisp.h2.trio import H2Connection, H2Settings, H2Stream
 from wisp.hbone.errors import HboneError
 from wisp.hbone.tls import TlsStream
 from wisp.identity import CertBundle, IdentityError, SpiffeId, generate_key, load_pem_certificates, make_csr
@@ -123,7 +124,7 @@ async def fetch_certificate(client: httpx.AsyncClient, identity: SpiffeId, lifet
     return bundle
 
 
-async def connect(nursery: trio.Nursery, endpoint: Endpoint) -> HboneConnection:
+async def connect(nursery: trio.Nursery, endpoint: Endpoint) -> H2Connection:
     """An HTTP/2 connection to the control plane over TLS, served by a task in `nursery`."""
     where = endpoint.address
     try:
@@ -144,11 +145,11 @@ async def connect(nursery: trio.Nursery, endpoint: Endpoint) -> HboneConnection:
     if tls.alpn_protocol() != "h2":
         tls.close()
         raise ControlPlaneError(None, f"the control plane at {where} did not negotiate HTTP/2")
-    conn = HboneConnection(tls, client_side=True, settings=STREAM_SETTINGS, peer_identity=None)
+    conn = H2Connection(tls, client_side=True, settings=STREAM_SETTINGS)
     return await nursery.start(conn.run)
 
 
-async def open_config_stream(conn: HboneConnection, endpoint: Endpoint, query: dict[str, str]) -> HboneStream:
+async def open_config_stream(conn: H2Connection, endpoint: Endpoint, query: dict[str, str]) -> H2Stream:
     """POST /v1/config: the duplex config stream, once the control plane answered 200;
     ControlPlaneError with its status and reason otherwise."""
     headers = [
@@ -213,7 +214,7 @@ class ConfigSubscriber:
                 log.warning("config stream sent something unusable; resyncing", error=str(exc))
                 resume = False
                 received = False
-            except (ControlPlaneError, HboneError, OSError, trio.BrokenResourceError) as exc:
+            except (ControlPlaneError, HboneError, H2Error, OSError, trio.BrokenResourceError) as exc:
                 log.warning("config stream unavailable", error=str(exc) or type(exc).__name__,
                             retry_in=round(backoff, 2))
                 received = False
@@ -231,7 +232,7 @@ class ConfigSubscriber:
         failure: BaseException | None = None
         received = False
         async with trio.open_nursery() as nursery:
-            conn: HboneConnection | None = None
+            conn: H2Connection | None = None
             try:
                 with trio.fail_after(self.connect_timeout):
                     conn = await connect(nursery, self.endpoint)
@@ -242,7 +243,8 @@ class ConfigSubscriber:
             except trio.TooSlowError:
                 failure = ControlPlaneError(
                     None, f"no config stream from {self.endpoint.address} within {self.connect_timeout:g} s")
-            except (StreamProtocolError, ControlPlaneError, HboneError, OSError, trio.BrokenResourceError) as exc:
+            except (StreamProtocolError, ControlPlaneError, HboneError, H2Error, OSError,
+                    trio.BrokenResourceError) as exc:
                 failure = exc  # raised below, outside the nursery, as itself
             finally:
                 if conn is not None:
@@ -252,7 +254,7 @@ class ConfigSubscriber:
             raise failure
         return received
 
-    async def _read(self, stream: HboneStream, conn: HboneConnection) -> bool:
+    async def _read(self, stream: H2Stream, conn: H2Connection) -> bool:
         """Apply each line as it arrives; returns when the control plane ends the stream."""
         received = False
         parts: list[bytes] = []  # the start of a message still arriving
@@ -285,7 +287,7 @@ class ConfigSubscriber:
                             f"config message over {MAX_MESSAGE} bytes"))
         raise ControlPlaneError(None, f"nothing from the control plane for {self.read_timeout:g} s")
 
-    async def _apply(self, line: bytes, stream: HboneStream, conn: HboneConnection) -> bool:
+    async def _apply(self, line: bytes, stream: H2Stream, conn: H2Connection) -> bool:
         """Decode and apply one message; True when the control plane closes the stream."""
         try:
             message = decode(line)
@@ -306,7 +308,7 @@ class ConfigSubscriber:
             self._ack_wanted.set()
         return False
 
-    async def _reject(self, stream: HboneStream, conn: HboneConnection, exc: StreamProtocolError):
+    async def _reject(self, stream: H2Stream, conn: H2Connection, exc: StreamProtocolError):
         """NACK what we could not use, end our side, give the control plane a moment to end its
         side, and raise: the caller resyncs from a snapshot."""
         version = self.view.version or ""  # the NACK names what we still hold
@@ -321,7 +323,7 @@ class ConfigSubscriber:
                 pass
         raise exc
 
-    async def _acknowledge(self, stream: HboneStream) -> None:
+    async def _acknowledge(self, stream: H2Stream) -> None:
         """Ack the latest applied version `ack_delay` after the first unacknowledged one.
 
         One ack covers every version before it, so a burst of deltas costs one message, and

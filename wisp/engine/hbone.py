@@ -404,12 +404,14 @@ class HboneConnection:
 
     def on_goaway(self, event: GoAwayReceived) -> None:
         self.goaway_received = True
+        # The debug text says why (a server refusing our identity says so there): pass it on.
+        why = bytes(event.debug).decode("utf-8", "replace")
+        detail = f": {why}" if why else ""
         for stream_id, stream in list(self.streams.items()):
             if stream_id > event.last_stream_id:
-                stream.connection_lost(f"refused by GOAWAY (HTTP/2 error code {event.error_code})")
+                stream.connection_lost(f"refused by GOAWAY (HTTP/2 error code {event.error_code}){detail}")
         if event.error_code != frames.NO_ERROR:
-            self._fail(f"peer sent GOAWAY with HTTP/2 error code {event.error_code}: "
-                       f"{bytes(event.debug).decode('utf-8', 'replace')}")
+            self._fail(f"peer sent GOAWAY with HTTP/2 error code {event.error_code}{detail}")
 
     # -- writing --------------------------------------------------------------------------
     def dirty(self) -> None:

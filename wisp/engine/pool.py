@@ -1,4 +1,4 @@
-"""The HBONE connection pool in the loop, keyed as ztunnel keys it.
+"""The HBONE connection pool in the loop, keyed as ztunnel keys it (wisp.hbone.peers.PoolKey).
 
 Key = (source identity, expected destination identities, destination address, source IP). A
 connection carries at most min(100, peer MAX_CONCURRENT_STREAMS) streams; while a dial for a key
@@ -11,13 +11,12 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import structlog
 
+from wisp.hbone.peers import PoolKey, check_peer, spiffe_ids_of_socket
 from wisp.identity import SpiffeId
-from wisp.identity.certs import spiffe_ids_of
 
 from .hbone import ClientConnection, HboneConnection, StreamEnd
 from .loop import Loop
@@ -33,14 +32,6 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 ContextSource = Callable[[SpiffeId], ssl.SSLContext | None]
 SocketFactory = Callable[[tuple[str, int], str | None], socket.socket]
 OnStream = Callable[[StreamEnd | None, str | None], None]
-
-
-@dataclass(slots=True, frozen=True)
-class PoolKey:
-    src_identity: SpiffeId
-    dst_identities: frozenset[SpiffeId]
-    dst: tuple[str, int]
-    src_ip: str | None = None
 
 
 class _Dial:
@@ -223,22 +214,3 @@ def _open(conn: ClientConnection, headers: list[tuple[bytes, bytes]], on_stream:
         conn.open_stream(headers, answered)
     except Exception as exc:  # the codec refused: stream limit or GOAWAY raced us
         on_stream(None, f"cannot open a stream: {exc}")
-
-
-def spiffe_ids_of_socket(tls: ssl.SSLSocket) -> list[SpiffeId]:
-    from cryptography import x509
-
-    der = tls.getpeercert(binary_form=True)
-    return spiffe_ids_of(x509.load_der_x509_certificate(der)) if der else []
-
-
-def check_peer(tls: ssl.SSLSocket, where: str, expected: Collection[SpiffeId]) -> str | None:
-    """Why the server we reached is not the one we meant (None: it is)."""
-    if tls.selected_alpn_protocol() != "h2":
-        return f"HBONE peer {where} did not negotiate ALPN h2"
-    presented = spiffe_ids_of_socket(tls)
-    if not any(identity in expected for identity in presented):
-        shown = ", ".join(map(str, presented)) or "no SPIFFE identity"
-        wanted = ", ".join(sorted(map(str, expected))) or "nothing"
-        return f"HBONE peer {where} presented {shown}; expected one of {wanted}"
-    return None

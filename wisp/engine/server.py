@@ -20,7 +20,7 @@ import structlog
 
 from wisp import sockets
 from wisp.h2 import frames
-from wisp.identity import SpiffeId, VerificationError, spiffe_id_of
+from wisp.hbone.peers import check_client
 
 from .accept import DEFAULT_PER_SOURCE, Acceptor
 from .hbone import ConnectRequest, HboneConnection, ServerConnection
@@ -96,17 +96,9 @@ class HboneServer:
             release()
             self._reject(peer, "the client did not negotiate ALPN h2")
             return
-        try:
-            from cryptography import x509
-
-            der = tls.getpeercert(binary_form=True)
-            peer_identity = spiffe_id_of(x509.load_der_x509_certificate(der))
-        except (VerificationError, ValueError, TypeError) as exc:
-            self._refuse(handshake, release, f"client certificate: {exc}")
-            return
-        if peer_identity.trust_domain != self.trust_domain:
-            self._refuse(handshake, release,
-                         f"client identity {peer_identity} is not in trust domain {self.trust_domain!r}")
+        peer_identity, problem = check_client(tls, self.trust_domain)
+        if problem is not None:
+            self._refuse(handshake, release, problem)
             return
 
         def closed(conn: HboneConnection) -> None:

@@ -1,26 +1,21 @@
-"""HBONE: Istio's HTTP/2 CONNECT tunnel over mutual TLS, client, server and connection pool."""
+"""HBONE's CONNECT semantics, shared by every side that speaks it (Istio's ambient tunnel).
 
-from .client import dial, open_stream
-from .connection import CLIENT_SETTINGS, SERVER_SETTINGS, H2Settings, HboneConnection, HboneStream
-from .errors import (
-    ConnectionClosed,
-    ConnectRefused,
-    HboneError,
-    PeerIdentityError,
-    StreamReset,
-    TlsError,
-)
+What an HBONE CONNECT means lives here: its request headers and `:authority` syntax (`headers`),
+who the peers are and how each side checks the other (`peers`: PoolKey, check_peer,
+check_client), mutual-TLS contexts from certificate bundles (`tls`) and the errors. The bytes move
+in the data-path engine (`wisp.engine.hbone`, `.pool`, `.server`) over the sans-IO HTTP/2 codec
+(`wisp.h2`); see docs/hbone.md.
+"""
+
+from .errors import HboneError, TlsError
 from .headers import Authority, InvalidAuthority, connect_headers, parse_authority
-from .pool import HbonePool, PoolKey
-from .server import ConnectRequest, HboneServer
-from .tls import ContextCache, make_context
+from .peers import PoolKey, check_client, check_peer
+from .tls import ContextCache, describe_ssl_error, make_context
 
 HBONE_PORT = 15008
 
 __all__ = [
-    "CLIENT_SETTINGS", "HBONE_PORT", "SERVER_SETTINGS", "Authority", "ConnectRefused",
-    "ConnectRequest", "ConnectionClosed", "ContextCache", "H2Settings", "HboneConnection",
-    "HboneError", "HbonePool", "HboneServer", "HboneStream", "InvalidAuthority",
-    "PeerIdentityError", "PoolKey", "StreamReset", "TlsError", "connect_headers", "dial",
-    "make_context", "open_stream", "parse_authority",
+    "HBONE_PORT", "Authority", "ContextCache", "HboneError", "InvalidAuthority", "PoolKey", "TlsError",
+    "check_client", "check_peer", "connect_headers", "describe_ssl_error", "make_context",
+    "parse_authority",
 ]
