@@ -1,6 +1,8 @@
 """`python -m bench.hbone [--quick] [--docs]`: run the plan, print the tables, save JSON.
 
 `--render bench/results/hbone-….json [--docs]` prints (and publishes) a saved run instead.
+The HBONE contender runs on the data-path engine in the shape WISP_ENGINE names (default
+trio-epoll, see runner.DEFAULT_SHAPE).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 from bench.publish import DOCS, ROOT, save_results
+from wisp.engine.runtime import shape_from_environment
 from . import docs, machine, report, runner
 from .client import CONTENDERS, MEASURES
 
@@ -59,7 +62,8 @@ def make_plan(args: argparse.Namespace) -> runner.Plan:
                  "bulk_size": args.bulk_mib and args.bulk_mib * MiB,
                  "bidir_size": args.bidir_mib and args.bidir_mib * MiB}
     preset.update({k: v for k, v in overrides.items() if v})
-    return runner.Plan(**preset, contenders=args.contenders, measures=args.measures)
+    return runner.Plan(**preset, contenders=args.contenders, measures=args.measures,
+                       engine=shape_from_environment(runner.DEFAULT_SHAPE))
 
 
 def progress(plan: runner.Plan):

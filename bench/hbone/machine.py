@@ -34,7 +34,7 @@ def summary(machine: dict) -> str:
 
 
 # What the benchmark exercises; changes elsewhere in the tree do not touch the figures.
-MEASURED_CODE = ("wisp/hbone", "wisp/sockets.py", "wisp/identity", "bench/hbone")
+MEASURED_CODE = ("wisp/engine", "wisp/h2", "wisp/hbone", "wisp/sockets.py", "wisp/identity", "bench/hbone")
 
 
 def source(root: Path, measured: tuple[str, ...] = MEASURED_CODE) -> dict:

@@ -172,7 +172,10 @@ def describe_plan(plan: Plan) -> str:
     return (f"{plan.rounds} rounds, contenders alternating; bulk {_size(plan.bulk_size)} client→server "
             f"in 256 KiB writes, bidir {_size(plan.bidir_size)} each way at once (Gb/s counts both), "
             f"echo {plan.echo_seconds:g} s of 1 KiB ping-pong after {plan.warmup_seconds:g} s warm-up; "
-            f"one connection (HBONE: one CONNECT stream) per measurement, set-up not timed")
+            f"one connection (HBONE: one CONNECT stream) per measurement, set-up not timed"
+            + (f"; HBONE through the data-path engine (shape {plan.engine}): client app → outbound "
+               f"splice → CONNECT → inbound splice → server app, each app on loopback TCP"
+               if plan.engine else ""))
 
 
 def _size(n: int) -> str:

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 
 from . import client, identities, server
 
+# The benchmark's apps are trio code in the same processes as the engine: with trio owning the
+# thread they wait on their sockets directly, where shape "epoll" would put every trio wait on
+# its guest-mode I/O thread and charge that hop to the contenders, anchors included.
+DEFAULT_SHAPE = "trio-epoll"
 STARTUP_TIMEOUT = 60.0
 MEASURE_TIMEOUT = 300.0
 # Other programs' CPU, as a share of one core, below which the machine counts as quiet.
@@ -37,6 +41,8 @@ class Plan:
     quiet_budget: float = 0.0
     contenders: tuple[str, ...] = client.CONTENDERS
     measures: tuple[str, ...] = client.MEASURES
+    # The data-path engine's shape in both processes (None: a run from before HBONE ran on it).
+    engine: str | None = None
 
     def commands(self) -> list[tuple[int, client.Command]]:
         out = []
@@ -88,12 +94,13 @@ def run(plan: Plan, progress: Callable[[Sample], None], started: Callable[[Run],
     parent = os.getpid()
     procs: list[multiprocessing.process.BaseProcess] = []
     try:
-        srv = ctx.Process(target=server.main, args=(server_end, server_pem, parent),
+        shape = plan.engine or DEFAULT_SHAPE
+        srv = ctx.Process(target=server.main, args=(server_end, server_pem, parent, shape),
                           name="bench-hbone-server", daemon=True)
         srv.start()
         procs.append(srv)
         hello = _receive(server_pipe, procs, STARTUP_TIMEOUT, "server start-up")
-        cli = ctx.Process(target=client.main, args=(client_end, client_pem, hello["ports"], parent),
+        cli = ctx.Process(target=client.main, args=(client_end, client_pem, hello["ports"], parent, shape),
                           name="bench-hbone-client", daemon=True)
         cli.start()
         procs.append(cli)
