@@ -231,7 +231,8 @@ async def healthy_exchange(lab: Lab) -> None:
     stream = await connect_from(lab, "a", (B_IP, APP_PORT))
     try:
         with trio.fail_after(5):
-            assert await read_line(stream) == A_IP
+            line = await read_line(stream)
+            assert line == A_IP, f"the app saw the connection come from {line!r}"
             await stream.send_all(b"still served")
             assert await receive_exactly(stream, 12) == b"still served"
     finally:
@@ -368,165 +369,6 @@ def report(title: str, **figures) -> None:
     print(f"\n[hostile peers] {title}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
-# -- 4. a port in non-ASCII digits ------------------------------------------------------------------
-async def test_authority_port_in_non_ascii_digits_gets_400_and_the_connection_lives_on(node):
-    def attack() -> tuple[int, list[Frame], int, bytes]:
-        attacker = Attacker.open(node, mesh_context(node))
-        try:
-            # Byte 0xB2 reads as '²' in latin-1: str.isdigit() says yes, int() raises.
-            attacker.send(connect(attacker.peer, 1, f"{B_IP}:".encode() + b"\xb2"))
-            first = attacker.read_until(lambda f: f.stream_id == 1 and f.flags & frames.FLAG_END_STREAM)
-            refused = [attacker.status(f) for f in first if f.type == frames.HEADERS and f.stream_id == 1]
-            attacker.send(connect(attacker.peer, 3, f"{B_IP}:{APP_PORT}"))
-            second = attacker.read_until(lambda f: f.type == frames.DATA and f.stream_id == 3)
-            answer = [attacker.status(f) for f in second if f.type == frames.HEADERS and f.stream_id == 3]
-            data = b"".join(f.payload for f in second if f.type == frames.DATA and f.stream_id == 3)
-            return refused[0] if refused else 0, first + second, answer[0] if answer else 0, data
-        finally:
-            attacker.close()
-
-    async with healthy_client_during(node):
-        refused, seen, answered, data = await trio.to_thread.run_sync(attack)
-    assert refused == 400
-    assert not [f for f in seen if f.type == frames.GOAWAY]
-    assert (answered, data) == (200, f"{C_IP}\n".encode())
-
-
-# -- 5. more streams than the server allows -----------------------------------------------------------
-async def test_stream_beyond_two_hundred_is_refused_and_the_others_live_on(node):
-    def attack() -> dict:
-        attacker = Attacker.open(node, mesh_context(node))
-        try:
-            wire = b"".join(connect(attacker.peer, 2 * i + 1, f"{B_IP}:{APP_PORT}") for i in range(201))
-            attacker.send(wire)
-            answered: dict[int, int] = {}
-            resets: dict[int, int] = {}
-
-            def settled(frame: Frame) -> bool:
-                if frame.type == frames.HEADERS:
-                    answered[frame.stream_id] = attacker.status(frame)
-                elif frame.type == frames.RST_STREAM:
-                    resets[frame.stream_id] = frame.error_code
-                return len(answered) + len(resets) >= 201
-
-            seen = attacker.read_until(settled)
-            # Every open stream still carries bytes: the first and the last admitted echo.
-            attacker.send(RawPeer.data(1, b"first") + RawPeer.data(399, b"last"))
-            echoed = attacker.read_until(lambda f: f.type == frames.DATA and f.stream_id == 399
-                                         and f.payload.endswith(b"last"))
-            # A stream that ends makes room for a new one on the same connection.
-            attacker.send(RawPeer.rst(3) + connect(attacker.peer, 403, f"{B_IP}:{APP_PORT}"))
-            later = attacker.read_until(lambda f: f.type == frames.HEADERS and f.stream_id == 403)
-            return {"answered": answered, "resets": resets, "frames": seen + echoed + later,
-                    "echo": b"".join(f.payload for f in echoed if f.type == frames.DATA and f.stream_id in (1, 399)),
-                    "new": [attacker.status(f) for f in later if f.type == frames.HEADERS and f.stream_id == 403]}
-        finally:
-            attacker.close()
-
-    async with healthy_client_during(node):
-        result = await trio.to_thread.run_sync(attack)
-    assert result["resets"] == {401: frames.REFUSED_STREAM}
-    assert set(result["answered"].values()) == {200} and len(result["answered"]) == 200
-    assert b"first" in result["echo"] and b"last" in result["echo"]
-    assert result["new"] == [200]
-    assert not [f for f in result["frames"] if f.type == frames.GOAWAY]
-
-
-# -- 3. rapid reset -----------------------------------------------------------------------------------
-RESET_PAIRS = 5000
-
-
-def reset_pairs(peer: RawPeer, first_sid: int, count: int) -> bytes:
-    return b"".join(connect(peer, sid, f"{B_IP}:{APP_PORT}") + RawPeer.rst(sid)
-                    for sid in range(first_sid, first_sid + 2 * count, 2))
-
-
-async def test_rapid_reset_never_reaches_the_app_and_ends_with_enhance_your_calm(node):
-    def in_one_write() -> Frame | None:
-        attacker = Attacker.open(node, mesh_context(node))
-        try:
-            attacker.send(reset_pairs(attacker.peer, 1, RESET_PAIRS))
-            return attacker.goaway()
-        finally:
-            attacker.close()
-
-    def pair_by_pair() -> tuple[int, Frame | None]:
-        """Each pair in its own write, so a CONNECT is read before its reset arrives."""
-        attacker = Attacker.open(node, mesh_context(node))
-        try:
-            sent = 0
-            for sid in range(1, 2 * RESET_PAIRS, 2):
-                if not attacker.send(reset_pairs(attacker.peer, sid, 1)):
-                    break
-                sent += 1
-            return sent, attacker.goaway()
-        finally:
-            attacker.close()
-
-    log_before = node.log_size()
-    async with healthy_client_during(node):
-        goaway = await trio.to_thread.run_sync(in_one_write)
-        await trio.sleep(0.5)  # for any connection to the app still on its way
-        app_one_write = node.app_peers.count(C_IP)
-        sent, goaway_paced = await trio.to_thread.run_sync(pair_by_pair)
-        await trio.sleep(0.5)
-    app_paced = node.app_peers.count(C_IP) - app_one_write
-    attack_lines = node.log_lines(log_before, exclude=f'"src.addr": "{A_IP}:')  # not the healthy client's
-    report("rapid reset", pairs=RESET_PAIRS, app_connections_one_write=app_one_write, paced_pairs_sent=sent,
-           app_connections_paced=app_paced, attack_log_lines=len(attack_lines),
-           attack_log_bytes=sum(map(len, attack_lines)))
-    assert goaway is not None and goaway.error_code == frames.ENHANCE_YOUR_CALM
-    assert app_one_write == 0
-    assert goaway_paced is not None and goaway_paced.error_code == frames.ENHANCE_YOUR_CALM
-    # The connection is cut off after the reset budget (200 a second); a paced CONNECT may reach
-    # the app before its reset does, never more of them than that budget.
-    assert app_paced <= 250
-    assert not [line for line in attack_lines if b"exception" in line or b"Traceback" in line]
-    assert len(attack_lines) < 20, attack_lines[:5]
-
-
-# -- 2. CONTINUATION flood ------------------------------------------------------------------------------
-FLOOD_CONNECTIONS = 20
-CONTINUATIONS = 16
-MiB = 1 << 20
-
-
-def continuation_flood(node: Node, context: ssl.SSLContext) -> Frame | None:
-    """A header block that never ends: HEADERS without END_HEADERS, then CONTINUATION frames of
-    1 MiB (the frame size the server advertises), each written on its own; what ends it."""
-    attacker = Attacker.open(node, context)
-    try:
-        block = attacker.peer.block([(":method", "CONNECT"), (":authority", f"{B_IP}:{APP_PORT}")])
-        filler = os.urandom(MiB)
-        if attacker.send(RawPeer.frame(frames.HEADERS, 0, 1, block + filler[:16 * 1024])):
-            for _ in range(CONTINUATIONS):
-                if not attacker.send(RawPeer.frame(frames.CONTINUATION, 0, 1, filler)):
-                    break
-        return attacker.goaway(timeout=5)
-    finally:
-        attacker.close()
-
-
-async def test_continuation_flood_ends_with_goaway_and_memory_stays_bounded(node):
-    context = mesh_context(node)
-    rss_before, peak_before = node.rss_kb(), node.peak_kb()
-    async with healthy_client_during(node):
-        async with trio.open_nursery() as nursery:
-            ends: list[Frame | None] = []
-
-            async def one() -> None:
-                ends.append(await trio.to_thread.run_sync(continuation_flood, node, context))
-
-            for _ in range(FLOOD_CONNECTIONS):
-                nursery.start_soon(one)
-    rss_after, peak_after = node.rss_kb(), node.peak_kb()
-    report("CONTINUATION flood", connections=FLOOD_CONNECTIONS, offered_mib_each=CONTINUATIONS,
-           rss_before_kb=rss_before, rss_after_kb=rss_after, peak_before_kb=peak_before, peak_after_kb=peak_after)
-    assert [e.error_code if e else None for e in ends] == [frames.ENHANCE_YOUR_CALM] * FLOOD_CONNECTIONS
-    assert peak_after - peak_before < RSS_SLACK_KB
-    assert rss_after - rss_before < RSS_SLACK_KB
-
-
 # -- 1. idle connection floods --------------------------------------------------------------------------
 def open_flood(node: Node, pod: str, target: tuple[str, int], count: int,
                sources: tuple[str, ...] = ()) -> list[socket.socket]:
@@ -623,8 +465,9 @@ async def test_one_pods_connection_flood_is_bounded_per_source_and_the_node_keep
     report("logs of the floods", lines=len(lines), bytes=sum(map(len, lines)), per_source_refusal_lines=len(refusals))
     assert refusals and len(refusals) < 100  # logged at powers of two, not once per connection
     # What is logged per connection is logged for those ztunnel served (the held ones: access
-    # logs, handshakes that never came), not for the tens of thousands it refused.
-    assert len(lines) < 4 * PER_SOURCE + 200
+    # logs, handshakes that never came; and connections the kernel completes late from a SYN
+    # cookie when the attacker closes them), not for the tens of thousands it refused.
+    assert len(lines) < FLOOD // 5
     assert not [line for line in lines if b"lack of resources" in line or b"exception" in line]
 
 
@@ -687,3 +530,168 @@ def test_the_per_source_bound_is_a_flag():
     for bad in ("0", "-5", "²", "many"):
         with pytest.raises(SystemExit):
             parse_args(["--node", "n1", "--max-connections-per-source", bad])
+
+
+# -- 2. CONTINUATION flood ------------------------------------------------------------------------------
+FLOOD_CONNECTIONS = 20
+CONTINUATIONS = 16
+MiB = 1 << 20
+
+
+def continuation_flood(node: Node, context: ssl.SSLContext) -> Frame | None:
+    """A header block that never ends: HEADERS without END_HEADERS, then CONTINUATION frames of
+    1 MiB (the frame size the server advertises), each written on its own; what ends it."""
+    attacker = Attacker.open(node, context)
+    try:
+        block = attacker.peer.block([(":method", "CONNECT"), (":authority", f"{B_IP}:{APP_PORT}")])
+        filler = os.urandom(MiB)
+        if attacker.send(RawPeer.frame(frames.HEADERS, 0, 1, block + filler[:16 * 1024])):
+            for _ in range(CONTINUATIONS):
+                if not attacker.send(RawPeer.frame(frames.CONTINUATION, 0, 1, filler)):
+                    break
+        return attacker.goaway(timeout=5)
+    finally:
+        attacker.close()
+
+
+async def test_continuation_flood_ends_with_goaway_and_memory_stays_bounded(node):
+    context = mesh_context(node)
+    rss_before, peak_before = node.rss_kb(), node.peak_kb()
+    async with healthy_client_during(node):
+        async with trio.open_nursery() as nursery:
+            ends: list[Frame | None] = []
+
+            async def one() -> None:
+                ends.append(await trio.to_thread.run_sync(continuation_flood, node, context))
+
+            for _ in range(FLOOD_CONNECTIONS):
+                nursery.start_soon(one)
+    rss_after, peak_after = node.rss_kb(), node.peak_kb()
+    report("CONTINUATION flood", connections=FLOOD_CONNECTIONS, offered_mib_each=CONTINUATIONS,
+           rss_before_kb=rss_before, rss_after_kb=rss_after, peak_before_kb=peak_before, peak_after_kb=peak_after)
+    assert [e.error_code if e else None for e in ends] == [frames.ENHANCE_YOUR_CALM] * FLOOD_CONNECTIONS
+    assert peak_after - peak_before < RSS_SLACK_KB
+    assert rss_after - rss_before < RSS_SLACK_KB
+
+
+# -- 3. rapid reset -----------------------------------------------------------------------------------
+RESET_PAIRS = 5000
+
+
+def reset_pairs(peer: RawPeer, first_sid: int, count: int) -> bytes:
+    return b"".join(connect(peer, sid, f"{B_IP}:{APP_PORT}") + RawPeer.rst(sid)
+                    for sid in range(first_sid, first_sid + 2 * count, 2))
+
+
+async def test_rapid_reset_never_reaches_the_app_and_ends_with_enhance_your_calm(node):
+    def in_one_write() -> Frame | None:
+        attacker = Attacker.open(node, mesh_context(node))
+        try:
+            attacker.send(reset_pairs(attacker.peer, 1, RESET_PAIRS))
+            return attacker.goaway()
+        finally:
+            attacker.close()
+
+    def pair_by_pair() -> tuple[int, Frame | None]:
+        """Each pair in its own write, so a CONNECT is read before its reset arrives."""
+        attacker = Attacker.open(node, mesh_context(node))
+        try:
+            sent = 0
+            for sid in range(1, 2 * RESET_PAIRS, 2):
+                if not attacker.send(reset_pairs(attacker.peer, sid, 1)):
+                    break
+                sent += 1
+            return sent, attacker.goaway()
+        finally:
+            attacker.close()
+
+    log_before = node.log_size()
+    async with healthy_client_during(node):
+        goaway = await trio.to_thread.run_sync(in_one_write)
+        await trio.sleep(0.5)  # for any connection to the app still on its way
+        app_one_write = node.app_peers.count(C_IP)
+        sent, goaway_paced = await trio.to_thread.run_sync(pair_by_pair)
+        await trio.sleep(0.5)
+    app_paced = node.app_peers.count(C_IP) - app_one_write
+    attack_lines = node.log_lines(log_before, exclude=f'"src.addr": "{A_IP}:')  # not the healthy client's
+    report("rapid reset", pairs=RESET_PAIRS, app_connections_one_write=app_one_write, paced_pairs_sent=sent,
+           app_connections_paced=app_paced, attack_log_lines=len(attack_lines),
+           attack_log_bytes=sum(map(len, attack_lines)))
+    assert goaway is not None and goaway.error_code == frames.ENHANCE_YOUR_CALM
+    assert app_one_write == 0
+    assert goaway_paced is not None and goaway_paced.error_code == frames.ENHANCE_YOUR_CALM
+    # The connection is cut off after the reset budget (200 a second); a paced CONNECT may reach
+    # the app before its reset does, never more of them than that budget.
+    assert app_paced <= 250
+    assert not [line for line in attack_lines if b"exception" in line or b"Traceback" in line]
+    assert len(attack_lines) < 20, attack_lines[:5]
+
+
+# -- 4. a port in non-ASCII digits ------------------------------------------------------------------
+async def test_authority_port_in_non_ascii_digits_gets_400_and_the_connection_lives_on(node):
+    def attack() -> tuple[int, list[Frame], int, bytes]:
+        attacker = Attacker.open(node, mesh_context(node))
+        try:
+            # Byte 0xB2 reads as '²' in latin-1: str.isdigit() says yes, int() raises.
+            attacker.send(connect(attacker.peer, 1, f"{B_IP}:".encode() + b"\xb2"))
+            first = attacker.read_until(lambda f: f.stream_id == 1 and f.flags & frames.FLAG_END_STREAM)
+            refused = [attacker.status(f) for f in first if f.type == frames.HEADERS and f.stream_id == 1]
+            attacker.send(connect(attacker.peer, 3, f"{B_IP}:{APP_PORT}"))
+            second = attacker.read_until(lambda f: f.type == frames.DATA and f.stream_id == 3)
+            answer = [attacker.status(f) for f in second if f.type == frames.HEADERS and f.stream_id == 3]
+            data = b"".join(f.payload for f in second if f.type == frames.DATA and f.stream_id == 3)
+            return refused[0] if refused else 0, first + second, answer[0] if answer else 0, data
+        finally:
+            attacker.close()
+
+    async with healthy_client_during(node):
+        refused, seen, answered, data = await trio.to_thread.run_sync(attack)
+    assert refused == 400
+    assert not [f for f in seen if f.type == frames.GOAWAY]
+    assert (answered, data) == (200, f"{C_IP}\n".encode())
+
+
+# -- 5. more streams than the server allows -----------------------------------------------------------
+async def test_stream_beyond_two_hundred_is_refused_and_the_others_live_on(node):
+    def attack() -> dict:
+        attacker = Attacker.open(node, mesh_context(node))
+        try:
+            wire = b"".join(connect(attacker.peer, 2 * i + 1, f"{B_IP}:{APP_PORT}") for i in range(201))
+            attacker.send(wire)
+            answered: dict[int, int] = {}
+            resets: dict[int, int] = {}
+
+            def settled(frame: Frame) -> bool:
+                if frame.type == frames.HEADERS:
+                    answered[frame.stream_id] = attacker.status(frame)
+                elif frame.type == frames.RST_STREAM:
+                    resets[frame.stream_id] = frame.error_code
+                return len(answered) + len(resets) >= 201
+
+            seen = attacker.read_until(settled)
+            # Every open stream still carries bytes: the first and the last admitted echo.
+            attacker.send(RawPeer.data(1, b"first") + RawPeer.data(399, b"last"))
+            echoes = {1: b"", 399: b""}  # through two app connections: in either order
+
+            def both_echoed(frame: Frame) -> bool:
+                if frame.type == frames.DATA and frame.stream_id in echoes:
+                    echoes[frame.stream_id] += frame.payload
+                return echoes[1].endswith(b"first") and echoes[399].endswith(b"last")
+
+            echoed = attacker.read_until(both_echoed)
+            # A stream that ends makes room for a new one on the same connection.
+            attacker.send(RawPeer.rst(3) + connect(attacker.peer, 403, f"{B_IP}:{APP_PORT}"))
+            later = attacker.read_until(lambda f: f.type == frames.HEADERS and f.stream_id == 403)
+            return {"answered": answered, "resets": resets, "frames": seen + echoed + later,
+                    "echoes": echoes,
+                    "new": [attacker.status(f) for f in later if f.type == frames.HEADERS and f.stream_id == 403]}
+        finally:
+            attacker.close()
+
+    async with healthy_client_during(node):
+        result = await trio.to_thread.run_sync(attack)
+    assert result["resets"] == {401: frames.REFUSED_STREAM}
+    assert set(result["answered"].values()) == {200} and len(result["answered"]) == 200
+    assert result["echoes"] == {1: f"{C_IP}\nfirst".encode(), 399: f"{C_IP}\nlast".encode()}
+    assert result["new"] == [200]
+    assert not [f for f in result["frames"] if f.type == frames.GOAWAY]
