@@ -50,6 +50,7 @@ class HboneServer:
         self.stats: Counter[str] = Counter()
         self.rejections: deque[tuple[tuple[str, int], str]] = deque(maxlen=256)
         self.draining = False
+        self.closed = False
         self.acceptor = Acceptor(loop, sock, self._accepted, name=name, per_source=per_source)
 
     def _accepted(self, raw: socket.socket, peer: tuple[str, int], release: Callable[[], None]) -> None:
@@ -67,6 +68,10 @@ class HboneServer:
         self._handshake(raw, peer, release, ctx)
 
     def _with_certificate(self, raw: socket.socket, peer: tuple[str, int], release: Callable[[], None]) -> None:
+        if self.closed:  # the pod went away while its certificate was being fetched
+            raw.close()
+            release()
+            return
         ctx = self.context()
         if ctx is None:
             raw.close()
@@ -141,6 +146,7 @@ class HboneServer:
         return sum(len(c.streams) for c in self.connections)
 
     def close(self, reason: str = "server closed") -> None:
+        self.closed = True
         self.acceptor.close()
         for conn in list(self.connections):
             conn.close(reason)
