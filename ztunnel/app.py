@@ -65,6 +65,7 @@ class Ztunnel:
     def apply_config(self, snapshot: ModelSnapshot, version: str | None = None) -> None:
         """Install a new config version; live inbound connections it now denies are closed, and
         pooled HBONE connections to workloads that went away (or moved) are dropped."""
+        self.metrics.forget_series()
         gone = _vacated_addresses(self.state.snapshot, snapshot)
         if gone:
             for proxy in self.pods.proxies.values():
