@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -259,10 +260,21 @@ def test_tcp_metrics_carry_source_destination_and_mtls_labels(mesh):
 # -- 6. failure: ztunnel and node agent restarts ---------------------------------------------------------
 
 
+def _running(pid: str) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_ztunnel_down_fails_closed_and_traffic_recovers_after_restart(mesh):
     component = mesh.component("ztunnel-node1")
     restarts = component["restarts"]
+    workers = subprocess.run(["pgrep", "-P", str(component["pid"])], capture_output=True, text=True).stdout.split()
     subprocess.run(["kill", "-9", str(component["pid"])], check=True)
+    # Its worker processes see the main process go and stop serving within moments.
+    mesh.wait_for(lambda: not any(_running(pid) for pid in workers), timeout=10, what="ztunnel's workers gone")
     # Redirection stays in place, so the pod's traffic has nowhere to go: it fails, never bypasses.
     code, _ = mesh.curl("ambient", "client", "http://far.ambient/", timeout=1)
     assert code == 0
