@@ -34,7 +34,8 @@ log = structlog.get_logger("ztunnel.access")
 
 
 class Transfer:
-    """Bytes moved so far; read by metrics while the connection lives."""
+    """Bytes moved so far, read by metrics while the connection lives; the handlers replace it
+    with the connection's splice (wisp.engine.splice.Splice), which counts the same fields."""
 
     __slots__ = ("upstream", "downstream", "error")
 
@@ -42,12 +43,6 @@ class Transfer:
         self.upstream = 0  # client → server (Istio's "received")
         self.downstream = 0  # server → client (Istio's "sent")
         self.error: str | None = None
-
-    def count_upstream(self, size: int) -> None:
-        self.upstream += size
-
-    def count_downstream(self, size: int) -> None:
-        self.downstream += size
 
 
 LABELS = (

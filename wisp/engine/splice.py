@@ -46,7 +46,7 @@ class Splice:
     """
 
     __slots__ = ("client", "server", "upstream", "downstream", "error", "_open_directions", "on_done",
-                 "done", "reset_client")
+                 "done")
 
     def __init__(self, client: End, server: End, on_done: Callable[[Splice], None] | None = None) -> None:
         self.client = client
@@ -57,8 +57,6 @@ class Splice:
         self._open_directions = 2
         self.on_done = on_done
         self.done = False
-        # When a policy closes the connection, the client sees a reset, not a clean end.
-        self.reset_client = False
         client.splice = self
         server.splice = self
 
