@@ -357,3 +357,16 @@ def test_close_to_drops_pooled_connections_to_that_address_only(mesh):
     sock2, results2 = mesh.open()
     run_until(mesh.loop, lambda: results2)
     assert mesh.pool.connections()[0] is not conn and mesh.pool.dials == 2
+
+
+def test_goaway_from_the_client_lets_its_stream_finish(mesh):
+    sock, results = mesh.open()
+    run_until(mesh.loop, lambda: results)
+    client_conn = mesh.pool.connections()[0]
+    client_conn.goaway()
+    run_until(mesh.loop, lambda: any(c.goaway_received for c in mesh.server.connections))
+    assert exchange(mesh, sock, b"after goaway") == b"after goaway"
+    # The client said it opens no more streams there: a new request dials a new connection.
+    sock2, results2 = mesh.open()
+    run_until(mesh.loop, lambda: results2)
+    assert results2 == [None] and mesh.pool.dials == 2

@@ -407,9 +407,12 @@ class HboneConnection:
         # The debug text says why (a server refusing our identity says so there): pass it on.
         why = bytes(event.debug).decode("utf-8", "replace")
         detail = f": {why}" if why else ""
-        for stream_id, stream in list(self.streams.items()):
-            if stream_id > event.last_stream_id:
-                stream.connection_lost(f"refused by GOAWAY (HTTP/2 error code {event.error_code}){detail}")
+        # last_stream_id counts streams the GOAWAY's receiver opened (RFC 9113 §6.8): only a
+        # client's own streams can be refused by it; a client's GOAWAY leaves a server's be.
+        if self.client:
+            for stream_id, stream in list(self.streams.items()):
+                if stream_id > event.last_stream_id:
+                    stream.connection_lost(f"refused by GOAWAY (HTTP/2 error code {event.error_code}){detail}")
         if event.error_code != frames.NO_ERROR:
             self._fail(f"peer sent GOAWAY with HTTP/2 error code {event.error_code}{detail}")
 
