@@ -21,7 +21,7 @@ import trio
 
 from wisp import sockets
 from wisp.controlplane.client import ConfigSubscriber, Endpoint, fetch_certificate
-from wisp.engine.runtime import Engine
+from wisp.engine.runtime import Engine, return_freed_memory
 from wisp.identity import SpiffeId
 from wisp.model import ModelSnapshot, to_json
 from wisp.zds.workload import ZdsClient
@@ -170,6 +170,7 @@ class Ztunnel:
                         nursery.start_soon(serve_supervisor, self.zds, self.process_dump, self.request_shutdown,
                                            *self.config.worker_fds)
                     nursery.start_soon(self.metrics.flush_periodically)
+                    nursery.start_soon(return_freed_memory)
                     if handle_signals:
                         nursery.start_soon(self._watch_signals)
                     log.info("ztunnel started", node=self.config.node, **{k: f"{h}:{p}" for k, (h, p) in self.bound.items()})

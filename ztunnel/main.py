@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -114,32 +112,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
 
 
-def release_freed_buffers() -> None:
-    """Make glibc give large freed buffers back to the system.
-
-    Bulk transfers fill HTTP/2 windows (up to 4 MiB per stream) and socket buffers; glibc's
-    adaptive mmap threshold then moves such buffers onto the heap, which it keeps after they are
-    freed: a ztunnel grew from 62 to 127 MB RSS after the benchmark's bulk phase and stayed
-    there. A fixed threshold of 256 KiB keeps them in their own mappings, returned on free.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
-        libc.mallopt(_M_TRIM_THRESHOLD, 1024 * 1024)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
-_M_TRIM_THRESHOLD = -1  # malloc.h
-_M_MMAP_THRESHOLD = -3
-
-
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     # File descriptors are what a busy (or hostile) node exhausts first; Istio's ztunnel also
     # raises its limit at start.
     raise_file_limit()
-    release_freed_buffers()
     engine = Engine(config.engine)
     try:
         engine.run(Ztunnel(config, engine).run)

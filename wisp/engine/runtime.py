@@ -12,6 +12,8 @@ Shapes (`WISP_ENGINE`, or ztunnel's `--engine`):
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -76,3 +78,20 @@ class Engine:
         """Run the synchronous `fn()` in trio's context soon (e.g. to set a trio.Event)."""
         if self._token is not None:
             self._token.run_sync_soon(fn)
+
+
+async def return_freed_memory(interval: float = 30.0) -> None:
+    """Every `interval`, give the heap's free pages back to the system (glibc's malloc_trim).
+
+    Bulk transfers fill HTTP/2 windows and socket buffers with large blocks; once freed, glibc
+    keeps them: a ztunnel measured 123 MB RSS after the benchmark's bulk phase against 54 MB
+    before it. malloc_trim(0) releases free pages anywhere in the heap (madvise), not only at
+    its top. It walks the heap for a few milliseconds, so it runs on a worker thread.
+    """
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return  # not glibc
+    while True:
+        await trio.sleep(interval)
+        await trio.to_thread.run_sync(trim, 0)

@@ -2,7 +2,8 @@
 
 An end is a TCP socket (`TcpEnd`) or an HBONE stream (wisp.engine.hbone.StreamEnd); both offer
 the same small surface: `write(data) -> bool` (False: over the high-water mark, the writer's peer
-should stop reading), `write_eof()`, `pause_reading()`/`resume_reading()`, `abort(reason)` and
+should stop reading; `data` may be a view of a shared read buffer, so a writer sends or copies
+it before returning and never keeps it), `write_eof()`, `pause_reading()`/`resume_reading()`, `abort(reason)` and
 `close()`. EOF read on one end becomes `write_eof` on the other (TCP shutdown(WR) ↔ END_STREAM)
 and the other direction goes on; the splice ends when both directions are done or at the first
 error, which aborts both ends. Backpressure is per direction: a writer over its high-water mark
@@ -20,6 +21,10 @@ from typing import Protocol
 from .loop import READ, WRITE, Loop
 
 CHUNK = 256 * 1024
+# One read buffer for every TCP end of the process: `recv(CHUNK)` would allocate (and shrink) a
+# 256 KiB object per read, and glibc keeps such blocks on its heap once bulk transfers made
+# them common. Ends read one at a time within a pass, and a writer copies what it keeps.
+_READ_VIEW = memoryview(bytearray(CHUNK))
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -132,7 +137,7 @@ class TcpEnd:
         if self._read_done or self._paused:
             return
         try:
-            data = self.sock.recv(CHUNK)
+            size = self.sock.recv_into(_READ_VIEW)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -140,16 +145,17 @@ class TcpEnd:
             return
         splice = self.splice
         peer = splice.peer_of(self)
-        if not data:
+        if not size:
             self._read_done = True
             self._update()
             peer.write_eof()  # the direction is done once the peer has written its EOF
             return
         if self.upstream:
-            splice.upstream += len(data)
+            splice.upstream += size
         else:
-            splice.downstream += len(data)
-        if not peer.write(data):
+            splice.downstream += size
+        # The peer sends or copies what it is given before returning (see module docstring).
+        if not peer.write(_READ_VIEW[:size]):
             self.pause_reading()
 
     def pause_reading(self) -> None:
