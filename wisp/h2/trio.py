@@ -11,9 +11,10 @@ ACKs) holds against a peer that never reads. Stream senders wait only when too m
 
 The transport is any object with `receive_some`, `send_all`, `close`, `peer_address()`,
 `local_address()` and a non-blocking `socket` whose `send` may be tried directly (as
-`wisp.hbone.tls.TlsStream`). Subclasses set `closed_error` and `reset_error` to raise their own
-exception types (wisp.hbone does), and build requests and responses on `open_stream` and
-`send_headers`.
+`wisp.hbone.tls.TlsStream`). Subclasses may set `closed_error` and `reset_error` to raise their
+own exception types, and build requests and responses on `open_stream` and `send_headers`; the
+config stream (`wisp.controlplane.client`) uses it as it is. HBONE's data path does not run here
+but on the engine (`wisp.engine`).
 """
 
 from __future__ import annotations
