@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,6 +219,16 @@ def _field_error(error: jsonschema.ValidationError) -> FieldError:
     return FieldError(path, INVALID_VALUE, error.message, type_name(value), True)
 
 
+def _fields(value: dict[str, Any], schema: dict[str, Any], path: str) -> Iterator[tuple[Any, dict[str, Any], str]]:
+    """Each field of an object that its schema describes: (value, schema, path)."""
+    props = schema.get("properties") or {}
+    extra = schema.get("additionalProperties")
+    for key, child in value.items():
+        sub = props.get(key) or (extra if isinstance(extra, dict) else None)
+        if sub is not None:
+            yield child, sub, _join(path, key)
+
+
 def _go_value(value: Any) -> str:
     """A map key set as field.Duplicate prints it (Go's %#v of map[string]interface{})."""
     inner = ", ".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in sorted(value.items()))
@@ -228,12 +238,8 @@ def _go_value(value: Any) -> str:
 def _list_types(value: Any, schema: dict[str, Any], path: str, errors: list[FieldError]) -> None:
     """``x-kubernetes-list-type: set|map``: k8s structurallisttype.ValidateListSetsAndMaps."""
     if isinstance(value, dict):
-        props = schema.get("properties") or {}
-        extra = schema.get("additionalProperties")
-        for key, child in value.items():
-            sub = props.get(key) or (extra if isinstance(extra, dict) else None)
-            if sub is not None:
-                _list_types(child, sub, _join(path, key), errors)
+        for child, sub, child_path in _fields(value, schema, path):
+            _list_types(child, sub, child_path, errors)
     elif isinstance(value, list):
         items = schema.get("items") if isinstance(schema.get("items"), dict) else {}
         list_type = schema.get("x-kubernetes-list-type")
@@ -264,12 +270,8 @@ def _key_of(value: Any) -> str:
 
 def _cel(value: Any, schema: dict[str, Any], path: str, errors: list[FieldError]) -> None:
     if isinstance(value, dict):
-        props = schema.get("properties") or {}
-        extra = schema.get("additionalProperties")
-        for key, child in value.items():
-            sub = props.get(key) or (extra if isinstance(extra, dict) else None)
-            if sub is not None:
-                _cel(child, sub, _join(path, key), errors)
+        for child, sub, child_path in _fields(value, schema, path):
+            _cel(child, sub, child_path, errors)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, item in enumerate(value):
             _cel(item, schema["items"], f"{path}[{i}]", errors)
