@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .mesh import CLIENT_NODE, HTTP_PORT, IPERF_PORT, SERVER_NODE, BenchNamespace, Mesh, MeshError, wait_for
-from .procstat import descendants, parse_stat
+from .procstat import all_parents, descendants
 
 PLAIN = BenchNamespace("plain", ambient=False)
 MESH = BenchNamespace("mesh", ambient=True)
@@ -86,15 +86,7 @@ class Contender:
 
 
 def process_tree(root: int) -> list[int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = parse_stat(f.read())[0]
-            except (OSError, ValueError, IndexError):
-                continue
-    return descendants(root, parents)
+    return descendants(root, all_parents())
 
 
 class Direct(Contender):

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from .procstat import descendants, parse_stat
+from .procstat import all_parents, descendants
 
 ROLES = ("generator", "server", "node1", "node2")
 
@@ -120,18 +120,6 @@ def _threads(pid: int) -> list[int]:
         return []
 
 
-def _all_parents() -> dict[int, int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parents[int(entry)] = parse_stat(f.read())[0]
-            except (OSError, ValueError, IndexError):
-                continue
-    return parents
-
-
 class Pinned:
     """`with Pinned({cpu: [root pids]})`: every thread of every process in those trees runs on its
     CPU until the block ends; then each thread gets back its process's affinity from before
@@ -146,7 +134,7 @@ class Pinned:
     def __enter__(self) -> Pinned:
         if not self.placement:
             return self
-        parents = _all_parents()
+        parents = all_parents()
         for cpu, roots in self.placement.items():
             for root in roots:
                 original = self._affinity(root)
@@ -161,7 +149,7 @@ class Pinned:
     def __exit__(self, *exc) -> None:
         if not self._roots:
             return
-        parents = _all_parents()
+        parents = all_parents()
         for root, original in self._roots.items():
             for pid in descendants(root, parents) if root in parents else []:
                 self._set_all(pid, self._before.get(pid, original), False)

@@ -59,8 +59,8 @@ def descendants(root: int, parents: dict[int, int]) -> list[int]:
     return sorted(tree)
 
 
-def tree_usage(root: int, proc: Path = Path("/proc")) -> Usage:
-    """Summed usage of `root`'s process tree; processes that exit meanwhile are skipped."""
+def processes(proc: Path = Path("/proc")) -> tuple[dict[int, int], dict[int, float]]:
+    """Every process's parent pid and CPU ticks; processes that exit meanwhile are left out."""
     parents, ticks = {}, {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
@@ -69,6 +69,16 @@ def tree_usage(root: int, proc: Path = Path("/proc")) -> Usage:
             parents[int(entry.name)], ticks[int(entry.name)] = parse_stat((entry / "stat").read_text())
         except (OSError, ValueError, IndexError):
             continue
+    return parents, ticks
+
+
+def all_parents() -> dict[int, int]:
+    return processes()[0]
+
+
+def tree_usage(root: int, proc: Path = Path("/proc")) -> Usage:
+    """Summed usage of `root`'s process tree; processes that exit meanwhile are skipped."""
+    parents, ticks = processes(proc)
     if root not in parents:
         raise ProcessLookupError(f"process {root} is not running")
     cpu = rss = hwm = count = 0
@@ -89,3 +99,4 @@ def machine_busy(stat: Path = Path("/proc/stat")) -> float:
     with open(stat, "rb") as f:
         user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
     return (user + nice + system + irq + softirq) / TICKS
+

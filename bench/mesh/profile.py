@@ -115,14 +115,7 @@ def summary(stacks: Counter[tuple[str, ...]], rate: int = RATE, n: int = TOP) ->
 def busiest(root: int) -> int:
     """The process in `root`'s tree that has used the most CPU (a ztunnel's data-path process:
     the main one with one worker, else the busiest worker)."""
-    parents = {}
-    ticks = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)], ticks[int(entry.name)] = procstat.parse_stat((entry / "stat").read_text())
-            except (OSError, ValueError, IndexError):
-                continue
+    parents, ticks = procstat.processes()
     tree = descendants(root, parents) if root in parents else [root]
     return max(tree, key=lambda pid: ticks.get(pid, 0.0))
 
