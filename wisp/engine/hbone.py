@@ -293,7 +293,7 @@ class HboneConnection:
     """One TLS connection carrying HTTP/2 CONNECT streams, served by the loop."""
 
     def __init__(self, loop: Loop, sock: ssl.SSLSocket, *, client: bool, local: tuple[str, int],
-                 peer: tuple[str, int], peer_identity: SpiffeId | None, local_identity: SpiffeId | None,
+                 peer: tuple[str, int], peer_identity: SpiffeId | None,
                  on_closed: Callable[[HboneConnection], None] | None = None) -> None:
         self.loop = loop
         self.sock = sock
@@ -302,7 +302,6 @@ class HboneConnection:
         self.local_address = local
         self.peer_address = peer
         self.peer_identity = peer_identity
-        self.local_identity = local_identity
         self.codec = H2(client=client, local=client_settings() if client else server_settings(),
                         connection_window=CONNECTION_WINDOW)
         self.codec.initiate()
@@ -611,8 +610,6 @@ class ServerConnection(HboneConnection):
     def __init__(self, loop: Loop, sock: ssl.SSLSocket, *,
                  on_request: Callable[[ConnectRequest], None], **kwargs) -> None:
         self.on_request = on_request
-        self.requests = 0
-        self.rejected = 0
         super().__init__(loop, sock, client=False, **kwargs)
 
     def on_headers(self, event: HeadersReceived) -> None:
@@ -620,7 +617,6 @@ class ServerConnection(HboneConnection):
             return  # trailers on a tunnel: nothing to do with them
         stream = StreamEnd(self, event.stream_id, upstream=True)
         self.streams[event.stream_id] = stream
-        self.requests += 1
         headers = dict(event.headers)
         method = headers.get(":method")
         if method != "CONNECT":
@@ -642,8 +638,6 @@ class ServerConnection(HboneConnection):
     def respond(self, stream: StreamEnd, status: int, reason: str) -> None:
         if stream._closed:
             return
-        if status != 200:
-            self.rejected += 1
         headers: list[tuple[bytes, bytes]] = [(b":status", str(status).encode())]
         body = reason.encode()
         if status != 200 and body:

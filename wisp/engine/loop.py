@@ -73,7 +73,6 @@ class Loop:
         self._soon: deque[Callable[[], Any]] = deque()
         self._dirty: list[Flushable] = []
         self._in_pass = False
-        self.passes = 0
 
     def fileno(self) -> int:
         return self._epoll.fileno()
@@ -97,9 +96,6 @@ class Loop:
                 self._epoll.unregister(fd)
             except (OSError, ValueError):
                 pass  # already closed: the kernel dropped it from the set
-
-    def registered(self, fd: int) -> bool:
-        return fd in self._handlers
 
     # -- scheduling -----------------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
@@ -150,7 +146,6 @@ class Loop:
                 self._run_timers()
         finally:
             self._in_pass = False
-            self.passes += 1
             if self._dirty:
                 self._flush()
 

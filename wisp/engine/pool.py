@@ -129,7 +129,7 @@ class Pool:
             presented = spiffe_ids_of_socket(tls)
             conn = ClientConnection(
                 self.loop, tls, local=handshake.local, peer=handshake.peer,
-                peer_identity=presented[0] if presented else None, local_identity=key.src_identity,
+                peer_identity=presented[0] if presented else None,
                 on_closed=lambda c: self._forget(key, c),
             )
             self.dials += 1

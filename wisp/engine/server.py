@@ -111,7 +111,7 @@ class HboneServer:
             release()
 
         conn = ServerConnection(self.loop, tls, on_request=self._request, local=handshake.local, peer=peer,
-                                peer_identity=peer_identity, local_identity=None, on_closed=closed)
+                                peer_identity=peer_identity, on_closed=closed)
         self.connections.add(conn)
         if self.draining:
             conn.goaway()
@@ -124,7 +124,7 @@ class HboneServer:
         """Tell a peer we will not serve why, in a GOAWAY, then close."""
         self._reject(handshake.peer, reason)
         conn = ServerConnection(self.loop, handshake.sock, on_request=lambda r: None, local=handshake.local,
-                                peer=handshake.peer, peer_identity=None, local_identity=None,
+                                peer=handshake.peer, peer_identity=None,
                                 on_closed=lambda c: release())
         conn.codec.goaway(frames.INADEQUATE_SECURITY, reason.encode()[:512])
         conn.close(reason)

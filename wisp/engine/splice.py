@@ -220,9 +220,6 @@ class TcpEnd:
         if self._eof_pending:
             self._shutdown_write()
 
-    def has_buffered(self) -> bool:
-        return bool(self._buffer)
-
     def write_eof(self) -> None:
         if self._write_done or self._closed:
             return
