@@ -5,7 +5,7 @@ certificate not fetched yet, config that is on its way) is handed to trio with `
 task calls back into the loop's objects when it is done — safely, because in both shapes trio
 and the loop share one thread and never run at the same time.
 
-Shapes (`WISP_ENGINE`, or ztunnel's `--engine`):
+Shapes (ztunnel: `--engine` or `WISP_ZTUNNEL_ENGINE`; the demo and bench.hbone: `WISP_ENGINE`):
 - `epoll` (default): the loop owns the thread; trio is its guest.
 - `trio-epoll`: trio owns the thread; one trio task serves the loop when its epoll fd is ready.
 """
