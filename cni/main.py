@@ -11,7 +11,7 @@ import structlog
 import trio
 
 from wisp import log as wlog
-from wisp.controlplane.client import make_client
+from wisp.controlplane.http import make_client
 from wisp.runtime.paths import RuntimePaths
 
 from .agent import AgentConfig, NodeAgent

@@ -95,7 +95,7 @@ class PodSource(Protocol):
 
 
 class LocalPodSource:
-    """The local runtime's operator, over HTTPS/HTTP2 (`wisp.controlplane.client.make_client`)."""
+    """The local runtime's operator, over HTTPS/HTTP2 (`wisp.controlplane.http.make_client`)."""
 
     def __init__(self, client: httpx.AsyncClient, *, backoff_min: float = 0.1, backoff_max: float = 15.0,
                  read_timeout: float = 30.0) -> None:

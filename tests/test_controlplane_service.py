@@ -7,6 +7,7 @@ ztunnel uses.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import socket
 import ssl
@@ -28,11 +29,11 @@ from wisp.controlplane.client import (
     Endpoint,
     connect,
     fetch_certificate,
-    make_client,
     open_config_stream,
 )
+from wisp.controlplane.http import make_client
 from wisp.controlplane.protocol import ConfigView, decode
-from wisp.identity import generate_key, make_csr, verify_chain
+from wisp.identity import certificates_of, generate_key, make_csr, verify_chain
 from wisp.model import Authorization, ModelSnapshot, Workload
 from wisp_operator.auth import LocalCredentials
 from wisp_operator.ca_service import CaService
@@ -156,11 +157,11 @@ async def plane(ca):
 
 
 async def test_ztunnel_obtains_the_identity_of_a_pod_on_its_node(plane, ca):
-    async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
-        bundle = await fetch_certificate(client, spiffe("shop", "web"))
+    bundle = await fetch_certificate(plane.endpoint(plane.credentials.issue_ztunnel("node-a")), spiffe("shop", "web"))
     assert bundle.identity == spiffe("shop", "web")
-    assert verify_chain(bundle.leaf, bundle.intermediates, bundle.roots, "cluster.local") == spiffe("shop", "web")
-    assert bundle.roots == ca.roots
+    assert verify_chain(*certificates_of(bundle), "cluster.local") == spiffe("shop", "web")
+    assert certificates_of(bundle)[2] == list(ca.roots)
+    assert bundle.not_after - bundle.not_before > dt.timedelta(hours=1)
 
 
 @pytest.mark.parametrize("node,sa,fragment", [
@@ -169,18 +170,17 @@ async def test_ztunnel_obtains_the_identity_of_a_pod_on_its_node(plane, ca):
     ("node-c", "web", "is on node 'node-c'"),
 ])
 async def test_ztunnel_is_refused_identities_not_running_on_its_node(plane, node, sa, fragment):
-    async with plane.client(plane.credentials.issue_ztunnel(node)) as client:
-        with pytest.raises(ControlPlaneError, match=fragment) as info:
-            await fetch_certificate(client, spiffe("shop", sa))
+    with pytest.raises(ControlPlaneError, match=fragment) as info:
+        await fetch_certificate(plane.endpoint(plane.credentials.issue_ztunnel(node)), spiffe("shop", sa))
     assert info.value.status == 403
 
 
 async def test_waypoint_obtains_only_its_own_identity(plane):
     own = spiffe("shop", "waypoint")
-    async with plane.client(plane.credentials.issue_waypoint(own)) as client:
-        assert (await fetch_certificate(client, own)).identity == own
-        with pytest.raises(ControlPlaneError, match="may only obtain its own identity") as info:
-            await fetch_certificate(client, spiffe("shop", "web"))
+    endpoint = plane.endpoint(plane.credentials.issue_waypoint(own))
+    assert (await fetch_certificate(endpoint, own)).identity == own
+    with pytest.raises(ControlPlaneError, match="may only obtain its own identity") as info:
+        await fetch_certificate(endpoint, spiffe("shop", "web"))
     assert info.value.status == 403
 
 

@@ -28,7 +28,9 @@ from wisp.identity import (
     InvalidSpiffeId,
     SpiffeId,
     VerificationError,
+    certificates_of,
     generate_key,
+    load_bundle,
     load_pem_certificates,
     make_csr,
     spiffe_id_of,
@@ -442,59 +444,59 @@ def test_sign_csr_rejects_non_positive_lifetime(root_ca, lifetime):
 
 
 def test_leaf_from_generated_root_verifies_to_its_identity(bundle):
-    assert verify_chain(bundle.leaf, bundle.intermediates, bundle.roots) == BOOKINFO
+    assert verify_chain(*certificates_of(bundle)) == BOOKINFO
 
 
 def test_leaf_from_plugged_in_intermediate_verifies_with_the_intermediate(root_ca, plugged_in_ca):
     issued = plugged_in_ca.issue(BOOKINFO)
-    assert verify_chain(issued.leaf, issued.intermediates, root_ca.roots) == BOOKINFO
+    assert verify_chain(*certificates_of(issued)[:2], root_ca.roots) == BOOKINFO
 
 
 def test_leaf_without_its_intermediate_does_not_verify(root_ca, plugged_in_ca):
     issued = plugged_in_ca.issue(BOOKINFO)
     with pytest.raises(VerificationError, match="chain does not verify"):
-        verify_chain(issued.leaf, [], root_ca.roots)
+        verify_chain(certificates_of(issued)[0], [], root_ca.roots)
 
 
 def test_leaf_from_another_ca_does_not_verify(root_ca, other_ca):
     foreign = other_ca.issue(BOOKINFO)
     with pytest.raises(VerificationError, match="chain does not verify"):
-        verify_chain(foreign.leaf, foreign.intermediates, root_ca.roots)
+        verify_chain(*certificates_of(foreign)[:2], root_ca.roots)
 
 
 def test_leaf_with_intermediates_from_another_ca_does_not_verify(root_ca, other_ca):
     foreign = other_ca.issue_intermediate(name="foreign intermediate").issue(BOOKINFO)
     with pytest.raises(VerificationError, match="chain does not verify"):
-        verify_chain(foreign.leaf, foreign.intermediates, root_ca.roots)
+        verify_chain(*certificates_of(foreign)[:2], root_ca.roots)
 
 
 @pytest.mark.parametrize("after_expiry", [dt.timedelta(0), dt.timedelta(seconds=1), dt.timedelta(days=30)],
                          ids=str)
 def test_expired_leaf_does_not_verify(bundle, after_expiry):
     with pytest.raises(VerificationError, match="certificate expired at"):
-        verify_chain(bundle.leaf, bundle.intermediates, bundle.roots, now=bundle.not_after + after_expiry)
+        verify_chain(*certificates_of(bundle), now=bundle.not_after + after_expiry)
 
 
 @pytest.mark.parametrize("before_start", [dt.timedelta(seconds=1), dt.timedelta(days=1)], ids=str)
 def test_not_yet_valid_leaf_does_not_verify(bundle, before_start):
     with pytest.raises(VerificationError, match="certificate is not valid before"):
-        verify_chain(bundle.leaf, bundle.intermediates, bundle.roots, now=bundle.not_before - before_start)
+        verify_chain(*certificates_of(bundle), now=bundle.not_before - before_start)
 
 
 def test_leaf_verifies_at_the_edges_of_its_validity(bundle):
     for now in (bundle.not_before, bundle.not_after - dt.timedelta(seconds=1)):
-        assert verify_chain(bundle.leaf, bundle.intermediates, bundle.roots, now=now) == BOOKINFO
+        assert verify_chain(*certificates_of(bundle), now=now) == BOOKINFO
 
 
 def test_identity_from_another_trust_domain_does_not_verify():
     foreign_ca = CertificateAuthority.generate(trust_domain="other.example")
     foreign = foreign_ca.issue(FOREIGN)
     with pytest.raises(VerificationError, match=re.escape("trust domain 'other.example', not 'cluster.local'")):
-        verify_chain(foreign.leaf, foreign.intermediates, foreign.roots, trust_domain="cluster.local")
+        verify_chain(*certificates_of(foreign), trust_domain="cluster.local")
 
 
 def test_identity_in_the_expected_trust_domain_verifies(bundle):
-    assert verify_chain(bundle.leaf, (), bundle.roots, trust_domain="cluster.local") == BOOKINFO
+    assert verify_chain(certificates_of(bundle)[0], (), certificates_of(bundle)[2], trust_domain="cluster.local") == BOOKINFO
 
 
 @pytest.mark.parametrize(
@@ -525,7 +527,7 @@ def test_peer_identity_is_the_first_spiffe_uri_san(root_ca):
 
 def test_verification_without_roots_fails(bundle):
     with pytest.raises(VerificationError, match="no trust roots"):
-        verify_chain(bundle.leaf, bundle.intermediates, [])
+        verify_chain(*certificates_of(bundle)[:2], [])
 
 
 # --- 5. Bundles and rotation -----------------------------------------------------------------------
@@ -536,7 +538,7 @@ def test_bundle_knows_its_identity(bundle):
 
 
 def test_rotation_time_is_half_way_through_the_lifetime(bundle):
-    leaf = bundle.leaf
+    leaf = certificates_of(bundle)[0]
     half = (leaf.not_valid_after_utc - leaf.not_valid_before_utc) / 2
     assert bundle.rotation_time == leaf.not_valid_before_utc + half
 
@@ -576,18 +578,15 @@ def test_fresh_bundle_is_not_expired(bundle):
 
 def test_bundle_round_trips_through_pem(plugged_in_ca):
     original = plugged_in_ca.issue(BOOKINFO)
-    loaded = CertBundle.from_pem(original.key_pem(), original.chain_pem(), original.roots_pem())
-    assert (loaded.leaf, loaded.intermediates, loaded.roots) == (
-        original.leaf, original.intermediates, original.roots
-    )
-    assert loaded.intermediates == (plugged_in_ca.cert,)
-    assert loaded.key.public_key() == original.key.public_key()
+    loaded = load_bundle(original.key_pem, original.chain_pem, original.roots_pem)
+    assert loaded == original
+    assert certificates_of(loaded)[1] == [plugged_in_ca.cert]
     assert loaded.identity == BOOKINFO
 
 
 def test_bundle_chain_pem_is_leaf_then_intermediates(plugged_in_ca):
     bundle = plugged_in_ca.issue(BOOKINFO)
-    assert load_pem_certificates(bundle.chain_pem()) == [bundle.leaf, plugged_in_ca.cert]
+    assert load_pem_certificates(bundle.chain_pem) == [certificates_of(bundle)[0], plugged_in_ca.cert]
 
 
 @pytest.mark.parametrize(
@@ -600,12 +599,12 @@ def test_bundle_chain_pem_is_leaf_then_intermediates(plugged_in_ca):
 )
 def test_bundle_from_pem_rejects_a_key_that_does_not_match_the_leaf(bundle, other_key):
     with pytest.raises(IdentityError, match="private key does not belong to the leaf"):
-        CertBundle.from_pem(_key_pem(other_key()), bundle.chain_pem(), bundle.roots_pem())
+        load_bundle(_key_pem(other_key()), bundle.chain_pem, bundle.roots_pem)
 
 
 def test_bundle_from_pem_rejects_a_broken_key(bundle):
     with pytest.raises(IdentityError, match="private key is not valid unencrypted PEM"):
-        CertBundle.from_pem(b"garbage", bundle.chain_pem(), bundle.roots_pem())
+        load_bundle(b"garbage", bundle.chain_pem, bundle.roots_pem)
 
 
 @pytest.mark.parametrize(("chain", "roots", "problem"), [
@@ -614,7 +613,7 @@ def test_bundle_from_pem_rejects_a_broken_key(bundle):
 ])
 def test_bundle_from_pem_rejects_broken_certificates(bundle, chain, roots, problem):
     with pytest.raises(IdentityError, match=problem):
-        CertBundle.from_pem(bundle.key_pem(), chain or bundle.chain_pem(), roots or bundle.roots_pem())
+        load_bundle(bundle.key_pem, chain or bundle.chain_pem, roots or bundle.roots_pem)
 
 
 # --- 6. Istio's cacerts plug-in layout -------------------------------------------------------------
@@ -644,7 +643,7 @@ def test_cacerts_cert_chain_is_ca_cert_then_root(cacerts_dir, root_ca, intermedi
 
 def test_plugged_in_ca_signs_leaves_that_verify_to_the_original_root(root_ca, plugged_in_ca):
     issued = plugged_in_ca.issue(BOOKINFO)
-    assert verify_chain(issued.leaf, issued.intermediates, root_ca.roots, trust_domain="cluster.local") == BOOKINFO
+    assert verify_chain(*certificates_of(issued)[:2], root_ca.roots, trust_domain="cluster.local") == BOOKINFO
 
 
 def test_plugged_in_ca_chain_contains_the_intermediate(root_ca, intermediate_ca, plugged_in_ca):
@@ -657,14 +656,14 @@ def test_plugged_in_ca_chain_contains_the_intermediate(root_ca, intermediate_ca,
 def test_plugged_in_ca_trusts_leaves_of_the_mesh_sharing_its_root(root_ca, plugged_in_ca):
     # §10: sharing a root with an existing mesh lets both trust each other.
     from_existing_mesh = root_ca.issue(OTHER_SA)
-    assert verify_chain(from_existing_mesh.leaf, (), plugged_in_ca.roots) == OTHER_SA
+    assert verify_chain(certificates_of(from_existing_mesh)[0], (), plugged_in_ca.roots) == OTHER_SA
 
 
 def test_cert_chain_pem_is_optional(tmp_path, root_ca, intermediate_ca):
     intermediate_ca.write_cacerts(tmp_path)
     (tmp_path / "cert-chain.pem").unlink()
     issued = CertificateAuthority.load_cacerts(tmp_path).issue(BOOKINFO)
-    assert verify_chain(issued.leaf, issued.intermediates, root_ca.roots) == BOOKINFO
+    assert verify_chain(*certificates_of(issued)[:2], root_ca.roots) == BOOKINFO
 
 
 def test_self_signed_root_round_trips_through_cacerts(tmp_path, root_ca):
@@ -672,7 +671,7 @@ def test_self_signed_root_round_trips_through_cacerts(tmp_path, root_ca):
     loaded = CertificateAuthority.load_cacerts(tmp_path)
     assert loaded.intermediates == ()
     issued = loaded.issue(BOOKINFO)
-    assert verify_chain(issued.leaf, issued.intermediates, root_ca.roots) == BOOKINFO
+    assert verify_chain(*certificates_of(issued)[:2], root_ca.roots) == BOOKINFO
 
 
 def test_two_level_intermediate_loads_and_verifies_to_the_root(tmp_path, root_ca, intermediate_ca):
@@ -680,16 +679,17 @@ def test_two_level_intermediate_loads_and_verifies_to_the_root(tmp_path, root_ca
     second.write_cacerts(tmp_path)
     loaded = CertificateAuthority.load_cacerts(tmp_path)
     issued = loaded.issue(BOOKINFO)
-    assert issued.intermediates == (second.cert, intermediate_ca.cert)
-    assert verify_chain(issued.leaf, issued.intermediates, root_ca.roots) == BOOKINFO
+    assert certificates_of(issued)[1] == [second.cert, intermediate_ca.cert]
+    assert verify_chain(*certificates_of(issued)[:2], root_ca.roots) == BOOKINFO
 
 
 def test_default_intermediate_names_keep_stacked_chains_verifiable(root_ca):
     # An intermediate named like its issuer would look self-issued and break path building.
     second = root_ca.issue_intermediate().issue_intermediate()
     issued = second.issue(BOOKINFO)
-    assert issued.intermediates[0].subject != issued.intermediates[1].subject
-    assert verify_chain(issued.leaf, issued.intermediates, root_ca.roots) == BOOKINFO
+    intermediates = certificates_of(issued)[1]
+    assert intermediates[0].subject != intermediates[1].subject
+    assert verify_chain(*certificates_of(issued)[:2], root_ca.roots) == BOOKINFO
 
 
 def _unlink(name):
@@ -702,8 +702,8 @@ def _write(name, content):
 
 def _replace_ca_with_a_leaf(directory, other):
     leaf = other.issue(BOOKINFO)
-    (directory / "ca-cert.pem").write_bytes(_cert_pem(leaf.leaf))
-    (directory / "ca-key.pem").write_bytes(leaf.key_pem())
+    (directory / "ca-cert.pem").write_bytes(_cert_pem(certificates_of(leaf)[0]))
+    (directory / "ca-key.pem").write_bytes(leaf.key_pem)
 
 
 BROKEN_CACERTS = [
@@ -812,8 +812,8 @@ def test_istio_rsa_plug_in_ca_loads_and_signs_verifiable_leaves(istio_root_cert_
     loaded = CertificateAuthority.load_cacerts(directory)
     assert isinstance(loaded.key, rsa.RSAPrivateKey)
     issued = loaded.issue(BOOKINFO)
-    assert issued.roots == (istio_root,)
-    assert verify_chain(issued.leaf, issued.intermediates, [istio_root], trust_domain="cluster.local") == BOOKINFO
+    assert certificates_of(issued)[2] == [istio_root]
+    assert verify_chain(*certificates_of(issued)[:2], [istio_root], trust_domain="cluster.local") == BOOKINFO
 
 
 def test_intermediate_with_path_length_zero_refuses_to_issue_intermediates(istio_root_cert_and_dir):

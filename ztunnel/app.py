@@ -12,10 +12,8 @@ ZDS client feeds them every pod and its endpoints answer for all of them. A work
 
 from __future__ import annotations
 
-import contextlib
 import signal
 
-import httpx
 import structlog
 import trio
 
@@ -145,42 +143,41 @@ class Ztunnel:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED, handle_signals: bool = True) -> None:
         """Serve until SIGTERM/SIGINT (or `request_shutdown`), drain, return."""
         endpoint = self._control_plane()
-        async with (endpoint.client() if endpoint else contextlib.nullcontext()) as client:
-            fetch = self._fetcher(client)
-            async with CertManager(fetch) as certs:
-                self.certs = certs
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(self.engine.serve)
-                    if self.config.worker_fds is None:
-                        await self._start_http(nursery)
+        fetch = self._fetcher(endpoint)
+        async with CertManager(fetch) as certs:
+            self.certs = certs
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.engine.serve)
+                if self.config.worker_fds is None:
+                    await self._start_http(nursery)
+                if self.workers is not None:
+                    await nursery.start(self.workers.run)
+                inputs = ProxyInputs(self.engine, self.current, certs, self.metrics, self.tracker,
+                                     self.config.trust_domain, self.config.max_connections_per_source)
+                await nursery.start(self.pods.run, inputs)
+                if endpoint is not None:
+                    self.subscriber = ConfigSubscriber(
+                        endpoint, self.config.subscriber_id,
+                        lambda snapshot: self.apply_config(snapshot, self.subscriber.view.version),
+                    )
+                    nursery.start_soon(self.subscriber.run)
+                if self.config.worker_fds is None:
+                    nursery.start_soon(self.zds.run)
+                else:
+                    nursery.start_soon(serve_supervisor, self.zds, self.process_dump, self.request_shutdown,
+                                       *self.config.worker_fds)
+                nursery.start_soon(self.metrics.flush_periodically)
+                nursery.start_soon(return_freed_memory)
+                if handle_signals:
+                    nursery.start_soon(self._watch_signals)
+                log.info("ztunnel started", node=self.config.node, **{k: f"{h}:{p}" for k, (h, p) in self.bound.items()})
+                task_status.started(self)
+                await self._shutdown.wait()
+                async with trio.open_nursery() as draining:
+                    draining.start_soon(self.drain)
                     if self.workers is not None:
-                        await nursery.start(self.workers.run)
-                    inputs = ProxyInputs(self.engine, self.current, certs, self.metrics, self.tracker,
-                                         self.config.trust_domain, self.config.max_connections_per_source)
-                    await nursery.start(self.pods.run, inputs)
-                    if endpoint is not None:
-                        self.subscriber = ConfigSubscriber(
-                            endpoint, self.config.subscriber_id,
-                            lambda snapshot: self.apply_config(snapshot, self.subscriber.view.version),
-                        )
-                        nursery.start_soon(self.subscriber.run)
-                    if self.config.worker_fds is None:
-                        nursery.start_soon(self.zds.run)
-                    else:
-                        nursery.start_soon(serve_supervisor, self.zds, self.process_dump, self.request_shutdown,
-                                           *self.config.worker_fds)
-                    nursery.start_soon(self.metrics.flush_periodically)
-                    nursery.start_soon(return_freed_memory)
-                    if handle_signals:
-                        nursery.start_soon(self._watch_signals)
-                    log.info("ztunnel started", node=self.config.node, **{k: f"{h}:{p}" for k, (h, p) in self.bound.items()})
-                    task_status.started(self)
-                    await self._shutdown.wait()
-                    async with trio.open_nursery() as draining:
-                        draining.start_soon(self.drain)
-                        if self.workers is not None:
-                            draining.start_soon(self.workers.stop)
-                    nursery.cancel_scope.cancel()
+                        draining.start_soon(self.workers.stop)
+                nursery.cancel_scope.cancel()
         log.info("ztunnel stopped")
 
     async def drain(self) -> None:
@@ -221,13 +218,13 @@ class Ztunnel:
         roots = self.config.root_path().read_bytes()
         return Endpoint(self.config.control_plane, roots, token)
 
-    def _fetcher(self, client: httpx.AsyncClient | None):
+    def _fetcher(self, endpoint: Endpoint | None):
         ttl = self.config.certificate_ttl
 
         async def fetch(identity: SpiffeId):
-            if client is None:
+            if endpoint is None:
                 raise RuntimeError("no control plane configured; cannot obtain certificates")
-            return await fetch_certificate(client, identity, ttl)
+            return await fetch_certificate(endpoint, identity, ttl)
         return fetch
 
 

@@ -130,7 +130,7 @@ class CertManager:
                     not_before=entry.bundle.not_before.isoformat(),
                     expiration=entry.bundle.not_after.isoformat(),
                     rotation=entry.bundle.rotation_time.isoformat(),
-                    serial=f"{entry.bundle.leaf.serial_number:x}",
+                    serial=f"{entry.bundle.serial:x}",
                 )
             if entry.last_error:
                 item["last_error"] = entry.last_error

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wisp.identity import CertBundle, CertificateAuthority, SpiffeId
+from wisp.identity import CertBundle, CertificateAuthority, SpiffeId, load_bundle
 
 TRUST_DOMAIN = "cluster.local"
 SERVER_ID = SpiffeId(TRUST_DOMAIN, "bench", "server")
@@ -21,7 +21,7 @@ class Pem:
     roots: bytes
 
     def bundle(self) -> CertBundle:
-        return CertBundle.from_pem(self.key, self.chain, self.roots)
+        return load_bundle(self.key, self.chain, self.roots)
 
 
 def issue() -> tuple[Pem, Pem]:
@@ -29,6 +29,6 @@ def issue() -> tuple[Pem, Pem]:
     ca = CertificateAuthority.generate(TRUST_DOMAIN)
     server, client = ca.issue(SERVER_ID), ca.issue(CLIENT_ID)
     return (
-        Pem(server.key_pem(), server.chain_pem(), server.roots_pem()),
-        Pem(client.key_pem(), client.chain_pem(), client.roots_pem()),
+        Pem(server.key_pem, server.chain_pem, server.roots_pem),
+        Pem(client.key_pem, client.chain_pem, client.roots_pem),
     )

@@ -197,9 +197,9 @@ class Mesh:
         ca = CertificateAuthority.load_cacerts(self.paths.state / "ca")
         bundle = ca.issue(SpiffeId(ca.trust_domain, "bench", service_account))
         pem, roots = directory / f"{service_account}.pem", directory / "roots.pem"
-        pem.write_bytes(bundle.chain_pem() + bundle.key_pem())
+        pem.write_bytes(bundle.chain_pem + bundle.key_pem)
         os.chmod(pem, 0o600)
-        roots.write_bytes(bundle.roots_pem())
+        roots.write_bytes(bundle.roots_pem)
         return pem, roots
 
 

@@ -7,6 +7,7 @@ never answers PING) run on a thread with blocking sockets while the test's threa
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import socket
 import ssl
@@ -22,7 +23,7 @@ import wisp.engine.hbone as engine_hbone
 from wisp.engine.pool import PoolKey
 from wisp.h2.connection import Connection
 from wisp.hbone import make_context
-from wisp.identity import CertBundle, CertificateAuthority, SpiffeId, generate_key, make_csr
+from wisp.identity import CertificateAuthority, SpiffeId, bundle_of, generate_key, make_csr
 
 from .conftest import CLIENT_ID, SERVER_ID, build_mesh, in_thread, run_until, talk
 
@@ -51,7 +52,7 @@ def raw_tls(mesh, *, bundle=None, alpn=("h2",)) -> ssl.SSLSocket:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
-    ctx.load_verify_locations(cadata=mesh.server_bundle.roots_pem().decode())
+    ctx.load_verify_locations(cadata=mesh.server_bundle.roots_pem.decode())
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     if bundle is not None:
@@ -82,7 +83,7 @@ def open_with(mesh, pool) -> list:
 def test_a_client_certificate_from_another_ca_is_rejected(mesh, other_ca, ca):
     issued = other_ca.issue(CLIENT_ID)
     # It trusts our server, but its own certificate comes from a CA the mesh does not trust.
-    stranger = CertBundle(issued.key, issued.leaf, issued.intermediates, ca.roots)
+    stranger = dataclasses.replace(issued, roots_pem=ca.roots_pem())
     with healthy_tunnel(mesh):
         results = open_with(mesh, mesh.new_pool(stranger))
         assert "does not trust our certificate" in results[0]
@@ -92,8 +93,8 @@ def test_a_client_certificate_from_another_ca_is_rejected(mesh, other_ca, ca):
 def test_an_expired_client_certificate_is_rejected(mesh, ca):
     key = generate_key()
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=3)
-    expired = CertBundle.from_issued(key, ca.sign_csr(make_csr(key, CLIENT_ID), CLIENT_ID, dt.timedelta(hours=1),
-                                                      now=past))
+    issued = ca.sign_csr(make_csr(key, CLIENT_ID), CLIENT_ID, dt.timedelta(hours=1), now=past)
+    expired = bundle_of(key, issued.leaf, issued.intermediates, issued.roots)
     with healthy_tunnel(mesh):
         results = open_with(mesh, mesh.new_pool(expired))
         assert "expired" in results[0]

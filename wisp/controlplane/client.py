@@ -1,15 +1,17 @@
-"""Client side of the control plane: an HTTP/2 client, certificate requests, the config stream.
+"""Client side of the control plane, as proxies use it: certificate requests and the config stream.
 
-Runs on trio. Requests (certificates) go through httpx. The config stream is full duplex, the
-control plane's messages one way and this subscriber's acks the other on the same HTTP/2 stream,
-which httpx cannot do (it sends a whole request body before it reads the response); it runs on
-wisp's own HTTP/2 connection (`wisp.h2.trio`, the codec on trio). The subscriber reconnects
-with backoff and keeps serving the last good config while the control plane is away.
+Runs on trio, on wisp's own HTTP/2 connection (`wisp.h2.trio`, the codec on trio). The config
+stream is full duplex, the control plane's messages one way and this subscriber's acks the other
+on the same HTTP/2 stream; the subscriber reconnects with backoff and keeps serving the last good
+config while the control plane is away. A certificate request is one POST on a connection of its
+own (once per identity per rotation). Nothing here loads httpx or cryptography: they cost a
+proxy 11 MB of RSS (docs/architecture.md); tools and the node agent use `http.make_client`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import socket
 import ssl
@@ -17,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-import httpx
 import structlog
 import trio
 
@@ -26,7 +27,10 @@ from wisp.h2.errors import H2Error
 from wisp.h2.trio import H2Connection, H2Settings, H2Stream
 from wisp.hbone.errors import HboneError
 from wisp.hbone.tls import TlsStream
-from wisp.identity import CertBundle, IdentityError, SpiffeId, generate_key, load_pem_certificates, make_csr
+from wisp.identity.bundle import CertBundle
+from wisp.identity.errors import IdentityError
+from wisp.identity.openssl import make_bundle, new_key_and_csr
+from wisp.identity.spiffe import SpiffeId
 from wisp.model import ModelSnapshot
 
 from .protocol import (
@@ -74,9 +78,6 @@ class Endpoint:
     def port(self) -> int:
         return int(self.address.rpartition(":")[2])
 
-    def client(self, *, timeout: float = 10.0) -> httpx.AsyncClient:
-        return make_client(self.address, self.roots_pem, self.token, timeout=timeout)
-
     def tls_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cadata=self.roots_pem.decode("ascii"))
         ctx.set_alpn_protocols(["h2"])
@@ -91,37 +92,58 @@ def check_address(address: str) -> str:
     return address
 
 
-def make_client(address: str, roots_pem: bytes, token: str, *, timeout: float = 10.0) -> httpx.AsyncClient:
-    """An HTTP/2 client for `https://<address>`, trusting only the mesh's roots."""
-    ctx = ssl.create_default_context(cadata=roots_pem.decode("ascii"))
-    return httpx.AsyncClient(
-        base_url=f"https://{address}", http2=True, verify=ctx, timeout=timeout,
-        headers={"authorization": f"Bearer {token}"},
-    )
-
-
-async def fetch_certificate(client: httpx.AsyncClient, identity: SpiffeId, lifetime_seconds: int | None = None) -> CertBundle:
-    """A fresh key and a certificate for `identity` from the control plane's CA."""
-    key = generate_key()
-    request = {"csr": make_csr(key, identity).decode(), "identity": str(identity)}
+async def fetch_certificate(endpoint: Endpoint, identity: SpiffeId, lifetime_seconds: int | None = None,
+                            *, timeout: float = 10.0) -> CertBundle:
+    """A fresh key and a certificate for `identity` from the control plane's CA; ControlPlaneError
+    says why not (refused, unreachable, or an answer that is not a usable certificate)."""
+    try:
+        key_pem, csr_pem = await new_key_and_csr(identity)
+    except IdentityError as exc:
+        raise ControlPlaneError(None, f"cannot make a key and CSR: {exc}") from None
+    request = {"csr": csr_pem.decode(), "identity": str(identity)}
     if lifetime_seconds is not None:
         request["ttl_seconds"] = lifetime_seconds
-    response = await client.post(CERTIFICATE_PATH, json=request)
-    if response.status_code != 200:
-        raise ControlPlaneError(response.status_code, error_text(response.content, response.reason_phrase))
+    status, body = await post_json(endpoint, CERTIFICATE_PATH, request, timeout=timeout)
+    if status != 200:
+        raise ControlPlaneError(status, error_text(body))
     try:
-        chain = response.json()["cert_chain"]
-        certs = [load_pem_certificates(pem.encode(), "certificate chain") for pem in chain]
+        chain = [pem.encode() for pem in json.loads(body)["cert_chain"]]
+        return await make_bundle(key_pem, chain, identity)
     except (ValueError, KeyError, TypeError, AttributeError, IdentityError) as exc:
         raise ControlPlaneError(200, f"unusable certificate response: {exc}") from None
-    if len(certs) < 2:
-        raise ControlPlaneError(200, "certificate response needs a leaf and a root bundle")
-    leaf = certs[0][0]
-    intermediates = tuple(c for group in certs[1:-1] for c in group)
-    bundle = CertBundle(key, leaf, intermediates, tuple(certs[-1]))
-    if bundle.identity != identity:
-        raise ControlPlaneError(200, f"the CA issued {bundle.identity}, not {identity}")
-    return bundle
+
+
+async def post_json(endpoint: Endpoint, path: str, document: dict, *, timeout: float = 10.0,
+                    max_body: int = 1024 * 1024) -> tuple[int, bytes]:
+    """POST `document` as JSON on a connection of its own: (status, body up to `max_body`)."""
+    body = json.dumps(document, separators=(",", ":")).encode()
+    headers = [
+        (b":method", b"POST"), (b":scheme", b"https"), (b":authority", endpoint.address.encode()),
+        (b":path", path.encode()), (b"authorization", f"Bearer {endpoint.token}".encode()),
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+    ]
+    try:
+        with trio.fail_after(timeout):
+            async with trio.open_nursery() as nursery:
+                conn = await connect(nursery, endpoint)
+                try:
+                    stream = conn.open_stream(headers)
+                    await stream.send_all(body)
+                    await stream.send_eof()
+                    status = await conn.wait_response(stream)
+                    received = bytearray()
+                    while len(received) <= max_body and (chunk := await stream.receive_some()):
+                        received += chunk
+                finally:
+                    conn.close()
+                    nursery.cancel_scope.cancel()
+    except trio.TooSlowError:
+        raise ControlPlaneError(None, f"no answer from {endpoint.address} within {timeout:g} s") from None
+    except (HboneError, H2Error, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise ControlPlaneError(None, f"request to {endpoint.address} failed: {exc}") from None
+    if len(received) > max_body:
+        raise ControlPlaneError(status, f"answer over {max_body} bytes")
+    return status, bytes(received)
 
 
 async def connect(nursery: trio.Nursery, endpoint: Endpoint) -> H2Connection:

@@ -13,9 +13,8 @@ import ssl
 from collections import OrderedDict
 
 import trio
-from cryptography import x509
 
-from wisp.identity import CertBundle
+from wisp.identity.bundle import CertBundle
 
 from .errors import TlsError
 
@@ -32,7 +31,7 @@ def make_context(bundle: CertBundle, *, server_side: bool) -> ssl.SSLContext:
     # Peers are named by SPIFFE URI SANs, checked after the handshake; DNS names mean nothing here.
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=bundle.roots_pem().decode("ascii"))
+    ctx.load_verify_locations(cadata=bundle.roots_pem.decode("ascii"))
     ctx.set_alpn_protocols([ALPN_H2])
     # No session tickets: every connection authenticates with a full handshake, as ztunnel does.
     ctx.options |= ssl.OP_NO_TICKET
@@ -50,10 +49,10 @@ class ContextCache:
 
     def __init__(self, size: int = _CONTEXT_CACHE_SIZE) -> None:
         self._size = size
-        self._contexts: OrderedDict[tuple[x509.Certificate, bool], ssl.SSLContext] = OrderedDict()
+        self._contexts: OrderedDict[tuple[bytes, bool], ssl.SSLContext] = OrderedDict()
 
     def get(self, bundle: CertBundle, *, server_side: bool) -> ssl.SSLContext:
-        key = (bundle.leaf, server_side)
+        key = (bundle.chain_pem, server_side)  # bytes cache their hash: one hashing per bundle
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = self._contexts[key] = make_context(bundle, server_side=server_side)
@@ -119,10 +118,6 @@ class TlsStream(trio.abc.Stream):
 
     def alpn_protocol(self) -> str | None:
         return self._sock.selected_alpn_protocol()
-
-    def peer_certificate(self) -> x509.Certificate | None:
-        der = self._sock.getpeercert(binary_form=True)
-        return x509.load_der_x509_certificate(der) if der else None
 
     def local_address(self) -> tuple[str, int]:
         return self._local

@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .bundle import CertBundle
 from .certs import (
-    CertBundle,
     IssuedCertificate,
+    bundle_of,
     certificates_to_pem,
     generate_key,
     key_to_pem,
@@ -207,7 +208,7 @@ class CertificateAuthority:
         names += [x509.DNSName(name) for name in dns_names]
         names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
         leaf = self._sign_leaf(key.public_key(), names, lifetime, _now())
-        return CertBundle(key, leaf, self.intermediates, self.roots)
+        return bundle_of(key, leaf, self.intermediates, self.roots)
 
     def _sign_leaf(self, public_key, names: list, lifetime: dt.timedelta, now: dt.datetime) -> x509.Certificate:
         not_before = now - _BACKDATE
@@ -248,7 +249,8 @@ class CertificateAuthority:
     ) -> CertBundle:
         """Key, CSR and signature in one step, for components that hold the CA themselves."""
         key = generate_key()
-        return CertBundle.from_issued(key, self.sign_csr(make_csr(key, identity), identity, lifetime, now))
+        issued = self.sign_csr(make_csr(key, identity), identity, lifetime, now)
+        return bundle_of(key, issued.leaf, issued.intermediates, issued.roots)
 
     def roots_pem(self) -> bytes:
         return certificates_to_pem(list(self.roots))

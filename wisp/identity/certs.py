@@ -1,17 +1,12 @@
 """Keys, CSRs and certificate bundles for workload identities.
 
 A workload key is ECDSA P-256 and its CSR carries only a URI SAN with the SPIFFE ID and an empty
-subject, as Istio's do. A CertBundle is what a proxy holds for one identity: key, leaf,
-intermediates and the trust roots, and it knows when to rotate (half of its lifetime).
+subject, as Istio's do. This is the `cryptography` side, for the CA, tools and tests; a proxy holds
+a `bundle.CertBundle` (PEM and the leaf's facts) and makes its keys with `openssl.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -19,6 +14,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from .bundle import CertBundle
 from .errors import IdentityError, InvalidSpiffeId, VerificationError
 from .spiffe import SpiffeId
 
@@ -102,78 +98,34 @@ class IssuedCertificate:
         ]
 
 
-@dataclass(slots=True, frozen=True)
-class CertBundle:
-    """One identity's key and certificates, as a proxy holds them."""
+def bundle_of(key: PrivateKey, leaf: x509.Certificate, intermediates: tuple[x509.Certificate, ...] | list,
+              roots: tuple[x509.Certificate, ...] | list) -> CertBundle:
+    """The PEM bundle a proxy holds, from the CA side's objects."""
+    return CertBundle(
+        key_to_pem(key), certificates_to_pem([leaf, *intermediates]), certificates_to_pem(list(roots)),
+        spiffe_id_of(leaf), leaf.serial_number, leaf.not_valid_before_utc, leaf.not_valid_after_utc,
+    )
 
-    key: PrivateKey
-    leaf: x509.Certificate
-    intermediates: tuple[x509.Certificate, ...]
-    roots: tuple[x509.Certificate, ...]
 
-    @classmethod
-    def from_issued(cls, key: PrivateKey, issued: IssuedCertificate) -> CertBundle:
-        return cls(key, issued.leaf, issued.intermediates, issued.roots)
+def load_bundle(key_pem: bytes, chain_pem: bytes, roots_pem: bytes) -> CertBundle:
+    """From PEM files: `chain_pem` is leaf followed by intermediates, `roots_pem` the trust
+    bundle; IdentityError if one is broken or the key is not the leaf's."""
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise IdentityError(f"private key is not valid unencrypted PEM: {exc}") from None
+    chain = load_pem_certificates(chain_pem, "certificate chain")
+    roots = load_pem_certificates(roots_pem, "root bundle")
+    # Compare encoded public keys: not every key type has public_numbers() (Ed25519 has none).
+    if _public_key_der(chain[0].public_key()) != _public_key_der(key.public_key()):
+        raise IdentityError("the private key does not belong to the leaf certificate")
+    return bundle_of(key, chain[0], chain[1:], roots)
 
-    @classmethod
-    def from_pem(cls, key_pem: bytes, chain_pem: bytes, roots_pem: bytes) -> CertBundle:
-        """From PEM: `chain_pem` is leaf followed by intermediates, `roots_pem` the trust bundle."""
-        try:
-            key = serialization.load_pem_private_key(key_pem, password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise IdentityError(f"private key is not valid unencrypted PEM: {exc}") from None
-        chain = load_pem_certificates(chain_pem, "certificate chain")
-        roots = load_pem_certificates(roots_pem, "root bundle")
-        # Compare encoded public keys: not every key type has public_numbers() (Ed25519 has none).
-        if _public_key_der(chain[0].public_key()) != _public_key_der(key.public_key()):
-            raise IdentityError("the private key does not belong to the leaf certificate")
-        return cls(key, chain[0], tuple(chain[1:]), tuple(roots))
 
-    @property
-    def identity(self) -> SpiffeId:
-        return spiffe_id_of(self.leaf)
-
-    @property
-    def not_before(self) -> dt.datetime:
-        return self.leaf.not_valid_before_utc
-
-    @property
-    def not_after(self) -> dt.datetime:
-        return self.leaf.not_valid_after_utc
-
-    @property
-    def rotation_time(self) -> dt.datetime:
-        """Half of the lifetime, as Istio's proxies rotate."""
-        return self.not_before + (self.not_after - self.not_before) / 2
-
-    def needs_rotation(self, now: dt.datetime | None = None) -> bool:
-        return (now or _now()) >= self.rotation_time
-
-    def is_expired(self, now: dt.datetime | None = None) -> bool:
-        return (now or _now()) >= self.not_after
-
-    def key_pem(self) -> bytes:
-        return key_to_pem(self.key)
-
-    def chain_pem(self) -> bytes:
-        """Leaf then intermediates: what a TLS endpoint presents."""
-        return certificates_to_pem([self.leaf, *self.intermediates])
-
-    def roots_pem(self) -> bytes:
-        return certificates_to_pem(list(self.roots))
-
-    @contextlib.contextmanager
-    def pem_file(self) -> Iterator[str]:
-        """A private file (mode 0600, on tmpfs when there is one) holding the key then the
-        chain, for the moment of handing it to something that loads only files (the ssl
-        module, hypercorn); removed on exit."""
-        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        with tempfile.TemporaryDirectory(prefix="wisp-key-", dir=base) as directory:
-            path = os.path.join(directory, "bundle.pem")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.key_pem() + self.chain_pem())
-            yield path
+def certificates_of(bundle: CertBundle) -> tuple[x509.Certificate, list[x509.Certificate], list[x509.Certificate]]:
+    """(leaf, intermediates, roots) of a bundle as objects, for checks on the CA side and in tests."""
+    chain = load_pem_certificates(bundle.chain_pem, "certificate chain")
+    return chain[0], chain[1:], load_pem_certificates(bundle.roots_pem, "root bundle")
 
 
 def _public_key_der(public_key) -> bytes:
@@ -182,5 +134,3 @@ def _public_key_der(public_key) -> bytes:
     )
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
