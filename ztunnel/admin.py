@@ -101,12 +101,13 @@ def readiness_handler(pending: Pending) -> Handler:
 
 
 def metrics_handler(metrics: Metrics, workers_dir: Callable[[], str | None]) -> Handler:
-    """/metrics: this process's counters, and the workers' in `workers_dir()` if any."""
+    """/metrics: this process's counters, and the workers' in `workers_dir()` if any (each
+    worker is asked to write its counters first; files are read in a thread)."""
     async def handle(method: str, path: str) -> Response:
         if path not in ("/metrics", "/stats/prometheus"):
             return 404, "text/plain", b"not found\n"
         metrics.flush()
-        return 200, METRICS_CONTENT_TYPE, metrics.exposition(workers_dir())
+        return 200, METRICS_CONTENT_TYPE, await metrics.scrape(workers_dir())
     return handle
 
 

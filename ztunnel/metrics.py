@@ -4,30 +4,26 @@ A `ConnectionRecord` follows one proxied connection: it counts the open, is flus
 periodically while the connection lives (so long connections show their bytes), and on close
 counts the close, the remaining bytes and writes the access log. Labels follow Istio's
 (reference §11): reporter `source` on outbound, `destination` on inbound; missing values are
-`unknown`. The registry is ours, not prometheus-client's global one.
+`unknown`. The counters are wisp.metrics's (no prometheus-client: it cost 2.5 MB of RSS).
 
-With worker processes, each worker's counters live in prometheus-client's multiprocess files
-(the worker is started with PROMETHEUS_MULTIPROC_DIR set) and the main process adds them to its
-own when scraped, so the counters are the node's totals and survive a worker's restart.
+With worker processes, each worker writes its counters to a file in the directory the supervisor
+names in WISP_METRICS_DIR (`flush_periodically` does it in a worker), and the main process adds
+them to its own when scraped (`scrape`), so the counters are the node's totals and survive a
+worker's restart; wisp/metrics.py has the mechanism and its guarantees.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import time
-from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 import trio
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 
+from wisp import metrics as wisp_metrics
 from wisp.identity import SpiffeId
+from wisp.metrics import CounterChild, Registry, WorkerDirectory, WorkerWriter
 from wisp.model import Service, Workload
 
 log = structlog.get_logger("ztunnel.access")
@@ -54,7 +50,7 @@ LABELS = (
 )
 UNKNOWN = "unknown"
 MUTUAL_TLS = "mutual_tls"
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONTENT_TYPE = wisp_metrics.CONTENT_TYPE  # text format 0.0.4
 
 # response_flags values (Envoy's short names, as Istio reports them).
 FLAG_NONE = "-"
@@ -106,27 +102,27 @@ _SERIES_CACHE = 4096
 @dataclass(slots=True, frozen=True)
 class Series:
     labels: dict[str, str]
-    opened: Any
-    closed: Any
-    received: Any
-    sent: Any
+    opened: CounterChild
+    closed: CounterChild
+    received: CounterChild
+    sent: CounterChild
     pinned: tuple
 
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.opened = Counter("istio_tcp_connections_opened_total",
-                              "Connections opened by the proxy", LABELS, registry=self.registry)
-        self.closed = Counter("istio_tcp_connections_closed_total",
-                              "Connections closed by the proxy", LABELS, registry=self.registry)
-        self.sent = Counter("istio_tcp_sent_bytes_total",
-                            "Bytes sent to the client (server to client)", LABELS, registry=self.registry)
-        self.received = Counter("istio_tcp_received_bytes_total",
-                                "Bytes received from the client (client to server)", LABELS,
-                                registry=self.registry)
+        self.registry = Registry()
+        self.opened = self.registry.counter("istio_tcp_connections_opened_total",
+                                            "Connections opened by the proxy", LABELS)
+        self.closed = self.registry.counter("istio_tcp_connections_closed_total",
+                                            "Connections closed by the proxy", LABELS)
+        self.sent = self.registry.counter("istio_tcp_sent_bytes_total",
+                                          "Bytes sent to the client (server to client)", LABELS)
+        self.received = self.registry.counter("istio_tcp_received_bytes_total",
+                                              "Bytes received from the client (client to server)", LABELS)
         self.live: set[ConnectionRecord] = set()
         self._series: dict[tuple, Series] = {}
+        self._workers: WorkerDirectory | None = None
 
     def series(self, reporter: str, source: Peer, destination: Peer, service: Service | None, security: str,
                response_flags: str) -> Series:
@@ -139,9 +135,10 @@ class Metrics:
             if len(self._series) >= _SERIES_CACHE:
                 self._series.clear()
             labels = connection_labels(reporter, source, destination, service, security, response_flags)
+            values = tuple(labels[name] for name in LABELS)
             series = self._series[key] = Series(
-                labels, self.opened.labels(**labels), self.closed.labels(**labels),
-                self.received.labels(**labels), self.sent.labels(**labels),
+                labels, self.opened.labels(*values), self.closed.labels(*values),
+                self.received.labels(*values), self.sent.labels(*values),
                 # Held so that the ids in the key cannot be reused while it is cached.
                 (source.workload, destination.workload, service),
             )
@@ -152,21 +149,25 @@ class Metrics:
         self._series.clear()
 
     def exposition(self, workers_dir: str | None = None) -> bytes:
-        """The Prometheus text; with `workers_dir`, the sum of ours and the workers' counters."""
+        """The Prometheus text now; with `workers_dir`, the sum of ours and the workers' counters
+        as their files hold them (`scrape` asks the workers to write first, off the loop)."""
+        return wisp_metrics.exposition(self.registry, self._worker_directory(workers_dir))
+
+    async def scrape(self, workers_dir: str | None = None) -> bytes:
+        """What /metrics answers: our counters plus, with `workers_dir`, every worker's as of now."""
+        return await wisp_metrics.scrape(self.registry, self._worker_directory(workers_dir))
+
+    def _worker_directory(self, workers_dir: str | None) -> WorkerDirectory | None:
+        # Kept per directory: it holds the counts of workers that exited.
         if workers_dir is None:
-            return generate_latest(self.registry)
-        merged = CollectorRegistry(auto_describe=False)
-        merged.register(_SummedCounters(self.registry, workers_dir))
-        return generate_latest(merged)
+            return None
+        if self._workers is None or self._workers.directory != workers_dir:
+            self._workers = WorkerDirectory(workers_dir)
+        return self._workers
 
     def value(self, name: str, **labels: str) -> float:
         """Sum of a counter's samples whose labels include `labels` (for tests and debugging)."""
-        total = 0.0
-        for metric in self.registry.collect():
-            for sample in metric.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        return self.registry.value(name, **labels)
 
     def flush(self) -> None:
         """Report the bytes of live connections moved since their last flush."""
@@ -174,36 +175,16 @@ class Metrics:
             record.flush()
 
     async def flush_periodically(self, interval: float = 5.0) -> None:
+        """Flush every `interval`. In a worker process (the supervisor set METRICS_DIR_ENV) also
+        write our counters to the workers' directory then, whenever the main process asks, and
+        once more when cancelled."""
+        directory = os.environ.get(wisp_metrics.METRICS_DIR_ENV)
+        if directory:
+            await WorkerWriter(directory, self.registry, self.flush).run(interval)
+            return
         while True:
             await trio.sleep(interval)
             self.flush()
-
-
-class _SummedCounters:
-    """Our registry's counters plus every worker's multiprocess files, summed per label set.
-
-    Files of workers that exited stay and keep counting, so a restart never makes a total go
-    down. Only `_total` samples are kept: the files hold no `_created` timestamps.
-    """
-
-    def __init__(self, own: CollectorRegistry, directory: str) -> None:
-        self.own = own
-        self.directory = directory
-
-    def collect(self):
-        files = glob.glob(os.path.join(self.directory, "*.db"))
-        help_texts: dict[str, str] = {}
-        sums: dict[str, dict[tuple, float]] = defaultdict(lambda: defaultdict(float))
-        for family in (*self.own.collect(), *MultiProcessCollector.merge(files)):
-            help_texts.setdefault(family.name, family.documentation)
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    sums[family.name][(sample.name, tuple(sorted(sample.labels.items())))] += sample.value
-        for name, documentation in help_texts.items():
-            metric = Metric(name, documentation, "counter")
-            for (sample_name, labels), value in sums[name].items():
-                metric.add_sample(sample_name, dict(labels), value)
-            yield metric
 
 
 class ConnectionRecord:

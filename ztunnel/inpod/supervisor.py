@@ -16,8 +16,8 @@ A worker stops when either socket closes, so none outlives the main process (als
 PR_SET_PDEATHSIG would follow the thread that spawned it, and trio spawns from worker threads).
 A worker that exits is started again after a second (longer if it keeps exiting at once) and
 given the current pods; the others are not touched. Workers subscribe to the config stream and
-fetch certificates themselves, with the node's token. Their counters are prometheus-client multiprocess files in a directory the main
-process owns (see metrics.py).
+fetch certificates themselves, with the node's token. Their counters are files in a directory the main
+process owns, named to them in WISP_METRICS_DIR (see wisp/metrics.py).
 
 Here: `WorkerPool` and `Worker` (start, feed, restart, stop). `fanout.py` has the main process
 act on its own pods and every worker's; `worker.py` is a worker's end of the two sockets.
@@ -41,6 +41,7 @@ from typing import Any
 import structlog
 import trio
 
+from wisp.metrics import METRICS_DIR_ENV
 from wisp.zds import protocol, transport
 from wisp.zds.node import NodeSession
 from wisp.zds.protocol import Add, Del, SnapshotSent, WorkloadInfo, ZdsError
@@ -60,9 +61,10 @@ STATUS_TIMEOUT = 2.0
 
 def _metrics_dir(node: str) -> str:
     """A fresh directory for the workers' metric files, on tmpfs, named for our pid; those of
-    ztunnels that died without removing theirs (SIGKILL) are removed first."""
+    ztunnels that died without removing theirs (SIGKILL) are removed first. The name leaves out
+    `node` so that the workers' unix socket paths in it stay under 108 bytes."""
     base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    prefix = f"wisp-ztunnel-{node}-metrics-"
+    prefix = "wisp-ztunnel-metrics-"
     for path in glob.glob(os.path.join(base, prefix + "*")):
         pid = os.path.basename(path)[len(prefix):].split("-", 1)[0]
         if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
@@ -244,7 +246,7 @@ class Worker:
         status_ours, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             argv = worker_argv(self.pool.config, self.index, zds_theirs.fileno(), status_theirs.fileno())
-            env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.pool.metrics_dir or ""}
+            env = {**os.environ, METRICS_DIR_ENV: self.pool.metrics_dir or ""}
             self.process = await trio.lowlevel.open_process(
                 argv, pass_fds=(zds_theirs.fileno(), status_theirs.fileno()), env=env)
         except BaseException:
