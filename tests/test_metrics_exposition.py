@@ -7,6 +7,8 @@ import math
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 
 import prometheus_client
@@ -357,3 +359,47 @@ async def test_a_worker_whose_socket_path_is_too_long_still_writes_its_file(dire
             nursery.cancel_scope.cancel()
     assert any(e["event"].startswith("metrics directory path too long") for e in logs)
     assert totals(WorkerDirectory(deep).read()) == {("opened", ("source",)): 1}
+
+
+WORKER = """
+import sys, trio
+from wisp.metrics import Registry, WorkerWriter
+registry = Registry()
+opened = registry.counter("opened_total", "Opened", ("reporter",)).labels("source")
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        await nursery.start(WorkerWriter(sys.argv[1], registry).run, 3600)
+        opened.inc(int(sys.argv[2]))  # only a scrape's request can write this
+        print("ready", flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+async def test_a_killed_worker_process_keeps_what_a_scrape_showed_and_a_new_one_adds_to_it(directory):
+    own, workers = counters(source=1), WorkerDirectory(directory)
+
+    async def start(count: int) -> trio.Process:
+        process = await trio.lowlevel.open_process([sys.executable, "-c", WORKER, directory, str(count)],
+                                                   stdout=subprocess.PIPE)
+        with trio.fail_after(30):
+            assert await process.stdout.receive_some(6) == b"ready\n"
+        return process
+
+    line = b'opened_total{reporter="source"} %s\n'
+    first = await start(10)
+    try:
+        assert line % b"11.0" in await metrics.scrape(own, workers)
+    finally:
+        first.kill()  # SIGKILL: no last write
+        await first.wait()
+    assert line % b"11.0" in await metrics.scrape(own, workers)
+    assert os.listdir(directory) == []  # its file is folded into the main process's sum
+    second = await start(5)
+    try:
+        assert line % b"16.0" in await metrics.scrape(own, workers)
+    finally:
+        second.kill()
+        await second.wait()
