@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import resource
 import socket
 import threading
@@ -187,3 +188,49 @@ def test_a_connect_that_fails_at_once_reports_why():
     run_until(loop, lambda: errors)
     assert errors[0].startswith("connect to ::1:80 failed: ")
     assert sock.fileno() == -1
+
+
+def test_a_finished_splice_leaves_no_cycle_for_the_collector():
+    """ztunnel's on_done holds what holds the splice (its record, its tracker entry): once the
+    splice has called it, reference counting alone must free the connection."""
+    loop = Loop()
+    client_inner, client_outer = pair()
+    server_inner, server_outer = pair()
+    holder = {}
+
+    def done(splice: Splice) -> None:
+        holder.pop("entry")
+
+    splice = Splice(TcpEnd(loop, client_inner, upstream=True), TcpEnd(loop, server_inner, upstream=False),
+                    on_done=lambda s: done(s) or entry)  # the closure refers back to the splice's holder
+    entry = holder["entry"] = [splice]
+    splice.start()
+    client_outer.close()
+    server_outer.close()
+    run_until(loop, lambda: splice.done)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        del splice, entry
+        gc.collect()
+        leaked = [o for o in gc.garbage if isinstance(o, (Splice, TcpEnd))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert leaked == []
+
+
+def test_the_engine_freezes_startup_objects_and_collects_the_young_rarely():
+    from wisp.engine.runtime import GC_YOUNG_THRESHOLD, Engine
+
+    before = gc.get_threshold()
+
+    async def main():
+        return gc.get_freeze_count(), gc.get_threshold()[0]
+
+    try:
+        frozen, young = Engine("trio-epoll").run(main)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert frozen > 1000 and young == GC_YOUNG_THRESHOLD

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -45,6 +46,7 @@ class Engine:
 
     def run(self, main: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Run the process: trio's `main(*args)` for the control side, the loop for the data path."""
+        settle_garbage_collector()
         if self.shape == "epoll":
             self._hosted = True
             try:
@@ -78,6 +80,29 @@ class Engine:
         """Run the synchronous `fn()` in trio's context soon (e.g. to set a trio.Event)."""
         if self._token is not None:
             self._token.run_sync_soon(fn)
+
+
+# Young-generation threshold: container allocations (net of frees) between young collections.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_garbage_collector() -> None:
+    """Collect once, freeze what the process holds at start (modules, classes, functions), and
+    collect the young generation less often.
+
+    Measured on a ztunnel under connection churn (bench.mesh connect, 2026-12-04, collector
+    time from gc.callbacks): 5.5% of its CPU went to the collector, most of it one full
+    collection walking everything importing left behind; with that frozen, young collections
+    still took 2.8%: each connection allocates dozens of containers that live as long as it
+    does, so with 16 in flight the default threshold (700) is crossed every few connections
+    and each pass walks the same survivors. Reference counting frees a finished connection
+    (the engine leaves no cycles behind: Splice drops its callback), so collecting rarely costs
+    only the cycles nothing else frees. Frozen objects are still freed by reference counting.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 async def return_freed_memory(interval: float = 30.0) -> None:

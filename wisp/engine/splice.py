@@ -92,10 +92,17 @@ class Splice:
         if self.done:
             return
         self.done = True
-        self.client.close()
-        self.server.close()
-        if self.on_done is not None:
-            self.on_done(self)
+        client, server = self.client, self.server
+        client.close()
+        server.close()
+        # A finished connection is freed by reference counting, not left in cycles for the
+        # garbage collector: closed ends get no more events (the loop skips unregistered fds,
+        # a stream is gone from its connection), so their back-references can go, and the
+        # callback runs once (ztunnel's holds its record and tracker entry, which hold us).
+        client.splice = server.splice = None
+        on_done, self.on_done = self.on_done, None
+        if on_done is not None:
+            on_done(self)
 
 
 class TcpEnd:

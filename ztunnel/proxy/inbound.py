@@ -33,7 +33,7 @@ WORKLOAD_WAIT = 5.0
 
 def handle(inputs: ProxyInputs, pod: PodContext, request: ConnectRequest) -> None:
     local_ip = request.local_address[0]
-    target_ip = str(request.authority.ip)
+    target_ip = request.authority.ip
     if target_ip != local_ip:
         request.reject(400, f"authority {request.authority} is not this pod ({local_ip})")
         return
