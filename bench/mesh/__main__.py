@@ -62,6 +62,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", nargs="?", const=CLIENT_NODE, choices=(CLIENT_NODE, SERVER_NODE),
                    help="after the rounds, one extra fixed-rate run per ztunnel contender with py-spy recording "
                         "that node's ztunnel (default node: %(const)s); prints its top entries")
+    p.add_argument("--profile-measure", default="fixed", choices=runner.MEASURES[:3],
+                   help="the measure of --profile's extra run (default %(default)s)")
     p.add_argument("--ztunnel-workers", type=int, help="worker processes per ztunnel (wisp up --ztunnel-workers)")
     p.add_argument("--idle-connections", type=int, help="idle connections opened through each contender")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of %(default)s")
@@ -96,7 +98,7 @@ def make_plan(args: argparse.Namespace) -> runner.Plan:
                  "ztunnel_workers": args.ztunnel_workers, "fixed_runs": args.fixed_runs}
     preset.update({k: v for k, v in overrides.items() if v})
     return runner.Plan(**preset, contenders=args.contenders, measures=args.measures, pin=args.pin,
-                       engines=args.engines, profile=args.profile or "")
+                       engines=args.engines, profile=args.profile or "", profile_measure=args.profile_measure)
 
 
 def describe_plan(plan: runner.Plan) -> str:
@@ -110,7 +112,7 @@ def describe_plan(plan: runner.Plan) -> str:
             f"{plan.bulk_seconds:g} s each; (e) {plan.idle_connections:,} idle connections, once per contender "
             f"after the rounds; {plan.ztunnel_workers} worker process(es) per ztunnel, HAProxy 1 thread per node"
             + (f"; ztunnel engines {', '.join(engines)}, each in its own mesh ({ENGINE_VARIABLE})" if engines else "")
-            + (f"; py-spy on {plan.profile}'s ztunnel in one extra fixed-rate run each" if plan.profile else ""))
+            + (f"; py-spy on {plan.profile}'s ztunnel in one extra {plan.profile_measure} run each" if plan.profile else ""))
 
 
 def tool_versions() -> dict[str, str]:
@@ -261,7 +263,8 @@ def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
 
 
 def profile_caption(profile: dict) -> str:
-    return (f"{profile['node']}'s ztunnel (pid {profile['pid']}), {profile['samples']:,} working samples at "
+    return (f"{profile['node']}'s ztunnel (pid {profile['pid']}) during a {profile.get('measure', 'fixed')} run, "
+            f"{profile['samples']:,} working samples at "
             f"{profile['rate']} Hz (shares are of these; {profile.get('idle_samples', 0):,} more in epoll_wait or "
             f"another wait, left out)"
             + (f"; raw stacks: bench/results/{profile['raw']}" if profile.get("raw") else ""))

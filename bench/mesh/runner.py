@@ -59,8 +59,9 @@ class Plan:
     pin: str = pinning.DEFAULT_LAYOUT
     # ztunnel engines, each its own contender ("" = ztunnel's default engine).
     engines: tuple[str, ...] = ("",)
-    # The node whose ztunnel py-spy records in an extra fixed-rate run ("" = no profile).
+    # The node whose ztunnel py-spy records in an extra run ("" = no profile), and of which measure.
     profile: str = ""
+    profile_measure: str = "fixed"
 
 
 @dataclass(slots=True)
@@ -159,19 +160,21 @@ def run(plan: Plan, contenders: list[Contender], meshes: dict[str, Mesh], progre
 
 def _profile(plan: Plan, contender: Contender, mesh: Mesh, scratch: Path, layout: pinning.Layout,
              keep: Path | None) -> dict:
-    """One unmeasured fixed-rate run with py-spy recording the busiest process of one node's ztunnel."""
+    """One unmeasured run of `plan.profile_measure` with py-spy recording the busiest process of
+    one node's ztunnel."""
     root = contender.proxies(mesh)[plan.profile]
     pid = profile.busiest(root)
     raw = scratch / f"pyspy-{contender.key}.txt"
     py_spy = str(VENV_BIN / "py-spy")
+    seconds = _command(plan, plan.profile_measure, contender.route(mesh), scratch)[1]
     try:
-        with profile.Recording(py_spy, pid, plan.fixed_seconds, raw) as recording:
-            measure_one(plan, 0, "fixed", contender, mesh, scratch, layout=layout, run=0)
+        with profile.Recording(py_spy, pid, seconds, raw) as recording:
+            measure_one(plan, 0, plan.profile_measure, contender, mesh, scratch, layout=layout, run=0)
         stacks = recording.stacks()
     except (OSError, profile.ProfileError, BenchError) as exc:
         raise BenchError(f"{contender.key} profile: {exc}") from exc
     out = profile.summary(stacks, profile.RATE)
-    out.update({"node": plan.profile, "pid": pid, "root_pid": root})
+    out.update({"node": plan.profile, "pid": pid, "root_pid": root, "measure": plan.profile_measure})
     if keep is not None:
         saved = keep.parent / f"{keep.name}-{contender.key}-pyspy.txt"
         saved.parent.mkdir(parents=True, exist_ok=True)
