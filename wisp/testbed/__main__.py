@@ -12,20 +12,19 @@ Exit status: 0 on success, 1 when something fails (the message says what), 2 for
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys
 import time
-from pathlib import Path
 
 from wisp import log
 
 from . import build
-from .cluster import TestbedError, leftovers, start
+from .cluster import TestbedError, leftovers, owner_alive, start
 from .nodes import Nodes
 
-UP_PID_FILE = "up.pid"
+# Marks the directory of an `up` for `env` (its owner.pid says whether it still runs).
+UP_MARK = "up"
 
 
 def _progress(message: str) -> None:
@@ -94,7 +93,7 @@ def _up(count: int, timeout: float) -> int:
     signal.signal(signal.SIGTERM, terminate)
     cluster = start(binaries, timeout=timeout)
     try:
-        (cluster.workdir / UP_PID_FILE).write_text("%d\n" % os.getpid())
+        (cluster.workdir / UP_MARK).write_text("")
         with Nodes(cluster, count) as nodes:
             _progress("ready in %.1f s: %s, nodes %s" % (
                 cluster.start_seconds, cluster.server, ", ".join(nodes.names) or "none"))
@@ -123,9 +122,8 @@ def _env() -> int:
         lines.append("export WISP_TESTBED_BIN=%s" % shlex.quote(str(binaries.directory)))
         lines.append('export PATH=%s:"$PATH"' % shlex.quote(str(binaries.directory)))
     for directory in leftovers().directories:
-        pid_file = directory / UP_PID_FILE
         kubeconfig = directory / "admin.kubeconfig"
-        if _alive(pid_file) and kubeconfig.is_file():
+        if (directory / UP_MARK).is_file() and owner_alive(directory) and kubeconfig.is_file():
             lines.append("export KUBECONFIG=%s" % shlex.quote(str(kubeconfig)))
             break
     else:
@@ -133,13 +131,6 @@ def _env() -> int:
     print("\n".join(lines))
     return 0
 
-
-def _alive(pid_file: Path) -> bool:
-    try:
-        pid = int(pid_file.read_text())
-    except (OSError, ValueError):
-        return False
-    return Path("/proc/%d" % pid).exists()
 
 
 if __name__ == "__main__":

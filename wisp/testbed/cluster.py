@@ -15,7 +15,9 @@ Contract:
 - Nothing listens anywhere but 127.0.0.1. The API server runs with RBAC (`Node,RBAC`), privileged
   pods allowed, `--endpoint-reconciler-type=none` (a loopback address is invalid in Endpoints),
   service-account issuing and review keys, services from `SERVICE_CIDR`.
-- `leftovers()` lists processes and directories carrying the prefix, for clean-up checks.
+- `leftovers()` lists processes and directories carrying the prefix, for clean-up checks. Each
+  directory names its owner in `owner.pid`; `start()` first removes directories whose owner is
+  gone (a run killed with SIGKILL cannot remove its own), never one whose owner still runs.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 KEEP_ENV = "WISP_TESTBED_KEEP"
+OWNER_FILE = "owner.pid"
 STOP_GRACE_SECONDS = 5.0
 
 log = structlog.get_logger("wisp.testbed")
@@ -271,9 +274,11 @@ def start(binaries: build.Binaries | None = None, timeout: float = 90.0) -> Clus
     binaries = binaries or build.installed()
     started = time.monotonic()
     deadline = started + timeout
+    remove_stale()
     workdir = Path(tempfile.mkdtemp(prefix=PREFIX))
     cluster: Cluster | None = None
     try:
+        (workdir / OWNER_FILE).write_text("%d\n" % os.getpid())
         (workdir / "logs").mkdir()
         (workdir / "pki").mkdir()
         keys = pki.write(workdir / "pki", SERVICE_IP)
@@ -410,3 +415,24 @@ def leftovers(directory: Path | None = None) -> Leftovers:
     root = directory or Path(tempfile.gettempdir())
     directories = sorted(path for path in root.glob(PREFIX + "*") if path.is_dir())
     return Leftovers(processes, directories)
+
+
+def owner_alive(directory: Path) -> bool:
+    """Whether the process that made test-bed directory `directory` still runs."""
+    try:
+        pid = int((directory / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        # No owner file yet: being created right now, or not ours to judge.
+        return True
+    return Path("/proc/%d" % pid).exists()
+
+
+def remove_stale(directory: Path | None = None) -> list[Path]:
+    """Remove `wisp-tb-*` directories whose owner process is gone; returns what was removed."""
+    removed = []
+    for path in leftovers(directory).directories:
+        if (path / OWNER_FILE).exists() and not owner_alive(path):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("testbed_stale_removed", workdir=str(path))
+            removed.append(path)
+    return removed

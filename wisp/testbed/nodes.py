@@ -149,10 +149,15 @@ def running_status(pod: dict, node: SimulatedNode, pod_ip: str) -> dict[str, obj
     now = now_rfc3339()
     uid = pod["metadata"]["uid"]
     spec = pod.get("spec", {})
-    conditions = [
-        {"type": kind, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
-        for kind in ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready", "PodScheduled")
-    ]
+    # Conditions already True (the scheduler's PodScheduled) keep their transition time.
+    existing = {c.get("type"): c for c in pod.get("status", {}).get("conditions") or []}
+    conditions = []
+    for kind in ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready", "PodScheduled"):
+        if existing.get(kind, {}).get("status") == "True":
+            conditions.append(existing[kind])
+        else:
+            conditions.append({"type": kind, "status": "True", "lastProbeTime": None, "lastTransitionTime": now})
+    conditions += [c for kind, c in existing.items() if kind not in {c["type"] for c in conditions}]
 
     def container(item: dict, init: bool) -> dict[str, object]:
         state: dict[str, object]
