@@ -430,17 +430,16 @@ def _build_kubernetes(directory: Path, version: str, say: Progress) -> PartRepor
     major, minor = re.fullmatch(r"v(\d+)\.(\d+)\.\d+", version).groups()  # type: ignore[union-attr]
     ldflags = ["-s", "-w"]
     for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        # A module zip is a clean tree by construction. The proxy's .info carries the commit only
+        # for some modules; empty beats the source's "$Format:%H$" placeholder.
         ldflags += [
             "-X", "%s.gitVersion=%s" % (package, version),
             "-X", "%s.gitMajor=%s" % (package, major),
             "-X", "%s.gitMinor=%s" % (package, minor),
-            "-X", "%s.buildDate=%s" % (package, when),
-            # A module zip is a clean tree by construction.
+            "-X", "%s.gitCommit=%s" % (package, commit),
             "-X", "%s.gitTreeState=clean" % package,
+            "-X", "%s.buildDate=%s" % (package, when),
         ]
-        # The proxy's .info carries the commit only for some modules.
-        if commit:
-            ldflags += ["-X", "%s.gitCommit=%s" % (package, commit)]
     built = module_dir / "out"
     built.mkdir()
     say("kubernetes %s: compiling %s (the long part)" % (version, ", ".join(KUBE_COMMANDS)))
