@@ -410,6 +410,21 @@ def test_pyspy_stacks_that_end_in_a_wait_are_idle_not_work():
     assert not profile.is_wait(("run (trio/_run.py:10)", "write (libc.so.6)"))
 
 
+def test_unnamed_libc_under_trios_idle_threads_is_a_wait_and_elsewhere_is_work():
+    idle_worker = ("[libc.so.6]", "_bootstrap (threading.py:1002)",
+                   "WorkerThread._work (trio/_core/_thread_cache.py:209)", "[libc.so.6]")
+    idle_io = ("[libc.so.6]", "EpollIOManager.get_events (trio/_core/_io_epoll.py:238)", "[libc.so.6]")
+    idle_lock = ("[libc.so.6]", "WorkerThread._work (trio/_core/_thread_cache.py:209)",
+                 "lock_PyThread_acquire_lock (libpython3.11.so.1.0)", "PyThread_acquire_lock_timed (libpython3.11.so.1.0)",
+                 "[libc.so.6]")
+    assert profile.is_wait(idle_lock)
+    busy_worker = ("[libc.so.6]", "WorkerThread._work (trio/_core/_thread_cache.py:213)",
+                   "trim (runtime.py:90)", "[libc.so.6]")
+    assert profile.is_wait(idle_worker) and profile.is_wait(idle_io)
+    assert not profile.is_wait(busy_worker)
+    assert not profile.is_wait(("[libc.so.6]", "send (hbone.py:40)", "[libc.so.6]"))
+
+
 def test_pyspy_own_time_is_the_innermost_frame_and_total_counts_a_frame_once_per_stack():
     stacks, _ = profile.split_idle(profile.parse_raw(PYSPY_RAW))
     by_own = profile.top(stacks, "own", 3)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wisp.hbone.headers import Authority, InvalidAuthority, forwarded, forwarded_host, parse_authority
+from wisp.hbone.headers import Authority, InvalidAuthority, forwarded, forwarded_host, new_traceparent, parse_authority
 
 
 @pytest.mark.parametrize("text, ip, port, version", [
@@ -88,3 +88,12 @@ def test_any_text_parses_or_is_an_invalid_authority(text):
 def test_forwarded_names_the_client_and_the_service_it_addressed(client, host, expected):
     assert forwarded(client, host) == expected
     assert forwarded_host(forwarded(client, host)) == host
+
+
+def test_traceparents_are_well_formed_and_unique():
+    seen = {new_traceparent() for _ in range(1000)}
+    assert len(seen) == 1000
+    for value in seen:
+        version, trace, span, flags = value.split("-")
+        assert (version, flags, len(trace), len(span)) == ("00", "00", 32, 16)
+        assert int(trace, 16) and int(span, 16)

@@ -160,7 +160,7 @@ class ProxyState:
         """Reference §3 for a connection from `source` to `dst`. Raises SelfCall, or
         NoHealthyEndpoint for a known service (or waypoint) without one."""
         ip, port = dst
-        if ipaddress.ip_address(ip).is_loopback and port in ILLEGAL_PORTS:
+        if port in ILLEGAL_PORTS and ipaddress.ip_address(ip).is_loopback:
             raise SelfCall(f"refusing to connect to ztunnel's own port {format_address(ip, port)}")
         source_ns = source.namespace if source else None
         service = self.service_by_vip(ip, source_ns)
