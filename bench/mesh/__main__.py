@@ -62,7 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", nargs="?", const=CLIENT_NODE, choices=(CLIENT_NODE, SERVER_NODE),
                    help="after the rounds, one extra fixed-rate run per ztunnel contender with py-spy recording "
                         "that node's ztunnel (default node: %(const)s); prints its top entries")
-    p.add_argument("--profile-measure", default="fixed", choices=runner.MEASURES[:3],
+    p.add_argument("--profile-measure", default="fixed", choices=runner.MEASURES[:5],
                    help="the measure of --profile's extra run (default %(default)s)")
     p.add_argument("--ztunnel-workers", type=int, help="worker processes per ztunnel (wisp up --ztunnel-workers)")
     p.add_argument("--idle-connections", type=int, help="idle connections opened through each contender")
