@@ -293,6 +293,8 @@ def test_connection_sni_never_matches_plaintext_inside_the_tunnel():
     assert not rule_matches(when("connection.sni", ["*"]))
     assert rule_matches(when("connection.sni", not_values=["*"]))
     assert rule_matches(when("connection.sni", ["*.shop"]), request(sni="echo.shop"))
+    # Outside headers, "*" is Envoy's regex ".+": an empty value is not present.
+    assert not rule_matches(when("connection.sni", ["*"]), request(sni=""))
 
 
 def test_every_when_condition_must_hold():

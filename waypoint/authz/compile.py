@@ -322,24 +322,61 @@ class _BuiltRule:
     uses_path: bool
 
 
-_principal = operator.attrgetter("principal")
-_namespace = operator.attrgetter("namespace")
-_host = operator.attrgetter("host_lower")
-_method = operator.attrgetter("method")
-_match_path = operator.attrgetter("match_path")
-_port = operator.attrgetter("destination_port")
-_sni = operator.attrgetter("sni")
+# A request value a predicate reads: an attribute of `RequestAttributes`, or a function of it.
+# Predicates on attributes read them directly and test exact values with an inline set lookup:
+# with an attrgetter and a test call per predicate, evaluation took 10-30% longer.
+Reader = str | Callable[[RequestAttributes], Any]
+
+_ATTRIBUTES = ("principal", "namespace", "host_lower", "method", "match_path", "destination_port", "sni")
 _source = operator.methodcaller("source_address")
 _remote = operator.methodcaller("remote_address")
 _destination = operator.methodcaller("destination_address")
 
 
-def _positive(get: Callable[[RequestAttributes], Any], test: Callable[[Any], bool]) -> Predicate:
-    return lambda a: test(get(a))
+def _exact_set(test: Callable[[Any], bool]) -> frozenset[Any] | None:
+    owner = getattr(test, "__self__", None)
+    return owner if isinstance(owner, frozenset) and test.__name__ == "__contains__" else None
 
 
-def _negative(get: Callable[[RequestAttributes], Any], test: Callable[[Any], bool]) -> Predicate:
-    return lambda a: not test(get(a))
+def _predicate(read: Reader, test: Callable[[Any], bool], negate: bool) -> Predicate:
+    """``test(value)`` (``not test(value)`` if ``negate``) of the value ``read`` names."""
+    if not isinstance(read, str):
+        get = read
+        return (lambda a: not test(get(a))) if negate else (lambda a: test(get(a)))
+    values = _exact_set(test)
+    factories = _BY_SET if values is not None else _BY_TEST
+    return factories[read][negate](values if values is not None else test)
+
+
+def _direct(attr: str) -> tuple[tuple[Callable[[Any], Predicate], Callable[[Any], Predicate]],
+                                tuple[Callable[[Any], Predicate], Callable[[Any], Predicate]]]:
+    # Each factory's code reads one named attribute; see _ATTRIBUTES for the names.
+    if attr == "principal":
+        return ((lambda t: lambda a: t(a.principal), lambda t: lambda a: not t(a.principal)),
+                (lambda s: lambda a: a.principal in s, lambda s: lambda a: a.principal not in s))
+    if attr == "namespace":
+        return ((lambda t: lambda a: t(a.namespace), lambda t: lambda a: not t(a.namespace)),
+                (lambda s: lambda a: a.namespace in s, lambda s: lambda a: a.namespace not in s))
+    if attr == "host_lower":
+        return ((lambda t: lambda a: t(a.host_lower), lambda t: lambda a: not t(a.host_lower)),
+                (lambda s: lambda a: a.host_lower in s, lambda s: lambda a: a.host_lower not in s))
+    if attr == "method":
+        return ((lambda t: lambda a: t(a.method), lambda t: lambda a: not t(a.method)),
+                (lambda s: lambda a: a.method in s, lambda s: lambda a: a.method not in s))
+    if attr == "match_path":
+        return ((lambda t: lambda a: t(a.match_path), lambda t: lambda a: not t(a.match_path)),
+                (lambda s: lambda a: a.match_path in s, lambda s: lambda a: a.match_path not in s))
+    if attr == "destination_port":
+        return ((lambda t: lambda a: t(a.destination_port), lambda t: lambda a: not t(a.destination_port)),
+                (lambda s: lambda a: a.destination_port in s, lambda s: lambda a: a.destination_port not in s))
+    if attr == "sni":
+        return ((lambda t: lambda a: t(a.sni), lambda t: lambda a: not t(a.sni)),
+                (lambda s: lambda a: a.sni in s, lambda s: lambda a: a.sni not in s))
+    raise AssertionError(attr)
+
+
+_BY_TEST = {attr: _direct(attr)[0] for attr in _ATTRIBUTES}
+_BY_SET = {attr: _direct(attr)[1] for attr in _ATTRIBUTES}
 
 
 def _any_entry(entries: list[tuple[Predicate, ...]]) -> Predicate:
@@ -419,15 +456,15 @@ class _RuleCompiler:
                 good.append(value)
         return build(good) if good else None
 
-    def _field(self, out: list[Predicate], get: Callable[[RequestAttributes], Any],
+    def _field(self, out: list[Predicate], get: Reader,
                build: Callable[[list[Any]], Callable[[Any], bool]], values: list[Any], not_values: list[Any],
                what: str) -> None:
         positive = self._usable(values, build, what)
         if positive is not None:
-            out.append(_positive(get, positive))
+            out.append(_predicate(get, positive, negate=False))
         negative = self._usable(not_values, build, f"not {what}")
         if negative is not None:
-            out.append(_negative(get, negative))
+            out.append(_predicate(get, negative, negate=True))
 
     def _entries(self, rule: Mapping[str, Any], key: str, inner: str, at: str,
                  compile_entry: Callable[[Mapping[str, Any], str], list[Predicate]]) -> list[tuple[Predicate, ...]]:
@@ -451,12 +488,12 @@ class _RuleCompiler:
         out: list[Predicate] = []
         values = lambda key: self._values(src, key, at)  # noqa: E731
         # Istio's order inside a source: principals, request principals, namespaces, remote and source IPs.
-        self._field(out, _principal, matchers.strings, values("principals"), values("notPrincipals"), "principals")
+        self._field(out, "principal", matchers.strings, values("principals"), values("notPrincipals"), "principals")
         self._service_accounts(out, values("serviceAccounts"), values("notServiceAccounts"))
         for key in ("requestPrincipals", "notRequestPrincipals"):
             if values(key):
                 self._unsupported(f"{key} ({_UNSUPPORTED_WHY})")
-        self._field(out, _namespace, matchers.namespaces, values("namespaces"), values("notNamespaces"), "namespaces")
+        self._field(out, "namespace", matchers.namespaces, values("namespaces"), values("notNamespaces"), "namespaces")
         self._field(out, _remote, matchers.cidrs, values("remoteIpBlocks"), values("notRemoteIpBlocks"),
                     "remoteIpBlocks")
         self._field(out, _source, matchers.cidrs, values("ipBlocks"), values("notIpBlocks"), "ipBlocks")
@@ -482,14 +519,14 @@ class _RuleCompiler:
     def _operation(self, op: Mapping[str, Any], at: str) -> list[Predicate]:
         out: list[Predicate] = []
         values = lambda key: self._values(op, key, at)  # noqa: E731
-        self._field(out, _host, lambda v: matchers.strings(v, ignore_case=True, present_if_empty=True),
+        self._field(out, "host_lower", lambda v: matchers.strings(v, ignore_case=True, present_if_empty=True),
                     values("hosts"), values("notHosts"), "hosts")
-        self._field(out, _method, lambda v: matchers.strings(v, present_if_empty=True),
+        self._field(out, "method", lambda v: matchers.strings(v, present_if_empty=True),
                     values("methods"), values("notMethods"), "methods")
         if values("paths") or values("notPaths"):
             self.uses_path = True
-        self._field(out, _match_path, matchers.paths, values("paths"), values("notPaths"), "paths")
-        self._field(out, _port, matchers.ports, values("ports"), values("notPorts"), "ports")
+        self._field(out, "match_path", matchers.paths, values("paths"), values("notPaths"), "paths")
+        self._field(out, "destination_port", matchers.ports, values("ports"), values("notPorts"), "ports")
         return out
 
     # --- when -----------------------------------------------------------------------------------
@@ -512,17 +549,17 @@ class _RuleCompiler:
         elif key == "remote.ip":
             self._field(out, _remote, matchers.cidrs, values, not_values, key)
         elif key == "source.namespace":
-            self._field(out, _namespace, matchers.namespaces, values, not_values, key)
+            self._field(out, "namespace", matchers.namespaces, values, not_values, key)
         elif key == "source.principal":
-            self._field(out, _principal, strings, values, not_values, key)
+            self._field(out, "principal", strings, values, not_values, key)
         elif key == "source.serviceAccount":
             self._service_accounts(out, values, not_values)
         elif key == "destination.ip":
             self._field(out, _destination, matchers.cidrs, values, not_values, key)
         elif key == "destination.port":
-            self._field(out, _port, matchers.ports, values, not_values, key)
+            self._field(out, "destination_port", matchers.ports, values, not_values, key)
         elif key == "connection.sni":
-            self._field(out, _sni, strings, values, not_values, key)
+            self._field(out, "sni", strings, values, not_values, key)
         elif key in _JWT_KEYS or key.startswith("request.auth.claims["):
             self._unsupported(f"when {key} ({_UNSUPPORTED_WHY})")
         elif key.startswith("experimental.envoy.filters."):

@@ -85,6 +85,14 @@ def strings(values: Iterable[str], *, ignore_case: bool = False, present_if_empt
     return test
 
 
+def _or_patterns(test: StringTest, patterns: list[re.Pattern[str]]) -> StringTest:
+    """``test``, or a full match of one of ``patterns``."""
+    if not patterns:
+        return test
+    frozen = tuple(patterns)
+    return lambda v: test(v) or (v is not None and any(p.fullmatch(v) for p in frozen))
+
+
 def namespaces(values: Iterable[str]) -> StringTest:
     """Source namespaces: Istio turns every ``*`` into ``.*`` (a glob, not only at either end)."""
     plain: list[str] = []
@@ -95,11 +103,7 @@ def namespaces(values: Iterable[str]) -> StringTest:
             globs.append(re.compile(".*".join(re.escape(part) for part in value.split("*"))))
         else:
             plain.append(value)
-    test = strings(plain)
-    if not globs:
-        return test
-    patterns = tuple(globs)
-    return lambda v: test(v) or (v is not None and any(p.fullmatch(v) for p in patterns))
+    return _or_patterns(strings(plain), globs)
 
 
 def cidrs(values: Iterable[str]) -> AddressTest:
@@ -184,8 +188,4 @@ def paths(values: Iterable[str]) -> StringTest:
             templates.append(path_template(value))
         else:
             plain.append(value)
-    test = strings(plain)
-    if not templates:
-        return test
-    patterns = tuple(templates)
-    return lambda v: test(v) or (v is not None and any(p.fullmatch(v) for p in patterns))
+    return _or_patterns(strings(plain), templates)
