@@ -267,3 +267,43 @@ def test_a_request_is_not_changed_by_evaluation_except_for_its_match_path():
     req = request(path="/a/../admin?x=1")
     decide([policy("no-admin", "DENY", [{"to": [{"operation": {"paths": ["/admin"]}}]}])], req)
     assert (req.path, req.match_path) == ("/a/../admin?x=1", "/admin")
+
+
+# --- connections passed through as TCP ------------------------------------------------------------
+
+
+def decide_tcp(objects, identity=FRONTEND, port=80, service=ECHO) -> Decision:
+    policies = compile_policies(objects, WAYPOINT).for_service(service, tcp=True)
+    return authorize(policies, RequestAttributes.for_connection(identity, "10.0.0.5", "10.96.0.10", port))
+
+
+def test_on_tcp_an_allow_rule_with_http_fields_is_dropped():
+    objects = [policy("get-only", "ALLOW", METHODS_GET)]
+    assert decide(objects).allowed
+    assert not decide_tcp(objects).allowed
+
+
+def test_on_tcp_a_deny_rule_ignores_its_http_fields_and_denies_more():
+    objects = [policy("deny-post", "DENY", [{"to": [{"operation": {"methods": ["POST"], "ports": ["80"]}}]}])]
+    assert decide(objects).allowed  # a GET over HTTP
+    assert not decide_tcp(objects, port=80).allowed
+    assert decide_tcp(objects, port=8080).allowed
+
+
+def test_on_tcp_l4_fields_still_apply():
+    objects = [policy("frontend", "ALLOW", [{"from": [{"source": {"principals": ["cluster.local/ns/shop/sa/frontend"]}}],
+                                            "when": [{"key": "destination.port", "values": ["80"]}]}])]
+    assert decide_tcp(objects).allowed
+    assert not decide_tcp(objects, identity=BACKEND).allowed
+    assert not decide_tcp(objects, port=81).allowed
+
+
+def test_on_tcp_a_header_condition_in_a_deny_rule_is_ignored():
+    objects = [policy("deny-debug", "DENY", [{"when": [{"key": "request.headers[x-debug]", "values": ["1"]}]}])]
+    assert decide(objects).allowed
+    assert not decide_tcp(objects).allowed
+
+
+def test_http_only_fields_on_tcp_are_not_reported_as_notes():
+    compiled = compile_policies([policy("get-only", "ALLOW", METHODS_GET)], WAYPOINT)
+    assert compiled.notes == ()

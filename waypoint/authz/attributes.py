@@ -77,6 +77,12 @@ class RequestAttributes:
     _remote: object = field(init=False, repr=False, default=_UNSET)
     _destination: object = field(init=False, repr=False, default=_UNSET)
 
+    @classmethod
+    def for_connection(cls, source_identity: SpiffeId | None, source_ip: str, destination_ip: str,
+                       destination_port: int, sni: str | None = None) -> RequestAttributes:
+        """A connection the waypoint passes through as TCP: no host, method, path or headers."""
+        return cls(source_identity, source_ip, destination_ip, destination_port, None, "", "", (), sni)
+
     def __post_init__(self) -> None:
         identity = self.source_identity
         if identity is None:

@@ -20,6 +20,12 @@ more. Unsupported here: ``requestPrincipals``/``notRequestPrincipals`` and the
 unknown ``when`` keys are treated the same way (Istio skips such a rule whatever its action,
 which would silently weaken a DENY; validation refuses them before they get here).
 
+TCP: the waypoint passes non-HTTP traffic through, and Istio authorizes those connections with
+the same policies built for TCP; every policy is compiled a second time that way. HTTP-only
+fields (hosts, methods, paths, request principals, ``request.*`` conditions) then follow the rule
+above: an ALLOW rule using one is dropped, a DENY rule ignores it, so a DENY with only
+``methods: [POST]`` denies every TCP connection, as Istio's reference warns.
+
 Actions: CUSTOM needs an external authorizer wisp does not have; as Istio does when a CUSTOM
 policy names a provider it cannot find, its rules are enforced as DENY rules (requests they match
 are denied, never silently allowed), and a `Note` says so. A dry-run CUSTOM or AUDIT policy does
@@ -133,18 +139,25 @@ class PolicySet:
 
 @dataclass(frozen=True, slots=True)
 class WaypointPolicies:
-    """The policy sets of one waypoint: for traffic to each targeted Service, and the rest."""
+    """The policy sets of one waypoint: for traffic to each targeted Service, and the rest.
+
+    Each comes twice: for HTTP requests, and for connections the waypoint passes through as TCP
+    (``tcp=True``), where HTTP-only fields cannot be evaluated.
+    """
 
     waypoint: WaypointRef
     default: PolicySet = field(default_factory=PolicySet)
     by_service: Mapping[ServiceRef, PolicySet] = field(default_factory=dict)
+    default_tcp: PolicySet = field(default_factory=PolicySet)
+    by_service_tcp: Mapping[ServiceRef, PolicySet] = field(default_factory=dict)
     notes: tuple[Note, ...] = ()
 
-    def for_service(self, service: ServiceRef | None) -> PolicySet:
-        """The set for a request addressed to ``service`` (None: straight to a pod IP)."""
+    def for_service(self, service: ServiceRef | None, *, tcp: bool = False) -> PolicySet:
+        """The set for traffic addressed to ``service`` (None: straight to a pod IP)."""
+        default, by_service = (self.default_tcp, self.by_service_tcp) if tcp else (self.default, self.by_service)
         if service is None:
-            return self.default
-        return self.by_service.get(service, self.default)
+            return default
+        return by_service.get(service, default)
 
 
 def compile_policies(
@@ -156,8 +169,9 @@ def compile_policies(
 ) -> WaypointPolicies:
     """The policies in ``objects`` that apply at ``waypoint``, compiled for evaluation."""
     notes: list[Note] = []
-    whole: list[CompiledPolicy] = []
-    per_service: dict[ServiceRef, list[CompiledPolicy]] = {}
+    # (HTTP, TCP) compilations of each policy that applies.
+    whole: list[tuple[CompiledPolicy, CompiledPolicy]] = []
+    per_service: dict[ServiceRef, list[tuple[CompiledPolicy, CompiledPolicy]]] = {}
     for obj in objects:
         where = _identity(obj)
         if where is None:
@@ -174,18 +188,28 @@ def compile_policies(
         if not attached.applies:
             continue
         try:
-            policy, policy_notes = compile_policy(obj, root_namespace)
+            http, policy_notes = compile_policy(obj, root_namespace)
+            # A TCP rule drops or ignores the HTTP fields, which is expected, not worth a note.
+            tcp, _ = compile_policy(obj, root_namespace, tcp=True)
         except (InvalidPolicy, TypeError, AttributeError, ValueError) as exc:
-            policy, policy_notes = _fail_closed(namespace, name, spec, root_namespace, str(exc))
+            http, policy_notes = _fail_closed(namespace, name, spec, root_namespace, str(exc))
+            tcp = http
         notes.extend(policy_notes)
         if attached.whole_waypoint:
-            whole.append(policy)
+            whole.append((http, tcp))
         else:
             for service in attached.services:
-                per_service.setdefault(service, []).append(policy)
-    default = build_set(whole, normalization)
-    by_service = {service: build_set(whole + policies, normalization) for service, policies in per_service.items()}
-    return WaypointPolicies(waypoint, default, by_service, tuple(notes))
+                per_service.setdefault(service, []).append((http, tcp))
+
+    def sets(pairs: list[tuple[CompiledPolicy, CompiledPolicy]]) -> tuple[PolicySet, PolicySet]:
+        return build_set([h for h, _ in pairs], normalization), build_set([t for _, t in pairs], normalization)
+
+    default, default_tcp = sets(whole)
+    by_service: dict[ServiceRef, PolicySet] = {}
+    by_service_tcp: dict[ServiceRef, PolicySet] = {}
+    for service, pairs in per_service.items():
+        by_service[service], by_service_tcp[service] = sets(whole + pairs)
+    return WaypointPolicies(waypoint, default, by_service, default_tcp, by_service_tcp, tuple(notes))
 
 
 def build_set(policies: Iterable[CompiledPolicy], normalization: PathNormalization = PathNormalization.BASE) -> PolicySet:
@@ -251,9 +275,12 @@ def rule_name(namespace: str, name: str, index: int) -> str:
     return f"ns[{namespace}]-policy[{name}]-rule[{index}]"
 
 
-def compile_policy(obj: Mapping[str, Any], root_namespace: str = DEFAULT_ROOT_NAMESPACE,
-                   ) -> tuple[CompiledPolicy, list[Note]]:
-    """One AuthorizationPolicy, whatever its target. Raises InvalidPolicy if it cannot be read."""
+def compile_policy(obj: Mapping[str, Any], root_namespace: str = DEFAULT_ROOT_NAMESPACE, *,
+                   tcp: bool = False) -> tuple[CompiledPolicy, list[Note]]:
+    """One AuthorizationPolicy, whatever its target, for HTTP requests or (``tcp``) TCP connections.
+
+    Raises InvalidPolicy if it cannot be read.
+    """
     where = _identity(obj)
     if where is None:
         raise InvalidPolicy("metadata.namespace and metadata.name are required")
@@ -287,7 +314,7 @@ def compile_policy(obj: Mapping[str, Any], root_namespace: str = DEFAULT_ROOT_NA
             continue  # Istio skips a nil rule
         if not isinstance(rule, Mapping):
             raise InvalidPolicy(f"spec.rules[{index}] must be an object")
-        built = _RuleCompiler(namespace, action).compile(rule, f"spec.rules[{index}]")
+        built = _RuleCompiler(namespace, action, tcp).compile(rule, f"spec.rules[{index}]")
         if built.problems:
             effect = ("the rule is dropped, so the policy allows less" if built.predicates is None
                       else "those values are ignored, so the rule matches more")
@@ -397,9 +424,10 @@ def _any_entry(entries: list[tuple[Predicate, ...]]) -> Predicate:
 class _RuleCompiler:
     """One rule's predicates, applying Istio's rule for values that cannot be evaluated."""
 
-    def __init__(self, policy_namespace: str, action: str) -> None:
+    def __init__(self, policy_namespace: str, action: str, tcp: bool = False) -> None:
         self.policy_namespace = policy_namespace
         self.drop_on_problem = action == "ALLOW"
+        self.tcp = tcp
         self.problems: list[str] = []
         self.uses_path = False
 
@@ -430,6 +458,14 @@ class _RuleCompiler:
         self.problems.append(what)
         if self.drop_on_problem:
             raise _Unsupported(what)
+
+    def _http_only(self, values: list[Any], not_values: list[Any]) -> bool:
+        """True when the traffic is TCP, so these values of an HTTP-only field cannot be read."""
+        if not self.tcp or not (values or not_values):
+            return False
+        if self.drop_on_problem:
+            raise _Unsupported("HTTP-only field on TCP")
+        return True
 
     def _values(self, obj: Mapping[str, Any], key: str, at: str) -> list[Any]:
         values = obj.get(key) or []
@@ -491,7 +527,7 @@ class _RuleCompiler:
         self._field(out, "principal", matchers.strings, values("principals"), values("notPrincipals"), "principals")
         self._service_accounts(out, values("serviceAccounts"), values("notServiceAccounts"))
         for key in ("requestPrincipals", "notRequestPrincipals"):
-            if values(key):
+            if values(key) and not self._http_only(values(key), []):
                 self._unsupported(f"{key} ({_UNSUPPORTED_WHY})")
         self._field(out, "namespace", matchers.namespaces, values("namespaces"), values("notNamespaces"), "namespaces")
         self._field(out, _remote, matchers.cidrs, values("remoteIpBlocks"), values("notRemoteIpBlocks"),
@@ -519,13 +555,16 @@ class _RuleCompiler:
     def _operation(self, op: Mapping[str, Any], at: str) -> list[Predicate]:
         out: list[Predicate] = []
         values = lambda key: self._values(op, key, at)  # noqa: E731
-        self._field(out, "host_lower", lambda v: matchers.strings(v, ignore_case=True, present_if_empty=True),
-                    values("hosts"), values("notHosts"), "hosts")
-        self._field(out, "method", lambda v: matchers.strings(v, present_if_empty=True),
-                    values("methods"), values("notMethods"), "methods")
-        if values("paths") or values("notPaths"):
-            self.uses_path = True
-        self._field(out, "match_path", matchers.paths, values("paths"), values("notPaths"), "paths")
+        if not self._http_only(values("hosts"), values("notHosts")):
+            self._field(out, "host_lower", lambda v: matchers.strings(v, ignore_case=True, present_if_empty=True),
+                        values("hosts"), values("notHosts"), "hosts")
+        if not self._http_only(values("methods"), values("notMethods")):
+            self._field(out, "method", lambda v: matchers.strings(v, present_if_empty=True),
+                        values("methods"), values("notMethods"), "methods")
+        if not self._http_only(values("paths"), values("notPaths")):
+            if values("paths") or values("notPaths"):
+                self.uses_path = True
+            self._field(out, "match_path", matchers.paths, values("paths"), values("notPaths"), "paths")
         self._field(out, "destination_port", matchers.ports, values("ports"), values("notPorts"), "ports")
         return out
 
@@ -540,7 +579,9 @@ class _RuleCompiler:
         values, not_values = self._values(condition, "values", at), self._values(condition, "notValues", at)
         out: list[Predicate] = []
         strings = matchers.strings
-        if key.startswith("request.headers[") and key.endswith("]") and len(key) > len("request.headers[]"):
+        if key.startswith("request.") and self._http_only(values, not_values):
+            pass  # request headers and JWT attributes do not exist on TCP
+        elif key.startswith("request.headers[") and key.endswith("]") and len(key) > len("request.headers[]"):
             name = key[len("request.headers["):-1].lower()
             self._field(out, lambda a: a.header(name), lambda v: strings(v, present_if_empty=True),
                         values, not_values, key)
