@@ -34,6 +34,11 @@ means not dry-run).
 
 A policy that cannot be read at all fails closed where it applies: an ALLOW allows nothing,
 anything else denies every request.
+
+Where this differs from Istio, deliberately: a ``*suffix`` principal is a plain suffix (Istio
+builds the unescaped regex ``spiffe://.*suffix``, so a ``.`` in it matches any character; ztunnel
+uses a plain suffix too); a namespace glob is matched against the namespace alone (Istio's
+``.*/ns/<glob>/.*`` runs over the whole SPIFFE ID). Trust-domain aliases are not applied.
 """
 
 from __future__ import annotations
@@ -84,12 +89,6 @@ class CompiledRule:
     action: str
     predicates: tuple[Predicate, ...] = ()
     uses_path: bool = False
-
-    def matches(self, attrs: RequestAttributes) -> bool:
-        for predicate in self.predicates:
-            if not predicate(attrs):
-                return False
-        return True
 
 
 @dataclass(frozen=True, slots=True)
