@@ -28,17 +28,65 @@ def test_frames_split_at_every_byte_are_reassembled(peer):
     wire = peer.client_preface() + peer.request(1) + peer.data(1, b"hello", end_stream=True) + peer.ping()
     events = []
     for i in range(len(wire)):
-        events += server.receive(wire[i:i + 1])
-    assert [type(e).__name__ for e in events] == ["SettingsReceived", "HeadersReceived", "DataReceived"]
-    assert events[2] == DataReceived(1, b"hello", 5, True)
+        events += [e if type(e) is not DataReceived else DataReceived(e.stream_id, bytes(e.data),
+                                                                        e.flow_controlled_length, e.end_stream)
+                   for e in server.receive(wire[i:i + 1])]
+    assert [type(e).__name__ for e in events[:2]] == ["SettingsReceived", "HeadersReceived"]
+    # The DATA frame is handed out as its bytes arrive, END_STREAM with the last of them.
+    assert events[2:] == [DataReceived(1, bytes([c]), 1, i == 4) for i, c in enumerate(b"hello")]
 
 
-def test_memoryview_and_bytearray_input_is_copied_not_kept(peer, server):
+def test_payloads_are_views_of_the_input_until_the_next_receive(peer, server):
     buf = bytearray(peer.request(1) + peer.data(1, b"abc"))
     events = server.receive(memoryview(buf))
-    buf[-3:] = b"XYZ"
     assert events[1] == DataReceived(1, b"abc", 3, False)
-    assert type(events[1].data) is bytes
+    assert type(events[1].data) is memoryview
+    buf[-3:] = b"XYZ"  # a shell that reuses its buffer must copy what it keeps
+    assert bytes(events[1].data) == b"XYZ"
+
+
+def test_payloads_out_of_the_codecs_own_buffer_are_copies(peer, server):
+    wire = peer.request(1) + peer.data(1, b"abc")
+    server.receive(wire[:-5])  # a frame header cut short: the codec keeps it
+    events = server.receive(wire[-5:])
+    assert events == [DataReceived(1, b"abc", 3, False)] and type(events[0].data) is bytes
+
+
+def test_a_data_frame_larger_than_a_read_streams_and_is_charged_once(peer):
+    server = Connection(client=False, local=Settings(max_frame_size=1 << 20, initial_window_size=1 << 20),
+                        connection_window=1 << 20)
+    server.receive(peer.client_preface() + peer.request(1))
+    payload = bytes(range(256)) * 1024  # 256 KiB in one frame
+    wire = peer.data(1, payload, end_stream=True)
+    got, windows = [], []
+    for i in range(0, len(wire), 16384):
+        for e in server.receive(wire[i:i + 16384]):
+            assert type(e) is DataReceived
+            got.append((bytes(e.data), e.flow_controlled_length, e.end_stream))
+        windows.append(server._conn_recv)
+    assert b"".join(g[0] for g in got) == payload
+    assert sum(g[1] for g in got) == len(payload)
+    assert [g[2] for g in got] == [False] * (len(got) - 1) + [True]
+    assert windows[0] == (1 << 20) - len(payload) == windows[-1]  # the whole frame, at its header
+    server.consumed(1, len(payload))
+    assert parse_frames(take(server))  # WINDOW_UPDATE once consumed
+
+
+def test_a_stream_reset_while_its_frame_streams_returns_the_rest_to_the_connection(peer):
+    server = Connection(client=False, local=Settings(max_frame_size=1 << 20, initial_window_size=1 << 20),
+                        connection_window=1 << 20)
+    server.receive(peer.client_preface() + peer.request(1) + peer.request(3))
+    wire = peer.data(1, b"x" * 100000) + peer.data(3, b"y" * 10, end_stream=True)
+    first = server.receive(wire[:50000])
+    assert sum(len(e.data) for e in first) == 50000 - 9
+    server.consumed(1, 50000 - 9)
+    server.reset_stream(1)
+    rest = server.receive(wire[50000:])
+    assert [(type(e).__name__, e.stream_id) for e in rest] == [("DataReceived", 3)]
+    assert bytes(rest[0].data) == b"y" * 10 and rest[0].end_stream
+    server.consumed(3, 10)
+    # Everything stream 1 was sent came back to the connection window, with stream 3's.
+    assert server._conn_recv + server._conn_unacked == 1 << 20
 
 
 def test_invalid_preface_is_a_protocol_error():

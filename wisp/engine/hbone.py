@@ -189,7 +189,7 @@ class StreamEnd:
                 return
             if self._early is None:
                 self._early = []
-            self._early.append((data, flow, end))
+            self._early.append((bytes(data), flow, end))  # data is a view of the read buffer
             return
         if self._closed:
             return

@@ -18,8 +18,12 @@ ENHANCE_YOUR_CALM); keep more than `max_queued_control_frames` automatic answers
 by not reading (ENHANCE_YOUR_CALM); make a stream it reset produce a HeadersReceived later. When a
 stream is opened and reset by the peer within one `receive` call, the application sees neither.
 
-Hot path: one struct unpack per frame header, DATA inline in the receive loop, payloads handed
-out as one `bytes` copy, small integer states, no per-frame objects besides the event.
+Hot path: one struct unpack per frame header, DATA inline in the receive loop, small integer
+states, no per-frame objects besides the event. Payloads are handed out as memoryviews of the
+buffer given to `receive` (no copy), valid until the next `receive` call: a shell that keeps one
+longer copies it (a shell that reuses its read buffer must). A DATA frame that arrives in pieces
+is handed out piece by piece as it arrives (END_STREAM with the last piece), not kept until
+whole: bulk transfers send frames larger than a read. Padded frames are still kept whole.
 """
 
 from __future__ import annotations
@@ -143,6 +147,10 @@ class Connection:
         self.peer = Settings(enable_push=1)
         self.out = bytearray()
         self._inbuf = bytearray()
+        # A DATA frame whose payload is still arriving: its stream, bytes to come, END_STREAM.
+        self._data_sid = 0
+        self._data_left = 0
+        self._data_end = False
         self._streams: dict[int, _Stream] = {}
         self._closed: dict[int, int] = {}
         self._encoder = hpack.Encoder()
@@ -442,6 +450,9 @@ class Connection:
             buf = inbuf
         else:
             buf = data
+        # Payloads are views of the caller's buffer, except out of our own buffer, which is
+        # trimmed below: those are copied.
+        copy = buf is inbuf
         end = len(buf)
         pos = 0
         view = memoryview(buf)
@@ -450,6 +461,8 @@ class Connection:
         streams = self._streams
         try:
             avail = end
+            if self._data_left:
+                pos = self._data_more(view, end, copy)
             if self._need_preface:
                 pos = self._preface(view, end)
                 if pos < 0:
@@ -475,6 +488,10 @@ class Connection:
                 start = pos + 9
                 stop = start + length
                 if stop > end:
+                    if ftype == DATA and not flags & FLAG_PADDED and not self._need_settings:
+                        # Hand out what has arrived and stream the rest in later calls, rather
+                        # than keep the frame (bulk sends 256 KiB frames) to copy it whole.
+                        pos = self._data_start(view, start, end, length, flags, sid, copy)
                     break
                 pos = stop
                 if self._need_settings:
@@ -509,10 +526,10 @@ class Connection:
                     if n != length:
                         self._credit(s, length - n)
                     if flags & FLAG_END_STREAM:
-                        events.append(DataReceived(sid, bytes(view[a:b]), length, True))
+                        events.append(DataReceived(sid, bytes(view[a:b]) if copy else view[a:b], length, True))
                         self._recv_end(s)
                     else:
-                        events.append(DataReceived(sid, bytes(view[a:b]), length, False))
+                        events.append(DataReceived(sid, bytes(view[a:b]) if copy else view[a:b], length, False))
                     continue
                 handler = self._handlers.get(ftype)
                 if handler is not None:
@@ -536,6 +553,47 @@ class Connection:
             self._hidden = None
             events = [e for e in events if getattr(e, "stream_id", 0) not in hidden]
         return events
+
+    def _data_start(self, view: memoryview, start: int, end: int, length: int, flags: int, sid: int,
+                    copy: bool) -> int:
+        """A DATA frame (unpadded) of which only the first `end - start` payload bytes are here:
+        the same checks as a whole frame, the window charged for all of it, the bytes present
+        handed out; returns where parsing stopped (`end`)."""
+        if not sid:
+            raise _ConnectionError(PROTOCOL_ERROR, "DATA on stream 0")
+        if length > self._conn_recv:
+            raise _ConnectionError(FLOW_CONTROL_ERROR, "DATA beyond the connection's flow-control window")
+        self._conn_recv -= length
+        self._data_sid, self._data_left, self._data_end = sid, length, bool(flags & FLAG_END_STREAM)
+        s = self._streams.get(sid)
+        if s is None or s.state > HALF_CLOSED_LOCAL:
+            self._data_sid = 0  # its bytes are returned to the connection as they arrive
+            self._data_not_receiving(sid, s, 0)
+        elif length > s.recv_window:
+            self._data_sid = 0
+            self._stream_error(s, FLOW_CONTROL_ERROR)
+        else:
+            s.recv_window -= length
+        self._data_more(view[start:end], end - start, copy)
+        return end
+
+    def _data_more(self, view: memoryview, end: int, copy: bool) -> int:
+        """The next bytes of the DATA frame being streamed, from the front of `view`: handed to
+        its stream (END_STREAM with the last), or returned to the connection if the stream is
+        gone; returns how many were taken."""
+        n = min(self._data_left, end)
+        left = self._data_left = self._data_left - n
+        s = self._streams.get(self._data_sid) if self._data_sid else None
+        if s is None or s.state > HALF_CLOSED_LOCAL:
+            self._credit_connection(n)
+            return n
+        last = not left and self._data_end
+        if n or last:
+            s.pending += n
+            self._events.append(DataReceived(s.id, bytes(view[:n]) if copy else view[:n], n, last))
+        if last:
+            self._recv_end(s)
+        return n
 
     def _preface(self, view: memoryview, end: int) -> int:
         """Check the client's magic: where frames start, or -1 while it is incomplete."""

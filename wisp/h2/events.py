@@ -26,10 +26,13 @@ class DataReceived:
     the whole frame payload (padding included) against the windows. The codec returns the
     padding to the peer itself: the application calls `Connection.consumed(stream_id, n)` for
     the bytes of `data` it has finished with (extra is ignored, so passing
-    `flow_controlled_length` is also safe)."""
+    `flow_controlled_length` is also safe).
+
+    `data` may be a memoryview of the buffer passed to `receive`, valid until the next
+    `receive` call (copy it to keep it), and one frame may arrive as several events."""
 
     stream_id: int
-    data: bytes
+    data: bytes | memoryview
     flow_controlled_length: int
     end_stream: bool
 

@@ -116,7 +116,7 @@ class H2Stream(trio.abc.HalfCloseableStream):
         self._sink_count = None
 
     # -- called by the connection --------------------------------------------------------------
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         if self._sink_fd >= 0 and not self._chunks and not self._reader_busy and not self._closed:
             try:
                 sent = os.write(self._sink_fd, data)
@@ -128,7 +128,7 @@ class H2Stream(trio.abc.HalfCloseableStream):
                 if sent == len(data):
                     return
                 data = data[sent:]
-        self._chunks.append(data)
+        self._chunks.append(bytes(data))  # the codec hands out views valid until its next receive
         self._lot.unpark_all()
 
     def _feed_eof(self) -> None:
