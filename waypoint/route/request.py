@@ -12,7 +12,10 @@ configuration if the destination ip address for a given connection is the Cluste
 parentRef Service").
 
 Repeated headers are joined with ``,`` before matching, as RFC 9110 §5.3 allows and Envoy's
-header matcher does (``HeaderUtility::getAllOfHeaderAsString``).
+header matcher does (``HeaderUtility::getAllOfHeaderAsString``). For HTTP/2 the shell puts
+``:authority`` in ``headers`` as ``host`` (Envoy treats the two as one header), so a ``Host``
+header match means the same on both protocols; other pseudo-headers are not matchable (the
+API's header-name pattern has no ``:``).
 """
 
 from __future__ import annotations
