@@ -19,7 +19,7 @@ import time
 
 from wisp import log
 
-from . import build
+from . import build, helm
 from .cluster import TestbedError, leftovers, owner_alive, start
 from .nodes import Nodes
 
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "build":
             binaries, _ = build.build(args.kubernetes_version, progress=_progress)
+            helm.build_helm(k8s_version=args.kubernetes_version, progress=_progress)
             print(binaries.directory)
             return 0
         if args.command == "up":
