@@ -131,7 +131,14 @@ def launcher_script(command: list[str]) -> str:
 
 
 def default_plugin_command() -> list[str]:
-    return [sys.executable, "-m", "cni.plugin"]
+    """This interpreter running `cni.plugin` from where this package is, installed or not.
+
+    The package's parent goes at the end of sys.path and `-P` keeps the runtime's working
+    directory off it: the source tree's `operator/` must never shadow the standard library's.
+    """
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import sys; sys.path.append({parent!r}); from cni.plugin import main; main()"
+    return [sys.executable, "-P", "-c", code]
 
 
 # -- files ------------------------------------------------------------------------------------------

@@ -227,10 +227,11 @@ def test_a_write_that_fails_midway_is_rolled_back(host, monkeypatch):
 
 def test_the_command_line_answers_bad_input_without_a_traceback(host):
     conf(host, "10-cbr0.conflist").write_bytes(b"{oops")
-    done = subprocess.run([sys.executable, "-m", "cni.install", "install", "--conf-dir", host.conf_dir,
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cni_install.__file__)))
+    code = f"import sys; sys.path.append({root!r}); from cni.install import main; main()"
+    done = subprocess.run([sys.executable, "-P", "-c", code, "install", "--conf-dir", host.conf_dir,
                            "--bin-dir", host.bin_dir, "--agent-socket", SOCKET],
-                          capture_output=True, text=True, check=False,
-                          cwd=os.path.dirname(os.path.dirname(cni_install.__file__)))
+                          capture_output=True, text=True, check=False, cwd="/")
     assert done.returncode != 0
     assert "is not JSON" in done.stderr and "Traceback" not in done.stderr
     assert conf(host, "10-cbr0.conflist").read_bytes() == b"{oops"
