@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +21,7 @@ import httpx
 import pytest
 import trio
 
+from cni import main as cni_main
 from cni.agent import AgentConfig, NodeAgent
 from cni.errors import PodSourceError
 from cni.kube import KubeConfigError, KubePodSource, in_cluster, load_kubeconfig, make_client
@@ -300,3 +304,50 @@ async def test_the_node_agent_enrols_a_pod_of_the_api_server_and_kubectl_shows_t
                 nursery.cancel_scope.cancel()
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_the_node_agent_process_in_kubernetes_mode_chains_the_plugin_while_it_runs(
+        cluster: Cluster, nodes: Nodes, tmp_path) -> None:
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    conf_dir.mkdir()
+    bin_dir.mkdir()
+    primary = (b'{"cniVersion": "1.0.0", "name": "cbr0", "plugins": [{"type": "bridge", "bridge": "cni0",'
+               b' "ipam": {"type": "host-local", "subnet": "10.244.1.0/24"}}]}\n')
+    (conf_dir / "10-cbr0.conflist").write_bytes(primary)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cni_main.__file__)))
+    code = "import sys; sys.path.append(%r); from cni.main import main; main()" % root
+    with scratch_netns(random_prefix() + "-node1") as node_netns:
+        process = subprocess.Popen(
+            [sys.executable, "-P", "-c", code, "--kubeconfig", str(cluster.kubeconfig),
+             "--zds-socket", str(tmp_path / "zds" / "ztunnel.sock"), "--cni-socket", str(tmp_path / "cni" / "cni.sock"),
+             "--host-netns", node_netns, "--install-cni", "--cni-conf-dir", str(conf_dir), "--cni-bin-dir", str(bin_dir)],
+            env={**os.environ, "NODE_NAME": "node1"}, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while b"wisp-cni" not in (conf_dir / "10-cbr0.conflist").read_bytes():
+                assert process.poll() is None, process.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "the agent never chained the plugin"
+                time.sleep(0.1)
+            chained = json.loads((conf_dir / "10-cbr0.conflist").read_bytes())
+            assert chained["plugins"][-1] == {"type": "wisp-cni", "agent_socket": str(tmp_path / "cni" / "cni.sock")}
+            assert os.access(bin_dir / "wisp-cni", os.X_OK)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert (conf_dir / "10-cbr0.conflist").read_bytes() == primary
+    assert os.listdir(bin_dir) == []
+
+
+def test_the_node_agent_refuses_kubernetes_mode_without_a_node_name(tmp_path) -> None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cni_main.__file__)))
+    code = "import sys; sys.path.append(%r); from cni.main import main; main()" % root
+    env = {k: v for k, v in os.environ.items() if k != "NODE_NAME"}
+    done = subprocess.run([sys.executable, "-P", "-c", code, "--in-cluster"], env=env, cwd="/",
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "NODE_NAME" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, "-P", "-c", code, "--node", "n1", "--kubeconfig", str(tmp_path / "none")],
+                          env=env, cwd="/", capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and "cannot read kubeconfig" in done.stderr and "Traceback" not in done.stderr
