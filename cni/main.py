@@ -122,15 +122,16 @@ def _main_kube(args: argparse.Namespace) -> None:
     for socket_path in (config.zds_socket, config.cni_socket):
         os.makedirs(os.path.dirname(socket_path), exist_ok=True)
     host = cni_install.HostPaths(args.cni_conf_dir, args.cni_bin_dir, args.cni_conf_name) if args.install_cni else None
+    failures: list[str] = []
     try:
-        trio.run(_run_kube, config, kube, host)
+        trio.run(_run_kube, config, kube, host, failures)
     except KeyboardInterrupt:
         pass
-    except CniAgentError as exc:
-        sys.exit(f"wisp-node-agent: {exc}")
+    if failures:
+        sys.exit(f"wisp-node-agent: {failures[0]}")
 
 
-async def _run_kube(config: AgentConfig, kube, host: cni_install.HostPaths | None) -> None:
+async def _run_kube(config: AgentConfig, kube, host: cni_install.HostPaths | None, failures: list[str]) -> None:
     async with make_kube_client(kube) as client, trio.open_nursery() as nursery:
         agent = NodeAgent(config, KubePodSource(client, config.node), CgroupNetnsLocator())
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
@@ -141,7 +142,13 @@ async def _run_kube(config: AgentConfig, kube, host: cni_install.HostPaths | Non
         # The plugin goes in only once the agent answers it, and out when the agent stops: a
         # runtime calling a plugin whose agent is gone would fail every pod start on the node.
         await agent.ready.wait()
-        installed = cni_install.install(host, config.cni_socket)
+        try:
+            installed = cni_install.install(host, config.cni_socket)
+        except cni_install.InstallError as exc:
+            log.error("cannot chain the CNI plugin; stopping", error=str(exc))
+            failures.append(str(exc))
+            nursery.cancel_scope.cancel()
+            return
         log.info("CNI plugin chained", conflist=installed.conflist)
         try:
             await trio.sleep_forever()

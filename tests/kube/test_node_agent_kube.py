@@ -351,3 +351,23 @@ def test_the_node_agent_refuses_kubernetes_mode_without_a_node_name(tmp_path) ->
     done = subprocess.run([sys.executable, "-P", "-c", code, "--node", "n1", "--kubeconfig", str(tmp_path / "none")],
                           env=env, cwd="/", capture_output=True, text=True, check=False)
     assert done.returncode == 1 and "cannot read kubeconfig" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_node_agent_stops_with_the_reason_when_the_host_cni_configuration_is_unusable(
+        cluster: Cluster, nodes: Nodes, tmp_path) -> None:
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    conf_dir.mkdir()
+    bin_dir.mkdir()
+    (conf_dir / "10-cbr0.conflist").write_bytes(b'{"cniVersion": "1.0.0", "name": ')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cni_main.__file__)))
+    code = "import sys; sys.path.append(%r); from cni.main import main; main()" % root
+    with scratch_netns(random_prefix() + "-node1") as node_netns:
+        done = subprocess.run(
+            [sys.executable, "-P", "-c", code, "--kubeconfig", str(cluster.kubeconfig), "--node", "node1",
+             "--zds-socket", str(tmp_path / "zds.sock"), "--cni-socket", str(tmp_path / "cni.sock"),
+             "--host-netns", node_netns, "--install-cni", "--cni-conf-dir", str(conf_dir), "--cni-bin-dir", str(bin_dir)],
+            cwd="/", capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "is not JSON" in done.stderr.splitlines()[-1] and "Traceback" not in done.stderr
+    assert (conf_dir / "10-cbr0.conflist").read_bytes() == b'{"cniVersion": "1.0.0", "name": '
+    assert os.listdir(bin_dir) == []
