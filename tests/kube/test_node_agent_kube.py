@@ -371,3 +371,38 @@ def test_the_node_agent_stops_with_the_reason_when_the_host_cni_configuration_is
     assert "is not JSON" in done.stderr.splitlines()[-1] and "Traceback" not in done.stderr
     assert (conf_dir / "10-cbr0.conflist").read_bytes() == b'{"cniVersion": "1.0.0", "name": '
     assert os.listdir(bin_dir) == []
+
+
+async def test_a_refused_list_is_retried_until_the_permissions_arrive(
+        cluster: Cluster, nodes: Nodes, namespace: str, tmp_path) -> None:
+    role = "wisp-late-" + namespace
+    async with api(cluster) as client:
+        response = await client.post("/api/v1/namespaces/%s/serviceaccounts" % namespace,
+                                     json={"metadata": {"name": "late"}})
+        assert response.status_code == 201, response.text
+        response = await client.post("/api/v1/namespaces/%s/serviceaccounts/late/token" % namespace,
+                                     json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
+        (tmp_path / "token").write_text(response.json()["status"]["token"])
+        shutil.copy(cluster.pki.ca_cert, tmp_path / "ca.crt")
+        config = in_cluster({"KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                             "KUBERNETES_SERVICE_PORT": str(cluster.ports.apiserver)}, str(tmp_path))
+        try:
+            async with make_client(config) as agent_client:
+                source = KubePodSource(agent_client, "node1", backoff_min=0.05, backoff_max=0.2)
+                async with running(source) as views:
+                    await trio.sleep(1.0)
+                    assert views.all == [] and not source.pods.listed  # 403s, retried, nothing published
+                    rules = [{"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list", "watch"]}]
+                    for path, body in (
+                        ("/apis/rbac.authorization.k8s.io/v1/clusterroles", {"metadata": {"name": role}, "rules": rules}),
+                        ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+                            "metadata": {"name": role},
+                            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                            "subjects": [{"kind": "ServiceAccount", "name": "late", "namespace": namespace}]}),
+                    ):
+                        response = await client.post(path, json=body)
+                        assert response.status_code == 201, response.text
+                    await views.until(lambda v: namespace in v.namespaces, "the first view once allowed")
+        finally:
+            await client.delete("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/" + role)
+            await client.delete("/apis/rbac.authorization.k8s.io/v1/clusterroles/" + role)
