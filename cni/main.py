@@ -24,7 +24,7 @@ from wisp.runtime.paths import RuntimePaths
 from .agent import AgentConfig, NodeAgent
 from . import install as cni_install
 from .errors import CniAgentError
-from .kube import KubePodSource, in_cluster, load_kubeconfig
+from .kube import KubeConfig, KubePodSource, in_cluster, load_kubeconfig
 from .kube import make_client as make_kube_client
 from .podnetns import CgroupNetnsLocator, LocalNetnsLocator
 from .podsource import LocalPodSource
@@ -119,9 +119,14 @@ def _main_kube(args: argparse.Namespace) -> None:
         host_netns=args.host_netns,
         dns_capture=not args.no_dns_capture,
     )
-    for socket_path in (config.zds_socket, config.cni_socket):
-        os.makedirs(os.path.dirname(socket_path), exist_ok=True)
-    host = cni_install.HostPaths(args.cni_conf_dir, args.cni_bin_dir, args.cni_conf_name) if args.install_cni else None
+    try:
+        for socket_path in (config.zds_socket, config.cni_socket):
+            os.makedirs(os.path.dirname(socket_path), exist_ok=True)
+    except OSError as exc:
+        sys.exit(f"wisp-node-agent: cannot create the socket directory: {exc}")
+    host = None
+    if args.install_cni:
+        host = cni_install.HostPaths(args.cni_conf_dir, args.cni_bin_dir, args.cni_conf_name)
     failures: list[str] = []
     try:
         trio.run(_run_kube, config, kube, host, failures)
@@ -131,7 +136,8 @@ def _main_kube(args: argparse.Namespace) -> None:
         sys.exit(f"wisp-node-agent: {failures[0]}")
 
 
-async def _run_kube(config: AgentConfig, kube, host: cni_install.HostPaths | None, failures: list[str]) -> None:
+async def _run_kube(config: AgentConfig, kube: KubeConfig, host: cni_install.HostPaths | None,
+                    failures: list[str]) -> None:
     async with make_kube_client(kube) as client, trio.open_nursery() as nursery:
         agent = NodeAgent(config, KubePodSource(client, config.node), CgroupNetnsLocator())
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)

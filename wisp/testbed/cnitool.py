@@ -47,7 +47,9 @@ def installed(version: str = CNI_VERSION) -> Path:
     return where / "bin" / COMMAND
 
 
-def build_cnitool(version: str = CNI_VERSION, progress: build.Progress | None = None) -> tuple[Path, build.PartReport | None]:
+def build_cnitool(
+    version: str = CNI_VERSION, progress: build.Progress | None = None
+) -> tuple[Path, build.PartReport | None]:
     """Build cnitool unless its stamp matches; returns its path and the report of a build done now."""
     say = progress or (lambda message: None)
     where = directory(version)
