@@ -130,10 +130,12 @@ def _wait_rolled_out(cluster: Cluster, nodes: Nodes, namespace: str, replicas: i
     for name in DAEMONSETS:
         def placed(name: str = name) -> bool:
             status = _get(cluster, "daemonset", name, namespace).get("status", {})
-            return status.get("desiredNumberScheduled") == len(nodes.names) and status.get("numberReady") == len(nodes.names)
+            count = len(nodes.names)
+            return status.get("desiredNumberScheduled") == count and status.get("numberReady") == count
 
         wait_for(placed, "DaemonSet %s/%s ready on every node" % (namespace, name), timeout=60)
-        pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", "app=" + name, "-o", "json").stdout)["items"]
+        listed = cluster.kubectl("get", "pods", "-n", namespace, "-l", "app=" + name, "-o", "json")
+        pods = json.loads(listed.stdout)["items"]
         assert sorted(pod["spec"]["nodeName"] for pod in pods) == sorted(nodes.names)
         assert all(pod["status"]["phase"] == "Running" for pod in pods)
         # The DaemonSet controller pins each pod to its node with node affinity; the scheduler binds it.
@@ -198,7 +200,9 @@ def nothing_installed(cluster: Cluster) -> Iterator[None]:
 # --- helm in the test bed's cache --------------------------------------------------------------------
 
 
-def test_a_missing_helm_is_reported_with_the_command_that_builds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_helm_is_reported_with_the_command_that_builds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(build.CACHE_ENV, str(tmp_path))
     with pytest.raises(build.MissingBinaries, match=r"helm v3\.\d+\.\d+ is not built .*\./run testbed build"):
         helm.installed()
@@ -276,7 +280,8 @@ def test_chart_values_reach_the_objects_and_the_api_server_accepts_them(
     # server-side dry run of a namespaced object needs its namespace, so that one is made for real.
     cluster.kubectl("create", "namespace", namespace)
     try:
-        done = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objects), timeout=120)
+        done = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(objects),
+                               timeout=120)
         assert done.stdout.count("(server dry run)") == len(objects), done.stdout
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false")
@@ -407,7 +412,8 @@ def test_helm_install_of_the_chart_rolls_out_and_uninstall_leaves_nothing(
         assert not _exists(cluster, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         _run_helm(helm_binary, helm_env, "install", release, str(CHART), *kube, "--namespace", "default",
                   "--set", "namespace=" + namespace, "--wait", "--timeout", "2m")
-        status = json.loads(_run_helm(helm_binary, helm_env, "status", release, *kube, "-n", "default", "-o", "json"))
+        status = json.loads(_run_helm(helm_binary, helm_env, "status", release, *kube, "-n", "default",
+                                      "-o", "json"))
         assert status["info"]["status"] == "deployed"
         assert all(_exists(cluster, obj) for obj in objects)
         _wait_established(cluster, objects)
@@ -418,7 +424,8 @@ def test_helm_install_of_the_chart_rolls_out_and_uninstall_leaves_nothing(
         assert not [r for r in listed if r["name"] == release]
         # Helm never deletes CRDs (crds/ of a chart); everything else of the release is gone.
         rest = [obj for obj in created if obj["kind"] != "CustomResourceDefinition"]
-        wait_for(lambda: not _leftovers(cluster, rest), "helm uninstall removing the release's objects", timeout=90)
+        wait_for(lambda: not _leftovers(cluster, rest), "helm uninstall removing the release's objects",
+                 timeout=90)
     finally:
         _run_helm_quietly(helm_binary, helm_env, "uninstall", release, *kube, "-n", "default")
         _delete_quietly(cluster, list(reversed(created)))
