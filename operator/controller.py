@@ -40,6 +40,10 @@ class Controller:
         self._published: ModelSnapshot | None = None
         self._last_status: tuple[StatusWrite, ...] | None = None
         self._last_errors: tuple[InvalidObject, ...] | None = None
+        # Counts published reconciliations, for writers that follow them (wait_for_reconciliation).
+        self.reconciliations = 0
+        self.last_status: tuple[StatusWrite, ...] = ()
+        self._reconciled = asyncio.Event()
 
     async def run(self) -> None:
         """Reconcile whenever the store changes; changes made meanwhile coalesce into one pass."""
@@ -76,7 +80,17 @@ class Controller:
         if result.errors is not self._last_errors:
             self._report(result.errors)
             self._last_errors = result.errors
+        self.last_status = result.status
+        self.reconciliations += 1
+        event, self._reconciled = self._reconciled, asyncio.Event()
+        event.set()
         self.synced.set()
+
+    async def wait_for_reconciliation(self, since: int) -> int:
+        """Return ``reconciliations`` once it is greater than ``since`` (``state``/``last_status`` are its)."""
+        while self.reconciliations <= since:
+            await self._reconciled.wait()
+        return self.reconciliations
 
     def _record_status(self, writes: tuple[StatusWrite, ...]) -> None:
         # Local mode keeps conditions here for `wisp get`; the Kubernetes source writes them.
