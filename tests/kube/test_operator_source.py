@@ -157,11 +157,8 @@ def test_watch_expired_by_compaction_relists_without_losing_an_event(cluster: Cl
 
             wait_for(lambda: op.on_loop(converged), "the store to hold exactly the API's policies")
             # And the model agrees: the deleted policy's Authorization is gone, the new one is in.
-            names = {a.name for a in op.controller.distributor.snapshot.authorizations.values()
-                     if a.namespace == namespace}
             wait_for(lambda: {a.name for a in op.controller.distributor.snapshot.authorizations.values()
                               if a.namespace == namespace} == {"keep", "new"}, "the model to converge")
-            del names
             # The watch goes on after the relist.
             assert client.post(AP_PATH % namespace, json=policy("later")).status_code == 201
             wait_for(lambda: op.on_loop(lambda: op.store.get("AuthorizationPolicy", namespace, "later")),
