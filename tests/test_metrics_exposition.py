@@ -385,12 +385,17 @@ async def test_a_killed_worker_process_keeps_what_a_scrape_showed_and_a_new_one_
         process = await trio.lowlevel.open_process([sys.executable, "-c", WORKER, directory, str(count)],
                                                    stdout=subprocess.PIPE)
         said = b""
-        with trio.fail_after(30):
-            while not said.endswith(b"\n"):  # a pipe may hand the line over in pieces
-                chunk = await process.stdout.receive_some(64)
-                assert chunk, f"the worker exited before it was ready: {said!r}"
-                said += chunk
-        assert said == b"ready\n"
+        try:
+            with trio.fail_after(30):
+                while not said.endswith(b"\n"):  # a pipe may hand the line over in pieces
+                    chunk = await process.stdout.receive_some(64)
+                    assert chunk, f"the worker exited before it was ready: {said!r}"
+                    said += chunk
+            assert said == b"ready\n"
+        except BaseException:
+            process.kill()  # never leave a worker process behind
+            await process.wait()
+            raise
         return process
 
     line = b'opened_total{reporter="source"} %s\n'

@@ -234,3 +234,26 @@ def test_the_engine_freezes_startup_objects_and_collects_the_young_rarely():
         gc.unfreeze()
         gc.set_threshold(*before)
     assert frozen > 1000 and young == GC_YOUNG_THRESHOLD
+
+
+def test_cancelled_timers_let_go_of_their_callbacks_and_leave_the_heap():
+    """A connect timeout holds its connection through its callback: cancelled by the thousand
+    (connections that connected), they must not keep connections alive until they expire."""
+    import weakref
+
+    loop = Loop()
+
+    class Held:
+        pass
+
+    held = [Held() for _ in range(1000)]
+    refs = [weakref.ref(h) for h in held]
+    timers = [loop.call_later(60, (lambda h: lambda: h)(h)) for h in held]
+    del held
+    for timer in timers:
+        timer.cancel()
+    assert all(ref() is None for ref in refs)
+    assert len(loop._timers) <= 2 * 100  # compacted once cancellations were most of the heap
+    fired = []
+    loop.call_later(0, lambda: fired.append(1))
+    run_until(loop, lambda: fired)

@@ -37,6 +37,8 @@ _MAX_EVENTS = 512
 # How long the loop sleeps at most when nothing is due: bounds the latency of timers added
 # from outside a pass (they are also checked at every pass).
 _MAX_SLEEP = 1.0
+# Cancelled timers the heap may hold before it is compacted (and only if they are most of it).
+_MIN_COMPACT = 100
 
 
 class Handler(Protocol):
@@ -50,17 +52,28 @@ class Flushable(Protocol):
 
 
 class Timer:
-    """A callback due at `when` (time.monotonic()); `cancel` makes it a no-op."""
+    """A callback due at `when` (time.monotonic()); `cancel` makes it a no-op.
 
-    __slots__ = ("when", "callback", "cancelled")
+    A cancelled timer lets go of its callback at once: it stays in the loop's heap until its
+    time comes (or a compaction), and a connect timeout's callback holds the whole connection
+    (measured: ~11,000 finished connections, 150 MB, alive in a ztunnel under churn)."""
 
-    def __init__(self, when: float, callback: Callable[[], Any]) -> None:
+    __slots__ = ("when", "callback", "cancelled", "_loop")
+
+    def __init__(self, when: float, callback: Callable[[], Any], loop: Loop | None = None) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        self._loop = loop
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        self.callback = None
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop._timer_cancelled()
 
 
 class Loop:
@@ -69,6 +82,7 @@ class Loop:
         self._handlers: dict[int, Handler] = {}
         self._interest: dict[int, int] = {}
         self._timers: list[tuple[float, int, Timer]] = []
+        self._cancelled = 0  # cancelled timers still in the heap
         self._sequence = itertools.count()
         self._soon: deque[Callable[[], Any]] = deque()
         self._dirty: list[Flushable] = []
@@ -99,9 +113,18 @@ class Loop:
 
     # -- scheduling -----------------------------------------------------------------------
     def call_later(self, delay: float, callback: Callable[[], Any]) -> Timer:
-        timer = Timer(time.monotonic() + delay, callback)
+        timer = Timer(time.monotonic() + delay, callback, self)
         heapq.heappush(self._timers, (timer.when, next(self._sequence), timer))
         return timer
+
+    def _timer_cancelled(self) -> None:
+        """Drop cancelled timers from the heap once they are most of it (as asyncio does), so
+        its size follows the live timers, not the rate of cancellations times the timeout."""
+        self._cancelled += 1
+        if self._cancelled > _MIN_COMPACT and self._cancelled * 2 > len(self._timers):
+            self._timers[:] = [entry for entry in self._timers if not entry[2].cancelled]  # in place:
+            heapq.heapify(self._timers)  # _run_timers may be holding the list
+            self._cancelled = 0
 
     def call_soon(self, callback: Callable[[], Any]) -> None:
         """Run `callback` in the loop's thread before the next pass ends (same thread only)."""
@@ -163,7 +186,9 @@ class Loop:
         while timers and timers[0][0] <= now:
             _, _, timer = heapq.heappop(timers)
             if timer.cancelled:
+                self._cancelled -= 1
                 continue
+            timer._loop = None
             try:
                 timer.callback()
             except Exception:
