@@ -1,8 +1,9 @@
 """Who is calling the control plane: node proxies and waypoints, by bearer credential.
 
 Local mode: the operator issues a random token per node proxy (and per waypoint) when it
-starts, and the local runtime hands each process its own. The Kubernetes source will answer
-the same question with TokenReview on projected service-account tokens.
+starts, and the local runtime hands each process its own. On Kubernetes, operator/kube_auth.py
+answers the same question with TokenReview on projected service-account tokens (asynchronously:
+its `authenticate` is a coroutine).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from .distributor import ROLE_WAYPOINT, ROLE_ZTUNNEL, View
 
 ROLE_NODE_AGENT = "node-agent"
 ROLE_RUNTIME = "runtime"
+# Kubernetes only: a service account that is neither a node proxy nor a waypoint; it may obtain
+# its own identity from the CA and nothing else.
+ROLE_WORKLOAD = "workload"
 
 
 @dataclass(slots=True, frozen=True)

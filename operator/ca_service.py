@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from wisp.identity import CertificateAuthority, IdentityError, InvalidCsr, InvalidSpiffeId, SpiffeId
@@ -35,9 +36,15 @@ def _error(status: int, message: str) -> CaResponse:
     return CaResponse(status, {"error": message})
 
 
+# (caller, requested identity, cluster state, trust domain) -> None, or why the caller may not.
+Authorizer = Callable[[Caller, SpiffeId, ClusterState, str], "str | None"]
+
+
 class CaService:
-    def __init__(self, ca: CertificateAuthority) -> None:
+    def __init__(self, ca: CertificateAuthority, authorizer: Authorizer | None = None) -> None:
         self.ca = ca
+        # On Kubernetes, KubeAuthenticator.authorize (operator/kube_auth.py); else the rule below.
+        self.authorizer = authorizer or authorize
 
     def sign(self, caller: Caller, body: bytes, state: ClusterState) -> CaResponse:
         """Answer one signing request: 200 with the chain, or 400/403 naming the problem."""
@@ -63,7 +70,7 @@ class CaService:
         if not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
             return _error(400, f"'ttl_seconds' must be between {MIN_LIFETIME.total_seconds():.0f} "
                                f"and {MAX_LIFETIME.total_seconds():.0f}")
-        refusal = authorize(caller, identity, state, self.ca.trust_domain)
+        refusal = self.authorizer(caller, identity, state, self.ca.trust_domain)
         if refusal is not None:
             return _error(403, refusal)
         try:
