@@ -133,7 +133,7 @@ def _wait_rolled_out(cluster: Cluster, nodes: Nodes, namespace: str, replicas: i
             count = len(nodes.names)
             return status.get("desiredNumberScheduled") == count and status.get("numberReady") == count
 
-        wait_for(placed, "DaemonSet %s/%s ready on every node" % (namespace, name), timeout=60)
+        wait_for(placed, "DaemonSet %s/%s ready on every node" % (namespace, name), timeout=120)
         listed = cluster.kubectl("get", "pods", "-n", namespace, "-l", "app=" + name, "-o", "json")
         pods = json.loads(listed.stdout)["items"]
         assert sorted(pod["spec"]["nodeName"] for pod in pods) == sorted(nodes.names)
@@ -147,7 +147,7 @@ def _wait_rolled_out(cluster: Cluster, nodes: Nodes, namespace: str, replicas: i
         status = _get(cluster, "deployment", "wisp-operator", namespace).get("status", {})
         return status.get("availableReplicas") == replicas
 
-    wait_for(available, "Deployment %s/wisp-operator available" % namespace, timeout=60)
+    wait_for(available, "Deployment %s/wisp-operator available" % namespace, timeout=120)
 
     def ready_endpoints() -> bool:
         slices = json.loads(cluster.kubectl(
@@ -167,10 +167,12 @@ def _wait_rolled_out(cluster: Cluster, nodes: Nodes, namespace: str, replicas: i
 
 
 def _resource_versions(cluster: Cluster) -> dict[str, str]:
+    """Per object its generation (bumped by spec changes only: controllers keep writing status)
+    or, for kinds without one, its resourceVersion."""
     listed = json.loads(cluster.kubectl("get", "-k", str(DEPLOY), "-o", "json").stdout)["items"]
     assert len(listed) == len(_kustomized(cluster))
-    return {_resource(obj) + "@" + obj["metadata"].get("namespace", ""): obj["metadata"]["resourceVersion"]
-            for obj in listed}
+    return {_resource(obj) + "@" + obj["metadata"].get("namespace", ""):
+            str(obj["metadata"].get("generation", "rv" + obj["metadata"]["resourceVersion"])) for obj in listed}
 
 
 def _leftovers(cluster: Cluster, created: list[dict[str, Any]]) -> list[str]:
@@ -187,6 +189,22 @@ def _delete_quietly(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
         if _key(obj)[2]:
             args += ["-n", _key(obj)[2]]
         cluster.kubectl(*args, check=False)
+
+
+def _namespace_labels(cluster: Cluster, name: str) -> dict[str, str] | None:
+    found = cluster.kubectl("get", "namespace", name, "--ignore-not-found", "-o", "json").stdout
+    return json.loads(found)["metadata"].get("labels", {}) if found.strip() else None
+
+
+def _restore_namespace_labels(cluster: Cluster, name: str, original: dict[str, str] | None) -> None:
+    """A namespace that was there before the install keeps it; give back its labels as they were."""
+    if original is None:
+        return
+    current = _namespace_labels(cluster, name) or {}
+    changes = ["%s-" % key for key in current if key not in original]
+    changes += ["%s=%s" % (key, value) for key, value in original.items() if current.get(key) != value]
+    if changes:
+        cluster.kubectl("label", "namespace", name, "--overwrite", *changes)
 
 
 @pytest.fixture
@@ -296,6 +314,7 @@ def test_kubectl_apply_k_deploy_installs_everything_and_the_controllers_roll_it_
     objects = _kustomized(cluster)
     before = {_key(obj) for obj in objects if _exists(cluster, obj)}
     created = [obj for obj in objects if _key(obj) not in before]
+    labels = _namespace_labels(cluster, NAMESPACE)
     try:
         # A server-side dry run of a namespaced object needs its namespace to exist (the dry run
         # does not create it), so the Namespace is applied for real first.
@@ -325,12 +344,13 @@ def test_kubectl_apply_k_deploy_installs_everything_and_the_controllers_roll_it_
 
         # A second apply changes nothing. (kubectl reports the PodDisruptionBudget "configured"
         # every time: its selector's patch strategy is "replace", so the patch always carries it;
-        # the server finds nothing to change, which is what the resourceVersions show.)
+        # the server finds nothing to change, which is what the generations show.)
         versions = _resource_versions(cluster)
         cluster.kubectl("apply", "-k", str(DEPLOY), timeout=120)
         assert _resource_versions(cluster) == versions
     finally:
         _delete_quietly(cluster, list(reversed(created)))
+        _restore_namespace_labels(cluster, NAMESPACE, labels)
         wait_for(lambda: not _leftovers(cluster, created), "every object of deploy/ deleted", timeout=90)
 
 
@@ -342,6 +362,7 @@ def test_the_rbac_of_deploy_grants_each_component_what_it_needs_and_no_more(
         "Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
         "RoleBinding"}]
     created = [obj for obj in objects if not _exists(cluster, obj)]
+    labels = _namespace_labels(cluster, NAMESPACE)
     try:
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects), timeout=120)
         _wait_established(cluster, objects)
@@ -389,6 +410,7 @@ def test_the_rbac_of_deploy_grants_each_component_what_it_needs_and_no_more(
         assert account["automountServiceAccountToken"] is False
     finally:
         _delete_quietly(cluster, list(reversed(created)))
+        _restore_namespace_labels(cluster, NAMESPACE, labels)
         wait_for(lambda: not _leftovers(cluster, created), "the RBAC objects deleted", timeout=90)
 
 
