@@ -337,10 +337,10 @@ def test_kubectl_apply_k_deploy_installs_everything_and_the_controllers_roll_it_
         token = [v for v in ztunnel["volumes"] if v["name"] == "istio-token"][0]
         assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "istio-ca"
         agent = _get(cluster, "daemonset", "wisp-node-agent", NAMESPACE)["spec"]["template"]["spec"]
-        assert agent["hostNetwork"] is True
+        assert agent["hostNetwork"] is True and agent["hostPID"] is True
         assert agent["containers"][0]["securityContext"]["privileged"] is True
         assert {v["hostPath"]["path"] for v in agent["volumes"] if "hostPath" in v} >= {
-            "/etc/cni/net.d", "/opt/cni/bin", "/var/run/netns", "/proc"}
+            "/etc/cni/net.d", "/opt/cni/bin", "/var/run/netns", "/var/run/ztunnel"}
 
         # A second apply changes nothing. (kubectl reports the PodDisruptionBudget "configured"
         # every time: its selector's patch strategy is "replace", so the patch always carries it;
