@@ -183,12 +183,19 @@ def _leftovers(cluster: Cluster, created: list[dict[str, Any]]) -> list[str]:
     return sorted(set(left))
 
 
-def _delete_quietly(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
-    for obj in objects:
-        args = ["delete", _resource(obj), "--ignore-not-found", "--wait=false"]
-        if _key(obj)[2]:
-            args += ["-n", _key(obj)[2]]
-        cluster.kubectl(*args, check=False)
+def _remove(cluster: Cluster, created: list[dict[str, Any]], what: str) -> None:
+    """Delete `created` and wait until nothing of it (or labelled part-of=wisp) is left. CRDs go
+    last: while a CRD is terminating, discovery fails and the namespace controller backs off, which
+    can hold a namespace's deletion for minutes on a loaded machine."""
+    crds = [obj for obj in created if obj["kind"] == "CustomResourceDefinition"]
+    rest = [obj for obj in created if obj["kind"] != "CustomResourceDefinition"]
+    for batch in (rest, crds):
+        for obj in reversed(batch):
+            args = ["delete", _resource(obj), "--ignore-not-found", "--wait=false"]
+            if _key(obj)[2]:
+                args += ["-n", _key(obj)[2]]
+            cluster.kubectl(*args, check=False)
+        wait_for(lambda batch=batch: not _leftovers(cluster, batch), what, timeout=180)
 
 
 def _namespace_labels(cluster: Cluster, name: str) -> dict[str, str] | None:
@@ -349,9 +356,8 @@ def test_kubectl_apply_k_deploy_installs_everything_and_the_controllers_roll_it_
         cluster.kubectl("apply", "-k", str(DEPLOY), timeout=120)
         assert _resource_versions(cluster) == versions
     finally:
-        _delete_quietly(cluster, list(reversed(created)))
         _restore_namespace_labels(cluster, NAMESPACE, labels)
-        wait_for(lambda: not _leftovers(cluster, created), "every object of deploy/ deleted", timeout=90)
+        _remove(cluster, created, "every object of deploy/ deleted")
 
 
 def test_the_rbac_of_deploy_grants_each_component_what_it_needs_and_no_more(
@@ -409,9 +415,8 @@ def test_the_rbac_of_deploy_grants_each_component_what_it_needs_and_no_more(
         account = _get(cluster, "serviceaccount", "ztunnel", NAMESPACE)
         assert account["automountServiceAccountToken"] is False
     finally:
-        _delete_quietly(cluster, list(reversed(created)))
         _restore_namespace_labels(cluster, NAMESPACE, labels)
-        wait_for(lambda: not _leftovers(cluster, created), "the RBAC objects deleted", timeout=90)
+        _remove(cluster, created, "the RBAC objects deleted")
 
 
 # --- helm install ------------------------------------------------------------------------------------
@@ -447,10 +452,9 @@ def test_helm_install_of_the_chart_rolls_out_and_uninstall_leaves_nothing(
         # Helm never deletes CRDs (crds/ of a chart); everything else of the release is gone.
         rest = [obj for obj in created if obj["kind"] != "CustomResourceDefinition"]
         wait_for(lambda: not _leftovers(cluster, rest), "helm uninstall removing the release's objects",
-                 timeout=90)
+                 timeout=180)
     finally:
         _run_helm_quietly(helm_binary, helm_env, "uninstall", release, *kube, "-n", "default")
-        _delete_quietly(cluster, list(reversed(created)))
-        wait_for(lambda: not _leftovers(cluster, created), "every object of the release deleted", timeout=90)
+        _remove(cluster, created, "every object of the release deleted")
         assert not cluster.kubectl("get", "secrets", "-n", "default", "-l", "name=" + release,
                                    "-o", "name").stdout.strip(), "helm's release record left behind"
