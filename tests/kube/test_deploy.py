@@ -312,6 +312,23 @@ def test_chart_values_reach_the_objects_and_the_api_server_accepts_them(
         cluster.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
+@pytest.mark.parametrize(("value", "where"), [
+    ("ztunnel.workers=0", "/ztunnel/workers"),
+    ("ztunnel.wokers=2", "/ztunnel"),
+    ("operator.logLevel=loud", "/operator/logLevel"),
+    ("namespace=Istio_System", "/namespace"),
+    ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+])
+def test_bad_chart_values_are_refused_naming_the_field(
+    helm_binary: Path, helm_env: dict[str, str], value: str, where: str
+) -> None:
+    done = subprocess.run([str(helm_binary), "template", "wisp", str(CHART), "--set", value],
+                          capture_output=True, text=True, env=helm_env, timeout=60, check=False)
+    assert done.returncode != 0
+    assert "values don't meet the specifications of the schema" in done.stderr
+    assert "at '%s'" % where in done.stderr, done.stderr
+
+
 # --- kubectl apply -k deploy/ ------------------------------------------------------------------------
 
 
