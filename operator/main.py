@@ -1,8 +1,15 @@
-"""`wisp-operator`: the control plane process in local mode.
+"""`wisp-operator`: the control plane process, in local or Kubernetes mode.
 
 Loads or creates the CA, issues a credential per node proxy (written to the state directory for
-the local runtime to hand out), follows a manifest directory, reconciles, and serves the CA and
-the config stream on 15012.
+the local runtime to hand out), follows its source, reconciles, and serves the CA and the config
+stream on 15012.
+
+- Local mode (``--manifests DIR``): the source is a manifest directory.
+- Kubernetes mode (``--kubeconfig PATH [--context NAME]``, or ``--in-cluster``): the source is
+  list+watch on the API server (``wisp_operator.kube``); status and waypoint objects are written
+  by the replica that holds the ``wisp-operator`` Lease; every replica serves the stream and the
+  CA; ``/healthz`` and ``/readyz`` (every kind listed, first reconciliation published) on
+  ``--health-listen``. SIGTERM releases the Lease.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from wisp import log as wisp_log
-from wisp.identity import CACERTS_FILES, CertificateAuthority, IdentityError, SpiffeId
+from wisp.identity import CACERTS_FILES, CertBundle, CertificateAuthority, IdentityError, SpiffeId
 
 from .auth import LocalCredentials
 from .ca_service import CaService
@@ -37,8 +44,19 @@ OPERATOR_SERVICE_ACCOUNT = "wisp-operator"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="wisp-operator", description="wisp control plane (local mode)")
-    parser.add_argument("--manifests", required=True, type=Path, help="directory of Kubernetes YAML to follow")
+    parser = argparse.ArgumentParser(prog="wisp-operator", description="wisp control plane")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--manifests", type=Path, help="local mode: directory of Kubernetes YAML to follow")
+    mode.add_argument("--kubeconfig", type=Path, help="Kubernetes mode: the API server of this kubeconfig")
+    mode.add_argument("--in-cluster", action="store_true",
+                      help="Kubernetes mode: the API server of the pod's service account")
+    parser.add_argument("--context", help="kubeconfig context (default: its current context)")
+    parser.add_argument("--health-listen", default="0.0.0.0:8080",
+                        help="Kubernetes mode: address:port of /healthz and /readyz")
+    parser.add_argument("--lease-namespace", default=OPERATOR_NAMESPACE, help="Kubernetes mode: the Lease's namespace")
+    parser.add_argument("--lease-name", default="wisp-operator", help="Kubernetes mode: the leader election Lease")
+    parser.add_argument("--identity", help="Kubernetes mode: leader election identity (default: host name + pid)")
+    parser.add_argument("--waypoint-image", default="wisp:latest", help="Kubernetes mode: image of waypoint pods")
     parser.add_argument("--state-dir", required=True, type=Path,
                         help="where the root certificate and node credentials are written")
     parser.add_argument("--listen", default="0.0.0.0:15012", help="address:port to serve on")
@@ -95,6 +113,8 @@ async def run(args: argparse.Namespace) -> int:
                                ip_addresses=tuple(args.advertise) + ("127.0.0.1",))
 
     store = ObjectStore(MeshSettings(trust_domain=args.trust_domain))
+    if args.manifests is None:
+        return await run_kube(args, ca, credentials, serving, store, host, int(port))
     source = LocalSource(args.manifests, store)
     source.load()  # reports each bad manifest itself
     distributor = Distributor()
@@ -122,6 +142,75 @@ async def run(args: argparse.Namespace) -> int:
             reconciler.cancel()
     finally:
         sock.close()
+    log.info("control plane stopped")
+    return 0
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host or "0.0.0.0", port))
+    sock.listen(1024)
+    return sock
+
+
+async def run_kube(args: argparse.Namespace, ca: CertificateAuthority, credentials: LocalCredentials,
+                   serving: CertBundle, store: ObjectStore, host: str, port: int) -> int:
+    """Kubernetes mode: watch the API server, write as the leader, serve as every replica."""
+    from .kube.client import KubeApi, KubeError
+    from .kube.health import HealthServer
+    from .kube.leader import LeaderElector
+    from .kube.source import KubeSource
+    from .kube.writer import KubeWriter
+
+    health_host, _, health_port = args.health_listen.rpartition(":")
+    if not health_port.isdigit():
+        log.error("--health-listen must be address:port", health_listen=args.health_listen)
+        return 2
+    try:
+        api = await KubeApi.connect(args.kubeconfig, args.context)
+    except KubeError as exc:
+        log.error("cannot use the Kubernetes API", error=str(exc))
+        return 1
+    source = KubeSource(api, store)
+    distributor = Distributor()
+    controller = Controller(store, distributor)
+    elector = LeaderElector(api, args.lease_namespace, args.lease_name,
+                            args.identity or "%s_%d" % (socket.gethostname(), os.getpid()))
+    writer = KubeWriter(api, is_leader=elector.is_leader, waypoint_image=args.waypoint_image)
+    app = ControlPlaneApp(CaService(ca), credentials, distributor, lambda: controller.state)
+    health = HealthServer(lambda: source.synced.is_set() and controller.synced.is_set())
+    try:
+        sock = _listening(host, port)
+        health_sock = _listening(health_host, int(health_port))
+    except OSError as exc:
+        await api.close()
+        log.error("cannot listen", error=str(exc))
+        return 1
+    shutdown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, shutdown.set)
+    log.info("control plane serving", listen=args.listen, trust_domain=args.trust_domain,
+             api_server=api.host, health=args.health_listen)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            background = [
+                tasks.create_task(source.run()),
+                tasks.create_task(controller.run()),
+                tasks.create_task(elector.run()),
+                tasks.create_task(writer.run(controller)),
+                tasks.create_task(health.serve(health_sock)),
+            ]
+            await serve(app, sock, serving, shutdown)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await elector.release()
+    finally:
+        sock.close()
+        health_sock.close()
+        await api.close()
     log.info("control plane stopped")
     return 0
 

@@ -17,6 +17,7 @@ from wisp.testbed.cluster import Cluster
 from wisp_operator.controller import Controller
 from wisp_operator.distributor import Distributor
 from wisp_operator.kube.client import KubeApi
+from wisp_operator.kube.leader import LeaderElector
 from wisp_operator.kube.source import KINDS, Kind, KubeSource
 from wisp_operator.kube.writer import KubeWriter
 from wisp_operator.store import ObjectStore
@@ -25,6 +26,7 @@ from wisp_operator.store import ObjectStore
 class RunningOperator:
     def __init__(self, cluster: Cluster, kinds: Sequence[Kind] = KINDS, *, writer: bool = True,
                  extra: Callable[[RunningOperator], list[Coroutine[Any, Any, Any]]] | None = None,
+                 elect: dict[str, Any] | None = None, release_on_stop: bool = True,
                  **source_options: Any) -> None:
         self.cluster = cluster
         self.loop = asyncio.new_event_loop()
@@ -34,6 +36,9 @@ class RunningOperator:
         self._kinds = kinds
         self._with_writer = writer
         self._extra = extra
+        self._elect = elect
+        self.release_on_stop = release_on_stop
+        self.elector: LeaderElector | None = None
         self._source_options = {"backoff": (0.1, 1.0), "absent_retry": 1.0, **source_options}
         self.api: KubeApi
         self.store: ObjectStore
@@ -66,18 +71,27 @@ class RunningOperator:
         self.store = ObjectStore()
         self.source = KubeSource(self.api, self.store, self._kinds, **self._source_options)
         self.controller = Controller(self.store, Distributor())
-        self.writer = KubeWriter(self.api, retry=1.0)
+        if self._elect is not None:
+            self.elector = LeaderElector(self.api, **self._elect)
+            self.writer = KubeWriter(self.api, retry=1.0, is_leader=self.elector.is_leader)
+        else:
+            self.writer = KubeWriter(self.api, retry=1.0)
         try:
             async with asyncio.TaskGroup() as tasks:
                 running = [tasks.create_task(self.source.run()), tasks.create_task(self.controller.run())]
                 if self._with_writer:
                     running.append(tasks.create_task(self.writer.run(self.controller)))
+                if self.elector is not None:
+                    running.append(tasks.create_task(self.elector.run()))
                 for coroutine in self._extra(self) if self._extra else ():
                     running.append(tasks.create_task(coroutine))
                 self._ready.set()
                 await self._stopping.wait()
                 for task in running:
                     task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+                if self.elector is not None and self.release_on_stop:
+                    await self.elector.release()
         finally:
             await self.api.close()
 
