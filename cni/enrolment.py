@@ -19,7 +19,8 @@ from typing import Any
 import structlog
 import trio
 
-from wisp.enrolment import InvalidObject, enrolment
+from wisp.enrolment import enrolment
+from wisp.kube import InvalidObject
 from wisp.zds.node import ZdsPod, ZdsServer
 from wisp.zds.protocol import WorkloadInfo
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from wisp_operator.manifest import object_id
+from wisp_operator.errors import object_id
 
 KIND_NAMESPACE = "Namespace"
 KIND_POD = "Pod"

@@ -42,7 +42,8 @@ import yaml
 
 from wisp_operator.cluster import KIND_DEPLOYMENT, KIND_NAMESPACE, KIND_POD, Key
 from wisp_operator.errors import OperatorError
-from wisp_operator.manifest import DNS_SUBDOMAIN, object_id
+from wisp.kube import DNS_SUBDOMAIN, non_string_entry
+from wisp_operator.errors import object_id
 from wisp_operator.store import ObjectStore
 from wisp_operator.selectors import is_subset
 from wisp_operator.validation import Refusal, Resources, admit, load_resources
@@ -308,9 +309,9 @@ def _string_map(value: Any, where: str, kind: str, namespace: str, name: str) ->
         return {}
     if not isinstance(value, dict):
         raise _Bad(f"{where} must be an object, got {_type_name(value)}", kind, namespace, name)
-    for k, v in value.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise _Bad(f"{where} must map strings to strings; quote {k}: {v!r}", kind, namespace, name)
+    bad = non_string_entry(value)
+    if bad is not None:
+        raise _Bad(f"{where} must map strings to strings; quote {bad[0]}: {bad[1]!r}", kind, namespace, name)
     return value
 
 

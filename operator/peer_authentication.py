@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from wisp.model import Authorization, Clause, Match, Rule, StringMatch
-from wisp_operator.manifest import ObjectId, get, mapping, object_id, string, string_map
+from wisp.kube import ObjectId, get, mapping, string, string_map
+from wisp_operator.errors import object_id
 from wisp_operator.selectors import is_subset
 
 STATIC_STRICT_POLICY_NAME = "istio_converted_static_strict"

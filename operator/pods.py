@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wisp_operator.manifest import ObjectId, condition_true, get, string
+from wisp.kube import ObjectId, condition_true, get, string
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 

@@ -36,8 +36,8 @@ from wisp.model import (
     ServiceAccountMatch,
     StringMatch,
 )
-from wisp_operator.errors import InvalidObject
-from wisp_operator.manifest import ObjectId, dicts, get, integer, mapping, object_id, string, string_map, strings
+from wisp.kube import ObjectId, dicts, get, integer, mapping, string, string_map, strings
+from wisp_operator.errors import InvalidObject, object_id
 from wisp_operator.selectors import is_subset
 
 CONDITION_ZTUNNEL_ACCEPTED = "ZtunnelAccepted"

@@ -25,8 +25,8 @@ from typing import Any
 
 from wisp.model import KIND_WORKLOAD, Authorization, Delta, ModelSnapshot, ResourceKey, Service, Workload
 from wisp_operator.cluster import KIND_POD, ClusterState, Key
-from wisp_operator.errors import InvalidObject
-from wisp_operator.manifest import ObjectId, labels, object_id
+from wisp.kube import ObjectId, labels
+from wisp_operator.errors import InvalidObject, object_id
 from wisp_operator.peer_authentication import PeerAuth, PeerAuthIndex, parse_peer_authentication
 from wisp_operator.policy import (
     CONDITION_ZTUNNEL_ACCEPTED,

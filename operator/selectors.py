@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wisp_operator.manifest import ObjectId, dicts, string, string_map, strings
+from wisp.kube import ObjectId, dicts, string, string_map, strings
 
 
 def selector_matches(selector: dict[str, Any], labels: dict[str, str], oid: ObjectId, at: str) -> bool:

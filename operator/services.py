@@ -15,7 +15,7 @@ from typing import Any
 
 from wisp.model import LoadBalancing, PortMapping, Service
 from wisp_operator.cluster import MeshSettings
-from wisp_operator.manifest import ObjectId, annotations, dicts, get, labels, string, string_map, strings
+from wisp.kube import ObjectId, annotations, dicts, get, labels, string, string_map, strings
 from wisp_operator.selectors import is_subset
 from wisp_operator.waypoints import TRAFFIC_SERVICE, WaypointBinding, WaypointIndex
 

@@ -37,7 +37,8 @@ import structlog
 
 from wisp_operator.cluster import KIND_POD, ClusterState, Key, MeshSettings
 from wisp_operator.errors import OperatorError
-from wisp_operator.manifest import DNS_SUBDOMAIN, object_id
+from wisp.kube import DNS_SUBDOMAIN, non_string_entry
+from wisp_operator.errors import object_id
 
 log = structlog.get_logger(__name__)
 
@@ -211,9 +212,9 @@ class ObjectStore:
             except ValueError:
                 raise InvalidChange(f"pod IP must be an IP address, got {pod_ip!r}") from None
         extra = dict(annotations or {})
-        for k, v in extra.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise InvalidChange(f"annotations must map strings to strings, got {k!r}: {v!r}")
+        bad = non_string_entry(extra)
+        if bad is not None:
+            raise InvalidChange(f"annotations must map strings to strings, got {bad[0]!r}: {bad[1]!r}")
         self._runtime[key] = PodRuntime(node, pod_ip, phase, ready, tuple(sorted(extra.items())))
         self._refresh({key})
 

@@ -27,8 +27,8 @@ from typing import Any
 from wisp.model import HBONE_MTLS_PORT, GatewayAddress
 from wisp_operator import pods
 from wisp_operator.cluster import ClusterState
-from wisp_operator.errors import InvalidObject
-from wisp_operator.manifest import ObjectId, dicts, get, integer, items, labels, mapping, object_id, string
+from wisp.kube import ObjectId, dicts, get, integer, items, labels, mapping, string
+from wisp_operator.errors import InvalidObject, object_id
 from wisp_operator.selectors import selector_matches
 
 USE_WAYPOINT_LABEL = "istio.io/use-waypoint"
@@ -73,7 +73,7 @@ class Waypoint:
                 # As Kubernetes converts selectors: missing selects nothing, {} everything.
                 return False
             ns_id = object_id(namespace_obj, "Namespace")
-            gw_id = ObjectId("Gateway", self.namespace, self.name)
+            gw_id = ObjectId("Gateway", self.namespace, self.name, InvalidObject)
             # The selector belongs to the Gateway; a bad one is the Gateway's fault.
             return selector_matches(
                 self.allowed_selector, labels(namespace_obj, ns_id), gw_id, "spec.listeners.allowedRoutes.namespaces.selector"

@@ -18,16 +18,8 @@ from wisp.deployments import POD_TEMPLATE_HASH_LABEL, SAFE_ALPHABET
 from wisp.model import DEFAULT_SERVICE_ACCOUNT, Locality, PortMapping, Workload
 from wisp_operator import pods
 from wisp_operator.cluster import MeshSettings
-from wisp_operator.manifest import (
-    ObjectId,
-    annotations,
-    boolean,
-    dicts,
-    get,
-    labels,
-    object_id,
-    string,
-)
+from wisp.kube import ObjectId, annotations, boolean, dicts, get, labels, string
+from wisp_operator.errors import object_id
 from wisp_operator.peer_authentication import PeerAuthIndex
 from wisp_operator.policy import SelectorPolicyIndex
 from wisp_operator.services import ServiceIndex, resolve_ports

@@ -12,7 +12,7 @@ import json
 import uuid
 from typing import Any
 
-from wisp.enrolment import InvalidObject
+from wisp.kube import InvalidObject, non_string_entry
 
 DEFAULT_NAMESPACE = "default"
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
@@ -121,6 +121,6 @@ def _mapping(parent: Any, key: str, deployment: Any, where: str | None = None) -
 def _strings(value: Any, deployment: Any, where: str) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+    if not isinstance(value, dict) or non_string_entry(value) is not None:
         raise _invalid(deployment, f"{where} must map strings to strings")
     return dict(value)

@@ -12,26 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from wisp.kube import InvalidObject, non_string_entry
+
 DATAPLANE_MODE_LABEL = "istio.io/dataplane-mode"
 DATAPLANE_MODE_AMBIENT = "ambient"
 DATAPLANE_MODE_NONE = "none"
 SIDECAR_STATUS_ANNOTATION = "sidecar.istio.io/status"
-
-
-class InvalidObject(ValueError):
-    """A Kubernetes-shaped object (a plain dict) is malformed.
-
-    Carries what is needed to find and fix it: kind, namespace, name and the problem.
-    """
-
-    def __init__(self, kind: str, namespace: str, name: str, problem: str) -> None:
-        self.kind = kind
-        self.namespace = namespace
-        self.name = name
-        self.problem = problem
-        shown = name or "<unnamed>"
-        where = f"{namespace}/{shown}" if namespace else shown
-        super().__init__(f"invalid {kind or 'object'} {where}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +80,6 @@ def _string_map(meta: dict[str, Any], key: str, kind: str, obj: Any) -> dict[str
     value = meta.get(key)
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, dict) or non_string_entry(value) is not None:
         raise _invalid(kind, obj, f"metadata.{key} must map strings to strings")
     return value

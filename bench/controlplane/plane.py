@@ -28,7 +28,7 @@ from wisp_operator.auth import LocalCredentials
 from wisp_operator.ca_service import CaService
 from wisp_operator.controller import Controller
 from wisp_operator.distributor import Distributor
-from wisp_operator.manifest import object_id
+from wisp_operator.errors import object_id
 from wisp_operator.reconcile import Reconciler
 from wisp_operator.server import ControlPlaneApp, serve
 from wisp_operator.store import ObjectStore

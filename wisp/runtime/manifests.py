@@ -17,7 +17,7 @@ import structlog
 import yaml
 
 from wisp.deployments import pods_for_deployment
-from wisp.enrolment import InvalidObject
+from wisp.kube import InvalidObject
 
 from .topology import SERVICE_NETWORK
 
