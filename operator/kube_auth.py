@@ -220,24 +220,26 @@ class TokenReviewer:
             if now < until:
                 return reviewed
             del self._cache[key]
-        pending = self._inflight.get(key)
-        if pending is not None:
-            # shield: one waiter cancelled must not cancel the review the others wait for.
-            return await asyncio.shield(pending)
-        future: asyncio.Future[ReviewedToken] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            reviewed = await self._ask(token)
-        except BaseException as exc:
-            future.set_exception(exc)
-            # Retrieved here so a review nobody else awaited does not warn "never retrieved".
-            future.exception()
-            raise
-        finally:
-            del self._inflight[key]
-        future.set_result(reviewed)
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._review_and_remember(key, token, now))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._settled(key, done))
+        # shield: a waiter that is cancelled (its request went away) must not cancel the review
+        # the other waiters share; a review nobody waits for any more still ends within `timeout`.
+        return await asyncio.shield(task)
+
+    async def _review_and_remember(self, key: bytes, token: str, now: float) -> ReviewedToken:
+        reviewed = await self._ask(token)
         self._remember(key, reviewed, now)
         return reviewed
+
+    def _settled(self, key: bytes, task: asyncio.Future[ReviewedToken]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        # Retrieved here so a refusal whose waiters were all cancelled is not reported as lost.
+        if not task.cancelled():
+            task.exception()
 
     def _remember(self, key: bytes, reviewed: ReviewedToken, now: float) -> None:
         if reviewed.expires is None or self.cache_size == 0:

@@ -447,3 +447,75 @@ def test_refusals_are_not_cached(bed: Bed) -> None:
             await api.close()
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_a_cancelled_request_does_not_cancel_the_review_others_share(bed: Bed) -> None:
+    token = bed.token("ztunnel-node1", bed.system, "ztunnel")
+
+    async def scenario() -> tuple[ReviewedToken, int]:
+        api = await _api_client(bed.cluster)
+        try:
+            reviewer = TokenReviewer(api)
+            first = asyncio.ensure_future(reviewer.review(token))
+            second = asyncio.ensure_future(reviewer.review(token))
+            await asyncio.sleep(0)
+            first.cancel()
+            return await second, reviewer.reviews
+        finally:
+            await api.close()
+
+    reviewed, reviews = asyncio.run(scenario())
+    assert reviewed.pod_name == "ztunnel-node1"
+    assert reviews == 1
+
+
+# --- the reviewer's own permission ------------------------------------------------------------
+
+
+def test_reviewer_needs_create_on_tokenreviews_and_says_so_without_it(bed: Bed) -> None:
+    """The operator reviews with its own service account: without `create tokenreviews` (the
+    system:auth-delegator ClusterRole) the API server answers 403, which is the control plane's
+    problem, not the caller's (`unavailable`); with the binding the same review passes."""
+    binding = "wisp-ca-test-reviewer-" + bed.system
+    with bed.cluster.client() as client:
+        created = client.post("/api/v1/namespaces/%s/serviceaccounts" % bed.system,
+                              json={"metadata": {"name": "reviewer"}})
+        assert created.status_code == 201, created.text
+        # No audience: the API server's own, so the token authenticates the operator to it.
+        issued = client.post("/api/v1/namespaces/%s/serviceaccounts/reviewer/token" % bed.system,
+                             json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                                   "spec": {"expirationSeconds": 600}})
+        assert issued.status_code == 201, issued.text
+    operator_token = issued.json()["status"]["token"]
+    caller_token = bed.token("ztunnel-node1", bed.system, "ztunnel")
+
+    async def check() -> Caller | Refusal:
+        configuration = k8s_client.Configuration(host=bed.cluster.server, api_key={"BearerToken": operator_token},
+                                                 api_key_prefix={"BearerToken": "Bearer"})
+        configuration.ssl_ca_cert = str(bed.cluster.pki.ca_cert)
+        api = k8s_client.ApiClient(configuration)
+        try:
+            return await _authenticator(bed, TokenReviewer(api)).check("Bearer " + caller_token)
+        finally:
+            await api.close()
+
+    try:
+        refused = asyncio.run(check())
+        assert isinstance(refused, Refusal) and refused.unavailable
+        assert refused.reason.startswith("TokenReview failed: HTTP 403"), refused
+        assert 'User "system:serviceaccount:%s:reviewer" cannot create resource "tokenreviews"' % bed.system \
+            in refused.reason
+        with bed.cluster.client() as client:
+            created = client.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", json={
+                "metadata": {"name": binding},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "system:auth-delegator"},
+                "subjects": [{"kind": "ServiceAccount", "name": "reviewer", "namespace": bed.system}]})
+            assert created.status_code == 201, created.text
+        # RBAC is read from the API server's informer cache: the binding takes effect shortly.
+        accepted = wait_for(lambda: (lambda v: v if isinstance(v, Caller) else None)(asyncio.run(check())),
+                            "the review to pass with system:auth-delegator", timeout=15)
+        assert accepted == Caller(ROLE_ZTUNNEL, node="node1", identity=bed.identity("ztunnel", bed.system))
+    finally:
+        with bed.cluster.client() as client:
+            client.delete("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/%s" % binding)
