@@ -294,6 +294,7 @@ def test_chart_values_reach_the_objects_and_the_api_server_accepts_them(
     assert operator["replicas"] == 3
     assert container["image"] == "registry.example/wisp:9.9.9"
     assert "--cacerts=/etc/cacerts" in container["args"]
+    assert "--waypoint-image=registry.example/wisp:9.9.9" in container["args"]
     assert {"name": "cacerts", "secret": {"secretName": "cacerts"}} in operator["template"]["spec"]["volumes"]
     ztunnel = indexed[("apps/v1", "DaemonSet", namespace, "ztunnel")]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in ztunnel["env"]}
