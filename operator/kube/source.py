@@ -131,7 +131,8 @@ class KubeSource:
         self._listed: set[str] = set()
         self._connected = asyncio.Event()
         self._connected.set()
-        self._watch_tasks: set[asyncio.Task[Any]] = set()
+        self._watch_tasks: set[asyncio.Future[Any]] = set()
+        self._dropped: set[asyncio.Future[Any]] = set()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -142,6 +143,7 @@ class KubeSource:
         """Drop every watch and open none until ``reconnect()``; resourceVersions are kept."""
         self._connected.clear()
         for task in list(self._watch_tasks):
+            self._dropped.add(task)
             task.cancel()
 
     def reconnect(self) -> None:
@@ -164,9 +166,11 @@ class KubeSource:
                 try:
                     await watch
                 except asyncio.CancelledError:
-                    if not watch.cancelled() or self._connected.is_set():
-                        raise  # we are being cancelled, not disconnected
+                    current = asyncio.current_task()
+                    if watch not in self._dropped or (current is not None and current.cancelling()):
+                        raise  # we are being cancelled, not (only) disconnected
                 finally:
+                    self._dropped.discard(watch)
                     self._watch_tasks.discard(watch)
                     watch.cancel()
                 backoff.reset()

@@ -30,7 +30,8 @@ def _status(url: str) -> int:
 def test_operator_process_in_kubernetes_mode(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
     install_crds(cluster)
     listen, health = free_ports(2)
-    command = [sys.executable, "-m", "wisp_operator.main", "--kubeconfig", str(cluster.kubeconfig),
+    # The installed entry point, as a deployment runs it.
+    command = [str(Path(sys.executable).parent / "wisp-operator"), "--kubeconfig", str(cluster.kubeconfig),
                "--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1:%d" % listen,
                "--health-listen", "127.0.0.1:%d" % health, "--lease-namespace", namespace,
                "--identity", "process-under-test"]

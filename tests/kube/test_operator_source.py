@@ -86,11 +86,41 @@ def test_initial_list_then_watch_events_reach_store_and_model(cluster: Cluster, 
             assert op.source.events >= 3
 
 
-def test_missing_crd_is_skipped_then_followed(cluster: Cluster, namespace: str) -> None:
+GATEWAY_CLASS_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    # A *.k8s.io group needs the approval annotation, as the real Gateway API CRDs carry.
+    "metadata": {"name": "gatewayclasses.gateway.networking.k8s.io",
+                 "annotations": {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}},
+    "spec": {"group": "gateway.networking.k8s.io", "scope": "Cluster",
+             "names": {"plural": "gatewayclasses", "singular": "gatewayclass", "kind": "GatewayClass",
+                       "listKind": "GatewayClassList"},
+             "versions": [{"name": "v1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {"type": "object",
+                                                          "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def test_missing_crd_is_skipped_then_followed_once_installed(cluster: Cluster) -> None:
     kind = KINDS_BY_NAME["GatewayClass"]  # deploy/crds bundles no GatewayClass CRD
-    with RunningOperator(cluster, [KINDS_BY_NAME["Namespace"], kind]) as op:
+    crd_path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    with cluster.client() as client, RunningOperator(cluster, [KINDS_BY_NAME["Namespace"], kind]) as op:
+        assert client.get(crd_path + "/" + GATEWAY_CLASS_CRD["metadata"]["name"]).status_code == 404
         wait_for(op.source.synced.is_set, "sync with one kind absent")
         assert "GatewayClass" in op.source.absent
+        try:
+            installed = client.post(crd_path, json=GATEWAY_CLASS_CRD)
+            assert installed.status_code == 201, installed.text
+            cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                            "crd/" + GATEWAY_CLASS_CRD["metadata"]["name"])
+            created = client.post(kind.path(), json={"apiVersion": kind.api_version, "kind": "GatewayClass",
+                                                     "metadata": {"name": "istio-waypoint"},
+                                                     "spec": {"controllerName": "istio.io/mesh-controller"}})
+            assert created.status_code == 201, created.text
+            wait_for(lambda: op.on_loop(lambda: op.store.get("GatewayClass", "", "istio-waypoint")),
+                     "the GatewayClass once its CRD is installed")
+            assert "GatewayClass" not in op.source.absent
+        finally:
+            client.delete(crd_path + "/" + GATEWAY_CLASS_CRD["metadata"]["name"])
 
 
 def _compact_etcd(cluster: Cluster) -> int:
