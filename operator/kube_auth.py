@@ -29,7 +29,8 @@ Contract:
   why, in the words of ca_service.py.
 - Pods are looked up through two callables so the operator answers them from its watch cache:
   `pod_by_name(namespace, name) -> dict | None` and `pod_on_node(namespace, service_account, node)
-  -> bool` (a non-terminal pod). `state_pod_lookups(state)` builds both over a `ClusterState`.
+  -> bool` (a non-terminal pod). `state_pod_lookups(state)` builds both over a `ClusterState`;
+  `KubeAuthenticator.for_operator(api_client, state, ...)` wires reviewer and lookups at once.
 
 Why kubernetes-asyncio rather than httpx: the operator runs on asyncio and talks to the API server
 through one kubernetes-asyncio `ApiClient` configured from its kubeconfig or in-cluster service
@@ -299,6 +300,21 @@ class KubeAuthenticator:
         self.pod_on_node = pod_on_node
         self.trust_domain = trust_domain
         self.trusted_node_accounts = parse_accounts(trusted_node_accounts)
+
+    @classmethod
+    def for_operator(
+        cls,
+        api_client: k8s_client.ApiClient,
+        state: Callable[[], ClusterState],
+        *,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        trusted_node_accounts: str | Collection[str] = DEFAULT_TRUSTED_NODE_ACCOUNTS,
+        audience: str = DEFAULT_AUDIENCE,
+    ) -> KubeAuthenticator:
+        """Reviews through the operator's ApiClient, pods from its latest ClusterState."""
+        pod_by_name, pod_on_node = state_pod_lookups(state)
+        return cls(TokenReviewer(api_client, audience), pod_by_name, pod_on_node,
+                   trust_domain=trust_domain, trusted_node_accounts=trusted_node_accounts)
 
     async def authenticate(self, authorization: str | None) -> Caller | None:
         """The caller behind an `Authorization: Bearer <token>` header, or None (reason logged)."""

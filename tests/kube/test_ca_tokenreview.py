@@ -39,10 +39,15 @@ from wisp_operator.distributor import ROLE_WAYPOINT, ROLE_ZTUNNEL
 from wisp_operator.kube_auth import (
     DEFAULT_AUDIENCE,
     KubeAuthenticator,
+    KubeAuthError,
     Refusal,
     ReviewedToken,
+    ReviewUnavailable,
     TokenRefused,
     TokenReviewer,
+    parse_accounts,
+    read_review,
+    token_expiry,
 )
 from wisp_operator.waypoints import MANAGED_BY_MESH, MANAGED_GATEWAY_LABEL
 
@@ -519,3 +524,74 @@ def test_reviewer_needs_create_on_tokenreviews_and_says_so_without_it(bed: Bed) 
     finally:
         with bed.cluster.client() as client:
             client.delete("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/%s" % binding)
+
+
+# --- answers that are not what the API server should say (no test bed needed) ----------------
+
+
+@pytest.mark.parametrize("status, error", [
+    (None, ReviewUnavailable),
+    ({"authenticated": True}, TokenRefused),  # no audiences confirmed
+    ({"authenticated": True, "audiences": ["istio-ca"], "user": "x"}, TokenRefused),
+    ({"authenticated": True, "audiences": ["istio-ca"],
+      "user": {"username": "kubernetes-admin", "groups": ["system:masters"]}}, TokenRefused),
+    ({"authenticated": True, "audiences": ["istio-ca"],
+      "user": {"username": "system:serviceaccount:a", "groups": ["system:serviceaccounts"]}}, TokenRefused),
+    ({"authenticated": "yes", "audiences": ["istio-ca"]}, TokenRefused),
+])
+def test_odd_token_review_answers_are_refusals(status: Any, error: type) -> None:
+    with pytest.raises(error):
+        read_review(status, DEFAULT_AUDIENCE)
+
+
+def test_extras_other_than_one_string_are_ignored() -> None:
+    reviewed = read_review({"authenticated": True, "audiences": ["istio-ca"], "user": {
+        "username": "system:serviceaccount:ns:sa", "groups": ["system:serviceaccounts"],
+        "extra": {"authentication.kubernetes.io/pod-name": ["a", "b"],
+                  "authentication.kubernetes.io/pod-uid": "u",
+                  "authentication.kubernetes.io/node-name": [""]}}}, DEFAULT_AUDIENCE)
+    assert reviewed == ReviewedToken("ns", "sa")
+
+
+@pytest.mark.parametrize("text", ["istio-system", "/ztunnel", "istio-system/", "a/b/c"])
+def test_trusted_node_accounts_must_be_namespace_slash_name(text: str) -> None:
+    with pytest.raises(KubeAuthError, match="is not <namespace>/<service-account>"):
+        parse_accounts(text)
+
+
+def test_trusted_node_accounts_read_istios_comma_separated_form() -> None:
+    assert parse_accounts("istio-system/ztunnel, kube-system/ztunnel,") == {
+        ("istio-system", "ztunnel"), ("kube-system", "ztunnel")}
+
+
+@pytest.mark.parametrize("token", ["", "a.b", "a.!!!.c", "a.%s.c" % base64.urlsafe_b64encode(b"[1]").decode(),
+                                   "a.%s.c" % base64.urlsafe_b64encode(b'{"exp": true}').decode()])
+def test_token_without_a_readable_exp_has_no_expiry(token: str) -> None:
+    assert token_expiry(token) is None
+
+
+def test_for_operator_serves_pods_from_a_cluster_state(bed: Bed) -> None:
+    """The operator's wiring: pods from its ClusterState (here filled by one list per namespace,
+    as its watch cache is), reviews through its ApiClient."""
+    with bed.cluster.client() as client:
+        listed = [dict(pod, kind="Pod", apiVersion="v1") for ns in (bed.system, bed.apps)
+                  for pod in client.get("/api/v1/namespaces/%s/pods" % ns).json()["items"]]
+    state = ClusterState.of(listed)
+    token = bed.token("ztunnel-node2", bed.system, "ztunnel")
+
+    async def scenario() -> tuple[Caller | None, str | None, str | None]:
+        api = await _api_client(bed.cluster)
+        try:
+            authenticator = KubeAuthenticator.for_operator(
+                api, lambda: state, trusted_node_accounts=["%s/ztunnel" % bed.system])
+            caller = await authenticator.authenticate("Bearer " + token)
+            assert caller is not None
+            return (caller, authenticator.authorize(caller, bed.identity("ratings"), state, TRUST_DOMAIN),
+                    authenticator.authorize(caller, bed.identity("reviews"), state, TRUST_DOMAIN))
+        finally:
+            await api.close()
+
+    caller, ratings, reviews = asyncio.run(scenario())
+    assert caller == Caller(ROLE_ZTUNNEL, node="node2", identity=bed.identity("ztunnel", bed.system))
+    assert ratings is None
+    assert reviews is not None and "is on node 'node2'" in reviews
