@@ -374,6 +374,24 @@ def _write_stamp(directory: Path, part: str, recipe: dict[str, object], report: 
     os.replace(temporary, stamp)
 
 
+def _finish(directory: Path, part: str, version: str, recipe: dict[str, object], built: Path,
+            commands: Sequence[str], started: float, usage: _Usage, go_version: str, note: str = "") -> PartReport:
+    """Install a part's freshly built binaries, then record what building it cost in its stamp
+    (written last: a stamp means the binaries are in place)."""
+    _install(built, directory, commands)
+    report = PartReport(
+        part=part,
+        version=version,
+        seconds=round(time.monotonic() - started, 1),
+        peak_tree_rss_mb=round(usage.peak_tree_kb / 1024, 1),
+        peak_process_rss_mb=round(_peak_process_rss_mb(), 1),
+        go_version=go_version,
+        note=note,
+    )
+    _write_stamp(directory, part, recipe, report)
+    return report
+
+
 def staging_replaces(go_mod_text: str, staging_version: str) -> list[tuple[str, str]]:
     """`(module, published version)` for every `=> ./staging/...` replace of kubernetes' go.mod."""
     replaces: list[tuple[str, str]] = []
@@ -451,16 +469,8 @@ def _build_kubernetes(directory: Path, version: str, say: Progress) -> PartRepor
         say,
         usage,
     )
-    _install(built, directory, KUBE_COMMANDS)
-    report = PartReport(
-        part="kubernetes",
-        version=version,
-        seconds=round(time.monotonic() - started, 1),
-        peak_tree_rss_mb=round(usage.peak_tree_kb / 1024, 1),
-        peak_process_rss_mb=round(_peak_process_rss_mb(), 1),
-        go_version=go_version,
-    )
-    _write_stamp(directory, "kubernetes", _kube_recipe(version), report)
+    report = _finish(directory, "kubernetes", version, _kube_recipe(version), built, KUBE_COMMANDS, started, usage,
+                     go_version)
     say("kubernetes %s: built in %.1f min" % (version, report.seconds / 60))
     return report
 
@@ -500,17 +510,8 @@ def _build_etcd_version(directory: Path, version: str, say: Progress, note: str)
         say,
         usage,
     )
-    _install(built, directory, (ETCD_COMMAND,))
-    report = PartReport(
-        part="etcd",
-        version=version,
-        seconds=round(time.monotonic() - started, 1),
-        peak_tree_rss_mb=round(usage.peak_tree_kb / 1024, 1),
-        peak_process_rss_mb=round(_peak_process_rss_mb(), 1),
-        go_version=go_version,
-        note=note,
-    )
-    _write_stamp(directory, "etcd", _etcd_recipe(version), report)
+    report = _finish(directory, "etcd", version, _etcd_recipe(version), built, (ETCD_COMMAND,), started, usage,
+                     go_version, note)
     say("etcd %s: built in %.1f min" % (version, report.seconds / 60))
     return report
 

@@ -80,16 +80,7 @@ def build_cnitool(
         say,
         usage,
     )
-    build._install(built, where, (COMMAND,))
-    report = build.PartReport(
-        part=COMMAND,
-        version=version,
-        seconds=round(time.monotonic() - started, 1),
-        peak_tree_rss_mb=round(usage.peak_tree_kb / 1024, 1),
-        peak_process_rss_mb=round(build._peak_process_rss_mb(), 1),
-        go_version=go_version,
-    )
-    build._write_stamp(where, COMMAND, _recipe(version), report)
+    report = build._finish(where, COMMAND, version, _recipe(version), built, (COMMAND,), started, usage, go_version)
     say("cnitool %s: built in %.1f s" % (version, report.seconds))
     return where / "bin" / COMMAND, report
 

@@ -107,15 +107,7 @@ def _build(directory: Path, version: str, say: build.Progress) -> build.PartRepo
         say,
         usage,
     )
-    build._install(built, directory, (HELM_COMMAND,))
-    report = build.PartReport(
-        part=PART,
-        version=version,
-        seconds=round(time.monotonic() - started, 1),
-        peak_tree_rss_mb=round(usage.peak_tree_kb / 1024, 1),
-        peak_process_rss_mb=round(build._peak_process_rss_mb(), 1),
-        go_version=go_version,
-    )
-    build._write_stamp(directory, PART, _recipe(version), report)
+    report = build._finish(directory, PART, version, _recipe(version), built, (HELM_COMMAND,), started, usage,
+                           go_version)
     say("helm %s: built in %.1f min" % (version, report.seconds / 60))
     return report
