@@ -8,6 +8,7 @@ leader writes status.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from wisp.testbed.cluster import Cluster
 
@@ -65,13 +66,18 @@ def _hand_over(cluster: Cluster, namespace: str, release: bool) -> float:
             second.stop()
 
 
-def test_leader_hands_over_at_once_when_the_leader_releases(cluster: Cluster, namespace: str) -> None:
+def test_leader_hands_over_at_once_when_the_leader_releases(cluster: Cluster, namespace: str, capsys: Any) -> None:
     took = _hand_over(cluster, namespace, release=True)
+    with capsys.disabled():
+        print("\nhand-over after a release: %.2f s (lease %.0f s, retry %.1f s)" % (took, LEASE, RETRY))
     # Released: the follower takes it at its next retry, without waiting out the lease.
     assert took < LEASE, took
 
 
-def test_leader_hands_over_within_the_lease_time_when_the_leader_dies(cluster: Cluster, namespace: str) -> None:
+def test_leader_hands_over_within_the_lease_time_when_the_leader_dies(cluster: Cluster, namespace: str,
+                                                                      capsys: Any) -> None:
     took = _hand_over(cluster, namespace, release=False)
+    with capsys.disabled():
+        print("\nhand-over after a leader stopped without releasing: %.2f s" % took)
     # Not released: the follower waits until the record has not changed for a lease duration.
     assert LEASE - 1.0 < took < LEASE + 2 * RETRY + 1.0, took
