@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     from wisp.runtime import cli as runtime_cli
 
     runtime_cli.add_commands(sub)
+    from wisp import commands
+
+    for module in commands.modules():
+        module.add_commands(sub)
     argv = sys.argv[1:] if argv is None else list(argv)
     # `wisp exec POD -- CMD ...`: everything after `--` is the command, whatever it looks like.
     after_dashes = None
@@ -42,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("`--` is only used by `wisp exec POD -- COMMAND`")
         args.argv = after_dashes
     log.configure(args.log_level)
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return handler(args)
     if args.command in ("up", "down", "apply", "delete", "get", "label", "exec"):
         return runtime_cli.run_command(args)
 
