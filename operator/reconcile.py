@@ -264,7 +264,8 @@ class _Build:
         if reorder:
             # A new Workload lands where the full build would put it: in Pod key order.
             workloads = {w.uid: w for w in (self.pods[k].workload for k in self.workload_keys) if w is not None}
-        model = ModelSnapshot(workloads, previous.model.services, previous.model.authorizations)
+        model = ModelSnapshot(workloads, previous.model.services, previous.model.authorizations,
+                              previous.model.objects)
         status = previous.status
         if writes_changed:
             status = self.head_writes + tuple(self.pods[k].write for k in self.write_keys)  # type: ignore[misc]

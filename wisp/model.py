@@ -2,7 +2,10 @@
 
 Workload, Service and Authorization carry Istio's field names and semantics
 (ztunnel's ``proto/workload.proto`` and ``proto/authorization.proto``), so a
-config dump of ours reads like one of Istio's. Everything here is plain, frozen
+config dump of ours reads like one of Istio's. ConfigObject carries the Gateway
+API and AuthorizationPolicy objects a waypoint compiles itself (only waypoints
+receive them; ztunnels never do), as the object's compact JSON text so the model
+stays typed, hashable and comparable. Everything here is plain, frozen
 data plus a stable JSON form: the config stream sends ``encode(obj)`` bytes and
 clients rebuild objects with ``from_json``. ``diff`` turns two snapshots into
 the delta the stream sends after its first full snapshot.
@@ -187,7 +190,71 @@ class Authorization:
     dry_run: bool = False
 
 
-Resource = Union[Workload, Service, Authorization]
+# --- Kubernetes objects for waypoints ----------------------------------------------------------
+
+CONFIG_OBJECT_KINDS = frozenset({"Gateway", "HTTPRoute", "GRPCRoute", "AuthorizationPolicy"})
+# What of an object's metadata a waypoint may need: labels (selectors), annotations,
+# creationTimestamp and generation (route precedence ties are broken by age, then name).
+_CONFIG_METADATA = ("labels", "annotations", "creationTimestamp", "generation")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigObject:
+    """A Gateway, HTTPRoute, GRPCRoute or AuthorizationPolicy as a waypoint receives it.
+
+    ``body`` is the Kubernetes object as compact, key-sorted JSON text: apiVersion, kind,
+    metadata (name, namespace and `_CONFIG_METADATA`) and spec, never status, so a status write
+    does not change the model. Build one with `config_object`; read it with `object`.
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    body: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONFIG_OBJECT_KINDS:
+            raise ModelError(f"ConfigObject kind {self.kind!r} is not one of {sorted(CONFIG_OBJECT_KINDS)}")
+
+    def object(self) -> dict[str, Any]:
+        """The object as a dict (a new one each call). Raises ModelError if the body is not a JSON object."""
+        try:
+            data = json.loads(self.body)
+        except ValueError as exc:
+            raise ModelError(f"{self.kind} {self.namespace}/{self.name}: body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ModelError(f"{self.kind} {self.namespace}/{self.name}: body is not a JSON object")
+        return data
+
+
+def config_object(obj: Mapping[str, Any]) -> ConfigObject:
+    """The ConfigObject for a Kubernetes object (a dict as the API server returns it).
+
+    Raises ModelError naming what is missing when the object has no kind, name or namespace,
+    or its kind is not one a waypoint receives.
+    """
+    kind = obj.get("kind")
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, Mapping):
+        raise ModelError(f"{kind or 'object'} has no metadata")
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    if not isinstance(kind, str) or not isinstance(name, str) or not name \
+            or not isinstance(namespace, str) or not namespace:
+        raise ModelError(f"{kind or 'object'} needs a kind, metadata.name and metadata.namespace")
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    for key in _CONFIG_METADATA:
+        if metadata.get(key):
+            meta[key] = metadata[key]
+    body: dict[str, Any] = {"apiVersion": obj.get("apiVersion", ""), "kind": kind, "metadata": meta,
+                            "spec": obj.get("spec") or {}}
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{kind} {namespace}/{name} is not JSON-serialisable: {exc}") from None
+    return ConfigObject(kind, namespace, name, text)
+
+
+Resource = Union[Workload, Service, Authorization, ConfigObject]
 
 
 # --- keys, snapshots and deltas ----------------------------------------------------------------
@@ -195,6 +262,7 @@ Resource = Union[Workload, Service, Authorization]
 KIND_WORKLOAD = "workload"
 KIND_SERVICE = "service"
 KIND_AUTHORIZATION = "authorization"
+KIND_CONFIG_OBJECT = "object"
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -206,13 +274,15 @@ class ResourceKey:
 
 
 def resource_key(obj: Resource) -> ResourceKey:
-    """Workload uid, service "ns/hostname", authorization "ns/name"."""
+    """Workload uid, service "ns/hostname", authorization "ns/name", object "Kind/ns/name"."""
     if isinstance(obj, Workload):
         return ResourceKey(KIND_WORKLOAD, obj.uid)
     if isinstance(obj, Service):
         return ResourceKey(KIND_SERVICE, f"{obj.namespace}/{obj.hostname}")
     if isinstance(obj, Authorization):
         return ResourceKey(KIND_AUTHORIZATION, f"{obj.namespace}/{obj.name}")
+    if isinstance(obj, ConfigObject):
+        return ResourceKey(KIND_CONFIG_OBJECT, f"{obj.kind}/{obj.namespace}/{obj.name}")
     raise TypeError(f"not a model resource: {type(obj).__name__}")
 
 
@@ -228,41 +298,46 @@ class ModelSnapshot:
     workloads: Mapping[str, Workload] = field(default_factory=dict)
     services: Mapping[str, Service] = field(default_factory=dict)
     authorizations: Mapping[str, Authorization] = field(default_factory=dict)
+    objects: Mapping[str, ConfigObject] = field(default_factory=dict)
 
     @classmethod
     def of(cls, resources: typing.Iterable[Resource]) -> ModelSnapshot:
         workloads: dict[str, Workload] = {}
         services: dict[str, Service] = {}
         authorizations: dict[str, Authorization] = {}
+        objects: dict[str, ConfigObject] = {}
+        targets: dict[str, dict[str, Any]] = {
+            KIND_WORKLOAD: workloads,
+            KIND_SERVICE: services,
+            KIND_AUTHORIZATION: authorizations,
+            KIND_CONFIG_OBJECT: objects,
+        }
         for obj in resources:
             rk = resource_key(obj)
-            target: dict[str, Any] = {
-                KIND_WORKLOAD: workloads,
-                KIND_SERVICE: services,
-                KIND_AUTHORIZATION: authorizations,
-            }[rk.kind]
-            target[rk.key] = obj
-        return cls(workloads, services, authorizations)
+            targets[rk.kind][rk.key] = obj
+        return cls(workloads, services, authorizations, objects)
 
     def persistent(self) -> ModelSnapshot:
         """The same snapshot with persistent maps, which `apply` patches without copying."""
         return ModelSnapshot(*(m if isinstance(m, immutables.Map) else immutables.Map(m)
-                               for m in (self.workloads, self.services, self.authorizations)))
+                               for m in (self.workloads, self.services, self.authorizations,
+                                         self.objects)))
 
     def resources(self) -> typing.Iterator[Resource]:
         yield from self.workloads.values()
         yield from self.services.values()
         yield from self.authorizations.values()
+        yield from self.objects.values()
 
     def __len__(self) -> int:
-        return len(self.workloads) + len(self.services) + len(self.authorizations)
+        return len(self.workloads) + len(self.services) + len(self.authorizations) + len(self.objects)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ModelSnapshot):
             return NotImplemented
         return all(_same_items(a, b) for a, b in (
             (self.workloads, other.workloads), (self.services, other.services),
-            (self.authorizations, other.authorizations)))
+            (self.authorizations, other.authorizations), (self.objects, other.objects)))
 
     __hash__ = None  # type: ignore[assignment]  # maps are not hashable
 
@@ -295,6 +370,7 @@ def diff(old: ModelSnapshot, new: ModelSnapshot) -> Delta:
         (KIND_WORKLOAD, old.workloads, new.workloads),
         (KIND_SERVICE, old.services, new.services),
         (KIND_AUTHORIZATION, old.authorizations, new.authorizations),
+        (KIND_CONFIG_OBJECT, old.objects, new.objects),
     ):
         for key, obj in after.items():
             prev = before.get(key)
@@ -321,6 +397,7 @@ def apply(snapshot: ModelSnapshot, delta: Delta) -> ModelSnapshot:
         KIND_WORKLOAD: snapshot.workloads,
         KIND_SERVICE: snapshot.services,
         KIND_AUTHORIZATION: snapshot.authorizations,
+        KIND_CONFIG_OBJECT: snapshot.objects,
     }
     mutations: dict[str, Any] = {}
 
@@ -339,7 +416,8 @@ def apply(snapshot: ModelSnapshot, delta: Delta) -> ModelSnapshot:
         writable(rk.kind)[rk.key] = obj
     for kind, mutation in mutations.items():
         maps[kind] = mutation.finish()
-    return ModelSnapshot(maps[KIND_WORKLOAD], maps[KIND_SERVICE], maps[KIND_AUTHORIZATION])
+    return ModelSnapshot(maps[KIND_WORKLOAD], maps[KIND_SERVICE], maps[KIND_AUTHORIZATION],
+                         maps[KIND_CONFIG_OBJECT])
 
 
 # --- JSON ---------------------------------------------------------------------------------------
@@ -352,6 +430,7 @@ _KINDS: dict[str, type] = {
     KIND_WORKLOAD: Workload,
     KIND_SERVICE: Service,
     KIND_AUTHORIZATION: Authorization,
+    KIND_CONFIG_OBJECT: ConfigObject,
 }
 
 
@@ -403,7 +482,7 @@ def encode(obj: Any) -> bytes:
 
 def from_json(kind: str | type, data: Any) -> Any:
     """Rebuild a model object from ``to_json`` output; ``kind`` is "workload"/"service"/
-    "authorization" or a model class. Raises ModelError on malformed input, naming the field."""
+    "authorization"/"object" or a model class. Raises ModelError on malformed input, naming the field."""
     cls = _KINDS.get(kind) if isinstance(kind, str) else kind
     if cls is None:
         raise ModelError(f"unknown model kind {kind!r}; expected one of {sorted(_KINDS)}")
@@ -479,6 +558,8 @@ def _dataclass_decoder(cls: type) -> Callable[[Any], Any]:
         try:
             return cls(**kwargs)
         except TypeError as exc:  # a required field is missing
+            raise _Malformed(str(exc)) from None
+        except ModelError as exc:  # the class's own check (ConfigObject's kind)
             raise _Malformed(str(exc)) from None
     return decode
 

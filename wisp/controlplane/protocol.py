@@ -7,7 +7,8 @@ A subscriber POSTs to `/v1/config` and reads newline-delimited JSON, one message
 - `{"type": "ping"}` — keeps an idle stream alive and lets the client notice a dead one;
 - `{"type": "close", "reason": "..."}` — the control plane ends the stream (a NACK, acks
   overdue, a bad ack): the client ends its side and reconnects.
-R is `{"kind", "key", "value"}` with the model's JSON; K is `{"kind", "key"}`. Versions are
+R is `{"kind", "key", "value"}` with the model's JSON (kind `workload`, `service`,
+`authorization`, or `object` for a ConfigObject, which only waypoints receive); K is `{"kind", "key"}`. Versions are
 opaque strings `<epoch>-<n>`: a restarted control plane has a new epoch, so a client resuming
 with an old version gets a snapshot. The client acknowledges what it applied (or reports the
 error) in its request body on the same stream, one line each: `{"version": V}` or
