@@ -41,6 +41,11 @@ class Config:
     engine: str = "epoll"  # the data-path engine's shape (wisp.engine.runtime.SHAPES)
     # Live connections one source IP may hold on each listener of a pod (docs/hbone.md, "Hostile peers").
     max_connections_per_source: int = DEFAULT_PER_SOURCE
+    # Who this ztunnel is, as its pod's environment says on Kubernetes (ztunnel/environment.py).
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+    instance_ip: str | None = None
+    service_account: str | None = None
 
     @property
     def subscriber_id(self) -> str:

@@ -1,4 +1,9 @@
-"""`wisp-ztunnel`: the node proxy's command line."""
+"""`wisp-ztunnel`: the node proxy's command line.
+
+Every setting Istio's chart passes through the environment (NODE_NAME, XDS_ADDRESS, CA_ADDRESS,
+AUTH_TOKEN, CA_ROOT_CA, TRUST_DOMAIN, ...: ztunnel/environment.py) is the default of its flag;
+a flag given wins. A bad flag or variable is a usage error (exit 2) naming it.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from wisp.zds.protocol import DEFAULT_SOCKET_PATH
 
 from .app import Ztunnel
 from .config import Config
+from .environment import EnvironmentProblem, read as read_environment
 from .inpod.supervisor import default_count
 
 MAX_WORKERS = 64
@@ -57,15 +63,17 @@ def _fd_pair(text: str) -> tuple[int, int]:
 
 def parse_args(argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(prog="wisp-ztunnel", description="wisp's per-node L4 proxy (ztunnel)")
-    parser.add_argument("--node", default=os.environ.get("NODE_NAME"), help="this node's name (env NODE_NAME)")
-    parser.add_argument("--zds-socket", default=DEFAULT_SOCKET_PATH, help="the node agent's ZDS socket")
-    parser.add_argument("--control-plane", type=_host_port, default=os.environ.get("WISP_CONTROL_PLANE"),
-                        help="host:port of the control plane (config stream and CA)")
+    parser.add_argument("--node", help="this node's name (env NODE_NAME)")
+    parser.add_argument("--zds-socket", help=f"the node agent's ZDS socket (env INPOD_UDS; default {DEFAULT_SOCKET_PATH})")
+    parser.add_argument("--control-plane", type=_host_port,
+                        help="host:port of the control plane, config stream and CA "
+                             "(env WISP_CONTROL_PLANE, or XDS_ADDRESS/CA_ADDRESS as Istio's chart sets them)")
     parser.add_argument("--state-dir", default="/run/wisp/state",
                         help="holds root-cert.pem and tokens/ztunnel-<node>")
-    parser.add_argument("--token-file", help="bearer token (default <state-dir>/tokens/ztunnel-<node>)")
-    parser.add_argument("--root-cert", help="mesh roots (default <state-dir>/root-cert.pem)")
-    parser.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+    parser.add_argument("--token-file",
+                        help="bearer token (env AUTH_TOKEN; default <state-dir>/tokens/ztunnel-<node>)")
+    parser.add_argument("--root-cert", help="mesh roots (env CA_ROOT_CA or XDS_ROOT_CA; default <state-dir>/root-cert.pem)")
+    parser.add_argument("--trust-domain", help=f"env TRUST_DOMAIN; default {DEFAULT_TRUST_DOMAIN}")
     parser.add_argument("--admin-address", type=_address, default=("127.0.0.1", 15000))
     parser.add_argument("--metrics-address", type=_address, default=("0.0.0.0", 15020))
     parser.add_argument("--readiness-address", type=_address, default=("0.0.0.0", 15021))
@@ -85,6 +93,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--log-level", default=os.environ.get("WISP_LOG_LEVEL", "info"))
     parser.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
     args = parser.parse_args(argv)
+    given = {name for name in ("node", "zds_socket", "control_plane", "token_file", "root_cert", "trust_domain",
+                               "log_json") if getattr(args, name) is not None}
+    try:
+        env = read_environment(os.environ, given)
+    except EnvironmentProblem as exc:
+        parser.error(f"environment: {exc}")
+    for name in ("node", "zds_socket", "control_plane", "token_file", "root_cert", "trust_domain", "log_json"):
+        if name not in given:
+            setattr(args, name, getattr(env, name))
     if args.engine not in SHAPES:
         parser.error(f"WISP_ZTUNNEL_ENGINE={args.engine!r} is not an engine shape; choose one of {', '.join(SHAPES)}")
     if not args.node:
@@ -102,13 +119,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if args.worker_index:
         structlog.contextvars.bind_contextvars(worker=args.worker_index)
     return Config(
-        node=args.node, zds_socket=args.zds_socket, control_plane=args.control_plane,
-        state_dir=args.state_dir, trust_domain=args.trust_domain, token_file=args.token_file,
+        node=args.node, zds_socket=args.zds_socket or DEFAULT_SOCKET_PATH, control_plane=args.control_plane,
+        state_dir=args.state_dir, trust_domain=args.trust_domain or DEFAULT_TRUST_DOMAIN, token_file=args.token_file,
         root_cert=args.root_cert, admin_address=args.admin_address,
         metrics_address=args.metrics_address, readiness_address=args.readiness_address,
         drain_seconds=args.drain_seconds, workers=1 if args.worker_fds else workers,
         worker_index=args.worker_index, worker_fds=args.worker_fds, log_level=args.log_level,
         log_json=args.log_json, engine=args.engine, max_connections_per_source=args.max_connections_per_source,
+        pod_name=env.pod_name, pod_namespace=env.pod_namespace, instance_ip=env.instance_ip,
+        service_account=env.service_account,
     )
 
 
