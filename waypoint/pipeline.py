@@ -1,0 +1,346 @@
+"""The request pipeline: one request head in, one decision out; the same for every protocol shell.
+
+A protocol shell (HTTP/1.1 in `http1`, HTTP/2 and gRPC in `http2*`) parses a request head into a
+`RequestHead` and asks `Pipeline.decide(context, head)`. The stages run in a fixed order, each a
+pure step over the current `WaypointConfig` (Envoy's HTTP connection manager order at a waypoint):
+
+1. **normalise** the path as Istio does before routing and authorization
+   (`waypoint.authz.normalize_path`, BASE); a path Istio rejects → `Respond(400)`.
+2. **authorize** (`waypoint.authz`): the policies for the Service the client dialled (None for a
+   pod IP), the client's SPIFFE identity from the tunnel; denied → `Respond(403, "RBAC: access
+   denied")`.
+3. **route** (`waypoint.route.RouteTable.route`, by the dialled VIP:port and the client's
+   namespace): `Redirect` → `Respond(3xx, Location)`, `DirectResponse` → `Respond(status)`,
+   `Forward` → the backend Service port with the filters applied to the head, `DefaultService`
+   → the dialled Service port (or, for a pod IP, that workload and port) unchanged.
+4. **choose an endpoint**: a HEALTHY workload of the backend Service, at its target port
+   (`upstream.choose_endpoint`); none → `Respond(503, "no healthy upstream")`.
+5. **forwarding headers**: `x-forwarded-for` gets the client's address appended,
+   `x-forwarded-proto` is set when absent, `forwarded` passes unchanged, `x-request-id` is
+   created when absent, `traceparent` keeps its trace id with the waypoint's span as parent
+   (a fresh one when absent or malformed), `tracestate` passes unchanged.
+
+The result is `Respond` (answer now; the shell encodes it) or `Proxy` (send `head` to
+`endpoint`, apply `response_headers` to the response with `response_headers_of`, copy the
+request to each of `mirrors` and ignore their answers). To reach an endpoint the shell calls
+`Pipeline.open_upstream(endpoint, on_stream)`: `on_stream(end, None)` with a splice end (an HBONE
+`StreamEnd` through the waypoint's pool presenting the waypoint's identity, or a `TcpEnd` for a
+workload outside the mesh), or `on_stream(None, reason)`. The shell attaches its codec to the
+end with `waypoint.channel.Channel` and reports the outcome with `telemetry.RequestRecord`.
+
+`RequestHead.headers` are (name, value) byte pairs with lower-case names, in order, without
+pseudo-headers, without `Host` (that is `authority`) and without hop-by-hop headers (the shell
+removed them, RFC 9110 §7.6.1). Nothing here blocks or awaits: `decide` is a plain function
+call on the loop.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from wisp.identity import SpiffeId
+from wisp.model import Service
+
+from .authz import (
+    DENIED_BODY,
+    DENIED_STATUS,
+    RequestAttributes,
+    ServiceRef,
+    authorize,
+    normalize_path,
+)
+from .authz import Decision as AuthzDecision
+from .config import Endpoint, WaypointConfig
+from .route import DefaultService, DirectResponse, Forward, HttpRequest, Redirect, apply_header_modifiers, header_map
+from .route.filters import HeaderModifier
+from .route.parse import RouteRef
+
+PROTOCOL_HTTP1 = "HTTP/1.1"
+PROTOCOL_HTTP2 = "HTTP/2"
+PROTOCOL_GRPC = "gRPC"
+
+
+@dataclass(slots=True)
+class ClientContext:
+    """One client connection through the waypoint (one inbound HBONE CONNECT stream).
+
+    `identity` is the SPIFFE id of the client's certificate (the HBONE server verified it);
+    `dest_ip`/`dest_port` the CONNECT authority: the Service VIP and port (or pod IP and port) the
+    client dialled."""
+
+    identity: SpiffeId | None
+    source_ip: str
+    source_port: int
+    dest_ip: str
+    dest_port: int
+    connect_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str | None:
+        return self.identity.namespace if self.identity is not None else None
+
+    @property
+    def destination(self) -> str:
+        return f"[{self.dest_ip}]:{self.dest_port}" if ":" in self.dest_ip else f"{self.dest_ip}:{self.dest_port}"
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A request as the shells hand it over and send it on (see the module docstring for headers)."""
+
+    method: bytes
+    target: bytes
+    authority: bytes
+    headers: list[tuple[bytes, bytes]]
+    scheme: bytes = b"http"
+    protocol: str = PROTOCOL_HTTP1
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def copy(self) -> RequestHead:
+        return RequestHead(self.method, self.target, self.authority, list(self.headers), self.scheme, self.protocol)
+
+
+@dataclass(slots=True)
+class Respond:
+    """Answer the client now. `detail` is the response code detail for the access log."""
+
+    status: int
+    body: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    detail: str = ""
+    grpc_status: int | None = None
+    route: RouteRef | None = None
+    service: Service | None = None
+    authz: AuthzDecision | None = None
+
+
+@dataclass(slots=True)
+class Proxy:
+    """Send `head` to `endpoint`; `service` is the backend Service (None for a pod IP)."""
+
+    head: RequestHead
+    endpoint: Endpoint
+    service: Service | None
+    response_headers: tuple[HeaderModifier, ...] = ()
+    mirrors: tuple[tuple[RequestHead, Endpoint], ...] = ()
+    route: RouteRef | None = None
+    timeout: float | None = None
+    authz: AuthzDecision | None = None
+
+
+Outcome = Respond | Proxy
+OnStream = Callable[[object | None, str | None], None]
+
+
+def response_headers_of(proxy: Proxy, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The response's headers after the route's ResponseHeaderModifiers."""
+    if not proxy.response_headers:
+        return headers
+    return apply_header_modifiers(headers, proxy.response_headers)
+
+
+class Pipeline:
+    """The stages over the config in force; `current()` returns it (replaced per version)."""
+
+    def __init__(self, current: Callable[[], WaypointConfig],
+                 choose_endpoint: Callable[[WaypointConfig, Service, int], Endpoint | None],
+                 open_upstream: Callable[[Endpoint, OnStream], None],
+                 rng: random.Random | None = None) -> None:
+        self.current = current
+        self._choose = choose_endpoint
+        self._open = open_upstream
+        self.rng = rng or random.Random()
+
+    def open_upstream(self, endpoint: Endpoint, on_stream: OnStream) -> None:
+        """A new stream to `endpoint`: `on_stream(end, None)` or `on_stream(None, reason)`, later."""
+        self._open(endpoint, on_stream)
+
+    def decide(self, ctx: ClientContext, head: RequestHead) -> Outcome:
+        config = self.current()
+        # 1. normalise
+        target = head.target
+        if head.method != b"CONNECT" and target != b"*":
+            normalized = normalize_path(target.decode("latin-1"))
+            if normalized is None:
+                return Respond(400, b"Bad Request: path rejected by normalisation\n", detail="path_normalization_failed")
+            target = normalized.encode("latin-1")
+        dialled = config.service_at(ctx.dest_ip)
+        # 2. authorize
+        policies = config.policies.for_service(
+            ServiceRef(dialled.namespace, dialled.name) if dialled is not None else None)
+        decision: AuthzDecision | None = None
+        if not policies.empty:
+            attrs = RequestAttributes(
+                ctx.identity, ctx.source_ip, ctx.dest_ip, ctx.dest_port,
+                head.authority.decode("latin-1") if head.authority else None,
+                head.method.decode("latin-1"), target.decode("latin-1"), head.headers,
+            )
+            decision = authorize(policies, attrs)
+            if not decision.allowed:
+                body = DENIED_BODY if decision.status == DENIED_STATUS else b"Bad Request\n"
+                return Respond(decision.status or DENIED_STATUS, body, [(b"content-type", b"text/plain")],
+                               detail=decision.details, service=dialled, authz=decision)
+        # 3. route
+        request = HttpRequest(head.method, target, _match_headers(head), head.authority, head.scheme)
+        routed = config.routes.route(request, ctx.dest_ip, ctx.dest_port, ctx.namespace, self.rng)
+        kind = type(routed)
+        if kind is Redirect:
+            headers = [(b"location", routed.location)]
+            if routed.response_headers:
+                headers = apply_header_modifiers(headers, routed.response_headers)
+            return Respond(routed.status, b"", headers, detail="direct_response", route=routed.route,
+                           service=dialled, authz=decision)
+        if kind is DirectResponse:
+            return Respond(routed.status, b"", [], detail=routed.detail, grpc_status=routed.grpc_status,
+                           route=routed.route, service=dialled, authz=decision)
+        out = RequestHead(head.method, target, head.authority, head.headers, head.scheme, head.protocol)
+        response_headers: tuple[HeaderModifier, ...] = ()
+        mirrors: tuple[tuple[RequestHead, Endpoint], ...] = ()
+        route = None
+        timeout = None
+        if kind is Forward:
+            backend = config.services_by_name.get((routed.backend.namespace, routed.backend.name))
+            port = routed.backend.port if routed.backend.port is not None else ctx.dest_port
+            if routed.target is not None:
+                out.target = routed.target
+            if routed.authority is not None:
+                out.authority = routed.authority
+            if routed.request_headers:
+                out.headers = _modify_request(out, routed.request_headers)
+            response_headers = routed.response_headers
+            route = routed.route
+            timeout = routed.request_timeout
+            if routed.mirrors:
+                mirrors = self._mirrors(config, out, routed.mirrors)
+            if backend is None:
+                return Respond(500, b"", [], detail="backend_not_resolved", route=route, service=dialled,
+                               authz=decision)
+        else:  # DefaultService: the dialled Service, or the dialled pod
+            backend = dialled
+            port = ctx.dest_port
+        # 4. endpoint
+        if backend is not None:
+            endpoint = self._choose(config, backend, port)
+            if endpoint is None:
+                return Respond(503, b"no healthy upstream", [(b"content-type", b"text/plain")],
+                               detail="no_healthy_upstream", route=route, service=backend, authz=decision)
+        else:
+            endpoint = _pod_endpoint(config, ctx.dest_ip, port)
+            if endpoint is None:
+                return Respond(503, b"no healthy upstream", [(b"content-type", b"text/plain")],
+                               detail="no_healthy_upstream", service=None, authz=decision)
+        # 5. forwarding headers
+        out.headers = forwarding_headers(out.headers, ctx, self.rng)
+        return Proxy(out, endpoint, backend, response_headers, mirrors, route, timeout, decision)
+
+    def _mirrors(self, config: WaypointConfig, head: RequestHead, mirrors) -> tuple[tuple[RequestHead, Endpoint], ...]:
+        out = []
+        for mirror in mirrors:
+            service = config.services_by_name.get((mirror.namespace, mirror.name))
+            if service is None:
+                continue
+            endpoint = self._choose(config, service, mirror.port)
+            if endpoint is None:
+                continue
+            copy = head.copy()
+            # Envoy marks a mirrored request's host with "-shadow" so the backend can tell.
+            host, sep, port = copy.authority.rpartition(b":")
+            if sep and port.isdigit():
+                copy.authority = host + b"-shadow:" + port
+            elif copy.authority:
+                copy.authority = copy.authority + b"-shadow"
+            out.append((copy, endpoint))
+        return tuple(out)
+
+
+def _match_headers(head: RequestHead) -> dict[bytes, bytes]:
+    headers = header_map(head.headers)
+    if head.authority:
+        headers.setdefault(b"host", head.authority)
+    return headers
+
+
+def _modify_request(head: RequestHead, modifiers: tuple[HeaderModifier, ...]) -> list[tuple[bytes, bytes]]:
+    """RequestHeaderModifier; `host` in a modifier changes the authority, as on HTTP/2."""
+    pairs = [(b"host", head.authority)] + head.headers if head.authority else list(head.headers)
+    modified = apply_header_modifiers(pairs, modifiers)
+    authority = b""
+    headers = []
+    for name, value in modified:
+        if name == b"host":
+            if not authority:
+                authority = value
+        else:
+            headers.append((name, value))
+    head.authority = authority
+    return headers
+
+
+def _pod_endpoint(config: WaypointConfig, ip: str, port: int) -> Endpoint | None:
+    workload = config.workload_at(ip)
+    if workload is None or workload.status != "HEALTHY":
+        return None
+    return Endpoint(ip, port, SpiffeId.parse(workload.identity()), workload.tunnel_protocol == "HBONE", workload)
+
+
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def _valid_traceparent(value: bytes) -> bool:
+    # version 00: "00-" 32 hex "-" 16 hex "-" 2 hex, lower case, ids not all zero (W3C Trace Context §3.2)
+    if len(value) < 55 or value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
+        return False
+    if len(value) > 55 and (value[:2] == b"00" or value[55:56] != b"-"):
+        return False
+    if value[:2] == b"ff":
+        return False
+    hexes = value[:2] + value[3:35] + value[36:52] + value[53:55]
+    return set(hexes) <= _HEX and value[3:35] != b"0" * 32 and value[36:52] != b"0" * 16
+
+
+def forwarding_headers(headers: list[tuple[bytes, bytes]], ctx: ClientContext,
+                       rng: random.Random) -> list[tuple[bytes, bytes]]:
+    """`headers` with x-forwarded-for/-proto, x-request-id and traceparent as a proxy sends them."""
+    out: list[tuple[bytes, bytes]] = []
+    xff: bytes | None = None
+    proto = request_id = False
+    trace: bytes | None = None
+    for pair in headers:
+        name = pair[0]
+        if name == b"x-forwarded-for":
+            xff = pair[1] if xff is None else xff + b"," + pair[1]
+            continue
+        if name == b"traceparent":
+            if trace is None:
+                trace = pair[1]
+            continue
+        if name == b"x-forwarded-proto":
+            proto = True
+        elif name == b"x-request-id":
+            request_id = True
+        out.append(pair)
+    client = ctx.source_ip.encode("ascii")
+    out.append((b"x-forwarded-for", xff + b"," + client if xff else client))
+    if not proto:
+        out.append((b"x-forwarded-proto", b"http"))
+    if not request_id:
+        out.append((b"x-request-id", _uuid4(rng)))
+    span = b"%016x" % (rng.getrandbits(64) or 1)
+    if trace is not None and _valid_traceparent(trace):
+        out.append((b"traceparent", trace[:36] + span + trace[52:55]))
+    else:
+        out.append((b"traceparent", b"00-%032x-%s-00" % (rng.getrandbits(128) or 1, span)))
+    return out
+
+
+def _uuid4(rng: random.Random) -> bytes:
+    value = (rng.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
+    text = b"%032x" % value
+    return text[:8] + b"-" + text[8:12] + b"-" + text[12:16] + b"-" + text[16:20] + b"-" + text[20:]
