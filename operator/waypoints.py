@@ -8,9 +8,14 @@ the Gateway's ``istio.io/waypoint-for`` label (service by default) says whether
 services, workloads, both or neither may bind. Every decision comes with the
 ``istio.io/WaypointBound`` condition Istio writes, in Istio's words.
 
-Readiness. Istio binds only to a waypoint whose Gateway is ready (it waits for
-``status.addresses``), and reports WaypointIsNotReady without binding until
-then; we do the same. A waypoint counts as ready when we know its address (the
+Readiness, failing closed. Istio reports WaypointIsNotReady until the Gateway is
+ready (it waits for ``status.addresses``). Not binding meanwhile would send the
+traffic direct, past the L7 policy the waypoint exists to enforce, so an object
+bound to a missing or unready waypoint is bound anyway with an unusable address
+(``GatewayAddress`` with an empty ``address``, naming the waypoint): ztunnel
+refuses its connections and the condition says why. (AttachmentDenied and
+UnsupportedTrafficType stay unbound, as in Istio: the waypoint never takes that
+traffic, so there is no policy to bypass.) A waypoint counts as ready when we know its address (the
 ClusterIP of its Service, named after the Gateway, or else an IP in the
 Gateway's ``status.addresses``) and it has capacity: a Running+Ready pod
 labelled ``gateway.networking.k8s.io/gateway-name=<name>``, or its Deployment
@@ -61,6 +66,8 @@ class Waypoint:
     allowed_selector: dict[str, Any] | None
     ready: bool
     address: GatewayAddress | None
+    # A Running+Ready instance or a Deployment with a ready replica (not the Gateway's status).
+    has_instance: bool = False
 
     def carries(self, traffic: str) -> bool:
         return self.traffic_type in (traffic, TRAFFIC_ALL)
@@ -85,14 +92,19 @@ class Waypoint:
 class WaypointBinding:
     """Outcome for one Service or Pod.
 
-    ``waypoint`` is the "ns/name" asked for ("" if none), ``address`` is set only when
-    traffic is bound, ``condition`` is the WaypointBound condition to write, or None when
+    ``waypoint`` is the "ns/name" asked for ("" if none), ``address`` is set when traffic is
+    bound (unusable, see `refused`, when the waypoint is missing or not ready), ``condition`` is the WaypointBound condition to write, or None when
     nothing asks for a waypoint (any old condition should then be removed).
     """
 
     waypoint: str = ""
     address: GatewayAddress | None = None
     condition: dict[str, str] | None = None
+
+    @property
+    def refused(self) -> bool:
+        """Bound to a waypoint that cannot take the traffic: ztunnel refuses it."""
+        return self.address is not None and not self.address.usable
 
 
 NO_BINDING = WaypointBinding()
@@ -149,8 +161,13 @@ class WaypointIndex:
                 break
         address = self._address(gw, oid)
         status_addresses = items(gw, "status.addresses", oid)
-        ready = address is not None and (bool(status_addresses) or self._has_ready_instance(oid))
-        return Waypoint(oid.namespace, oid.name, traffic, allowed_from, selector, ready, address)
+        has_instance = address is not None and self._has_ready_instance(oid)
+        ready = address is not None and (bool(status_addresses) or has_instance)
+        return Waypoint(oid.namespace, oid.name, traffic, allowed_from, selector, ready, address, has_instance)
+
+    def hostname(self, namespace: str, name: str) -> str:
+        """The host name of a waypoint's Service (named after its Gateway)."""
+        return f"{name}.{namespace}.svc.{self._state.settings.domain_suffix}"
 
     def _address(self, gw: dict[str, Any], oid: ObjectId) -> GatewayAddress | None:
         svc = self._state.get("Service", oid.namespace, oid.name)
@@ -158,14 +175,14 @@ class WaypointIndex:
             sid = object_id(svc, "Service")
             ip = string(svc, "spec.clusterIP", sid)
             if ip and ip != "None":
-                return GatewayAddress(ip, HBONE_MTLS_PORT)
+                return GatewayAddress(ip, HBONE_MTLS_PORT, oid.namespace, self.hostname(oid.namespace, oid.name))
         for where, addr in dicts(gw, "status.addresses", oid):
             value = string(addr, "value", oid, at=where)
             try:
                 ipaddress.ip_address(value)
             except ValueError:
                 continue  # a hostname; without the Service we cannot resolve it purely
-            return GatewayAddress(value, HBONE_MTLS_PORT)
+            return GatewayAddress(value, HBONE_MTLS_PORT, oid.namespace, self.hostname(oid.namespace, oid.name))
         return None
 
     def _has_ready_instance(self, oid: ObjectId) -> bool:
@@ -219,7 +236,11 @@ class WaypointIndex:
         key = f"{wp_ns}/{wp_name}"
         waypoint = self.waypoints.get((wp_ns, wp_name))
         if waypoint is None or not waypoint.ready:
-            return WaypointBinding(key, None, _condition(False, REASON_NOT_READY, f'waypoint "{key}" is not ready'))
+            refused = GatewayAddress("", HBONE_MTLS_PORT, wp_ns, self.hostname(wp_ns, wp_name))
+            why = ("no Gateway of class istio-waypoint has that name" if waypoint is None
+                   else "it has no ready instance yet")
+            return WaypointBinding(key, refused, _condition(
+                False, REASON_NOT_READY, f'waypoint "{key}" is not ready ({why}); traffic is refused until it is'))
         if not waypoint.admits(namespace, namespace_obj):
             return WaypointBinding(
                 key,

@@ -1,4 +1,8 @@
-"""Waypoint binding of Services and Pods, and the istio.io/WaypointBound condition (ambient-api §2)."""
+"""Waypoint binding of Services and Pods, and the istio.io/WaypointBound condition (ambient-api §2).
+
+A binding to a missing or unready waypoint fails closed (issue 11): the object is bound to an
+unusable address naming the waypoint, which ztunnel refuses, rather than left unbound (direct).
+"""
 
 from __future__ import annotations
 
@@ -99,19 +103,29 @@ USE = "istio.io/use-waypoint"
 USE_NS = "istio.io/use-waypoint-namespace"
 
 
+def bound_to(ip: str, ns: str = "shop", name: str = "waypoint") -> GatewayAddress:
+    """The address of a ready waypoint: its VIP, and its Service's namespaced host name."""
+    return GatewayAddress(ip, 15008, ns, f"{name}.{ns}.svc.cluster.local")
+
+
+def refused(ns: str = "shop", name: str = "waypoint") -> GatewayAddress:
+    """The unusable address of a missing or unready waypoint: ztunnel refuses the traffic."""
+    return GatewayAddress("", 15008, ns, f"{name}.{ns}.svc.cluster.local")
+
+
 # --- where the label comes from -------------------------------------------------------------------
 
 
 def test_service_label_binds_the_service() -> None:
     address, cond = bind([namespace(), *waypoint(), app_service(labels={USE: "waypoint"})])
-    assert address == GatewayAddress(WAYPOINT_IP, 15008)
+    assert address == bound_to(WAYPOINT_IP)
     assert cond == {"type": "istio.io/WaypointBound", "status": "True", "reason": "WaypointAccepted",
                     "message": "Successfully attached to waypoint shop/waypoint"}
 
 
 def test_namespace_label_binds_the_service() -> None:
     address, cond = bind([namespace(labels={USE: "waypoint"}), *waypoint(), app_service()])
-    assert address == GatewayAddress(WAYPOINT_IP)
+    assert address == bound_to(WAYPOINT_IP)
     assert cond is not None and cond["reason"] == "WaypointAccepted"
 
 
@@ -119,7 +133,7 @@ def test_service_label_beats_namespace_label() -> None:
     objs = [namespace(labels={USE: "waypoint"}), *waypoint(), *waypoint("other", ip=OTHER_WAYPOINT_IP),
             app_service(labels={USE: "other"})]
     address, _ = bind(objs)
-    assert address == GatewayAddress(OTHER_WAYPOINT_IP)
+    assert address == bound_to(OTHER_WAYPOINT_IP, name="other")
 
 
 @pytest.mark.parametrize(
@@ -135,7 +149,7 @@ def test_pod_label_beats_namespace_label() -> None:
     objs = [namespace(labels={USE: "waypoint"}), *waypoint(waypoint_for="workload"),
             *waypoint("other", ip=OTHER_WAYPOINT_IP, waypoint_for="workload"), app_pod(labels={USE: "other"})]
     address, cond = bind(objs, "Pod")
-    assert address == GatewayAddress(OTHER_WAYPOINT_IP)
+    assert address == bound_to(OTHER_WAYPOINT_IP, name="other")
     assert cond is not None and cond["message"] == "Successfully attached to waypoint shop/other"
 
 
@@ -174,7 +188,7 @@ def test_waypoint_for_decides_which_traffic_binds(waypoint_for: str | None, kind
     address, cond = bind(objs, kind)
     assert cond is not None
     if bound:
-        assert address == GatewayAddress(WAYPOINT_IP)
+        assert address == bound_to(WAYPOINT_IP)
         assert (cond["status"], cond["reason"]) == ("True", "WaypointAccepted")
     else:
         traffic = "service" if kind == "Service" else "workload"
@@ -189,7 +203,7 @@ def test_gateway_class_label_sets_the_default_traffic_type() -> None:
     gw_class = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
                 "metadata": {"name": "istio-waypoint", "labels": {"istio.io/waypoint-for": "workload"}}}
     address, _ = bind([gw_class, namespace(labels={USE: "waypoint"}), *waypoint(), app_pod()], "Pod")
-    assert address == GatewayAddress(WAYPOINT_IP)
+    assert address == bound_to(WAYPOINT_IP)
 
 
 # --- cross-namespace attachment --------------------------------------------------------------------
@@ -217,7 +231,7 @@ def test_cross_namespace_waypoint_needs_allowed_routes(allowed: dict[str, Any] |
     address, cond = bind(objs)
     assert cond is not None
     if bound:
-        assert address == GatewayAddress(WAYPOINT_IP)
+        assert address == bound_to(WAYPOINT_IP, ns="infra")
         assert cond["message"] == "Successfully attached to waypoint infra/waypoint"
     else:
         assert address is None
@@ -230,32 +244,43 @@ def test_cross_namespace_waypoint_needs_allowed_routes(allowed: dict[str, Any] |
 def test_namespace_label_can_point_to_another_namespace() -> None:
     objs = [namespace("infra"), namespace("shop", {USE: "waypoint", USE_NS: "infra"}),
             *waypoint(ns="infra", allowed={"from": "All"}), app_service()]
-    assert bind(objs)[0] == GatewayAddress(WAYPOINT_IP)
+    assert bind(objs)[0] == bound_to(WAYPOINT_IP, ns="infra")
 
 
 # --- readiness ----------------------------------------------------------------------------------------
 
 
-def not_ready(message_key: str = "shop/waypoint") -> dict[str, str]:
+NOT_READY = "it has no ready instance yet"
+MISSING = "no Gateway of class istio-waypoint has that name"
+
+
+def not_ready(message_key: str = "shop/waypoint", why: str = NOT_READY) -> dict[str, str]:
     return {"type": "istio.io/WaypointBound", "status": "False", "reason": "WaypointIsNotReady",
-            "message": f'waypoint "{message_key}" is not ready'}
+            "message": f'waypoint "{message_key}" is not ready ({why}); traffic is refused until it is'}
 
 
 @pytest.mark.parametrize(
-    "waypoint_objs",
+    "waypoint_objs, why",
     [
-        [gateway(), waypoint_service()],
-        [gateway(), waypoint_service(), waypoint_pod(ready=False)],
-        [gateway(), waypoint_pod()],
-        [waypoint_service(), waypoint_pod()],
-        [gateway(gateway_class="other"), waypoint_service(), waypoint_pod()],
+        ([gateway(), waypoint_service()], NOT_READY),
+        ([gateway(), waypoint_service(), waypoint_pod(ready=False)], NOT_READY),
+        ([gateway(), waypoint_pod()], NOT_READY),
+        ([waypoint_service(), waypoint_pod()], MISSING),
+        ([gateway(gateway_class="other"), waypoint_service(), waypoint_pod()], MISSING),
     ],
     ids=["no-pod", "pod-not-ready", "no-service-address", "no-gateway", "not-a-waypoint-class"],
 )
-def test_unready_waypoint_is_reported_and_not_bound(waypoint_objs: list[dict[str, Any]]) -> None:
-    address, cond = bind([namespace(labels={USE: "waypoint"}), *waypoint_objs, app_service()])
-    assert address is None
-    assert cond == not_ready()
+def test_unready_or_missing_waypoint_is_reported_and_bound_to_a_refusing_address(
+        waypoint_objs: list[dict[str, Any]], why: str) -> None:
+    # Was "reported and not bound" (traffic went direct, bypassing L7 policy); now fails closed.
+    for kind, objs in (("Service", [app_service()]), ("Pod", [app_pod()])):
+        wp = [dict(o, metadata=dict(o["metadata"], labels={**o["metadata"].get("labels", {}),
+                                                           "istio.io/waypoint-for": "all"}))
+              if o["kind"] == "Gateway" else o for o in waypoint_objs]
+        address, cond = bind([namespace(labels={USE: "waypoint"}), *wp, *objs], kind)
+        assert address == refused()
+        assert not address.usable
+        assert cond == not_ready(why=why)
 
 
 @pytest.mark.parametrize(
@@ -272,17 +297,17 @@ def test_waypoint_is_ready_from_deployment_or_gateway_status(extra: dict[str, An
     objs = [namespace(labels={USE: "waypoint"}), gw, waypoint_service(), app_service()]
     if extra is not None:
         objs.append(extra)
-    assert bind(objs)[0] == GatewayAddress(WAYPOINT_IP)
+    assert bind(objs)[0] == bound_to(WAYPOINT_IP)
 
 
 def test_gateway_status_address_is_used_without_a_service() -> None:
     gw = gateway(status={"addresses": [{"type": "IPAddress", "value": "10.96.0.77"}]})
-    assert bind([namespace(labels={USE: "waypoint"}), gw, app_service()])[0] == GatewayAddress("10.96.0.77")
+    assert bind([namespace(labels={USE: "waypoint"}), gw, app_service()])[0] == bound_to("10.96.0.77")
 
 
 def test_own_label_on_unready_waypoint_does_not_fall_back_to_namespace() -> None:
     objs = [namespace(labels={USE: "waypoint"}), *waypoint(), gateway("pending"), app_service(labels={USE: "pending"})]
-    assert bind(objs) == (None, not_ready("shop/pending"))
+    assert bind(objs) == (refused(name="pending"), not_ready("shop/pending"))
 
 
 # --- status writes ----------------------------------------------------------------------------------

@@ -46,10 +46,29 @@ class PortMapping:
 
 @dataclass(frozen=True, slots=True)
 class GatewayAddress:
-    """Where to reach a waypoint: its Service VIP and HBONE port."""
+    """Where to reach a waypoint: its Service VIP and HBONE port, and which waypoint it is.
+
+    ``namespace``/``hostname`` name the waypoint's Service as Istio's NamespacedHostname does
+    (``<gateway>.<ns>.svc.<domain>``: the Service is named after its Gateway). An empty
+    ``address`` marks a binding to a waypoint that is missing or not ready: traffic bound to
+    it is refused (fails closed), never sent direct past the waypoint's L7 policy.
+    """
 
     address: str
     hbone_mtls_port: int = HBONE_MTLS_PORT
+    namespace: str = ""
+    hostname: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.address)
+
+    @property
+    def gateway(self) -> str:
+        """The waypoint's Gateway as "ns/name" ("" when the address does not say)."""
+        if not self.namespace or not self.hostname:
+            return ""
+        return f"{self.namespace}/{self.hostname.split('.', 1)[0]}"
 
 
 @dataclass(frozen=True, slots=True)

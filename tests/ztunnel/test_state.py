@@ -9,7 +9,15 @@ import pytest
 from wisp.identity import SpiffeId
 from wisp.model import GatewayAddress, ModelSnapshot, PortMapping, Service, Workload
 from ztunnel.proxy.outbound import baggage_of
-from ztunnel.state.proxy_state import DIRECT, HBONE, PASSTHROUGH, NoHealthyEndpoint, ProxyState, SelfCall
+from ztunnel.state.proxy_state import (
+    DIRECT,
+    HBONE,
+    PASSTHROUGH,
+    NoHealthyEndpoint,
+    ProxyState,
+    SelfCall,
+    WaypointUnavailable,
+)
 
 SVC = "shop/web.shop.svc.cluster.local"
 
@@ -141,6 +149,31 @@ def test_workload_waypoint_applies_when_addressed_directly():
     s = state(wp, workload("web-1", "10.244.1.10", waypoint=GatewayAddress("10.244.1.50")))
     route = s.route(CLIENT, ("10.244.1.10", 8080))
     assert route.waypoint and route.authority == "10.244.1.10:8080" and route.target == ("10.244.1.50", 15008)
+
+
+UNREADY_WAYPOINT = GatewayAddress("", 15008, "shop", "waypoint.shop.svc.cluster.local")
+
+
+def test_service_bound_to_a_missing_or_unready_waypoint_is_refused_not_sent_direct():
+    s = state(service(waypoint=UNREADY_WAYPOINT), workload("web-1", "10.244.1.10", services={SVC: ()}))
+    with pytest.raises(WaypointUnavailable, match="shop/waypoint"):
+        s.route(CLIENT, ("10.96.0.10", 80))
+
+
+def test_workload_bound_to_a_missing_waypoint_is_refused_when_addressed_directly():
+    s = state(workload("web-1", "10.244.1.10", waypoint=UNREADY_WAYPOINT))
+    with pytest.raises(WaypointUnavailable, match="workload shop/web-1"):
+        s.route(CLIENT, ("10.244.1.10", 8080))
+
+
+def test_waypoint_without_a_healthy_instance_refuses_rather_than_bypasses():
+    wp_svc = service(ns="shop", vip="10.96.0.99", name="waypoint", ports=(PortMapping(15008, 15008),))
+    wp = workload("waypoint-1", "10.244.1.50", sa="waypoint", status="UNHEALTHY",
+                  services={"shop/waypoint.shop.svc.cluster.local": ()})
+    bound = GatewayAddress("10.96.0.99", 15008, "shop", "waypoint.shop.svc.cluster.local")
+    s = state(service(waypoint=bound), wp_svc, wp, workload("web-1", "10.244.1.10", services={SVC: ()}))
+    with pytest.raises(WaypointUnavailable, match="no healthy instance"):
+        s.route(CLIENT, ("10.96.0.10", 80))
 
 
 def test_baggage_names_the_source_workload():

@@ -3,7 +3,8 @@
 The decision is one call, `ProxyState.route` (reference §3). This is what follows it, in the
 engine's loop: HBONE through the pod's pool (sockets made in the source pod's netns), plain TCP
 for NONE destinations and passthrough, then splice. Nothing here awaits; a connection that
-cannot be made is reset and counted with the CONNECT flag.
+cannot be made is reset and counted with the CONNECT flag, and so is one refused because its
+destination is bound to a waypoint that cannot take it (fail closed: never sent direct).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from wisp.model import Workload
 from wisp.sockets import format_address
 
 from ..metrics import FLAG_CONNECT, MUTUAL_TLS, UNKNOWN, ConnectionRecord, Peer
-from ..state.proxy_state import HBONE, NoHealthyEndpoint, Route, SelfCall
+from ..state.proxy_state import HBONE, NoHealthyEndpoint, Route, SelfCall, WaypointUnavailable
 from . import listeners
 from .inputs import PodContext, ProxyInputs
 
@@ -50,6 +51,17 @@ def serve(inputs: ProxyInputs, pod: PodContext, sock: socket.socket, peer: tuple
     source = pod.workload(state)
     try:
         route = state.route(source, dst)
+    except WaypointUnavailable as exc:
+        log.warning("outbound connection refused: waypoint unavailable", src=format_address(*peer),
+                    dst=format_address(*dst), error=str(exc))
+        ConnectionRecord(
+            inputs.metrics, direction="outbound", source=Peer(source, pod.identity, peer[0]),
+            destination=Peer(exc.workload), service=exc.service, security=MUTUAL_TLS,
+            src_addr=format_address(*peer), dst_addr=format_address(*dst),
+        ).close(FLAG_CONNECT, str(exc))
+        sockets.reset(sock)
+        release()
+        return
     except (SelfCall, NoHealthyEndpoint) as exc:
         log.warning("outbound connection refused", src=format_address(*peer), dst=format_address(*dst),
                     error=str(exc))

@@ -7,7 +7,10 @@ namespace and key.
 
 `ProxyState.route` is reference §3 in one call: service VIP → waypoint or a healthy endpoint
 with the right port; pod IP → that workload (or its waypoint); unknown → passthrough; with the
-identities the peer may present.
+identities the peer may present. A destination bound to a waypoint that cannot take it (the
+control plane's unusable GatewayAddress for a missing or unready waypoint, or no healthy
+waypoint instance) raises WaypointUnavailable: the connection is refused, never sent direct
+past the waypoint's L7 policy (fail closed, issue 11).
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ PASSTHROUGH = "passthrough"
 
 class NoHealthyEndpoint(LookupError):
     """A known service has no healthy endpoint that serves the requested port."""
+
+
+class WaypointUnavailable(NoHealthyEndpoint):
+    """The destination is bound to a waypoint that is missing, not ready or has no healthy instance."""
+
+    def __init__(self, message: str, service: Service | None = None, workload: Workload | None = None) -> None:
+        super().__init__(message)
+        self.service = service
+        self.workload = workload
 
 
 class SelfCall(ValueError):
@@ -157,8 +169,8 @@ class ProxyState:
 
     # -- routing ----------------------------------------------------------------------------------
     def route(self, source: Workload | None, dst: tuple[str, int], rng: random.Random | None = None) -> Route:
-        """Reference §3 for a connection from `source` to `dst`. Raises SelfCall, or
-        NoHealthyEndpoint for a known service (or waypoint) without one."""
+        """Reference §3 for a connection from `source` to `dst`. Raises SelfCall,
+        NoHealthyEndpoint for a known service without one, or WaypointUnavailable."""
         ip, port = dst
         if port in ILLEGAL_PORTS and ipaddress.ip_address(ip).is_loopback:
             raise SelfCall(f"refusing to connect to ztunnel's own port {format_address(ip, port)}")
@@ -186,6 +198,8 @@ class ProxyState:
         return Route(DIRECT, (target_ip, target_port), None, workload, service)
 
     def _waypoint_workloads(self, gateway: GatewayAddress) -> list[Workload]:
+        if not gateway.usable:
+            return []
         service = self.service_by_vip(gateway.address)
         if service is not None:
             return [e.workload for e in self.service_endpoints(service, gateway.hbone_mtls_port)]
@@ -193,7 +207,7 @@ class ProxyState:
         return [workload] if workload is not None else []
 
     def _is_waypoint(self, source: Workload | None, gateway: GatewayAddress) -> bool:
-        if source is None:
+        if source is None or not gateway.usable:
             return False
         if gateway.address in source.addresses:
             return True
@@ -202,9 +216,15 @@ class ProxyState:
 
     def _to_waypoint(self, gateway: GatewayAddress, dst: tuple[str, int], service: Service | None,
                      rng: random.Random | None, workload: Workload | None = None) -> Route:
+        what = (f"service {service.namespace}/{service.hostname}" if service is not None
+                else f"workload {workload.namespace}/{workload.name}" if workload is not None else format_address(*dst))
+        if not gateway.usable:
+            raise WaypointUnavailable(f"{what} is bound to waypoint {gateway.gateway or '(unnamed)'}, which is "
+                                      "missing or not ready; refusing rather than bypassing it", service, workload)
         candidates = [w for w in self._waypoint_workloads(gateway) if w.status == "HEALTHY" and w.addresses]
         if not candidates:
-            raise NoHealthyEndpoint(f"waypoint {gateway.address} has no healthy workload")
+            raise WaypointUnavailable(f"{what} is bound to waypoint {gateway.gateway or gateway.address}, which has "
+                                      "no healthy instance; refusing rather than bypassing it", service, workload)
         waypoint = (rng or random).choices(candidates, [max(w.capacity, 1) for w in candidates])[0]
         identity = workload_identity(waypoint)
         return Route(HBONE, (waypoint.addresses[0], gateway.hbone_mtls_port), format_address(*dst),
