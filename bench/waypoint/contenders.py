@@ -1,0 +1,198 @@
+"""The waypoint benchmark's contenders: where each one's traffic goes and which processes it pays.
+
+- `direct` (bench.mesh's): client pod → server pod, no proxy.
+- `nginx`, the native L7 anchor: client pod → nginx → server pod. nginx runs as an unprivileged
+  reverse proxy (uid 65534, its own prefix and config file) in the client node's network
+  namespace, listening on the pod network's gateway address, with keep-alive connections to the
+  server (`keepalive` upstream, HTTP/1.1, `Connection: ""`), one worker process — what a node-level
+  L7 proxy in front of the server costs when written in C.
+- `ztunnel` (bench.mesh's): the L4 mesh alone, for the share of the waypoint path that is not
+  the waypoint.
+- `waypoint`: the honest mesh path, client pod → client node's ztunnel → waypoint → server node's
+  ztunnel → server pod, all hops between nodes HBONE. The namespace `wp` is ambient and its
+  Service `server` is bound (`istio.io/use-waypoint: waypoint`) to the Gateway `waypoint`
+  (class istio-waypoint) that the control plane turns into the `wisp-waypoint` Deployment; the
+  client dials the Service's VIP. Its proxies are both ztunnels and the waypoint's process tree,
+  each measured apart, so the waypoint's own CPU per request is a figure of its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import ClassVar
+
+from bench.mesh.contenders import PLAIN, Contender, Direct, Route, WispZtunnel
+from bench.mesh.mesh import CLIENT_NODE, HTTP_PORT, IPERF_PORT, BenchNamespace, Mesh, MeshError, wait_for
+
+WAYPOINT_NS = BenchNamespace("wp", ambient=True)
+# A fixed VIP, so the route is known before the runtime reports its Services (10.96.0.0/16 is the
+# runtime's service network; the rest of it is handed out from the bottom).
+WAYPOINT_VIP = "10.96.250.10"
+WAYPOINT_GATEWAY = "waypoint"
+NGINX_PORT = 8081
+NOBODY = 65534
+
+NGINX_PROXY_CONF = """\
+# The benchmark's native L7 anchor: an HTTP/1.1 reverse proxy with keep-alive upstream.
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {prefix}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 19000; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    client_header_timeout 600s;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream server {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 600s;
+    }}
+    server {{
+        listen {listen} backlog=4096;
+        location / {{
+            proxy_pass http://server;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_proxy_conf(prefix: Path, listen: str, upstream: str) -> str:
+    return NGINX_PROXY_CONF.format(prefix=prefix, listen=listen, upstream=upstream)
+
+
+class NginxProxy(Contender):
+    """nginx 1 worker, reverse proxy on node1 (see the module docstring)."""
+
+    key, label, short, anchor, namespace = "nginx", "nginx reverse proxy", "nginx", True, PLAIN
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen | None = None
+        self._prefix: Path | None = None
+
+    def _gateway(self, mesh: Mesh) -> str:
+        return str(ipaddress.ip_network(mesh.node(CLIENT_NODE)["pod_network"]).network_address + 1)
+
+    def start(self, mesh: Mesh, log) -> None:
+        server = mesh.pod(self.namespace.name, "server")
+        # Its own prefix, writable by the unprivileged user it runs as (the mesh's work directory
+        # is root's alone).
+        self._prefix = Path(tempfile.mkdtemp(prefix=f"{mesh.prefix}-nginx-"))
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self._prefix / sub).mkdir()
+        config = self._prefix / "nginx.conf"
+        config.write_text(nginx_proxy_conf(self._prefix, f"{self._gateway(mesh)}:{NGINX_PORT}",
+                                           f"{server.ip}:{HTTP_PORT}"))
+        for path in [self._prefix, *self._prefix.iterdir()]:
+            os.chown(path, NOBODY, NOBODY)
+        netns = mesh.node(CLIENT_NODE)["netns"]
+        log(f"nginx in {netns} as uid {NOBODY}: {config}")
+        with open(self._prefix / "stderr.log", "ab") as out:
+            self._process = subprocess.Popen(
+                ["ip", "netns", "exec", netns, "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                 "--clear-groups", "nginx", "-p", str(self._prefix), "-e", "stderr", "-c", str(config)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self._listening(netns), 10, "nginx listening")
+
+    def _listening(self, netns: str) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            log_text = (self._prefix / "stderr.log").read_text(errors="replace") if self._prefix else ""
+            raise MeshError(f"nginx exited with {self._process.returncode}: {log_text.strip()[-400:]}")
+        out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Hltn", f"sport = :{NGINX_PORT}"],
+                             capture_output=True, text=True).stdout
+        return bool(out.strip())
+
+    def stop(self) -> None:
+        proc, self._process = self._process, None
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if self._prefix is not None:
+            shutil.rmtree(self._prefix, ignore_errors=True)
+            self._prefix = None
+
+    def route(self, mesh: Mesh) -> Route:
+        gateway = self._gateway(mesh)
+        server = mesh.pod(self.namespace.name, "server")
+        return Route(mesh.pod(self.namespace.name, "client").netns, (gateway, NGINX_PORT), (server.ip, IPERF_PORT))
+
+    def proxies(self, mesh: Mesh) -> dict[str, int]:
+        # `ip netns exec` and setpriv exec into nginx, so the Popen pid is nginx's master.
+        return {"nginx": self._process.pid} if self._process is not None else {}
+
+
+class WispWaypoint(Contender):
+    """The mesh path through a waypoint (see the module docstring)."""
+
+    key, label, short, namespace = "waypoint", "wisp waypoint path", "waypoint", WAYPOINT_NS
+    profiled: ClassVar[bool] = False
+
+    def manifests(self) -> list[dict]:
+        ns = self.namespace.name
+        return [
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+             "metadata": {"name": WAYPOINT_GATEWAY, "namespace": ns,
+                          "labels": {"istio.io/waypoint-for": "service"}},
+             "spec": {"gatewayClassName": "istio-waypoint",
+                      "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}},
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "server", "namespace": ns, "labels": {"istio.io/use-waypoint": WAYPOINT_GATEWAY}},
+             "spec": {"clusterIP": WAYPOINT_VIP, "selector": {"app": "server"},
+                      "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": HTTP_PORT},
+                                {"name": "iperf", "port": IPERF_PORT, "targetPort": IPERF_PORT}]}},
+        ]
+
+    def start(self, mesh: Mesh, log) -> None:
+        wait_for(lambda: self._waypoint_pid(mesh) is not None, 120, "the waypoint pod running")
+        log(f"waypoint: pid {self._waypoint_pid(mesh)}")
+
+    def _waypoint_pid(self, mesh: Mesh) -> int | None:
+        mesh.refresh()
+        for pod in mesh._status.get("pods", []):
+            if pod["namespace"] == self.namespace.name and pod["name"].startswith(WAYPOINT_GATEWAY):
+                pids = [c["pid"] for c in pod.get("containers", []) if c.get("pid")]
+                if pids:
+                    return pids[0]
+        return None
+
+    def route(self, mesh: Mesh) -> Route:
+        client = mesh.pod(self.namespace.name, "client")
+        return Route(client.netns, (WAYPOINT_VIP, HTTP_PORT), (WAYPOINT_VIP, IPERF_PORT))
+
+    def proxies(self, mesh: Mesh) -> dict[str, int]:
+        pid = self._waypoint_pid(mesh)
+        if pid is None:
+            raise MeshError("the waypoint pod is not running")
+        return {**WispZtunnel().proxies(mesh), "waypoint": pid}
+
+
+# In table order: anchors first.
+CONTENDERS: dict[str, type[Contender]] = {"direct": Direct, "nginx": NginxProxy, "ztunnel": WispZtunnel,
+                                          "waypoint": WispWaypoint}
+
+
+def make(keys: tuple[str, ...]) -> list[Contender]:
+    return [CONTENDERS[key]() for key in keys]

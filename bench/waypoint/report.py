@@ -1,0 +1,96 @@
+"""From samples to figures for the waypoint benchmark: bench.mesh's medians, this benchmark's
+metrics and targets.
+
+Medians over rounds, latencies with their spread, come from bench.mesh.report. Added here: CPU
+per 1,000 requests at saturation (besides at the fixed 1,000 req/s), per proxy process tree, and
+the issue's targets — the waypoint path's saturation at least half of nginx's, and the waypoint
+process at most 0.30 CPU-seconds per 1,000 requests (0.30 vCPU at 1,000 req/s; Istio's
+waypoint: 0.25 vCPU).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from bench.mesh import report as mesh_report
+from bench.mesh.report import Metric, Target, expand, fmt_cell, fmt_ratio, median, ratio
+from bench.mesh.runner import Sample
+
+ANCHOR = "nginx"
+WAYPOINT = "waypoint"
+
+METRICS = (
+    Metric("saturation_rps", "saturation, 16 keep-alive connections", "req/s", 0),
+    Metric("sat_cpu_per_1k_{proxy}", "{proxy} CPU-s per 1,000 requests at saturation", "s", 3),
+    Metric("cpu_per_1k_{proxy}", "{proxy} CPU-s per 1,000 requests at 1,000 rps", "s", 3),
+    Metric("rss_peak_mb_{proxy}", "{proxy} peak RSS at 1,000 rps", "MB", 1),
+    Metric("p50_ms", "p50 at 1,000 rps", "ms", 3),
+    Metric("p99_ms", "p99 at 1,000 rps", "ms", 3),
+    Metric("added_p50_ms", "added p50 over direct", "ms", 3),
+    Metric("added_p99_ms", "added p99 over direct", "ms", 3),
+)
+
+TARGETS = (
+    Target("saturation req/s ≥ 0.5× nginx", ("saturation_rps",), 0.5, ANCHOR, True),
+    Target("waypoint ≤ 0.30 vCPU per 1,000 rps", ("cpu_per_1k_waypoint",), 0.30, None, False),
+)
+
+
+def summarise(samples: list[Sample], contenders: tuple[str, ...]) -> dict:
+    """bench.mesh's summary plus `sat_cpu_per_1k_<proxy>` (median over rounds)."""
+    out = mesh_report.summarise(samples, contenders)
+    per: dict[tuple[str, str], list[float]] = {}
+    for s in samples:
+        if s.measure != "saturation" or not s.result.get("requests"):
+            continue
+        for name, proxy in s.proxies.items():
+            per.setdefault((s.contender, f"sat_cpu_per_1k_{name}"), []).append(
+                proxy["cpu_s"] / (s.result["requests"] / 1000))
+    for (contender, metric), rounds in per.items():
+        out.setdefault(contender, {})[metric] = {"median": statistics.median(rounds), "min": min(rounds),
+                                                 "max": max(rounds), "rounds": rounds}
+    return out
+
+
+def proxy_names(summary: dict) -> list[str]:
+    names = {key.removeprefix("sat_cpu_per_1k_").removeprefix("cpu_per_1k_")
+             for metrics in summary.values() for key in metrics if "cpu_per_1k_" in key}
+    return sorted(names)
+
+
+def table(summary: dict, names: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+    """One row per metric: each contender's median, then each contender ÷ nginx."""
+    contenders = tuple(summary)
+    others = [c for c in contenders if c != ANCHOR] if ANCHOR in summary else []
+    head = ["measure", "unit", *(names[c] for c in contenders), *(f"{c} ÷ {ANCHOR}" for c in others)]
+    rows = []
+    for metric in expand(METRICS, proxy_names(summary)):
+        cells = [median(summary, c, metric.key) for c in contenders]
+        if all(math.isnan(v) for v in cells):
+            continue
+        rows.append([metric.heading, metric.unit, *(fmt_cell(summary, c, metric) for c in contenders),
+                     *(fmt_ratio(ratio(summary, c, ANCHOR, metric.key)) for c in others)])
+    return head, rows
+
+
+def path_cpu(summary: dict, contender: str, prefix: str = "sat_cpu_per_1k_") -> float:
+    """CPU-s per 1,000 requests summed over every proxy of a contender's path."""
+    values = [cell["median"] for key, cell in summary.get(contender, {}).items() if key.startswith(prefix)]
+    return sum(values) if values else math.nan
+
+
+def evaluate(summary: dict) -> list[dict]:
+    out = []
+    if WAYPOINT not in summary:
+        return out
+    for target in TARGETS:
+        metric = target.metrics[0]
+        value = (ratio(summary, WAYPOINT, target.relative_to, metric) if target.relative_to
+                 else median(summary, WAYPOINT, metric))
+        if math.isnan(value):
+            continue
+        ok = value >= target.bound if target.at_least else value <= target.bound
+        out.append({"target": target.label, "contender": WAYPOINT, "value": value,
+                    "relative": bool(target.relative_to), "metric": metric, "pass": ok})
+    return out
