@@ -11,7 +11,7 @@ import importlib
 from types import ModuleType
 
 # Module names under wisp.commands, in the order their commands appear in `wisp --help`.
-MODULES: tuple[str, ...] = ()
+MODULES: tuple[str, ...] = ("waypoint",)
 
 
 def modules() -> list[ModuleType]:
