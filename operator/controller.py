@@ -20,6 +20,7 @@ from wisp.model import ModelSnapshot
 from .cluster import ClusterState
 from .distributor import Distributor
 from .errors import InvalidObject
+from .gateways import StatusFieldsWrite, merge_status
 from .reconcile import Reconciler, Reconciliation, StatusWrite
 from .store import ObjectStore
 
@@ -33,16 +34,18 @@ class Controller:
         self.reconciler = reconciler or Reconciler()
         self.state: ClusterState = store.snapshot()
         self.status: dict[tuple[str, str, str, str], dict | None] = {}
+        # Local mode: Gateway API status fields we own, by (kind, namespace, name), merged.
+        self.status_fields: dict[tuple[str, str, str], dict] = {}
         self.synced = asyncio.Event()
         self._reported: set[str] = set()
         self._reconciled_version: int | None = None
         # What the distributor held after our last publish: a patch's delta is relative to it.
         self._published: ModelSnapshot | None = None
-        self._last_status: tuple[StatusWrite, ...] | None = None
+        self._last_status: tuple[StatusWrite | StatusFieldsWrite, ...] | None = None
         self._last_errors: tuple[InvalidObject, ...] | None = None
         # Counts published reconciliations, for writers that follow them (wait_for_reconciliation).
         self.reconciliations = 0
-        self.last_status: tuple[StatusWrite, ...] = ()
+        self.last_status: tuple[StatusWrite | StatusFieldsWrite, ...] = ()
         self._reconciled = asyncio.Event()
 
     async def run(self) -> None:
@@ -92,13 +95,20 @@ class Controller:
             await self._reconciled.wait()
         return self.reconciliations
 
-    def _record_status(self, writes: tuple[StatusWrite, ...]) -> None:
+    def _record_status(self, writes: tuple[StatusWrite | StatusFieldsWrite, ...]) -> None:
         # Local mode keeps conditions here for `wisp get`; the Kubernetes source writes them.
         # Local objects carry no status of ours, so one reconciliation's writes are the whole
         # desired set: replacing the table (not merging into it) drops the conditions of objects
         # that are gone or no longer get one, instead of showing stale ones.
         self.status = {(w.kind, w.namespace, w.name, w.condition_type): w.condition
-                       for w in writes if w.condition is not None}
+                       for w in writes if isinstance(w, StatusWrite) and w.condition is not None}
+        # Gateway API fields keep their lastTransitionTime while a condition's status holds.
+        fields = {}
+        for w in writes:
+            if isinstance(w, StatusFieldsWrite):
+                key = (w.kind, w.namespace, w.name)
+                fields[key] = merge_status(w.kind, self.status_fields.get(key), w.fields)
+        self.status_fields = fields
 
     def _report(self, errors: tuple[InvalidObject, ...]) -> None:
         current = {str(error) for error in errors}

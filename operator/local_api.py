@@ -9,7 +9,8 @@ server, and kubelet reports pod state. Without Kubernetes those go through the c
 - the runtime (kubelet and kubectl for the CLI): `PUT`/`DELETE /v1/local/pods/<ns>/<name>/runtime`
   reports a pod's node, IP, phase and readiness; `PATCH /v1/local/labels/<kind>/<ns>/<name>`
   (`-` for a cluster-scoped object's namespace) overlays labels; `GET /v1/local/objects` lists
-  everything with the conditions the control plane derived;
+  everything with the conditions the control plane derived (Gateway API status — waypoint
+  Gateways' conditions, listeners and addresses, routes' parents — merged into the objects);
 - the CLI (`wisp apply/delete/get`, as kubectl): `GET /v1/local/resources` is discovery (kinds,
   plural, singular and short names); `POST /v1/local/apply` validates one file's objects and, only
   if all pass, writes the file into the manifest directory and loads it (answer 200 with
@@ -222,12 +223,26 @@ class LocalApi:
         for (kind, namespace, name, _), condition in self.controller.status.items():
             if condition is not None:
                 conditions.setdefault(f"{kind}/{namespace}/{name}", []).append(condition)
+        objects = list(state.objects.values())
+        fields = self.controller.status_fields
+        if fields:
+            # Gateway API status (Gateway conditions, listeners, addresses; route parents) shows
+            # in the object itself, as kubectl shows it.
+            objects = [_with_status(o, fields) for o in objects]
         return {
             "version": self.store.version,
-            "objects": list(state.objects.values()),
+            "objects": objects,
             "conditions": conditions,
             "config_version": self.controller.distributor.version,
         }
+
+
+def _with_status(obj: dict[str, Any], fields: dict[tuple[str, str, str], dict]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    ours = fields.get((obj.get("kind"), meta.get("namespace", ""), meta.get("name")))
+    if ours is None:
+        return obj
+    return dict(obj, status={**(obj.get("status") or {}), **ours})
 
 
 def _with_uid(pod: dict[str, Any]) -> dict[str, Any]:

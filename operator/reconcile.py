@@ -8,7 +8,9 @@ and reported in ``Reconciliation.errors`` for the shell to log once.
 Status writes are the conditions we own (``istio.io/WaypointBound`` on Services
 and Pods, ``ZtunnelAccepted`` on AuthorizationPolicies) that differ from what
 the object's status already says, ignoring lastTransitionTime; ``condition=None``
-asks the writer to remove a condition we no longer want.
+asks the writer to remove a condition we no longer want. Waypoint Gateways and
+mesh routes get ``StatusFieldsWrite``s instead (whole Gateway API status fields,
+``gateways``), and their objects go into the model as ConfigObjects for waypoints.
 
 ``reconcile(state)`` is the full build. ``Reconciler`` keeps the last build's
 indexes so that the common change, a few Pods, re-derives only those Pods'
@@ -27,6 +29,7 @@ from wisp.model import KIND_WORKLOAD, Authorization, Delta, ModelSnapshot, Resou
 from wisp_operator.cluster import KIND_POD, ClusterState, Key
 from wisp.kube import ObjectId, labels
 from wisp_operator.errors import InvalidObject, object_id
+from wisp_operator.gateways import StatusFieldsWrite, config_objects, gateway_api_writes
 from wisp_operator.peer_authentication import PeerAuth, PeerAuthIndex, parse_peer_authentication
 from wisp_operator.policy import (
     CONDITION_ZTUNNEL_ACCEPTED,
@@ -63,7 +66,7 @@ class StatusWrite:
 @dataclass(frozen=True, slots=True)
 class Reconciliation:
     model: ModelSnapshot
-    status: tuple[StatusWrite, ...]
+    status: tuple[StatusWrite | StatusFieldsWrite, ...]
     errors: tuple[InvalidObject, ...]
     # Set when the model was patched from the previous one: exactly diff(previous.model, model),
     # so the distributor need not compare every resource. None after a full build.
@@ -109,7 +112,7 @@ class _Build:
                  "workload_keys", "write_keys", "error_keys", "trackable")
 
     def __init__(self, state: ClusterState, ctx: WorkloadContext, result: Reconciliation,
-                 head_writes: tuple[StatusWrite, ...], head_errors: tuple[InvalidObject, ...],
+                 head_writes: tuple[StatusWrite | StatusFieldsWrite, ...], head_errors: tuple[InvalidObject, ...],
                  pods: dict[Key, _PodOutcome], trackable: bool) -> None:
         self.state = state
         self.ctx = ctx
@@ -127,7 +130,7 @@ class _Build:
     def full(cls, state: ClusterState) -> _Build:
         settings = state.settings
         errors: list[InvalidObject] = []
-        writes: list[StatusWrite] = []
+        writes: list[StatusWrite | StatusFieldsWrite] = []
 
         waypoints = WaypointIndex(state)
         errors.extend(waypoints.errors)
@@ -179,6 +182,13 @@ class _Build:
             infos.append(result.info)
             _want(writes, svc, oid, CONDITION_WAYPOINT_BOUND, result.binding.condition)
 
+        # --- waypoints: their config objects, Gateway and route status ---
+        objects, object_errors = config_objects(state)
+        errors.extend(object_errors)
+        gateway_writes, gateway_errors = gateway_api_writes(state, waypoints, services.values())
+        writes.extend(gateway_writes)
+        errors.extend(gateway_errors)
+
         # --- workloads ---
         localities = {}
         for node in state.nodes():
@@ -217,6 +227,7 @@ class _Build:
             workloads=workloads,
             services=services,
             authorizations=dict(sorted(authorizations.items())),
+            objects=objects,
         )
         return cls(state, ctx, Reconciliation(model, tuple(writes), tuple(errors)),
                    head_writes, head_errors, pods, trackable)

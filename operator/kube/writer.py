@@ -9,6 +9,9 @@ Two kinds of writes, each only when its content changed:
   updates status: read, change one condition, write; a 409 Conflict (someone wrote in between)
   is retried with a fresh read, up to ``CONFLICT_RETRIES`` times. ``lastTransitionTime`` changes
   only when the condition's status does. Other writers' conditions are kept.
+- **Gateway API status** (the core's ``StatusFieldsWrite``s: a waypoint Gateway's conditions,
+  listeners and addresses, a mesh route's ``parents`` entries of our controller) goes the same
+  way, fields merged by ``gateways.merge_status`` (others' conditions and parents kept).
 - **Waypoint objects**: for each Gateway of class ``istio-waypoint`` a ServiceAccount, a
   Service and a Deployment named after it, made as istiod's gateway deployment controller makes
   them (labels ``gateway.networking.k8s.io/gateway-name`` and ``istio.io/gateway-name``, Service
@@ -33,6 +36,7 @@ import structlog
 
 from wisp_operator.cluster import ClusterState, Key
 from wisp_operator.controller import Controller
+from wisp_operator.gateways import StatusFieldsWrite, merge_status
 from wisp_operator.reconcile import StatusWrite
 from wisp_operator.waypoints import GATEWAY_NAME_LABEL, WAYPOINT_GATEWAY_CLASS
 
@@ -90,14 +94,18 @@ class KubeWriter:
                 continue
             await self.write(controller.state, controller.last_status)
 
-    async def write(self, state: ClusterState, writes: Iterable[StatusWrite]) -> None:
+    async def write(self, state: ClusterState, writes: Iterable[StatusWrite | StatusFieldsWrite]) -> None:
         """Write ``writes`` and the waypoint objects ``state``'s Gateways want; log failures."""
         for write in writes:
+            current = state.get(write.kind, write.namespace, write.name)
             try:
-                await self.write_status(write, state.get(write.kind, write.namespace, write.name))
+                if isinstance(write, StatusFieldsWrite):
+                    await self.write_status_fields(write, current)
+                else:
+                    await self.write_status(write, current)
             except KubeUnavailable as exc:
                 log.warning("status write failed", kind=write.kind, namespace=write.namespace,
-                            name=write.name, condition=write.condition_type, error=str(exc))
+                            name=write.name, condition=getattr(write, "condition_type", None), error=str(exc))
         try:
             await self.sync_waypoints(state)
         except KubeUnavailable as exc:
@@ -152,6 +160,49 @@ class KubeWriter:
             log.info("status written", kind=write.kind, namespace=write.namespace, name=write.name,
                      condition=write.condition_type,
                      status=write.condition.get("status") if write.condition else None)
+            return True
+        log.warning("status write kept conflicting, giving up until the next reconciliation",
+                    kind=write.kind, namespace=write.namespace, name=write.name, attempts=CONFLICT_RETRIES)
+        return False
+
+    async def write_status_fields(self, write: StatusFieldsWrite, current: dict[str, Any] | None = None) -> bool:
+        """Set the Gateway API status fields we own; True if the API server took a change."""
+        kind = KINDS_BY_NAME.get(write.kind)
+        if kind is None:
+            log.warning("status for a kind we do not follow, not written", kind=write.kind)
+            return False
+        path = kind.object_path(write.namespace, write.name)
+        wanted = _canonical(write.fields)
+        memo_key = (write.kind, write.namespace, write.name, "")
+        if current is not None and self._written.get(memo_key) == (wanted, _resource_version(current)):
+            return False
+        for _ in range(CONFLICT_RETRIES):
+            if current is None:
+                response = await self.api.request("GET", path)
+                if response.status == 404:
+                    return False
+                _check(response, "read", path)
+                current = response.body
+            rv = _resource_version(current)
+            status = current.get("status") if isinstance(current.get("status"), dict) else {}
+            merged = merge_status(write.kind, status, write.fields)
+            if all(status.get(k) == v for k, v in merged.items()):
+                self._written[memo_key] = (wanted, rv)
+                return False
+            patch = {"metadata": {"resourceVersion": rv}, "status": merged}
+            response = await self.api.request("PATCH", path + "/status", body=patch, content_type=MERGE_PATCH,
+                                              query={"fieldManager": FIELD_MANAGER})
+            if response.status == 409:
+                self.conflicts += 1
+                current = None
+                continue
+            if response.status == 404:
+                return False
+            _check(response, "write status of", path)
+            self.status_writes += 1
+            self._written[memo_key] = (wanted, rv)
+            log.info("status written", kind=write.kind, namespace=write.namespace, name=write.name,
+                     fields=sorted(write.fields))
             return True
         log.warning("status write kept conflicting, giving up until the next reconciliation",
                     kind=write.kind, namespace=write.namespace, name=write.name, attempts=CONFLICT_RETRIES)

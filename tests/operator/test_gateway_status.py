@@ -1,0 +1,222 @@
+"""Waypoint Gateways and mesh routes in the core: ConfigObjects for waypoints, Gateway API status.
+
+Condition types and reasons are the Gateway API's (kubernetes-sigs/gateway-api apis/v1
+gateway_types.go, shared_types.go); route conditions come from the waypoint's own route parser.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wisp.model import ConfigObject
+from wisp_operator.cluster import ClusterState
+from wisp_operator.gateways import CONTROLLER_NAME, StatusFieldsWrite, merge_status
+from wisp_operator.reconcile import reconcile
+
+WAYPOINT_IP = "10.96.0.99"
+
+
+def gateway(listeners: list[dict[str, Any]] | None = None, status: dict[str, Any] | None = None,
+            gateway_class: str = "istio-waypoint") -> dict[str, Any]:
+    gw: dict[str, Any] = {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "waypoint", "namespace": "shop", "generation": 2},
+        "spec": {"gatewayClassName": gateway_class,
+                 "listeners": listeners if listeners is not None else
+                 [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+    }
+    if status is not None:
+        gw["status"] = status
+    return gw
+
+
+def waypoint_service() -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "waypoint", "namespace": "shop",
+                         "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
+            "spec": {"clusterIP": WAYPOINT_IP, "selector": {"gateway.networking.k8s.io/gateway-name": "waypoint"},
+                     "ports": [{"name": "mesh", "port": 15008}, {"name": "status-port", "port": 15021}]}}
+
+
+def waypoint_pod(ready: bool = True) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "waypoint-abc12", "namespace": "shop",
+                         "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
+            "spec": {"serviceAccountName": "waypoint"},
+            "status": {"phase": "Running", "podIP": "10.244.0.50",
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def app_service(name: str = "web") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"istio.io/use-waypoint": "waypoint"}},
+            "spec": {"clusterIP": "10.96.0.20", "selector": {"app": name}, "ports": [{"port": 80}]}}
+
+
+def route(rules: list[dict[str, Any]], kind: str = "HTTPRoute", parent: str = "web",
+          status: dict[str, Any] | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": kind,
+        "metadata": {"name": "canary", "namespace": "shop", "generation": 4},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": parent, "port": 80}], "rules": rules},
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def fields_of(result, kind: str, name: str) -> dict[str, Any] | None:
+    found = [w.fields for w in result.status
+             if isinstance(w, StatusFieldsWrite) and (w.kind, w.namespace, w.name) == (kind, "shop", name)]
+    return found[0] if found else None
+
+
+def by_type(conditions: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in conditions}
+
+
+# --- config objects ---------------------------------------------------------------------------
+
+
+def test_waypoint_gateways_mesh_routes_and_targeted_policies_become_config_objects() -> None:
+    policy_targeted = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                       "metadata": {"name": "l7", "namespace": "shop"},
+                       "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "web"}],
+                                "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}}
+    policy_l4 = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                 "metadata": {"name": "l4", "namespace": "shop"}, "spec": {"action": "ALLOW"}}
+    gateway_route = route([{}])
+    gateway_route["metadata"] = {"name": "ingress", "namespace": "shop"}
+    gateway_route["spec"]["parentRefs"] = [{"name": "ingress-gw"}]  # a Gateway parent: not ours
+    other_class = gateway(gateway_class="istio")
+    other_class["metadata"] = {"name": "ingress-gw", "namespace": "shop"}
+    result = reconcile(ClusterState.of([gateway(), other_class, waypoint_service(), app_service(),
+                                        route([{"backendRefs": [{"name": "web", "port": 80}]}]),
+                                        gateway_route, policy_targeted, policy_l4]))
+    assert sorted(result.model.objects) == ["AuthorizationPolicy/shop/l7", "Gateway/shop/waypoint",
+                                            "HTTPRoute/shop/canary"]
+    obj = result.model.objects["HTTPRoute/shop/canary"]
+    assert isinstance(obj, ConfigObject) and obj.object()["spec"]["parentRefs"][0]["name"] == "web"
+
+
+def test_a_status_write_coming_back_does_not_change_the_model() -> None:
+    objs = [gateway(), waypoint_service(), waypoint_pod(), app_service(), route([{}])]
+    first = reconcile(ClusterState.of(objs))
+    objs[0] = gateway(status=merge_status("Gateway", None, fields_of(first, "Gateway", "waypoint")))
+    assert reconcile(ClusterState.of(objs)).model == first.model
+
+
+# --- Gateway status ---------------------------------------------------------------------------
+
+
+def test_ready_waypoint_gateway_is_accepted_programmed_with_its_address() -> None:
+    fields = fields_of(reconcile(ClusterState.of([gateway(), waypoint_service(), waypoint_pod()])),
+                       "Gateway", "waypoint")
+    assert by_type(fields["conditions"]) == {"Accepted": ("True", "Accepted"),
+                                             "Programmed": ("True", "Programmed")}
+    assert all(c["observedGeneration"] == 2 for c in fields["conditions"])
+    assert fields["addresses"] == [{"type": "IPAddress", "value": WAYPOINT_IP}]
+    (listener,) = fields["listeners"]
+    assert listener["name"] == "mesh" and listener["attachedRoutes"] == 0
+    assert by_type(listener["conditions"]) == {
+        "Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed"),
+        "ResolvedRefs": ("True", "ResolvedRefs"), "Conflicted": ("False", "NoConflicts")}
+
+
+def test_gateway_without_ready_instance_is_pending_with_no_address() -> None:
+    fields = fields_of(reconcile(ClusterState.of([gateway(), waypoint_service(), waypoint_pod(ready=False)])),
+                       "Gateway", "waypoint")
+    assert by_type(fields["conditions"])["Programmed"] == ("False", "Pending")
+    assert fields["addresses"] == []
+
+
+def test_gateway_without_service_address_is_address_not_assigned() -> None:
+    fields = fields_of(reconcile(ClusterState.of([gateway()])), "Gateway", "waypoint")
+    assert by_type(fields["conditions"]) == {"Accepted": ("True", "Accepted"),
+                                             "Programmed": ("False", "AddressNotAssigned")}
+
+
+def test_other_listeners_are_refused_as_unsupported_protocol() -> None:
+    gw = gateway([{"name": "mesh", "port": 15008, "protocol": "HBONE"},
+                  {"name": "http", "port": 80, "protocol": "HTTP"}])
+    fields = fields_of(reconcile(ClusterState.of([gw, waypoint_service(), waypoint_pod()])), "Gateway", "waypoint")
+    assert by_type(fields["conditions"])["Accepted"] == ("True", "ListenersNotValid")
+    mesh, http = fields["listeners"]
+    assert by_type(mesh["conditions"])["Accepted"] == ("True", "Accepted")
+    assert by_type(http["conditions"])["Accepted"] == ("False", "UnsupportedProtocol")
+    assert by_type(http["conditions"])["Programmed"] == ("False", "Invalid")
+
+
+def test_gateway_without_the_hbone_listener_is_not_accepted() -> None:
+    gw = gateway([{"name": "http", "port": 80, "protocol": "HTTP"}])
+    fields = fields_of(reconcile(ClusterState.of([gw, waypoint_service(), waypoint_pod()])), "Gateway", "waypoint")
+    assert by_type(fields["conditions"]) == {"Accepted": ("False", "ListenersNotValid"),
+                                             "Programmed": ("False", "Invalid")}
+
+
+def test_gateway_status_already_current_is_not_written_again() -> None:
+    objs = [gateway(), waypoint_service(), waypoint_pod()]
+    wanted = fields_of(reconcile(ClusterState.of(objs)), "Gateway", "waypoint")
+    stored = merge_status("Gateway", {"conditions": [{"type": "other.io/Thing", "status": "True"}]}, wanted)
+    objs[0] = gateway(status=stored)
+    assert fields_of(reconcile(ClusterState.of(objs)), "Gateway", "waypoint") is None
+
+
+# --- route status -----------------------------------------------------------------------------
+
+
+def test_valid_route_is_accepted_with_resolved_refs_per_parent() -> None:
+    r = route([{"backendRefs": [{"name": "web", "port": 80}]}])
+    fields = fields_of(reconcile(ClusterState.of([app_service(), r])), "HTTPRoute", "canary")
+    (parent,) = fields["parents"]
+    assert parent["parentRef"] == r["spec"]["parentRefs"][0]
+    assert parent["controllerName"] == CONTROLLER_NAME == "istio.io/mesh-controller"
+    assert by_type(parent["conditions"]) == {"Accepted": ("True", "Accepted"),
+                                             "ResolvedRefs": ("True", "ResolvedRefs")}
+    assert all(c["observedGeneration"] == 4 for c in parent["conditions"])
+
+
+def test_missing_backend_is_backend_not_found() -> None:
+    r = route([{"backendRefs": [{"name": "nowhere", "port": 80}]}])
+    (parent,) = fields_of(reconcile(ClusterState.of([app_service(), r])), "HTTPRoute", "canary")["parents"]
+    assert by_type(parent["conditions"])["ResolvedRefs"] == ("False", "BackendNotFound")
+
+
+def test_unsupported_filter_everywhere_is_invalid_filter() -> None:
+    r = route([{"filters": [{"type": "CORS", "cors": {}}], "backendRefs": [{"name": "web", "port": 80}]}])
+    (parent,) = fields_of(reconcile(ClusterState.of([app_service(), r])), "HTTPRoute", "canary")["parents"]
+    assert by_type(parent["conditions"])["Accepted"] == ("False", "InvalidFilter")
+
+
+def test_missing_parent_service_is_no_matching_parent() -> None:
+    r = route([{}], parent="ghost")
+    (parent,) = fields_of(reconcile(ClusterState.of([app_service(), r])), "HTTPRoute", "canary")["parents"]
+    assert by_type(parent["conditions"])["Accepted"] == ("False", "NoMatchingParent")
+
+
+def test_grpc_routes_get_status_too() -> None:
+    r = route([{"backendRefs": [{"name": "web", "port": 80}]}], kind="GRPCRoute")
+    (parent,) = fields_of(reconcile(ClusterState.of([app_service(), r])), "GRPCRoute", "canary")["parents"]
+    assert by_type(parent["conditions"])["Accepted"] == ("True", "Accepted")
+
+
+def test_other_controllers_parents_are_kept_and_times_survive_an_unchanged_status() -> None:
+    theirs = {"parentRef": {"name": "ingress"}, "controllerName": "example.com/other", "conditions": []}
+    r = route([{"backendRefs": [{"name": "web", "port": 80}]}])
+    wanted = fields_of(reconcile(ClusterState.of([app_service(), r])), "HTTPRoute", "canary")
+    first = merge_status("HTTPRoute", {"parents": [theirs]}, wanted, now="2026-01-01T00:00:00Z")
+    assert first["parents"][0] == theirs
+    again = merge_status("HTTPRoute", first, wanted, now="2026-02-02T00:00:00Z")
+    assert [c["lastTransitionTime"] for c in again["parents"][1]["conditions"]] == ["2026-01-01T00:00:00Z"] * 2
+    r["status"] = again
+    assert fields_of(reconcile(ClusterState.of([app_service(), r])), "HTTPRoute", "canary") is None
+
+
+def test_a_condition_that_flips_gets_a_new_transition_time() -> None:
+    old = {"conditions": [{"type": "Programmed", "status": "False", "reason": "Pending",
+                           "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    wanted = fields_of(reconcile(ClusterState.of([gateway(), waypoint_service(), waypoint_pod()])),
+                       "Gateway", "waypoint")
+    merged = merge_status("Gateway", old, wanted, now="2026-03-03T00:00:00Z")
+    programmed = next(c for c in merged["conditions"] if c["type"] == "Programmed")
+    assert programmed["lastTransitionTime"] == "2026-03-03T00:00:00Z"
