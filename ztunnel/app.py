@@ -32,7 +32,7 @@ from .inpod.manager import PodManager
 from .inpod.supervisor import WorkerPool, pending_of
 from .inpod.worker import serve_supervisor
 from .metrics import Metrics
-from .proxy.connections import ConnectionTracker
+from .proxy.connections import ConnectionTracker, describe
 from .proxy.inputs import ProxyInputs
 from .state.current import CurrentState
 from .state.proxy_state import ProxyState
@@ -112,6 +112,9 @@ class Ztunnel:
         snapshot = self.state.snapshot
         dump = {
             "node": self.config.node,
+            # Who this ztunnel is, as its pod's environment said (null outside Kubernetes).
+            "pod": {"name": self.config.pod_name, "namespace": self.config.pod_namespace,
+                    "ip": self.config.instance_ip, "service_account": self.config.service_account},
             "workloads": [to_json(w) for _, w in sorted(snapshot.workloads.items())],
             "services": [to_json(s) for _, s in sorted(snapshot.services.items())],
             "policies": [to_json(p) for _, p in sorted(snapshot.authorizations.items())],
@@ -131,6 +134,8 @@ class Ztunnel:
             "pods": [proxy.describe() for _, proxy in sorted(self.pods.proxies.items())],
             "pending_pods": sorted(self.pods.pending),
             "connections": len(self.tracker.live),
+            "connection_list": sorted((describe(t) for t in list(self.tracker.live)),
+                                      key=lambda c: (c["workload"], c["direction"], c["local"], c["remote"])),
             "connections_opened": self.metrics.value("istio_tcp_connections_opened_total"),
             "pending": pending,
             "ready": not pending,

@@ -32,6 +32,43 @@ class Tracked:
     denied: bool = False
 
 
+def _addresses(end: object) -> tuple[str, str] | None:
+    """(local, remote) as ip:port of one end: its own socket, or its HBONE connection's."""
+    sock = getattr(end, "sock", None)
+    if sock is None:
+        conn = getattr(end, "conn", None)
+        sock = getattr(conn, "sock", None)
+    try:
+        local, remote = sock.getsockname(), sock.getpeername()
+    except (AttributeError, OSError):
+        return None
+    return "%s:%d" % local[:2], "%s:%d" % remote[:2]
+
+
+def describe(tracked: Tracked) -> dict:
+    """One live connection as `istioctl ztunnel-config connections` shows it: the workload it
+    belongs to, Inbound or Outbound, the local and remote addresses, the remote's target and
+    whether it crossed HBONE. Read from the sockets as they are now (a closing one says less)."""
+    pod = getattr(getattr(tracked.owner, "pod", None), "info", None)
+    workload = "%s.%s" % (pod.name, pod.namespace) if pod is not None else ""
+    conn = tracked.rbac
+    if conn is not None:
+        remote = _addresses(tracked.splice.client)
+        return {"workload": workload, "direction": "Inbound",
+                "local": "%s:%d" % (conn.dst_ip, conn.dst_port),
+                "remote": remote[1] if remote and conn.src_identity is None else conn.src_ip,
+                "remote_target": "", "protocol": "HBONE" if conn.src_identity is not None else "TCP",
+                "identity": str(conn.src_identity) if conn.src_identity is not None else ""}
+    client = _addresses(tracked.splice.client)
+    server = _addresses(tracked.splice.server)
+    hbone = hasattr(tracked.splice.server, "stream_id")
+    return {"workload": workload, "direction": "Outbound",
+            "local": client[1] if client else "", "remote": server[1] if server else "",
+            # The app dialled this address; the redirect kept it as the socket's own.
+            "remote_target": client[0] if client else "", "protocol": "HBONE" if hbone else "TCP",
+            "identity": ""}
+
+
 class ConnectionTracker:
     def __init__(self, notify: Callable[[Callable[[], object]], None] | None = None) -> None:
         self.live: set[Tracked] = set()
