@@ -9,7 +9,16 @@ costs only itself: versions coalesce while it is busy, nobody waits for it.
 ztunnels see every workload and service (any of them can be a destination) but only the
 authorizations they enforce: GLOBAL ones, those of namespaces with a workload on their node, and
 selector policies a workload on their node lists (Istio's mesh-wide STRICT lives in the root
-namespace and reaches workloads that way).
+namespace and reaches workloads that way). ztunnels never receive ConfigObjects.
+
+Waypoints see every workload, service and authorization, and the ConfigObjects that concern
+the Gateway they subscribed with (`View.gateway`, "ns/name"): that Gateway; HTTPRoutes and
+GRPCRoutes with a parentRef to a Service bound to it; AuthorizationPolicies whose targetRefs
+name that Gateway, a Service bound to it, or (in the root namespace) the istio-waypoint
+GatewayClass. A Service is bound to the waypoint its `waypoint` GatewayAddress names, usable or
+not (so a waypoint has its config before it turns ready). A waypoint that names no Gateway gets
+every ConfigObject. When a binding changes, objects that became (or stopped being) a waypoint's
+business are sent (or removed) in the next delta although they did not change themselves.
 """
 
 from __future__ import annotations
@@ -23,12 +32,17 @@ from dataclasses import dataclass, field
 from wisp.controlplane.protocol import encode_delta, encode_resource, encode_snapshot
 from wisp.model import (
     KIND_AUTHORIZATION,
+    KIND_CONFIG_OBJECT,
+    KIND_SERVICE,
     KIND_WORKLOAD,
     Authorization,
+    ConfigObject,
     Delta,
     ModelSnapshot,
+    ModelError,
     Resource,
     ResourceKey,
+    Service,
     Workload,
     diff,
     resource_key,
@@ -36,16 +50,21 @@ from wisp.model import (
 
 ROLE_ZTUNNEL = "ztunnel"
 ROLE_WAYPOINT = "waypoint"
+DEFAULT_ROOT_NAMESPACE = "istio-system"
+WAYPOINT_GATEWAY_CLASS = "istio-waypoint"
+_GATEWAY_GROUP = "gateway.networking.k8s.io"
+_CORE_GROUPS = ("", "core")
 DEFAULT_HISTORY = 64
 _DELTA_MESSAGE_CACHE = 256
 
 
 @dataclass(slots=True, frozen=True)
 class View:
-    """Who is subscribing: a ztunnel on a node, or a waypoint (which sees everything)."""
+    """Who is subscribing: a ztunnel on a node, or a waypoint (of the Gateway "ns/name", if given)."""
 
     role: str
     node: str | None = None
+    gateway: str | None = None
 
     @property
     def filtered(self) -> bool:
@@ -61,6 +80,9 @@ class _Publication:
     # ("ref", "ns/name") of a selector policy a local workload lists.
     node_scopes: dict[str, frozenset[tuple[str, str]]]
     authorizations_by_namespace: dict[str, list[Authorization]]
+    # Built on first use by a waypoint: Gateway "ns/name" (or "*" for every waypoint) -> the
+    # ConfigObject keys that concern it.
+    waypoint_objects: dict[str, frozenset[str]] | None = None
 
 
 @dataclass(slots=True)
@@ -83,7 +105,7 @@ class SubscriberStatus:
 
 
 class Distributor:
-    def __init__(self, history: int = DEFAULT_HISTORY) -> None:
+    def __init__(self, history: int = DEFAULT_HISTORY, root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> None:
         self.epoch = secrets.token_hex(4)
         self._history: deque[_Publication] = deque(maxlen=history)
         self._changed = asyncio.Event()
@@ -94,6 +116,9 @@ class Distributor:
         # Encoded deltas to the current version, by (base version, filter); reset on publish.
         self._delta_messages: dict[tuple, bytes] = {}
         self.subscribers: dict[str, SubscriberStatus] = {}
+        self.root_namespace = root_namespace
+        # ConfigObject key -> (object, what it targets), parsed once per object version.
+        self._targets: dict[str, tuple[ConfigObject, tuple[tuple[str, str], ...]]] = {}
         self.publish(ModelSnapshot())
 
     # -- publishing ----------------------------------------------------------------------------
@@ -128,12 +153,18 @@ class Distributor:
                 isinstance(obj, Authorization) for obj in delta.upserts
             ):
                 authorizations = _authorizations_by_namespace(snapshot)
+        waypoint_objects = None
+        if previous is not None and not any(
+                k.kind in (KIND_CONFIG_OBJECT, KIND_SERVICE) for k in delta.removals) and not any(
+                isinstance(obj, (ConfigObject, Service)) for obj in delta.upserts):
+            waypoint_objects = previous.waypoint_objects  # no object or binding changed
         publication = _Publication(
             number=previous.number + 1 if previous else 0,
             snapshot=snapshot,
             delta=delta,
             node_scopes=node_scopes,
             authorizations_by_namespace=authorizations,
+            waypoint_objects=waypoint_objects,
         )
         self._history.append(publication)
         self._delta_messages.clear()
@@ -229,7 +260,7 @@ class Distributor:
         # Subscribers at the same version with the same filter get the same bytes: a pod change
         # fanned out to a node's ztunnels is encoded once, not once per stream.
         key = (base.number, view.filtered, self._scopes_of(view, base) if view.filtered else None,
-               self._scopes_of(view, current) if view.filtered else None)
+               self._scopes_of(view, current) if view.filtered else None, view.gateway)
         message = self._delta_messages.get(key)
         if message is None:
             if len(self._delta_messages) >= _DELTA_MESSAGE_CACHE:
@@ -240,16 +271,60 @@ class Distributor:
     def _scopes_of(self, view: View, publication: _Publication) -> frozenset[tuple[str, str]]:
         return publication.node_scopes.get(view.node or "", frozenset())
 
-    def _wanted(self, view: View, obj: Resource, scopes: frozenset[tuple[str, str]]) -> bool:
+    def _wanted(self, view: View, obj: Resource, scopes: frozenset[tuple[str, str]],
+                objects: frozenset[str] | None = None) -> bool:
+        if isinstance(obj, ConfigObject):
+            if view.filtered:
+                return False  # ztunnels never receive them
+            return objects is None or f"{obj.kind}/{obj.namespace}/{obj.name}" in objects
         if not view.filtered or not isinstance(obj, Authorization):
             return True
         return _relevant(obj, scopes)
 
+    # -- what concerns a waypoint ----------------------------------------------------------------
+    def _objects_of(self, view: View, publication: _Publication) -> frozenset[str] | None:
+        """The ConfigObject keys a waypoint view gets; None = all of them (no Gateway named)."""
+        if view.filtered or view.gateway is None:
+            return None
+        index = publication.waypoint_objects
+        if index is None:
+            index = publication.waypoint_objects = self._index_waypoint_objects(publication.snapshot)
+        return index.get(view.gateway, frozenset()) | index.get("*", frozenset())
+
+    def _index_waypoint_objects(self, snapshot: ModelSnapshot) -> dict[str, frozenset[str]]:
+        bound: dict[str, str] = {}  # Service "ns/name" -> its waypoint's Gateway "ns/name"
+        for service in snapshot.services.values():
+            if service.waypoint is not None and service.waypoint.gateway:
+                bound[f"{service.namespace}/{service.name}"] = service.waypoint.gateway
+        index: dict[str, set[str]] = {}
+        live = set()
+        for key, obj in snapshot.objects.items():
+            live.add(key)
+            for target, value in self._targets_of(key, obj):
+                gateway = value if target == "gateway" else bound.get(value) if target == "service" else "*"
+                if gateway:
+                    index.setdefault(gateway, set()).add(key)
+        for key in self._targets.keys() - live:
+            del self._targets[key]
+        return {gateway: frozenset(keys) for gateway, keys in index.items()}
+
+    def _targets_of(self, key: str, obj: ConfigObject) -> tuple[tuple[str, str], ...]:
+        cached = self._targets.get(key)
+        if cached is not None and cached[0] is obj:
+            return cached[1]
+        try:
+            targets = _targets(obj, obj.object(), self.root_namespace)
+        except ModelError:
+            targets = ()  # not JSON: concerns nobody (the waypoint would refuse it anyway)
+        self._targets[key] = (obj, targets)
+        return targets
+
     def _snapshot_message(self, view: View, publication: _Publication) -> bytes:
         scopes = self._scopes_of(view, publication)
+        objects = self._objects_of(view, publication)
         resources = (
             self._encode(obj) for obj in publication.snapshot.resources()
-            if self._wanted(view, obj, scopes)
+            if self._wanted(view, obj, scopes, objects)
         )
         return encode_snapshot(self._version(publication.number), resources)
 
@@ -266,13 +341,27 @@ class Distributor:
         upserts: list[dict] = []
         removals: list[ResourceKey] = []
         now = self._scopes_of(view, current)
+        objects_now = self._objects_of(view, current)
         for key, obj in changes.items():
             if obj is None:
-                removals.append(key)
-            elif self._wanted(view, obj, now):
+                if not (view.filtered and key.kind == KIND_CONFIG_OBJECT):
+                    removals.append(key)
+            elif self._wanted(view, obj, now, objects_now):
                 upserts.append(self._encode(obj))
-            else:
+            elif not (view.filtered and key.kind == KIND_CONFIG_OBJECT):
                 removals.append(key)  # changed, but no longer this subscriber's business
+        if objects_now is not None:
+            objects_before = self._objects_of(view, base)
+            assert objects_before is not None
+            # Unchanged objects that became (or stopped being) this waypoint's business.
+            for key_text in objects_now ^ objects_before:
+                key = ResourceKey(KIND_CONFIG_OBJECT, key_text)
+                if key in changes:
+                    continue
+                if key_text in objects_now:
+                    upserts.append(self._encode(current.snapshot.objects[key_text]))
+                else:
+                    removals.append(key)
         if view.filtered:
             before = self._scopes_of(view, base)
             # Unchanged policies that became (or stopped being) this node's business.
@@ -331,7 +420,8 @@ class Distributor:
         several they applied in a row.
         """
         status = self.subscribers.get(subscriber_id)
-        if status is None or status.view != view:
+        # The Gateway a waypoint named travels on its stream only; acks by POST do not repeat it.
+        if status is None or (status.view.role, status.view.node) != (view.role, view.node):
             return False
         if error:
             status.last_error = error
@@ -386,6 +476,38 @@ def _relevant(policy: Authorization, scopes: frozenset[tuple[str, str]]) -> bool
     """Does a ztunnel whose local workloads give `scopes` enforce `policy`?"""
     return (policy.scope == "GLOBAL" or ("ns", policy.namespace) in scopes
             or ("ref", f"{policy.namespace}/{policy.name}") in scopes)
+
+
+def _targets(obj: ConfigObject, body: dict, root_namespace: str) -> tuple[tuple[str, str], ...]:
+    """What a ConfigObject concerns: ("gateway", "ns/name"), ("service", "ns/name") or ("all", "")."""
+    spec = body.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    ns = obj.namespace
+    if obj.kind == "Gateway":
+        return (("gateway", f"{ns}/{obj.name}"),)
+    out: list[tuple[str, str]] = []
+    if obj.kind in ("HTTPRoute", "GRPCRoute"):
+        for ref in spec.get("parentRefs") or []:
+            if (isinstance(ref, dict) and ref.get("kind") == "Service" and ref.get("group", _GATEWAY_GROUP)
+                    in _CORE_GROUPS and isinstance(ref.get("name"), str)):
+                namespace = ref.get("namespace") if isinstance(ref.get("namespace"), str) and ref["namespace"] else ns
+                out.append(("service", f"{namespace}/{ref['name']}"))
+        return tuple(out)
+    refs = spec.get("targetRefs") or ([spec["targetRef"]] if spec.get("targetRef") else [])
+    for ref in refs if isinstance(refs, list) else []:
+        if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
+            continue
+        if ref.get("namespace") and ref.get("namespace") != ns:
+            continue  # cross-namespace targets never match (waypoint/authz/targets.py)
+        group, kind = ref.get("group") or "", ref.get("kind")
+        if kind == "Service" and group in _CORE_GROUPS:
+            out.append(("service", f"{ns}/{ref['name']}"))
+        elif kind == "Gateway" and group == _GATEWAY_GROUP:
+            out.append(("gateway", f"{ns}/{ref['name']}"))
+        elif kind == "GatewayClass" and group == _GATEWAY_GROUP and ref["name"] == WAYPOINT_GATEWAY_CLASS \
+                and ns == root_namespace:
+            out.append(("all", ""))
+    return tuple(out)
 
 
 def _authorizations_by_namespace(snapshot: ModelSnapshot) -> dict[str, list[Authorization]]:

@@ -14,6 +14,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from urllib.parse import parse_qs
 
 import hypercorn.asyncio
@@ -165,6 +166,14 @@ class ControlPlaneApp:
         version = params.get("version", [None])[0]
         subscriber = params.get("subscriber", [None])[0] or f"{caller.role}-{secrets.token_hex(4)}"
         view = caller.view
+        gateway = params.get("gateway", [None])[0]
+        if gateway is not None:
+            refusal = _gateway_refusal(caller, gateway)
+            if refusal is not None:
+                await _drain(receive, scope)
+                await _json(send, 403 if caller.role == ROLE_WAYPOINT else 400, {"error": refusal})
+                return
+            view = replace(view, gateway=gateway)
         dist = self.distributor
         status = dist.connected(subscriber, view)
         duplex = scope["method"] == "POST"
@@ -296,6 +305,19 @@ async def _drain_until_end(receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect" or not message.get("more_body"):
             return
+
+
+def _gateway_refusal(caller: Caller, gateway: str) -> str | None:
+    """Why ``caller`` may not subscribe as the waypoint of Gateway ``gateway``, or None."""
+    if caller.role != ROLE_WAYPOINT:
+        return f"only waypoints name a gateway; {caller.describe()} does not"
+    namespace, _, name = gateway.partition("/")
+    if not namespace or not name or "/" in name:
+        return f"gateway must be namespace/name, got {gateway!r}"
+    if caller.identity is not None and caller.identity.namespace != namespace:
+        # A waypoint runs in its Gateway's namespace; it may not read another namespace's config.
+        return f"waypoint {caller.identity} may not subscribe as Gateway {gateway} of another namespace"
+    return None
 
 
 def parse_ack(body: bytes, *, with_subscriber: bool) -> tuple[str | None, str, str | None]:

@@ -192,7 +192,11 @@ async def open_config_stream(conn: H2Connection, endpoint: Endpoint, query: dict
 
 
 class ConfigSubscriber:
-    """Follows the config stream; `on_update(snapshot)` runs after each applied version."""
+    """Follows the config stream; `on_update(snapshot)` runs after each applied version.
+
+    A waypoint passes `gateway` ("namespace/name" of its Gateway): the control plane then sends
+    it the ConfigObjects that concern that Gateway (operator/distributor.py).
+    """
 
     def __init__(
         self,
@@ -205,9 +209,11 @@ class ConfigSubscriber:
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
         ack_delay: float = 0.1,
+        gateway: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.id = subscriber_id
+        self.gateway = gateway
         self.on_update = on_update
         self.view = ConfigView()
         self.backoff_min = backoff_min
@@ -248,6 +254,8 @@ class ConfigSubscriber:
     async def _follow(self, resume: bool) -> bool:
         """One connection: open the stream, apply what arrives, ack it; True if anything came."""
         query = {"subscriber": self.id}
+        if self.gateway:
+            query["gateway"] = self.gateway
         if resume and self.view.version:
             query["version"] = self.view.version
         self._ack_wanted = trio.Event()
