@@ -194,7 +194,7 @@ def test_delete_all_deletes_only_waypoints(cluster: Cluster, shop: str) -> None:
     (["apply", "--name", "none"], "'none' is a reserved value"),
     (["apply", "--name", "Big_Name"], "invalid waypoint name 'Big_Name'"),
     (["apply", "-n", "no-such-namespace"], "namespace: no-such-namespace not found"),
-    (["list", "--context", "nowhere"], "cannot use the kubeconfig"),
+    (["list", "--context", "nowhere"], "cannot load the Kubernetes configuration from"),
 ])
 def test_bad_requests_fail_with_one_clear_line(cluster: Cluster, gateway_crd: None, argv: list[str], words: str) -> None:
     result = waypoint(cluster, *argv)
@@ -208,4 +208,4 @@ def test_an_unreachable_api_server_is_named(tmp_path: Path, cluster: Cluster) ->
     config.write_text(cluster.kubeconfig.read_text().replace(cluster.server, "https://127.0.0.1:1"))
     result = subprocess.run([WISP, "waypoint", "list", "--kubeconfig", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert "the API server at https://127.0.0.1:1 cannot be reached" in result.stderr
+    assert "cannot reach the Kubernetes API server at https://127.0.0.1:1" in result.stderr

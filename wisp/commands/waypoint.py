@@ -6,8 +6,9 @@ and read that Gateway, and the `istio.io/use-waypoint` label of its namespace, o
 targets:
 - the local mesh (`wisp up`), through its control plane's API; `--prefix` names the mesh
   (default `$WISP_PREFIX` or `wisp`), as for `wisp apply/get/label`;
-- a Kubernetes cluster, with `--kubeconfig` (and `--context`): the Gateway is server-side
-  applied with field manager `wisp`, as istioctl applies it with `istioctl`.
+- a Kubernetes cluster, when `--kubeconfig` or `--context` is given (the kubeconfig found as
+  kubectl finds it, through `wisp.commands.kubeapi`): the Gateway is server-side applied with
+  field manager `wisp`, as istioctl applies it with `istioctl`.
 
 Output follows istioctl (istio/istio `istioctl/pkg/waypoint/waypoint.go`): its messages
 (`✅ waypoint shop/waypoint applied`), its columns laid out as Go's tabwriter lays them (padding
@@ -26,10 +27,8 @@ Bad arguments are usage errors (exit 2); failures print one line `wisp waypoint 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ DATAPLANE_MODE = "istio.io/dataplane-mode"
 TRAFFIC_TYPES = ("all", "none", "service", "workload")
 WAIT_TIMEOUT = 90.0
 POLL_INTERVAL = 1.0
-FIELD_MANAGER = "wisp"
+FIELD_MANAGER = "wisp"  # as wisp.commands.kubeapi's, the field manager of every wisp write
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -416,113 +415,95 @@ class LocalMesh:
 
 
 class Cluster:
-    """A Kubernetes API server, from a kubeconfig (loaded by kubernetes-asyncio, which knows its
-    forms: files or inline data, tokens, exec plugins), called with httpx."""
+    """A Kubernetes API server through the commands' shared connection (`wisp.commands.kubeapi`:
+    the kubeconfig found as kubectl finds it), on an event loop of its own so the verbs above
+    stay plain calls."""
 
     GATEWAYS = "/apis/gateway.networking.k8s.io/v1"
 
-    def __init__(self, kubeconfig: Path | None, context: str | None) -> None:
+    def __init__(self, args: argparse.Namespace) -> None:
         import asyncio
 
-        import httpx
-        from kubernetes_asyncio import client as k8s_client
         from kubernetes_asyncio import config as k8s_config
 
-        path = kubeconfig or Path(os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube/config")
-        if not path.is_file():
-            raise WaypointError(f"no kubeconfig at {path}")
-        configuration = k8s_client.Configuration()
-        try:
-            asyncio.run(k8s_config.load_kube_config(config_file=str(path), context=context,
-                                                    client_configuration=configuration, persist_config=False))
-            contexts, active = k8s_config.list_kube_config_contexts(str(path))
-        except (k8s_config.ConfigException, OSError, KeyError, ValueError, TypeError) as exc:
-            raise WaypointError(f"cannot use the kubeconfig {path}: {exc}") from None
-        chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
-        self.default_namespace = ((chosen or {}).get("context") or {}).get("namespace") or "default"
-        headers = {"accept": "application/json"}
-        token = configuration.api_key.get("BearerToken") or configuration.api_key.get("authorization")
-        if token:
-            headers["authorization"] = token if token.lower().startswith("bearer ") else f"Bearer {token}"
-        try:
-            tls = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
-            if not configuration.verify_ssl:
-                tls.check_hostname = False
-                tls.verify_mode = ssl.CERT_NONE
-            if configuration.cert_file:
-                tls.load_cert_chain(configuration.cert_file, configuration.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise WaypointError(f"cannot use the TLS files of the kubeconfig {path}: {exc}") from None
-        self.host = configuration.host
-        self._http = httpx.Client(base_url=configuration.host, headers=headers, verify=tls, timeout=30.0)
+        from . import kubeapi
 
-    def _request(self, method: str, path: str, **kwargs) -> Any:
-        import httpx
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._kube = self._loop.run_until_complete(kubeapi.connect(args))
+        except kubeapi.KubeCommandError as exc:
+            self._loop.close()
+            raise WaypointError(str(exc)) from None
+        self.host = self._kube.host
+        self.default_namespace = "default"
+        path = kubeapi.kubeconfig_path(args)
+        if path is not None:
+            try:
+                contexts, active = k8s_config.list_kube_config_contexts(str(path))
+            except (k8s_config.ConfigException, OSError, ValueError):
+                contexts, active = [], None
+            chosen = next((c for c in contexts if c.get("name") == args.context), None) if args.context else active
+            self.default_namespace = ((chosen or {}).get("context") or {}).get("namespace") or "default"
+        else:
+            token_namespace = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            if token_namespace.is_file():
+                self.default_namespace = token_namespace.read_text().strip() or "default"
+
+    def _request(self, method: str, path: str, **kwargs: Any):
+        from .kubeapi import KubeCommandError
 
         try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise WaypointError(f"the API server at {self.host} cannot be reached: {exc}") from None
-        return response
+            return self._loop.run_until_complete(self._kube.request(method, path, **kwargs))
+        except KubeCommandError as exc:
+            raise WaypointError(str(exc)) from None
 
-    @staticmethod
-    def _message(response) -> str:
-        try:
-            body = response.json()
-        except ValueError:
-            return response.text[:200] or f"HTTP {response.status_code}"
-        return str(body.get("message") or f"HTTP {response.status_code}") if isinstance(body, dict) else response.text[:200]
-
-    def _ok(self, response, what: str) -> Any:
-        if response.status_code >= 300:
-            raise WaypointError(f"{what}: {self._message(response)}")
-        return response.json() if response.content else None
+    def _ok(self, response, what: str) -> dict[str, Any]:
+        if not response.ok:
+            raise WaypointError(f"{what}: {response.message()}")
+        return response.body
 
     def namespace(self, name: str) -> dict[str, Any] | None:
         response = self._request("GET", f"/api/v1/namespaces/{name}")
-        if response.status_code == 404:
+        if response.status == 404:
             return None
         return self._ok(response, f"failed to get namespace {name}")
 
     def label_namespace(self, name: str, key: str, value: str | None) -> None:
-        response = self._request("PATCH", f"/api/v1/namespaces/{name}",
-                                 content=json.dumps({"metadata": {"labels": {key: value}}}),
-                                 headers={"content-type": "application/merge-patch+json"})
+        response = self._request("PATCH", f"/api/v1/namespaces/{name}", body={"metadata": {"labels": {key: value}}},
+                                 content_type="application/merge-patch+json")
         self._ok(response, f"failed to update namespace {name}")
 
     def apply_gateway(self, gateway: dict[str, Any]) -> None:
+        from .kubeapi import APPLY_PATCH
+
         namespace, name = gateway["metadata"]["namespace"], gateway["metadata"]["name"]
         response = self._request("PATCH", f"{self.GATEWAYS}/namespaces/{namespace}/gateways/{name}",
-                                 params={"fieldManager": FIELD_MANAGER}, content=json.dumps(gateway),
-                                 headers={"content-type": "application/apply-patch+yaml"})
-        if response.status_code == 404 and "gateways" not in self._served_gateway_resources():
+                                 query={"fieldManager": FIELD_MANAGER}, body=gateway, content_type=APPLY_PATCH)
+        if response.status == 404 and not self._serves_gateways():
             raise WaypointError("missing Kubernetes Gateway CRDs need to be installed before applying a waypoint: "
-                                + self._message(response))
+                                + response.message())
         self._ok(response, f"failed to apply waypoint {namespace}/{name}")
 
-    def _served_gateway_resources(self) -> set[str]:
-        response = self._request("GET", self.GATEWAYS)
-        if response.status_code != 200:
-            return set()
-        return {r.get("name") for r in response.json().get("resources", [])}
+    def _serves_gateways(self) -> bool:
+        return self._loop.run_until_complete(self._kube.resource("gateway.networking.k8s.io/v1", "Gateway")) is not None
 
     def gateway(self, namespace: str, name: str) -> dict[str, Any] | None:
         response = self._request("GET", f"{self.GATEWAYS}/namespaces/{namespace}/gateways/{name}")
-        if response.status_code == 404:
+        if response.status == 404:
             return None
         return self._ok(response, f"failed to get waypoint {namespace}/{name}")
 
     def gateways(self, namespace: str | None) -> list[dict[str, Any]]:
         path = f"{self.GATEWAYS}/namespaces/{namespace}/gateways" if namespace else f"{self.GATEWAYS}/gateways"
         response = self._request("GET", path)
-        if response.status_code == 404 and "gateways" not in self._served_gateway_resources():
+        if response.status == 404 and not self._serves_gateways():
             raise WaypointError("the cluster does not serve Gateways (gateway.networking.k8s.io/v1): "
                                 "install the Gateway API CRDs first")
         return list(self._ok(response, "failed to list waypoints").get("items") or [])
 
     def delete_gateway(self, namespace: str, name: str) -> bool:
         response = self._request("DELETE", f"{self.GATEWAYS}/namespaces/{namespace}/gateways/{name}")
-        if response.status_code == 404:
+        if response.status == 404:
             return False
         self._ok(response, f"failed to delete waypoint {namespace}/{name}")
         return True
@@ -531,12 +512,15 @@ class Cluster:
         found = []
         for kind, plural in (("service", "services"), ("pod", "pods")):
             response = self._request("GET", f"/api/v1/namespaces/{namespace}/{plural}",
-                                     params={"labelSelector": f"{USE_WAYPOINT}={waypoint}"})
+                                     query={"labelSelector": f"{USE_WAYPOINT}={waypoint}"})
             found += [f"{kind} {namespace}/{_meta(o, 'name')}" for o in self._ok(response, f"failed to list {plural}")["items"]]
         return sorted(found)
 
     def close(self) -> None:
-        self._http.close()
+        try:
+            self._loop.run_until_complete(self._kube.__aexit__(None, None, None))
+        finally:
+            self._loop.close()
 
 
 # -- the command line -------------------------------------------------------------------------------
@@ -619,7 +603,7 @@ def _run(command) -> Callable[[argparse.Namespace], int]:
                 raise WaypointError("give --kubeconfig (a cluster) or --prefix (a local mesh), not both")
             if command is not generate_command:
                 if args.kubeconfig is not None or args.context is not None:
-                    target = Cluster(args.kubeconfig, args.context)
+                    target = Cluster(args)
                 else:
                     target = LocalMesh(args.prefix or os.environ.get("WISP_PREFIX", "wisp"))
             return command(args, target, out)
