@@ -4,7 +4,8 @@ Loads or creates the CA, issues a credential per node proxy (written to the stat
 the local runtime to hand out), follows its source, reconciles, and serves the CA and the config
 stream on 15012.
 
-- Local mode (``--manifests DIR``): the source is a manifest directory.
+- Local mode (``--manifests DIR``): the source is a manifest directory; waypoint Gateways' objects
+  are written into it (``local_waypoints``) with ``--waypoint-command`` as their container command.
 - Kubernetes mode (``--kubeconfig PATH [--context NAME]``, or ``--in-cluster``): the source is
   list+watch on the API server (``wisp_operator.kube``); status and waypoint objects are written
   by the replica that holds the ``wisp-operator`` Lease; every replica serves the stream and the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -34,6 +36,7 @@ from .controller import Controller
 from .distributor import Distributor
 from .local_api import LocalApi
 from .local_source import LocalSource
+from .local_waypoints import LocalWaypoints
 from .server import ControlPlaneApp, serve
 from .store import ObjectStore
 
@@ -57,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lease-name", default="wisp-operator", help="Kubernetes mode: the leader election Lease")
     parser.add_argument("--identity", help="Kubernetes mode: leader election identity (default: host name + pid)")
     parser.add_argument("--waypoint-image", default="wisp:latest", help="Kubernetes mode: image of waypoint pods")
+    parser.add_argument("--waypoint-command", default="wisp-waypoint",
+                        help="local mode: the command of waypoint pods (split as a shell would)")
     parser.add_argument("--state-dir", required=True, type=Path,
                         help="where the root certificate and node credentials are written")
     parser.add_argument("--listen", default="0.0.0.0:15012", help="address:port to serve on")
@@ -136,10 +141,16 @@ async def run(args: argparse.Namespace) -> int:
         async with asyncio.TaskGroup() as tasks:
             watcher = tasks.create_task(source.watch())
             reconciler = tasks.create_task(controller.run())
+            waypoints = LocalWaypoints(
+                source, state_dir=args.state_dir, issue_token=credentials.issue_waypoint,
+                control_plane=f"{args.advertise[0] if args.advertise else '127.0.0.1'}:{port}",
+                trust_domain=args.trust_domain, command=shlex.split(args.waypoint_command))
+            waypoint_writer = tasks.create_task(waypoints.run(controller))
             await serve(app, sock, serving, shutdown,
                         unix_path=str(args.local_socket) if args.local_socket else None)
             watcher.cancel()
             reconciler.cancel()
+            waypoint_writer.cancel()
     finally:
         sock.close()
     log.info("control plane stopped")

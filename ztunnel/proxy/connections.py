@@ -15,6 +15,7 @@ import structlog
 import trio
 
 from wisp.engine.splice import Splice
+from wisp.sockets import original_dst
 
 from ..state import rbac
 from ..state.proxy_state import ProxyState
@@ -49,7 +50,8 @@ def describe(tracked: Tracked) -> dict:
     """One live connection as `istioctl ztunnel-config connections` shows it: the workload it
     belongs to, Inbound or Outbound, the local and remote addresses, the remote's target and
     whether it crossed HBONE. Read from the sockets as they are now (a closing one says less)."""
-    pod = getattr(getattr(tracked.owner, "pod", None), "info", None)
+    # Inbound handlers name the pod's proxy as owner, outbound ones its PodContext.
+    pod = getattr(tracked.owner, "info", None) or getattr(getattr(tracked.owner, "pod", None), "info", None)
     workload = "%s.%s" % (pod.name, pod.namespace) if pod is not None else ""
     conn = tracked.rbac
     if conn is not None:
@@ -64,9 +66,17 @@ def describe(tracked: Tracked) -> dict:
     hbone = hasattr(tracked.splice.server, "stream_id")
     return {"workload": workload, "direction": "Outbound",
             "local": client[1] if client else "", "remote": server[1] if server else "",
-            # The app dialled this address; the redirect kept it as the socket's own.
-            "remote_target": client[0] if client else "", "protocol": "HBONE" if hbone else "TCP",
+            "remote_target": _original_destination(tracked.splice.client), "protocol": "HBONE" if hbone else "TCP",
             "identity": ""}
+
+
+def _original_destination(end: object) -> str:
+    """The address the app dialled (before the in-pod redirect to 15001), as ip:port."""
+    sock = getattr(end, "sock", None)
+    try:
+        return "%s:%d" % original_dst(sock)[:2]
+    except (AttributeError, OSError, ValueError):
+        return ""
 
 
 class ConnectionTracker:
