@@ -13,10 +13,9 @@ Two kinds of writes, each only when its content changed:
   listeners and addresses, a mesh route's ``parents`` entries of our controller) goes the same
   way, fields merged by ``gateways.merge_status`` (others' conditions and parents kept).
 - **Waypoint objects**: for each Gateway of class ``istio-waypoint`` a ServiceAccount, a
-  Service and a Deployment named after it, made as istiod's gateway deployment controller makes
-  them (labels ``gateway.networking.k8s.io/gateway-name`` and ``istio.io/gateway-name``, Service
-  ports 15021 ``status-port`` and 15008 ``mesh``, probes on 15021) but small; owned by the
-  Gateway (``ownerReferences`` with its uid) so the garbage collector removes them with it.
+  Service and a Deployment named after it (``wisp.waypoint_deployment``, shared with local
+  mode); owned by the Gateway (``ownerReferences`` with its uid) so the garbage collector
+  removes them with it.
   They are written with server-side apply, field manager ``wisp``, ``force=true`` as istiod
   forces. The core does not produce these objects yet; the writer derives them from the Gateway.
 
@@ -38,7 +37,8 @@ from wisp_operator.cluster import ClusterState, Key
 from wisp_operator.controller import Controller
 from wisp_operator.gateways import StatusFieldsWrite, merge_status
 from wisp_operator.reconcile import StatusWrite
-from wisp_operator.waypoints import GATEWAY_NAME_LABEL, WAYPOINT_GATEWAY_CLASS
+from wisp.waypoint_deployment import DEFAULT_WAYPOINT_IMAGE, waypoint_objects
+from wisp_operator.waypoints import WAYPOINT_GATEWAY_CLASS
 
 from .client import APPLY_PATCH, MERGE_PATCH, KubeApi, KubeUnavailable, Response
 from .source import KINDS_BY_NAME, Kind
@@ -47,10 +47,6 @@ log = structlog.get_logger("wisp.operator.kube.writer")
 
 FIELD_MANAGER = "wisp"
 CONFLICT_RETRIES = 5
-ISTIO_GATEWAY_NAME_LABEL = "istio.io/gateway-name"
-STATUS_PORT = 15021
-MESH_PORT = 15008
-DEFAULT_WAYPOINT_IMAGE = "wisp:latest"
 _WAYPOINT_KINDS = {
     "ServiceAccount": Kind("ServiceAccount", "v1", "serviceaccounts"),
     "Service": Kind("Service", "v1", "services"),
@@ -244,62 +240,6 @@ class KubeWriter:
         self.applies += 1
         log.info("applied", kind=obj["kind"], namespace=meta["namespace"], name=meta["name"])
         return response.body
-
-
-def waypoint_objects(gateway: dict[str, Any], image: str = DEFAULT_WAYPOINT_IMAGE) -> list[dict[str, Any]]:
-    """The ServiceAccount, Service and Deployment of a waypoint Gateway, owned by it."""
-    meta = gateway["metadata"]
-    name, namespace = meta["name"], meta.get("namespace") or "default"
-    labels = {GATEWAY_NAME_LABEL: name, ISTIO_GATEWAY_NAME_LABEL: name}
-    owner = {
-        "apiVersion": gateway.get("apiVersion") or "gateway.networking.k8s.io/v1",
-        "kind": "Gateway",
-        "name": name,
-        "uid": meta["uid"],
-    }
-
-    def metadata() -> dict[str, Any]:
-        return {"name": name, "namespace": namespace, "labels": dict(labels), "ownerReferences": [dict(owner)]}
-
-    probe = {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT}, "periodSeconds": 15}
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata()},
-        {
-            "apiVersion": "v1", "kind": "Service", "metadata": metadata(),
-            "spec": {
-                "type": "ClusterIP",
-                "selector": {GATEWAY_NAME_LABEL: name},
-                "ports": [
-                    {"name": "status-port", "port": STATUS_PORT, "protocol": "TCP", "targetPort": STATUS_PORT},
-                    {"name": "mesh", "port": MESH_PORT, "protocol": "TCP", "targetPort": MESH_PORT},
-                ],
-            },
-        },
-        {
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata(),
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {GATEWAY_NAME_LABEL: name}},
-                "template": {
-                    "metadata": {"labels": {**labels, "istio.io/dataplane-mode": "none"}},
-                    "spec": {
-                        "serviceAccountName": name,
-                        "containers": [{
-                            "name": "istio-proxy",
-                            "image": image,
-                            "args": ["waypoint"],
-                            "ports": [
-                                {"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"},
-                                {"name": "mesh", "containerPort": MESH_PORT, "protocol": "TCP"},
-                            ],
-                            "readinessProbe": probe,
-                            "livenessProbe": probe,
-                        }],
-                    },
-                },
-            },
-        },
-    ]
 
 
 def _check(response: Response, what: str, path: str) -> None:
