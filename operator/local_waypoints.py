@@ -17,8 +17,8 @@ What the waypoint process needs to start, locally:
   (the file the waypoint reads, waypoint/config.py ``WaypointSettings.token_path``), next to
   ``root-cert.pem``;
 - its command: ``command`` (``--waypoint-command``, default ``wisp-waypoint``) with
-  ``--namespace --name --control-plane --state-dir --trust-domain`` and the same in the
-  environment (``WAYPOINT_NAMESPACE``, ``WAYPOINT_NAME``, ``CONTROL_PLANE``, ``STATE_DIR``,
+  ``--namespace --name --control-plane --state-dir --trust-domain`` (waypoint/main.py), and
+  Istio's environment for the same (``POD_NAMESPACE``, ``GATEWAY_NAME``, ``XDS_ADDRESS``,
   ``TRUST_DOMAIN``).
 
 A write that fails (a refused manifest, a file system error) is logged once per cause and tried
@@ -107,8 +107,10 @@ class LocalWaypoints:
         """The waypoint objects of ``gateway`` as this mode runs them."""
         meta = gateway["metadata"]
         namespace, name = meta.get("namespace") or "default", meta["name"]
-        settings = {"WAYPOINT_NAMESPACE": namespace, "WAYPOINT_NAME": name, "CONTROL_PLANE": self.control_plane,
-                    "STATE_DIR": str(self.state_dir), "TRUST_DOMAIN": self.trust_domain}
+        # The environment Istio's waypoint pods get, which wisp-waypoint (waypoint/main.py) reads
+        # too; the flags say the same and win.
+        settings = {"POD_NAMESPACE": namespace, "GATEWAY_NAME": name, "XDS_ADDRESS": self.control_plane,
+                    "TRUST_DOMAIN": self.trust_domain}
         args = ["--namespace", namespace, "--name", name, "--control-plane", self.control_plane,
                 "--state-dir", str(self.state_dir), "--trust-domain", self.trust_domain]
         return waypoint_objects(gateway, "local", command=self.command, args=args, env=settings,

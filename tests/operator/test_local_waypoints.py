@@ -149,3 +149,17 @@ def test_kubernetes_and_local_modes_make_the_same_objects_but_for_the_command() 
     assert strip(kube) == strip(local)
     assert kube[2]["spec"]["template"]["spec"]["containers"][0]["args"] == ["waypoint"]
     assert kube[0]["metadata"]["ownerReferences"][0]["uid"] == "1234"
+
+
+def test_the_waypoint_process_accepts_the_command_line_and_finds_its_token(mesh) -> None:
+    from waypoint.main import parse_args
+
+    _, store, _, waypoints, _, tmp_path = mesh
+    waypoints.sync(store.snapshot())
+    deployment = next(d for d in by_kind(store, "Deployment") if d["metadata"]["name"] == "waypoint")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    settings, _ = parse_args(container["args"])
+    assert (settings.namespace, settings.name, settings.control_plane) == ("shop", "waypoint", "10.0.0.1:15012")
+    assert settings.identity == SpiffeId("cluster.local", "shop", "waypoint")
+    assert settings.token_path() == str(waypoints.token_path("shop", "waypoint"))
+    assert settings.root_path() == str(tmp_path / "state" / "root-cert.pem")
