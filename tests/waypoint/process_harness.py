@@ -66,6 +66,7 @@ class EchoWorkload:
     ip: str
     port: int
     identity: SpiffeId
+    tcp_port: int = 0
     process: subprocess.Popen | None = None
 
 
@@ -79,6 +80,7 @@ class Harness:
     servers: list[HboneServer] = field(default_factory=list)
     listeners: list[socket.socket] = field(default_factory=list)
     waypoint: subprocess.Popen | None = None
+    service_map: dict = field(default_factory=dict)
     seen_identities: list = field(default_factory=list)
     ports: dict = field(default_factory=dict)
     _stop: bool = False
@@ -86,10 +88,12 @@ class Harness:
 
     # -- destination side -------------------------------------------------------------------------
     def add_echo(self, name: str, ip: str, sa: str = "echo") -> EchoWorkload:
-        port = free_port(ip)
-        workload = EchoWorkload(name, ip, port, spiffe("shop", sa))
+        """A wisp-echo (HTTP/1.1 on `port`, raw TCP echo on `tcp_port`) behind an HBONE server on ip:15008."""
+        port, tcp_port = free_port(ip), free_port(ip)
+        workload = EchoWorkload(name, ip, port, spiffe("shop", sa), tcp_port)
         workload.process = subprocess.Popen(
-            [os.path.join(VENV_BIN, "wisp-echo"), "--http", str(port), "--bind", ip, "--name", name],
+            [os.path.join(VENV_BIN, "wisp-echo"), "--http", str(port), "--tcp", str(tcp_port), "--bind", ip,
+             "--name", name],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.workloads.append(workload)
         wait_for(lambda: _connectable(ip, port), what=f"echo {name} listening")
@@ -183,8 +187,6 @@ class Harness:
              "--readiness-address", f"{WAYPOINT_IP}:15021", "--log-json"],
             stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
         wait_for(self.ready, what="waypoint ready")
-
-    service_map: dict = field(default_factory=dict)
 
     def ready(self) -> bool:
         if self.waypoint is not None and self.waypoint.poll() is not None:

@@ -84,7 +84,8 @@ class UpstreamConnection:
 
     @property
     def reusable(self) -> bool:
-        return not self.broken and not self.channel.done and self.parser.done
+        """Open and between requests (an idle one was reset for its next response)."""
+        return not self.broken and not self.channel.done and self.owner is None
 
     # -- the end's side (Reader) -----------------------------------------------------------------
     def data_received(self, data: memoryview | bytes) -> bool:
@@ -199,7 +200,7 @@ class Http1Pool:
     def release(self, conn: UpstreamConnection) -> None:
         """Keep `conn` for the next request to its endpoint (or close it if it cannot be kept)."""
         conn.owner = None
-        if not conn.reusable:
+        if not conn.reusable or not conn.parser.done or conn.parser.buffered:
             conn.close("not reusable")
             return
         idle = self._idle.setdefault(conn.key, [])
