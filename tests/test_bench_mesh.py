@@ -457,3 +457,53 @@ def test_pyspy_output_that_is_not_stacks_is_an_error_naming_the_line():
 def test_old_results_without_runs_or_engines_still_load():
     old = {"round": 0, "contender": "direct", "measure": "fixed", "result": {}, "proxies": {}, "wall": 1.0}
     assert Sample(**old).run == 0
+
+
+PERF_SCRIPT = """\
+   4242 
+\tffffffff81a0 nf_conntrack_in ([kernel.kallsyms])
+\tffffffff81b0 nf_hook_slow ([kernel.kallsyms])
+\tffffffff81c0 tcp_sendmsg ([kernel.kallsyms])
+\tffffffff81d0 __sys_sendto ([kernel.kallsyms])
+\t    7f00 __send (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+   4242 
+\tffffffff81e0 _copy_from_user ([kernel.kallsyms])
+\tffffffff81c0 tcp_sendmsg_locked ([kernel.kallsyms])
+\tffffffff81d0 __sys_sendto ([kernel.kallsyms])
+
+   4242 
+\tffffffff81f0 do_syscall_64 ([kernel.kallsyms])
+
+   4242 
+\t   1af670 _PyEval_EvalFrameDefault (/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0)
+
+   4242 
+\t    31337 EVP_EncryptUpdate (/usr/lib/x86_64-linux-gnu/libcrypto.so.3)
+
+   4242 
+\t    31337 [unknown] ([unknown])
+"""
+
+
+def test_perf_samples_go_to_the_innermost_layer_that_names_them():
+    from bench.mesh import layers
+
+    counts = layers.parse_script(PERF_SCRIPT)
+    # The conntrack frame is innermost, so the netfilter hook under tcp_sendmsg counts there; a
+    # copy inside tcp_sendmsg is the copy's (a system call's work), a bare entry a system call.
+    assert counts == {"kernel: netfilter": 1, "kernel: system calls": 2, "proxy code (CPython)": 1,
+                      "OpenSSL": 1, "other user code": 1}
+
+
+def test_perf_layers_are_microseconds_per_unit_of_work_per_proxy():
+    from collections import Counter
+
+    from bench.mesh import layers
+
+    # 999 samples at 999 Hz are one CPU-second: over 1,000 requests and two proxies, 500 µs each.
+    figures = layers.per_unit(Counter({"OpenSSL": 999, "kernel: TCP/IP": 1998}), units=1000, proxies=2,
+                              frequency=999)
+    assert figures == pytest.approx({"OpenSSL": 500.0, "kernel: TCP/IP": 1000.0, "total": 1500.0})
+    with pytest.raises(ValueError):
+        layers.per_unit(Counter({"OpenSSL": 1}), units=0, proxies=2)

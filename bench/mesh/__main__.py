@@ -64,6 +64,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "that node's ztunnel (default node: %(const)s); prints its top entries")
     p.add_argument("--profile-measure", default="fixed", choices=runner.MEASURES[:5],
                    help="the measure of --profile's extra run (default %(default)s)")
+    p.add_argument("--layers", action="store_true",
+                   help="after the rounds, one extra --profile-measure run per proxied contender with perf "
+                        "recording all its proxies: CPU per request per proxy by layer (kernel, OpenSSL, "
+                        "the proxy's own code)")
     p.add_argument("--ztunnel-workers", type=int, help="worker processes per ztunnel (wisp up --ztunnel-workers)")
     p.add_argument("--idle-connections", type=int, help="idle connections opened through each contender")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of %(default)s")
@@ -98,7 +102,8 @@ def make_plan(args: argparse.Namespace) -> runner.Plan:
                  "ztunnel_workers": args.ztunnel_workers, "fixed_runs": args.fixed_runs}
     preset.update({k: v for k, v in overrides.items() if v})
     return runner.Plan(**preset, contenders=args.contenders, measures=args.measures, pin=args.pin,
-                       engines=args.engines, profile=args.profile or "", profile_measure=args.profile_measure)
+                       engines=args.engines, profile=args.profile or "", profile_measure=args.profile_measure,
+                       layers=args.layers)
 
 
 def describe_plan(plan: runner.Plan) -> str:
@@ -112,7 +117,8 @@ def describe_plan(plan: runner.Plan) -> str:
             f"{plan.bulk_seconds:g} s each; (e) {plan.idle_connections:,} idle connections, once per contender "
             f"after the rounds; {plan.ztunnel_workers} worker process(es) per ztunnel, HAProxy 1 thread per node"
             + (f"; ztunnel engines {', '.join(engines)}, each in its own mesh ({ENGINE_VARIABLE})" if engines else "")
-            + (f"; py-spy on {plan.profile}'s ztunnel in one extra {plan.profile_measure} run each" if plan.profile else ""))
+            + (f"; py-spy on {plan.profile}'s ztunnel in one extra {plan.profile_measure} run each" if plan.profile else "")
+            + (f"; perf on every proxy in one extra {plan.profile_measure} run each" if plan.layers else ""))
 
 
 def tool_versions() -> dict[str, str]:
@@ -182,12 +188,12 @@ def measure(plan: runner.Plan, contenders: list[Contender], names: dict[str, str
         try:
             for contender in contenders:
                 contender.start(meshes[contender.key], log)
-            samples, profiles = runner.run(plan, contenders, meshes, progress(plan, names), keep=keep)
+            samples, profiles, cpu_layers = runner.run(plan, contenders, meshes, progress(plan, names), keep=keep)
             restarts = {}
             for env, members in groups.items():
                 where = "" if len(groups) == 1 else f" ({', '.join(c.key for c in members)} mesh)"
                 restarts.update({f"{name}{where}": n for name, n in meshes[members[0].key].restarts().items()})
-            return samples, profiles, restarts
+            return samples, profiles, cpu_layers, restarts
         finally:
             for contender in contenders:
                 contender.stop()
@@ -209,7 +215,7 @@ def main(argv: list[str]) -> int:
     log(f"bench.mesh: {describe_plan(plan)}")
     log(f"machine: {machine.summary(host)}")
     try:
-        samples, profiles, restarts = measure(plan, contenders, names, RESULTS / f"mesh-{now:%Y-%m-%dT%H%M%SZ}")
+        samples, profiles, cpu_layers, restarts = measure(plan, contenders, names, RESULTS / f"mesh-{now:%Y-%m-%dT%H%M%SZ}")
     except KeyboardInterrupt:
         log("interrupted; mesh and proxies stopped")
         return 130
@@ -218,7 +224,7 @@ def main(argv: list[str]) -> int:
         return 1
     summary = report.summarise(samples, tuple(names))
     data = report.as_json(summary, plan, samples, date=now.isoformat(), machine=host, tools=tools,
-                          source=source, names=names, short=short, restarts=restarts, profiles=profiles,
+                          source=source, names=names, short=short, restarts=restarts, profiles=profiles, layers=cpu_layers,
                           anchors=[c.key for c in contenders if c.anchor],
                           command=" ".join(["bench/run", *argv]))
     saved = None if args.no_json else save_results("mesh", now, data)
@@ -250,6 +256,9 @@ def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
         for title, head, rows in report.profile_tables(profile):
             print(f"\n{title}:")
             print(report.text_table(head, rows))
+    if data.get("layers"):
+        print(f"\n{report.layers_caption(data['layers'])}")
+        print(report.text_table(*report.layers_table(data["layers"], data["short"])))
     if saved is not None:
         print(f"\nresults: {saved.relative_to(ROOT)}")
     if args.docs:

@@ -351,3 +351,26 @@ def errors(samples: list[Sample]) -> list[str]:
 def as_json(summary: dict, plan: Plan, samples: list[Sample], **meta) -> dict:
     return {"benchmark": "bench.mesh", **meta, "plan": asdict(plan), "summary": summary,
             "targets": evaluate(summary), "samples": [asdict(s) for s in samples]}
+
+
+def layers_caption(cpu_layers: dict) -> str:
+    first = next(iter(cpu_layers.values()))
+    unit = first["unit"]
+    runs = ", ".join(f"{key} {figures['units']:,.0f} {unit}s, {figures['samples']:,} samples"
+                     for key, figures in cpu_layers.items())
+    return (f"perf, CPU µs per {unit} per proxy by layer, one extra {first['measure']} run each "
+            f"({runs}; {first['frequency']} Hz, kernel included):")
+
+
+def layers_table(cpu_layers: dict, short: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+    """Rows: layers (as bench/mesh/layers.py orders them, then the total); columns: contenders."""
+    from .layers import LAYERS
+
+    keys = list(cpu_layers)
+    head = ["layer", *(short.get(k, k) for k in keys)]
+    rows = []
+    for name in (*LAYERS, "total"):
+        values = [cpu_layers[k]["us_per_unit"].get(name) for k in keys]
+        if any(values):
+            rows.append([name, *("–" if v is None else f"{v:.1f}" for v in values)])
+    return head, rows

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import loadgen, pinning, procstat, profile
+from . import layers, loadgen, pinning, procstat, profile
 from .contenders import Contender, Route
 from .mesh import HTTP_PORT, VENV_BIN, Mesh, wait_for
 
@@ -62,6 +62,8 @@ class Plan:
     # The node whose ztunnel py-spy records in an extra run ("" = no profile), and of which measure.
     profile: str = ""
     profile_measure: str = "fixed"
+    # One more extra run of `profile_measure` per contender with proxies, perf recording them all.
+    layers: bool = False
 
 
 @dataclass(slots=True)
@@ -121,11 +123,13 @@ class RssSampler:
 
 
 def run(plan: Plan, contenders: list[Contender], meshes: dict[str, Mesh], progress: Callable[[Sample], None],
-        keep: Path | None = None) -> tuple[list[Sample], dict[str, dict]]:
-    """Every measurement of the plan, and the profiles ({contender: summary}) if asked for;
-    `keep` is where py-spy's raw output is saved (file names start with it)."""
+        keep: Path | None = None) -> tuple[list[Sample], dict[str, dict], dict[str, dict]]:
+    """Every measurement of the plan, the py-spy profiles ({contender: summary}) and the perf
+    layers ({contender: figures}) if asked for; `keep` is where py-spy's raw output is saved
+    (file names start with it)."""
     samples: list[Sample] = []
     profiles: dict[str, dict] = {}
+    cpu_layers: dict[str, dict] = {}
     budget = plan.quiet_budget
     timed = [m for m in plan.measures if m != "idle"]
     fixed_layout = pinning.layout(plan.pin)
@@ -150,12 +154,16 @@ def run(plan: Plan, contenders: list[Contender], meshes: dict[str, Mesh], progre
                 if contender.profiled:
                     profiles[contender.key] = _profile(plan, contender, meshes[contender.key], Path(scratch),
                                                        fixed_layout, keep)
+        if plan.layers:
+            for contender in contenders:
+                if contender.proxies(meshes[contender.key]):
+                    cpu_layers[contender.key] = _layers(plan, contender, meshes[contender.key], Path(scratch))
         if "idle" in plan.measures:
             for contender in contenders:
                 sample = _idle(plan, contender, meshes[contender.key])
                 samples.append(sample)
                 progress(sample)
-    return samples, profiles
+    return samples, profiles, cpu_layers
 
 
 def _profile(plan: Plan, contender: Contender, mesh: Mesh, scratch: Path, layout: pinning.Layout,
@@ -181,6 +189,30 @@ def _profile(plan: Plan, contender: Contender, mesh: Mesh, scratch: Path, layout
         saved.write_text(raw.read_text())
         out["raw"] = saved.name
     return out
+
+
+def _layers(plan: Plan, contender: Contender, mesh: Mesh, scratch: Path) -> dict:
+    """One unmeasured run of `plan.profile_measure` with perf recording every process of every
+    proxy of `contender`: its CPU per request per proxy by layer (bench/mesh/layers.py)."""
+    roots = contender.proxies(mesh)
+    parents, _ = procstat.processes()
+    pids = [pid for root in roots.values() for pid in (procstat.descendants(root, parents) if root in parents else [root])]
+    seconds = _command(plan, plan.profile_measure, contender.route(mesh), scratch)[1]
+    output = scratch / f"perf-{contender.key}.data"
+    try:
+        with layers.Recording(pids, seconds, output) as recording:
+            sample = measure_one(plan, 0, plan.profile_measure, contender, mesh, scratch,
+                                 layout=pinning.LAYOUTS["none"], run=0)
+        counts = recording.layers()
+    except (OSError, layers.LayerError, BenchError) as exc:
+        raise BenchError(f"{contender.key} perf layers: {exc}") from exc
+    unit, units = (("MiB", sample.result.get("bytes", 0) / 2**20) if plan.profile_measure.startswith("bulk")
+                   else ("request", sample.result.get("requests", 0)))
+    if units <= 0:
+        raise BenchError(f"{contender.key} perf layers: the {plan.profile_measure} run did no work")
+    return {"measure": plan.profile_measure, "unit": unit, "units": units, "proxies": len(roots),
+            "samples": sum(counts.values()), "frequency": layers.FREQUENCY,
+            "us_per_unit": layers.per_unit(counts, units, len(roots))}
 
 
 def warm_up(route: Route) -> None:
