@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         pinning.layout(args.pin)
     except pinning.PinError as exc:
         p.error(str(exc))
+    if args.layers and shutil.which("perf") is None:
+        p.error("--layers needs perf (Debian: apt-get install linux-perf)")
     if args.profile and "ztunnel" not in args.contenders:
         p.error("--profile records ztunnel: keep ztunnel among --contenders")
     return args
