@@ -1,0 +1,360 @@
+"""One proxied HTTP/2 request: a client's stream joined to a stream on an upstream connection.
+
+An `Exchange` relays both directions between two sans-IO codecs (wisp.h2): the client's
+(`Downstream.codec`, server side) and the endpoint's (`UpstreamConnection.codec`, client side).
+
+Flow control crosses the proxy without unbounded buffering: DATA from one side is handed to the
+other side's codec within that stream's send window, and the bytes are returned to their sender
+(`consumed`, hence WINDOW_UPDATE) only once handed on. What does not fit waits in the exchange
+until the other side's window opens (`flush_up`/`flush_down` on WindowUpdated), so the most an
+exchange ever holds is the window its sender was granted. Trailers (gRPC's status) follow the
+last DATA; a RST_STREAM on one side resets the other; an upstream that fails before its response
+headers gets the client a 503 (a gRPC client: trailers-only `grpc-status: 14`), after them a
+RST_STREAM.
+
+`Outbox` collects the connections whose codecs queued frames while events were handled; the
+entry points flush it once at the end, so one write per connection carries every frame a batch
+of events produced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from wisp.h2 import frames
+
+from waypoint.pipeline import Proxy, RequestHead, Respond, response_headers_of
+
+from .messages import Fields, clean_response, grpc_status_of, local_reply, status_of
+
+if TYPE_CHECKING:
+    from .downstream import Downstream
+    from .upstream import UpstreamConnection
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class Outbox:
+    """Connections with frames to write; `flush()` writes each once."""
+
+    __slots__ = ("dirty",)
+
+    def __init__(self) -> None:
+        self.dirty: dict[int, Flushable] = {}
+
+    def add(self, conn: Flushable) -> None:
+        self.dirty[id(conn)] = conn
+
+    def flush(self) -> None:
+        while self.dirty:
+            _, conn = self.dirty.popitem()
+            conn.flush()
+
+
+class Exchange:
+    """See the module docstring. Created by `Downstream` for every request it proxies or answers."""
+
+    __slots__ = ("down", "sid", "head", "grpc", "proxy", "up", "up_sid", "started", "status", "grpc_status",
+                 "request_bytes", "response_bytes", "error", "done", "on_done", "_req_ended", "_req_sent_end",
+                 "_to_up", "_to_up_end", "_to_up_trailers", "_resp_started", "_resp_ended", "_resp_sent_end",
+                 "_to_down", "_to_down_end", "_to_down_trailers", "_up_closed", "__weakref__")
+
+    def __init__(self, down: Downstream, sid: int, head: RequestHead, grpc: bool, request_ended: bool,
+                 on_done: Callable[[Exchange], None] | None = None) -> None:
+        self.down = down
+        self.sid = sid
+        self.head = head
+        self.grpc = grpc
+        self.proxy: Proxy | None = None
+        self.up: UpstreamConnection | None = None
+        self.up_sid = 0
+        self.started = time.monotonic()
+        self.status = 0
+        self.grpc_status: int | None = None
+        self.request_bytes = 0
+        self.response_bytes = 0
+        self.error: str | None = None
+        self.done = False
+        self.on_done = on_done
+        self._req_ended = request_ended      # the client sent END_STREAM
+        self._req_sent_end = False           # ... and it was passed upstream
+        self._to_up: bytearray | None = None
+        self._to_up_end = False
+        self._to_up_trailers: Fields | None = None
+        self._resp_started = False           # final response headers sent to the client
+        self._resp_ended = False             # the endpoint sent END_STREAM
+        self._resp_sent_end = False          # ... and it was passed to the client
+        self._to_down: bytearray | None = None
+        self._to_down_end = False
+        self._to_down_trailers: Fields | None = None
+        self._up_closed = False
+
+    # -- starting ---------------------------------------------------------------------------------
+    def respond(self, respond: Respond) -> None:
+        """Answer the client ourselves (denied, redirected, no route, no endpoint, bad request)."""
+        fields, body = local_reply(respond, self.grpc)
+        self.status = respond.status
+        self.grpc_status = grpc_status_of(fields)
+        self._resp_started = True
+        self._resp_ended = True
+        self._up_closed = True
+        self.down.codec.send_headers(self.sid, fields, end_stream=not body)
+        if body:
+            self._send_down(body, True)
+        else:
+            self._resp_sent_end = True
+        self.down.dirty()
+        self._maybe_done()
+
+    def forward(self, proxy: Proxy, up: UpstreamConnection, fields: Fields) -> None:
+        """Open the upstream stream with `fields` (the request as the endpoint gets it)."""
+        self.proxy = proxy
+        self.up = up
+        end = self._req_ended
+        self.up_sid = up.open(self, fields, end)
+        self._req_sent_end = end
+
+    # -- client → endpoint ---------------------------------------------------------------------
+    def request_data(self, data, end: bool) -> None:
+        self.request_bytes += len(data)
+        if end:
+            self._req_ended = True
+        if self.up is None or self._up_closed:
+            # Answered already (or the upstream is gone): the bytes go nowhere but back as window.
+            if data:
+                self.down.codec.consumed(self.sid, len(data))
+                self.down.dirty()
+            self._maybe_done()
+            return
+        if self._to_up is not None:
+            self._to_up += data
+            self._to_up_end = self._to_up_end or end
+            return
+        codec = self.up.codec
+        size = len(data)
+        window = codec.send_window(self.up_sid)
+        if window >= size:
+            codec.send_data(self.up_sid, data, end_stream=end)
+            if end:
+                self._req_sent_end = True
+            if size:
+                self.down.codec.consumed(self.sid, size)
+                self.down.dirty()
+        else:
+            if window > 0:
+                codec.send_data(self.up_sid, data[:window])
+                self.down.codec.consumed(self.sid, window)
+                self.down.dirty()
+            self._to_up = bytearray(data[window:])
+            self._to_up_end = end
+        self.up.dirty()
+        self._maybe_done()
+
+    def request_trailers(self, fields: Fields) -> None:
+        self._req_ended = True
+        if self.up is None or self._up_closed:
+            self._maybe_done()
+            return
+        if self._to_up is not None:
+            self._to_up_trailers = fields
+            return
+        self.up.codec.send_headers(self.up_sid, fields, end_stream=True)
+        self._req_sent_end = True
+        self.up.dirty()
+        self._maybe_done()
+
+    def flush_up(self) -> None:
+        """The endpoint's window opened: send what waited."""
+        pending = self._to_up
+        if pending is None or self.up is None or self._up_closed:
+            return
+        codec = self.up.codec
+        window = codec.send_window(self.up_sid)
+        if window <= 0 and pending:
+            return
+        n = min(window, len(pending))
+        last = n == len(pending)
+        codec.send_data(self.up_sid, bytes(pending[:n]),
+                        end_stream=last and self._to_up_end and self._to_up_trailers is None)
+        del pending[:n]
+        if n:
+            self.down.codec.consumed(self.sid, n)
+            self.down.dirty()
+        if last:
+            self._to_up = None
+            if self._to_up_trailers is not None:
+                codec.send_headers(self.up_sid, self._to_up_trailers, end_stream=True)
+                self._to_up_trailers = None
+                self._req_sent_end = True
+            elif self._to_up_end:
+                self._req_sent_end = True
+        self.up.dirty()
+        self._maybe_done()
+
+    # -- endpoint → client ---------------------------------------------------------------------
+    def response_headers(self, fields: list[tuple[str, str]] | Fields, end: bool) -> None:
+        if self.done:
+            return
+        block = [(n.encode("latin-1"), v.encode("latin-1")) if isinstance(n, str) else (n, v) for n, v in fields]
+        codec = self.down.codec
+        if self._resp_started:  # trailers
+            self._resp_ended = True
+            grpc = grpc_status_of(block)
+            if grpc is not None:
+                self.grpc_status = grpc
+            if self._to_down is not None:
+                self._to_down_trailers = block
+                return
+            codec.send_headers(self.sid, block, end_stream=True)
+            self._resp_sent_end = True
+            self.down.dirty()
+            self._maybe_done()
+            return
+        status = status_of(block)
+        if status < 200:  # informational: passed on as it is
+            codec.send_headers(self.sid, block)
+            self.down.dirty()
+            return
+        self.status = status
+        self._resp_started = True
+        if self.proxy is not None and self.proxy.response_headers:
+            pseudo = [f for f in block if f[0][:1] == b":"]
+            regular = [f for f in block if f[0][:1] != b":"]
+            block = pseudo + clean_response(response_headers_of(self.proxy, regular))
+        grpc = grpc_status_of(block)
+        if grpc is not None:  # trailers-only
+            self.grpc_status = grpc
+        codec.send_headers(self.sid, block, end_stream=end)
+        if end:
+            self._resp_ended = self._resp_sent_end = True
+        self.down.dirty()
+        self._maybe_done()
+
+    def response_data(self, data, end: bool) -> None:
+        if self.done or self.up is None:
+            return
+        self.response_bytes += len(data)
+        if end:
+            self._resp_ended = True
+        self._send_down(data, end)
+        self._maybe_done()
+
+    def _send_down(self, data, end: bool) -> None:
+        """Data for the client within its window; the endpoint gets its window back as it goes."""
+        if self._to_down is not None:
+            self._to_down += data
+            self._to_down_end = self._to_down_end or end
+            return
+        codec = self.down.codec
+        size = len(data)
+        window = codec.send_window(self.sid)
+        if window >= size:
+            codec.send_data(self.sid, data, end_stream=end)
+            if end:
+                self._resp_sent_end = True
+            self._credit_up(size)
+        else:
+            if window > 0:
+                codec.send_data(self.sid, data[:window])
+                self._credit_up(window)
+            self._to_down = bytearray(data[window:])
+            self._to_down_end = end
+        self.down.dirty()
+
+    def _credit_up(self, n: int) -> None:
+        if n and self.up is not None and not self._up_closed:
+            self.up.codec.consumed(self.up_sid, n)
+            self.up.dirty()
+
+    def flush_down(self) -> None:
+        """The client's window opened: send what waited."""
+        pending = self._to_down
+        if pending is None or self.done:
+            return
+        codec = self.down.codec
+        window = codec.send_window(self.sid)
+        if window <= 0 and pending:
+            return
+        n = min(window, len(pending))
+        last = n == len(pending)
+        codec.send_data(self.sid, bytes(pending[:n]),
+                        end_stream=last and self._to_down_end and self._to_down_trailers is None)
+        del pending[:n]
+        self._credit_up(n)
+        if last:
+            self._to_down = None
+            if self._to_down_trailers is not None:
+                codec.send_headers(self.sid, self._to_down_trailers, end_stream=True)
+                self._to_down_trailers = None
+                self._resp_sent_end = True
+            elif self._to_down_end:
+                self._resp_sent_end = True
+        self.down.dirty()
+        self._maybe_done()
+
+    # -- ending ---------------------------------------------------------------------------------
+    def client_reset(self, error_code: int) -> None:
+        """The client reset its stream (or its connection went away): cancel upstream."""
+        if self.done:
+            return
+        self.error = f"client reset the stream (HTTP/2 error code {error_code})"
+        self._reset_up(frames.CANCEL)
+        self._finish()
+
+    def upstream_reset(self, error_code: int, reason: str | None = None) -> None:
+        """The endpoint reset the stream, or its connection failed (`reason`)."""
+        if self.done:
+            return
+        self._up_closed = True
+        if error_code == frames.NO_ERROR and reason is None and self._resp_ended:
+            # RFC 9113 §8.1: a complete response, and the endpoint wants no more of the request.
+            self._maybe_done()
+            return
+        self.error = reason or f"upstream reset the stream (HTTP/2 error code {error_code})"
+        if not self._resp_started:
+            cause = "connection failure" if reason else "remote reset"
+            self._to_down = None
+            self.respond(Respond(503, b"upstream connect error or disconnect/reset before headers. reset reason: "
+                                 + cause.encode(), [(b"content-type", b"text/plain")],
+                                 detail="upstream_reset_before_response_started"))
+            return
+        code = error_code if reason is None and error_code != frames.NO_ERROR else frames.INTERNAL_ERROR
+        self.down.codec.reset_stream(self.sid, code)
+        self.down.dirty()
+        self._finish()
+
+    def _reset_up(self, code: int) -> None:
+        if self.up is not None and not self._up_closed:
+            self._up_closed = True
+            self.up.codec.reset_stream(self.up_sid, code)
+            self.up.dirty()
+
+    def _maybe_done(self) -> None:
+        """Done once the response's end reached the client and the request's end is accounted
+        for: passed upstream, or — with no upstream stream left — stopped by RST_STREAM NO_ERROR
+        (RFC 9113 §8.1: a complete response may end a request the server no longer needs)."""
+        if self.done or not self._resp_sent_end:
+            return
+        if self.up is None or self._up_closed:
+            if not self._req_ended:
+                self.down.codec.reset_stream(self.sid, frames.NO_ERROR)
+                self.down.dirty()
+            self._finish()
+        elif self._req_ended and self._req_sent_end:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._to_up = self._to_down = None
+        self.down.exchange_done(self)
+        if self.up is not None:
+            self.up.exchange_done(self)
+        on_done, self.on_done = self.on_done, None
+        if on_done is not None:
+            on_done(self)
