@@ -236,4 +236,4 @@ def _http2_proxy(pipeline: Pipeline, telemetry: Telemetry):
     except ImportError as exc:
         log.warning("HTTP/2 shell unavailable; h2c connections will be refused", error=str(exc))
         return None
-    return Http2Proxy(pipeline)
+    return Http2Proxy(pipeline, telemetry=telemetry)

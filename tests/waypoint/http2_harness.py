@@ -23,6 +23,7 @@ from waypoint.channel import Channel
 from waypoint.config import compile_config
 from waypoint.http2 import Http2Proxy
 from waypoint.pipeline import ClientContext, Pipeline
+from waypoint.telemetry import Telemetry
 from waypoint.upstream import choose_endpoint
 
 SHOP = "shop"
@@ -140,7 +141,8 @@ class Rig:
                                  lambda cfg, svc, port: choose_endpoint(cfg, svc, port, self.rng), self._open,
                                  rng=self.rng)
         self.done: list = []
-        self.proxy = Http2Proxy(self.pipeline, on_exchange_done=self.done.append)
+        self.telemetry = Telemetry(access_log=False)
+        self.proxy = Http2Proxy(self.pipeline, telemetry=self.telemetry, on_exchange_done=self.done.append)
         self.client = H2(client=True, local=client_settings or Settings())
         self.client.initiate()
         self.transport = FakeEnd()

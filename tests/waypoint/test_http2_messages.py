@@ -37,10 +37,10 @@ def test_host_stands_in_for_a_missing_authority_and_is_not_forwarded_twice():
     assert head.authority == b"echo" and head.headers == [] and head.protocol == PROTOCOL_HTTP2
 
 
-def test_connect_inside_the_tunnel_is_a_problem_with_status_400():
+def test_connect_inside_the_tunnel_is_a_problem_with_status_405():
     with pytest.raises(RequestProblem) as caught:
         request_head([(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
-    assert caught.value.status == 400
+    assert caught.value.status == 405
 
 
 def test_upstream_request_drops_fields_http2_forbids_that_a_header_modifier_may_have_added():

@@ -96,6 +96,21 @@ def test_grpc_route_chooses_the_backend_by_service_and_method_and_trailers_carry
     assert rig.done[0].grpc_status == 0
 
 
+def test_grpc_calls_are_counted_with_protocol_grpc_and_their_status():
+    rig = Rig(DENY_POST)
+    rig.grpc("/pkg.Echo/Say", end_stream=True)
+    rig.request("/plain")
+    [ep] = rig.endpoints
+    ep.pump()
+    respond(ep, 1, body=b"ok")
+    rig.pump_client()
+    assert rig.telemetry.value("istio_requests_total", reporter="waypoint", request_protocol="grpc",
+                               response_code="200", grpc_response_status="7", response_flags="RBAC") == 1
+    assert rig.telemetry.value("istio_requests_total", reporter="waypoint", request_protocol="http",
+                               response_code="200", destination_service_name="echo",
+                               destination_principal="spiffe://cluster.local/ns/shop/sa/echo") == 1
+
+
 def test_unmatched_grpc_method_is_answered_unimplemented_without_an_upstream():
     rig = Rig(GRPC_ROUTE)
     sid = rig.grpc("/pkg.Echo/Shout", end_stream=True)
@@ -243,11 +258,11 @@ def test_endpoint_that_cannot_be_reached_fails_its_requests_with_the_reason():
     assert rig.proxy.upstreams.connections() == []
 
 
-def test_connect_inside_the_tunnel_is_refused_with_400():
+def test_connect_inside_the_tunnel_is_refused_with_405():
     rig = Rig()
     sid = rig.client.open_stream([(":method", "CONNECT"), (":authority", "10.0.0.1:80")], end_stream=True)
     rig.send()
-    assert field(headers_of(rig.pump_client(), sid)[0], ":status") == "400"
+    assert field(headers_of(rig.pump_client(), sid)[0], ":status") == "405"
 
 
 def test_flow_control_violation_ends_that_client_connection_only():

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from wisp.h2.frames import PREFACE
 
 from waypoint.pipeline import ClientContext, Pipeline
+from waypoint.telemetry import Telemetry
 
 from .downstream import Downstream, Transport
 from .exchange import Exchange, Outbox
@@ -40,17 +41,18 @@ def looks_like_http2(data: bytes | memoryview) -> bool | None:
 class Http2Proxy:
     """One per waypoint process: serves the h2c connections detection hands over."""
 
-    def __init__(self, pipeline: Pipeline, *, on_exchange_done: Callable[[Exchange], None] | None = None,
-                 max_upstream_streams: int = 100) -> None:
+    def __init__(self, pipeline: Pipeline, *, telemetry: Telemetry | None = None,
+                 on_exchange_done: Callable[[Exchange], None] | None = None, max_upstream_streams: int = 100) -> None:
         self.pipeline = pipeline
         self.outbox = Outbox()
         self.upstreams = UpstreamPool(pipeline.open_upstream, self.outbox, max_streams=max_upstream_streams)
         self.on_exchange_done = on_exchange_done
+        self.telemetry = telemetry
 
     def serve(self, transport: Transport, ctx: ClientContext, initial: bytes | memoryview = b"") -> Downstream:
         """Take over a client connection: `transport` is its Channel (the caller makes the returned
         Downstream the channel's reader), `initial` the bytes detection already read."""
-        down = Downstream(transport, ctx, self.pipeline, self.upstreams, self.outbox,
+        down = Downstream(transport, ctx, self.pipeline, self.upstreams, self.outbox, telemetry=self.telemetry,
                           on_exchange_done=self.on_exchange_done)
         if hasattr(transport, "reader"):
             transport.reader = down

@@ -37,7 +37,17 @@ from wisp.h2.events import (
 )
 from wisp.h2.settings import Settings
 
-from waypoint.pipeline import ClientContext, Pipeline, Proxy, RequestHead, Respond
+from waypoint.pipeline import PROTOCOL_GRPC, ClientContext, Pipeline, Proxy, RequestHead, Respond
+from waypoint.telemetry import (
+    FLAG_DOWNSTREAM_PROTOCOL,
+    FLAG_NO_HEALTHY_UPSTREAM,
+    FLAG_NO_ROUTE,
+    FLAG_RBAC,
+    FLAG_UPSTREAM_CONNECT,
+    Party,
+    RequestRecord,
+    Telemetry,
+)
 
 from .exchange import Exchange, Outbox
 from .messages import RequestProblem, request_head, response_fields, upstream_request
@@ -72,13 +82,16 @@ class Downstream:
     """See the module docstring."""
 
     def __init__(self, transport: Transport, ctx: ClientContext, pipeline: Pipeline, upstreams: UpstreamSource,
-                 outbox: Outbox, *, on_exchange_done: Callable[[Exchange], None] | None = None) -> None:
+                 outbox: Outbox, *, telemetry: Telemetry | None = None,
+                 on_exchange_done: Callable[[Exchange], None] | None = None) -> None:
         self.transport = transport
         self.ctx = ctx
         self.pipeline = pipeline
         self.upstreams = upstreams
         self.outbox = outbox
         self.on_exchange_done = on_exchange_done
+        self.telemetry = telemetry
+        self.source = Party(pipeline.current().workload_at(ctx.source_ip), ctx.identity)
         self.codec = H2(client=False, local=server_settings(), connection_window=CONNECTION_WINDOW,
                         header_block_limit=MAX_HEADER_LIST)
         self.exchanges: dict[int, Exchange] = {}
@@ -166,7 +179,8 @@ class Downstream:
         try:
             head = request_head(fields)
         except RequestProblem as problem:
-            exchange = self._exchange(sid, RequestHead(b"", b"", b"", []), end_stream)
+            exchange = self._exchange(sid, RequestHead(b"-", b"-", b"", []), end_stream)
+            exchange.flags = FLAG_DOWNSTREAM_PROTOCOL
             exchange.respond(Respond(problem.status, str(problem).encode(), [(b"content-type", b"text/plain")],
                                      detail="downstream_protocol_error"))
             return
@@ -177,17 +191,27 @@ class Downstream:
             log.exception("waypoint_http2_decide_failed", client=str(self.ctx.identity), stream=sid)
             outcome = Respond(500, b"internal error", [(b"content-type", b"text/plain")], detail="internal_error")
         if type(outcome) is not Proxy:
+            if outcome.status == 403 and outcome.authz is not None:
+                exchange.flags = FLAG_RBAC
+            elif outcome.detail == "route_not_found":
+                exchange.flags = FLAG_NO_ROUTE
+            elif outcome.detail == "no_healthy_upstream":
+                exchange.flags = FLAG_NO_HEALTHY_UPSTREAM
             exchange.respond(outcome)
             return
         try:
             exchange.forward(outcome, self.upstreams.connection_for(outcome.endpoint), upstream_request(outcome.head))
         except H2Error as exc:  # the upstream connection cannot take a stream after all
             exchange.up = None
+            exchange.flags = FLAG_UPSTREAM_CONNECT
             exchange.respond(Respond(503, f"upstream connect error: {exc}".encode(),
                                      [(b"content-type", b"text/plain")], detail="upstream_connect_error"))
 
     def _exchange(self, sid: int, head: RequestHead, end_stream: bool) -> Exchange:
-        exchange = Exchange(self, sid, head, head.protocol == "gRPC", end_stream, self.on_exchange_done)
+        exchange = Exchange(self, sid, head, head.protocol == PROTOCOL_GRPC, end_stream, self.on_exchange_done)
+        if self.telemetry is not None:
+            exchange.record = RequestRecord(self.telemetry, self.source, head.method, head.target, head.authority,
+                                            head.protocol)
         self.exchanges[sid] = exchange
         return exchange
 

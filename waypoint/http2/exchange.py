@@ -27,6 +27,15 @@ from wisp.h2 import frames
 
 from waypoint.pipeline import Proxy, RequestHead, Respond, response_headers_of
 
+from waypoint.telemetry import (
+    FLAG_DOWNSTREAM_RESET,
+    FLAG_UPSTREAM_CONNECT,
+    FLAG_UPSTREAM_RESET,
+    NO_FLAGS,
+    Party,
+    RequestRecord,
+)
+
 from .messages import Fields, clean_response, grpc_status_of, local_reply, status_of
 
 if TYPE_CHECKING:
@@ -61,7 +70,7 @@ class Exchange:
     __slots__ = ("down", "sid", "head", "grpc", "proxy", "up", "up_sid", "started", "status", "grpc_status",
                  "request_bytes", "response_bytes", "error", "done", "on_done", "_req_ended", "_req_sent_end",
                  "_to_up", "_to_up_end", "_to_up_trailers", "_resp_started", "_resp_ended", "_resp_sent_end",
-                 "_to_down", "_to_down_end", "_to_down_trailers", "_up_closed", "__weakref__")
+                 "_to_down", "_to_down_end", "_to_down_trailers", "_up_closed", "record", "answer", "flags")
 
     def __init__(self, down: Downstream, sid: int, head: RequestHead, grpc: bool, request_ended: bool,
                  on_done: Callable[[Exchange], None] | None = None) -> None:
@@ -92,12 +101,18 @@ class Exchange:
         self._to_down_end = False
         self._to_down_trailers: Fields | None = None
         self._up_closed = False
+        self.record: RequestRecord | None = None
+        self.answer: Respond | None = None   # the waypoint's own answer, when it made one
+        self.flags = NO_FLAGS
 
     # -- starting ---------------------------------------------------------------------------------
     def respond(self, respond: Respond) -> None:
         """Answer the client ourselves (denied, redirected, no route, no endpoint, bad request)."""
         fields, body = local_reply(respond, self.grpc)
-        self.status = respond.status
+        self.answer = respond
+        # What went on the wire: a gRPC reply is HTTP 200 with the status in grpc-status (so
+        # Istio's response_code says 200 and grpc_response_status the code, as Envoy reports it).
+        self.status = status_of(fields)
         self.grpc_status = grpc_status_of(fields)
         self._resp_started = True
         self._resp_ended = True
@@ -302,6 +317,7 @@ class Exchange:
         if self.done:
             return
         self.error = f"client reset the stream (HTTP/2 error code {error_code})"
+        self.flags = FLAG_DOWNSTREAM_RESET
         self._reset_up(frames.CANCEL)
         self._finish()
 
@@ -315,6 +331,7 @@ class Exchange:
             self._maybe_done()
             return
         self.error = reason or f"upstream reset the stream (HTTP/2 error code {error_code})"
+        self.flags = FLAG_UPSTREAM_CONNECT if reason and not self._resp_started else FLAG_UPSTREAM_RESET
         if not self._resp_started:
             cause = "connection failure" if reason else "remote reset"
             self._to_down = None
@@ -355,6 +372,26 @@ class Exchange:
         self.down.exchange_done(self)
         if self.up is not None:
             self.up.exchange_done(self)
+        if self.record is not None:
+            self._record()
         on_done, self.on_done = self.on_done, None
         if on_done is not None:
             on_done(self)
+
+    def _record(self) -> None:
+        record = self.record
+        record.request_bytes = self.request_bytes
+        record.response_bytes = self.response_bytes
+        grpc = "" if self.grpc_status is None else str(self.grpc_status)
+        proxy = self.proxy
+        answer = self.answer
+        if proxy is not None and (answer is None or self.flags != NO_FLAGS):
+            endpoint = proxy.endpoint
+            record.finish(self.status, destination=Party(endpoint.workload, endpoint.identity), service=proxy.service,
+                          upstream=str(endpoint), flags=self.flags, grpc_status=grpc, route=proxy.route,
+                          detail=answer.detail if answer is not None else "", error=self.error)
+        elif answer is not None:
+            record.finish(self.status, service=answer.service, route=answer.route, flags=self.flags,
+                          grpc_status=grpc, detail=answer.detail, error=self.error)
+        else:
+            record.finish(self.status, flags=self.flags, grpc_status=grpc, error=self.error)

@@ -60,7 +60,8 @@ def request_head(fields: list[tuple[str, str]]) -> RequestHead:
 
     `:authority` is the authority; a `host` field is used only when `:authority` is absent and
     is dropped from the fields (RFC 9113 §8.3.1: the two must agree, and a proxy sends one).
-    Extended CONNECT and CONNECT are not proxied inside the tunnel: RequestProblem(400)."""
+    CONNECT inside the tunnel is not proxied: RequestProblem(405), as the HTTP/1.1 shell answers it;
+    other pseudo-headers (extended CONNECT's :protocol) RequestProblem(400)."""
     method = target = authority = host = b""
     scheme = b"http"
     headers: Fields = []
@@ -87,7 +88,8 @@ def request_head(fields: list[tuple[str, str]]) -> RequestHead:
             content_type = v
         headers.append((n, v))
     if method == b"CONNECT":
-        raise RequestProblem(400, "CONNECT inside the tunnel is not proxied")
+        # As the HTTP/1.1 shell answers it (waypoint/http1/downstream.py).
+        raise RequestProblem(405, "CONNECT is not supported inside the mesh tunnel")
     if not authority:
         authority = host
     protocol = PROTOCOL_GRPC if is_grpc(content_type) else PROTOCOL_HTTP2
