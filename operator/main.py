@@ -9,8 +9,10 @@ stream on 15012.
 - Kubernetes mode (``--kubeconfig PATH [--context NAME]``, or ``--in-cluster``): the source is
   list+watch on the API server (``wisp_operator.kube``); status and waypoint objects are written
   by the replica that holds the ``wisp-operator`` Lease; every replica serves the stream and the
-  CA; ``/healthz`` and ``/readyz`` (every kind listed, first reconciliation published) on
-  ``--health-listen``. SIGTERM releases the Lease.
+  CA; callers authenticate with projected service-account tokens checked by TokenReview and the
+  CA applies Istio's impersonation rule (``kube_auth.KubeAuthenticator``, trusted node accounts
+  from ``--trusted-node-accounts``); ``/healthz`` and ``/readyz`` (every kind listed, first
+  reconciliation published) on ``--health-listen``. SIGTERM releases the Lease.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lease-name", default="wisp-operator", help="Kubernetes mode: the leader election Lease")
     parser.add_argument("--identity", help="Kubernetes mode: leader election identity (default: host name + pid)")
     parser.add_argument("--waypoint-image", default="wisp:latest", help="Kubernetes mode: image of waypoint pods")
+    parser.add_argument("--trusted-node-accounts",
+                        default=os.environ.get("CA_TRUSTED_NODE_ACCOUNTS", "istio-system/ztunnel"),
+                        help="Kubernetes mode: <namespace>/<service-account>[,...] of node proxies that may "
+                             "obtain certificates for pods on their node (env CA_TRUSTED_NODE_ACCOUNTS, as istiod)")
     parser.add_argument("--waypoint-command", default="wisp-waypoint",
                         help="local mode: the command of waypoint pods (split as a shell would)")
     parser.add_argument("--state-dir", required=True, type=Path,
@@ -119,7 +125,7 @@ async def run(args: argparse.Namespace) -> int:
 
     store = ObjectStore(MeshSettings(trust_domain=args.trust_domain))
     if args.manifests is None:
-        return await run_kube(args, ca, credentials, serving, store, host, int(port))
+        return await run_kube(args, ca, serving, store, host, int(port))
     source = LocalSource(args.manifests, store)
     source.load()  # reports each bad manifest itself
     distributor = Distributor()
@@ -165,14 +171,15 @@ def _listening(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def run_kube(args: argparse.Namespace, ca: CertificateAuthority, credentials: LocalCredentials,
-                   serving: CertBundle, store: ObjectStore, host: str, port: int) -> int:
+async def run_kube(args: argparse.Namespace, ca: CertificateAuthority, serving: CertBundle, store: ObjectStore,
+                   host: str, port: int) -> int:
     """Kubernetes mode: watch the API server, write as the leader, serve as every replica."""
     from .kube.client import KubeApi, KubeError
     from .kube.health import HealthServer
     from .kube.leader import LeaderElector
     from .kube.source import KubeSource
     from .kube.writer import KubeWriter
+    from .kube_auth import KubeAuthenticator
 
     health_host, _, health_port = args.health_listen.rpartition(":")
     if not health_port.isdigit():
@@ -189,7 +196,10 @@ async def run_kube(args: argparse.Namespace, ca: CertificateAuthority, credentia
     elector = LeaderElector(api, args.lease_namespace, args.lease_name,
                             args.identity or "%s_%d" % (socket.gethostname(), os.getpid()))
     writer = KubeWriter(api, is_leader=elector.is_leader, waypoint_image=args.waypoint_image)
-    app = ControlPlaneApp(CaService(ca), credentials, distributor, lambda: controller.state)
+    authenticator = KubeAuthenticator.for_operator(api.api_client, lambda: controller.state,
+                                                   trust_domain=args.trust_domain,
+                                                   trusted_node_accounts=args.trusted_node_accounts)
+    app = ControlPlaneApp(CaService(ca), authenticator, distributor, lambda: controller.state)
     health = HealthServer(lambda: source.synced.is_set() and controller.synced.is_set())
     try:
         sock = _listening(host, port)

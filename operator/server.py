@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Protocol
 from urllib.parse import parse_qs
 
 import hypercorn.asyncio
@@ -25,7 +27,7 @@ from wisp.asgi import lifespan, read_body
 from wisp.controlplane.protocol import ACK_PATH, CERTIFICATE_PATH, CONTENT_TYPE, PING, STREAM_PATH, encode_close
 from wisp.identity import CertBundle
 
-from .auth import Caller, LocalCredentials
+from .auth import Caller
 from .ca_service import CaService
 from .cluster import ClusterState
 from .distributor import ROLE_WAYPOINT, ROLE_ZTUNNEL, Distributor
@@ -45,6 +47,14 @@ DEFAULT_CLOSE_GRACE = 5.0
 # How long the last words of a stream may wait for a peer's HTTP/2 window.
 _END_TIMEOUT = 1.0
 _SEND_PIECE = 64 * 1024
+SHUTDOWN_REASON = "the control plane is shutting down"
+
+
+class Authenticator(Protocol):
+    """Who presents an `Authorization` header: `LocalCredentials` answers at once,
+    `KubeAuthenticator` (operator/kube_auth.py, TokenReview) with a coroutine."""
+
+    def authenticate(self, authorization: str | None) -> Caller | None | Awaitable[Caller | None]: ...
 
 
 class ControlPlaneApp:
@@ -53,7 +63,7 @@ class ControlPlaneApp:
     def __init__(
         self,
         ca: CaService,
-        credentials: LocalCredentials,
+        credentials: Authenticator,
         distributor: Distributor,
         state: Callable[[], ClusterState],
         *,
@@ -76,6 +86,9 @@ class ControlPlaneApp:
         # Local mode's stand-in for the Kubernetes API (operator/local_api.py), if any.
         self.local_api = local_api
         self.ready = True
+        # Set when the process stops: every config stream says so and ends, so subscribers
+        # reconnect (to another replica) at once instead of when their connection dies.
+        self.closing = asyncio.Event()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -90,6 +103,9 @@ class ControlPlaneApp:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         caller = self.credentials.authenticate(headers.get("authorization"))
+        if inspect.isawaitable(caller):
+            # An unawaited coroutine is truthy: every caller would pass as a coroutine object.
+            caller = await caller
         if caller is None:
             await _drain(receive, scope)
             await _json(send, 401, {"error": "missing or unknown bearer credential; node proxies "
@@ -192,7 +208,8 @@ class ControlPlaneApp:
         try:
             # Until the client leaves (or, duplex, ends its acks) or the stream gives up on it
             # (or, duplex, on a bad ack), which returns why.
-            reason = await first_of(watch, self._follow(send, dist, status, subscriber, view, version))
+            reason = await first_of(watch, self._follow(send, dist, status, subscriber, view, version),
+                                    self._until_closing())
             if reason is not None and duplex:
                 await self._close_duplex(receive, send, subscriber, reason)
             # End the response explicitly: an ASGI app that returns mid-body leaves hypercorn's
@@ -204,6 +221,10 @@ class ControlPlaneApp:
         finally:
             status.connected = False
             log.info("subscriber disconnected", subscriber=subscriber)
+
+    async def _until_closing(self) -> str:
+        await self.closing.wait()
+        return SHUTDOWN_REASON
 
     async def _close_duplex(self, receive, send, subscriber: str, reason: str) -> None:
         """Tell the subscriber why its stream ends, and let it end its side first.
@@ -396,4 +417,10 @@ async def serve(
         # subscriber on it reconnect at once.
         config.keep_alive_timeout = 120
         config.keep_alive_max_requests = 1 << 62
-        await hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown.wait)
+
+        async def stopping() -> None:
+            await shutdown.wait()
+            # Streams end themselves within hypercorn's graceful_timeout rather than being cut.
+            app.closing.set()
+
+        await hypercorn.asyncio.serve(app, config, shutdown_trigger=stopping)

@@ -71,6 +71,11 @@ class KubeApi:
         return cls(k8s_client.ApiClient(configuration))
 
     @property
+    def api_client(self) -> k8s_client.ApiClient:
+        """The kubernetes-asyncio client, for TokenReview (operator/kube_auth.py) on the same pool."""
+        return self._client
+
+    @property
     def host(self) -> str:
         return str(self._client.configuration.host)
 
