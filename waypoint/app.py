@@ -150,7 +150,7 @@ class Waypoint:
             self.upstreams = Upstreams(loop, self.identity, self.pool)
             self.http1_pool = Http1Pool(loop, self.pipeline)
             self.http1_inputs = Http1Inputs(loop, self.pipeline, self.http1_pool, self.telemetry)
-            self.http2 = _http2_proxy(self.pipeline, self.telemetry)
+            self.http2 = _http2_proxy(self.pipeline, self.telemetry, loop)
             self.server = HboneServer(
                 loop, mesh_sock, self._server_context,
                 on_request=functools.partial(inbound.handle, loop, self.current, self.dispatch),
@@ -184,6 +184,8 @@ class Waypoint:
             await self.drain()
             self.server.close("waypoint stopped")
             self.http1_pool.close()
+            if self.http2 is not None:
+                self.http2.close()
             self.pool.close("waypoint stopped")
             nursery.cancel_scope.cancel()
         log.info("waypoint stopped")
@@ -229,11 +231,11 @@ def _gateway_argument(settings: WaypointSettings) -> dict:
     return {}
 
 
-def _http2_proxy(pipeline: Pipeline, telemetry: Telemetry):
+def _http2_proxy(pipeline: Pipeline, telemetry: Telemetry, loop):
     """The HTTP/2 shell (waypoint/http2), or None while it is not there."""
     try:
         from .http2 import Http2Proxy
     except ImportError as exc:
         log.warning("HTTP/2 shell unavailable; h2c connections will be refused", error=str(exc))
         return None
-    return Http2Proxy(pipeline, telemetry=telemetry)
+    return Http2Proxy(pipeline, telemetry=telemetry, call_later=loop.call_later)

@@ -101,6 +101,22 @@ class FakeEnd:
         return data
 
 
+class FakeTimer:
+    """A timer the test fires by hand."""
+
+    def __init__(self, delay: float, callback) -> None:
+        self.delay = delay
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        assert not self.cancelled
+        self.callback()
+
+
 class ClientTransport(FakeEnd):
     """The inbound tunnel: what the waypoint writes to the client."""
 
@@ -142,7 +158,9 @@ class Rig:
                                  rng=self.rng)
         self.done: list = []
         self.telemetry = Telemetry(access_log=False)
-        self.proxy = Http2Proxy(self.pipeline, telemetry=self.telemetry, on_exchange_done=self.done.append)
+        self.timers: list[FakeTimer] = []
+        self.proxy = Http2Proxy(self.pipeline, telemetry=self.telemetry, call_later=self._call_later,
+                                on_exchange_done=self.done.append)
         self.client = H2(client=True, local=client_settings or Settings())
         self.client.initiate()
         self.transport = FakeEnd()
@@ -151,6 +169,15 @@ class Rig:
         self.down = self.proxy.serve(self.channel, ctx, testing.take(self.client))
         self.client_events: list = []
         self.pump_client()
+
+    def _call_later(self, delay: float, callback) -> FakeTimer:
+        timer = FakeTimer(delay, callback)
+        self.timers.append(timer)
+        return timer
+
+    def route_timers(self, delay: float = 2.0) -> list[FakeTimer]:
+        """The timers a route's request timeout of `delay` started (not the idle sweep)."""
+        return [t for t in self.timers if t.delay == delay]
 
     def _open(self, endpoint, on_stream) -> None:
         end = FakeEnd()

@@ -30,6 +30,14 @@ DENY_POST = {
 }
 
 
+TIMEOUT_ROUTE = {
+    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+    "metadata": {"name": "echo-timeout", "namespace": "shop", "creationTimestamp": "2024-01-01T00:00:00Z"},
+    "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80}],
+             "rules": [{"timeouts": {"request": "2s"}, "backendRefs": [{"name": "echo", "port": 80}]}]},
+}
+
+
 def headers_of(events, sid):
     return [e for e in events if isinstance(e, HeadersReceived) and e.stream_id == sid]
 
@@ -319,3 +327,54 @@ def test_a_client_that_resets_too_fast_is_cut_off_without_touching_upstream_conn
     goaways = [f for f in testing.parse_frames(rig.transport.take()) if f.type == frames.GOAWAY]
     assert [f.error_code for f in goaways] == [frames.ENHANCE_YOUR_CALM]
     assert ep.end.aborted is None and rig.proxy.upstreams.connections()
+
+
+def test_route_request_timeout_answers_504_and_cancels_the_upstream_stream():
+    rig = Rig(TIMEOUT_ROUTE)
+    sid = rig.request("/slow")
+    [ep] = rig.endpoints
+    ep.pump()
+    [timer] = rig.route_timers()
+    timer.fire()
+    events = rig.pump_client()
+    assert field(headers_of(events, sid)[0], ":status") == "504"
+    assert body_of(events, sid) == b"upstream request timeout"
+    assert [(e.stream_id, e.error_code) for e in ep.pump() if isinstance(e, StreamReset)] == [(1, frames.CANCEL)]
+    assert rig.telemetry.value("istio_requests_total", response_code="504", response_flags="UT") == 1
+
+
+def test_a_grpc_call_past_the_route_timeout_is_unavailable():
+    rig = Rig(TIMEOUT_ROUTE)
+    sid = rig.grpc("/pkg.Echo/Say", end_stream=True)
+    rig.route_timers()[0].fire()
+    [answer] = headers_of(rig.pump_client(), sid)
+    assert field(answer, "grpc-status") == "14" and answer.end_stream
+
+
+def test_a_response_in_time_cancels_the_timer():
+    rig = Rig(TIMEOUT_ROUTE)
+    rig.request("/")
+    [ep] = rig.endpoints
+    ep.pump()
+    respond(ep, 1, body=b"quick")
+    rig.pump_client()
+    assert rig.route_timers()[0].cancelled
+
+
+def test_idle_upstream_connections_are_closed_with_goaway_and_leave_the_pool():
+    rig = Rig()
+    rig.request("/")
+    [ep] = rig.endpoints
+    ep.pump()
+    pool = rig.proxy.upstreams
+    [conn] = pool.connections()
+    assert pool.close_idle(idle_seconds=0.0) == 0  # a stream is open
+    respond(ep, 1, body=b"done")
+    rig.pump_client()
+    assert pool.close_idle(idle_seconds=300.0, now=conn.idle_since + 299) == 0
+    assert pool.close_idle(idle_seconds=300.0, now=conn.idle_since + 300) == 1
+    assert pool.connections() == [] and ep.end.eof
+    assert [f.type for f in testing.parse_frames(ep.end.take())][-1] == frames.GOAWAY
+    # The next request opens a new connection.
+    rig.request("/again")
+    assert len(rig.endpoints) == 2

@@ -10,7 +10,8 @@ multiplexing exchanges, shared by every client connection of the process), `mess
 blocks ↔ the pipeline's request head, the waypoint's own replies — trailers-only for gRPC).
 
 Everything here is sans-IO over wisp.h2 and `waypoint.channel.Channel`: bytes in through
-`data_received`, bytes out through the channel's `write`, no socket, no timer, no await; the
+`data_received`, bytes out through the channel's `write`, no socket, no await; the one timer
+(a route's request timeout) comes from the `call_later` it is given; the
 tests drive it with bytes alone.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from wisp.engine.loop import Timer
 from wisp.h2.frames import PREFACE
 
 from waypoint.pipeline import ClientContext, Pipeline
@@ -26,6 +28,10 @@ from waypoint.telemetry import Telemetry
 from .downstream import Downstream, Transport
 from .exchange import Exchange, Outbox
 from .upstream import UpstreamPool
+
+# Upstream connections without a stream for IDLE_SECONDS (waypoint.http2.upstream) are closed by a
+# sweep this often.
+IDLE_SWEEP_SECONDS = 60.0
 
 __all__ = ["PREFACE", "Downstream", "Exchange", "Http2Proxy", "UpstreamPool", "looks_like_http2"]
 
@@ -42,19 +48,36 @@ class Http2Proxy:
     """One per waypoint process: serves the h2c connections detection hands over."""
 
     def __init__(self, pipeline: Pipeline, *, telemetry: Telemetry | None = None,
+                 call_later: Callable[[float, Callable[[], None]], Timer] | None = None,
                  on_exchange_done: Callable[[Exchange], None] | None = None, max_upstream_streams: int = 100) -> None:
         self.pipeline = pipeline
         self.outbox = Outbox()
         self.upstreams = UpstreamPool(pipeline.open_upstream, self.outbox, max_streams=max_upstream_streams)
         self.on_exchange_done = on_exchange_done
         self.telemetry = telemetry
+        # The loop's timers, for routes' request timeouts and the idle sweep (None: neither runs).
+        self.call_later = call_later
+        self._sweep: Timer | None = None
+        if call_later is not None:
+            self._sweep = call_later(IDLE_SWEEP_SECONDS, self._close_idle)
 
     def serve(self, transport: Transport, ctx: ClientContext, initial: bytes | memoryview = b"") -> Downstream:
         """Take over a client connection: `transport` is its Channel (the caller makes the returned
         Downstream the channel's reader), `initial` the bytes detection already read."""
         down = Downstream(transport, ctx, self.pipeline, self.upstreams, self.outbox, telemetry=self.telemetry,
-                          on_exchange_done=self.on_exchange_done)
+                          call_later=self.call_later, on_exchange_done=self.on_exchange_done)
         if hasattr(transport, "reader"):
             transport.reader = down
         down.start(initial)
         return down
+
+    def _close_idle(self) -> None:
+        self.upstreams.close_idle()
+        self._sweep = self.call_later(IDLE_SWEEP_SECONDS, self._close_idle)
+
+    def close(self, reason: str = "waypoint stopped") -> None:
+        """GOAWAY and close every upstream connection (the process is stopping)."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self.upstreams.close(reason)

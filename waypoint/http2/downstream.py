@@ -35,6 +35,7 @@ from wisp.h2.events import (
     StreamReset,
     WindowUpdated,
 )
+from wisp.engine.loop import Timer
 from wisp.h2.settings import Settings
 
 from waypoint.pipeline import PROTOCOL_GRPC, ClientContext, Pipeline, Proxy, RequestHead, Respond
@@ -83,6 +84,7 @@ class Downstream:
 
     def __init__(self, transport: Transport, ctx: ClientContext, pipeline: Pipeline, upstreams: UpstreamSource,
                  outbox: Outbox, *, telemetry: Telemetry | None = None,
+                 call_later: Callable[[float, Callable[[], None]], Timer] | None = None,
                  on_exchange_done: Callable[[Exchange], None] | None = None) -> None:
         self.transport = transport
         self.ctx = ctx
@@ -91,6 +93,7 @@ class Downstream:
         self.outbox = outbox
         self.on_exchange_done = on_exchange_done
         self.telemetry = telemetry
+        self.call_later = call_later
         self.source = Party(pipeline.current().workload_at(ctx.source_ip), ctx.identity)
         self.codec = H2(client=False, local=server_settings(), connection_window=CONNECTION_WINDOW,
                         header_block_limit=MAX_HEADER_LIST)

@@ -29,6 +29,7 @@ from waypoint.pipeline import Proxy, RequestHead, Respond, response_headers_of
 
 from waypoint.telemetry import (
     FLAG_DOWNSTREAM_RESET,
+    FLAG_TIMEOUT,
     FLAG_UPSTREAM_CONNECT,
     FLAG_UPSTREAM_RESET,
     NO_FLAGS,
@@ -70,7 +71,7 @@ class Exchange:
     __slots__ = ("down", "sid", "head", "grpc", "proxy", "up", "up_sid", "started", "status", "grpc_status",
                  "request_bytes", "response_bytes", "error", "done", "on_done", "_req_ended", "_req_sent_end",
                  "_to_up", "_to_up_end", "_to_up_trailers", "_resp_started", "_resp_ended", "_resp_sent_end",
-                 "_to_down", "_to_down_end", "_to_down_trailers", "_up_closed", "record", "answer", "flags")
+                 "_to_down", "_to_down_end", "_to_down_trailers", "_up_closed", "record", "answer", "flags", "timer")
 
     def __init__(self, down: Downstream, sid: int, head: RequestHead, grpc: bool, request_ended: bool,
                  on_done: Callable[[Exchange], None] | None = None) -> None:
@@ -104,6 +105,7 @@ class Exchange:
         self.record: RequestRecord | None = None
         self.answer: Respond | None = None   # the waypoint's own answer, when it made one
         self.flags = NO_FLAGS
+        self.timer = None
 
     # -- starting ---------------------------------------------------------------------------------
     def respond(self, respond: Respond) -> None:
@@ -132,6 +134,28 @@ class Exchange:
         end = self._req_ended
         self.up_sid = up.open(self, fields, end)
         self._req_sent_end = end
+        if proxy.timeout and self.down.call_later is not None:
+            # From the request head, as the HTTP/1.1 shell times it (waypoint/http1/downstream.py).
+            self.timer = self.down.call_later(proxy.timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        """The route's request timeout passed: 504 (a gRPC client: UNAVAILABLE, as Envoy maps 504)
+        before the response started, a reset after; the upstream stream is cancelled either way."""
+        self.timer = None
+        if self.done:
+            return
+        self.flags = FLAG_TIMEOUT
+        self.error = "request timeout"
+        self._reset_up(frames.CANCEL)
+        if not self._resp_started:
+            self._to_down = None
+            self.respond(Respond(504, b"upstream request timeout", [(b"content-type", b"text/plain")],
+                                 detail="upstream_response_timeout"))
+        else:
+            self.down.codec.reset_stream(self.sid, frames.CANCEL)
+            self.down.dirty()
+            self._finish()
+        self.down.outbox.flush()
 
     # -- client → endpoint ---------------------------------------------------------------------
     def request_data(self, data, end: bool) -> None:
@@ -369,6 +393,9 @@ class Exchange:
             return
         self.done = True
         self._to_up = self._to_down = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.down.exchange_done(self)
         if self.up is not None:
             self.up.exchange_done(self)
