@@ -378,3 +378,31 @@ def test_idle_upstream_connections_are_closed_with_goaway_and_leave_the_pool():
     # The next request opens a new connection.
     rig.request("/again")
     assert len(rig.endpoints) == 2
+
+
+MIRROR_ROUTE = {
+    "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+    "metadata": {"name": "echo-mirror", "namespace": "shop", "creationTimestamp": "2024-01-01T00:00:00Z"},
+    "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80}],
+             "rules": [{"filters": [{"type": "RequestMirror",
+                                     "requestMirror": {"backendRef": {"name": "echo-v2", "port": 80}}}],
+                        "backendRefs": [{"name": "echo", "port": 80}]}]},
+}
+
+
+def test_request_mirror_sends_a_copy_with_its_body_and_drops_the_answer():
+    rig = Rig(MIRROR_ROUTE)
+    sid = rig.request("/m", "POST", end_stream=False)
+    rig.client.send_data(sid, b"payload", end_stream=True)
+    rig.send()
+    main, mirror = sorted(rig.endpoints, key=lambda ep: ep.address)
+    assert (main.address, mirror.address) == (ECHO_POD, V2_POD)
+    copy = mirror.pump()
+    assert dict(headers_of(copy, 1)[0].headers)[":authority"] == "echo.shop.svc.cluster.local-shadow"
+    assert body_of(copy, 1) == b"payload"
+    respond(mirror, 1, status="500", body=b"mirror says no")
+    main.pump()
+    respond(main, 1, body=b"main")
+    events = rig.pump_client()
+    assert field(headers_of(events, sid)[0], ":status") == "200" and body_of(events, sid) == b"main"
+    assert all(not conn.exchanges for conn in rig.proxy.upstreams.connections())

@@ -50,7 +50,7 @@ from waypoint.telemetry import (
     Telemetry,
 )
 
-from .exchange import Exchange, Outbox
+from .exchange import Exchange, Mirror, Outbox
 from .messages import RequestProblem, request_head, response_fields, upstream_request
 
 log = structlog.get_logger("waypoint.http2")
@@ -203,6 +203,9 @@ class Downstream:
             exchange.respond(outcome)
             return
         try:
+            for mirror_head, endpoint in outcome.mirrors:
+                exchange.mirrors.append(Mirror(self.upstreams.connection_for(endpoint), upstream_request(mirror_head),
+                                               end_stream))
             exchange.forward(outcome, self.upstreams.connection_for(outcome.endpoint), upstream_request(outcome.head))
         except H2Error as exc:  # the upstream connection cannot take a stream after all
             exchange.up = None

@@ -71,7 +71,7 @@ class Exchange:
     __slots__ = ("down", "sid", "head", "grpc", "proxy", "up", "up_sid", "started", "status", "grpc_status",
                  "request_bytes", "response_bytes", "error", "done", "on_done", "_req_ended", "_req_sent_end",
                  "_to_up", "_to_up_end", "_to_up_trailers", "_resp_started", "_resp_ended", "_resp_sent_end",
-                 "_to_down", "_to_down_end", "_to_down_trailers", "_up_closed", "record", "answer", "flags", "timer")
+                 "_to_down", "_to_down_end", "_to_down_trailers", "_up_closed", "record", "answer", "flags", "timer", "mirrors")
 
     def __init__(self, down: Downstream, sid: int, head: RequestHead, grpc: bool, request_ended: bool,
                  on_done: Callable[[Exchange], None] | None = None) -> None:
@@ -106,6 +106,7 @@ class Exchange:
         self.answer: Respond | None = None   # the waypoint's own answer, when it made one
         self.flags = NO_FLAGS
         self.timer = None
+        self.mirrors: list[Mirror] = []
 
     # -- starting ---------------------------------------------------------------------------------
     def respond(self, respond: Respond) -> None:
@@ -162,6 +163,8 @@ class Exchange:
         self.request_bytes += len(data)
         if end:
             self._req_ended = True
+        for mirror in self.mirrors:
+            mirror.send(data, end)
         if self.up is None or self._up_closed:
             # Answered already (or the upstream is gone): the bytes go nowhere but back as window.
             if data:
@@ -195,6 +198,8 @@ class Exchange:
 
     def request_trailers(self, fields: Fields) -> None:
         self._req_ended = True
+        for mirror in self.mirrors:
+            mirror.trailers(fields)
         if self.up is None or self._up_closed:
             self._maybe_done()
             return
@@ -340,6 +345,9 @@ class Exchange:
         """The client reset its stream (or its connection went away): cancel upstream."""
         if self.done:
             return
+        for mirror in self.mirrors:
+            if not mirror.sent_end:
+                mirror.abort()
         self.error = f"client reset the stream (HTTP/2 error code {error_code})"
         self.flags = FLAG_DOWNSTREAM_RESET
         self._reset_up(frames.CANCEL)
@@ -422,3 +430,110 @@ class Exchange:
                           grpc_status=grpc, detail=answer.detail, error=self.error)
         else:
             record.finish(self.status, flags=self.flags, grpc_status=grpc, error=self.error)
+
+
+MIRROR_BUFFER = 1024 * 1024
+
+
+class Mirror:
+    """A copy of one request to a mirror backend (RequestMirror): fire and forget, as Envoy's
+    shadow requests are. It gets the request's DATA as the main exchange does, within the mirror
+    stream's window; what does not fit waits, up to MIRROR_BUFFER, beyond which the copy is reset
+    rather than let a slow mirror hold the client back. Its response is read and dropped."""
+
+    __slots__ = ("up", "up_sid", "pending", "pending_end", "pending_trailers", "sent_end", "dead")
+
+    def __init__(self, up: UpstreamConnection, fields: Fields, end: bool) -> None:
+        self.up = up
+        self.pending: bytearray | None = None
+        self.pending_end = False
+        self.pending_trailers: Fields | None = None
+        self.sent_end = end
+        self.dead = False
+        self.up_sid = up.open(self, fields, end)
+
+    def send(self, data, end: bool) -> None:
+        if self.dead or self.sent_end:
+            return
+        if self.pending is not None:
+            if len(self.pending) + len(data) > MIRROR_BUFFER:
+                self.abort()
+                return
+            self.pending += data
+            self.pending_end = self.pending_end or end
+            return
+        codec = self.up.codec
+        window = codec.send_window(self.up_sid)
+        if window >= len(data):
+            codec.send_data(self.up_sid, data, end_stream=end)
+            self.sent_end = end
+        else:
+            if window > 0:
+                codec.send_data(self.up_sid, data[:window])
+            self.pending = bytearray(data[window:])
+            self.pending_end = end
+        self.up.dirty()
+
+    def trailers(self, fields: Fields) -> None:
+        if self.dead or self.sent_end:
+            return
+        if self.pending is not None:
+            self.pending_trailers = fields
+            return
+        self.up.codec.send_headers(self.up_sid, fields, end_stream=True)
+        self.sent_end = True
+        self.up.dirty()
+
+    def flush_up(self) -> None:
+        pending = self.pending
+        if pending is None or self.dead:
+            return
+        codec = self.up.codec
+        n = min(codec.send_window(self.up_sid), len(pending))
+        last = n == len(pending)
+        if n or last:
+            codec.send_data(self.up_sid, bytes(pending[:n]),
+                            end_stream=last and self.pending_end and self.pending_trailers is None)
+            del pending[:n]
+        if last:
+            self.pending = None
+            if self.pending_trailers is not None:
+                codec.send_headers(self.up_sid, self.pending_trailers, end_stream=True)
+                self.sent_end = True
+            elif self.pending_end:
+                self.sent_end = True
+        self.up.dirty()
+
+    def response_headers(self, fields, end: bool) -> None:
+        if end:
+            self._answered()
+
+    def response_data(self, data, end: bool) -> None:
+        if data:
+            self.up.codec.consumed(self.up_sid, len(data))
+            self.up.dirty()
+        if end:
+            self._answered()
+
+    def _answered(self) -> None:
+        if self.sent_end or self.dead:
+            self._forget()
+        else:  # the mirror answered before the request ended: it needs no more of it
+            self.abort()
+
+    def upstream_reset(self, error_code: int, reason: str | None = None) -> None:
+        self.dead = True
+        self.pending = None
+        self._forget()
+
+    def abort(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        self.pending = None
+        self.up.codec.reset_stream(self.up_sid)
+        self.up.dirty()
+        self._forget()
+
+    def _forget(self) -> None:
+        self.up.exchange_done(self)
