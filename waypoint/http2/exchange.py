@@ -111,6 +111,9 @@ class Exchange:
     # -- starting ---------------------------------------------------------------------------------
     def respond(self, respond: Respond) -> None:
         """Answer the client ourselves (denied, redirected, no route, no endpoint, bad request)."""
+        if self.down.codec.is_closed:  # the client's connection ended in an error meanwhile
+            self._finish()
+            return
         fields, body = local_reply(respond, self.grpc)
         self.answer = respond
         # What went on the wire: a gRPC reply is HTTP 200 with the status in grpc-status (so
