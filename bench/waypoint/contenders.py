@@ -166,17 +166,21 @@ class WispWaypoint(Contender):
         ]
 
     def start(self, mesh: Mesh, log) -> None:
-        wait_for(lambda: self._waypoint_pid(mesh) is not None, 120, "the waypoint pod running")
-        log(f"waypoint: pid {self._waypoint_pid(mesh)}")
+        wait_for(lambda: self._waypoint_pod(mesh) is not None, 120, "the waypoint pod running")
+        pod = self._waypoint_pod(mesh)
+        log(f"waypoint: pod {pod['name']} on {pod['node']} ({pod['ip']}), pid {self._waypoint_pid(mesh)}")
 
-    def _waypoint_pid(self, mesh: Mesh) -> int | None:
+    def _waypoint_pod(self, mesh: Mesh) -> dict | None:
         mesh.refresh()
         for pod in mesh._status.get("pods", []):
             if pod["namespace"] == self.namespace.name and pod["name"].startswith(WAYPOINT_GATEWAY):
-                pids = [c["pid"] for c in pod.get("containers", []) if c.get("pid")]
-                if pids:
-                    return pids[0]
+                if any(c.get("pid") for c in pod.get("containers", [])):
+                    return pod
         return None
+
+    def _waypoint_pid(self, mesh: Mesh) -> int | None:
+        pod = self._waypoint_pod(mesh)
+        return next(c["pid"] for c in pod["containers"] if c.get("pid")) if pod is not None else None
 
     def route(self, mesh: Mesh) -> Route:
         client = mesh.pod(self.namespace.name, "client")
