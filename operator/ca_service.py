@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,10 +67,14 @@ class CaService:
         lifetime = request.get("ttl_seconds", MAX_LIFETIME.total_seconds())
         if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)):
             return _error(400, "'ttl_seconds' must be a number")
+        # Python's JSON parser accepts NaN and Infinity, and timedelta overflows past ~1e14 s:
+        # bounds are checked on the number itself (NaN fails every comparison) before any
+        # timedelta is built, so no value reaches the CA as a 500.
+        if (isinstance(lifetime, float) and not math.isfinite(lifetime)) or not (
+                MIN_LIFETIME.total_seconds() <= lifetime <= MAX_LIFETIME.total_seconds()):
+            return _error(400, f"'ttl_seconds' must be a finite number between {MIN_LIFETIME.total_seconds():.0f} "
+                               f"and {MAX_LIFETIME.total_seconds():.0f}, got {lifetime!r}"[:200])
         lifetime = dt.timedelta(seconds=lifetime)
-        if not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
-            return _error(400, f"'ttl_seconds' must be between {MIN_LIFETIME.total_seconds():.0f} "
-                               f"and {MAX_LIFETIME.total_seconds():.0f}")
         refusal = self.authorizer(caller, identity, state, self.ca.trust_domain)
         if refusal is not None:
             return _error(403, refusal)

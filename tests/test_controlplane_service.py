@@ -196,6 +196,10 @@ def _post(client, body):
       "identity": "spiffe://cluster.local/ns/shop/sa/web"}, "CSR is not a PEM"),
     ({"csr": "x", "identity": "spiffe://cluster.local/shop/web"}, "expected /ns/"),
     ({"csr": "x", "identity": "spiffe://cluster.local/ns/shop/sa/web", "ttl_seconds": 10 ** 9}, "ttl_seconds"),
+    # Python's JSON accepts NaN and Infinity; these and 1e308 were 500s (a timedelta error).
+    *[(b'{"csr": "x", "identity": "spiffe://cluster.local/ns/shop/sa/web", "ttl_seconds": %s}' % number,
+       "'ttl_seconds' must be a finite number between 600 and 86400")
+      for number in (b"NaN", b"Infinity", b"-Infinity", b"1e308", b"-1e308", b"1e20", b"9" * 400)],
     ({"csr": "x", "identity": "spiffe://other.td/ns/shop/sa/web"}, "trust domain"),
 ])
 async def test_malformed_certificate_requests_get_400_naming_the_problem(plane, body, fragment):
