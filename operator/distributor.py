@@ -27,6 +27,7 @@ import asyncio
 import secrets
 import time
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from wisp.controlplane.protocol import encode_delta, encode_resource, encode_snapshot
@@ -91,6 +92,9 @@ class SubscriberStatus:
 
     id: str
     view: View
+    # Who authenticated as this subscriber (operator/auth.py's Caller): ids are per caller, so
+    # one node's credential cannot take over, or squat, another node's subscription.
+    owner: Hashable = None
     connected: bool = True
     sent_version: str | None = None
     acked_version: str | None = None
@@ -115,7 +119,8 @@ class Distributor:
         self._node_scope_counts: dict[str, dict[tuple[str, str], int]] = {}
         # Encoded deltas to the current version, by (base version, filter); reset on publish.
         self._delta_messages: dict[tuple, bytes] = {}
-        self.subscribers: dict[str, SubscriberStatus] = {}
+        # By (owner, subscriber id): the id a client names is unique only among its caller's.
+        self.subscribers: dict[tuple[Hashable, str], SubscriberStatus] = {}
         self.root_namespace = root_namespace
         # ConfigObject key -> (object, what it targets), parsed once per object version.
         self._targets: dict[str, tuple[ConfigObject, tuple[tuple[str, str], ...]]] = {}
@@ -395,10 +400,13 @@ class Distributor:
         return encoded
 
     # -- subscriber bookkeeping ----------------------------------------------------------------
-    def connected(self, subscriber_id: str, view: View) -> SubscriberStatus:
-        status = self.subscribers.get(subscriber_id)
+    def connected(self, subscriber_id: str, view: View, owner: Hashable = None) -> SubscriberStatus:
+        """The status of `owner`'s subscriber `subscriber_id`, new if it has none of that id (or
+        had it with another view). Another caller's subscriber of the same id is untouched."""
+        key = (owner, subscriber_id)
+        status = self.subscribers.get(key)
         if status is None or status.view != view:
-            status = self.subscribers[subscriber_id] = SubscriberStatus(subscriber_id, view)
+            status = self.subscribers[key] = SubscriberStatus(subscriber_id, view, owner)
         status.connected = True
         status.last_error = None
         return status
@@ -413,13 +421,14 @@ class Distributor:
         if number is not None:
             status.in_flight.append((number, size, now))
 
-    def acked(self, subscriber_id: str, view: View, version: str, error: str | None) -> bool:
-        """Record an ack (error None) or a NACK; False if the subscriber is unknown to us.
+    def acked(self, subscriber_id: str, view: View, version: str, error: str | None,
+              owner: Hashable = None) -> bool:
+        """Record an ack (error None) or a NACK; False if `owner` has no such subscriber.
 
         An ack covers every version up to it: subscribers may acknowledge only the latest of
         several they applied in a row.
         """
-        status = self.subscribers.get(subscriber_id)
+        status = self.subscribers.get((owner, subscriber_id))
         # The Gateway a waypoint named travels on its stream only; acks by POST do not repeat it.
         if status is None or (status.view.role, status.view.node) != (view.role, view.node):
             return False

@@ -156,7 +156,7 @@ class ControlPlaneApp:
         except ValueError as exc:
             await _json(send, 400, {"error": str(exc)})
             return
-        if not self.distributor.acked(subscriber, caller.view, version, error):
+        if not self.distributor.acked(subscriber, caller.view, version, error, caller):
             await _json(send, 404, {"error": f"no subscriber {subscriber!r} for {caller.describe()}"})
             return
         if error:
@@ -191,7 +191,9 @@ class ControlPlaneApp:
                 return
             view = replace(view, gateway=gateway)
         dist = self.distributor
-        status = dist.connected(subscriber, view)
+        # Bound to the caller: an id another caller uses (say, another node's ztunnel) names a
+        # different subscription, so this stream neither replaces nor squats that one.
+        status = dist.connected(subscriber, view, caller)
         duplex = scope["method"] == "POST"
         log.info("subscriber connected", subscriber=subscriber, role=view.role, node=view.node,
                  resume_from=version, duplex=duplex)
@@ -200,7 +202,7 @@ class ControlPlaneApp:
 
         def on_ack(line: bytes) -> None:
             _, acked, error = parse_ack(line, with_subscriber=False)
-            dist.acked(subscriber, view, acked, error)
+            dist.acked(subscriber, view, acked, error, caller)
             if error:
                 log.warning("config rejected by subscriber", subscriber=subscriber, version=acked, error=error)
 

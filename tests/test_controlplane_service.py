@@ -79,6 +79,13 @@ class Plane:
         future = asyncio.run_coroutine_threadsafe(_call(self.distributor.publish, snapshot), self.loop)
         return future.result(5)
 
+    def subscriber(self, subscriber_id: str, node: str | None = None):
+        """The one subscriber of that id (and node, if given): ids are per caller."""
+        found = [s for s in self.distributor.subscribers.values()
+                 if s.id == subscriber_id and (node is None or s.view.node == node)]
+        assert len(found) == 1, f"{len(found)} subscribers named {subscriber_id!r}"
+        return found[0]
+
     def client(self, token: str) -> httpx.AsyncClient:
         return make_client(self.address, self.roots, token)
 
@@ -263,7 +270,7 @@ async def test_subscriber_gets_a_snapshot_then_deltas_and_acks_them(ca):
             version = plane.publish(second)
             await wait_until(lambda: len(updates) == 2)
             assert updates[1] == second
-            await wait_until(lambda: plane.distributor.subscribers["zt-a"].acked_version == version)
+            await wait_until(lambda: plane.subscriber("zt-a").acked_version == version)
             nursery.cancel_scope.cancel()
 
 
@@ -386,7 +393,7 @@ async def test_slow_subscriber_never_blocks_the_others(ca):
                     version = plane.publish(ModelSnapshot.of(changed))
                     await wait_until(lambda: subscriber.view.version == version, timeout=5)
                 nursery.cancel_scope.cancel()
-            stalled_status = plane.distributor.subscribers["stalled"]
+            stalled_status = plane.subscriber("stalled")
             # It was sent messages until they filled its window of bytes, and nothing after.
             sizes = [size for _, size, _ in stalled_status.in_flight]
             assert sum(sizes[:-1]) < DEFAULT_WINDOW_BYTES <= sum(sizes)
@@ -407,7 +414,7 @@ async def test_subscriber_that_stops_acking_gets_its_window_of_small_deltas_then
             for i in range(1, 10):
                 plane.publish(ModelSnapshot.of([workload("shop", f"w-{i}", "node-a")]))
                 await trio.sleep(0.02)
-            status = plane.distributor.subscribers["stalled"]
+            status = plane.subscriber("stalled")
             await wait_until(lambda: len(status.in_flight) == 4)
             await trio.sleep(0.2)
             assert len(status.in_flight) == 4 and status.sent_version.endswith("-4")
@@ -426,9 +433,9 @@ async def test_one_ack_covers_every_version_before_it(ca):
         acks = []
         real_acked = plane.distributor.acked
 
-        def counting_acked(subscriber_id, view, version, error):
+        def counting_acked(subscriber_id, view, version, error, owner=None):
             acks.append(version)
-            return real_acked(subscriber_id, view, version, error)
+            return real_acked(subscriber_id, view, version, error, owner)
         plane.distributor.acked = counting_acked
         async with trio.open_nursery() as nursery:
             nursery.start_soon(subscriber.run)
@@ -436,7 +443,7 @@ async def test_one_ack_covers_every_version_before_it(ca):
             for i in range(1, 6):
                 version = plane.publish(ModelSnapshot.of([workload("shop", f"w-{i}", "node-a")]))
                 await wait_until(lambda: subscriber.view.version == version)
-            status = plane.distributor.subscribers["zt-a"]
+            status = plane.subscriber("zt-a")
             await wait_until(lambda: status.acked_version == version)
             assert not status.in_flight
             assert acks[-1] == version and len(acks) <= 2
@@ -550,7 +557,7 @@ async def test_a_bad_ack_on_the_stream_closes_that_stream_only_and_says_why(ca, 
                     # Once we end our side, the control plane ends the response.
                     await bad.stream.send_eof()
                     assert await bad.line() is None
-            await wait_until(lambda: not plane.distributor.subscribers["bad"].connected)
+            await wait_until(lambda: not plane.subscriber("bad").connected)
             # The other stream goes on.
             version = plane.publish(ModelSnapshot.of([workload("shop", "w-1", "node-a")]))
             await wait_until(lambda: good.view.version == version)
@@ -575,7 +582,7 @@ async def test_acks_on_the_stream_keep_it_open_and_are_recorded(ca):
             with trio.fail_after(5):
                 assert (await acking.line())["version"] == first
                 await acking.stream.send_all(b'{"version": "%s"}\n' % first.encode())
-                status = plane.distributor.subscribers["acking"]
+                status = plane.subscriber("acking")
                 await wait_until(lambda: status.acked_version == first)
             await trio.sleep(1.0)  # twice the ack deadline: nothing is overdue
             assert status.connected and not status.in_flight

@@ -44,8 +44,8 @@ async def test_waypoint_subscribes_with_its_gateway_and_gets_only_its_objects(ca
                                                       route("cart-route", "cart")]))
             await wait_until(lambda: len(waypoint_updates) == 2)
             assert sorted(waypoint_updates[-1].objects) == ["HTTPRoute/shop/cart-route", "HTTPRoute/shop/web-canary"]
-            await wait_until(lambda: plane.distributor.subscribers["wp"].acked_version == version)
-            assert plane.distributor.subscribers["wp"].view.gateway == "shop/waypoint"
+            await wait_until(lambda: plane.subscriber("wp").acked_version == version)
+            assert plane.subscriber("wp").view.gateway == "shop/waypoint"
             nursery.cancel_scope.cancel()
 
 

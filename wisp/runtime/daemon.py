@@ -153,15 +153,16 @@ class Runtime:
             if not all(_ready(pod) for pod in pods):
                 return False
             # Every ztunnel process subscribes on its own: worker i of a node as ztunnel-<node>-w<i>.
-            current = {s["id"] for s in subscribers["subscribers"] if s["role"] == "ztunnel" and s["connected"]
-                       and s["acked_version"] == subscribers["version"]}
+            # Ids are per caller, so the node counts too: another node's ztunnel may use any id.
+            current = {(s["id"], s["node"]) for s in subscribers["subscribers"] if s["role"] == "ztunnel"
+                       and s["connected"] and s["acked_version"] == subscribers["version"]}
             if not self._ztunnel_subscribers() <= current:
                 return False
             await trio.sleep(0.2)
         return True
 
-    def _ztunnel_subscribers(self) -> set[str]:
-        return {f"ztunnel-{node.name}-w{index}" if index else f"ztunnel-{node.name}"
+    def _ztunnel_subscribers(self) -> set[tuple[str, str]]:
+        return {(f"ztunnel-{node.name}-w{index}" if index else f"ztunnel-{node.name}", node.name)
                 for node in self.nodes for index in range(self.ztunnel_workers)}
 
     # -- keeping pods and services in line with the manifests --------------------------------------
