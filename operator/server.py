@@ -27,7 +27,7 @@ from wisp.asgi import lifespan, read_body
 from wisp.controlplane.protocol import ACK_PATH, CERTIFICATE_PATH, CONTENT_TYPE, PING, STREAM_PATH, encode_close
 from wisp.identity import CertBundle
 
-from .auth import Caller
+from .auth import ROLE_RUNTIME, Caller
 from .ca_service import CaService
 from .cluster import ClusterState
 from .distributor import ROLE_WAYPOINT, ROLE_ZTUNNEL, Distributor
@@ -164,8 +164,16 @@ class ControlPlaneApp:
         await _respond(send, 204, b"")
 
     async def _subscribers(self, scope, receive, send, caller: Caller) -> None:
+        # Which nodes and waypoints exist and how current they are is the operator's business,
+        # not a node proxy's: only the operator's own admin credential (the local runtime's)
+        # reads it. On Kubernetes no caller holds that role; docs/identity.md says why.
+        if caller.role != ROLE_RUNTIME:
+            await _json(send, 403, {"error": f"{caller.describe()} may not read the subscriber table; "
+                                             "only the operator's admin credential may"})
+            return
         table = [
             {"id": s.id, "role": s.view.role, "node": s.view.node, "connected": s.connected,
+             "owner": s.owner.describe() if isinstance(s.owner, Caller) else None,
              "sent_version": s.sent_version, "acked_version": s.acked_version, "last_error": s.last_error}
             for s in self.distributor.subscribers.values()
         ]

@@ -14,6 +14,7 @@ import ssl
 
 import httpx
 import pytest
+import pytest
 import trio
 
 from wisp.controlplane.client import ConfigSubscriber
@@ -56,3 +57,22 @@ async def test_another_nodes_token_cannot_take_over_its_config_subscription(ca):
             assert response.status_code == 204
             assert plane.subscriber("ztunnel-node-b", node="node-b").last_error is None
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("issue", [
+    lambda c: c.issue_ztunnel("node-a"),
+    lambda c: c.issue_node_agent("node-a"),
+    lambda c: c.issue_waypoint(SpiffeId("cluster.local", "shop", "waypoint")),
+], ids=["ztunnel", "node-agent", "waypoint"])
+async def test_debug_subscribers_is_refused_to_node_proxies_and_waypoints(ca, issue):
+    """It lists every node and waypoint and what each acknowledged: any authenticated caller,
+    a node agent included, used to read it."""
+    async with control_plane(ca, STATE) as plane:
+        async with plane.client(issue(plane.credentials)) as client:
+            response = await client.get("/debug/subscribers")
+        assert response.status_code == 403
+        assert "only the operator's admin credential" in response.json()["error"]
+        async with plane.client(plane.credentials.issue_runtime()) as client:
+            response = await client.get("/debug/subscribers")
+        assert response.status_code == 200
+        assert response.json()["version"] == plane.distributor.version
