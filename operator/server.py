@@ -408,29 +408,51 @@ async def serve(
     CLI live in the machine's own namespace, which has no route to the control plane's address.
     Callers still present bearer credentials there.
     """
-    with bundle.pem_file() as pem:
-        config = hypercorn.config.Config()
-        # hypercorn closes the socket it serves; give it a duplicate so `sock` stays the caller's.
-        config.bind = [f"fd://{os.dup(sock.fileno())}"]
-        config.certfile = config.keyfile = pem
-        config.alpn_protocols = ["h2", "http/1.1"]
-        if unix_path:
-            if os.path.exists(unix_path):
-                os.unlink(unix_path)
-            config.insecure_bind = [f"unix:{unix_path}"]
-            config.umask = 0o177
-        config.accesslog = None
-        config.errorlog = None
-        config.graceful_timeout = 1.0
-        # Streams stay open for hours; only truly idle connections are closed. Acks are requests,
-        # so hypercorn's default of recycling a connection after 1,000 of them would make every
-        # subscriber on it reconnect at once.
-        config.keep_alive_timeout = 120
-        config.keep_alive_max_requests = 1 << 62
+    config = _InMemoryKeyConfig(bundle)
+    # hypercorn closes the socket it serves; give it a duplicate so `sock` stays the caller's.
+    config.bind = [f"fd://{os.dup(sock.fileno())}"]
+    config.alpn_protocols = ["h2", "http/1.1"]
+    if unix_path:
+        if os.path.exists(unix_path):
+            os.unlink(unix_path)
+        config.insecure_bind = [f"unix:{unix_path}"]
+        config.umask = 0o177
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    # Streams stay open for hours; only truly idle connections are closed. Acks are requests,
+    # so hypercorn's default of recycling a connection after 1,000 of them would make every
+    # subscriber on it reconnect at once.
+    config.keep_alive_timeout = 120
+    config.keep_alive_max_requests = 1 << 62
 
-        async def stopping() -> None:
-            await shutdown.wait()
-            # Streams end themselves within hypercorn's graceful_timeout rather than being cut.
-            app.closing.set()
+    async def stopping() -> None:
+        await shutdown.wait()
+        # Streams end themselves within hypercorn's graceful_timeout rather than being cut.
+        app.closing.set()
 
-        await hypercorn.asyncio.serve(app, config, shutdown_trigger=stopping)
+    await hypercorn.asyncio.serve(app, config, shutdown_trigger=stopping)
+
+
+# What certfile/keyfile say once the key lives only in the TLS context (hypercorn enables TLS
+# when both are set, and reads them nowhere but in create_ssl_context, which we replace).
+_LOADED_IN_MEMORY = "<loaded into the TLS context; no file>"
+
+
+class _InMemoryKeyConfig(hypercorn.config.Config):
+    """hypercorn's Config whose TLS context loads the serving key from a file that exists only
+    for that moment: `ssl` loads keys only from files, and a file kept for the whole serve (as
+    setting certfile/keyfile does) leaves the operator's key on tmpfs for its lifetime."""
+
+    def __init__(self, bundle: CertBundle) -> None:
+        super().__init__()
+        self._bundle = bundle
+        self.certfile = self.keyfile = _LOADED_IN_MEMORY
+
+    def create_ssl_context(self):
+        with self._bundle.pem_file() as pem:
+            self.certfile = self.keyfile = pem
+            try:
+                return super().create_ssl_context()
+            finally:
+                self.certfile = self.keyfile = _LOADED_IN_MEMORY

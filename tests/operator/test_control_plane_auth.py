@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from wisp.controlplane.client import ConfigSubscriber
-from wisp.identity import SpiffeId
+from wisp.identity import CertBundle, SpiffeId
 from wisp.model import ModelSnapshot
 
 from ..test_controlplane_service import STATE, control_plane, wait_until, workload
@@ -76,3 +76,28 @@ async def test_debug_subscribers_is_refused_to_node_proxies_and_waypoints(ca, is
             response = await client.get("/debug/subscribers")
         assert response.status_code == 200
         assert response.json()["version"] == plane.distributor.version
+
+
+async def test_serving_key_file_is_gone_once_the_control_plane_serves(ca, monkeypatch):
+    """docs/architecture.md promises keys are written for the moment of loading, then removed;
+    the operator's 15012 key used to stay in /dev/shm for the process's whole life."""
+    written: list[str] = []
+    real_pem_file = CertBundle.pem_file
+
+    @contextlib.contextmanager
+    def recording_pem_file(self):
+        with real_pem_file(self) as path:
+            written.append(path)
+            yield path
+
+    monkeypatch.setattr(CertBundle, "pem_file", recording_pem_file)
+    async with control_plane(ca, STATE) as plane:
+        async with plane.client(plane.credentials.issue_ztunnel("node-a")) as client:
+            assert (await client.get("/healthz/ready")).status_code == 200
+            assert written, "the serving key was never written for loading"
+            # While serving, with a connection open: no trace of the key on the filesystem.
+            assert [p for p in written if os.path.exists(p) or os.path.exists(os.path.dirname(p))] == []
+            # and TLS still works on new connections after the file is gone.
+            async with httpx.AsyncClient(http2=True, verify=ssl.create_default_context(
+                    cadata=plane.roots.decode())) as fresh:
+                assert (await fresh.get(f"https://{plane.address}/healthz/ready")).status_code == 200
