@@ -231,3 +231,16 @@ def test_precheck_reports_each_permission_a_limited_user_lacks(cluster: Cluster,
     finally:
         cluster.kubectl("delete", "clusterrolebinding", account)
         cluster.kubectl("delete", "clusterrole", account)
+
+
+def test_a_named_context_is_used_and_an_unknown_one_refused(cluster: Cluster, tmp_path: Path) -> None:
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    context = dict(config["contexts"][0], name="second")
+    config["contexts"].append(context)
+    config["current-context"] = "nowhere-current"  # only an explicit --context can work
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    done = wisp(cluster, "precheck", "--context", "second", kubeconfig=tmp_path / "kubeconfig")
+    assert done.returncode == 0, done.stdout
+    refused = wisp(cluster, "precheck", "--context", "missing", kubeconfig=tmp_path / "kubeconfig")
+    assert refused.returncode == 1
+    assert "cannot load the Kubernetes configuration from %s" % (tmp_path / "kubeconfig") in refused.stdout
