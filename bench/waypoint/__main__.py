@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
             try:
                 for contender in contenders:
                     contender.start(mesh, log)
-                samples, _ = runner.run(plan, contenders, {c.key: mesh for c in contenders}, progress(names))
+                samples = runner.run(plan, contenders, {c.key: mesh for c in contenders}, progress(names))[0]
                 restarts = mesh.restarts()
             finally:
                 for contender in contenders:
