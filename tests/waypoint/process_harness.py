@@ -108,6 +108,7 @@ class Harness:
         def on_request(request: ConnectRequest) -> None:
             self.seen_identities.append(str(request.peer_identity))
             upstream = socket.create_connection((request.authority.ip, request.authority.port))
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             upstream.setblocking(False)
             Splice(request.accept(), TcpEnd(loop, upstream, upstream=False)).start()
 
@@ -139,6 +140,7 @@ class Harness:
                 except BlockingIOError:
                     return
                 conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
                 def on_stream(stream: StreamEnd | None, error: str | None) -> None:
                     if stream is None:
@@ -254,6 +256,7 @@ def _connectable(ip: str, port: int) -> bool:
 
 def _nonblocking_socket(address, source_ip):
     sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
     return sock
 

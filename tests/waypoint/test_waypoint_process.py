@@ -108,7 +108,7 @@ def test_a_header_match_picks_the_canary_backend(wp):
 def test_a_weighted_split_lands_70_30(wp):
     conn = http.client.HTTPConnection("127.0.0.1", wp.echo_port, timeout=10)
     counts = {"echo-v1": 0, "echo-v2": 0}
-    total = 600
+    total = 1000
     for _ in range(total):
         conn.request("GET", "/split", headers={"host": HOST})
         response = conn.getresponse()
@@ -116,7 +116,7 @@ def test_a_weighted_split_lands_70_30(wp):
         counts[response.getheader("x-echo-hostname")] += 1
     conn.close()
     share = counts["echo-v1"] / total
-    assert 0.64 <= share <= 0.76, counts  # 70% ± 6 points: over 3 standard deviations for 600 draws
+    assert 0.65 <= share <= 0.75, counts  # the issue's ±5 points: 3.4 standard deviations for 1,000 draws
 
 
 def test_a_redirect_answers_its_status_and_location(wp):

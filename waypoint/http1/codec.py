@@ -61,7 +61,6 @@ _S_DONE = 7
 
 _TOKEN = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VISIBLE = bytes(range(0x21, 0x7F))
-_TOKEN_NL = _TOKEN + b"\n"
 _HEX = b"0123456789abcdefABCDEF"
 _DIGITS = b"0123456789"
 
@@ -444,28 +443,30 @@ _SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"host", b"connec
 
 def _fields(block: bytes, start: int, special: list | None = None) -> list[tuple[bytes, bytes]]:
     """Header (or trailer) fields of `block` from `start`, names lower-cased, values trimmed;
-    those that decide framing are also appended to `special`. The checks and the lower-casing
-    run over all names at once (one C call each), not field by field: per-field Python work
-    is what this parser's cost is made of (bench/http1_parse.py)."""
+    those that decide framing are also appended to `special`. Folding and the names' token
+    syntax are checked over the whole block or all names at once (one C call each): per-field
+    Python work is what this parser's cost is made of (bench/http1_parse.py)."""
     text = block[start:]
     if not text:
         return []
     if text[:1] in (b" ", b"\t") or b"\r\n " in text or b"\r\n\t" in text:
         raise ParseError(400, "obsolete line folding in a header field")
-    pairs = [line.split(b":", 1) for line in text.split(b"\r\n")]
-    if len(pairs) > MAX_FIELDS:
+    fields = []
+    names = []
+    for line in text.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep or not name:
+            raise ParseError(400, "malformed header field")
+        names.append(name)
+        name = name.lower()
+        value = value.strip(b" \t")
+        fields.append((name, value))
+        if special is not None and name in _SPECIAL:
+            special.append((name, value))
+    if len(fields) > MAX_FIELDS:
         raise ParseError(431, f"more than {MAX_FIELDS} header fields")
-    names = b"\n".join([pair[0] for pair in pairs])
-    if names.translate(None, _TOKEN_NL) or b"\n\n" in names or not names or names[:1] == b"\n" \
-            or names[-1:] == b"\n":
+    if b"".join(names).translate(None, _TOKEN):
         raise ParseError(400, "malformed header field: the name is not a token")
-    try:
-        values = [pair[1].strip(b" \t") for pair in pairs]
-    except IndexError:
-        raise ParseError(400, "malformed header field: no colon") from None
-    fields = list(zip(names.lower().split(b"\n"), values))
-    if special is not None:
-        special.extend([pair for pair in fields if pair[0] in _SPECIAL])
     return fields
 
 
