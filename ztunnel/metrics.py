@@ -120,6 +120,12 @@ class Metrics:
                                           "Bytes sent to the client (server to client)", LABELS)
         self.received = self.registry.counter("istio_tcp_received_bytes_total",
                                               "Bytes received from the client (client to server)", LABELS)
+        # Inbound connections refused because the peer's certificate is not the identity of the
+        # workload at its address (ztunnel/proxy/inbound.py).
+        self.identity_mismatch = self.registry.counter(
+            "wisp_inbound_identity_mismatch_total",
+            "Inbound HBONE connections whose peer certificate names another identity than the "
+            "workload at the peer's address (refused)")
         self.live: set[ConnectionRecord] = set()
         self._series: dict[tuple, Series] = {}
         self._workers: WorkerDirectory | None = None

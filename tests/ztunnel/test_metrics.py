@@ -101,9 +101,9 @@ async def test_exposition_has_istios_counter_names_and_no_created_samples():
     assert text.startswith("# HELP istio_tcp_connections_opened_total Connections opened by the proxy\n"
                            "# TYPE istio_tcp_connections_opened_total counter\n"
                            'istio_tcp_connections_opened_total{connection_security_policy="mutual_tls",')
-    assert [line.split("{")[0] for line in text.splitlines() if not line.startswith("#")] == [
+    assert [line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")] == [
         "istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total", "istio_tcp_sent_bytes_total",
-        "istio_tcp_received_bytes_total"]
+        "istio_tcp_received_bytes_total", "wisp_inbound_identity_mismatch_total"]
     assert "_created" not in text and CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
 
 

@@ -2,8 +2,11 @@
 
 Order as in ztunnel's inbound.rs (reference §2): the HBONE server already did TLS, CONNECT
 and the authority syntax; here the authority must name the pod the listener belongs to (400),
-the pod must be known (wait ≤5 s, else 503), the port must not be ztunnel's own (503), L4
-authorization must allow it (401), and the app must accept a connection made from the peer's
+the pod must be known (wait ≤5 s, else 503), the port must not be ztunnel's own (503), a peer
+whose address is a known workload must present that workload's identity (401: a certificate
+used from another pod's address; counted in `wisp_inbound_identity_mismatch_total`, and
+telemetry names the certificate's identity, never the address's workload), L4 authorization
+must allow it (401), and the app must accept a connection made from the peer's
 IP (10 s, else 503). Then 200 and splice. A stream the peer reset meanwhile is never connected
 upstream.
 """
@@ -56,6 +59,26 @@ async def _wait_for_workload(inputs: ProxyInputs, pod: PodContext, request: Conn
     _checked(inputs, pod, request, workload)
 
 
+def _identity_mismatch(inputs: ProxyInputs, request: ConnectRequest, workload: Workload, source: Workload,
+                       service) -> None:
+    local_ip = request.local_address[0]
+    peer_ip, peer_port = request.peer_address
+    port = request.authority.port
+    inputs.metrics.identity_mismatch.inc()
+    log.warning("connection refused: peer certificate is not the source workload's",
+                src_identity=str(request.peer_identity), src=format_address(peer_ip, peer_port),
+                src_workload=f"{source.namespace}/{source.name}", src_workload_identity=source.identity(),
+                dst=format_address(local_ip, port))
+    request.reject(401, f"peer identity {request.peer_identity} is not that of the workload at {peer_ip} "
+                        f"({source.namespace}/{source.name}, {source.identity()})")
+    ConnectionRecord(
+        inputs.metrics, direction="inbound", source=Peer(None, request.peer_identity, peer_ip),
+        destination=Peer(workload, workload_identity(workload)), service=service, security=MUTUAL_TLS,
+        src_addr=format_address(peer_ip, peer_port), dst_addr=format_address(local_ip, port),
+        hbone_addr=str(request.authority),
+    ).close(FLAG_DENY)
+
+
 def _checked(inputs: ProxyInputs, pod: PodContext, request: ConnectRequest, workload: Workload) -> None:
     local_ip = request.local_address[0]
     peer_ip, peer_port = request.peer_address
@@ -70,9 +93,16 @@ def _checked(inputs: ProxyInputs, pod: PodContext, request: ConnectRequest, work
     host = request.forwarded_host
     if host:
         service = state.service_by_host(host, workload.namespace)
+    source_workload = state.workload_by_ip(peer_ip)
+    if source_workload is not None and workload_identity(source_workload) != request.peer_identity:
+        # The certificate is not the one of the pod at that address: a certificate used from
+        # another pod (stolen), or an address reused before our config caught up. Telemetry
+        # names the certificate's identity only, and the connection is refused either way.
+        _identity_mismatch(inputs, request, workload, source_workload, service)
+        return
     record = ConnectionRecord(
         inputs.metrics, direction="inbound",
-        source=Peer(state.workload_by_ip(peer_ip), request.peer_identity, peer_ip),
+        source=Peer(source_workload, request.peer_identity, peer_ip),
         destination=Peer(workload, workload_identity(workload)),
         service=service, security=MUTUAL_TLS,
         src_addr=format_address(peer_ip, peer_port), dst_addr=format_address(local_ip, port),
