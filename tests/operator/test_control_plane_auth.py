@@ -14,10 +14,12 @@ import ssl
 
 import httpx
 import pytest
+import structlog
 import pytest
+import structlog
 import trio
 
-from wisp.controlplane.client import ConfigSubscriber
+from wisp.controlplane.client import ConfigSubscriber, ControlPlaneError, fetch_certificate
 from wisp.identity import CertBundle, SpiffeId
 from wisp.model import ModelSnapshot
 
@@ -101,3 +103,19 @@ async def test_serving_key_file_is_gone_once_the_control_plane_serves(ca, monkey
             async with httpx.AsyncClient(http2=True, verify=ssl.create_default_context(
                     cadata=plane.roots.decode())) as fresh:
                 assert (await fresh.get(f"https://{plane.address}/healthz/ready")).status_code == 200
+
+
+async def test_ca_refuses_a_node_proxy_impersonating_a_pod_on_another_node_and_logs_why(ca):
+    """#15 item 7: node-a's ztunnel asks for shop/db, whose only pod runs on node-b."""
+    async with control_plane(ca, STATE) as plane:
+        with structlog.testing.capture_logs() as logs:
+            with pytest.raises(ControlPlaneError) as info:
+                await fetch_certificate(plane.endpoint(plane.credentials.issue_ztunnel("node-a")),
+                                        SpiffeId("cluster.local", "shop", "db"))
+    assert info.value.status == 403
+    reason = ("no running pod with service account 'db' in namespace 'shop' is on node 'node-a', "
+              "so its ztunnel may not obtain spiffe://cluster.local/ns/shop/sa/db")
+    assert reason in str(info.value)
+    refused = [e for e in logs if e["event"] == "certificate refused"]
+    assert refused == [{"event": "certificate refused", "log_level": "warning", "caller": "ztunnel on node node-a",
+                        "status": 403, "reason": reason}]
