@@ -3,7 +3,8 @@
 Over the control plane's real HTTPS/HTTP2 endpoint (tests/test_controlplane_service.py's
 `control_plane`), with the credentials the local mode issues: a node proxy's token must not
 reach another node's config subscription or the operator's debug view, and the operator's
-serving key must not outlive its loading.
+serving key must not outlive its loading. The CA's refusal of a node proxy impersonating a pod
+on another node (#15 item 7) is here too, with its logged reason.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import os
 import ssl
 
 import httpx
-import pytest
-import structlog
 import pytest
 import structlog
 import trio
