@@ -79,6 +79,67 @@ async def test_certificate_rotates_at_half_life(ca):
         assert fetch.calls == 2
 
 
+async def test_rotation_waits_for_half_life_and_no_longer(ca, autojump_clock):
+    """A 24 h certificate is renewed 12 h after its not_before, not sooner (an audit made it
+    rotate at once and the test above, with only an upper bound, still passed) and not later.
+    The manager's wall clock follows trio's (autojump), so 12 hours pass in no time."""
+    start_wall, start = dt.datetime.now(dt.timezone.utc), trio.current_time()
+
+    def now() -> dt.datetime:
+        return start_wall + dt.timedelta(seconds=trio.current_time() - start)
+
+    fetched_at: list[float] = []
+
+    async def fetch(identity: SpiffeId) -> CertBundle:
+        fetched_at.append(trio.current_time() - start)
+        return ca.issue(identity, lifetime=dt.timedelta(hours=24), now=now())
+
+    async with CertManager(fetch, now=now) as certs:
+        certs.track(WEB)
+        first = await certs.get(WEB)
+        half_life = (first.rotation_time - now()).total_seconds()
+        assert 11 * 3600 < half_life <= 12 * 3600  # back-dated a little, as leaves are
+        await trio.sleep(half_life - 5)
+        assert fetched_at == [0.0] and certs.current(WEB).serial == first.serial
+        await trio.sleep(10)
+        assert len(fetched_at) == 2 and half_life - 1 <= fetched_at[1] <= half_life + 1
+        assert certs.current(WEB).serial != first.serial
+
+
+async def test_the_valid_certificate_is_kept_while_its_renewal_fails(ca, autojump_clock):
+    """docs/identity.md: proxies keep the valid certificate while a renewal fails."""
+    start_wall, start = dt.datetime.now(dt.timezone.utc), trio.current_time()
+
+    def now() -> dt.datetime:
+        return start_wall + dt.timedelta(seconds=trio.current_time() - start)
+
+    failing = False
+    calls = 0
+
+    async def fetch(identity: SpiffeId) -> CertBundle:
+        nonlocal calls
+        calls += 1
+        if failing:
+            raise RuntimeError("CA unavailable")
+        return ca.issue(identity, lifetime=dt.timedelta(hours=24), now=now())
+
+    async with CertManager(fetch, now=now) as certs:
+        certs.track(WEB)
+        first = await certs.get(WEB)
+        failing = True
+        # Past half-life, renewals fail for the next 11 hours (many retries, backoff capped).
+        await trio.sleep((first.rotation_time - now()).total_seconds() + 11 * 3600)
+        assert calls > 10
+        assert certs.current(WEB).serial == first.serial
+        assert (await certs.get(WEB)).serial == first.serial
+        (item,) = certs.dump()
+        assert item["state"] == "available" and item["last_error"] == "CA unavailable"
+        # The CA returns: the next retry renews it.
+        failing = False
+        await trio.sleep(BACKOFF_MAX + 1)
+        assert certs.current(WEB).serial != first.serial
+
+
 async def test_last_pod_leaving_forgets_the_identity(ca, autojump_clock):
     async with CertManager(FakeCa(ca)) as certs:
         certs.track(WEB)
