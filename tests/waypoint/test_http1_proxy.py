@@ -203,3 +203,33 @@ def test_an_upstream_that_fails_mid_response_resets_the_client(rig):
     upstream.deliver(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
     upstream.splice.fail("connection reset by peer")
     assert rig.client.aborted is not None
+
+
+def test_a_mirror_gets_a_copy_of_the_request_and_its_answer_is_dropped():
+    shadow = Service("shadow", "shop", "shadow.shop.svc.cluster.local", ("10.96.0.11",), (PortMapping(80, 9090),))
+    shadow_pod = Workload("u2", "shadow-1", "shop", ("10.244.1.6",), tunnel_protocol="HBONE",
+                          services={"shop/shadow.shop.svc.cluster.local": (PortMapping(80, 9090),)})
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "mirrored", "namespace": "shop"},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80}],
+                      "rules": [{"filters": [{"type": "RequestMirror",
+                                              "requestMirror": {"backendRef": {"name": "shadow", "port": 80}}}],
+                                 "backendRefs": [{"name": "echo", "port": 80}]}]}}
+    rig = Rig()
+    try:
+        snapshot = ModelSnapshot.of([POD, ECHO, shadow, shadow_pod, config_object(route)])
+        config = compile_config(snapshot, WaypointRef("shop", "waypoint"), "v2")
+        rig.pipeline.current = lambda: config
+        rig.client.deliver(b"POST /m HTTP/1.1\r\nhost: echo\r\ncontent-length: 3\r\n\r\nabc")
+        real, mirror = rig.upstreams[0], rig.upstreams[1]
+        if b"echo-shadow" in real.written:
+            real, mirror = mirror, real
+        mirrored = mirror.take()
+        assert mirrored.startswith(b"POST /m HTTP/1.1\r\nhost: echo-shadow\r\n")
+        assert mirrored.endswith(b"3\r\nabc\r\n0\r\n\r\n")  # the body, chunked
+        mirror.deliver(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n")
+        real.deliver(OK)
+        answer = rig.client.take()
+        assert answer.startswith(b"HTTP/1.1 200 OK") and b"500" not in answer
+    finally:
+        rig.close()
