@@ -233,3 +233,11 @@ def test_a_mirror_gets_a_copy_of_the_request_and_its_answer_is_dropped():
         assert answer.startswith(b"HTTP/1.1 200 OK") and b"500" not in answer
     finally:
         rig.close()
+
+
+def test_an_http10_request_without_host_gets_the_dialled_service_name_and_a_closed_connection(rig):
+    rig.client.deliver(b"GET /old HTTP/1.0\r\n\r\n")
+    assert rig.upstreams[0].take().startswith(b"GET /old HTTP/1.1\r\nhost: echo.shop.svc.cluster.local\r\n")
+    rig.upstreams[0].deliver(OK)
+    answer = rig.client.take()
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b"connection: close\r\n" in answer and rig.client.eof

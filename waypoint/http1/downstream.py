@@ -304,6 +304,10 @@ class Exchange:
         except codec.ParseError as exc:
             down._refuse(exc)
             return
+        if not authority:
+            # HTTP/1.0 may come without Host; the upstream still needs one: the dialled Service's name.
+            service = inputs.pipeline.current().service_at(down.ctx.dest_ip)
+            authority = (service.hostname if service is not None else down.ctx.destination).encode("ascii")
         headers = codec.hop_by_hop([pair for pair in head.headers if pair[0] != b"host" and pair[0] != b"expect"],
                                    head.connection)
         request = RequestHead(head.method, target, authority, headers, b"http", PROTOCOL_HTTP1)
