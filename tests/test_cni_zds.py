@@ -238,6 +238,41 @@ async def test_unsupported_hello_version_drops_the_connection(server):
     await _agent_still_serves(server)
 
 
+BEFORE_HELLO = {
+    "silent": None,
+    "message before hello": protocol.encode(Ack()),
+    "bad hello version": protocol.encode(Hello(version=7)),
+    "random bytes": GARBAGE["random bytes"][0],
+}
+
+
+@pytest.mark.parametrize("name", list(BEFORE_HELLO))
+async def test_a_connection_without_a_good_hello_never_displaces_the_serving_ztunnel(server, pod_netns, name):
+    """While a good ztunnel is connected and serving: a connection becomes the active session
+    only with its Hello (an audit promoted it on accept and every garbage test still passed,
+    because none had a good ztunnel connected meanwhile)."""
+    good = FakeZtunnel(server.path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(good.serve)
+        await good.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
+        active = server.connection
+        bad = FakeZtunnel(server.path)
+        await bad.connect(hello=False)
+        try:
+            if BEFORE_HELLO[name] is not None:
+                await bad.send_raw(BEFORE_HELLO[name])
+                assert await bad.receive(timeout=3) is None  # dropped
+            # The good ztunnel is still the active session, its connection open, and it gets
+            # the next pod (a silent connection is still open meanwhile).
+            assert server.connection is active and not good.closed_by_agent.is_set()
+            assert (await server.add(ZdsPod("uid-web", INFO, pod_netns))).acked
+            assert good.messages()[-1] == Add("uid-web", INFO)
+        finally:
+            bad.close()
+        good.close()
+        nursery.cancel_scope.cancel()
+
+
 async def _agent_still_serves(server: ZdsServer) -> None:
     good = FakeZtunnel(server.path)
     await good.connect()
