@@ -17,6 +17,12 @@ Pure functions over ClusterState objects, called by the reconciliation core (``r
   from the waypoint's own route parser (waypoint/route: ``RouteTable.parent_status``), so status
   says what the proxy does. Entries of other controllers are left alone.
 
+- ``waypoint_policy_conditions``: Istio's ``WaypointAccepted`` condition on AuthorizationPolicies
+  with ``targetRefs`` (pilot/pkg/serviceregistry/kube/controller/ambient/policies.go): Accepted
+  ("bound to ns/waypoint") when every target is bound, else ``AncestorNotBound`` ("Service ns/x
+  is not bound to a waypoint") or ``TargetNotFound``. A Service bound to a waypoint that is not
+  ready counts as not bound: the policy is not enforced anywhere yet (its traffic is refused).
+
 These writes set fields the controller owns whole (``StatusFieldsWrite``); ``merge_status``
 turns one into the status to store, keeping ``lastTransitionTime`` while a condition's status
 holds. Comparisons ignore ``lastTransitionTime``, so an unchanged status is never rewritten.
@@ -38,6 +44,7 @@ from wisp_operator.errors import InvalidObject, object_id
 from wisp_operator.waypoints import WAYPOINT_GATEWAY_CLASS, Waypoint, WaypointIndex
 
 CONTROLLER_NAME = "istio.io/mesh-controller"
+CONDITION_WAYPOINT_ACCEPTED = "WaypointAccepted"
 MESH_LISTENER_PROTOCOL = "HBONE"
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
@@ -322,3 +329,67 @@ def gateway_api_writes(state: ClusterState, waypoints: WaypointIndex, services: 
             if write is not None:
                 writes.append(write)
     return writes, errors
+
+
+# --- AuthorizationPolicy WaypointAccepted ---------------------------------------------------------
+
+
+def waypoint_policy_conditions(state: ClusterState, waypoints: WaypointIndex, services: Mapping[str, Service]
+                               ) -> list[tuple[dict[str, Any], ObjectId, dict[str, Any]]]:
+    """(policy, id, WaypointAccepted condition) for every AuthorizationPolicy with targetRefs.
+
+    ``services`` is the model's Services by "ns/hostname" (their ``waypoint`` says the binding).
+    """
+    bound: dict[tuple[str, str], str] = {}  # (ns, Service name) -> waypoint "ns/name", "" if not usable
+    for service in services.values():
+        if service.waypoint is not None:
+            bound[(service.namespace, service.name)] = service.waypoint.gateway if service.waypoint.usable else ""
+        else:
+            bound.setdefault((service.namespace, service.name), "")
+    root = state.settings.root_namespace
+    out = []
+    for policy in state.authorization_policies():
+        spec = policy.get("spec")
+        if not isinstance(spec, dict):
+            continue
+        refs = spec.get("targetRefs") or ([spec["targetRef"]] if isinstance(spec.get("targetRef"), dict) else [])
+        if not isinstance(refs, list) or not refs:
+            continue
+        try:
+            oid = object_id(policy, "AuthorizationPolicy")
+        except InvalidObject:
+            continue  # the policy converter reports it
+        results = [_target_binding(ref, oid.namespace, root, waypoints, bound) for ref in refs]
+        failed = [(reason, message) for ok, reason, message in results if not ok]
+        if failed:
+            condition = {"type": CONDITION_WAYPOINT_ACCEPTED, "status": "False", "reason": failed[0][0],
+                         "message": "; ".join(message for _, message in failed)}
+        else:
+            condition = {"type": CONDITION_WAYPOINT_ACCEPTED, "status": "True", "reason": "Accepted",
+                         "message": "; ".join(dict.fromkeys(message for _, _, message in results))}
+        out.append((policy, oid, condition))
+    return out
+
+
+def _target_binding(ref: Any, namespace: str, root: str, waypoints: WaypointIndex,
+                    bound: Mapping[tuple[str, str], str]) -> tuple[bool, str, str]:
+    if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
+        return False, "TargetNotFound", "not bound"
+    target_ns = ref.get("namespace") or namespace
+    key = f"{target_ns}/{ref['name']}"
+    kind, group = ref.get("kind"), ref.get("group") or ""
+    if kind == "Gateway":
+        waypoint = waypoints.waypoints.get((target_ns, ref["name"])) if target_ns == namespace else None
+        if waypoint is None:
+            return False, "TargetNotFound", f"Gateway {key} not found"
+        return True, "Accepted", f"bound to {key}"
+    if kind == "GatewayClass" and ref["name"] == WAYPOINT_GATEWAY_CLASS and namespace == root:
+        return True, "Accepted", "bound to every waypoint (GatewayClass istio-waypoint)"
+    if kind == "Service" and group in _CORE_GROUPS:
+        if target_ns != namespace or (target_ns, ref["name"]) not in bound:
+            return False, "TargetNotFound", f"Service {key} was not found"
+        waypoint = bound[(target_ns, ref["name"])]
+        if not waypoint:
+            return False, "AncestorNotBound", f"Service {key} is not bound to a waypoint"
+        return True, "Accepted", f"bound to {waypoint}"
+    return False, "TargetNotFound", f"{kind} {key} is not a target wisp's waypoints serve"

@@ -29,7 +29,13 @@ from wisp.model import KIND_WORKLOAD, Authorization, Delta, ModelSnapshot, Resou
 from wisp_operator.cluster import KIND_POD, ClusterState, Key
 from wisp.kube import ObjectId, labels
 from wisp_operator.errors import InvalidObject, object_id
-from wisp_operator.gateways import StatusFieldsWrite, config_objects, gateway_api_writes
+from wisp_operator.gateways import (
+    CONDITION_WAYPOINT_ACCEPTED,
+    StatusFieldsWrite,
+    config_objects,
+    gateway_api_writes,
+    waypoint_policy_conditions,
+)
 from wisp_operator.peer_authentication import PeerAuth, PeerAuthIndex, parse_peer_authentication
 from wisp_operator.policy import (
     CONDITION_ZTUNNEL_ACCEPTED,
@@ -188,6 +194,8 @@ class _Build:
         gateway_writes, gateway_errors = gateway_api_writes(state, waypoints, services.values())
         writes.extend(gateway_writes)
         errors.extend(gateway_errors)
+        for ap, ap_id, condition in waypoint_policy_conditions(state, waypoints, services):
+            _want(writes, ap, ap_id, CONDITION_WAYPOINT_ACCEPTED, condition)
 
         # --- workloads ---
         localities = {}

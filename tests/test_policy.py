@@ -341,6 +341,10 @@ def test_workloads_list_matching_selector_policies_of_their_namespace_and_root()
 def test_status_write_for_each_policy_that_reaches_or_is_refused_by_ztunnel() -> None:
     objs = [ap({}, name="ok"), ap({"action": "AUDIT"}, name="audit"),
             ap({"targetRefs": [{"kind": "Gateway", "name": "wp"}]}, name="waypoint")]
-    writes = {w.name: w.condition for w in reconcile(ClusterState.of(objs)).status}
+    status = reconcile(ClusterState.of(objs)).status
+    writes = {w.name: w.condition for w in status if w.condition_type == "ZtunnelAccepted"}
     assert set(writes) == {"ok", "audit"}
     assert writes["ok"] is not None and writes["ok"]["reason"] == "Accepted"
+    # The waypoint's policy gets the waypoint's condition instead (tests/operator/test_gateway_status.py).
+    assert [(w.name, w.condition_type) for w in status if w.condition_type != "ZtunnelAccepted"] == [
+        ("waypoint", "WaypointAccepted")]

@@ -220,3 +220,61 @@ def test_a_condition_that_flips_gets_a_new_transition_time() -> None:
     merged = merge_status("Gateway", old, wanted, now="2026-03-03T00:00:00Z")
     programmed = next(c for c in merged["conditions"] if c["type"] == "Programmed")
     assert programmed["lastTransitionTime"] == "2026-03-03T00:00:00Z"
+
+
+# --- AuthorizationPolicy WaypointAccepted -----------------------------------------------------
+
+
+def targeted_policy(*targets: dict[str, Any], ns: str = "shop") -> dict[str, Any]:
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "l7", "namespace": ns, "generation": 3},
+            "spec": {"targetRefs": list(targets), "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}}
+
+
+def waypoint_accepted(objs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    found = [w.condition for w in reconcile(ClusterState.of(objs)).status
+             if getattr(w, "condition_type", None) == "WaypointAccepted"]
+    return found[0] if found else None
+
+
+GATEWAY_REF = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}
+WEB_REF = {"group": "", "kind": "Service", "name": "web"}
+READY = [gateway(), waypoint_service(), waypoint_pod()]
+
+
+def test_policy_on_the_waypoint_and_a_bound_service_is_accepted() -> None:
+    condition = waypoint_accepted([*READY, app_service(), targeted_policy(GATEWAY_REF, WEB_REF)])
+    assert condition == {"type": "WaypointAccepted", "status": "True", "reason": "Accepted",
+                         "message": "bound to shop/waypoint", "observedGeneration": 3}
+
+
+def test_policy_on_an_unbound_service_is_ancestor_not_bound() -> None:
+    unbound = app_service()
+    unbound["metadata"]["labels"] = {}
+    condition = waypoint_accepted([*READY, unbound, targeted_policy(WEB_REF)])
+    assert (condition["status"], condition["reason"]) == ("False", "AncestorNotBound")
+    assert condition["message"] == "Service shop/web is not bound to a waypoint"
+
+
+def test_policy_on_a_service_whose_waypoint_is_not_ready_is_not_bound_yet() -> None:
+    condition = waypoint_accepted([gateway(), waypoint_service(), app_service(), targeted_policy(WEB_REF)])
+    assert condition["reason"] == "AncestorNotBound"
+
+
+def test_policy_on_a_missing_target_is_target_not_found() -> None:
+    condition = waypoint_accepted([*READY, targeted_policy({"kind": "Service", "name": "ghost"})])
+    assert (condition["reason"], condition["message"]) == ("TargetNotFound", "Service shop/ghost was not found")
+    other = dict(GATEWAY_REF, name="elsewhere")
+    assert waypoint_accepted([*READY, targeted_policy(other)])["reason"] == "TargetNotFound"
+
+
+def test_mesh_wide_policy_on_the_gateway_class_is_accepted_in_the_root_namespace_only() -> None:
+    ref = {"group": "gateway.networking.k8s.io", "kind": "GatewayClass", "name": "istio-waypoint"}
+    assert waypoint_accepted([targeted_policy(ref, ns="istio-system")])["status"] == "True"
+    assert waypoint_accepted([targeted_policy(ref)])["status"] == "False"
+
+
+def test_policies_without_target_refs_get_no_waypoint_condition() -> None:
+    plain = targeted_policy()
+    del plain["spec"]["targetRefs"]
+    assert waypoint_accepted([*READY, plain]) is None
