@@ -6,7 +6,8 @@ left out (or, for an AuthorizationPolicy, replaced by a fail-closed stand-in),
 and reported in ``Reconciliation.errors`` for the shell to log once.
 
 Status writes are the conditions we own (``istio.io/WaypointBound`` on Services
-and Pods, ``ZtunnelAccepted`` on AuthorizationPolicies) that differ from what
+and Pods, ``ZtunnelAccepted`` on AuthorizationPolicies, ``WaypointAccepted`` on
+those with targetRefs) that differ from what
 the object's status already says, ignoring lastTransitionTime; ``condition=None``
 asks the writer to remove a condition we no longer want. Waypoint Gateways and
 mesh routes get ``StatusFieldsWrite``s instead (whole Gateway API status fields,
