@@ -19,6 +19,7 @@ import urllib.request
 from urllib.error import HTTPError
 
 import pytest
+import structlog
 import trio
 
 from wisp.zds import protocol
@@ -150,6 +151,56 @@ async def test_a_killed_worker_is_restarted_with_the_pods_and_serves_again(mesh)
     await connect_many(mesh, 30)
     _, theirs = await outbound_counts(mesh)
     assert theirs > 0
+
+
+async def node_total(mesh, name: str = OPENED) -> float:
+    """What the node's /metrics says: this process's counters plus every worker's, exited ones too."""
+    text = (await mesh.http("metrics", "/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and 'reporter="source"' in line)
+
+
+async def wait_for_new_worker(mesh, old_pid: int) -> dict:
+    with trio.fail_after(30):
+        while True:
+            (after,) = await mesh.ztunnel.workers.statuses()
+            if after["pid"] not in (None, old_pid) and after["status"] and after["status"]["ready"]:
+                return after
+            await trio.sleep(0.05)
+
+
+async def test_a_hung_worker_is_killed_after_four_seconds_restarted_with_backoff_and_totals_never_drop(mesh):
+    """docs/ztunnel-workers.md: a worker that does not ack within 4 s is killed and restarted,
+    1 s after it exited and twice as long after each exit within 10 s of its start; the node's
+    counters include what exited workers counted."""
+    await connect_many(mesh, 30)
+    _, theirs = await outbound_counts(mesh)
+    assert theirs > 0
+    totals = [await node_total(mesh)]
+    (before,) = await mesh.ztunnel.workers.statuses()
+    with structlog.testing.capture_logs() as logs:
+        os.kill(before["pid"], signal.SIGSTOP)  # hung: alive, answering nothing
+        started = trio.current_time()
+        ack = await mesh.agent.request(Del("Kubernetes//Pod/x/gone"))
+        took = trio.current_time() - started
+        assert 3.8 <= took <= 4.8, f"the hung worker held the agent's ack {took:.2f} s"
+        assert "worker 1: did not ack Del" in ack.error and "restarting it" in ack.error
+        first = await wait_for_new_worker(mesh, before["pid"])
+        assert first["restarts"] == before["restarts"] + 1
+        totals.append(await node_total(mesh))
+        # Killed again within 10 s of its start: the next restart waits twice as long.
+        os.kill(first["pid"], signal.SIGKILL)
+        second = await wait_for_new_worker(mesh, first["pid"])
+        assert second["restarts"] == before["restarts"] + 2
+        totals.append(await node_total(mesh))
+    kills = [e for e in logs if e["event"] == "killing ztunnel worker"]
+    assert len(kills) == 1 and "did not ack Del" in kills[0]["reason"]
+    restarts = [e["restart_in"] for e in logs if e["event"] == "ztunnel worker exited; restarting it with the current pods"]
+    assert restarts == [1.0, 2.0]
+    await connect_many(mesh, 10)
+    totals.append(await node_total(mesh))
+    # Never down (the exited workers' counts stay in the sum), and up by the last 10.
+    assert totals == sorted(totals) and totals[-1] == totals[0] + 10, totals
 
 
 async def test_readiness_waits_for_every_worker(lab, ca, tmp_path):  # noqa: F811
