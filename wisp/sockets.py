@@ -53,6 +53,11 @@ def listener(
     sock = socket.socket(family_of(host), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit it (Linux): without it a pod's connection captured on 15001
+        # kept Nagle on ztunnel's side, and a response that reached ztunnel as two DATA frames
+        # (a waypoint's head, then its body) waited for the client's delayed ACK: 40 ms per
+        # keep-alive request (bench/waypoint, strace of the waypoint: docs/performance.md).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if mark is not None:
