@@ -406,3 +406,14 @@ def test_request_mirror_sends_a_copy_with_its_body_and_drops_the_answer():
     events = rig.pump_client()
     assert field(headers_of(events, sid)[0], ":status") == "200" and body_of(events, sid) == b"main"
     assert all(not conn.exchanges for conn in rig.proxy.upstreams.connections())
+
+
+def test_an_endpoint_without_h2c_fails_its_requests_with_that_reason():
+    rig = Rig()
+    sid = rig.request("/")
+    [ep] = rig.endpoints
+    ep.end.deliver(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+    events = rig.pump_client()
+    assert field(headers_of(events, sid)[0], ":status") == "503"
+    assert rig.done[0].error.endswith("it does not speak h2c")
+    assert ep.end.aborted is not None and rig.proxy.upstreams.connections() == []

@@ -13,6 +13,10 @@ HTTP/2 connections per cluster endpoint. A GOAWAY takes a connection out of the 
 streams finish; those the endpoint never processed are refused and answered 503), a connection
 error or a closed stream fails what is left on it. Idle connections stay open until
 `close_idle()` (the process calls it on a timer) or the endpoint closes them.
+
+The endpoint must speak h2c: requests reach it in the protocol the client used, as Envoy's
+`use_downstream_protocol` does. One that answers the preface in HTTP/1.x fails its requests with
+that reason (503); translating HTTP/2 to HTTP/1.1 for such endpoints is not done.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class UpstreamConnection:
         self.exchanges: dict[int, Exchange] = {}
         self.failed: str | None = None
         self.idle_since = time.monotonic()
+        self._heard = False
 
     # -- the pool's side ----------------------------------------------------------------------------
     def has_room(self, max_streams: int) -> bool:
@@ -129,6 +134,13 @@ class UpstreamConnection:
     def data_received(self, data) -> bool:
         if self.failed is not None:
             return True
+        if not self._heard:
+            self._heard = True
+            if bytes(data[:7]) == b"HTTP/1.":
+                # Our preface answered in HTTP/1.x (typically 400): the server has no h2c.
+                self.fail(f"{self.endpoint} answered HTTP/1.x to HTTP/2 with prior knowledge: it does not speak h2c")
+                self.outbox.flush()
+                return True
         for event in self.codec.receive(data):
             kind = type(event)
             if kind is DataReceived:
