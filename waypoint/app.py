@@ -25,7 +25,6 @@ import trio
 
 from wisp import sockets
 from wisp.controlplane.client import ConfigSubscriber, Endpoint, fetch_certificate
-from wisp.engine.hbone import ConnectRequest
 from wisp.engine.pool import Pool
 from wisp.engine.runtime import Engine, return_freed_memory
 from wisp.engine.server import HboneServer

@@ -18,7 +18,7 @@ from wisp.engine.splice import Splice
 from .channel import Channel
 from .config import WaypointConfig
 from .detect import authorize_tcp
-from .pipeline import ClientContext, Pipeline, _pod_endpoint
+from .pipeline import ClientContext, Pipeline, pod_endpoint
 from .telemetry import Party, Telemetry
 
 log = structlog.get_logger("waypoint.tcp")
@@ -62,7 +62,7 @@ def serve(pipeline: Pipeline, telemetry: Telemetry, channel: Channel, ctx: Clien
     if service is not None:
         endpoint = choose(config, service, ctx.dest_port)
     else:
-        endpoint = _pod_endpoint(config, ctx.dest_ip, ctx.dest_port)
+        endpoint = pod_endpoint(config, ctx.dest_ip, ctx.dest_port)
     if endpoint is None:
         log.warning("no endpoint for a TCP connection", dst=ctx.destination, src_identity=str(ctx.identity))
         channel.abort("no healthy upstream")

@@ -53,7 +53,7 @@ from .authz import (
 )
 from .authz import Decision as AuthzDecision
 from .config import Endpoint, WaypointConfig
-from .route import DefaultService, DirectResponse, Forward, HttpRequest, Redirect, apply_header_modifiers, header_map
+from .route import DirectResponse, Forward, HttpRequest, Redirect, apply_header_modifiers, header_map
 from .route.filters import HeaderModifier
 from .route.parse import RouteRef
 
@@ -232,7 +232,7 @@ class Pipeline:
                 return Respond(503, b"no healthy upstream", [(b"content-type", b"text/plain")],
                                detail="no_healthy_upstream", route=route, service=backend, authz=decision)
         else:
-            endpoint = _pod_endpoint(config, ctx.dest_ip, port)
+            endpoint = pod_endpoint(config, ctx.dest_ip, port)
             if endpoint is None:
                 return Respond(503, b"no healthy upstream", [(b"content-type", b"text/plain")],
                                detail="no_healthy_upstream", service=None, authz=decision)
@@ -283,7 +283,7 @@ def _modify_request(head: RequestHead, modifiers: tuple[HeaderModifier, ...]) ->
     return headers
 
 
-def _pod_endpoint(config: WaypointConfig, ip: str, port: int) -> Endpoint | None:
+def pod_endpoint(config: WaypointConfig, ip: str, port: int) -> Endpoint | None:
     workload = config.workload_at(ip)
     if workload is None or workload.status != "HEALTHY":
         return None

@@ -34,7 +34,7 @@ from wisp.engine.splice import Splice, TcpEnd
 from wisp.hbone import connect_headers
 from wisp.hbone.tls import ContextCache
 from wisp.identity import SpiffeId
-from wisp.model import PortMapping, Service, Workload, to_json
+from wisp.model import Service, Workload, to_json
 
 TRUST_DOMAIN = "cluster.local"
 WAYPOINT_IP = "127.77.0.1"

@@ -16,7 +16,7 @@ import pytest
 
 from wisp.model import PortMapping, Service
 
-from .process_harness import Harness, exchange, get, parse_response, spiffe
+from .process_harness import Harness, exchange, get, parse_response
 
 HOST = "echo.shop.svc.cluster.local"
 ECHO_VIP, ECHO_V2_VIP, ECHO_TCP_VIP = "10.96.77.10", "10.96.77.11", "10.96.77.12"

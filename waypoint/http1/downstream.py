@@ -27,8 +27,6 @@ requests are held in the parser until the current response ended. Every request 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import structlog
 
 from wisp.engine.loop import Loop, Timer
