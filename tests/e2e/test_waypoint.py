@@ -187,7 +187,9 @@ def test_requests_cross_client_ztunnel_waypoint_and_destination_ztunnel_over_hbo
     client, waypoint = mesh.pod("shop", "client"), waypoint_pod(mesh)
     echo_ips = {p["ip"] for p in mesh.status()["pods"] if p["namespace"] == "shop" and p["name"].startswith("echo-")}
     before = requests_total(waypoint_metrics(mesh), reporter="waypoint", destination_service_name="echo")
-    with mesh.capture(waypoint["netns"], "eth0", "tcp and not port 15020 and not port 15021") as cap:
+    # Pod to pod: the waypoint's own config stream (15012) goes to the node network.
+    pods_only = "tcp and src net 10.244.0.0/16 and dst net 10.244.0.0/16 and not port 15020 and not port 15021"
+    with mesh.capture(waypoint["netns"], "eth0", pods_only) as cap:
         code, body = mesh.curl("shop", "client", f"http://echo.shop/{MARKER}")
     assert code == 200, body
     peers = re.findall(r"IP (\S+) > (\S+?):", cap["summary"])

@@ -2,7 +2,12 @@
 
 Brings the mesh up with `examples/shop`, sends requests from a pod in the mesh and from one
 outside it, shows what the servers saw, what the ztunnels logged (the SPIFFE identities on both
-ends), and what travelled between the nodes; then takes the mesh down unless told to keep it.
+ends), and what travelled between the nodes. Then it gives `shop` a waypoint with `wisp waypoint
+apply -n shop --enroll-namespace --wait` and shows a request crossing client ztunnel → waypoint →
+server ztunnel: the canary HTTPRoute of `examples/shop/canary.yaml` choosing the version, the
+identities each hop logged, the packets at the waypoint and its `reporter="waypoint"` metrics;
+`wisp waypoint delete` then sends traffic direct again. Each step is checked; the mesh is taken
+down unless told to keep it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from . import cli
@@ -97,8 +103,161 @@ def _show(paths: RuntimePaths) -> int:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
             print(f"   opened={line.rsplit(' ', 1)[1]:<5} {labels.get('source_workload')} → "
                   f"{labels.get('destination_workload')} ({labels.get('connection_security_policy')})")
+    ok &= _show_waypoint(paths)
     print("\nall checks passed" if ok else "\nSOME CHECKS FAILED")
     return 0 if ok else 1
+
+
+def _wisp(paths: RuntimePaths, *args: str) -> bool:
+    """Run a `wisp` command as a user would, showing it and its output; True if it succeeded."""
+    print(f"\n   $ wisp {' '.join(args)}")
+    command = [sys.executable, "-m", "wisp.cli", args[0], "--prefix", paths.prefix, *args[1:]]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=150)
+    for line in (done.stdout + done.stderr).splitlines():
+        print(f"   {line}")
+    return done.returncode == 0
+
+
+def _show_waypoint(paths: RuntimePaths) -> bool:
+    print("\n5. An L7 waypoint for shop: one command deploys it and enrols the namespace.")
+    ok = _wisp(paths, "waypoint", "apply", "-n", "shop", "--enroll-namespace", "--wait", "--waypoint-timeout", "90s")
+    if not ok:
+        return False
+    status = cli.read_status(paths)
+    client = next(p for p in status["pods"] if (p["namespace"], p["name"]) == ("shop", "client"))
+    waypoint = next((p for p in status["pods"] if p["namespace"] == "shop" and p["name"].startswith("waypoint-")), None)
+    if waypoint is None:
+        print("   no waypoint pod is running in shop")
+        return False
+    print(f"   the waypoint runs as pod {waypoint['name']} ({waypoint['ip']}, node {waypoint['node']})")
+
+    print("\n6. shop/client → http://checkout.shop/ now crosses client ztunnel → waypoint → server ztunnel,")
+    print("   and the waypoint applies the canary HTTPRoute (examples/shop/canary.yaml):")
+    checkout_ips = {p["ip"] for p in status["pods"] if p["namespace"] == "shop" and p["name"].startswith("checkout-")}
+    # Pod to pod only: the waypoint's own stream to the control plane (15012) goes to the node
+    # network, and the runtime probes it on 15021.
+    capture = _capture_in(waypoint["netns"], "eth0", "tcp and src net 10.244.0.0/16 and dst net 10.244.0.0/16 "
+                          "and not port 15020 and not port 15021",
+                          lambda: _curl(client["netns"], f"http://checkout.shop/{MARKER}"))
+    header = _response(client["netns"], "http://checkout.shop/", "-H", "x-canary: true")
+    split = [_response(client["netns"], "http://checkout.shop/") for _ in range(20)]
+    versions = Counter(_version(body) for _, body in split)
+    print(f"   with x-canary: true → {_hostname(header[1])} (x-route: {header[0].get('x-route', '-')})")
+    print(f"   20 requests without it → v1 {versions['v1']}, v2 {versions['v2']} "
+          f"(x-route: {', '.join(sorted({h.get('x-route', '-') for h, _ in split}))}; the route splits 90/10)")
+    ok &= _version(header[1]) == "v2" and header[0].get("x-route") == "canary-header"
+    ok &= all(h.get("x-route") == "canary-split" for h, _ in split) and versions["v1"] + versions["v2"] == 20
+    fields = dict(re.findall(r"^(peer|header x-forwarded-for)=(\S+)", split[0][1], re.M))
+    print(f"   the server saw the waypoint as its peer ({fields.get('peer', '?')}) "
+          f"and the client in x-forwarded-for ({fields.get('header x-forwarded-for', '?')})")
+    ok &= fields.get("peer", "").startswith(waypoint["ip"] + ":") and fields.get("header x-forwarded-for") == client["ip"]
+
+    time.sleep(0.5)
+    print("\n   What each hop logged for one request (the SPIFFE identities on every hop):")
+    request = next((e for e in reversed(_log_entries(paths, "shop_waypoint-*.log", "request complete"))
+                    if e.get("src.identity", "").endswith("/sa/client") and e.get("path", "").startswith("/")), None)
+    outbound = next((e for e in reversed(_log_entries(paths, "ztunnel-*.log", "connection complete"))
+                     if e.get("direction") == "outbound" and e.get("src.addr", "").startswith(client["ip"] + ":")), None)
+    # The server's ztunnel logs a connection when it closes, and the waypoint keeps its upstream
+    # connections pooled: the server side's identities come from its metrics (reporter=destination).
+    upstream_ip = (request or {}).get("upstream", "").rsplit(":", 1)[0]
+    server = next((p for p in status["pods"] if p["ip"] == upstream_ip), None)
+    inbound = None
+    if server is not None:
+        for line in _node_metrics(status, server["node"]).splitlines():
+            if line.startswith("istio_tcp_connections_opened_total{") and 'reporter="destination"' in line:
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+                if labels.get("source_workload") == "waypoint" and labels.get("destination_workload", "").startswith("checkout"):
+                    inbound = labels
+    if outbound:
+        print(f"   client ztunnel  outbound {outbound.get('src.identity')} → {outbound.get('dst.identity')}")
+    if request:
+        print(f"   waypoint        {request.get('method')} {request.get('path')} {request.get('status')} "
+              f"from {request.get('src.identity')} via {request.get('route', '-')} → {request.get('dst.service')} "
+              f"({request.get('upstream')}, {request.get('dst.identity')})")
+    if inbound:
+        print(f"   server ztunnel  inbound  {inbound.get('source_principal')} → {inbound.get('destination_principal')}"
+              f"  (its metrics, reporter=destination)")
+    ok &= bool(outbound and outbound.get("dst.identity", "").endswith("/sa/waypoint"))
+    ok &= bool(request and request.get("src.identity", "").endswith("/sa/client"))
+    ok &= bool(inbound and inbound.get("source_principal", "").endswith("/sa/waypoint"))
+
+    peers = re.findall(r"IP (\S+) > (\S+?):", capture["summary"])
+    hosts = {a.rsplit(".", 1)[0] for a, _ in peers} | {b.rsplit(".", 1)[0] for _, b in peers}
+    hbone_only = bool(peers) and all(a.endswith(".15008") or b.endswith(".15008") for a, b in peers)
+    both_hops = client["ip"] in hosts and bool(hosts & checkout_ips)
+    print(f"\n   captured {len(peers)} packets at the waypoint for one request: "
+          f"{'in from the client, out to a checkout pod' if both_hops else 'NOT both hops'}, "
+          f"{'all to or from port 15008' if hbone_only else 'NOT all HBONE'}; "
+          f"request text {'absent' if MARKER not in capture['text'] else 'VISIBLE'}")
+    for a, b in [(a, b) for a, b in peers if not (a.endswith(".15008") or b.endswith(".15008"))][:3]:
+        print(f"   not HBONE: {a} > {b}")
+    ok &= hbone_only and both_hops and MARKER not in capture["text"]
+
+    metrics = _node_metrics(status, waypoint["node"], waypoint["ip"])
+    print("\n   The waypoint's istio_requests_total (reporter=waypoint):")
+    counted = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("istio_requests_total{") and 'reporter="waypoint"' in line:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            value = float(line.rsplit(" ", 1)[1])
+            counted += value
+            print(f"   {value:>5g}  {labels.get('source_workload')} → {labels.get('destination_service_name')} "
+                  f"{labels.get('response_code')} ({labels.get('connection_security_policy')})")
+    ok &= counted >= 22
+
+    print("\n7. Deleting the waypoint sends shop's traffic direct again.")
+    ok &= _wisp(paths, "waypoint", "delete", "-n", "shop", "waypoint")
+    direct = False
+    deadline = time.monotonic() + 20
+    while not direct and time.monotonic() < deadline:
+        body = _curl(client["netns"], "http://checkout.shop/")
+        direct = bool(re.search(rf"^peer={re.escape(client['ip'])}:", body, re.M))
+        if not direct:
+            time.sleep(0.5)
+    peer = re.search(r"^peer=(\S+)", body, re.M)
+    print(f"   shop/client → http://checkout.shop/ → {_hostname(body)}, which saw {peer.group(1) if peer else '?'} "
+          f"({'the client itself: direct' if direct else 'NOT the client'})")
+    return ok and direct
+
+
+def _node_metrics(status: dict, node_name: str, ip: str | None = None) -> str:
+    """The metrics on port 15020 of `ip` (default: the node's ztunnel), fetched from the node."""
+    node = next(n for n in status["nodes"] if n["name"] == node_name)
+    return subprocess.run(["ip", "netns", "exec", node["netns"], "curl", "-s", "-m", "5",
+                           f"http://{ip or node['ip']}:15020/metrics"], capture_output=True, text=True).stdout
+
+
+def _response(netns: str, url: str, *extra: str) -> tuple[dict[str, str], str]:
+    """(response headers with lower-case names, body) of one request made inside `netns`."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "curl", "-s", "-m", "5", "-D", "-", *extra, url],
+                         capture_output=True, text=True).stdout
+    head, _, body = out.partition("\n\n")
+    headers = {k.lower(): v.strip() for k, v in re.findall(r"^([\w-]+):\s*(.*)$", head, re.M)}
+    return headers, body
+
+
+def _hostname(body: str) -> str:
+    found = re.search(r"^hostname=(\S+)", body, re.M)
+    return found.group(1) if found else "?"
+
+
+def _version(body: str) -> str:
+    found = re.search(r"^hostname=checkout-(v\d)-", body, re.M)
+    return found.group(1) if found else "?"
+
+
+def _log_entries(paths: RuntimePaths, pattern: str, event: str) -> list[dict]:
+    entries = []
+    for log in sorted(paths.logs.glob(pattern)):
+        for line in log.read_text(errors="replace").splitlines():
+            if f'"{event}"' not in line:
+                continue
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+    return sorted(entries, key=lambda e: e.get("timestamp", ""))
 
 
 def _curl(netns: str, url: str) -> str:
@@ -107,25 +266,19 @@ def _curl(netns: str, url: str) -> str:
 
 
 def _access_log(paths: RuntimePaths, client_ip: str) -> list[dict]:
-    entries = []
-    for log in sorted(paths.logs.glob("ztunnel-*.log")):
-        for line in log.read_text(errors="replace").splitlines():
-            if '"connection complete"' not in line:
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("src.addr", "").startswith(client_ip + ":"):
-                entries.append(entry)
-    return sorted(entries, key=lambda e: e.get("timestamp", ""))
+    return [e for e in _log_entries(paths, "ztunnel-*.log", "connection complete")
+            if e.get("src.addr", "").startswith(client_ip + ":")]
 
 
 def _capture(paths: RuntimePaths, bpf: str, action) -> dict[str, str]:
+    return _capture_in(f"{paths.prefix}-net", "br0", bpf, action)
+
+
+def _capture_in(netns: str, interface: str, bpf: str, action) -> dict[str, str]:
     with tempfile.TemporaryDirectory(prefix="wisp-demo-") as directory:
         pcap = Path(directory) / "c.pcap"
-        process = subprocess.Popen(["ip", "netns", "exec", f"{paths.prefix}-net", "tcpdump", "-Z", "root",
-                                    "--immediate-mode", "-i", "br0", "-U", "-w", str(pcap), bpf],
+        process = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-Z", "root",
+                                    "--immediate-mode", "-i", interface, "-U", "-w", str(pcap), bpf],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.8)
         action()
