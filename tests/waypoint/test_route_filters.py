@@ -308,11 +308,11 @@ def test_mirror_to_a_missing_service_is_dropped_and_reported():
     assert [p.reason for p in t.problems("HTTPRoute", "shop", "r")] == ["BackendNotFound"]
 
 
-def test_the_example_in_docs_waypoints_md_does_what_the_page_says():
+def test_the_example_in_docs_routing_md_does_what_the_page_says():
     import yaml
 
-    text = (Path(__file__).resolve().parents[2] / "docs" / "waypoints.md").read_text()
-    example = text.split("## Routing (GAMMA)")[1].split("```yaml")[1].split("```")[0]
+    text = (Path(__file__).resolve().parents[2] / "docs" / "routing.md").read_text()
+    example = text.split("# Routing (GAMMA)")[1].split("```yaml")[1].split("```")[0]
     route = yaml.safe_load(example)
     route["metadata"]["creationTimestamp"] = "2024-01-01T00:00:00Z"
     echo = service("echo", "10.96.5.1", ports=(80, 8080))

@@ -15,7 +15,7 @@ Layout, in the order a config and then a request pass through it:
 into predicates, Istio's semantics for every field), ``matchers`` (the value forms),
 ``normalize`` (path normalisation), ``attributes`` (what a request offers), ``evaluate`` (the
 decision, in Istio's order). Semantics and their sources are in each module's docstring and in
-docs/waypoints.md ("L7 authorization").
+docs/l7-policy.md.
 
 Cost: every regex is compiled, every CIDR and port parsed, at compile time; a request only
 calls the predicates. Measured with ``timeit`` (CPython 3.11, best of 5 x 50,000, on a shared

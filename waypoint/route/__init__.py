@@ -15,7 +15,7 @@ compiled rules, ``regex`` is the RE2 choice, ``status`` the problems and conditi
 Semantics follow kubernetes-sigs/gateway-api ``apis/v1/httproute_types.go`` and
 ``grpcroute_types.go`` and GEP-1294 (xRoutes Mesh Binding, published earlier as GEP-1426);
 where the spec leaves a choice, Istio's behaviour is the reference and each module says so.
-Measured cost per request: see ``table``. User-facing summary: docs/waypoints.md.
+Measured cost per request: see ``table``. User-facing summary: docs/routing.md.
 """
 
 from .backends import Backend, choose
