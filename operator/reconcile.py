@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wisp.model import KIND_WORKLOAD, Authorization, Delta, ModelSnapshot, ResourceKey, Service, Workload
-from wisp_operator.cluster import KIND_POD, ClusterState, Key
+from wisp_operator.cluster import KIND_NODE, KIND_POD, ClusterState, Key
 from wisp.kube import ObjectId, labels
 from wisp_operator.errors import InvalidObject, object_id
 from wisp_operator.gateways import (
@@ -363,6 +363,8 @@ class Reconciler:
         if len(changed) > self.max_patch or state.settings != build.state.settings:
             return False
         for key in changed:
+            if _ignorable(key, build.state, state):
+                continue
             if key[0] != KIND_POD:
                 return False
             for pod in (build.state.get(*key), state.get(*key)):
@@ -374,17 +376,40 @@ class Reconciler:
         """The reconciliation of ``state``: patched if ``can_patch`` says so, else a full build."""
         if self._build is not None and self.can_patch(state, changed):
             assert changed is not None
-            if not changed:
+            pods = sorted(key for key in changed if not _ignorable(key, self._build.state, state))
+            if not pods:
                 return replace(self._build.result, delta=Delta())
             self.patches += 1
             try:
-                return self._build.patch(state, sorted(changed))
+                return self._build.patch(state, pods)
             except BaseException:
                 self._build = None  # half-patched: the next update starts over
                 raise
         self._build = _Build.full(state)
         self.full_builds += 1
         return self._build.result
+
+
+# Kinds the Kubernetes source follows that no part of the build reads (Services' endpoints come
+# from Pods and selectors). The EndpointSlice controller rewrites slices as pods change, so
+# without this every pod change on a cluster would come with a full build.
+_UNREAD_KINDS = frozenset({"EndpointSlice"})
+
+
+def _ignorable(key: Key, before: ClusterState, after: ClusterState) -> bool:
+    """Whether the change of ``key`` leaves the model as it is: an unread kind, or a Node whose
+    locality (all the build reads of it) stayed the same, as in a kubelet's status update."""
+    if key[0] in _UNREAD_KINDS:
+        return True
+    if key[0] != KIND_NODE:
+        return False
+    localities = []
+    for node in (before.get(*key), after.get(*key)):
+        try:
+            localities.append(None if node is None else node_locality(node, object_id(node, KIND_NODE)))
+        except InvalidObject:
+            return False
+    return localities[0] == localities[1]
 
 
 def _may_affect_waypoints(pod: dict[str, Any]) -> bool:

@@ -120,6 +120,18 @@ def base_objects() -> list[dict[str, Any]]:
     ]
 
 
+def endpoint_slice(ns: str, name: str, ip: str) -> dict[str, Any]:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": ns, "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "endpoints": [{"addresses": [ip], "conditions": {"ready": True}}]}
+
+
+def node(name: str, *, ready: str = "True", **topology: str) -> dict[str, Any]:
+    labels = {f"topology.kubernetes.io/{k}": v for k, v in topology.items()}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+
+
 def new_store(objects: list[dict[str, Any]] | None = None) -> ObjectStore:
     store = ObjectStore()
     store.replace(SOURCE, base_objects() if objects is None else objects)
@@ -222,6 +234,13 @@ CASES = [
     ("several pods at once", _several(_runtime("shop", "web-1", ready=False),
                                       _labels("Pod", "shop", "api-1", app="web"),
                                       lambda s: s.delete(SOURCE, "Pod", "bank", "ledger-1")), True),
+    ("endpoint slice rewritten", _apply(endpoint_slice("shop", "web-abcde", "10.244.0.11")), True),
+    ("endpoint slice rewritten with a pod change",
+     _several(_apply(endpoint_slice("shop", "web-abcde", "10.244.0.99")),
+              _runtime("shop", "web-1", pod_ip="10.244.0.99")), True),
+    ("node status update keeps its locality", _apply(node("node-a", region="eu", zone="eu-1", ready="False")), True),
+    ("node added without a locality", _apply(node("node-c")), True),
+    ("node moves zone", _apply(node("node-a", region="eu", zone="eu-2")), False),
     ("waypoint's pod becomes unready", _runtime("shop", "waypoint-0", ready=False, pod_ip="10.244.9.9"), False),
     ("pod becomes a waypoint instance", _labels("Pod", "shop", "web-1", **{GATEWAY_NAME: "waypoint"}), False),
     ("namespace label changes", _labels("Namespace", "", "bank", **{USE_WAYPOINT: "waypoint"}), False),
