@@ -203,14 +203,23 @@ BEGIN = "<!-- bench.controlplane results: begin (rewritten by `python -m bench.c
 END = "<!-- bench.controlplane results: end -->"
 
 
-def docs_block(run: dict[str, Any], figures: dict[str, Any]) -> str:
-    m, src, plan = run["machine"], run["source"], run["plan"]
+def where_and_load(run: dict[str, Any]) -> str:
+    """The first line of a docs block: date, machine, code, and how busy the machine was."""
+    m, src = run["machine"], run["source"]
     where = f"{src['commit']}" + (" plus uncommitted changes" if src["changes"] else "")
     load = ", ".join(f"{x:.2f}" for x in m["load_before"])
+    others = run.get("others")
+    during = (f"; others (other programs' CPU during the run) {others['others_cores']:.0%} of a core"
+              if others else "")
+    return (f"Measured {run['date']} on {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), "
+            f"Linux {m['kernel']}, Python {m['python']}; wisp at {where}. Load average before the run: {load}"
+            f"{during} (the machine is shared with other work).")
+
+
+def docs_block(run: dict[str, Any], figures: dict[str, Any]) -> str:
+    plan = run["plan"]
     return "\n".join([
-        f"Measured {run['date']} on {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), "
-        f"Linux {m['kernel']}, Python {m['python']}; wisp at {where}. Load average before the run: {load} "
-        "(the machine is shared with other work).",
+        where_and_load(run),
         "",
         f"Command: `{run['command']}` — {plan['repeats']} full builds and encodings (median); "
         f"{plan['changes']} readiness flips of one pod, {plan['spacing'] * 1000:.0f} ms apart, each delivered to "
@@ -223,3 +232,29 @@ def docs_block(run: dict[str, Any], figures: dict[str, Any]) -> str:
 
 def update_docs(path: Path, block: str) -> None:
     update_section(path, HEADING, BEGIN, END, block)
+
+
+KUBE_HEADING = "### The watch path: the operator on the test bed's API server"
+KUBE_BEGIN = ("<!-- bench.controlplane --kube results: begin "
+              "(rewritten by `python -m bench.controlplane --kube --docs`) -->")
+KUBE_END = "<!-- bench.controlplane --kube results: end -->"
+
+
+def kube_docs_block(run: dict[str, Any]) -> str:
+    from .kube import table as kube_table
+
+    plan = run["plan"]
+    return "\n".join([
+        where_and_load(run),
+        "",
+        f"Command: `{run['command']}` — the test bed's kube-apiserver, etcd, controller manager and scheduler "
+        f"on loopback, {plan['nodes']} simulated nodes (wisp/testbed), the cluster written over HTTP/2 with "
+        f"{plan['concurrency']} requests in flight; the operator's KubeSource, Controller and Distributor in "
+        f"their own process; a burst of {plan['burst']:,} pod label patches, {plan['concurrency']} in flight.",
+        "",
+        kube_table(run["results"], plan),
+    ])
+
+
+def update_kube_docs(path: Path, block: str) -> None:
+    update_section(path, KUBE_HEADING, KUBE_BEGIN, KUBE_END, block)
