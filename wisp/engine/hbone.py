@@ -365,6 +365,15 @@ class HboneConnection:
     def _receive(self, data: memoryview) -> None:
         self._received = True
         events = self.codec.receive(data)
+        if self.codec.is_closed:
+            # The peer broke the protocol somewhere in this read (found by fuzzing: a CONNECT
+            # followed by a bad frame in one read). The codec has queued GOAWAY and refuses to
+            # send anything else, so no stream of this read can be answered: answering the
+            # CONNECT raised ConnectionClosed, and the loop aborted the connection with an
+            # "internal error" traceback instead of sending the GOAWAY. Fail it now, flushed.
+            reason = next((e.debug for e in reversed(events) if type(e) is ConnectionTerminated), "")
+            self._fail(f"HTTP/2 protocol error: {reason or 'the connection is closed'}", flush=True)
+            return
         streams = self.streams
         for event in events:
             kind = type(event)
@@ -610,11 +619,17 @@ class ServerConnection(HboneConnection):
     def __init__(self, loop: Loop, sock: ssl.SSLSocket, *,
                  on_request: Callable[[ConnectRequest], None], **kwargs) -> None:
         self.on_request = on_request
+        self._last_request_id = 0
         super().__init__(loop, sock, client=False, **kwargs)
 
     def on_headers(self, event: HeadersReceived) -> None:
-        if event.stream_id in self.streams:
-            return  # trailers on a tunnel: nothing to do with them
+        # Trailers on a tunnel: nothing to do with them. The stream may already be forgotten (a
+        # refused CONNECT, or both sides ended): answering such trailers as a new request wrote
+        # on a closed stream and cost the whole connection (found by fuzzing). The codec opens
+        # peer streams in increasing order only, so a new request has a higher id than any before.
+        if event.stream_id in self.streams or event.stream_id <= self._last_request_id:
+            return
+        self._last_request_id = event.stream_id
         stream = StreamEnd(self, event.stream_id, upstream=True)
         self.streams[event.stream_id] = stream
         headers = dict(event.headers)

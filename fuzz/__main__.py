@@ -1,0 +1,81 @@
+"""`python -m fuzz`: run one fuzz target under atheris (libFuzzer), or replay its corpus without it.
+
+    python -m fuzz list                          the targets
+    python -m fuzz TARGET [--runs N] [--rss-limit-mb M] [--timeout S] [--jobs-dir DIR]
+    python -m fuzz TARGET --replay               every corpus file once, without atheris
+    python -m fuzz record                        rewrite the seed corpora (fuzz/record.py)
+
+A run starts from the target's seed corpus in fuzz/corpus/TARGET (left as it is: what the fuzzer
+adds goes to a temporary directory) and stops after N inputs; an input that raises, takes longer
+than the timeout (1 s) or pushes the process over the RSS limit (1024 MiB) is a failure, written
+to fuzz/crashes/ and reported with a non-zero exit. libFuzzer's last line says how many inputs
+ran ("Done N runs in S second(s)").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from .targets import TARGETS
+
+HERE = Path(__file__).resolve().parent
+CORPUS = HERE / "corpus"
+CRASHES = HERE / "crashes"
+# Packages whose code atheris instruments for coverage: ours and the parsers ours delegate to.
+INSTRUMENTED = ["wisp", "waypoint", "cni", "wisp_operator", "hpack", "yaml", "json"]
+
+
+def replay(name: str) -> int:
+    """Every corpus file through the target once; the number of inputs run."""
+    run = TARGETS[name].setup()
+    count = 0
+    for path in sorted((CORPUS / name).iterdir()):
+        run(path.read_bytes())
+        count += 1
+    return count
+
+
+def fuzz(name: str, runs: int, rss_limit_mb: int, timeout: int) -> None:
+    import atheris
+
+    target = TARGETS[name]
+    with atheris.instrument_imports(include=INSTRUMENTED):
+        run = target.setup()
+    CRASHES.mkdir(exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f"wisp-fuzz-{name}-")
+    argv = [sys.argv[0], work, str(CORPUS / name), f"-runs={runs}", f"-rss_limit_mb={rss_limit_mb}",
+            f"-timeout={timeout}", f"-max_len={target.max_len}", f"-artifact_prefix={CRASHES}/{name}-",
+            "-print_final_stats=1"]
+    atheris.Setup(argv, run)
+    atheris.Fuzz()   # exits the process: 0 when every run passed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__.splitlines()[0])
+    parser.add_argument("target", help="a target name, 'list' or 'record'")
+    parser.add_argument("--runs", type=int, default=10_000, help="inputs to run (default 10000)")
+    parser.add_argument("--rss-limit-mb", type=int, default=1024)
+    parser.add_argument("--timeout", type=int, default=1, help="seconds one input may take")
+    parser.add_argument("--replay", action="store_true", help="run the corpus once without atheris")
+    args = parser.parse_args()
+    if args.target == "list":
+        for target in TARGETS.values():
+            print(f"{target.name:16} {target.description}")
+        return
+    if args.target == "record":
+        from .record import record_all
+        record_all(CORPUS)
+        return
+    if args.target not in TARGETS:
+        parser.error(f"unknown target {args.target!r}; `python -m fuzz list` names them")
+    if args.replay:
+        print(f"{args.target}: {replay(args.target)} corpus inputs passed")
+        return
+    fuzz(args.target, args.runs, args.rss_limit_mb, args.timeout)
+
+
+if __name__ == "__main__":
+    main()

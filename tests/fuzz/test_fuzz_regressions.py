@@ -1,0 +1,66 @@
+"""Inputs the fuzzers found (fuzz/targets.py), each kept as the test of its fix.
+
+Each test feeds the input to the real code the target drives and states what must happen
+instead of what did."""
+
+from __future__ import annotations
+
+from fuzz.targets import _Loop
+from wisp.engine.hbone import ServerConnection
+from wisp.h2 import frames
+from wisp.h2.testing import RawPeer, parse_frames
+
+
+class RecordingSocket:
+    def __init__(self) -> None:
+        self.sent = bytearray()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return -1
+
+    def send(self, data) -> int:
+        self.sent += data
+        return len(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_hbone_server_answers_a_protocol_error_after_a_connect_in_the_same_read_with_goaway():
+    """hbone_server: a CONNECT and a frame that is a connection error (DATA on stream 0) in one
+    read. Answering the CONNECT raised ConnectionClosed out of the read path (the codec had
+    already ended the connection), so the loop logged an internal error and dropped the
+    connection without the GOAWAY that names the protocol error."""
+    peer = RawPeer()
+    data = (peer.client_preface() + peer.headers(1, [(":method", "CONNECT"), (":authority", "not-an-ip")])
+            + RawPeer.data(0, b"x"))
+    sock = RecordingSocket()
+    requests = []
+    conn = ServerConnection(_Loop(), sock, on_request=requests.append, local=("10.0.0.2", 15008),
+                            peer=("10.0.0.1", 40000), peer_identity=None)
+    conn._receive(memoryview(data))
+    assert conn.closed and sock.closed
+    assert conn.failure.startswith("HTTP/2 protocol error")
+    goaways = [f for f in parse_frames(bytes(sock.sent)) if f.type == frames.GOAWAY]
+    assert len(goaways) == 1 and goaways[0].error_code == frames.PROTOCOL_ERROR
+    assert requests == []
+
+
+def test_hbone_server_ignores_trailers_on_a_stream_it_refused_and_forgot():
+    """hbone_server: a CONNECT the server refused (stream answered and forgotten), then the
+    client's trailers on that stream in a later read. They were taken for a new request, the
+    400 answer was written on the closed stream, and StreamClosedError cost the connection."""
+    peer = RawPeer()
+    sock = RecordingSocket()
+    conn = ServerConnection(_Loop(), sock, on_request=lambda request: request.reject(401, "not allowed"),
+                            local=("10.0.0.2", 15008), peer=("10.0.0.1", 40000), peer_identity=None)
+    conn._receive(memoryview(peer.client_preface() + peer.request(1)))
+    conn.flush()
+    assert conn.streams == {}   # refused and forgotten
+    conn._receive(memoryview(peer.headers(1, [("x-trailer", "1")], end_stream=True) + peer.request(3)))
+    conn.flush()
+    assert not conn.closed
+    answers = [f for f in parse_frames(bytes(sock.sent)) if f.type == frames.HEADERS]
+    assert [f.stream_id for f in answers] == [1, 3]    # one answer per CONNECT, none to the trailers
+    assert not [f for f in parse_frames(bytes(sock.sent)) if f.type in (frames.GOAWAY, frames.RST_STREAM)]
