@@ -90,10 +90,13 @@ class FakeEnd:
         self.closed = True
 
     def deliver(self, data: bytes) -> None:
-        self.splice.peer_of(self).write(data)
+        """Bytes from the far side; nothing arrives once the end was aborted or closed."""
+        if self.splice is not None and self.aborted is None:
+            self.splice.peer_of(self).write(data)
 
     def deliver_eof(self) -> None:
-        self.splice.peer_of(self).write_eof()
+        if self.splice is not None and self.aborted is None:
+            self.splice.peer_of(self).write_eof()
 
     def take(self) -> bytes:
         data = bytes(self.sent)

@@ -4,6 +4,9 @@ flow control losing its connection while another client's request goes on."""
 
 from __future__ import annotations
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from wisp.h2 import frames, testing
 from wisp.h2.connection import Connection as H2
 from wisp.h2.events import DataReceived, HeadersReceived, StreamReset
@@ -417,3 +420,35 @@ def test_an_endpoint_without_h2c_fails_its_requests_with_that_reason():
     assert field(headers_of(events, sid)[0], ":status") == "503"
     assert rig.done[0].error.endswith("it does not speak h2c")
     assert ep.end.aborted is not None and rig.proxy.upstreams.connections() == []
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=300), max_size=6), st.booleans())
+def test_whatever_a_client_sends_after_the_preface_never_raises(chunks, with_request):
+    rig = Rig()
+    if with_request:
+        rig.request("/", end_stream=False)
+    for chunk in chunks:
+        rig.transport.deliver(chunk)
+    for ep in rig.endpoints:
+        ep.pump()
+    rig.pump_client()
+    if rig.down.error is not None:
+        assert rig.transport.eof
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=300), max_size=6))
+def test_whatever_an_endpoint_answers_never_raises_and_the_client_hears_an_end(chunks):
+    rig = Rig()
+    sid = rig.request("/")
+    [ep] = rig.endpoints
+    ep.pump()
+    ep.answer()
+    for chunk in chunks:
+        ep.end.deliver(chunk)
+    ep.end.deliver_eof()
+    events = rig.pump_client()
+    ended = any(getattr(e, "stream_id", None) == sid and (getattr(e, "end_stream", False) or isinstance(e, StreamReset))
+                for e in events)
+    assert ended or rig.down.exchanges == {}
