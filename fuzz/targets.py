@@ -165,6 +165,10 @@ def _waypoint_h2() -> Callable[[bytes], None]:
         conn.initiate()
         for i, piece in enumerate(pieces(data, 256)):
             for event in conn.receive(piece if i else preface + piece):
+                # As the waypoint's exchange does: nothing is answered on a connection that
+                # ended in an error (waypoint/http2/exchange.py).
+                if conn.is_closed:
+                    break
                 if isinstance(event, HeadersReceived):
                     fields = event.headers
                     # An upstream's answer goes through the same header handling in reverse.
@@ -175,17 +179,19 @@ def _waypoint_h2() -> Callable[[bytes], None]:
                     try:
                         head = messages.request_head(fields)
                     except messages.RequestProblem as exc:
-                        answer, _ = messages.local_reply(Respond(exc.status, str(exc).encode()), False)
-                        conn.send_headers(event.stream_id, answer, end_stream=True)
+                        respond = Respond(exc.status, str(exc).encode())
+                        grpc = False
+                    else:
+                        messages.upstream_request(head)
+                        respond = Respond(403, b"RBAC: access denied")
+                        grpc = messages.is_grpc(head.header(b"content-type"))
+                    answer, body = messages.local_reply(respond, grpc)
+                    # Trailers, or a request the peer already ended: the waypoint answers neither.
+                    if conn.stream_state(event.stream_id) not in ("open", "half-closed (remote)"):
                         continue
-                    messages.upstream_request(head)
-                    grpc = messages.is_grpc(head.header(b"content-type"))
-                    answer, body = messages.local_reply(Respond(403, b"RBAC: access denied"), grpc)
-                    if conn.stream_state(event.stream_id) not in ("closed", "half-closed (local)"):
-                        conn.send_headers(event.stream_id, answer, end_stream=not body)
-                        if body:
-                            conn.send_data(event.stream_id, body[:max(0, conn.send_window(event.stream_id))],
-                                           end_stream=True)
+                    conn.send_headers(event.stream_id, answer, end_stream=not body)
+                    if body:
+                        conn.send_data(event.stream_id, body[:conn.send_window(event.stream_id)], end_stream=True)
                 elif isinstance(event, DataReceived) and event.flow_controlled_length:
                     conn.consumed(event.stream_id, event.flow_controlled_length)
             if conn.is_closed:

@@ -64,3 +64,30 @@ def test_hbone_server_ignores_trailers_on_a_stream_it_refused_and_forgot():
     answers = [f for f in parse_frames(bytes(sock.sent)) if f.type == frames.HEADERS]
     assert [f.stream_id for f in answers] == [1, 3]    # one answer per CONNECT, none to the trailers
     assert not [f for f in parse_frames(bytes(sock.sent)) if f.type in (frames.GOAWAY, frames.RST_STREAM)]
+
+
+# ca_csr: the example CSR with one digit of its public key point changed (libFuzzer's
+# ChangeASCIIInt): the point is not on the curve.
+CSR_WITH_INVALID_KEY = (
+    b'{"csr": "-----BEGIN CERTIFICATE REQUEST-----\\nMIIBAjCBqQIBADAAMFkwEwYHKoZIzj0CAQYIKoZIzj0D'
+    b'AQcDQgAEeGdyHJB/KRtn\\nR9dj9MDbQQuPLOAeb4kQ7qPjiZlpD6240VuWTG6xxKjEtf5ebWj6zFl7Z407bboq\\nPI'
+    b'obAxCuTKBHMEUGCSqGSIb3DQEJDjE4MDYwNAYDVR0RAQH/BCowKIYmc3BpZmZl\\nOi8vY2x1c3Rlci5sb2NhbC9ucy'
+    b'9zaG9wL3NhL2NhcnQwCgYIKoZIzj0EAwIDSAAw\\nRQIhAOpCe0C4sOFS+5Q3N9CPkgLWzTsm89mLtrYTsVEMPC8aAi'
+    b'AU4W49srt5yYMm\\nzx0i+hq/m9HAgkGSIMT8EKRxhCJB+A==\\n-----END CERTIFICATE REQUEST-----\\n", "i'
+    b'dentity": "spiffe://cluster.local/ns/shop/sa/cart"}'
+)
+
+
+def test_ca_refuses_a_csr_whose_public_key_is_not_a_valid_point_with_400():
+    """ca_csr: the CSR loader parses lazily, so `is_signature_valid` raised ValueError("Invalid
+    key") out of the CA endpoint: a 500 instead of the 400 that names the problem."""
+    from wisp.identity import CertificateAuthority
+    from wisp_operator.auth import Caller
+    from wisp_operator.ca_service import CaService
+    from wisp_operator.cluster import ClusterState
+    from wisp_operator.distributor import ROLE_ZTUNNEL
+
+    service = CaService(CertificateAuthority.generate("cluster.local"), authorizer=lambda *args: None)
+    response = service.sign(Caller(ROLE_ZTUNNEL, node="node1"), CSR_WITH_INVALID_KEY, ClusterState.of([]))
+    assert response.status == 400
+    assert "CSR public key or signature cannot be read" in response.body["error"]

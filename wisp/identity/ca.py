@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -291,9 +291,15 @@ def _parse_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
         csr = x509.load_pem_x509_csr(csr_pem)
     except (ValueError, TypeError) as exc:
         raise InvalidCsr(f"CSR is not a PEM certificate request: {exc}") from None
-    if not csr.is_signature_valid:
+    # The loader parses lazily: a public key that is not a valid point or an unknown algorithm
+    # only raises here (found by fuzzing: "Invalid key" escaped as a 500 from the CA endpoint).
+    try:
+        signature_valid = csr.is_signature_valid
+        key = csr.public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise InvalidCsr(f"CSR public key or signature cannot be read: {exc}") from None
+    if not signature_valid:
         raise InvalidCsr("CSR signature does not verify against its own public key")
-    key = csr.public_key()
     if isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name not in ("secp256r1", "secp384r1"):
             raise InvalidCsr(f"CSR key uses curve {key.curve.name}; use P-256 or P-384")
