@@ -32,6 +32,9 @@ class Target:
     description: str
     setup: Callable[[], Callable[[bytes], None]]
     max_len: int = DEFAULT_MAX_LEN
+    # Inputs in the test suite's smoke run (tests/fuzz/test_fuzz_smoke.py): YAML and the schema
+    # validation behind it run ~150 inputs/s instrumented, the codecs thousands.
+    smoke_runs: int = 2000
 
 
 def pieces(data: bytes, limit: int = 64) -> Iterator[bytes]:
@@ -423,7 +426,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("config_stream", "config stream lines into a ConfigView (wisp/controlplane/protocol.py)", _config_stream),
     Target("ca_csr", "the CA endpoint's request body and CSR (operator/ca_service.py, wisp/identity)", _ca_csr),
     Target("manifests", "YAML manifests through validation (operator/local_source.py, operator/validation)",
-           _manifests),
-    Target("admission", "AdmissionReview JSON (operator/validation/admission.py)", _admission),
+           _manifests, smoke_runs=500),
+    Target("admission", "AdmissionReview JSON (operator/validation/admission.py)", _admission, smoke_runs=1000),
     Target("jwt", "service-account token expiry (operator/kube_auth.py token_expiry)", _jwt, 2048),
 )}

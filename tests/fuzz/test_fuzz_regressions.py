@@ -91,3 +91,19 @@ def test_ca_refuses_a_csr_whose_public_key_is_not_a_valid_point_with_400():
     response = service.sign(Caller(ROLE_ZTUNNEL, node="node1"), CSR_WITH_INVALID_KEY, ClusterState.of([]))
     assert response.status == 400
     assert "CSR public key or signature cannot be read" in response.body["error"]
+
+
+def test_config_stream_refuses_a_removal_of_an_unknown_kind_as_a_protocol_error():
+    """config_stream: a delta removing `{"kind": "woriload"}` decoded, then `apply` raised
+    KeyError, which the subscriber (wisp/controlplane/client.py) does not catch: the stream
+    task died instead of reporting the bad message and keeping its last good view."""
+    import pytest
+
+    from wisp.controlplane.protocol import ConfigView, StreamProtocolError, decode
+
+    view = ConfigView()
+    view.apply(decode(b'{"type":"snapshot","version":"e1-1","resources":[]}'))
+    with pytest.raises(StreamProtocolError, match="unknown kind 'woriload'"):
+        view.apply(decode(b'{"type":"delta","version":"e1-2","since":"e1-1","upserts":[],'
+                          b'"removals":[{"kind":"woriload","key":"shop/cart"}]}'))
+    assert view.version == "e1-1"

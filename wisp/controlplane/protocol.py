@@ -23,6 +23,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wisp.model import (
+    KIND_AUTHORIZATION,
+    KIND_CONFIG_OBJECT,
+    KIND_SERVICE,
+    KIND_WORKLOAD,
     Delta,
     ModelError,
     ModelSnapshot,
@@ -147,9 +151,16 @@ def _decode_resource(item) -> Resource:
     return obj
 
 
+# The kinds a removal may name (wisp.model's); any other made `apply` raise KeyError, which no
+# subscriber catches (found by fuzzing: a removal of kind "woriload").
+_KINDS = frozenset((KIND_WORKLOAD, KIND_SERVICE, KIND_AUTHORIZATION, KIND_CONFIG_OBJECT))
+
+
 def _decode_key(item) -> ResourceKey:
     if not isinstance(item, dict) or not isinstance(item.get("kind"), str) or not isinstance(item.get("key"), str):
         raise StreamProtocolError(f"removal must be {{kind, key}}: {str(item)[:80]}")
+    if item["kind"] not in _KINDS:
+        raise StreamProtocolError(f"removal of unknown kind {item['kind'][:40]!r}; known: {', '.join(sorted(_KINDS))}")
     return ResourceKey(item["kind"], item["key"])
 
 
