@@ -1,7 +1,7 @@
 """`python -m fuzz`: run one fuzz target under atheris (libFuzzer), or replay its corpus without it.
 
     python -m fuzz list                          the targets
-    python -m fuzz TARGET [--runs N] [--rss-limit-mb M] [--timeout S] [--jobs-dir DIR]
+    python -m fuzz TARGET [--runs N] [--max-time S] [--rss-limit-mb M] [--timeout S]
     python -m fuzz TARGET --replay               every corpus file once, without atheris
     python -m fuzz record                        rewrite the seed corpora (fuzz/record.py)
 
@@ -38,7 +38,7 @@ def replay(name: str) -> int:
     return count
 
 
-def fuzz(name: str, runs: int, rss_limit_mb: int, timeout: int) -> None:
+def fuzz(name: str, runs: int, rss_limit_mb: int, timeout: int, max_time: int = 0) -> None:
     import atheris
 
     target = TARGETS[name]
@@ -48,7 +48,7 @@ def fuzz(name: str, runs: int, rss_limit_mb: int, timeout: int) -> None:
     work = tempfile.mkdtemp(prefix=f"wisp-fuzz-{name}-")
     argv = [sys.argv[0], work, str(CORPUS / name), f"-runs={runs}", f"-rss_limit_mb={rss_limit_mb}",
             f"-timeout={timeout}", f"-max_len={target.max_len}", f"-artifact_prefix={CRASHES}/{name}-",
-            "-print_final_stats=1"]
+            "-print_final_stats=1"] + ([f"-max_total_time={max_time}"] if max_time else [])
     atheris.Setup(argv, run)
     atheris.Fuzz()   # exits the process: 0 when every run passed
 
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10_000, help="inputs to run (default 10000)")
     parser.add_argument("--rss-limit-mb", type=int, default=1024)
     parser.add_argument("--timeout", type=int, default=1, help="seconds one input may take")
+    parser.add_argument("--max-time", type=int, default=0, help="stop after this many seconds (0: no limit)")
     parser.add_argument("--replay", action="store_true", help="run the corpus once without atheris")
     args = parser.parse_args()
     if args.target == "list":
@@ -74,7 +75,7 @@ def main() -> None:
     if args.replay:
         print(f"{args.target}: {replay(args.target)} corpus inputs passed")
         return
-    fuzz(args.target, args.runs, args.rss_limit_mb, args.timeout)
+    fuzz(args.target, args.runs, args.rss_limit_mb, args.timeout, args.max_time)
 
 
 if __name__ == "__main__":
