@@ -199,7 +199,8 @@ async def run_kube(args: argparse.Namespace, ca: CertificateAuthority, serving: 
     authenticator = KubeAuthenticator.for_operator(api.api_client, lambda: controller.state,
                                                    trust_domain=args.trust_domain,
                                                    trusted_node_accounts=args.trusted_node_accounts)
-    app = ControlPlaneApp(CaService(ca), authenticator, distributor, lambda: controller.state)
+    app = ControlPlaneApp(CaService(ca, authorizer=authenticator.authorize), authenticator, distributor,
+                          lambda: controller.state)
     health = HealthServer(lambda: source.synced.is_set() and controller.synced.is_set())
     try:
         sock = _listening(host, port)
