@@ -158,6 +158,7 @@ async def _run(conn: Connection, kubeconfig: Path, expected_workloads: int) -> N
                     break
                 if command["cmd"] == "follow":
                     builds, patches = reconciler.full_builds, reconciler.patches
+                    reconciler.rebuild_causes = {}  # the burst's own
                     followed.follow([tuple(p) for p in command["pods"]], tuple(command["label"]), cluster_id)
                     cpu_before = cpu_seconds()
                     conn.send({"following": len(followed.uids)})
