@@ -14,10 +14,13 @@ bench/results/waypoint-<date>.json, and with --docs to docs/performance.md's "Wa
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import tempfile
 import datetime as dt
 import json
 import math
 import secrets
+import shutil
 import signal
 import sys
 from dataclasses import asdict
@@ -30,7 +33,7 @@ from bench.mesh.__main__ import _version, tool_versions
 from bench.mesh.mesh import Mesh, MeshError
 from bench.publish import DOCS, RESULTS, ROOT, save_results, update_section
 
-from . import report
+from . import profiling, report
 from .contenders import CONTENDERS, make
 
 HEADING = "## Waypoint (bench/waypoint)"
@@ -54,10 +57,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--docs", action="store_true", help=f"rewrite the Waypoint section of {DOCS.relative_to(ROOT)}")
     p.add_argument("--no-json", action="store_true", help="do not write bench/results/waypoint-<date>.json")
     p.add_argument("--render", type=Path, metavar="JSON", help="measure nothing: print (and publish) a saved run")
+    p.add_argument("--profile", action="store_true",
+                   help="after the rounds, one extra --profile-measure run with py-spy on the waypoint; prints its top entries")
+    p.add_argument("--layers", action="store_true",
+                   help="after the rounds, one extra --profile-measure run per proxied contender with perf on "
+                        "every proxy: CPU µs per request per proxy by layer (CPython, OpenSSL, kernel …)")
+    p.add_argument("--profile-measure", default="saturation", choices=MEASURES,
+                   help="the measure of the --profile and --layers runs (default %(default)s)")
     args = p.parse_args(argv)
     chosen = {x for x in args.contenders.split(",") if x}
     if chosen - set(CONTENDERS) or not chosen:
         p.error(f"--contenders takes a comma-separated subset of {','.join(CONTENDERS)}")
+    if args.profile and "waypoint" not in chosen:
+        p.error("--profile records the waypoint: keep waypoint among --contenders")
+    if args.layers and shutil.which("perf") is None:
+        p.error("--layers needs perf (Debian: apt-get install linux-perf)")
     args.contenders = tuple(x for x in CONTENDERS if x in chosen)
     return args
 
@@ -66,8 +80,13 @@ def make_plan(args: argparse.Namespace) -> runner.Plan:
     preset = dict(PRESETS["quick" if args.quick else "default"])
     if args.rounds:
         preset["rounds"] = args.rounds
+    # The profile and layer runs are this module's (profiling.py), not runner.run's: profile
+    # names the proxy py-spy records and stays off the plan unless asked for.
     return runner.Plan(**preset, connect_seconds=0, bulk_seconds=0, idle_connections=0,
-                       contenders=args.contenders, measures=MEASURES, pin=pinning.DEFAULT_LAYOUT)
+                       contenders=args.contenders, measures=MEASURES, pin=pinning.DEFAULT_LAYOUT,
+                       profile="waypoint" if getattr(args, "profile", False) else "",
+                       profile_measure=getattr(args, "profile_measure", "saturation"),
+                       layers=getattr(args, "layers", False))
 
 
 def describe_plan(plan: runner.Plan) -> str:
@@ -111,7 +130,10 @@ def main(argv: list[str]) -> int:
             try:
                 for contender in contenders:
                     contender.start(mesh, log)
-                samples = runner.run(plan, contenders, {c.key: mesh for c in contenders}, progress(names))[0]
+                # runner.run profiles and layers by its own rules (ztunnel nodes, averaged): off here.
+                inner = dataclasses.replace(plan, profile="", layers=False)
+                samples = runner.run(inner, contenders, {c.key: mesh for c in contenders}, progress(names))[0]
+                profiles, cpu_layers = extra_runs(plan, contenders, mesh, RESULTS / f"waypoint-{now:%Y-%m-%dT%H%M%SZ}")
                 restarts = mesh.restarts()
             finally:
                 for contender in contenders:
@@ -126,7 +148,7 @@ def main(argv: list[str]) -> int:
     data = {"benchmark": "bench.waypoint", "date": now.isoformat(), "machine": host, "tools": tools,
             "source": machine.source(ROOT, MEASURED_CODE), "names": names, "restarts": restarts,
             "command": " ".join(["bench/run", "waypoint", *argv]), "plan": asdict(plan),
-            "summary": summary, "targets": report.evaluate(summary),
+            "summary": summary, "targets": report.evaluate(summary), "profiles": profiles, "layers": cpu_layers,
             "samples": [asdict(s) for s in samples]}
     saved = None if args.no_json else save_results("waypoint", now, data)
     return publish(data, args, saved=saved)
@@ -149,12 +171,49 @@ def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
         print(mesh_report.text_table(*mesh_report.target_rows(results, names)))
         print()
     print("\n".join([*problems, mesh_report.noise(samples)]))
+    for block in extra_blocks(data, names):
+        print(block)
     if saved is not None:
         print(f"\nresults: {saved.relative_to(ROOT)}")
     if args.docs:
         update_section(DOCS, HEADING, BEGIN, END, markdown(data, plan, summary, results, samples, problems))
         print(f"updated: {DOCS.relative_to(ROOT)}")
     return 0
+
+
+def extra_runs(plan: runner.Plan, contenders: list, mesh: Mesh, keep: Path) -> tuple[dict, dict]:
+    """The py-spy and perf runs asked for (profiling.py), after the measured rounds."""
+    profiles, cpu_layers = {}, {}
+    if not (plan.profile or plan.layers):
+        return profiles, cpu_layers
+    with tempfile.TemporaryDirectory(prefix=f"{mesh.prefix}-profile-") as scratch:
+        for contender in contenders:
+            if plan.profile and plan.profile in contender.proxies(mesh):
+                log(f"py-spy on {contender.key}'s {plan.profile} during one {plan.profile_measure} run")
+                profiles[contender.key] = profiling.py_spy(plan, contender, mesh, Path(scratch), keep)
+            if plan.layers and contender.proxies(mesh):
+                log(f"perf on {contender.key}'s proxies during one {plan.profile_measure} run")
+                cpu_layers[contender.key] = profiling.per_proxy_layers(plan, contender, mesh, Path(scratch))
+    return profiles, cpu_layers
+
+
+def extra_blocks(data: dict, names: dict[str, str], markdown: bool = False) -> list[str]:
+    """The py-spy top entries and the perf layers table of a run, as text or markdown."""
+    table = (lambda head, rows: mesh_report.markdown_table(head, rows, left=1)) if markdown else mesh_report.text_table
+    out = []
+    for contender, profile in data.get("profiles", {}).items():
+        out.append(f"\npy-spy, {names[contender]}: the waypoint (pid {profile['pid']}) during a {profile['measure']} "
+                   f"run, {profile['samples']:,} working samples at {profile['rate']} Hz ({profile['idle_samples']:,} "
+                   f"more in a wait, left out)" + (f"; raw stacks: bench/results/{profile['raw']}" if profile.get("raw") else ""))
+        for title, head, rows in mesh_report.profile_tables(profile, n=12):
+            out += [f"\n{title}:\n", table(head, rows)]
+    if data.get("layers"):
+        first = next(iter(data["layers"].values()))
+        runs = ", ".join(f"{names[k]} {v['units']:,} requests ({v['req_s'] or 0:,.0f} req/s)" for k, v in data["layers"].items())
+        out.append(f"\nperf, CPU µs per request per proxy by layer, one extra {first['measure']} run each "
+                   f"({runs}; {first['frequency']} Hz, kernel included):\n")
+        out.append(table(*profiling.layers_table(data["layers"], names)))
+    return out
 
 
 def path_line(summary: dict, names: dict[str, str]) -> str:
@@ -186,6 +245,7 @@ def markdown(data: dict, plan: runner.Plan, summary: dict, results: list[dict], 
         lines += ["Targets (ratios from this run):", "",
                   mesh_report.markdown_table(*mesh_report.target_rows(results, names), left=2), ""]
     lines += [*(f"- {line}" for line in problems), "", mesh_report.noise(samples)]
+    lines += extra_blocks(data, names, markdown=True)
     return "\n".join(lines)
 
 
