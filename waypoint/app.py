@@ -15,9 +15,11 @@ Without a control plane (`WaypointSettings.control_plane` None) config comes fro
 from __future__ import annotations
 
 import functools
+import logging
 import random
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -55,7 +57,7 @@ class Waypoint:
         self.engine = engine or Engine(settings.engine)
         self.config: WaypointConfig = empty_config(settings.gateway)
         self.config_synced = False
-        self.telemetry = Telemetry(access_log=access_log)
+        self.telemetry = Telemetry(access_log=access_log, json_lines=_json_at_info(settings))
         self.identity = settings.identity
         self.certs = CertificateSource(self.identity, fetch or self._fetch_from_control_plane)
         self._contexts = ContextCache()
@@ -147,6 +149,8 @@ class Waypoint:
             self.pool = Pool(loop, self._client_context, _socket_factory,
                              on_missing_certificate=lambda identity, retry: self._missing_certificate(retry))
             self.upstreams = Upstreams(loop, self.identity, self.pool)
+            if self.telemetry.lines is not None:
+                self.telemetry.lines.attach(loop)
             self.http1_pool = Http1Pool(loop, self.pipeline)
             self.http1_inputs = Http1Inputs(loop, self.pipeline, self.http1_pool, self.telemetry)
             self.http2 = _http2_proxy(self.pipeline, self.telemetry, loop)
@@ -215,6 +219,13 @@ class Waypoint:
         if not self.settings.control_plane:
             raise RuntimeError("no control plane configured; cannot obtain a certificate")
         return await fetch_certificate(self._control_plane(), identity)
+
+
+def _json_at_info(settings: WaypointSettings) -> bool:
+    """Whether the process logs JSON lines at level info (wisp.log.configure's rule for JSON)."""
+    json = settings.log_json if settings.log_json is not None else not sys.stderr.isatty()
+    level = logging.getLevelName(str(settings.log_level).upper())
+    return json and isinstance(level, int) and level <= logging.INFO
 
 
 def _socket_factory(address: tuple[str, int], source_ip: str | None) -> socket.socket:

@@ -12,12 +12,25 @@ Labels are Istio's (ztunnel/metrics.py has the same set for TCP); values that ar
 Label sets are built once per kind of request and cached (cleared per config version, as
 workloads and services are new objects then): building 21 labels per request would cost more
 than the counters.
+
+The access log (`AccessLog`) writes the JSON line structlog's JSONRenderer would — the same keys,
+`event`, `level` and `timestamp` — but formats it here, with the parts that repeat (identities,
+service, route, upstream) formatted once per combination, and writes the lines of one loop pass
+in one write at the pass's end (`Loop.mark_dirty`). Through structlog a line cost ~14.6 µs (its
+processor chain, `json.dumps` of a fresh dict, a write per line), a tenth of the waypoint's CPU
+per request at saturation; this costs ~3 µs. With a console (non-JSON) log or a level above
+info the lines go through structlog as before. Istio's waypoints log requests only when asked
+(`meshConfig.accessLogFile`, set by its demo profile, or the Telemetry API); wisp keeps them on
+by default because its demo and `wisp waypoint` walkthrough read them (`--no-access-log`).
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote
 
 import structlog
 
@@ -85,10 +98,97 @@ def _service_labels(service: Service | None, destination: Party) -> list[str]:
     return [w.name, w.namespace, w.name] if w else [UNKNOWN, UNKNOWN, UNKNOWN]
 
 
+def _stderr_write(text: str) -> None:
+    # sys.stderr as it is now (tests and structlog's PrintLogger may have replaced it).
+    stream = sys.stderr
+    stream.write(text)
+    stream.flush()
+
+
+class AccessLog:
+    """`request complete` lines as JSON, batched per loop pass (see the module docstring)."""
+
+    __slots__ = ("_write", "_lines", "_loop", "_second", "_stamp", "_fixed", "_strings")
+
+    def __init__(self, write: Callable[[str], None] | None = None) -> None:
+        self._write = write or _stderr_write
+        self._lines: list[str] = []
+        self._loop = None
+        self._second = -1
+        self._stamp = ""
+        self._fixed: dict[tuple, str] = {}
+        self._strings: dict[str, str] = {}
+
+    def attach(self, loop) -> None:
+        """Batch lines per pass of `loop` (a `wisp.engine.loop.Loop`); until then each is written at once."""
+        self._loop = loop
+
+    def _string(self, value: str) -> str:
+        quoted = self._strings.get(value)
+        if quoted is None:
+            if len(self._strings) >= _SERIES_CACHE:
+                self._strings.clear()
+            quoted = self._strings[value] = _quote(value)
+        return quoted
+
+    def _timestamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return '%s.%06dZ"}\n' % (self._stamp, int((now - second) * 1e6))
+
+    def forget(self) -> None:
+        """Drop the formatted parts (per config version: they are keyed by object ids)."""
+        self._fixed.clear()
+
+    def request(self, method: str, path: str, authority: str, protocol: str, status: int, duration_ms: float,
+                upstream: str | None, source: SpiffeId | None, destination: SpiffeId | None,
+                service: Service | None, route, received: int, sent: int, extra: dict[str, str] | None) -> None:
+        """One line. Service and route are config objects, alive as long as their config version."""
+        key = (upstream, source, destination, id(service), id(route))
+        tail = self._fixed.get(key)
+        if tail is None:
+            if len(self._fixed) >= _SERIES_CACHE:
+                self._fixed.clear()
+            values = (("upstream", upstream), ("src.identity", str(source) if source else None),
+                      ("dst.identity", str(destination) if destination else None),
+                      ("dst.service", service.hostname if service is not None else None),
+                      ("route", f"{route.kind}/{route.namespace}/{route.name}" if route is not None else None))
+            tail = self._fixed[key] = "".join(', "%s": %s' % (name, _quote(value))
+                                              for name, value in values if value is not None)
+        string = self._string
+        line = '{"method": %s, "path": %s, "authority": %s, "protocol": %s, "status": %d%s, "duration": "%.1fms", ' \
+               '"bytes_received": %d, "bytes_sent": %d' % (
+                   string(method), _quote(path), string(authority), string(protocol), status, tail, duration_ms,
+                   received, sent)
+        if extra:
+            line += "".join(', "%s": %s' % (name, _quote(value)) for name, value in extra.items())
+        line += ', "event": "request complete", "level": "info", "timestamp": "' + self._timestamp()
+        self._lines.append(line)
+        loop = self._loop
+        if loop is None:
+            self.flush()
+        elif len(self._lines) == 1:
+            loop.mark_dirty(self)
+
+    def flush(self) -> None:
+        lines, self._lines = self._lines, []
+        if lines:
+            try:
+                self._write("".join(lines))
+            except (OSError, ValueError):
+                pass  # a closed or full stderr must not cost a request
+
+
 class Telemetry:
-    def __init__(self, access_log: bool = True) -> None:
+    def __init__(self, access_log: bool = True, *, json_lines: bool = False) -> None:
+        """`json_lines`: the process logs JSON at info or below, so the access log may be
+        formatted here (`AccessLog`) instead of by structlog."""
         self.registry = Registry()
         self.access_log = access_log
+        self.lines = AccessLog() if access_log and json_lines else None
         self.requests = self.registry.counter("istio_requests_total", "Requests the proxy answered", REQUEST_LABELS)
         self.duration = self.registry.histogram("istio_request_duration_milliseconds",
                                                 "Request duration in milliseconds", REQUEST_LABELS, BUCKETS)
@@ -107,6 +207,8 @@ class Telemetry:
 
     def forget_series(self) -> None:
         self._series.clear()
+        if self.lines is not None:
+            self.lines.forget()
 
     def value(self, name: str, **labels: str) -> float:
         return self.registry.value(name, **labels)
@@ -180,6 +282,18 @@ class RequestRecord:
         request_sizes.observe(self.request_bytes)
         response_sizes.observe(self.response_bytes)
         if not telemetry.access_log:
+            return
+        lines = telemetry.lines
+        if lines is not None:
+            extra = None
+            if flags != NO_FLAGS or detail or grpc_status or error:
+                extra = {k: v for k, v in (("response_flags", flags if flags != NO_FLAGS else ""),
+                                           ("response_code_details", detail), ("grpc_status", grpc_status),
+                                           ("error", error)) if v}
+            lines.request(
+                self.method.decode("latin-1"), self.path.decode("latin-1"), self.authority.decode("latin-1"),
+                self.protocol, status, duration, upstream, self.source.identity, destination.identity, service,
+                route, self.request_bytes, self.response_bytes, extra)
             return
         fields = {
             "method": self.method.decode("latin-1"),
