@@ -202,7 +202,28 @@ class Waypoint:
                 await trio.sleep(0.05)
 
     async def _metrics(self) -> bytes:
-        return exposition(self.telemetry.registry)
+        return exposition(self.telemetry.registry) + self._pool_counters()
+
+    def _pool_counters(self) -> bytes:
+        """Upstream reuse, as Envoy's upstream_cx_total / upstream_rq counters show it: HTTP/1.1
+        connections opened (one HBONE stream each) and requests that reused a kept-alive one,
+        HBONE connections dialled and open. Read from the pools' own counts at scrape time."""
+        http1, hbone = self.http1_pool, self.pool
+        if http1 is None or hbone is None:
+            return b""
+        lines = []
+        for name, kind, value, text in (
+            ("wisp_waypoint_http1_upstream_connections_opened_total", "counter", http1.opened,
+             "HTTP/1.1 connections opened to endpoints (each one HBONE stream or TCP connection)"),
+            ("wisp_waypoint_http1_upstream_requests_reused_total", "counter", http1.reused,
+             "requests sent on a kept-alive HTTP/1.1 connection to an endpoint"),
+            ("wisp_waypoint_hbone_connections_dialled_total", "counter", hbone.dials,
+             "HBONE (TLS) connections dialled to endpoints' ztunnels"),
+            ("wisp_waypoint_hbone_connections_open", "gauge", len(hbone.connections()),
+             "HBONE connections to endpoints' ztunnels open now"),
+        ):
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return ("\n".join(lines) + "\n").encode()
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -239,3 +239,28 @@ def test_requests_are_counted_with_reporter_waypoint(wp):
     assert re.search(r'istio_request_duration_milliseconds_bucket\{[^}]*reporter="waypoint"', text)
     assert 'istio_tcp_connections_opened_total{' in text
     assert '"request complete"' in wp.log() and '"status": 403' in wp.log()
+
+
+def test_keep_alive_reuses_one_upstream_connection_and_hbone_stream(wp):
+    def counters() -> dict[str, float]:
+        return {line.split()[0]: float(line.split()[1]) for line in wp.metrics().splitlines()
+                if line.startswith("wisp_waypoint_")}
+
+    before = counters()
+    client = http.client.HTTPConnection("127.0.0.1", wp.echo_port, timeout=10)
+    try:
+        for n in range(20):
+            client.request("GET", f"/reuse/{n}")
+            response = client.getresponse()
+            assert response.status == 200
+            response.read()
+    finally:
+        client.close()
+    after = counters()
+    delta = {name: after[name] - before.get(name, 0.0) for name in after}
+    # 20 requests in a row: at most one new HTTP/1.1 connection (one HBONE stream), the rest
+    # reuse it, and no new HBONE connection is dialled.
+    assert delta["wisp_waypoint_http1_upstream_connections_opened_total"] <= 1
+    assert delta["wisp_waypoint_http1_upstream_requests_reused_total"] >= 19
+    assert delta["wisp_waypoint_hbone_connections_dialled_total"] == 0
+    assert after["wisp_waypoint_hbone_connections_open"] >= 1
