@@ -133,6 +133,9 @@ def main(argv: list[str]) -> int:
                 # runner.run profiles and layers by its own rules (ztunnel nodes, averaged): off here.
                 inner = dataclasses.replace(plan, profile="", layers=False)
                 samples = runner.run(inner, contenders, {c.key: mesh for c in contenders}, progress(names))[0]
+                reuse = next((c.reuse(mesh) for c in contenders if hasattr(c, "reuse")), None)
+                if reuse is not None:
+                    log(f"waypoint upstream reuse: {reuse_line(reuse)}")
                 profiles, cpu_layers = extra_runs(plan, contenders, mesh, RESULTS / f"waypoint-{now:%Y-%m-%dT%H%M%SZ}")
                 restarts = mesh.restarts()
             finally:
@@ -149,6 +152,7 @@ def main(argv: list[str]) -> int:
             "source": machine.source(ROOT, MEASURED_CODE), "names": names, "restarts": restarts,
             "command": " ".join(["bench/run", "waypoint", *argv]), "plan": asdict(plan),
             "summary": summary, "targets": report.evaluate(summary), "profiles": profiles, "layers": cpu_layers,
+            "reuse": reuse,
             "samples": [asdict(s) for s in samples]}
     saved = None if args.no_json else save_results("waypoint", now, data)
     return publish(data, args, saved=saved)
@@ -171,6 +175,8 @@ def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
         print(mesh_report.text_table(*mesh_report.target_rows(results, names)))
         print()
     print("\n".join([*problems, mesh_report.noise(samples)]))
+    if data.get("reuse"):
+        print(f"upstream reuse: {reuse_line(data['reuse'])}")
     for block in extra_blocks(data, names):
         print(block)
     if saved is not None:
@@ -179,6 +185,14 @@ def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
         update_section(DOCS, HEADING, BEGIN, END, markdown(data, plan, summary, results, samples, problems))
         print(f"updated: {DOCS.relative_to(ROOT)}")
     return 0
+
+
+def reuse_line(reuse: dict) -> str:
+    return (f"{reuse['requests']:,.0f} requests through the waypoint since it started; "
+            f"{reuse.get('http1_upstream_connections_opened_total', 0):,.0f} HTTP/1.1 connections (HBONE streams) "
+            f"opened upstream, {reuse.get('http1_upstream_requests_reused_total', 0):,.0f} requests on a kept-alive "
+            f"one; {reuse.get('hbone_connections_dialled_total', 0):,.0f} HBONE connections dialled, "
+            f"{reuse.get('hbone_connections_open', 0):,.0f} open")
 
 
 def extra_runs(plan: runner.Plan, contenders: list, mesh: Mesh, keep: Path) -> tuple[dict, dict]:
@@ -245,6 +259,8 @@ def markdown(data: dict, plan: runner.Plan, summary: dict, results: list[dict], 
         lines += ["Targets (ratios from this run):", "",
                   mesh_report.markdown_table(*mesh_report.target_rows(results, names), left=2), ""]
     lines += [*(f"- {line}" for line in problems), "", mesh_report.noise(samples)]
+    if data.get("reuse"):
+        lines += ["", f"Upstream reuse, from the waypoint's metrics after the rounds: {reuse_line(data['reuse'])}."]
     lines += extra_blocks(data, names, markdown=True)
     return "\n".join(lines)
 

@@ -6,6 +6,14 @@
   namespace, listening on the pod network's gateway address, with keep-alive connections to the
   server (`keepalive` upstream, HTTP/1.1, `Connection: ""`), one worker process — what a node-level
   L7 proxy in front of the server costs when written in C.
+- `nginx-mtls`, the same crypto natively (a reference row, not the issue's anchor): client pod →
+  node1's HAProxy (plain TCP in, mutual TLS out, as bench.mesh's HAProxy pair) → nginx
+  terminating mutual TLS and proxying HTTP/1.1 over mutual TLS with keep-alive → node2's HAProxy
+  (mutual TLS in, plain out) → server pod. Certificates from the mesh's CA (P-256, TLS 1.3); each
+  HAProxy and nginx verify their peer's chain, except nginx upstream, which presents its
+  certificate but cannot check a chain without also checking a DNS name (SPIFFE certificates
+  carry only a URI). Keep-alive connections make handshakes rare, so per request this is the
+  waypoint path's crypto and proxy count — two L4 proxies and an L7 one — in C.
 - `ztunnel` (bench.mesh's): the L4 mesh alone, for the share of the waypoint path that is not
   the waypoint.
 - `waypoint`: the honest mesh path, client pod → client node's ztunnel → waypoint → server node's
@@ -27,8 +35,26 @@ import tempfile
 from pathlib import Path
 from typing import ClassVar
 
-from bench.mesh.contenders import PLAIN, Contender, Direct, Route, WispZtunnel
-from bench.mesh.mesh import CLIENT_NODE, HTTP_PORT, IPERF_PORT, BenchNamespace, Mesh, MeshError, wait_for
+from bench.mesh.contenders import (
+    HAPROXY_GLOBAL,
+    HAPROXY_ORIGINATE,
+    HAPROXY_TERMINATE,
+    PLAIN,
+    Contender,
+    Direct,
+    Route,
+    WispZtunnel,
+)
+from bench.mesh.mesh import (
+    CLIENT_NODE,
+    HTTP_PORT,
+    IPERF_PORT,
+    SERVER_NODE,
+    BenchNamespace,
+    Mesh,
+    MeshError,
+    wait_for,
+)
 
 WAYPOINT_NS = BenchNamespace("wp", ambient=True)
 # A fixed VIP, so the route is known before the runtime reports its Services (10.96.0.0/16 is the
@@ -186,6 +212,24 @@ class WispWaypoint(Contender):
         client = mesh.pod(self.namespace.name, "client")
         return Route(client.netns, (WAYPOINT_VIP, HTTP_PORT), (WAYPOINT_VIP, IPERF_PORT))
 
+    def reuse(self, mesh: Mesh) -> dict[str, float]:
+        """The waypoint's requests and upstream reuse counters since it started (its 15020
+        metrics): whether keep-alive reuses the HTTP/1.1 connection and its HBONE stream."""
+        pod = self._waypoint_pod(mesh)
+        if pod is None:
+            raise MeshError("the waypoint pod is not running")
+        text = subprocess.run(["ip", "netns", "exec", pod["netns"], "curl", "-s", "-m", "5",
+                               f"http://{pod['ip']}:15020/stats/prometheus"],
+                              capture_output=True, text=True).stdout
+        out = {"requests": 0.0}
+        for line in text.splitlines():
+            if line.startswith("istio_requests_total{"):
+                out["requests"] += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("wisp_waypoint_"):
+                name, value = line.split()
+                out[name.removeprefix("wisp_waypoint_")] = float(value)
+        return out
+
     def proxies(self, mesh: Mesh) -> dict[str, int]:
         pid = self._waypoint_pid(mesh)
         if pid is None:
@@ -193,9 +237,146 @@ class WispWaypoint(Contender):
         return {**WispZtunnel().proxies(mesh), "waypoint": pid}
 
 
+NGINX_MTLS_CONF = """\
+# The same crypto as the waypoint path, natively: mutual TLS in, HTTP/1.1 over mutual TLS out.
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {prefix}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 19000; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    client_header_timeout 600s;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream server {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 600s;
+    }}
+    server {{
+        listen {listen} ssl backlog=4096;
+        ssl_protocols TLSv1.3;
+        ssl_certificate {pem};
+        ssl_certificate_key {pem};
+        ssl_client_certificate {roots};
+        ssl_verify_client on;
+        location / {{
+            proxy_pass https://server;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+            proxy_ssl_protocols TLSv1.3;
+            proxy_ssl_certificate {pem};
+            proxy_ssl_certificate_key {pem};
+            proxy_ssl_session_reuse on;
+        }}
+    }}
+}}
+"""
+NGINX_TLS_PORT, HAPROXY_PLAIN_PORT, HAPROXY_TLS_PORT = 8443, 8082, 15445
+
+
+class NginxMtls(Contender):
+    """HAProxy → nginx → HAProxy, mutual TLS between each (see the module docstring)."""
+
+    key, label, short, namespace = "nginx-mtls", "HAProxy + nginx + HAProxy, mTLS", "nginx-mtls", PLAIN
+
+    def __init__(self) -> None:
+        self._nginx: subprocess.Popen | None = None
+        self._haproxy: dict[str, subprocess.Popen] = {}
+        self._prefix: Path | None = None
+
+    def _gateway(self, mesh: Mesh) -> str:
+        return str(ipaddress.ip_network(mesh.node(CLIENT_NODE)["pod_network"]).network_address + 1)
+
+    def start(self, mesh: Mesh, log) -> None:
+        gateway, node2 = self._gateway(mesh), mesh.node(SERVER_NODE)["ip"]
+        server = mesh.pod(self.namespace.name, "server")
+        self._prefix = Path(tempfile.mkdtemp(prefix=f"{mesh.prefix}-nginx-mtls-"))
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self._prefix / sub).mkdir()
+        pem, roots = mesh.issue("nginx-mtls", self._prefix)
+        config = self._prefix / "nginx.conf"
+        config.write_text(NGINX_MTLS_CONF.format(prefix=self._prefix, listen=f"{gateway}:{NGINX_TLS_PORT}",
+                                                 upstream=f"{node2}:{HAPROXY_TLS_PORT}", pem=pem, roots=roots))
+        for path in [self._prefix, *self._prefix.iterdir()]:
+            os.chown(path, NOBODY, NOBODY)
+        for node in (CLIENT_NODE, SERVER_NODE):
+            node_pem, node_roots = mesh.issue(f"haproxy-{node}", self._prefix)
+            if node == CLIENT_NODE:
+                text = HAPROXY_GLOBAL.format(threads=1) + HAPROXY_ORIGINATE.format(
+                    name="http", listen=f"{gateway}:{HAPROXY_PLAIN_PORT}", peer=f"{gateway}:{NGINX_TLS_PORT}",
+                    pem=node_pem, roots=node_roots)
+            else:
+                text = HAPROXY_GLOBAL.format(threads=1) + HAPROXY_TERMINATE.format(
+                    name="http", listen=f"{node2}:{HAPROXY_TLS_PORT}", app=f"{server.ip}:{HTTP_PORT}",
+                    pem=node_pem, roots=node_roots)
+            (self._prefix / f"haproxy-{node}.cfg").write_text(text)
+        netns1 = mesh.node(CLIENT_NODE)["netns"]
+        with open(self._prefix / "nginx.log", "ab") as out:
+            self._nginx = subprocess.Popen(
+                ["ip", "netns", "exec", netns1, "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                 "--clear-groups", "nginx", "-p", str(self._prefix), "-e", "stderr", "-c", str(config)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        for node in (CLIENT_NODE, SERVER_NODE):
+            with open(self._prefix / f"haproxy-{node}.log", "ab") as out:
+                self._haproxy[node] = subprocess.Popen(
+                    ["ip", "netns", "exec", mesh.node(node)["netns"], "haproxy", "-db", "-f",
+                     str(self._prefix / f"haproxy-{node}.cfg")],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        log(f"nginx (mutual TLS) and two HAProxys: {self._prefix}")
+        for netns, port in ((netns1, NGINX_TLS_PORT), (netns1, HAPROXY_PLAIN_PORT),
+                            (mesh.node(SERVER_NODE)["netns"], HAPROXY_TLS_PORT)):
+            wait_for(lambda: self._listening(netns, port), 10, f"port {port} listening in {netns}")
+
+    def _listening(self, netns: str, port: int) -> bool:
+        for name, proc in (("nginx", self._nginx), *self._haproxy.items()):
+            if proc is not None and proc.poll() is not None:
+                logs = "".join(p.read_text(errors="replace") for p in self._prefix.glob("*.log"))
+                raise MeshError(f"{name} exited with {proc.returncode}: {logs.strip()[-600:]}")
+        out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Hltn", f"sport = :{port}"],
+                             capture_output=True, text=True).stdout
+        return bool(out.strip())
+
+    def stop(self) -> None:
+        for proc in (self._nginx, *self._haproxy.values()):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+        self._nginx, self._haproxy = None, {}
+        if self._prefix is not None:
+            shutil.rmtree(self._prefix, ignore_errors=True)
+            self._prefix = None
+
+    def route(self, mesh: Mesh) -> Route:
+        gateway = self._gateway(mesh)
+        server = mesh.pod(self.namespace.name, "server")
+        return Route(mesh.pod(self.namespace.name, "client").netns, (gateway, HAPROXY_PLAIN_PORT),
+                     (server.ip, IPERF_PORT))
+
+    def proxies(self, mesh: Mesh) -> dict[str, int]:
+        out = {node: proc.pid for node, proc in self._haproxy.items()}
+        if self._nginx is not None:
+            out["nginx"] = self._nginx.pid
+        return out
+
+
 # In table order: anchors first.
-CONTENDERS: dict[str, type[Contender]] = {"direct": Direct, "nginx": NginxProxy, "ztunnel": WispZtunnel,
-                                          "waypoint": WispWaypoint}
+CONTENDERS: dict[str, type[Contender]] = {"direct": Direct, "nginx": NginxProxy, "nginx-mtls": NginxMtls,
+                                          "ztunnel": WispZtunnel, "waypoint": WispWaypoint}
 
 
 def make(keys: tuple[str, ...]) -> list[Contender]:
