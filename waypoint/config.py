@@ -107,6 +107,10 @@ class WaypointConfig:
     gateway: Mapping[str, Any] | None = None
     notes: tuple[str, ...] = ()
     counts: Mapping[str, int] = field(default_factory=dict)
+    # (id(workload), target port) -> its Endpoint, made on first use (upstream.choose_endpoint):
+    # the workloads live as long as this config, and an Endpoint is immutable, so requests share
+    # one instead of parsing the workload's SPIFFE id each time.
+    endpoint_cache: dict[tuple[int, int], Endpoint] = field(default_factory=dict, compare=False, repr=False)
 
     def service_at(self, ip: str) -> Service | None:
         return self.services_by_vip.get(ip)

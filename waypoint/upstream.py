@@ -64,8 +64,14 @@ def choose_endpoint(config: WaypointConfig, service: Service, port: int, rng: ra
     target = target_port(service, ports, port)
     if target is None:
         return None
-    identity = SpiffeId.parse(workload.identity())
-    return Endpoint(workload.addresses[0], target, identity, workload.tunnel_protocol == "HBONE", workload)
+    cache = config.endpoint_cache
+    key = (id(workload), target)
+    endpoint = cache.get(key)
+    if endpoint is None:
+        identity = SpiffeId.parse(workload.identity())
+        endpoint = cache[key] = Endpoint(workload.addresses[0], target, identity,
+                                         workload.tunnel_protocol == "HBONE", workload)
+    return endpoint
 
 
 def _socket_factory(address: tuple[str, int], source_ip: str | None) -> socket.socket:
