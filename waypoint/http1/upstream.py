@@ -9,14 +9,17 @@ When a response ended with both sides keeping the connection, the owner gives it
 
 `Http1Pool.acquire(endpoint, on_ready)` hands out an idle connection to that endpoint (same
 address, port and identity) at once, or opens a new one; `on_ready(conn, None, reused)` or
-`on_ready(None, reason, False)`. Idle connections wait at most `IDLE_TIMEOUT` seconds and at
-most `MAX_IDLE` per endpoint; one that the server closes or writes to while idle leaves the pool.
+`on_ready(None, reason, False)`. Idle connections wait at most `IDLE_TIMEOUT` seconds (a quarter
+more at worst: one timer per pool sweeps them, instead of a timer set and cancelled per request)
+and at most `MAX_IDLE` per endpoint; one that the server closes or writes to while idle leaves
+the pool.
 A reused connection can race with the server closing it: `reused` tells the owner the request
 may be retried once on a fresh one if nothing of the response came.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -42,7 +45,7 @@ class Owner(Protocol):
 class UpstreamConnection:
     """One HTTP/1.1 client connection over a splice end (a `waypoint.channel.Reader`)."""
 
-    __slots__ = ("pool", "endpoint", "key", "channel", "parser", "owner", "requests", "_idle_timer", "broken",
+    __slots__ = ("pool", "endpoint", "key", "channel", "parser", "owner", "requests", "idle_since", "broken",
                  "response_started")
 
     def __init__(self, pool: Http1Pool, endpoint: Endpoint, key: tuple, end: object) -> None:
@@ -52,16 +55,13 @@ class UpstreamConnection:
         self.parser = codec.Parser(request=False)
         self.owner: Owner | None = None
         self.requests = 0
-        self._idle_timer: Timer | None = None
+        self.idle_since = 0.0
         self.broken = False
         self.response_started = False
         self.channel = Channel(end, self)
 
     # -- the owner's side ------------------------------------------------------------------------
     def begin(self, owner: Owner, method: bytes) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         self.owner = owner
         self.requests += 1
         self.response_started = False
@@ -148,9 +148,9 @@ class UpstreamConnection:
             owner.upstream_failed(reason, status)
 
     # -- idle ------------------------------------------------------------------------------------
-    def idle(self, loop: Loop, timeout: float) -> None:
+    def idle(self, now: float) -> None:
         self.parser.next_message()
-        self._idle_timer = loop.call_later(timeout, lambda: self.close("idle"))
+        self.idle_since = now
 
 
 OnReady = Callable[[UpstreamConnection | None, str | None, bool], None]
@@ -166,6 +166,7 @@ class Http1Pool:
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
         self._idle: dict[tuple, list[UpstreamConnection]] = {}
+        self._sweeper: Timer | None = None
         self.opened = 0
         self.reused = 0
 
@@ -207,8 +208,20 @@ class Http1Pool:
         if len(idle) >= self.max_idle:
             conn.close("too many idle connections")
             return
-        conn.idle(self.loop, self.idle_timeout)
+        conn.idle(time.monotonic())
         idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.idle_timeout / 4, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle for `idle_timeout`; again in a quarter of it while any are idle."""
+        self._sweeper = None
+        deadline = time.monotonic() - self.idle_timeout
+        for conns in list(self._idle.values()):
+            for conn in [c for c in conns if c.idle_since <= deadline]:
+                conn.close("idle")
+        if self._idle:
+            self._sweeper = self.loop.call_later(self.idle_timeout / 4, self._sweep)
 
     def forget(self, conn: UpstreamConnection) -> None:
         idle = self._idle.get(conn.key)
@@ -221,6 +234,9 @@ class Http1Pool:
         return sum(len(conns) for conns in self._idle.values())
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conns in list(self._idle.values()):
             for conn in list(conns):
                 conn.close("waypoint stopping")
