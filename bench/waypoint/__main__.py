@@ -177,6 +177,9 @@ def publish(data: dict, args: argparse.Namespace, *, saved: Path | None) -> int:
     print("\n".join([*problems, mesh_report.noise(samples)]))
     if data.get("reuse"):
         print(f"upstream reuse: {reuse_line(data['reuse'])}")
+    limit = report.bound(samples)
+    if limit is not None:
+        print(report.bound_line(limit))
     for block in extra_blocks(data, names):
         print(block)
     if saved is not None:
@@ -259,6 +262,9 @@ def markdown(data: dict, plan: runner.Plan, summary: dict, results: list[dict], 
         lines += ["Targets (ratios from this run):", "",
                   mesh_report.markdown_table(*mesh_report.target_rows(results, names), left=2), ""]
     lines += [*(f"- {line}" for line in problems), "", mesh_report.noise(samples)]
+    limit = report.bound(samples)
+    if limit is not None:
+        lines += ["", report.bound_line(limit) + "."]
     if data.get("reuse"):
         lines += ["", f"Upstream reuse, from the waypoint's metrics after the rounds: {reuse_line(data['reuse'])}."]
     lines += extra_blocks(data, names, markdown=True)

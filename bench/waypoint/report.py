@@ -80,6 +80,56 @@ def path_cpu(summary: dict, contender: str, prefix: str = "sat_cpu_per_1k_") -> 
     return sum(values) if values else math.nan
 
 
+def bound(samples: list[Sample]) -> dict | None:
+    """What a waypoint costing nothing could reach at saturation, two ways, against nginx.
+
+    - From CPU: at saturation the cores are full, so req/s ≈ cores in use ÷ CPU per request of
+      everything on the path (load generator, server, every proxy). Take the waypoint path's
+      measured CPU per request, remove the waypoint's, and scale its req/s by the ratio. Optimistic:
+      it keeps the ztunnels' per-request cost, which grows as the rate falls and would not shrink.
+    - Measured: the ztunnel pair alone. A free waypoint leaves the same two ztunnels on the path
+      (client ztunnel → waypoint is one HBONE hop, waypoint → server ztunnel another), so the
+      path cannot beat the pair's own saturation.
+    Medians over rounds; None without saturation samples of waypoint and nginx."""
+    def per_round(contender: str) -> list[Sample]:
+        return [s for s in samples if s.contender == contender and s.measure == "saturation"
+                and s.result.get("requests")]
+
+    wp, anchor = per_round(WAYPOINT), per_round(ANCHOR)
+    if not wp or not anchor:
+        return None
+    nginx_rps = statistics.median(s.result["req_s"] for s in anchor)
+    rps, total, waypoint, free = [], [], [], []
+    for s in wp:
+        requests = s.result["requests"]
+        cpu = s.generator_cpu + s.server_cpu + sum(p["cpu_s"] for p in s.proxies.values())
+        own = s.proxies.get("waypoint", {}).get("cpu_s", 0.0)
+        rps.append(s.result["req_s"])
+        total.append(cpu / requests * 1e6)
+        waypoint.append(own / requests * 1e6)
+        free.append(s.result["req_s"] * cpu / (cpu - own))
+    out = {"nginx_rps": nginx_rps, "waypoint_rps": statistics.median(rps),
+           "path_us": statistics.median(total), "waypoint_us": statistics.median(waypoint),
+           "free_rps": statistics.median(free)}
+    out["free_ratio"] = out["free_rps"] / nginx_rps
+    pair = per_round("ztunnel")
+    if pair:
+        out["pair_rps"] = statistics.median(s.result["req_s"] for s in pair)
+        out["pair_ratio"] = out["pair_rps"] / nginx_rps
+    return out
+
+
+def bound_line(b: dict) -> str:
+    text = (f"Bound for a waypoint that cost nothing: the waypoint path spent {b['path_us']:.0f} µs of CPU per "
+            f"request at saturation (load generator, server and every proxy), {b['waypoint_us']:.0f} µs of it in "
+            f"the waypoint; without those, the same cores would carry ~{b['free_rps']:,.0f} req/s = "
+            f"{b['free_ratio']:.2f}× nginx's {b['nginx_rps']:,.0f}")
+    if "pair_rps" in b:
+        text += (f"; measured directly, the two ztunnels alone (the ztunnel pair, which a free waypoint would "
+                 f"leave on the path) reach {b['pair_rps']:,.0f} req/s = {b['pair_ratio']:.2f}× nginx")
+    return text
+
+
 def evaluate(summary: dict) -> list[dict]:
     out = []
     if WAYPOINT not in summary:
