@@ -15,7 +15,14 @@ Pure functions over ClusterState objects, called by the reconciliation core (``r
   ``status.addresses`` once programmed.
 - ``route_status``: ``status.parents`` entries of a route for its Service parents, conditions
   from the waypoint's own route parser (waypoint/route: ``RouteTable.parent_status``), so status
-  says what the proxy does. Entries of other controllers are left alone.
+  says what the proxy does. Entries of other controllers are left alone. HTTPRoutes also get
+  Istio's ``ResolvedWaypoints`` (pilot/pkg/config/kube/gateway/conditions.go, conversion.go
+  ``referenceAllowed``): always ``True``/``ResolvedWaypoints``, its message saying whether the
+  parent Service or its namespace carries an ``istio.io/use-waypoint`` label other than ``none``
+  ("All waypoints resolved"), not ("istio.io/use-waypoint label missing from parent and parent
+  namespace; in ambient mode, route will not be respected"), or the Service is missing ("parent
+  not found", with ``Accepted=False``/``NoMatchingParent``). A mesh route whose Service has no
+  waypoint is thus ``Accepted=True`` as in Istio: the route is valid, nothing carries it out.
 
 - ``waypoint_policy_conditions``: Istio's ``WaypointAccepted`` condition on AuthorizationPolicies
   with ``targetRefs`` (pilot/pkg/serviceregistry/kube/controller/ambient/policies.go): Accepted
@@ -41,7 +48,7 @@ from wisp.kube import ObjectId, dicts, integer, string
 from wisp.model import HBONE_MTLS_PORT, ConfigObject, ModelError, Service, config_object
 from wisp_operator.cluster import ClusterState
 from wisp_operator.errors import InvalidObject, object_id
-from wisp_operator.waypoints import WAYPOINT_GATEWAY_CLASS, Waypoint, WaypointIndex
+from wisp_operator.waypoints import USE_WAYPOINT_LABEL, WAYPOINT_GATEWAY_CLASS, Waypoint, WaypointIndex
 
 CONTROLLER_NAME = "istio.io/mesh-controller"
 CONDITION_WAYPOINT_ACCEPTED = "WaypointAccepted"
@@ -51,6 +58,12 @@ GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 _CORE_GROUPS = ("", "core")
 # The Gateway conditions this controller owns (others' are kept as they are).
 GATEWAY_CONDITIONS = ("Accepted", "Programmed")
+# Istio's words (pilot/pkg/config/kube/gateway/conditions.go).
+RESOLVED_WAYPOINTS = "ResolvedWaypoints"
+WAYPOINTS_RESOLVED = "All waypoints resolved"
+WAYPOINT_LABEL_MISSING = ("istio.io/use-waypoint label missing from parent and parent namespace; "
+                          "in ambient mode, route will not be respected")
+WAYPOINT_PARENT_NOT_FOUND = "parent not found"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +208,12 @@ def route_table(state: ClusterState, services: Iterable[Service]) -> RouteTable:
     return compile_table(routes, services, state.settings.domain_suffix)
 
 
-def route_status(route: dict[str, Any], oid: ObjectId, table: RouteTable) -> dict[str, Any] | None:
-    """The ``parents`` entries we own for ``route``; None when it has no Service parent."""
+def route_status(route: dict[str, Any], oid: ObjectId, table: RouteTable,
+                 state: ClusterState | None = None) -> dict[str, Any] | None:
+    """The ``parents`` entries we own for ``route``; None when it has no Service parent.
+
+    With ``state``, an HTTPRoute's entries also say whether their Service has a waypoint
+    (``ResolvedWaypoints``)."""
     by_index = table.parent_status(oid.kind, oid.namespace, oid.name)
     if not by_index:
         return None
@@ -204,10 +221,36 @@ def route_status(route: dict[str, Any], oid: ObjectId, table: RouteTable) -> dic
     refs = route["spec"]["parentRefs"]
     parents = []
     for index, conditions in sorted(by_index.items()):
+        if state is not None and oid.kind == "HTTPRoute":
+            message = _waypoint_resolution(state, refs[index], oid.namespace)
+            conditions = [*conditions, {"type": RESOLVED_WAYPOINTS, "status": "True", "reason": RESOLVED_WAYPOINTS,
+                                        "message": message}]
         if generation:
             conditions = [dict(c, observedGeneration=generation) for c in conditions]
         parents.append({"parentRef": refs[index], "controllerName": CONTROLLER_NAME, "conditions": conditions})
     return {"parents": parents}
+
+
+def _waypoint_resolution(state: ClusterState, ref: dict[str, Any], namespace: str) -> str:
+    """Istio's ``ResolvedWaypoints`` message for one Service parentRef: labels only, as istiod
+    reads them (whether that waypoint exists or is ready is the Service's WaypointBound)."""
+    service_namespace = ref.get("namespace") if isinstance(ref.get("namespace"), str) else namespace
+    service = state.get("Service", service_namespace, ref.get("name") if isinstance(ref.get("name"), str) else "")
+    if service is None:
+        return WAYPOINT_PARENT_NOT_FOUND
+    if _uses_waypoint(service):
+        return WAYPOINTS_RESOLVED
+    ns = state.namespace(service_namespace)
+    if ns is not None and not _uses_waypoint(ns):
+        return WAYPOINT_LABEL_MISSING
+    return WAYPOINTS_RESOLVED
+
+
+def _uses_waypoint(obj: dict[str, Any]) -> bool:
+    meta = obj.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    value = labels.get(USE_WAYPOINT_LABEL) if isinstance(labels, dict) else None
+    return isinstance(value, str) and value != "" and value.lower() != "none"
 
 
 # --- writes: compare and merge ------------------------------------------------------------------
@@ -322,7 +365,7 @@ def gateway_api_writes(state: ClusterState, waypoints: WaypointIndex, services: 
             except InvalidObject as exc:
                 errors.append(exc)
                 continue
-            fields = route_status(route, oid, table)
+            fields = route_status(route, oid, table, state)
             if fields is None:
                 continue
             write = wanted_write(route, oid, fields)

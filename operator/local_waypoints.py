@@ -17,9 +17,11 @@ What the waypoint process needs to start, locally:
   (the file the waypoint reads, waypoint/config.py ``WaypointSettings.token_path``), next to
   ``root-cert.pem``;
 - its command: ``command`` (``--waypoint-command``, default ``wisp-waypoint``) with
-  ``--namespace --name --control-plane --state-dir --trust-domain`` (waypoint/main.py), and
-  Istio's environment for the same (``POD_NAMESPACE``, ``GATEWAY_NAME``, ``XDS_ADDRESS``,
-  ``TRUST_DOMAIN``).
+  ``--namespace --name --control-plane --state-dir --trust-domain --token-file --root-cert``
+  (waypoint/main.py). The Deployment is the one Kubernetes mode applies, Istio's environment
+  included; the runtime has no downward API or projected volumes, so the variables naming the
+  token and the roots (``AUTH_TOKEN``, ``CA_ROOT_CA``) are given the local files, and the flags
+  say the same and win.
 
 A write that fails (a refused manifest, a file system error) is logged once per cause and tried
 again after the next reconciliation.
@@ -38,6 +40,7 @@ import structlog
 from wisp.identity import SpiffeId
 from wisp.runtime.manifests import allocate_cluster_ips
 from wisp.waypoint_deployment import (
+    DEFAULT_WAYPOINT_COMMAND,
     GATEWAY_NAME_LABEL,
     MANAGED_BY_MESH,
     MANAGED_GATEWAY_LABEL,
@@ -51,7 +54,6 @@ from .local_source import LocalSource, SourceError
 log = structlog.get_logger("wisp.operator.local_waypoints")
 
 WAYPOINT_MANIFEST_DIR = "wisp-waypoints"
-DEFAULT_WAYPOINT_COMMAND = ("wisp-waypoint",)
 _KINDS = ("ServiceAccount", "Service", "Deployment")
 
 
@@ -107,14 +109,14 @@ class LocalWaypoints:
         """The waypoint objects of ``gateway`` as this mode runs them."""
         meta = gateway["metadata"]
         namespace, name = meta.get("namespace") or "default", meta["name"]
-        # The environment Istio's waypoint pods get, which wisp-waypoint (waypoint/main.py) reads
-        # too; the flags say the same and win.
-        settings = {"POD_NAMESPACE": namespace, "GATEWAY_NAME": name, "XDS_ADDRESS": self.control_plane,
-                    "TRUST_DOMAIN": self.trust_domain}
+        token, roots = str(self.token_path(namespace, name)), str(self.state_dir / "root-cert.pem")
+        # The runtime sets POD_NAMESPACE itself and ignores valueFrom; the files are local ones.
+        local_env = {"POD_NAMESPACE": namespace, "AUTH_TOKEN": token, "CA_ROOT_CA": roots}
         args = ["--namespace", namespace, "--name", name, "--control-plane", self.control_plane,
-                "--state-dir", str(self.state_dir), "--trust-domain", self.trust_domain]
-        return waypoint_objects(gateway, "local", command=self.command, args=args, env=settings,
-                                cluster_ip=cluster_ip)
+                "--state-dir", str(self.state_dir), "--trust-domain", self.trust_domain,
+                "--token-file", token, "--root-cert", roots]
+        return waypoint_objects(gateway, "local", control_plane=self.control_plane, trust_domain=self.trust_domain,
+                                command=self.command, args=args, env=local_env, cluster_ip=cluster_ip)
 
     def token_path(self, namespace: str, name: str) -> Path:
         return self.state_dir / "tokens" / f"waypoint-{namespace}-{name}"

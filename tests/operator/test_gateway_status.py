@@ -172,8 +172,50 @@ def test_valid_route_is_accepted_with_resolved_refs_per_parent() -> None:
     assert parent["parentRef"] == r["spec"]["parentRefs"][0]
     assert parent["controllerName"] == CONTROLLER_NAME == "istio.io/mesh-controller"
     assert by_type(parent["conditions"]) == {"Accepted": ("True", "Accepted"),
-                                             "ResolvedRefs": ("True", "ResolvedRefs")}
+                                             "ResolvedRefs": ("True", "ResolvedRefs"),
+                                             "ResolvedWaypoints": ("True", "ResolvedWaypoints")}
     assert all(c["observedGeneration"] == 4 for c in parent["conditions"])
+    assert message_of(parent, "ResolvedWaypoints") == "All waypoints resolved"
+
+
+def message_of(parent: dict[str, Any], condition: str) -> str:
+    return next(c["message"] for c in parent["conditions"] if c["type"] == condition)
+
+
+def unlabelled_service() -> dict[str, Any]:
+    service = app_service()
+    service["metadata"]["labels"] = {}
+    return service
+
+
+NO_WAYPOINT = ("istio.io/use-waypoint label missing from parent and parent namespace; "
+               "in ambient mode, route will not be respected")
+
+
+def test_route_on_a_service_without_waypoint_is_accepted_and_says_it_is_not_carried_out() -> None:
+    # Istio (pilot/pkg/config/kube/gateway conversion.go referenceAllowed): the route is valid, so
+    # Accepted=True; ResolvedWaypoints stays True and its message says nothing will apply it.
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}
+    r = route([{"backendRefs": [{"name": "web", "port": 80}]}])
+    (parent,) = fields_of(reconcile(ClusterState.of([namespace, unlabelled_service(), r])),
+                          "HTTPRoute", "canary")["parents"]
+    assert by_type(parent["conditions"]) == {"Accepted": ("True", "Accepted"),
+                                             "ResolvedRefs": ("True", "ResolvedRefs"),
+                                             "ResolvedWaypoints": ("True", "ResolvedWaypoints")}
+    assert message_of(parent, "ResolvedWaypoints") == NO_WAYPOINT
+
+
+def test_a_namespace_label_resolves_the_waypoint_and_none_opts_out() -> None:
+    namespace = {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": "shop", "labels": {"istio.io/use-waypoint": "waypoint"}}}
+    r = route([{"backendRefs": [{"name": "web", "port": 80}]}])
+    (parent,) = fields_of(reconcile(ClusterState.of([namespace, unlabelled_service(), r])),
+                          "HTTPRoute", "canary")["parents"]
+    assert message_of(parent, "ResolvedWaypoints") == "All waypoints resolved"
+    namespace["metadata"]["labels"]["istio.io/use-waypoint"] = "None"
+    (parent,) = fields_of(reconcile(ClusterState.of([namespace, unlabelled_service(), r])),
+                          "HTTPRoute", "canary")["parents"]
+    assert message_of(parent, "ResolvedWaypoints") == NO_WAYPOINT
 
 
 def test_missing_backend_is_backend_not_found() -> None:
@@ -192,12 +234,14 @@ def test_missing_parent_service_is_no_matching_parent() -> None:
     r = route([{}], parent="ghost")
     (parent,) = fields_of(reconcile(ClusterState.of([app_service(), r])), "HTTPRoute", "canary")["parents"]
     assert by_type(parent["conditions"])["Accepted"] == ("False", "NoMatchingParent")
+    assert message_of(parent, "ResolvedWaypoints") == "parent not found"
 
 
 def test_grpc_routes_get_status_too() -> None:
     r = route([{"backendRefs": [{"name": "web", "port": 80}]}], kind="GRPCRoute")
     (parent,) = fields_of(reconcile(ClusterState.of([app_service(), r])), "GRPCRoute", "canary")["parents"]
     assert by_type(parent["conditions"])["Accepted"] == ("True", "Accepted")
+    assert "ResolvedWaypoints" not in by_type(parent["conditions"])  # Istio reports it for HTTPRoutes only
 
 
 def test_other_controllers_parents_are_kept_and_times_survive_an_unchanged_status() -> None:
@@ -207,7 +251,7 @@ def test_other_controllers_parents_are_kept_and_times_survive_an_unchanged_statu
     first = merge_status("HTTPRoute", {"parents": [theirs]}, wanted, now="2026-01-01T00:00:00Z")
     assert first["parents"][0] == theirs
     again = merge_status("HTTPRoute", first, wanted, now="2026-02-02T00:00:00Z")
-    assert [c["lastTransitionTime"] for c in again["parents"][1]["conditions"]] == ["2026-01-01T00:00:00Z"] * 2
+    assert [c["lastTransitionTime"] for c in again["parents"][1]["conditions"]] == ["2026-01-01T00:00:00Z"] * 3
     r["status"] = again
     assert fields_of(reconcile(ClusterState.of([app_service(), r])), "HTTPRoute", "canary") is None
 

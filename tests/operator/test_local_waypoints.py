@@ -6,6 +6,7 @@ own reading of the directory (wisp.runtime.manifests) checks the pod it will sta
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def test_a_waypoint_gateway_gets_its_service_account_service_and_deployment(mesh
     (container,) = template["spec"]["containers"]
     assert container["command"] == ["wisp-waypoint"]
     assert container["args"][:4] == ["--namespace", "shop", "--name", "waypoint"]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021, "scheme": "HTTP"}
     assert template["spec"]["serviceAccountName"] == "waypoint"
 
 
@@ -141,14 +142,91 @@ def test_the_core_sees_the_waypoint_once_its_pod_is_ready(mesh) -> None:
     assert workload.waypoint is None and workload.service_account == "waypoint"
 
 
-def test_kubernetes_and_local_modes_make_the_same_objects_but_for_the_command() -> None:
+def test_kubernetes_and_local_modes_make_the_same_deployment_but_for_flags_and_local_files(mesh) -> None:
+    _, store, _, waypoints, _, tmp_path = mesh
+    gateway = store.snapshot().get("Gateway", "shop", "waypoint")
+    kube = waypoint_objects(gateway, "wisp:0.1.0", control_plane="10.0.0.1:15012")
+    local = waypoints.objects_for(gateway, "10.96.0.9")
+    kube_pod, local_pod = (objs[2]["spec"]["template"] for objs in (kube, local))
+    (kube_container,), (local_container,) = kube_pod["spec"]["containers"], local_pod["spec"]["containers"]
+    kube_env = {e["name"]: e for e in kube_container["env"]}
+    local_env = {e["name"]: e for e in local_container["env"]}
+    # Only the token and roots (local files instead of mounted volumes) and POD_NAMESPACE differ.
+    changed = {name for name in kube_env if kube_env[name] != local_env[name]}
+    assert changed == {"AUTH_TOKEN", "CA_ROOT_CA", "POD_NAMESPACE"} and local_env.keys() == kube_env.keys()
+    assert local_env["AUTH_TOKEN"]["value"] == str(waypoints.token_path("shop", "waypoint"))
+    assert local_env["CA_ROOT_CA"]["value"] == str(tmp_path / "state" / "root-cert.pem")
+    same = lambda c: {k: v for k, v in c.items() if k not in ("image", "args", "env")}  # noqa: E731
+    assert same(kube_container) == same(local_container)
+    assert {**kube_pod, "spec": None} == {**local_pod, "spec": None}
+    assert {**kube_pod["spec"], "containers": None} == {**local_pod["spec"], "containers": None}
+    assert kube_container["args"] == [] and kube_container["command"] == local_container["command"]
+    assert kube[0] == local[0] and kube[1]["metadata"] == local[1]["metadata"]
+
+
+def test_the_kubernetes_deployment_is_istios_waypoint_template_run_as_wisp_waypoint() -> None:
     gateway = dict(GATEWAY, metadata=dict(GATEWAY["metadata"], uid="1234"))
-    kube = waypoint_objects(gateway)
-    local = waypoint_objects(gateway, command=["wisp-waypoint"], args=[])
-    strip = lambda objs: [{**o, "spec": None} if o["kind"] == "Deployment" else o for o in objs]  # noqa: E731
-    assert strip(kube) == strip(local)
-    assert kube[2]["spec"]["template"]["spec"]["containers"][0]["args"] == ["waypoint"]
-    assert kube[0]["metadata"]["ownerReferences"][0]["uid"] == "1234"
+    sa, service, deployment = waypoint_objects(gateway, "wisp:0.1.0", control_plane="wisp-operator.wisp.svc:15012",
+                                               trust_domain="example.org")
+    assert sa["metadata"]["ownerReferences"][0]["uid"] == "1234"
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["labels"] == {
+        "sidecar.istio.io/inject": "false", "istio.io/dataplane-mode": "none",
+        "service.istio.io/canonical-name": "waypoint", "service.istio.io/canonical-revision": "latest",
+        "gateway.networking.k8s.io/gateway-name": "waypoint",
+        "gateway.networking.k8s.io/gateway-class-name": "istio-waypoint",
+        "istio.io/gateway-name": "waypoint", "gateway.istio.io/managed": "istio.io-mesh-controller"}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "15020"
+    (container,) = pod["spec"]["containers"]
+    assert (container["name"], container["image"], container["command"]) == ("istio-proxy", "wisp:0.1.0",
+                                                                             ["wisp-waypoint"])
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["SERVICE_ACCOUNT"] == {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}
+    assert (env["GATEWAY_NAME"], env["XDS_ADDRESS"], env["TRUST_DOMAIN"]) == (
+        "waypoint", "wisp-operator.wisp.svc:15012", "example.org")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    token = volumes["istio-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "istio-ca" and env["AUTH_TOKEN"] == mounts["istio-token"] + "/" + token["path"]
+    assert volumes["istiod-ca-cert"]["configMap"] == {"name": "istio-ca-root-cert"}
+    assert env["CA_ROOT_CA"] == mounts["istiod-ca-cert"] + "/root-cert.pem"
+    assert {p["containerPort"] for p in container["ports"]} == {15008, 15020, 15021}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz/ready"
+    assert {(p["name"], p["appProtocol"]) for p in service["spec"]["ports"]} == {("status-port", "tcp"),
+                                                                              ("mesh", "hbone")}
+
+
+def test_the_audience_is_the_one_the_operator_reviews_tokens_for() -> None:
+    from wisp.waypoint_deployment import TOKEN_AUDIENCE
+    from wisp_operator.kube_auth import DEFAULT_AUDIENCE
+
+    assert TOKEN_AUDIENCE == DEFAULT_AUDIENCE
+
+
+def test_the_waypoint_process_reads_the_kubernetes_environment() -> None:
+    from waypoint.main import parse_args
+
+    gateway = dict(GATEWAY, metadata=dict(GATEWAY["metadata"], uid="1234"))
+    (container,) = waypoint_objects(gateway, control_plane="wisp-operator.istio-system.svc:15012")[2][
+        "spec"]["template"]["spec"]["containers"]
+    # What the kubelet would resolve from the downward API for this pod.
+    downward = {"metadata.namespace": "shop", "metadata.name": "waypoint-5d9f-abcde", "status.podIP": "10.244.1.7",
+                "status.hostIP": "172.18.0.2", "spec.serviceAccountName": "waypoint", "spec.nodeName": "node1"}
+    environ = {e["name"]: e["value"] if "value" in e else downward[e["valueFrom"]["fieldRef"]["fieldPath"]]
+               for e in container["env"]}
+    with pytest.MonkeyPatch.context() as patch:
+        for key in list(os.environ):
+            if key in environ:
+                patch.delenv(key)
+        for key, value in environ.items():
+            patch.setenv(key, value)
+        settings, _ = parse_args(list(container["args"]))
+    assert (settings.namespace, settings.name) == ("shop", "waypoint")
+    assert settings.control_plane == "wisp-operator.istio-system.svc:15012"
+    assert settings.identity == SpiffeId("cluster.local", "shop", "waypoint")
+    assert settings.token_path() == "/var/run/secrets/tokens/istio-token"
+    assert settings.root_path() == "/var/run/secrets/istio/root-cert.pem"
 
 
 def test_the_waypoint_process_accepts_the_command_line_and_finds_its_token(mesh) -> None:
