@@ -29,6 +29,7 @@ import gc
 import multiprocessing
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -179,7 +180,7 @@ def _summary_ms(values: list[float]) -> dict[str, float]:
             "max_ms": max(values), "mean_ms": statistics.fmean(values), "count": len(values)}
 
 
-def run(plan: KubePlan, progress=print) -> dict[str, Any]:
+def run(plan: KubePlan, progress: Callable[[str], None] = print) -> dict[str, Any]:
     from wisp.testbed import build
     from wisp.testbed.cluster import start
     from wisp.testbed.nodes import Nodes
