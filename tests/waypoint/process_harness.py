@@ -6,8 +6,9 @@
       identity) ⇒ destination side: an HboneServer per workload address, splicing each CONNECT
       to the wisp-echo process at the authority it names.
 
-Addresses are in 127.77.0.0/16 (loopback; nothing leaves the machine): the waypoint on
-127.77.0.1, workloads on 127.77.0.2 and up. Service VIPs are never dialled, only named in
+Addresses are in a /24 of 127.0.0.0/8 drawn per harness (loopback; nothing leaves the machine;
+two runs of these tests at once do not collide on the fixed port 15008): the waypoint on .1,
+workloads on `ip(2)` and up. Service VIPs are never dialled, only named in
 CONNECT authorities. Everything is stopped and removed by `close`, also when a test fails.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,7 +39,6 @@ from wisp.identity import SpiffeId
 from wisp.model import Service, Workload, to_json
 
 TRUST_DOMAIN = "cluster.local"
-WAYPOINT_IP = "127.77.0.1"
 VENV_BIN = os.path.dirname(sys.executable)
 
 
@@ -82,9 +83,17 @@ class Harness:
     waypoint: subprocess.Popen | None = None
     service_map: dict = field(default_factory=dict)
     seen_identities: list = field(default_factory=list)
+    net: str = field(default_factory=lambda: _free_net())
     ports: dict = field(default_factory=dict)
     _stop: bool = False
     _thread: threading.Thread | None = None
+
+    def ip(self, host: int) -> str:
+        return f"{self.net}.{host}"
+
+    @property
+    def waypoint_ip(self) -> str:
+        return self.ip(1)
 
     # -- destination side -------------------------------------------------------------------------
     def add_echo(self, name: str, ip: str, sa: str = "echo") -> EchoWorkload:
@@ -125,7 +134,7 @@ class Harness:
         identity = identity or spiffe("shop", "client")
         bundle = self.ca.issue(identity)
         pool = Pool(self.loop, lambda _id, b=bundle: self.contexts.get(b, server_side=False), _nonblocking_socket)
-        key = PoolKey(identity, frozenset([spiffe("shop", "waypoint")]), (WAYPOINT_IP, 15008))
+        key = PoolKey(identity, frozenset([spiffe("shop", "waypoint")]), (self.waypoint_ip, 15008))
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(128)
@@ -185,8 +194,8 @@ class Harness:
         self.waypoint = subprocess.Popen(
             [os.path.join(VENV_BIN, "wisp-waypoint"), "--namespace", "shop", "--name", "waypoint",
              "--static-config", path, "--certificate-dir", certs,
-             "--mesh-address", f"{WAYPOINT_IP}:15008", "--metrics-address", f"{WAYPOINT_IP}:15020",
-             "--readiness-address", f"{WAYPOINT_IP}:15021", "--log-json"],
+             "--mesh-address", f"{self.waypoint_ip}:15008", "--metrics-address", f"{self.waypoint_ip}:15020",
+             "--readiness-address", f"{self.waypoint_ip}:15021", "--log-json"],
             stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
         wait_for(self.ready, what="waypoint ready")
 
@@ -194,13 +203,13 @@ class Harness:
         if self.waypoint is not None and self.waypoint.poll() is not None:
             raise AssertionError(f"the waypoint exited with {self.waypoint.returncode}: {self.log()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"http://{WAYPOINT_IP}:15021/healthz/ready", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{self.waypoint_ip}:15021/healthz/ready", timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://{WAYPOINT_IP}:15020/stats/prometheus", timeout=5) as r:
+        with urllib.request.urlopen(f"http://{self.waypoint_ip}:15020/stats/prometheus", timeout=5) as r:
             return r.read().decode()
 
     def log(self) -> str:
@@ -244,6 +253,15 @@ class Harness:
                     workload.process.wait()
         self.loop.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _free_net() -> str:
+    """A 127.x.y /24 where nothing listens on 15008 (another run of these tests may hold one)."""
+    for _ in range(50):
+        net = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}"
+        if not any(_connectable(f"{net}.{host}", 15008) for host in (1, 2, 3)):
+            return net
+    raise AssertionError("no free loopback /24 found for the waypoint harness")
 
 
 def _connectable(ip: str, port: int) -> bool:

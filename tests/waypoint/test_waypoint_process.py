@@ -57,8 +57,8 @@ DENY_DELETE = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolic
 def wp(ca):
     harness = Harness(ca)
     try:
-        v1 = harness.add_echo("echo-v1", "127.77.0.2")
-        v2 = harness.add_echo("echo-v2", "127.77.0.3")
+        v1 = harness.add_echo("echo-v1", harness.ip(2))
+        v2 = harness.add_echo("echo-v2", harness.ip(3))
         echo_key, v2_key, tcp_key = (f"shop/{n}.shop.svc.cluster.local" for n in ("echo", "echo-v2", "echo-tcp"))
         harness.service_map = {
             "echo-v1": {echo_key: (PortMapping(80, v1.port),), tcp_key: (PortMapping(9000, v1.tcp_port),)},
