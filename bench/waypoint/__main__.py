@@ -223,6 +223,8 @@ def extra_blocks(data: dict, names: dict[str, str], markdown: bool = False) -> l
                    f"run, {profile['samples']:,} working samples at {profile['rate']} Hz ({profile['idle_samples']:,} "
                    f"more in a wait, left out)" + (f"; raw stacks: bench/results/{profile['raw']}" if profile.get("raw") else ""))
         for title, head, rows in mesh_report.profile_tables(profile, n=12):
+            if markdown and title != "by own time":
+                continue  # the docs keep the own-time entries; by total, the top is the call tree's trunk
             out += [f"\n{title}:\n", table(head, rows)]
     if data.get("layers"):
         first = next(iter(data["layers"].values()))
