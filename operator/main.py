@@ -7,8 +7,9 @@ stream on 15012.
 - Local mode (``--manifests DIR``): the source is a manifest directory; waypoint Gateways' objects
   are written into it (``local_waypoints``) with ``--waypoint-command`` as their container command.
 - Kubernetes mode (``--kubeconfig PATH [--context NAME]``, or ``--in-cluster``): the source is
-  list+watch on the API server (``wisp_operator.kube``); status and waypoint objects are written
-  by the replica that holds the ``wisp-operator`` Lease; every replica serves the stream and the
+  list+watch on the API server (``wisp_operator.kube``); status, waypoint objects and the
+  ``istio-ca-root-cert`` ConfigMap of every namespace are written by the replica that holds the
+  ``wisp-operator`` Lease; every replica serves the stream and the
   CA; callers authenticate with projected service-account tokens checked by TokenReview and the
   CA applies Istio's impersonation rule (``kube_auth.KubeAuthenticator``, trusted node accounts
   from ``--trusted-node-accounts``); ``/healthz`` and ``/readyz`` (every kind listed, first
@@ -62,6 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lease-name", default="wisp-operator", help="Kubernetes mode: the leader election Lease")
     parser.add_argument("--identity", help="Kubernetes mode: leader election identity (default: host name + pid)")
     parser.add_argument("--waypoint-image", default="wisp:latest", help="Kubernetes mode: image of waypoint pods")
+    parser.add_argument("--waypoint-control-plane",
+                        default="wisp-operator.%s.svc:15012" % (os.environ.get("POD_NAMESPACE") or OPERATOR_NAMESPACE),
+                        help="Kubernetes mode: host:port waypoint pods dial for config and certificates "
+                             "(default: this operator's Service in its namespace, env POD_NAMESPACE)")
     parser.add_argument("--trusted-node-accounts",
                         default=os.environ.get("CA_TRUSTED_NODE_ACCOUNTS", "istio-system/ztunnel"),
                         help="Kubernetes mode: <namespace>/<service-account>[,...] of node proxies that may "
@@ -195,7 +200,9 @@ async def run_kube(args: argparse.Namespace, ca: CertificateAuthority, serving: 
     controller = Controller(store, distributor)
     elector = LeaderElector(api, args.lease_namespace, args.lease_name,
                             args.identity or "%s_%d" % (socket.gethostname(), os.getpid()))
-    writer = KubeWriter(api, is_leader=elector.is_leader, waypoint_image=args.waypoint_image)
+    writer = KubeWriter(api, is_leader=elector.is_leader, waypoint_image=args.waypoint_image,
+                        control_plane=args.waypoint_control_plane, trust_domain=args.trust_domain,
+                        root_cert=ca.roots_pem().decode("ascii"))
     authenticator = KubeAuthenticator.for_operator(api.api_client, lambda: controller.state,
                                                    trust_domain=args.trust_domain,
                                                    trusted_node_accounts=args.trusted_node_accounts)

@@ -391,9 +391,10 @@ class Reconciler:
 
 
 # Kinds the Kubernetes source follows that no part of the build reads (Services' endpoints come
-# from Pods and selectors). The EndpointSlice controller rewrites slices as pods change, so
-# without this every pod change on a cluster would come with a full build.
-_UNREAD_KINDS = frozenset({"EndpointSlice"})
+# from Pods and selectors; the root certificate ConfigMaps are the writer's). The EndpointSlice
+# controller rewrites slices as pods change, so without this every pod change on a cluster would
+# come with a full build.
+_UNREAD_KINDS = frozenset({"EndpointSlice", "ConfigMap"})
 
 
 def _ignorable(key: Key, before: ClusterState, after: ClusterState) -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from wisp.waypoint_deployment import ROOT_CERT_CONFIGMAP
 from wisp_operator.store import ObjectStore
 
 from .client import KubeApi, KubeUnavailable
@@ -50,6 +51,8 @@ class Kind:
     api_version: str
     plural: str
     namespaced: bool = True
+    # Lists and watches only the objects it selects (e.g. ``metadata.name=...``), as an informer's filter.
+    field_selector: str | None = None
 
     def path(self, namespace: str | None = None) -> str:
         base = "/api/v1" if self.api_version == "v1" else "/apis/" + self.api_version
@@ -75,6 +78,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("PeerAuthentication", "security.istio.io/v1", "peerauthentications"),
     Kind("RequestAuthentication", "security.istio.io/v1", "requestauthentications"),
     Kind("Node", "v1", "nodes", namespaced=False),
+    # Only the root certificate ConfigMap the writer publishes in every namespace (istiod's
+    # namespace controller follows the same), so a deleted or edited one is put back.
+    Kind("ConfigMap", "v1", "configmaps", field_selector="metadata.name=" + ROOT_CERT_CONFIGMAP),
 )
 KINDS_BY_NAME = {k.kind: k for k in KINDS}
 
@@ -199,14 +205,15 @@ class KubeSource:
     async def _list(self, kind: Kind) -> None:
         started = time.monotonic()
         objects: list[dict[str, Any]] = []
-        query = {"limit": str(LIST_PAGE)}
+        selector = {"fieldSelector": kind.field_selector} if kind.field_selector else {}
+        query = {"limit": str(LIST_PAGE), **selector}
         while True:
             response = await self.api.request("GET", kind.path(), query=query, timeout=60)
             if response.status == 404:
                 raise _Absent()
             if response.status == 410:
                 # A continue token expired mid-list: start over, from the latest state.
-                query = {"limit": str(LIST_PAGE)}
+                query = {"limit": str(LIST_PAGE), **selector}
                 objects.clear()
                 continue
             if not response.ok:
@@ -218,7 +225,7 @@ class KubeSource:
             token = meta.get("continue")
             if not token:
                 break
-            query = {"limit": str(LIST_PAGE), "continue": token}
+            query = {"limit": str(LIST_PAGE), "continue": token, **selector}
         resource_version = str(meta.get("resourceVersion", ""))
         self.store.replace(SOURCE_PREFIX + kind.kind, objects)
         self.resource_versions[kind.kind] = resource_version
@@ -237,6 +244,8 @@ class KubeSource:
             # The server ends the watch after this; jittered so the kinds do not reconnect together.
             "timeoutSeconds": str(int(self.watch_timeout * random.uniform(1.0, 2.0))),
         }
+        if kind.field_selector:
+            query["fieldSelector"] = kind.field_selector
         source = SOURCE_PREFIX + kind.kind
         async for event in self.api.watch(kind.path(), query, read_timeout=self.watch_timeout * 2 + 30):
             kind_of_event = event.get("type")

@@ -14,10 +14,20 @@ Two kinds of writes, each only when its content changed:
   way, fields merged by ``gateways.merge_status`` (others' conditions and parents kept).
 - **Waypoint objects**: for each Gateway of class ``istio-waypoint`` a ServiceAccount, a
   Service and a Deployment named after it (``wisp.waypoint_deployment``, shared with local
-  mode); owned by the Gateway (``ownerReferences`` with its uid) so the garbage collector
-  removes them with it.
+  mode: Istio's waypoint template run as ``wisp-waypoint`` with image ``waypoint_image``,
+  dialling ``control_plane``); owned by the Gateway (``ownerReferences`` with its uid) so the
+  garbage collector removes them with it.
   They are written with server-side apply, field manager ``wisp``, ``force=true`` as istiod
   forces. The core does not produce these objects yet; the writer derives them from the Gateway.
+- **The root certificate ConfigMap**, as istiod's namespace controller publishes it
+  (pilot/pkg/serviceregistry/kube/controller/namespacecontroller.go): ``istio-ca-root-cert``
+  with ``root-cert.pem`` (``root_cert``, the CA's roots) and label ``istio.io/config: "true"``
+  in every namespace but ``kube-public``, ``kube-node-lease`` and ``local-path-storage``
+  (Istio's ignored namespaces, less ``kube-system``) and those terminating; server-side applied
+  (field manager ``wisp``, force) whenever the one the source follows (ConfigMaps of that name
+  only) is missing or differs, so a new namespace gets it and a deleted or edited one is put
+  back. A namespace that is going away (403 terminating, 404) is skipped without retrying;
+  the next change brings it back if the namespace lives on.
 
 ``run`` follows the controller: after each reconciliation, if ``is_leader()`` says so, it writes.
 A write that fails is logged and tried again after the next reconciliation or ``retry`` s.
@@ -37,7 +47,14 @@ from wisp_operator.cluster import ClusterState, Key
 from wisp_operator.controller import Controller
 from wisp_operator.gateways import StatusFieldsWrite, merge_status
 from wisp_operator.reconcile import StatusWrite
-from wisp.waypoint_deployment import DEFAULT_WAYPOINT_IMAGE, waypoint_objects
+from wisp.model import DEFAULT_TRUST_DOMAIN
+from wisp.waypoint_deployment import (
+    DEFAULT_CONTROL_PLANE,
+    DEFAULT_WAYPOINT_IMAGE,
+    ROOT_CERT_CONFIGMAP,
+    ROOT_CERT_KEY,
+    waypoint_objects,
+)
 from wisp_operator.waypoints import WAYPOINT_GATEWAY_CLASS
 
 from .client import APPLY_PATCH, MERGE_PATCH, KubeApi, KubeUnavailable, Response
@@ -52,6 +69,10 @@ _WAYPOINT_KINDS = {
     "Service": Kind("Service", "v1", "services"),
     "Deployment": Kind("Deployment", "apps/v1", "deployments"),
 }
+_CONFIG_MAPS = Kind("ConfigMap", "v1", "configmaps")
+# Istio's inject.IgnoredNamespaces less kube-system, where ztunnel may run.
+ROOT_CERT_IGNORED_NAMESPACES = frozenset({"kube-public", "kube-node-lease", "local-path-storage"})
+ROOT_CERT_LABELS = {"istio.io/config": "true"}
 
 
 class KubeWriter:
@@ -61,11 +82,17 @@ class KubeWriter:
         *,
         is_leader: Callable[[], bool] = lambda: True,
         waypoint_image: str = DEFAULT_WAYPOINT_IMAGE,
+        control_plane: str = DEFAULT_CONTROL_PLANE,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        root_cert: str | None = None,
         retry: float = 5.0,
     ) -> None:
         self.api = api
         self.is_leader = is_leader
         self.waypoint_image = waypoint_image
+        self.control_plane = control_plane
+        self.trust_domain = trust_domain
+        self.root_cert = root_cert
         self.retry = retry
         self.status_writes = 0
         self.conflicts = 0
@@ -75,6 +102,10 @@ class KubeWriter:
         self._written: dict[tuple[str, str, str, str], tuple[str, str]] = {}
         # (kind, ns, name) of waypoint objects -> the manifest last applied, as JSON.
         self._applied: dict[Key, str] = {}
+        # namespace -> (roots applied, resourceVersion of the ConfigMap seen then; "" for none):
+        # until the watch brings our write back, the store still shows what we replaced.
+        self._roots_applied: dict[str, tuple[str, str]] = {}
+        self.root_cert_applies = 0
 
     async def run(self, controller: Controller) -> None:
         seen = 0
@@ -87,6 +118,7 @@ class KubeWriter:
                 # A new leader starts from what the API says, not from what we wrote earlier.
                 self._written.clear()
                 self._applied.clear()
+                self._roots_applied.clear()
                 continue
             await self.write(controller.state, controller.last_status)
 
@@ -106,6 +138,7 @@ class KubeWriter:
             await self.sync_waypoints(state)
         except KubeUnavailable as exc:
             log.warning("waypoint objects not written", error=str(exc))
+        await self.sync_root_cert(state)
 
     # --- status ------------------------------------------------------------------------------
 
@@ -217,7 +250,8 @@ class KubeWriter:
                 continue
             if meta.get("deletionTimestamp"):
                 continue  # the garbage collector takes its objects
-            for obj in waypoint_objects(gateway, self.waypoint_image):
+            for obj in waypoint_objects(gateway, self.waypoint_image, control_plane=self.control_plane,
+                                        trust_domain=self.trust_domain):
                 wanted[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
         for key in list(self._applied):
             if key not in wanted:
@@ -228,6 +262,60 @@ class KubeWriter:
                 continue
             await self.apply(obj)
             self._applied[key] = text
+
+    # --- istio-ca-root-cert ------------------------------------------------------------------
+
+    async def sync_root_cert(self, state: ClusterState) -> None:
+        """Apply the root certificate ConfigMap where the store shows it missing or different."""
+        if self.root_cert is None:
+            return
+        live: set[str] = set()
+        failed: list[str] = []
+        for namespace in state.namespaces():
+            meta = namespace.get("metadata")
+            name = meta.get("name") if isinstance(meta, dict) else None
+            if not isinstance(name, str) or name in ROOT_CERT_IGNORED_NAMESPACES:
+                continue
+            status = namespace.get("status")
+            if isinstance(status, dict) and status.get("phase") == "Terminating":
+                continue
+            live.add(name)
+            current = state.get("ConfigMap", name, ROOT_CERT_CONFIGMAP)
+            if current is not None and _holds_root(current, self.root_cert):
+                continue
+            seen = _resource_version(current) if current is not None else ""
+            if self._roots_applied.get(name) == (self.root_cert, seen):
+                continue  # applied already; the watch has not brought it back yet
+            try:
+                if await self.apply_root_cert(name):
+                    self._roots_applied[name] = (self.root_cert, seen)
+            except KubeUnavailable as exc:
+                # One namespace's failure does not hold back the others; one line for them all.
+                failed.append(str(exc))
+        for name in list(self._roots_applied):
+            if name not in live:
+                del self._roots_applied[name]
+        if failed:
+            log.warning("root certificate not published, retrying after the next reconciliation",
+                        namespaces=len(failed), error=failed[0])
+
+    async def apply_root_cert(self, namespace: str) -> bool:
+        """Server-side apply ``istio-ca-root-cert`` in ``namespace``; False if the namespace is going away."""
+        obj = {"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": ROOT_CERT_CONFIGMAP, "namespace": namespace, "labels": dict(ROOT_CERT_LABELS)},
+               "data": {ROOT_CERT_KEY: self.root_cert}}
+        path = _CONFIG_MAPS.object_path(namespace, ROOT_CERT_CONFIGMAP)
+        response = await self.api.request("PATCH", path, body=obj, content_type=APPLY_PATCH,
+                                          query={"fieldManager": FIELD_MANAGER, "force": "true"})
+        if response.status in (403, 404) and _namespace_gone(response):
+            # As istiod: a namespace deleted or terminating takes no new objects; not retried.
+            log.info("root certificate not published, namespace going away", namespace=namespace,
+                     reason=response.message())
+            return False
+        _check(response, "apply", path)
+        self.root_cert_applies += 1
+        log.info("root certificate published", namespace=namespace, configmap=ROOT_CERT_CONFIGMAP)
+        return True
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply ``obj`` as field manager ``wisp`` with force; the object as stored."""
@@ -245,6 +333,25 @@ class KubeWriter:
 def _check(response: Response, what: str, path: str) -> None:
     if not response.ok:
         raise KubeUnavailable("%s %s: %s" % (what, path, response.message()))
+
+
+def _holds_root(configmap: dict[str, Any], roots: str) -> bool:
+    data = configmap.get("data")
+    meta = configmap.get("metadata")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    return (isinstance(data, dict) and data.get(ROOT_CERT_KEY) == roots and isinstance(labels, dict)
+            and all(labels.get(k) == v for k, v in ROOT_CERT_LABELS.items()))
+
+
+def _namespace_gone(response: Response) -> bool:
+    if response.status == 404:
+        return True
+    body = response.body if isinstance(response.body, dict) else {}
+    causes = (body.get("details") or {}).get("causes") if isinstance(body.get("details"), dict) else None
+    if isinstance(causes, list) and any(isinstance(c, dict) and c.get("type") == "NamespaceTerminating"
+                                        for c in causes):
+        return True
+    return "being terminated" in response.message()
 
 
 def _resource_version(obj: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ class RunningOperator:
     def __init__(self, cluster: Cluster, kinds: Sequence[Kind] = KINDS, *, writer: bool = True,
                  extra: Callable[[RunningOperator], list[Coroutine[Any, Any, Any]]] | None = None,
                  elect: dict[str, Any] | None = None, release_on_stop: bool = True,
-                 **source_options: Any) -> None:
+                 writer_options: dict[str, Any] | None = None, **source_options: Any) -> None:
         self.cluster = cluster
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -38,6 +38,7 @@ class RunningOperator:
         self._extra = extra
         self._elect = elect
         self.release_on_stop = release_on_stop
+        self._writer_options = {"retry": 1.0, **(writer_options or {})}
         self.elector: LeaderElector | None = None
         self._source_options = {"backoff": (0.1, 1.0), "absent_retry": 1.0, **source_options}
         self.api: KubeApi
@@ -73,9 +74,9 @@ class RunningOperator:
         self.controller = Controller(self.store, Distributor())
         if self._elect is not None:
             self.elector = LeaderElector(self.api, **self._elect)
-            self.writer = KubeWriter(self.api, retry=1.0, is_leader=self.elector.is_leader)
+            self.writer = KubeWriter(self.api, is_leader=self.elector.is_leader, **self._writer_options)
         else:
-            self.writer = KubeWriter(self.api, retry=1.0)
+            self.writer = KubeWriter(self.api, **self._writer_options)
         try:
             async with asyncio.TaskGroup() as tasks:
                 running = [tasks.create_task(self.source.run()), tasks.create_task(self.controller.run())]

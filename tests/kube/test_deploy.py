@@ -411,6 +411,8 @@ def test_the_rbac_of_deploy_grants_each_component_what_it_needs_and_no_more(
             ("patch", "services", "--subresource=status", "-n", "shop"),
             ("update", "leases.coordination.k8s.io", "-n", NAMESPACE),
             ("create", "secrets", "-n", NAMESPACE),
+            # The istio-ca-root-cert ConfigMap, in every namespace.
+            ("watch", "configmaps", "-A"), ("patch", "configmaps", "-n", "shop"),
         ):
             assert operator(*request), request
         for request in (

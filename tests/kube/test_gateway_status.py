@@ -23,6 +23,10 @@ def by_type(conditions: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in conditions}
 
 
+def message(parent: dict[str, Any], condition: str) -> str:
+    return next(c["message"] for c in parent["conditions"] if c["type"] == condition)
+
+
 def kubectl_status(cluster: Cluster, resource: str, namespace: str, name: str) -> dict[str, Any]:
     out = cluster.kubectl("get", resource, "-n", namespace, name, "-o", "json").stdout
     return json.loads(out).get("status") or {}
@@ -65,8 +69,14 @@ def test_mesh_route_parents_status_names_a_missing_backend(cluster: Cluster, nod
         (parent,) = status
         assert parent["controllerName"] == "istio.io/mesh-controller"
         assert parent["parentRef"]["name"] == "web" and parent["parentRef"]["port"] == 80
+        # As istiod reports a mesh route whose Service has no waypoint: valid, so Accepted; its
+        # ResolvedWaypoints says nothing carries it out.
         assert by_type(parent["conditions"]) == {"Accepted": ("True", "Accepted"),
-                                                 "ResolvedRefs": ("False", "BackendNotFound")}
+                                                 "ResolvedRefs": ("False", "BackendNotFound"),
+                                                 "ResolvedWaypoints": ("True", "ResolvedWaypoints")}
+        assert message(parent, "ResolvedWaypoints") == (
+            "istio.io/use-waypoint label missing from parent and parent namespace; "
+            "in ambient mode, route will not be respected")
 
         # The backend appears: ResolvedRefs turns True; Accepted keeps its transition time.
         accepted_at = next(c for c in parent["conditions"] if c["type"] == "Accepted")["lastTransitionTime"]
@@ -84,3 +94,11 @@ def test_mesh_route_parents_status_names_a_missing_backend(cluster: Cluster, nod
         wait_for(lambda: op.controller.reconciliations > seen, "another reconciliation")
         wait_for(lambda: op.on_loop(lambda: op.store.get("Pod", namespace, "other")), "the pod in the store")
         assert op.writer.status_writes == writes, "an unchanged status must not be written again"
+
+        # The Service's namespace enrolls in a waypoint: the message turns to resolved.
+        labelled = client.patch("/api/v1/namespaces/%s" % namespace,
+                                content=json.dumps({"metadata": {"labels": {"istio.io/use-waypoint": "waypoint"}}}),
+                                headers={"content-type": "application/merge-patch+json"})
+        assert labelled.status_code == 200, labelled.text
+        wait_for(lambda: message(kubectl_status(cluster, "httproute", namespace, "canary")["parents"][0],
+                                 "ResolvedWaypoints") == "All waypoints resolved", "ResolvedWaypoints resolved")
