@@ -184,11 +184,16 @@ async def run_kube(args: argparse.Namespace, ca: CertificateAuthority, serving: 
     from .kube.leader import LeaderElector
     from .kube.source import KubeSource
     from .kube.writer import KubeWriter
-    from .kube_auth import KubeAuthenticator
+    from .kube_auth import KubeAuthenticator, KubeAuthError, parse_accounts
 
     health_host, _, health_port = args.health_listen.rpartition(":")
     if not health_port.isdigit():
         log.error("--health-listen must be address:port", health_listen=args.health_listen)
+        return 2
+    try:
+        parse_accounts(args.trusted_node_accounts)
+    except KubeAuthError as exc:
+        log.error("bad --trusted-node-accounts (or CA_TRUSTED_NODE_ACCOUNTS)", error=str(exc))
         return 2
     try:
         api = await KubeApi.connect(args.kubeconfig, args.context)

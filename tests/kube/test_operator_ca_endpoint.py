@@ -239,3 +239,13 @@ def test_sigterm_ends_open_config_streams_releases_the_lease_and_exits(cluster: 
         output = _stop(running.process)
     assert "lease released" in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
+
+
+def test_malformed_trusted_node_accounts_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([str(Path(sys.executable).parent / "wisp-operator"), "--kubeconfig", str(tmp_path / "none"),
+                             "--state-dir", str(tmp_path / "state"), "--trusted-node-accounts", "ztunnel"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr + result.stdout
+    output = result.stdout + result.stderr
+    assert "trusted node account 'ztunnel' is not <namespace>/<service-account>" in output
+    assert "Traceback" not in output
