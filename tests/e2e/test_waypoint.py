@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -320,6 +321,75 @@ def test_a_route_scoped_to_port_80_does_not_apply_on_8080(mesh, shop):
         on_8080 = many(mesh, "http://echo.shop:8080/", 30)
     assert all("x-route" not in echo_headers(b) for b in on_8080)
     assert "v1" in {version(b) for b in on_8080}  # the Service's own endpoints: v1 and v2
+
+
+# -- HTTP/2 and gRPC --------------------------------------------------------------------------------
+
+GRPC_CLIENT = """
+import sys, grpc
+def encode(text):
+    data = text.encode()
+    return b"\\x0a" + bytes([len(data)]) + data
+def decode(data):
+    fields, i = {}, 0
+    while i < len(data):
+        key, size = data[i], data[i + 1]
+        fields[key >> 3] = data[i + 2:i + 2 + size].decode()
+        i += 2 + size
+    return fields
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    echo = channel.unary_unary("/wisp.echo.Echo/Echo", request_serializer=encode, response_deserializer=decode)
+    for _ in range(int(sys.argv[2])):
+        answer = echo("through the waypoint", timeout=5)
+        print(answer.get(3), answer.get(1))
+"""
+
+
+def grpc_calls(mesh, count: int) -> list[tuple[str, str]]:
+    """(hostname, echoed message) of `count` unary calls on one gRPC channel to echo:80."""
+    ip = json.loads(mesh.wisp("get", "svc", "echo", "-n", "shop", "-o", "json").stdout)["spec"]["clusterIP"]
+    result = mesh.in_pod("shop", "client", sys.executable, "-c", GRPC_CLIENT, f"ipv4:{ip}:80", str(count), timeout=30)
+    assert result.returncode == 0, result.stderr[-1500:]
+    return [tuple(line.split(" ", 1)) for line in result.stdout.splitlines()]
+
+
+H2C_CLIENT = """
+import sys, httpx
+with httpx.Client(http1=False, http2=True, timeout=5) as client:
+    for n in range(int(sys.argv[2])):
+        answer = client.get(sys.argv[1] + "?n=%d" % n)
+        print(answer.http_version, answer.status_code, answer.text.split(chr(10))[0])
+"""
+
+
+def test_an_h2c_client_goes_through_the_waypoint(mesh, shop):
+    # httpx, not curl: curl 7.88 sends nothing for a second URL on a reused prior-knowledge connection.
+    before = requests_total(waypoint_metrics(mesh), reporter="waypoint", destination_service_name="echo")
+    result = mesh.in_pod("shop", "client", sys.executable, "-c", H2C_CLIENT, "http://echo.shop/h2c", "5", timeout=30)
+    assert result.returncode == 0, result.stderr[-1500:]
+    answers = [line.split(" ", 2) for line in result.stdout.splitlines()]
+    assert len(answers) == 5 and all(a[:2] == ["HTTP/2", "200"] and version(a[2]) in ("v1", "v2") for a in answers), answers
+    assert requests_total(waypoint_metrics(mesh), reporter="waypoint", destination_service_name="echo") == before + 5
+
+
+def test_grpc_calls_go_through_the_waypoint_and_a_grpcroute_picks_the_backend(mesh, shop):
+    before = requests_total(waypoint_metrics(mesh), reporter="waypoint", request_protocol="grpc")
+    calls = grpc_calls(mesh, 4)
+    assert [message for _, message in calls] == ["through the waypoint"] * 4
+    assert requests_total(waypoint_metrics(mesh), reporter="waypoint", request_protocol="grpc",
+                          grpc_response_status="0") == before + 4
+    text = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: grpc-to-v2, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{method: {service: wisp.echo.Echo, method: Echo}}]
+    backendRefs: [{name: echo-v2, port: 80}]
+"""
+    with applied(mesh, text, "grpc-to-v2"):
+        route_in_effect(mesh, lambda: {version(f"hostname={h}") for h, _ in grpc_calls(mesh, 6)} == {"v2"}, "the GRPCRoute")
 
 
 # -- L7 policy -------------------------------------------------------------------------------------
