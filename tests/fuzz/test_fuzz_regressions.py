@@ -107,3 +107,22 @@ def test_config_stream_refuses_a_removal_of_an_unknown_kind_as_a_protocol_error(
         view.apply(decode(b'{"type":"delta","version":"e1-2","since":"e1-1","upserts":[],'
                           b'"removals":[{"kind":"woriload","key":"shop/cart"}]}'))
     assert view.version == "e1-1"
+
+
+def test_hbone_server_does_not_answer_a_connect_the_codec_reset_in_the_same_read():
+    """hbone_server: a CONNECT and, in the same read, a second HEADERS on its stream without
+    END_STREAM (a stream error: the codec resets the stream). Answering the CONNECT then wrote on
+    the reset stream, and StreamClosedError cost the whole connection."""
+    peer = RawPeer()
+    sock = RecordingSocket()
+    requests = []
+    conn = ServerConnection(_Loop(), sock, on_request=requests.append, local=("10.0.0.2", 15008),
+                            peer=("10.0.0.1", 40000), peer_identity=None)
+    data = (peer.client_preface() + peer.headers(5, [(":method", "CONNECT"), (":authority", "[fd00::7]:0")])
+            + peer.headers(5, [("x-second", "block")]))
+    conn._receive(memoryview(data))
+    conn.flush()
+    assert not conn.closed and conn.streams == {}
+    sent = parse_frames(bytes(sock.sent))
+    assert [(f.type, f.stream_id) for f in sent if f.stream_id] == [(frames.RST_STREAM, 5)]
+    assert requests == []

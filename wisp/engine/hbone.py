@@ -653,6 +653,11 @@ class ServerConnection(HboneConnection):
     def respond(self, stream: StreamEnd, status: int, reason: str) -> None:
         if stream._closed:
             return
+        if self.codec.stream_state(stream.stream_id) == "closed":
+            # The codec reset this stream later in the same read (a stream error, e.g. a second
+            # HEADERS without END_STREAM; found by fuzzing): nothing can be sent on it, and the
+            # StreamReset event that follows ends it here.
+            return
         headers: list[tuple[bytes, bytes]] = [(b":status", str(status).encode())]
         body = reason.encode()
         if status != 200 and body:
