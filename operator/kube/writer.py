@@ -282,6 +282,8 @@ class KubeWriter:
             live.add(name)
             current = state.get("ConfigMap", name, ROOT_CERT_CONFIGMAP)
             if current is not None and _holds_root(current, self.root_cert):
+                # Our write came back (or was never needed): a later delete must be seen anew.
+                self._roots_applied.pop(name, None)
                 continue
             seen = _resource_version(current) if current is not None else ""
             if self._roots_applied.get(name) == (self.root_cert, seen):
