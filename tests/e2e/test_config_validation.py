@@ -140,11 +140,14 @@ def test_apply_reports_each_object_truthfully_and_status_follows_generation(mesh
             "authorizationpolicy.security.istio.io/generations configured"
         mesh.wait_for(lambda: [(c["reason"], c["observedGeneration"]) for c in conditions(mesh, "generations")]
                       == [("UnsupportedValue", 2)], what="fresh condition for generation 2")
-        # Moved to a waypoint (targetRefs): ztunnel no longer gets it, so no ZtunnelAccepted at all.
+        # Moved to a waypoint (targetRefs): ztunnel no longer gets it, so its ZtunnelAccepted goes;
+        # what is left is Istio's WaypointAccepted, refused because `near` has no waypoint.
         waypoint = changed.replace("selector: {matchLabels: {app: server-near}}",
                                    "targetRefs: [{kind: Service, group: '', name: near}]")
         assert apply(mesh, waypoint, "generations").returncode == 0
-        mesh.wait_for(lambda: conditions(mesh, "generations") == [], what="stale condition cleared")
+        mesh.wait_for(lambda: [(c["type"], c["status"], c["reason"]) for c in conditions(mesh, "generations")]
+                      == [("WaypointAccepted", "False", "AncestorNotBound")],
+                      what="stale ZtunnelAccepted cleared, WaypointAccepted written")
     finally:
         mesh.delete(POLICY, "generations")
     listing = json.loads(mesh.wisp("get", "ap", "-A", "-o", "json").stdout)
