@@ -3,14 +3,15 @@ JSONRenderer writes, whatever the request's bytes, written once per loop pass.""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 
 import structlog
 
+from waypoint import telemetry
 from waypoint.route.parse import RouteRef
 from waypoint.telemetry import Party, RequestRecord, Telemetry
-from wisp import log as wisp_log
 from wisp.engine.loop import Loop
 from wisp.identity import SpiffeId
 from wisp.model import Service
@@ -28,16 +29,20 @@ def _finish(telemetry: Telemetry, path: bytes = b"/", **kw) -> None:
     record.finish(kw.pop("status", 200), **kw)
 
 
-def _structlog_line(capsys, **kw) -> dict:
-    wisp_log.configure(json=True)
-    try:
-        _finish(Telemetry(access_log=True), **kw)
-    finally:
-        structlog.reset_defaults()
-    return json.loads(capsys.readouterr().err)
+def _structlog_line(monkeypatch, **kw) -> dict:
+    """The line structlog writes with wisp.log's JSON processors (bound here, not configured
+    globally, so no other test's loggers change)."""
+    out = io.StringIO()
+    logger = structlog.wrap_logger(structlog.PrintLogger(out), processors=[
+        structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer()])
+    monkeypatch.setattr(telemetry, "log", logger)
+    _finish(Telemetry(access_log=True), **kw)
+    return json.loads(out.getvalue())
 
 
-def test_lines_are_the_ones_structlog_writes(capsys) -> None:
+def test_lines_are_the_ones_structlog_writes(monkeypatch) -> None:
     cases = [
         dict(service=SERVICE, upstream="10.0.2.5:8080", route=ROUTE),
         dict(status=503, upstream="10.0.2.5:8080", flags="UF", error='connect "refused"\n'),
@@ -45,7 +50,7 @@ def test_lines_are_the_ones_structlog_writes(capsys) -> None:
         dict(path='/ü"\\\x00\x7f?q=1'.encode("latin-1", "replace"), grpc_status="14", destination=None),
     ]
     for case in cases:
-        expected = _structlog_line(capsys, **dict(case))
+        expected = _structlog_line(monkeypatch, **dict(case))
         written: list[str] = []
         telemetry = Telemetry(access_log=True, json_lines=True)
         telemetry.lines._write = written.append
