@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from wisp import log
@@ -9,6 +11,9 @@ from wisp.identity import CertificateAuthority, SpiffeId
 
 TRUST_DOMAIN = "cluster.local"
 
+# Every configure() in this process (the CLI and proxy mains tests call) leaves loggers uncached,
+# so `structlog.testing.capture_logs` sees them whichever test used them first.
+os.environ["WISP_LOG_CACHE"] = "0"
 log.configure("info", json=False)
 
 
