@@ -198,13 +198,18 @@ def test_precheck_finds_istio_cni_and_a_foreign_ztunnel(cluster: Cluster, namesp
                     "spec": {"containers": [{"name": "c", "image": "example.invalid/none"}]}}}}
 
     objects = [daemonset("istio-cni-node", {"k8s-app": "istio-cni-node"}), daemonset("ztunnel", {"app": "ztunnel"})]
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
-    done = wisp(cluster, "precheck")
-    assert done.returncode == 1
-    assert "Error [WISP0008] (DaemonSet %s/istio-cni-node) Istio's CNI node agent is installed" % namespace \
-        in done.stdout
-    assert "Error [WISP0009] (DaemonSet %s/ztunnel) a ztunnel wisp does not own" % namespace in done.stdout
-    assert "Error: 2 issue(s) found when checking the cluster." in done.stdout
+    manifest = yaml.safe_dump_all(objects)
+    cluster.kubectl("apply", "-f", "-", input=manifest)
+    try:
+        done = wisp(cluster, "precheck")
+        assert done.returncode == 1
+        assert "Error [WISP0008] (DaemonSet %s/istio-cni-node) Istio's CNI node agent is installed" % namespace \
+            in done.stdout
+        assert "Error [WISP0009] (DaemonSet %s/ztunnel) a ztunnel wisp does not own" % namespace in done.stdout
+        assert "Error: 2 issue(s) found when checking the cluster." in done.stdout
+    finally:
+        # Gone before the next test's precheck: the namespace fixture's delete finishes later.
+        cluster.kubectl("delete", "-f", "-", "--wait=true", input=manifest)
 
 
 def test_precheck_reports_each_permission_a_limited_user_lacks(cluster: Cluster, namespace: str,
