@@ -22,6 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import profile
+
 FREQUENCY = 999
 
 # User-space libraries by the file a frame's code lives in.
@@ -105,7 +107,7 @@ def parse_script(text: str) -> Counter[str]:
     return layers
 
 
-class Recording:
+class Recording(profile.Recording):
     """`with Recording(pids, seconds, output)`: perf records those processes (and threads they
     start) with call graphs while the block runs."""
 
@@ -114,23 +116,7 @@ class Recording:
                      "-o", str(output), "--", "sleep", str(max(1, int(seconds)))]
         self.output = output
         self.seconds = seconds
-        self._process: subprocess.Popen | None = None
-        self.log = ""
-        self.returncode: int | None = None
-
-    def __enter__(self) -> Recording:
-        self._process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        process = self._process
-        try:
-            out, _ = process.communicate(timeout=self.seconds + 60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, _ = process.communicate()
-        self.log, self.returncode = out, process.returncode
+        self._process = None
 
     def layers(self) -> Counter[str]:
         if self.returncode != 0 or not self.output.exists():
