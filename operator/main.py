@@ -106,7 +106,39 @@ def write_secret(path: Path, text: str) -> None:
         f.write(text)
 
 
+def kube_arguments_valid(args: argparse.Namespace) -> bool:
+    """Kubernetes mode's own options, checked before anything connects; logs what is wrong."""
+    from .kube_auth import KubeAuthError, parse_accounts
+
+    if not args.health_listen.rpartition(":")[2].isdigit():
+        log.error("--health-listen must be address:port", health_listen=args.health_listen)
+        return False
+    try:
+        parse_accounts(args.trusted_node_accounts)
+    except KubeAuthError as exc:
+        log.error("bad --trusted-node-accounts (or CA_TRUSTED_NODE_ACCOUNTS)", error=str(exc))
+        return False
+    return True
+
+
 async def run(args: argparse.Namespace) -> int:
+    if args.manifests is None and not kube_arguments_valid(args):
+        return 2
+    if args.manifests is None and not args.cacerts:
+        # Kubernetes mode: every replica signs with the CA kept in a Secret (operator/kube/ca_secret.py).
+        from .kube.ca_secret import shared_ca
+        from .kube.client import KubeApi, KubeError
+
+        try:
+            api = await KubeApi.connect(args.kubeconfig, args.context)
+            try:
+                args.cacerts = await shared_ca(api, args.lease_namespace, args.state_dir / "shared-ca",
+                                               args.trust_domain)
+            finally:
+                await api.close()
+        except (KubeError, OSError) as exc:
+            log.error("cannot get the shared CA", error=str(exc))
+            return 1
     try:
         ca = load_ca(args)
     except (IdentityError, OSError) as exc:
@@ -184,17 +216,9 @@ async def run_kube(args: argparse.Namespace, ca: CertificateAuthority, serving: 
     from .kube.leader import LeaderElector
     from .kube.source import KubeSource
     from .kube.writer import KubeWriter
-    from .kube_auth import KubeAuthenticator, KubeAuthError, parse_accounts
+    from .kube_auth import KubeAuthenticator
 
-    health_host, _, health_port = args.health_listen.rpartition(":")
-    if not health_port.isdigit():
-        log.error("--health-listen must be address:port", health_listen=args.health_listen)
-        return 2
-    try:
-        parse_accounts(args.trusted_node_accounts)
-    except KubeAuthError as exc:
-        log.error("bad --trusted-node-accounts (or CA_TRUSTED_NODE_ACCOUNTS)", error=str(exc))
-        return 2
+    health_host, _, health_port = args.health_listen.rpartition(":")  # checked by kube_arguments_valid
     try:
         api = await KubeApi.connect(args.kubeconfig, args.context)
     except KubeError as exc:
