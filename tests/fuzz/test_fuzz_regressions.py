@@ -93,6 +93,24 @@ def test_ca_refuses_a_csr_whose_public_key_is_not_a_valid_point_with_400():
     assert "CSR public key or signature cannot be read" in response.body["error"]
 
 
+CSR_WITH_VERSION_1 = b'{"csr": "-----BEGIN CERTIFICATE REQUEST-----\\nMIIBAjCBqQIBATAAMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEeGdyHJB/KRtn\\nR9dj9MDbQQuPLOAeb4kQ7qPjiZlpD6240VuWTG6xxKjEtf5ebWj3zFl7Z407bboq\\nPIobAxCuTKBHMEUGCSqGSIb3DQEJDjE4MDYwNAYDVR0RAQH/BCowKIYmc3BpZmZl\\nOi8vY2x1c3Rlci5sb2NhbC9ucy9zaG9wL3NhL2NhcnQwCgYIKoZIzj0EAwIDSAAy\\nRQIhAOpCe0C4sOFS+5Q3N9CPkgLWzTsm89mLtrYTsVEMPC8aAiAU4W49srt5yYMm\\nzx0i+hq/m9HAgkGSIMT8EKRxhCJB+A==\\n-----END CERTIFICATE REQUEST-----\\n", "identity": "spiffe://cluster.local/ns/shop/sa/cart"}'
+
+
+def test_ca_refuses_a_csr_with_an_invalid_version_with_400():
+    """ca_csr (found by the CI smoke run): a CSR whose version field is 1 makes cryptography raise
+    InvalidVersion, which is not a ValueError, out of the CA endpoint: a 500."""
+    from wisp.identity import CertificateAuthority
+    from wisp_operator.auth import Caller
+    from wisp_operator.ca_service import CaService
+    from wisp_operator.cluster import ClusterState
+    from wisp_operator.distributor import ROLE_ZTUNNEL
+
+    service = CaService(CertificateAuthority.generate("cluster.local"), authorizer=lambda *args: None)
+    response = service.sign(Caller(ROLE_ZTUNNEL, node="node1"), CSR_WITH_VERSION_1, ClusterState.of([]))
+    assert response.status == 400
+    assert "CSR has an invalid version" in response.body["error"]
+
+
 def test_config_stream_refuses_a_removal_of_an_unknown_kind_as_a_protocol_error():
     """config_stream: a delta removing `{"kind": "woriload"}` decoded, then `apply` raised
     KeyError, which the subscriber (wisp/controlplane/client.py) does not catch: the stream

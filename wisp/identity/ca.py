@@ -291,6 +291,8 @@ def _parse_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
         csr = x509.load_pem_x509_csr(csr_pem)
     except (ValueError, TypeError) as exc:
         raise InvalidCsr(f"CSR is not a PEM certificate request: {exc}") from None
+    except x509.InvalidVersion as exc:  # not a ValueError (found by fuzzing: a 500 from the CA)
+        raise InvalidCsr(f"CSR has an invalid version: {exc}") from None
     # The loader parses lazily: a public key that is not a valid point or an unknown algorithm
     # only raises here (found by fuzzing: "Invalid key" escaped as a 500 from the CA endpoint).
     try:
