@@ -38,7 +38,7 @@ def replay(name: str) -> int:
     return count
 
 
-def fuzz(name: str, runs: int, rss_limit_mb: int, timeout: int, max_time: int = 0) -> None:
+def fuzz(name: str, runs: int, rss_limit_mb: int, timeout: int, max_time: int = 0, seed: int = 0) -> None:
     import atheris
 
     target = TARGETS[name]
@@ -48,7 +48,8 @@ def fuzz(name: str, runs: int, rss_limit_mb: int, timeout: int, max_time: int = 
     work = tempfile.mkdtemp(prefix=f"wisp-fuzz-{name}-")
     argv = [sys.argv[0], work, str(CORPUS / name), f"-runs={runs}", f"-rss_limit_mb={rss_limit_mb}",
             f"-timeout={timeout}", f"-max_len={target.max_len}", f"-artifact_prefix={CRASHES}/{name}-",
-            "-print_final_stats=1"] + ([f"-max_total_time={max_time}"] if max_time else [])
+            "-print_final_stats=1"] + ([f"-max_total_time={max_time}"] if max_time else []) \
+        + ([f"-seed={seed}"] if seed else [])
     atheris.Setup(argv, run)
     atheris.Fuzz()   # exits the process: 0 when every run passed
 
@@ -60,6 +61,8 @@ def main() -> None:
     parser.add_argument("--rss-limit-mb", type=int, default=1024)
     parser.add_argument("--timeout", type=int, default=1, help="seconds one input may take")
     parser.add_argument("--max-time", type=int, default=0, help="stop after this many seconds (0: no limit)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="libFuzzer's random seed (0: a new one each run; the test suite's smoke fixes it)")
     parser.add_argument("--replay", action="store_true", help="run the corpus once without atheris")
     args = parser.parse_args()
     if args.target == "list":
@@ -75,7 +78,7 @@ def main() -> None:
     if args.replay:
         print(f"{args.target}: {replay(args.target)} corpus inputs passed")
         return
-    fuzz(args.target, args.runs, args.rss_limit_mb, args.timeout, args.max_time)
+    fuzz(args.target, args.runs, args.rss_limit_mb, args.timeout, args.max_time, args.seed)
 
 
 if __name__ == "__main__":

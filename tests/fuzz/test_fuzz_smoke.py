@@ -49,7 +49,9 @@ def test_fuzz_target_survives_a_short_run(name):
     seeds = sorted((CORPUS / name).iterdir())
     assert seeds, f"no seed corpus for {name}; run `python -m fuzz record`"
     if HAVE_ATHERIS:
-        result = subprocess.run([sys.executable, "-m", "fuzz", name, "--runs", str(runs)], cwd=REPO,
+        # A fixed seed: the suite's verdict must not depend on the draw (long runs explore freely,
+        # and what they find becomes a regression test).
+        result = subprocess.run([sys.executable, "-m", "fuzz", name, "--runs", str(runs), "--seed", "1"], cwd=REPO,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-4000:]
         assert f"Done {runs} runs" in result.stderr
