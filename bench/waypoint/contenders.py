@@ -64,8 +64,9 @@ WAYPOINT_GATEWAY = "waypoint"
 NGINX_PORT = 8081
 NOBODY = 65534
 
-NGINX_PROXY_CONF = """\
-# The benchmark's native L7 anchor: an HTTP/1.1 reverse proxy with keep-alive upstream.
+# What both nginx configurations share: one worker, no access log, keep-alive both ways, the
+# upstream `server`; each adds its own listening server block.
+_NGINX_MAIN = """\
 daemon off;
 master_process on;
 worker_processes 1;
@@ -89,6 +90,11 @@ http {{
         keepalive_requests 100000000;
         keepalive_timeout 600s;
     }}
+"""
+
+NGINX_PROXY_CONF = """\
+# The benchmark's native L7 anchor: an HTTP/1.1 reverse proxy with keep-alive upstream.
+""" + _NGINX_MAIN + """\
     server {{
         listen {listen} backlog=4096;
         location / {{
@@ -239,29 +245,7 @@ class WispWaypoint(Contender):
 
 NGINX_MTLS_CONF = """\
 # The same crypto as the waypoint path, natively: mutual TLS in, HTTP/1.1 over mutual TLS out.
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid {prefix}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 19000; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 600s;
-    client_header_timeout 600s;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    upstream server {{
-        server {upstream};
-        keepalive 64;
-        keepalive_requests 100000000;
-        keepalive_timeout 600s;
-    }}
+""" + _NGINX_MAIN + """\
     server {{
         listen {listen} ssl backlog=4096;
         ssl_protocols TLSv1.3;
