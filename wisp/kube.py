@@ -190,3 +190,20 @@ def condition_true(obj: dict[str, Any], oid: ObjectId, condition_type: str) -> b
         if cond.get("type") == condition_type:
             return cond.get("status") == "True"
     return False
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One API server answer: its HTTP status and decoded JSON body (``{}`` when it had none)."""
+
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def message(self) -> str:
+        """The Status message the API server gave, for logs and errors."""
+        text = self.body.get("message") if isinstance(self.body, dict) else None
+        return text if isinstance(text, str) else "HTTP %d" % self.status

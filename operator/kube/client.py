@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import aiohttp
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
+from wisp.kube import Response
 from wisp_operator.errors import OperatorError
 
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -33,21 +33,6 @@ class KubeError(OperatorError):
 
 class KubeUnavailable(KubeError):
     """The API server could not be reached, or the connection broke."""
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: dict[str, Any]
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    def message(self) -> str:
-        """The Status message the API server gave, for logs and errors."""
-        text = self.body.get("message") if isinstance(self.body, dict) else None
-        return text if isinstance(text, str) else "HTTP %d" % self.status
 
 
 class KubeApi:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wisp.kube import Response
+
 if TYPE_CHECKING:
     from kubernetes_asyncio import client as k8s_client
 
@@ -31,20 +33,6 @@ FIELD_MANAGER = "wisp"
 
 class KubeCommandError(Exception):
     """The cluster could not be reached or configured; printed as one line."""
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: dict[str, Any]
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    def message(self) -> str:
-        text = self.body.get("message")
-        return text if isinstance(text, str) else "HTTP %d" % self.status
 
 
 @dataclass(frozen=True, slots=True)
