@@ -16,6 +16,7 @@ import trio
 from wisp import log, sockets
 
 from .config import EchoConfig
+from .faults import Faults, SwitchError, Switches
 from .server import serve
 
 logger = structlog.get_logger("wisp.echo")
@@ -25,6 +26,13 @@ examples:
   wisp-echo --http 8080
   wisp-echo --http 8080 --grpc 9090 --tcp 9000 --name web-0
   wisp-echo --bind :: --http 8080 --log-requests
+  wisp-echo --http 8080 --fail-first 2 --fail-status 503
+  wisp-echo --http 8080 --fail-percent 50 --delay-ms 100
+
+failure and delay switches (flags, or WISP_ECHO_FAIL_FIRST, WISP_ECHO_FAIL_PERCENT,
+WISP_ECHO_FAIL_STATUS, WISP_ECHO_DELAY_MS; flags win), and per request the headers
+x-echo-status, x-echo-fail-percent, x-echo-fail-status, x-echo-fail-first with
+x-echo-fail-key, x-echo-delay-ms, x-echo-grpc-status: see `pydoc wisp.echo.faults`.
 """
 
 
@@ -46,12 +54,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="log one line per request or TCP connection")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--fail-first", type=int, metavar="N",
+                        help="fail the first N requests (status --fail-status)")
+    parser.add_argument("--fail-percent", type=float, metavar="P",
+                        help="fail each request with probability P%% (0-100)")
+    parser.add_argument("--fail-status", type=int, metavar="S",
+                        help="status of the failures above (default 503)")
+    parser.add_argument("--delay-ms", type=int, metavar="D",
+                        help="answer every request D milliseconds late")
     args = parser.parse_args(argv)
     if args.http is None and args.grpc is None and args.tcp is None:
         parser.error("give at least one of --http, --grpc, --tcp")
+    try:
+        switches = _switches(args, os.environ)
+    except SwitchError as exc:
+        parser.error(str(exc))
     log.configure(args.log_level)
     config = EchoConfig(name=args.name or os.environ.get("HOSTNAME") or socket.gethostname(),
-                        log_requests=args.log_requests)
+                        log_requests=args.log_requests, faults=Faults(switches))
     listeners: dict[str, socket.socket] = {}
     try:
         for kind in ("http", "grpc", "tcp"):
@@ -72,12 +92,23 @@ async def _run(config: EchoConfig, listeners: dict[str, socket.socket]) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(serve, config, **listeners))
             logger.info("echo app listening", name=config.name,
+                        switches=str(config.faults.switches) if config.faults.switches.active else None,
                         **{kind: sock.getsockname()[1] for kind, sock in listeners.items()})
             async for signum in signals:
                 logger.info("echo app stopping", signal=signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
     return 0
+
+
+def _switches(args: argparse.Namespace, env: dict[str, str]) -> Switches:
+    """The pod's failure and delay switches: the environment's, each overridden by its flag."""
+    base = Switches.from_environment(env)
+    return Switches(
+        fail_first=base.fail_first if args.fail_first is None else args.fail_first,
+        fail_percent=base.fail_percent if args.fail_percent is None else args.fail_percent,
+        fail_status=base.fail_status if args.fail_status is None else args.fail_status,
+        delay_ms=base.delay_ms if args.delay_ms is None else args.delay_ms)
 
 
 def _port(text: str) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .faults import Faults
 
 # Bytes asked of the socket per read: large reads keep Python work per chunk, not per packet.
 READ_SIZE = 256 * 1024
@@ -12,3 +14,5 @@ READ_SIZE = 256 * 1024
 class EchoConfig:
     name: str  # reported as `hostname`; the local runtime sets it to the pod's name
     log_requests: bool = False  # one log line per request or TCP connection (off for benchmarks)
+    # The failure and delay switches and their counts (wisp.echo.faults); shared by every listener.
+    faults: Faults = field(default_factory=Faults, compare=False)

@@ -13,7 +13,7 @@ import structlog
 import trio
 
 from .config import READ_SIZE, EchoConfig
-from .report import MAX_BODY, Request, Response, keeps_body, respond
+from .report import MAX_BODY, Request, Response, keeps_body, respond, with_plan
 
 log = structlog.get_logger("wisp.echo")
 
@@ -35,7 +35,10 @@ async def serve_http1(stream: trio.abc.Stream, initial: bytes, peer: str,
             if type(event) is not h11.Request:
                 return  # the client closed between requests
             request = await _read_request(conn, stream, event, peer)
-            response = respond(request, config.name)
+            plan = config.faults.plan(request.headers)
+            if plan.delay_s and not plan.error:
+                await trio.sleep(plan.delay_s)
+            response = with_plan(respond(request, config.name), plan, config.name)
             await _send_response(conn, stream, response, head_only=request.method == "HEAD")
             if config.log_requests:
                 log.info("request", protocol=request.protocol, method=request.method,

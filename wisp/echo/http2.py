@@ -8,6 +8,8 @@ ends the connection with GOAWAY.
 
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass, field
 
 import h2.config
@@ -21,7 +23,8 @@ import trio
 
 from . import grpc
 from .config import READ_SIZE, EchoConfig
-from .report import FILLER, MAX_BODY, Request, Response, keeps_body, respond
+from .faults import Plan, grpc_status_for
+from .report import FILLER, MAX_BODY, Request, Response, keeps_body, respond, with_plan
 
 log = structlog.get_logger("wisp.echo")
 
@@ -94,21 +97,28 @@ class _Connection:
         self.h2.max_inbound_frame_size = _MAX_FRAME
         self.incoming: dict[int, _Incoming] = {}
         self.outgoing: dict[int, _Outgoing] = {}
+        # Answers held back by a delay switch: (due, stream id) in a heap, the request by stream.
+        self.due: list[tuple[float, int]] = []
+        self.delayed: dict[int, tuple[_Incoming, Plan]] = {}
 
     async def run(self, data: bytes) -> None:
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(_CONNECTION_WINDOW - 65535)
         try:
             while True:
-                going_on = self._handle(self.h2.receive_data(data))
+                going_on = self._handle(self.h2.receive_data(data)) if data else True
+                self._answer_due()
                 while self._send_some():
                     await self._flush()
                 await self._flush()
                 if not going_on:
                     return
-                data = await self.stream.receive_some(READ_SIZE)
-                if not data:
-                    return
+                data = b""
+                # One task serves every stream, so a delayed answer is a deadline, not a sleep.
+                with trio.move_on_at(self.due[0][0] if self.due else math.inf):
+                    data = await self.stream.receive_some(READ_SIZE)
+                    if not data:
+                        return
         except h2.exceptions.ProtocolError as exc:
             log.debug("bad HTTP/2 connection", peer=self.peer, error=repr(exc))
             try:
@@ -137,10 +147,17 @@ class _Connection:
             elif kind is h2.events.StreamEnded:
                 request = self.incoming.pop(event.stream_id, None)
                 if request is not None:
-                    self._answer(event.stream_id, request)
+                    plan = self.config.faults.plan(request.headers)
+                    if plan.delay_s and not plan.error:
+                        self.delayed[event.stream_id] = (request, plan)
+                        heapq.heappush(self.due, (trio.current_time() + plan.delay_s,
+                                                  event.stream_id))
+                    else:
+                        self._answer(event.stream_id, request, plan)
             elif kind is h2.events.StreamReset:
                 self.incoming.pop(event.stream_id, None)
                 self.outgoing.pop(event.stream_id, None)
+                self.delayed.pop(event.stream_id, None)
             elif kind is h2.events.ConnectionTerminated:
                 return False
         return True
@@ -167,9 +184,17 @@ class _Connection:
             method=pseudo.get(b":method", b"").decode("ascii", "replace"), path=path,
             headers=headers, is_grpc=is_grpc, body_limit=limit)
 
-    def _answer(self, stream_id: int, request: _Incoming) -> None:
+    def _answer_due(self) -> None:
+        now = trio.current_time()
+        while self.due and self.due[0][0] <= now:
+            _, stream_id = heapq.heappop(self.due)
+            held = self.delayed.pop(stream_id, None)
+            if held is not None:  # else the client reset the stream while it waited
+                self._answer(stream_id, *held)
+
+    def _answer(self, stream_id: int, request: _Incoming, plan: Plan) -> None:
         if request.is_grpc:
-            self._answer_grpc(stream_id, request)
+            self._answer_grpc(stream_id, request, plan)
         elif self.grpc_only:
             self.h2.send_headers(stream_id, [(":status", "415")], end_stream=True)
         else:
@@ -179,7 +204,7 @@ class _Connection:
                 body=bytes(request.body) if len(request.body) <= MAX_BODY else b"",
                 body_bytes=request.body_bytes,
             ), self.config.name)
-            self._start_response(stream_id, request, response)
+            self._start_response(stream_id, request, with_plan(response, plan, self.config.name))
 
     def _start_response(self, stream_id: int, request: _Incoming, response: Response) -> None:
         head = [(":status", str(response.status)), *response.headers]
@@ -192,10 +217,18 @@ class _Connection:
             log.info("request", protocol="HTTP/2", method=request.method, path=request.path,
                      status=response.status, peer=self.peer, body_bytes=request.body_bytes)
 
-    def _answer_grpc(self, stream_id: int, request: _Incoming) -> None:
-        reply = grpc.call(request.path, bytes(request.body), body_bytes=request.body_bytes,
-                          peer=self.peer, hostname=self.config.name)
+    def _answer_grpc(self, stream_id: int, request: _Incoming, plan: Plan) -> None:
+        if plan.error:
+            reply = grpc.Reply(grpc.Status.INVALID_ARGUMENT, plan.error)
+        elif code := (plan.grpc_status if plan.grpc_status is not None
+                      else grpc_status_for(plan.status) if plan.status is not None else 0):
+            reply = grpc.Reply(grpc.Status(code), f"injected by the echo app: {plan.fault}")
+        else:
+            reply = grpc.call(request.path, bytes(request.body), body_bytes=request.body_bytes,
+                              peer=self.peer, hostname=self.config.name)
         head = [(":status", "200"), ("content-type", grpc.CONTENT_TYPE)]
+        if plan.fault:
+            head.append(("x-echo-fault", plan.fault))
         if reply.status is grpc.Status.OK:
             self.h2.send_headers(stream_id, head)
             self.outgoing[stream_id] = _Outgoing(reply.body, 0, [("grpc-status", "0")])

@@ -12,6 +12,8 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .faults import Plan
+
 MiB = 1024 * 1024
 # The largest body `/size/<n>` sends and `/echo` sends back.
 MAX_BODY = 100 * MiB
@@ -92,6 +94,21 @@ def respond(request: Request, hostname: str) -> Response:
         content_type = _header(request, "content-type") or "application/octet-stream"
         return Response(200, _headers(content_type, len(request.body), hostname), request.body)
     return _report(request, hostname, 200)
+
+
+def with_plan(response: Response, plan: Plan, hostname: str) -> Response:
+    """`response` as the failure and delay switches (`wisp.echo.faults`) say: a bad switch header
+    is a 400, an injected failure replaces the status; either way `x-echo-fault` says what."""
+    if plan.error:
+        return _plain(400, f"{plan.error}\n".encode(), hostname)
+    if not plan.fault:
+        return response
+    status = response.status if plan.status is None else plan.status
+    headers = (*response.headers, ("x-echo-fault", plan.fault))
+    if status in (204, 304):  # statuses that never have a body
+        headers = tuple(item for item in headers if item[0] != "content-length")
+        return Response(status, headers)
+    return Response(status, headers, response.body, response.filler)
 
 
 def report_text(request: Request, hostname: str) -> str:
