@@ -41,6 +41,9 @@ class Backend:
     rewrite: URLRewrite | None = None
     redirect: RequestRedirect | None = None
     mirrors: tuple[RequestMirror, ...] = ()
+    # A DestinationRule subset of the Service (VirtualService ``destination.subset``); None: every
+    # endpoint. The balancer resolves it (waypoint/balance).
+    subset: str | None = None
 
     @property
     def valid(self) -> bool:

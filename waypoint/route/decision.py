@@ -48,6 +48,11 @@ class Forward:
     request_timeout: float | None = None
     backend_timeout: float | None = None
 
+    @property
+    def subset(self) -> str | None:
+        """The DestinationRule subset of the backend (VirtualService routes), None for every endpoint."""
+        return self.backend.subset
+
 
 @dataclass(frozen=True, slots=True)
 class Redirect:
