@@ -198,7 +198,7 @@ class Pipeline:
             return Respond(routed.status, b"", headers, detail="direct_response", route=routed.route,
                            service=dialled, authz=decision)
         if kind is DirectResponse:
-            return Respond(routed.status, b"", [], detail=routed.detail, grpc_status=routed.grpc_status,
+            return Respond(routed.status, routed.body, [], detail=routed.detail, grpc_status=routed.grpc_status,
                            route=routed.route, service=dialled, authz=decision)
         out = RequestHead(head.method, target, head.authority, head.headers, head.scheme, head.protocol)
         response_headers: tuple[HeaderModifier, ...] = ()

@@ -8,7 +8,8 @@
   ``request_headers`` in order, the rewritten ``target``/``authority`` when set, and copy the
   request to each of ``mirrors``; apply ``response_headers`` in order to the response.
 - ``Redirect``: answer ``status`` with ``Location: location``.
-- ``DirectResponse``: answer ``status`` with an empty body. ``detail`` is the Envoy-style
+- ``DirectResponse``: answer ``status`` with ``body`` (empty but for a VirtualService
+  ``directResponse``). ``detail`` is the Envoy-style
   response code detail for access logs (Istio answers 404 ``route_not_found`` when routes are
   attached but none matches). For a gRPC request the shell answers with ``grpc_status``
   instead (trailers-only): ``UNAVAILABLE`` (14) for a rule without usable backends, as
@@ -68,6 +69,7 @@ class DirectResponse:
     detail: str
     grpc_status: int | None = None
     route: RouteRef | None = None
+    body: bytes = b""
 
 
 Decision = DefaultService | Forward | Redirect | DirectResponse

@@ -80,6 +80,9 @@ def apply_header_modifiers(
 class PathModifierType(enum.Enum):
     FULL = "ReplaceFullPath"
     PREFIX = "ReplacePrefixMatch"
+    # VirtualService ``rewrite.uri``: Envoy's ``prefix_rewrite``, the matched part of the path
+    # replaced character for character (no element or trailing-slash rules).
+    MATCHED = "rewrite.uri"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ def replace_prefix(path: bytes, prefix: bytes, replacement: bytes) -> bytes:
 def modified_path(modifier: PathModifier, path: bytes, matched_prefix: bytes) -> bytes:
     if modifier.type is PathModifierType.FULL:
         return modifier.value or b"/"
+    if modifier.type is PathModifierType.MATCHED:
+        return modifier.value + path[len(matched_prefix):] or b"/"
     return replace_prefix(path, matched_prefix, modifier.value)
 
 

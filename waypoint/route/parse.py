@@ -180,6 +180,9 @@ class Rule:
     # Seconds; None = unset, math.inf = "0s", which disables the timeout.
     request_timeout: float | None = None
     backend_timeout: float | None = None
+    # A VirtualService ``directResponse``: answer this status and body instead of forwarding.
+    direct_status: int | None = None
+    direct_body: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,6 +187,8 @@ class RouteTable:
         if rule.redirect is not None:
             location = redirect_location(rule.redirect, request, path, query, entry.prefix, dest_port, port.host)
             return Redirect(rule.ref, rule.redirect.status, location, rule.response_headers)
+        if rule.direct_status is not None:
+            return DirectResponse(rule.direct_status, "direct_response", None, rule.ref, rule.direct_body)
         index = choose_index(rule.choice, rng)
         if index is None:
             return DirectResponse(500, "no_backend", GRPC_UNAVAILABLE, rule.ref)
