@@ -7,6 +7,8 @@
 - ``Forward``: send to ``backend`` (a Service port; the shell picks the endpoint) after applying
   ``request_headers`` in order, the rewritten ``target``/``authority`` when set, and copy the
   request to each of ``mirrors``; apply ``response_headers`` in order to the response.
+  ``request_timeout`` bounds the whole request (504), ``backend_timeout`` each attempt;
+  ``retry`` (None: Istio's default policy) and ``fault`` are ``waypoint.resilience`` policies.
 - ``Redirect``: answer ``status`` with ``Location: location``.
 - ``DirectResponse``: answer ``status`` with ``body`` (empty but for a VirtualService
   ``directResponse``). ``detail`` is the Envoy-style
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..resilience.policy import FaultPolicy, RetryPolicy
 from .backends import Backend
 from .filters import HeaderModifier, RequestMirror
 from .parse import RouteRef
@@ -48,6 +51,9 @@ class Forward:
     mirrors: tuple[RequestMirror, ...] = ()
     request_timeout: float | None = None
     backend_timeout: float | None = None
+    # None: the waypoint's default retry policy (Istio's; waypoint.resilience.DEFAULT_RETRY).
+    retry: RetryPolicy | None = None
+    fault: FaultPolicy | None = None
 
     @property
     def subset(self) -> str | None:
