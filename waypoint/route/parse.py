@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from ..resilience.policy import FaultPolicy, RetryPolicy, http_route_retry
 from .backends import Backend, BackendChoice, weighted
 from .filters import (
     HeaderModifier,
@@ -183,6 +184,9 @@ class Rule:
     # A VirtualService ``directResponse``: answer this status and body instead of forwarding.
     direct_status: int | None = None
     direct_body: bytes = b""
+    # None: the waypoint's default retry policy; HTTPRoute `retry` (GEP-1731) or VirtualService `retries`.
+    retry: RetryPolicy | None = None
+    fault: FaultPolicy | None = None  # VirtualService `fault`
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,7 +606,26 @@ def _rule(ctx: _Context, name: str, index: int, rule: Mapping[str, Any], path: s
         request_timeout=_duration(_get(timeouts, "request", f"{path}.timeouts", str), f"{path}.timeouts.request"),
         backend_timeout=_duration(_get(timeouts, "backendRequest", f"{path}.timeouts", str),
                                   f"{path}.timeouts.backendRequest"),
+        retry=_retry(rule, path) if not grpc else None,
     )
+
+
+def _retry(rule: Mapping[str, Any], path: str) -> RetryPolicy | None:
+    """HTTPRoute `retry` (GEP-1731) → the policy the waypoint runs (`http_route_retry`)."""
+    spec = _get(rule, "retry", path, Mapping)
+    if spec is None:
+        return None
+    where = f"{path}.retry"
+    attempts = _get(spec, "attempts", where, int)
+    if attempts is not None and attempts < 0:
+        raise _Invalid(f"{where}.attempts", f"{attempts!r} is not a number of retries (0 or more)")
+    codes = []
+    for i, code in enumerate(_get(spec, "codes", where, list, [])):
+        if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
+            raise _Invalid(f"{where}.codes[{i}]", f"{code!r} is not an HTTP status code from 400 to 599")
+        codes.append(code)
+    backoff = _duration(_get(spec, "backoff", where, str), f"{where}.backoff")
+    return http_route_retry(attempts, tuple(codes), None if backoff in (None, math.inf) else backoff)
 
 
 def _parents(spec: Mapping[str, Any], namespace: str, lookup: ServiceLookup,

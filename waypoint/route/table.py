@@ -72,9 +72,10 @@ from .parse import (
 )
 from .request import HttpRequest, split_target
 from .status import ACCEPTED, CONFLICTED, Problem, parent_conditions
+from .virtualservice import VIRTUAL_SERVICE, VsRoutes, build_vs, parse_virtual_service
 
 ServiceKey = tuple[str, str]
-Routes = HttpRoutes | GrpcRoutes
+Routes = HttpRoutes | GrpcRoutes | VsRoutes
 
 _RNG = random.Random()
 
@@ -114,13 +115,15 @@ def _static_forward(rule: Rule, backend: Backend) -> Forward | None:
         mirrors=tuple(m for m in mirrors if m.fraction > 0.0),
         request_timeout=rule.request_timeout,
         backend_timeout=rule.backend_timeout,
+        retry=rule.retry,
+        fault=rule.fault,
     )
 
 
 class RouteTable:
     """Immutable after ``compile_table``; one per config version, shared by every request."""
 
-    __slots__ = ("_frontends", "_producer", "_consumer", "_routes", "_conflicts", "_static")
+    __slots__ = ("_frontends", "_producer", "_consumer", "_routes", "_conflicts", "_static", "_applied", "_notes")
 
     def __init__(
         self,
@@ -129,8 +132,14 @@ class RouteTable:
         consumer: dict[tuple[ServiceKey, int, str], _Port],
         routes: dict[tuple[str, str, str], ParsedRoute],
         conflicts: dict[tuple[str, str, str], list[Problem]],
+        applied: dict[tuple[str, str, str], list[str]] | None = None,
+        notes: dict[tuple[tuple[str, str, str], int], list[str]] | None = None,
     ) -> None:
         self._frontends = frontends
+        # VirtualService key -> where it is in force ("Service ns/name port 80").
+        self._applied = applied or {}
+        # (xRoute key, parent index) -> what it overrides there (a VirtualService it wins over).
+        self._notes = notes or {}
         self._producer = producer
         self._consumer = consumer
         self._routes = routes
@@ -219,6 +228,8 @@ class RouteTable:
             mirrors=mirrors,
             request_timeout=rule.request_timeout,
             backend_timeout=rule.backend_timeout,
+            retry=rule.retry,
+            fault=rule.fault,
         )
 
     # --- for the control plane ---------------------------------------------------------------
@@ -230,6 +241,15 @@ class RouteTable:
         if route is None:
             return ()
         return route.problems + tuple(self._conflicts.get(key, ()))
+
+    def applied(self, namespace: str, name: str) -> list[str]:
+        """Where a VirtualService is in force: "Service ns/name port N" entries, sorted."""
+        return list(self._applied.get((VIRTUAL_SERVICE, namespace, name), ()))
+
+    def notes(self, kind: str, namespace: str, name: str, parent: int) -> list[str]:
+        """What an HTTPRoute or GRPCRoute overrides at its parentRef ``parent``: the
+        VirtualServices of the same Service port that are not applied because of it."""
+        return list(self._notes.get(((kind, namespace, name), parent), ()))
 
     def parent_status(self, kind: str, namespace: str, name: str) -> dict[int, list[dict[str, str]]]:
         """Conditions per mesh parentRef (by index in ``spec.parentRefs``) of one route."""
@@ -250,8 +270,11 @@ def compile_table(
     services: Iterable[ServiceLike],
     domain_suffix: str = "cluster.local",
 ) -> RouteTable:
-    """Parse, attach and index ``routes`` (HTTPRoute and GRPCRoute objects; others are ignored)."""
+    """Parse, attach and index ``routes`` (HTTPRoute, GRPCRoute and VirtualService objects; others
+    are ignored). A VirtualService serves a Service port only where no HTTPRoute or GRPCRoute is
+    bound, and of several VirtualServices for one Service the oldest; the others get Conflicted."""
     by_key: dict[ServiceKey, ServiceLike] = {(s.namespace, s.name): s for s in services}
+    by_hostname = {service.hostname: service for service in by_key.values()}
     frontends = {address: key for key, service in by_key.items() for address in service.addresses}
 
     def lookup(namespace: str, name: str) -> ServiceLike | None:
@@ -259,15 +282,28 @@ def compile_table(
 
     parsed: dict[tuple[str, str, str], ParsedRoute] = {}
     for obj in routes:
-        if isinstance(obj, Mapping) and obj.get("kind") in (HTTP_ROUTE, GRPC_ROUTE):
+        kind = obj.get("kind") if isinstance(obj, Mapping) else None
+        if kind in (HTTP_ROUTE, GRPC_ROUTE):
             route = parse_route(obj, lookup, domain_suffix)
+            parsed[route.key] = route
+        elif kind == VIRTUAL_SERVICE:
+            route = parse_virtual_service(obj, lookup, by_hostname.get)
             parsed[route.key] = route
 
     # (service, port, consumer namespace or None) -> kind -> route key -> (route, parent index)
     groups: dict[tuple[ServiceKey, int, str | None], dict[str, dict[tuple[str, str, str], tuple[ParsedRoute, int]]]]
     groups = {}
+    # (service, port) -> VirtualService key -> (route, host index); a VirtualService serves every
+    # client (it has no consumer form), so it is grouped apart and placed after the xRoutes.
+    vs_groups: dict[tuple[ServiceKey, int], dict[tuple[str, str, str], tuple[ParsedRoute, int]]] = {}
     for route in parsed.values():
         if not route.accepted:
+            continue
+        if route.kind == VIRTUAL_SERVICE:
+            for parent in route.parents:
+                service_key = (parent.namespace, parent.name)
+                for port in sorted({p.service_port for p in by_key[service_key].ports}):
+                    vs_groups.setdefault((service_key, port), {}).setdefault(route.key, (route, parent.index))
             continue
         for parent in _attached_parents(route):
             service_key = (parent.namespace, parent.name)
@@ -310,6 +346,37 @@ def compile_table(
         else:
             consumer[(service_key, port, group)] = _Port(built, host)
     conflicts: dict[tuple[str, str, str], list[Problem]] = {}
+    applied: dict[tuple[str, str, str], list[str]] = {}
+    notes: dict[tuple[tuple[str, str, str], int], list[str]] = {}
+    # Service port -> the xRoutes bound there, for any group of clients.
+    xroutes: dict[tuple[ServiceKey, int], list[tuple[tuple[str, str, str], int]]] = {}
+    for (service_key, port, _), kinds in groups.items():
+        for by_route in kinds.values():
+            xroutes.setdefault((service_key, port), []).extend((key, parent) for key, (_, parent) in by_route.items())
+    for (service_key, port), candidates in sorted(vs_groups.items()):
+        where = f"Service {service_key[0]}/{service_key[1]} port {port}"
+        bound = xroutes.get((service_key, port))
+        if bound:
+            # Not merged: an HTTPRoute or GRPCRoute on the Service port wins (docs/virtualservice.md).
+            names = ", ".join(sorted({f"{k[0]} {k[1]}/{k[2]}" for k, _ in bound}))
+            for key, (route, parent) in candidates.items():
+                conflicts.setdefault(key, []).append(Problem(
+                    ACCEPTED, CONFLICTED, f"{where}: {names} bound there takes precedence; this VirtualService "
+                    "is not applied there (routes of the two APIs are not merged)", parent=parent))
+            for key, parent in bound:
+                vs_names = ", ".join(f"VirtualService {k[1]}/{k[2]}" for k in sorted(candidates))
+                note = f"{where}: {vs_names} for the same Service is not applied (this route takes precedence)"
+                if note not in notes.setdefault((key, parent), []):
+                    notes[(key, parent)].append(note)
+            continue
+        ordered = sorted(candidates.values(), key=lambda item: (item[0].created, item[0].namespace, item[0].name))
+        winner = ordered[0][0]
+        for route, parent in ordered[1:]:
+            conflicts.setdefault(route.key, []).append(Problem(
+                ACCEPTED, CONFLICTED, f"{where}: VirtualService {winner.namespace}/{winner.name} is older and "
+                "takes it; VirtualServices for one host are not merged", parent=parent))
+        applied.setdefault(winner.key, []).append(where)
+        producer[(service_key, port)] = _Port(build_vs(winner, port), by_key[service_key].hostname.encode("utf-8"))
     for (key, parent), (winner, service_key, ports) in lost.items():
         conflicts.setdefault(key, []).append(Problem(
             ACCEPTED, CONFLICTED,
@@ -318,4 +385,4 @@ def compile_table(
             "(GEP-1294, route types)",
             parent=parent,
         ))
-    return RouteTable(frontends, producer, consumer, parsed, conflicts)
+    return RouteTable(frontends, producer, consumer, parsed, conflicts, applied, notes)
