@@ -20,6 +20,7 @@ import random
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -44,6 +45,7 @@ from .http1.upstream import Http1Pool
 from .identity import CertificateSource
 from .pipeline import ClientContext, Pipeline
 from .telemetry import Telemetry
+from .tracing import Exporter, Identity, TracingDefaults
 from .upstream import Upstreams, choose_endpoint
 
 log = structlog.get_logger("waypoint")
@@ -73,6 +75,7 @@ class Waypoint:
         self.bound: dict[str, tuple[str, int]] = {}
         self.draining = False
         self._shutdown = trio.Event()
+        self._tracing = TracingDefaults(settings.trace_sampling, settings.otlp_endpoint)
 
     # -- config --------------------------------------------------------------------------------
     def current(self) -> WaypointConfig:
@@ -80,13 +83,32 @@ class Waypoint:
 
     def apply_config(self, snapshot: ModelSnapshot, version: str | None = None) -> None:
         """Compile and install a config version; requests already decided keep their decision."""
-        config = compile_config(snapshot, self.settings.gateway, version)
+        config = compile_config(snapshot, self.settings.gateway, version, tracing=self._tracing)
+        self._export_to(config.tracing.endpoint if config.tracing.export else None)
         self.config = config
         self.config_synced = True
         self.telemetry.forget_series()
         for note in config.notes:
             log.warning("config note", note=note)
         log.info("config applied", version=version, **config.counts)
+
+    def _export_to(self, endpoint: tuple[str, int] | None) -> None:
+        """Point span export at `endpoint` (None: stop); the old exporter flushes on a thread of its own."""
+        old = self.telemetry.tracer
+        if (old.endpoint if old is not None else None) == endpoint:
+            return
+        new = None
+        if endpoint is not None:
+            settings = self.settings
+            try:
+                new = Exporter(endpoint, Identity.from_environment(settings.namespace, settings.name,
+                                                                   settings.trust_domain))
+            except ImportError as exc:
+                log.warning("tracing unavailable: opentelemetry-sdk is not installed", error=str(exc))
+        self.telemetry.tracer = new
+        log.info("tracing export", endpoint="%s:%d" % endpoint if endpoint else None)
+        if old is not None:
+            threading.Thread(target=old.close, name="wisp-trace-close", daemon=True).start()
 
     def pending(self) -> list[str]:
         waiting = []
@@ -190,6 +212,9 @@ class Waypoint:
             if self.http2 is not None:
                 self.http2.close()
             self.pool.close("waypoint stopped")
+            tracer, self.telemetry.tracer = self.telemetry.tracer, None
+            if tracer is not None:
+                await trio.to_thread.run_sync(tracer.close)
             nursery.cancel_scope.cancel()
         log.info("waypoint stopped")
 

@@ -2,9 +2,10 @@
 
 `WaypointSettings` is the process's command line (who it is, where the control plane is, its
 ports). `compile_config(snapshot, gateway)` turns a `wisp.model.ModelSnapshot` — every Workload
-and Service, plus the `ConfigObject`s (Gateway, HTTPRoute, GRPCRoute, AuthorizationPolicy) the
-control plane sent this waypoint — into a `WaypointConfig`: the route table
-(`waypoint.route.compile_table`), the L7 policies (`waypoint.authz.compile_policies`), and the
+and Service, plus the `ConfigObject`s (Gateway, HTTPRoute, GRPCRoute, AuthorizationPolicy,
+Telemetry) the control plane sent this waypoint — into a `WaypointConfig`: the route table
+(`waypoint.route.compile_table`), the L7 policies (`waypoint.authz.compile_policies`), tracing
+(`waypoint.tracing.compile_tracing`), and the
 indexes the pipeline looks endpoints up in (Service by VIP and by name, the HEALTHY workloads
 of each Service, the workload at each address). Nothing here does I/O; a config that cannot be
 read in part (one route or policy object that is not JSON) loses that part and says so in
@@ -27,6 +28,7 @@ from wisp.model import ModelSnapshot, PortMapping, Service, Workload
 
 from .authz import WaypointPolicies, WaypointRef, compile_policies
 from .route import RouteTable, compile_table
+from .tracing import TELEMETRY_KIND, TracingDefaults, TracingPolicy, compile_tracing
 
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
 POLICY_KIND = "AuthorizationPolicy"
@@ -56,6 +58,8 @@ class WaypointSettings:
     engine: str = "epoll"
     log_level: str = "info"
     log_json: bool | None = None
+    trace_sampling: float = 1.0  # percent, when no Telemetry sets one (waypoint/tracing.py)
+    otlp_endpoint: str | None = None  # host:port of the OTLP/gRPC collector; None: no export
 
     @property
     def gateway(self) -> WaypointRef:
@@ -106,6 +110,7 @@ class WaypointConfig:
     workloads_by_ip: Mapping[str, Workload]
     gateway: Mapping[str, Any] | None = None
     notes: tuple[str, ...] = ()
+    tracing: TracingPolicy = TracingPolicy()  # sampling and export (waypoint/tracing.py)
     counts: Mapping[str, int] = field(default_factory=dict)
     # (id(workload), target port) -> its Endpoint, made on first use (upstream.choose_endpoint):
     # the workloads live as long as this config, and an Endpoint is immutable, so requests share
@@ -143,13 +148,16 @@ def _read_object(obj: Any, notes: list[str]) -> dict[str, Any] | None:
 
 
 def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str | None = None,
-                   objects: Iterable[Any] | None = None) -> WaypointConfig:
+                   objects: Iterable[Any] | None = None,
+                   tracing: TracingDefaults | None = None) -> WaypointConfig:
     """The compiled config of one version. `objects` (dicts or ConfigObjects) replaces the
-    snapshot's own ConfigObjects when given (tests construct them)."""
+    snapshot's own ConfigObjects when given (tests construct them); `tracing` holds the process's
+    tracing settings (mesh sampling default, collector), default none."""
     notes: list[str] = []
     routes: list[dict[str, Any]] = []
     policies: list[dict[str, Any]] = []
     gateway_object = None
+    telemetry: list[dict[str, Any]] = []
     for obj in (_objects(snapshot) if objects is None else objects):
         data = _read_object(obj, notes)
         if data is None:
@@ -159,6 +167,8 @@ def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str |
             routes.append(data)
         elif kind == POLICY_KIND:
             policies.append(data)
+        elif kind == TELEMETRY_KIND:
+            telemetry.append(data)
         elif kind == "Gateway":
             meta = data.get("metadata") or {}
             if meta.get("namespace") == gateway.namespace and meta.get("name") == gateway.name:
@@ -167,6 +177,9 @@ def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str |
     table = compile_table(routes, services)
     compiled = compile_policies(policies, gateway)
     notes.extend(f"AuthorizationPolicy {note.policy}: {note.message}" for note in compiled.notes)
+    traced = compile_tracing(telemetry, gateway.namespace, gateway.name, gateway_object, services,
+                             tracing or TracingDefaults())
+    notes.extend(traced.notes)
 
     by_vip: dict[str, Service] = {}
     by_name: dict[tuple[str, str], Service] = {}
@@ -187,7 +200,7 @@ def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str |
         version=version, snapshot=snapshot, routes=table, policies=compiled,
         services_by_vip=by_vip, services_by_name=by_name,
         endpoints={key: tuple(sorted(items, key=lambda item: item[0].uid)) for key, items in endpoints.items()},
-        workloads_by_ip=by_ip, gateway=gateway_object, notes=tuple(notes),
+        workloads_by_ip=by_ip, gateway=gateway_object, notes=tuple(notes), tracing=traced,
         counts={"workloads": len(snapshot.workloads), "services": len(services), "routes": len(routes),
                 "policies": len(policies)},
     )

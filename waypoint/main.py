@@ -9,6 +9,11 @@ Each setting Istio's waypoint pods get from their environment is the default of 
 <state-dir>/tokens/waypoint-<ns>-<name>), CA_ROOT_CA (--root-cert; default
 <state-dir>/root-cert.pem), TRUST_DOMAIN, WISP_LOG_LEVEL, WISP_ENGINE.
 
+Tracing (waypoint/tracing.py, docs/tracing.md): --otlp-endpoint HOST:PORT (env
+WISP_OTLP_ENDPOINT; the OTLP/gRPC collector, an IP or a Service hostname of the mesh; none: no
+spans exported) and --trace-sampling PERCENT (env WISP_TRACE_SAMPLING, default 1 as Istio's;
+the mesh-wide rate when no Telemetry object sets randomSamplingPercentage).
+
 Without a control plane, for tests and benchmarks: `--static-config FILE` (JSON with
 "workloads" and "services" as wisp.model.to_json writes them and "objects": Kubernetes
 HTTPRoute/GRPCRoute/AuthorizationPolicy/Gateway objects) and `--certificate-dir DIR` (key.pem,
@@ -46,6 +51,16 @@ def _host_port(text: str) -> str:
         return check_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _percentage(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"the sampling percentage must be from 0 to 100, not {text}")
+    return value
 
 
 def load_static_config(path: str) -> ModelSnapshot:
@@ -88,6 +103,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[WaypointSettings, argpars
     parser.add_argument("--certificate-dir", help="key.pem, cert-chain.pem, root-cert.pem instead of the CA")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                         help="one log line per request (default on)")
+    parser.add_argument("--otlp-endpoint", default=env.get("WISP_OTLP_ENDPOINT") or None,
+                        help="host:port of the OTLP/gRPC trace collector (env WISP_OTLP_ENDPOINT)")
+    parser.add_argument("--trace-sampling", type=_percentage, default=env.get("WISP_TRACE_SAMPLING") or "1",
+                        help="percent of requests sampled without a Telemetry setting (env WISP_TRACE_SAMPLING; "
+                             "default 1)")
     parser.add_argument("--log-level", default=env.get("WISP_LOG_LEVEL", "info"))
     parser.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None)
     args = parser.parse_args(argv)
@@ -104,6 +124,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[WaypointSettings, argpars
         token_file=args.token_file, root_cert=args.root_cert, mesh_address=args.mesh_address,
         metrics_address=args.metrics_address, readiness_address=args.readiness_address,
         drain_seconds=args.drain_seconds, engine=args.engine, log_level=args.log_level, log_json=args.log_json,
+        trace_sampling=args.trace_sampling, otlp_endpoint=args.otlp_endpoint,
     )
     return settings, args
 

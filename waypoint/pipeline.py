@@ -17,8 +17,11 @@ pure step over the current `WaypointConfig` (Envoy's HTTP connection manager ord
    (`upstream.choose_endpoint`); none → `Respond(503, "no healthy upstream")`.
 5. **forwarding headers**: `x-forwarded-for` gets the client's address appended,
    `x-forwarded-proto` is set when absent, `forwarded` passes unchanged, `x-request-id` is
-   created when absent, `traceparent` keeps its trace id with the waypoint's span as parent
-   (a fresh one when absent or malformed), `tracestate` passes unchanged.
+   created when absent, and the trace context (`waypoint.tracing.forward`: W3C `traceparent`
+   keeps its trace id with the waypoint's span as parent, a fresh one when absent or malformed,
+   `tracestate` passes unchanged; B3 headers are accepted and propagated; the sampling decision
+   by the Service's Telemetry percentage or the parent's flag). A sampled request's span rides
+   on `Proxy.trace` for the shell's `RequestRecord` to export.
 
 The result is `Respond` (answer now; the shell encodes it) or `Proxy` (send `head` to
 `endpoint`, apply `response_headers` to the response with `response_headers_of`, copy the
@@ -56,6 +59,8 @@ from .config import Endpoint, WaypointConfig
 from .route import DirectResponse, Forward, HttpRequest, Redirect, apply_header_modifiers, header_map
 from .route.filters import HeaderModifier
 from .route.parse import RouteRef
+from .tracing import TRACE_HEADERS, Span
+from .tracing import forward as forward_trace
 
 PROTOCOL_HTTP1 = "HTTP/1.1"
 PROTOCOL_HTTP2 = "HTTP/2"
@@ -133,6 +138,7 @@ class Proxy:
     route: RouteRef | None = None
     timeout: float | None = None
     authz: AuthzDecision | None = None
+    trace: Span | None = None  # the waypoint's span when sampled and exported (waypoint.tracing)
 
 
 Outcome = Respond | Proxy
@@ -237,8 +243,15 @@ class Pipeline:
                 return Respond(503, b"no healthy upstream", [(b"content-type", b"text/plain")],
                                detail="no_healthy_upstream", service=None, authz=decision)
         # 5. forwarding headers
-        out.headers = forwarding_headers(out.headers, ctx, self.rng)
-        return Proxy(out, endpoint, backend, response_headers, mirrors, route, timeout, decision)
+        tracing = config.tracing
+        if backend is not None:
+            out.headers, span = forwarded(out.headers, ctx, self.rng,
+                                          tracing.percentage_for(backend.namespace, backend.name), tracing.export,
+                                          backend.hostname, port, True, out.scheme)
+        else:
+            out.headers, span = forwarded(out.headers, ctx, self.rng, tracing.percentage, tracing.export,
+                                          ctx.dest_ip, port, False, out.scheme)
+        return Proxy(out, endpoint, backend, response_headers, mirrors, route, timeout, decision, trace=span)
 
     def _mirrors(self, config: WaypointConfig, head: RequestHead, mirrors) -> tuple[tuple[RequestHead, Endpoint], ...]:
         out = []
@@ -290,54 +303,49 @@ def pod_endpoint(config: WaypointConfig, ip: str, port: int) -> Endpoint | None:
     return Endpoint(ip, port, SpiffeId.parse(workload.identity()), workload.tunnel_protocol == "HBONE", workload)
 
 
-_HEX = frozenset(b"0123456789abcdef")
-
-
-def _valid_traceparent(value: bytes) -> bool:
-    # version 00: "00-" 32 hex "-" 16 hex "-" 2 hex, lower case, ids not all zero (W3C Trace Context §3.2)
-    if len(value) < 55 or value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
-        return False
-    if len(value) > 55 and (value[:2] == b"00" or value[55:56] != b"-"):
-        return False
-    if value[:2] == b"ff":
-        return False
-    hexes = value[:2] + value[3:35] + value[36:52] + value[53:55]
-    return set(hexes) <= _HEX and value[3:35] != b"0" * 32 and value[36:52] != b"0" * 16
-
-
 def forwarding_headers(headers: list[tuple[bytes, bytes]], ctx: ClientContext,
                        rng: random.Random) -> list[tuple[bytes, bytes]]:
-    """`headers` with x-forwarded-for/-proto, x-request-id and traceparent as a proxy sends them."""
+    """`headers` with x-forwarded-for/-proto, x-request-id and the trace headers as a proxy sends
+    them (no sampling of its own: a parent's decision passes on)."""
+    return forwarded(headers, ctx, rng, 0.0, False, "", 0, False)[0]
+
+
+def forwarded(headers: list[tuple[bytes, bytes]], ctx: ClientContext, rng: random.Random, percentage: float,
+              export: bool, host: str, port: int, service: bool,
+              scheme: bytes = b"http") -> tuple[list[tuple[bytes, bytes]], Span | None]:
+    """`forwarding_headers` and the span to export (`waypoint.tracing.forward`), in one pass."""
     out: list[tuple[bytes, bytes]] = []
     xff: bytes | None = None
-    proto = request_id = False
-    trace: bytes | None = None
+    proto = False
+    request_id: bytes | None = None
+    trace: list[tuple[bytes, bytes]] = []
     for pair in headers:
         name = pair[0]
         if name == b"x-forwarded-for":
             xff = pair[1] if xff is None else xff + b"," + pair[1]
             continue
-        if name == b"traceparent":
-            if trace is None:
-                trace = pair[1]
+        if name in TRACE_HEADERS or name == b"tracestate":
+            trace.append(pair)
             continue
         if name == b"x-forwarded-proto":
             proto = True
-        elif name == b"x-request-id":
-            request_id = True
+        elif name == b"x-request-id" and request_id is None:
+            request_id = pair[1]
         out.append(pair)
     client = ctx.source_ip.encode("ascii")
     out.append((b"x-forwarded-for", xff + b"," + client if xff else client))
     if not proto:
         out.append((b"x-forwarded-proto", b"http"))
-    if not request_id:
-        out.append((b"x-request-id", _uuid4(rng)))
-    span = b"%016x" % (rng.getrandbits(64) or 1)
-    if trace is not None and _valid_traceparent(trace):
-        out.append((b"traceparent", trace[:36] + span + trace[52:55]))
-    else:
-        out.append((b"traceparent", b"00-%032x-%s-00" % (rng.getrandbits(128) or 1, span)))
-    return out
+    if request_id is None:
+        request_id = _uuid4(rng)
+        out.append((b"x-request-id", request_id))
+    span = forward_trace(trace, out, percentage, export, rng, host, port, service, ctx.source_ip, request_id, scheme)
+    if span is not None:
+        for name, value in out:
+            if name == b"user-agent":
+                span.user_agent = value.decode("latin-1")
+                break
+    return out, span
 
 
 def _uuid4(rng: random.Random) -> bytes:

@@ -9,6 +9,11 @@ flags. TCP pass-through connections count `istio_tcp_*` as ztunnel does (`Connec
 Labels are Istio's (ztunnel/metrics.py has the same set for TCP); values that are not known are
 `unknown`. The counters are wisp.metrics's; served on 15020 `/stats/prometheus` (app.py).
 
+A request the pipeline sampled for tracing carries its span in `RequestRecord.trace` (the shell
+sets it from `Proxy.trace`); `finish` hands it to `Telemetry.tracer` (a
+`waypoint.tracing.Exporter`, None when no collector is configured) with the outcome. Unsampled
+requests pay one attribute test.
+
 Label sets are built once per kind of request and cached (cleared per config version, as
 workloads and services are new objects then): building 21 labels per request would cost more
 than the counters.
@@ -37,6 +42,8 @@ import structlog
 from wisp.identity import SpiffeId
 from wisp.metrics import Registry
 from wisp.model import Service, Workload
+
+from .tracing import wall_clock_ns
 
 log = structlog.get_logger("waypoint.access")
 
@@ -204,6 +211,7 @@ class Telemetry:
         self.tcp_received = self.registry.counter("istio_tcp_received_bytes_total",
                                                   "Bytes received from the client (client to server)", TCP_LABELS)
         self._series: dict[tuple, tuple] = {}
+        self.tracer = None  # waypoint.tracing.Exporter while a collector is configured (app.py)
 
     def forget_series(self) -> None:
         self._series.clear()
@@ -250,7 +258,7 @@ class RequestRecord:
     """One request from its head to its last response byte (or its failure)."""
 
     __slots__ = ("telemetry", "started", "source", "method", "path", "authority", "protocol", "request_bytes",
-                 "response_bytes", "done")
+                 "response_bytes", "done", "trace")
 
     def __init__(self, telemetry: Telemetry, source: Party, method: bytes, path: bytes, authority: bytes,
                  protocol: str) -> None:
@@ -264,6 +272,7 @@ class RequestRecord:
         self.request_bytes = 0
         self.response_bytes = 0
         self.done = False
+        self.trace = None  # waypoint.tracing.Span of a sampled request (set by the shell)
 
     def finish(self, status: int, *, destination: Party | None = None, service: Service | None = None,
                upstream: str | None = None, flags: str = NO_FLAGS, grpc_status: str = "",
@@ -281,6 +290,8 @@ class RequestRecord:
         durations.observe(duration)
         request_sizes.observe(self.request_bytes)
         response_sizes.observe(self.response_bytes)
+        if self.trace is not None and telemetry.tracer is not None:
+            self._export(destination, status, flags)
         if not telemetry.access_log:
             return
         lines = telemetry.lines
@@ -319,3 +330,12 @@ class RequestRecord:
         if error:
             fields["error"] = error
         log.info("request complete", **{k: v for k, v in fields.items() if v is not None})
+
+    def _export(self, destination: Party, status: int, flags: str) -> None:
+        start_ns, end_ns = wall_clock_ns(self.started)
+        self.telemetry.tracer.end(
+            self.trace, start_ns=start_ns, end_ns=end_ns, method=self.method.decode("latin-1"),
+            path=self.path.decode("latin-1"), authority=self.authority.decode("latin-1"), protocol=self.protocol,
+            status=status, flags=flags, request_size=self.request_bytes, response_size=self.response_bytes,
+            source=str(self.source.identity) if self.source.identity else None,
+            destination=str(destination.identity) if destination.identity else None)

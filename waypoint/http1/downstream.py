@@ -326,6 +326,7 @@ class Exchange:
             self._respond(outcome, flags)
             return
         self.proxy = outcome
+        self.record.trace = outcome.trace
         if head.framing != codec.NO_BODY:
             self.pending = bytearray()
         if outcome.timeout:
