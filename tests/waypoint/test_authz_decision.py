@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from waypoint.authn import RequestAuth
 from waypoint.authz import (
     DENIED_BODY,
     DENIED_STATUS,
@@ -215,27 +216,37 @@ def test_a_custom_policy_is_evaluated_before_allow():
     assert decide(objects).action == "CUSTOM"
 
 
-def test_request_principals_drop_an_allow_rule():
+def test_request_principals_need_a_verified_token():
+    """The JWT cases are in test_jwt_authz.py; here the rule stands beside the others of its policy."""
     objects = [policy("jwt", "ALLOW", [{"from": [{"source": {"requestPrincipals": ["*"]}}]},
                                        {"to": [{"operation": {"methods": ["GET"]}}]}])]
     compiled = compile_policies(objects, WAYPOINT)
-    assert any("requestPrincipals" in note.message and "rule 0" in note.message for note in compiled.notes)
-    assert authorize(compiled.default, request("GET")).allowed  # rule 1 still stands
-    assert not authorize(compiled.default, request("POST")).allowed
+    assert compiled.notes == ()
+    authenticated = RequestAttributes(FRONTEND, "10.0.0.5", "10.96.0.10", 80, "echo.shop", "POST", "/",
+                                      request_auth=RequestAuth("issuer-foo/alice"))
+    assert authorize(compiled.default, request("GET")).allowed  # rule 1
+    assert not authorize(compiled.default, request("POST")).allowed  # no token: rule 0 does not match
+    assert authorize(compiled.default, authenticated).allowed
 
 
-def test_request_principals_are_ignored_in_a_deny_rule_so_it_denies_more():
+def test_not_request_principals_in_a_deny_rule_deny_requests_without_a_token():
     objects = [policy("require-jwt", "DENY", [{"from": [{"source": {"notRequestPrincipals": ["*"]}}],
                                                "to": [{"operation": {"paths": ["/admin"]}}]}])]
     assert not decide(objects, request(path="/admin")).allowed
     assert decide(objects, request(path="/public")).allowed
+    with_token = RequestAttributes(FRONTEND, "10.0.0.5", "10.96.0.10", 80, "echo.shop", "GET", "/admin",
+                                   request_auth=RequestAuth("issuer-foo/alice"))
+    assert decide(objects, with_token).allowed
 
 
-def test_jwt_conditions_are_unsupported_like_request_principals():
-    allow = [policy("claims", "ALLOW", [{"when": [{"key": "request.auth.claims[groups]", "values": ["admin"]}]}])]
-    assert not decide(allow).allowed
-    deny = [policy("claims", "DENY", [{"when": [{"key": "request.auth.claims[groups]", "values": ["admin"]}]}])]
-    assert not decide(deny).allowed
+def test_a_claim_condition_matches_only_a_verified_claim():
+    rules = [{"when": [{"key": "request.auth.claims[groups]", "values": ["admin"]}]}]
+    admin = RequestAttributes(FRONTEND, "10.0.0.5", "10.96.0.10", 80, "echo.shop", "GET", "/",
+                              request_auth=RequestAuth("i/s", claims={"groups": ["dev", "admin"]}))
+    assert not decide([policy("claims", "ALLOW", rules)]).allowed
+    assert decide([policy("claims", "ALLOW", rules)], admin).allowed
+    assert decide([policy("claims", "DENY", rules)]).allowed
+    assert not decide([policy("claims", "DENY", rules)], admin).allowed
 
 
 def test_a_bad_value_in_a_deny_rule_is_ignored_and_the_rest_still_denies():

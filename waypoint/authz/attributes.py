@@ -19,6 +19,10 @@ Each attribute is the one Istio's waypoint (Envoy's RBAC filter) reads:
   Envoy does, and lookups ignore case.
 - ``sni``: the SNI of the TLS the request arrived in; None for the plaintext HTTP a waypoint
   reads inside the tunnel, so ``connection.sni`` values never match there.
+- ``request_auth``: what the authn stage verified of the request's JWT
+  (`waypoint.authn.RequestAuth`: ``principal`` ``<iss>/<sub>``, ``audiences``, ``presenter``,
+  ``claims``); None without a valid token, so ``requestPrincipals`` and ``request.auth.*`` values
+  then match nothing (and their ``not`` forms pass).
 
 Derived values are computed once per request, on first use.
 """
@@ -29,8 +33,12 @@ import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from wisp.identity import SpiffeId
+
+if TYPE_CHECKING:
+    from ..authn import RequestAuth
 
 # (IP version, address as an integer); None when the text is not an IP address.
 Address = tuple[int, int]
@@ -65,11 +73,13 @@ class RequestAttributes:
     path: str
     headers: Iterable[tuple[str | bytes, str | bytes]] = ()
     sni: str | None = None
+    request_auth: RequestAuth | None = None
 
     principal: str | None = field(init=False, repr=False)
     namespace: str | None = field(init=False, repr=False)
     service_account: str | None = field(init=False, repr=False)
     host_lower: str | None = field(init=False, repr=False)
+    request_principal: str | None = field(init=False, repr=False)
     # Set by `authorize` before matching: the normalised path without query (None if rejected).
     match_path: str | None = field(init=False, repr=False, default=None)
     _headers: dict[str, str] | None = field(init=False, repr=False, default=None)
@@ -92,6 +102,7 @@ class RequestAttributes:
             self.namespace = identity.namespace
             self.service_account = identity.service_account
         self.host_lower = self.host.lower() if self.host is not None else None
+        self.request_principal = self.request_auth.principal if self.request_auth is not None else None
 
     def header(self, name: str) -> str | None:
         """The value of a header (``name`` in lower case), duplicates joined with ``,``."""

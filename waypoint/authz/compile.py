@@ -15,10 +15,17 @@ nothing).
 What the waypoint cannot evaluate, and what happens then (Istio's rule for a value its
 generator rejects, ``model.go`` ``checkError``): an ALLOW rule that uses it is dropped, so the
 policy allows less; in DENY, AUDIT and CUSTOM rules the value is ignored, so the rule matches
-more. Unsupported here: ``requestPrincipals``/``notRequestPrincipals`` and the
-``request.auth.*`` conditions (wisp's waypoint validates no JWT), ``experimental.envoy.filters.*``;
-unknown ``when`` keys are treated the same way (Istio skips such a rule whatever its action,
-which would silently weaken a DENY; validation refuses them before they get here).
+more. Unsupported here: ``experimental.envoy.filters.*``; unknown ``when`` keys are treated the
+same way (Istio skips such a rule whatever its action, which would silently weaken a DENY;
+validation refuses them before they get here).
+
+JWT attributes (the authn stage's `RequestAuth`, see waypoint/authn): ``requestPrincipals`` and
+``request.auth.principal`` match ``<iss>/<sub>`` with the string forms (``*`` needs a verified
+token); ``request.auth.audiences`` matches if any ``aud`` value does; ``request.auth.presenter``
+matches ``azp``; ``request.auth.claims[name]`` (nested: ``[a][b]``) matches a string claim, or
+any string of a list claim (``scope`` and ``permission`` are split on spaces first, as Istio's
+payload normalisation does); a claim of another type, or a request without a valid token,
+matches no value (so ``notValues`` and ``notRequestPrincipals`` pass).
 
 TCP: the waypoint passes non-HTTP traffic through, and Istio authorizes those connections with
 the same policies built for TCP; every policy is compiled a second time that way. HTTP-only
@@ -60,8 +67,6 @@ DRY_RUN_ANNOTATION = "istio.io/dry-run"
 ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 
-_JWT_KEYS = ("request.auth.principal", "request.auth.audiences", "request.auth.presenter")
-_UNSUPPORTED_WHY = "wisp's waypoint does not validate JWTs (RequestAuthentication)"
 
 
 class InvalidPolicy(ValueError):
@@ -355,6 +360,56 @@ Reader = str | Callable[[RequestAttributes], Any]
 
 _ATTRIBUTES = ("principal", "namespace", "host_lower", "method", "match_path", "destination_port", "sni")
 _source = operator.methodcaller("source_address")
+_request_principal = operator.attrgetter("request_principal")
+
+
+def _presenter(a: RequestAttributes) -> str | None:
+    auth = a.request_auth
+    return auth.presenter if auth is not None else None
+
+
+def _audiences(a: RequestAttributes) -> tuple[str, ...]:
+    auth = a.request_auth
+    return auth.audiences if auth is not None else ()
+
+
+def claim_path(brackets: str) -> tuple[str, ...] | None:
+    """``[a][b]`` → ("a", "b") (Istio's extractNameInNestedBrackets); None if malformed."""
+    if not brackets.startswith("[") or not brackets.endswith("]") or len(brackets) < 3:
+        return None
+    parts = brackets[1:-1].split("][")
+    if any(not part or "[" in part or "]" in part for part in parts):
+        return None
+    return tuple(parts)
+
+
+def _claim_reader(path: tuple[str, ...]) -> Callable[[RequestAttributes], Any]:
+    def read(a: RequestAttributes) -> Any:
+        auth = a.request_auth
+        if auth is None:
+            return None
+        value: Any = auth.claims
+        for part in path:
+            if not isinstance(value, Mapping) or part not in value:
+                return None
+            value = value[part]
+        return value
+
+    return read
+
+
+def _any_of(values: list[Any]) -> Callable[[Any], bool]:
+    """A string test applied to a string, or to each string of a list (a JWT claim's forms)."""
+    test = matchers.strings(values)
+
+    def match(value: Any) -> bool:
+        if isinstance(value, str):
+            return test(value)
+        if isinstance(value, (list, tuple)):
+            return any(isinstance(item, str) and test(item) for item in value)
+        return False
+
+    return match
 _remote = operator.methodcaller("remote_address")
 _destination = operator.methodcaller("destination_address")
 
@@ -525,9 +580,9 @@ class _RuleCompiler:
         # Istio's order inside a source: principals, request principals, namespaces, remote and source IPs.
         self._field(out, "principal", matchers.strings, values("principals"), values("notPrincipals"), "principals")
         self._service_accounts(out, values("serviceAccounts"), values("notServiceAccounts"))
-        for key in ("requestPrincipals", "notRequestPrincipals"):
-            if values(key) and not self._http_only(values(key), []):
-                self._unsupported(f"{key} ({_UNSUPPORTED_WHY})")
+        if not self._http_only(values("requestPrincipals"), values("notRequestPrincipals")):
+            self._field(out, _request_principal, matchers.strings, values("requestPrincipals"),
+                        values("notRequestPrincipals"), "requestPrincipals")
         self._field(out, "namespace", matchers.namespaces, values("namespaces"), values("notNamespaces"), "namespaces")
         self._field(out, _remote, matchers.cidrs, values("remoteIpBlocks"), values("notRemoteIpBlocks"),
                     "remoteIpBlocks")
@@ -600,8 +655,18 @@ class _RuleCompiler:
             self._field(out, "destination_port", matchers.ports, values, not_values, key)
         elif key == "connection.sni":
             self._field(out, "sni", strings, values, not_values, key)
-        elif key in _JWT_KEYS or key.startswith("request.auth.claims["):
-            self._unsupported(f"when {key} ({_UNSUPPORTED_WHY})")
+        elif key == "request.auth.principal":
+            self._field(out, _request_principal, strings, values, not_values, key)
+        elif key == "request.auth.audiences":
+            self._field(out, _audiences, _any_of, values, not_values, key)
+        elif key == "request.auth.presenter":
+            self._field(out, _presenter, strings, values, not_values, key)
+        elif key.startswith("request.auth.claims["):
+            path = claim_path(key[len("request.auth.claims"):])
+            if path is None:
+                self._unsupported(f"when {key} (a claim is named as request.auth.claims[name], nested [a][b])")
+            else:
+                self._field(out, _claim_reader(path), _any_of, values, not_values, key)
         elif key.startswith("experimental.envoy.filters."):
             self._unsupported(f"when {key} (Envoy filter metadata does not exist in wisp)")
         else:
