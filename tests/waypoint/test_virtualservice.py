@@ -328,3 +328,47 @@ def test_of_two_virtualservices_for_one_host_the_older_applies():
 def test_every_served_version_compiles_the_same(api: str):
     t = table(vs("v", {"route": [dest("web-v2")]}, api=api))
     assert isinstance(decide(t, request(b"/")), Forward)
+
+
+# --- retries and faults ------------------------------------------------------------------------
+
+
+def test_retries_become_the_route_retry_policy():
+    t = table(vs("r", {"route": [dest("web-v2")],
+                       "retries": {"attempts": 3, "perTryTimeout": "2s", "retryOn": "gateway-error,connect-failure,429"}}))
+    retry = decide(t, request(b"/")).retry
+    assert (retry.attempts, retry.per_try_timeout, retry.codes) == (3, 2.0, frozenset({429}))
+    assert retry.on == {"gateway-error", "connect-failure", "retriable-status-codes"}
+
+
+def test_no_retries_keeps_the_default_and_zero_attempts_disable_them():
+    assert decide(table(vs("r", {"route": [dest("web-v2")]})), request(b"/")).retry is None
+    retry = decide(table(vs("r", {"route": [dest("web-v2")], "retries": {"attempts": 0}})), request(b"/")).retry
+    assert not retry.enabled
+
+
+def test_an_unknown_retry_on_condition_is_reported_and_the_rest_kept():
+    route = parsed(vs("r", {"route": [dest("web-v2")], "retries": {"attempts": 2, "retryOn": "5xx,envoy-ratelimited"}}))
+    assert [p.message for p in route.problems] == [
+        "spec.http[0].retries.retryOn: condition(s) envoy-ratelimited not supported; ignored"]
+    assert route.rules[0].retry.on == {"5xx"}
+
+
+def test_fault_delay_and_abort_with_percentages():
+    t = table(vs("f", {"route": [dest("web-v2")],
+                       "fault": {"delay": {"fixedDelay": "1s", "percentage": {"value": 100}},
+                                 "abort": {"httpStatus": 503, "percentage": {"value": 50}}}}))
+    fault = decide(t, request(b"/")).fault
+    assert (fault.delay, fault.delay_percent, fault.abort_status, fault.abort_percent) == (1.0, 100.0, 503, 50.0)
+
+
+def test_fault_grpc_abort_by_name_and_legacy_percent():
+    route = parsed(vs("f", {"route": [dest("web-v2")],
+                            "fault": {"abort": {"grpcStatus": "UNAVAILABLE"}, "delay": {"fixedDelay": "5ms", "percent": 10}}}))
+    fault = route.rules[0].fault
+    assert (fault.abort_grpc_status, fault.abort_percent, fault.delay, fault.delay_percent) == (14, 100.0, 0.005, 10.0)
+
+
+def test_fault_abort_outside_200_599_refuses_the_virtualservice():
+    route = parsed(vs("f", {"route": [dest("web-v2")], "fault": {"abort": {"httpStatus": 700}}}))
+    assert not route.accepted and "abort status" in route.problems[0].message

@@ -22,8 +22,11 @@ What each field becomes (virtual-service reference, istio/api ``networking/v1alp
   weight; of several, weight 0 or unset is never chosen) with ``subset`` (``Backend.subset``,
   resolved by the balancer against the host's DestinationRule) and ``port.number`` (unset: the
   port the client dialled); per-destination ``headers``.
-- ``timeout`` → the rule's request timeout; ``retries`` → ``RetryPolicy``; ``fault`` →
-  ``FaultPolicy`` (``waypoint/resilience/policy.py``).
+- ``timeout`` → the rule's request timeout (``0s`` disables it); ``retries`` → ``RetryPolicy``
+  as Istio's ``retry.ConvertPolicy`` builds it (absent: the default policy; ``attempts: 0``: no
+  retries; ``retryOn`` replaces the default conditions and codes); ``fault`` → ``FaultPolicy``
+  (``fixedDelay`` and ``httpStatus``/``grpcStatus`` with ``percentage.value``, or the deprecated
+  integer ``percent``; neither set → 100%) (``waypoint/resilience/policy.py``).
 - ``mirror`` + ``mirrorPercentage`` (or the deprecated ``mirrorPercent``), ``mirrors`` →
   ``RequestMirror``s (100% when no percentage).
 - ``headers.request``/``headers.response``: remove first, then set and add, as Envoy's header
@@ -64,6 +67,7 @@ from typing import Any
 
 from wisp.istio_hosts import host_key
 
+from ..resilience.policy import DEFAULT_RETRY, FaultPolicy, PolicyError, RetryPolicy, parse_retry_on
 from .backends import Backend, weighted
 from .filters import HeaderModifier, PathModifier, PathModifierType, RequestMirror, RequestRedirect, URLRewrite
 from .match import Entry
@@ -87,6 +91,13 @@ IGNORED = "FieldIgnored"
 NOT_FOR_MESH = "NotForMesh"
 
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+# google.rpc.Code names, which `fault.abort.grpcStatus` is written in.
+GRPC_CODES = {
+    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9,
+    "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
+    "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
+}
 # Go's time.ParseDuration units, which the CRD's CEL `duration()` accepts.
 _GO_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -485,6 +496,81 @@ def _direct_body(spec: Mapping[str, Any], path: str) -> bytes:
         raise _Invalid(f"{path}.body.bytes", "not base64") from None
 
 
+def _retry(ctx: _Context, spec: Mapping[str, Any] | None, path: str) -> RetryPolicy | None:
+    """``retries`` as Istio's ``retry.ConvertPolicy`` makes it: absent → None (the waypoint's
+    default, ``DEFAULT_RETRY``); ``attempts`` 0 or less → no retries; else the default policy with
+    ``attempts``, and ``retryOn`` (its conditions and status codes, replacing the default's),
+    ``perTryTimeout``, ``backoff`` and ``retryIgnorePreviousHosts`` when set."""
+    if spec is None:
+        return None
+    attempts = _get(spec, "attempts", path, int, 0)
+    if attempts <= 0:
+        return RetryPolicy(attempts=0, on=frozenset())
+    on, codes = DEFAULT_RETRY.on, DEFAULT_RETRY.codes
+    retry_on = _get(spec, "retryOn", path, str)
+    if retry_on:
+        on, codes, unsupported = parse_retry_on(retry_on)
+        if unsupported:
+            ctx.ignored(f"{path}.retryOn", f"condition(s) {', '.join(unsupported)} not supported; ignored")
+    per_try = _get(spec, "perTryTimeout", path, str)
+    backoff = _get(spec, "backoff", path, str)
+    if spec.get("retryRemoteLocalities") is not None:
+        ctx.ignored(f"{path}.retryRemoteLocalities", "not supported; ignored")
+    try:
+        return RetryPolicy(
+            attempts=attempts, on=on, codes=codes,
+            per_try_timeout=go_duration(per_try, f"{path}.perTryTimeout") or None if per_try else None,
+            backoff=go_duration(backoff, f"{path}.backoff") or DEFAULT_RETRY.backoff if backoff else DEFAULT_RETRY.backoff,
+            previous_hosts=_get(spec, "retryIgnorePreviousHosts", path, bool, True),
+        )
+    except PolicyError as exc:
+        raise _Invalid(path, str(exc)) from None
+
+
+def _fault_percent(ctx: _Context, spec: Mapping[str, Any], path: str) -> float:
+    """``percentage.value`` (or the deprecated integer ``percent``); 100 when neither is set."""
+    fraction = _percentage(spec, "percentage", path)
+    if fraction is not None:
+        return fraction * 100.0
+    legacy = spec.get("percent")
+    return 100.0 if legacy is None else _legacy_percent(legacy, f"{path}.percent") * 100.0
+
+
+def _fault(ctx: _Context, spec: Mapping[str, Any] | None, path: str) -> FaultPolicy | None:
+    """``fault``: a fixed delay and an HTTP or gRPC abort, each for its percentage of requests."""
+    if spec is None:
+        return None
+    delay = delay_percent = abort_percent = 0.0
+    abort_status = abort_grpc = None
+    delay_spec = _get(spec, "delay", path, Mapping)
+    if delay_spec is not None:
+        fixed = _get(delay_spec, "fixedDelay", f"{path}.delay", str)
+        if fixed is not None:
+            delay = go_duration(fixed, f"{path}.delay.fixedDelay")
+            delay_percent = _fault_percent(ctx, delay_spec, f"{path}.delay")
+        elif delay_spec.get("exponentialDelay") is not None:
+            ctx.ignored(f"{path}.delay.exponentialDelay", "not supported (Istio does not program it either); "
+                        "no delay is injected")
+    abort_spec = _get(spec, "abort", path, Mapping)
+    if abort_spec is not None:
+        where = f"{path}.abort"
+        abort_status = _get(abort_spec, "httpStatus", where, int)
+        grpc = _get(abort_spec, "grpcStatus", where, str)
+        if grpc is not None:
+            abort_grpc = int(grpc) if grpc.isdigit() else GRPC_CODES.get(grpc.upper())
+            if abort_grpc is None:
+                raise _Invalid(f"{where}.grpcStatus", f"{grpc!r} is not a gRPC status code name")
+        if abort_spec.get("http2Error") is not None:
+            ctx.ignored(f"{where}.http2Error", "not supported; no abort is injected")
+        if abort_status is not None or abort_grpc is not None:
+            abort_percent = _fault_percent(ctx, abort_spec, where)
+    try:
+        return FaultPolicy(delay=delay, delay_percent=delay_percent, abort_status=abort_status,
+                           abort_grpc_status=abort_grpc, abort_percent=abort_percent)
+    except PolicyError as exc:
+        raise _Invalid(path, str(exc)) from None
+
+
 def _rule(ctx: _Context, name: str, index: int, spec: Mapping[str, Any], path: str) -> Rule:
     unresolved = False
     if spec.get("delegate") is not None:
@@ -541,6 +627,8 @@ def _rule(ctx: _Context, name: str, index: int, spec: Mapping[str, Any], path: s
         request_timeout=request_timeout,
         direct_status=direct_status,
         direct_body=direct_body,
+        retry=_retry(ctx, _get(spec, "retries", path, Mapping), f"{path}.retries"),
+        fault=_fault(ctx, _get(spec, "fault", path, Mapping), f"{path}.fault"),
     )
 
 
