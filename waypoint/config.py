@@ -3,8 +3,9 @@
 `WaypointSettings` is the process's command line (who it is, where the control plane is, its
 ports). `compile_config(snapshot, gateway)` turns a `wisp.model.ModelSnapshot` — every Workload
 and Service, plus the `ConfigObject`s (Gateway, HTTPRoute, GRPCRoute, AuthorizationPolicy,
-Telemetry) the control plane sent this waypoint — into a `WaypointConfig`: the route table
-(`waypoint.route.compile_table`), the L7 policies (`waypoint.authz.compile_policies`), tracing
+RequestAuthentication, Telemetry) the control plane sent this waypoint — into a `WaypointConfig`:
+the route table (`waypoint.route.compile_table`), the L7 policies
+(`waypoint.authz.compile_policies`), the JWT rules (`waypoint.authn.compile_authn`), tracing
 (`waypoint.tracing.compile_tracing`), and the
 indexes the pipeline looks endpoints up in (Service by VIP and by name, the HEALTHY workloads
 of each Service, the workload at each address). Nothing here does I/O; a config that cannot be
@@ -26,11 +27,13 @@ from typing import Any
 from wisp.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
 from wisp.model import ModelSnapshot, PortMapping, Service, Workload
 
+from .authn import KIND as AUTHN_KIND
+from .authn import WaypointAuthn, compile_authn
 from .authz import WaypointPolicies, WaypointRef, compile_policies
 from .route import RouteTable, compile_table
 from .tracing import TELEMETRY_KIND, TracingDefaults, TracingPolicy, compile_tracing
 
-ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "VirtualService")
 POLICY_KIND = "AuthorizationPolicy"
 HEALTHY = "HEALTHY"
 
@@ -111,6 +114,7 @@ class WaypointConfig:
     gateway: Mapping[str, Any] | None = None
     notes: tuple[str, ...] = ()
     tracing: TracingPolicy = TracingPolicy()  # sampling and export (waypoint/tracing.py)
+    authn: WaypointAuthn = WaypointAuthn()  # RequestAuthentication rules (waypoint/authn)
     counts: Mapping[str, int] = field(default_factory=dict)
     # (id(workload), target port) -> its Endpoint, made on first use (upstream.choose_endpoint):
     # the workloads live as long as this config, and an Endpoint is immutable, so requests share
@@ -156,6 +160,7 @@ def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str |
     notes: list[str] = []
     routes: list[dict[str, Any]] = []
     policies: list[dict[str, Any]] = []
+    authn_objects: list[dict[str, Any]] = []
     gateway_object = None
     telemetry: list[dict[str, Any]] = []
     for obj in (_objects(snapshot) if objects is None else objects):
@@ -167,6 +172,8 @@ def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str |
             routes.append(data)
         elif kind == POLICY_KIND:
             policies.append(data)
+        elif kind == AUTHN_KIND:
+            authn_objects.append(data)
         elif kind == TELEMETRY_KIND:
             telemetry.append(data)
         elif kind == "Gateway":
@@ -177,6 +184,8 @@ def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str |
     table = compile_table(routes, services)
     compiled = compile_policies(policies, gateway)
     notes.extend(f"AuthorizationPolicy {note.policy}: {note.message}" for note in compiled.notes)
+    authn = compile_authn(authn_objects, gateway)
+    notes.extend(authn.notes)
     traced = compile_tracing(telemetry, gateway.namespace, gateway.name, gateway_object, services,
                              tracing or TracingDefaults())
     notes.extend(traced.notes)
@@ -200,7 +209,7 @@ def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str |
         version=version, snapshot=snapshot, routes=table, policies=compiled,
         services_by_vip=by_vip, services_by_name=by_name,
         endpoints={key: tuple(sorted(items, key=lambda item: item[0].uid)) for key, items in endpoints.items()},
-        workloads_by_ip=by_ip, gateway=gateway_object, notes=tuple(notes), tracing=traced,
+        workloads_by_ip=by_ip, gateway=gateway_object, notes=tuple(notes), tracing=traced, authn=authn,
         counts={"workloads": len(snapshot.workloads), "services": len(services), "routes": len(routes),
                 "policies": len(policies)},
     )
