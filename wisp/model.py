@@ -211,7 +211,8 @@ class Authorization:
 
 # --- Kubernetes objects for waypoints ----------------------------------------------------------
 
-CONFIG_OBJECT_KINDS = frozenset({"Gateway", "HTTPRoute", "GRPCRoute", "AuthorizationPolicy"})
+CONFIG_OBJECT_KINDS = frozenset({"Gateway", "HTTPRoute", "GRPCRoute", "AuthorizationPolicy",
+                                 "VirtualService", "DestinationRule"})
 # What of an object's metadata a waypoint may need: labels (selectors), annotations,
 # creationTimestamp and generation (route precedence ties are broken by age, then name).
 _CONFIG_METADATA = ("labels", "annotations", "creationTimestamp", "generation")
