@@ -6,6 +6,11 @@ pure step over the current `WaypointConfig` (Envoy's HTTP connection manager ord
 
 1. **normalise** the path as Istio does before routing and authorization
    (`waypoint.authz.normalize_path`, BASE); a path Istio rejects → `Respond(400)`.
+1b. **authenticate** (`waypoint.authn`, RequestAuthentication): the JWT rules for the Service the
+   client dialled; an invalid, expired or unverifiable token → `Respond(401)` (a disallowed
+   audience: 403) with Envoy's message and `www-authenticate`; no token passes with no principal;
+   a valid one passes its `RequestAuth` to authorize and may change the headers (token removed,
+   payload and claim headers set) and the target (a token query parameter removed).
 2. **authorize** (`waypoint.authz`): the policies for the Service the client dialled (None for a
    pod IP), the client's SPIFFE identity from the tunnel; denied → `Respond(403, "RBAC: access
    denied")`.
@@ -40,12 +45,14 @@ call on the loop.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wisp.identity import SpiffeId
 from wisp.model import Service
 
+from .authn import KeySource, Rejected, authenticate
 from .authz import (
     DENIED_BODY,
     DENIED_STATUS,
@@ -163,6 +170,8 @@ class Pipeline:
         self._choose = choose_endpoint
         self._open = open_upstream
         self.rng = rng or random.Random()
+        # Key sets fetched from jwksUri (waypoint.authn.RemoteJwks); the app sets it once running.
+        self.jwks: KeySource | None = None
 
     def open_upstream(self, endpoint: Endpoint, on_stream: OnStream) -> None:
         """A new stream to `endpoint`: `on_stream(end, None)` or `on_stream(None, reason)`, later."""
@@ -178,15 +187,32 @@ class Pipeline:
                 return Respond(400, b"Bad Request: path rejected by normalisation\n", detail="path_normalization_failed")
             target = normalized.encode("latin-1")
         dialled = config.service_at(ctx.dest_ip)
+        service_ref = ServiceRef(dialled.namespace, dialled.name) if dialled is not None else None
+        # 1b. authenticate
+        request_auth = None
+        authn_rules = config.authn.for_service(service_ref)
+        if not authn_rules.empty:
+            verdict = authenticate(authn_rules, head.method, target, head.authority, head.headers, self.jwks,
+                                   time.time(), head.scheme)
+            if type(verdict) is Rejected:
+                return Respond(verdict.status, verdict.body,
+                               [(b"content-type", b"text/plain"), (b"www-authenticate", verdict.www_authenticate)],
+                               detail=verdict.detail, service=dialled)
+            request_auth = verdict.auth
+            if verdict.target is not None:
+                target = verdict.target
+            if verdict.headers is not None:
+                head = head.copy()  # the shell's head stays as received
+                head.headers = verdict.headers
         # 2. authorize
-        policies = config.policies.for_service(
-            ServiceRef(dialled.namespace, dialled.name) if dialled is not None else None)
+        policies = config.policies.for_service(service_ref)
         decision: AuthzDecision | None = None
         if not policies.empty:
             attrs = RequestAttributes(
                 ctx.identity, ctx.source_ip, ctx.dest_ip, ctx.dest_port,
                 head.authority.decode("latin-1") if head.authority else None,
                 head.method.decode("latin-1"), target.decode("latin-1"), head.headers,
+                request_auth=request_auth,
             )
             decision = authorize(policies, attrs)
             if not decision.allowed:
