@@ -37,6 +37,7 @@ from wisp.metrics import exposition
 from wisp.model import ModelSnapshot
 
 from . import endpoints, inbound, passthrough
+from .authn import RemoteJwks, mesh_fetch, service_for_host
 from .channel import Channel
 from .config import WaypointConfig, WaypointSettings, compile_config, empty_config
 from .detect import HTTP1, HTTP2, TCP
@@ -70,6 +71,7 @@ class Waypoint:
         self.pool: Pool | None = None
         self.upstreams: Upstreams | None = None
         self.http1_pool: Http1Pool | None = None
+        self.jwks: RemoteJwks | None = None  # the jwksUri key sets (waypoint.authn.fetch), once running
         self.http2 = None
         self.pipeline = Pipeline(self.current, self._choose, self._open_upstream, self.rng)
         self.bound: dict[str, tuple[str, int]] = {}
@@ -87,6 +89,8 @@ class Waypoint:
         self._export_to(config.tracing.endpoint if config.tracing.export else None)
         self.config = config
         self.config_synced = True
+        if self.jwks is not None:
+            self.jwks.track(config.authn.remote)
         self.telemetry.forget_series()
         for note in config.notes:
             log.warning("config note", note=note)
@@ -126,6 +130,12 @@ class Waypoint:
     # -- the data path's hooks -----------------------------------------------------------------
     def _choose(self, config: WaypointConfig, service, port: int):
         return choose_endpoint(config, service, port, self.rng, self.upstreams.inflight if self.upstreams else None)
+
+    def _jwks_endpoint(self, target):
+        """Where a jwksUri is fetched: an endpoint of the mesh Service its host names, or None."""
+        config = self.config
+        service = service_for_host(target.host, config.services_by_name, config.services_by_vip)
+        return self._choose(config, service, target.port) if service is not None else None
 
     def _open_upstream(self, endpoint, on_stream) -> None:
         self.upstreams.open(endpoint, on_stream)
@@ -174,6 +184,9 @@ class Waypoint:
             if self.telemetry.lines is not None:
                 self.telemetry.lines.attach(loop)
             self.http1_pool = Http1Pool(loop, self.pipeline)
+            self.jwks = RemoteJwks(mesh_fetch(self.http1_pool, self._jwks_endpoint, loop.call_later), loop.call_later)
+            self.pipeline.jwks = self.jwks
+            self.jwks.track(self.config.authn.remote)
             self.http1_inputs = Http1Inputs(loop, self.pipeline, self.http1_pool, self.telemetry)
             self.http2 = _http2_proxy(self.pipeline, self.telemetry, loop)
             self.server = HboneServer(
@@ -208,6 +221,7 @@ class Waypoint:
             await self._shutdown.wait()
             await self.drain()
             self.server.close("waypoint stopped")
+            self.jwks.close()
             self.http1_pool.close()
             if self.http2 is not None:
                 self.http2.close()
