@@ -15,7 +15,10 @@ Waypoints see every workload, service and authorization, and the ConfigObjects t
 the Gateway they subscribed with (`View.gateway`, "ns/name"): that Gateway; HTTPRoutes and
 GRPCRoutes with a parentRef to a Service bound to it; AuthorizationPolicies whose targetRefs
 name that Gateway, a Service bound to it, or (in the root namespace) the istio-waypoint
-GatewayClass. A Service is bound to the waypoint its `waypoint` GatewayAddress names, usable or
+GatewayClass; VirtualServices whose ``hosts`` and DestinationRules whose ``host`` name a Service
+bound to it (Istio host names, read relative to the object's namespace: ``wisp.istio_hosts``),
+and the DestinationRules of every Service its routes and VirtualServices send to (the subsets
+and traffic policy of a destination apply where the request leaves, at this waypoint). A Service is bound to the waypoint its `waypoint` GatewayAddress names, usable or
 not (so a waypoint has its config before it turns ready). A waypoint that names no Gateway gets
 every ConfigObject. When a binding changes, objects that became (or stopped being) a waypoint's
 business are sent (or removed) in the next delta although they did not change themselves.
@@ -31,6 +34,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from wisp.controlplane.protocol import encode_delta, encode_resource, encode_snapshot
+from wisp.istio_hosts import host_key
 from wisp.model import (
     KIND_AUTHORIZATION,
     KIND_CONFIG_OBJECT,
@@ -298,17 +302,38 @@ class Distributor:
 
     def _index_waypoint_objects(self, snapshot: ModelSnapshot) -> dict[str, frozenset[str]]:
         bound: dict[str, str] = {}  # Service "ns/name" -> its waypoint's Gateway "ns/name"
+        names: dict[str, str] = {}  # Service hostname -> "ns/name"
         for service in snapshot.services.values():
+            names[service.hostname] = f"{service.namespace}/{service.name}"
             if service.waypoint is not None and service.waypoint.gateway:
                 bound[f"{service.namespace}/{service.name}"] = service.waypoint.gateway
         index: dict[str, set[str]] = {}
+        # Gateway -> Services its routes send to; Service -> the DestinationRules for it.
+        destinations: dict[str, set[str]] = {}
+        rules: dict[str, set[str]] = {}
         live = set()
         for key, obj in snapshot.objects.items():
             live.add(key)
+            gateways = []
+            sends_to = []
             for target, value in self._targets_of(key, obj):
+                if target in ("host", "destination") and "/" not in value:
+                    # A fully qualified Istio host: the Service of that hostname.
+                    target, value = ("service" if target == "host" else target), names.get(value, "")
+                if target == "destination":
+                    sends_to.append(value)
+                    continue
+                if target == "service" and obj.kind == "DestinationRule":
+                    rules.setdefault(value, set()).add(key)
                 gateway = value if target == "gateway" else bound.get(value) if target == "service" else "*"
                 if gateway:
                     index.setdefault(gateway, set()).add(key)
+                    gateways.append(gateway)
+            for gateway in gateways:
+                destinations.setdefault(gateway, set()).update(sends_to)
+        for gateway, services in destinations.items():
+            for service in services:
+                index[gateway].update(rules.get(service, ()))
         for key in self._targets.keys() - live:
             del self._targets[key]
         return {gateway: frozenset(keys) for gateway, keys in index.items()}
@@ -488,7 +513,9 @@ def _relevant(policy: Authorization, scopes: frozenset[tuple[str, str]]) -> bool
 
 
 def _targets(obj: ConfigObject, body: dict, root_namespace: str) -> tuple[tuple[str, str], ...]:
-    """What a ConfigObject concerns: ("gateway", "ns/name"), ("service", "ns/name") or ("all", "")."""
+    """What a ConfigObject concerns: ("gateway", "ns/name"), ("service", "ns/name"), ("host", fqdn)
+    (the Service of that hostname), ("all", ""); and ("destination", "ns/name" or fqdn): a Service
+    its routes send to, whose DestinationRules go wherever the object goes."""
     spec = body.get("spec")
     spec = spec if isinstance(spec, dict) else {}
     ns = obj.namespace
@@ -505,7 +532,24 @@ def _targets(obj: ConfigObject, body: dict, root_namespace: str) -> tuple[tuple[
     refs = spec.get("targetRefs") or ([spec["targetRef"]] if spec.get("targetRef") else [])
     for ref in refs if isinstance(refs, list) else []:
         if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
+        for rule in spec.get("rules") or []:
+            for ref in (rule.get("backendRefs") or []) if isinstance(rule, dict) else []:
+                if (isinstance(ref, dict) and ref.get("kind", "Service") == "Service"
+                        and ref.get("group", "") in _CORE_GROUPS and isinstance(ref.get("name"), str)):
+                    namespace = ref.get("namespace") if isinstance(ref.get("namespace"), str) and ref["namespace"] else ns
+                    out.append(("destination", f"{namespace}/{ref['name']}"))
+        return tuple(out)
+    if obj.kind == "VirtualService":
+        for host in spec.get("hosts") or []:
+            out.extend(_host_target("service", host, ns))
+        for rule in spec.get("http") or []:
+            for item in (rule.get("route") or []) if isinstance(rule, dict) else []:
+                destination = item.get("destination") if isinstance(item, dict) else None
+                if isinstance(destination, dict):
+                    out.extend(_host_target("destination", destination.get("host"), ns))
             continue
+    if obj.kind == "DestinationRule":
+        return tuple(_host_target("service", spec.get("host"), ns))
         if ref.get("namespace") and ref.get("namespace") != ns:
             continue  # cross-namespace targets never match (waypoint/authz/targets.py)
         group, kind = ref.get("group") or "", ref.get("kind")
@@ -523,5 +567,16 @@ def _authorizations_by_namespace(snapshot: ModelSnapshot) -> dict[str, list[Auth
     result: dict[str, list[Authorization]] = {}
     for policy in snapshot.authorizations.values():
         result.setdefault(policy.namespace, []).append(policy)
+def _host_target(target: str, host: object, namespace: str) -> list[tuple[str, str]]:
+    """An Istio host as a target: ("service"/"destination", "ns/name"), or the FQDN as ("host",
+    fqdn) / ("destination", fqdn) for the index to look up by hostname."""
+    key = host_key(host, namespace) if isinstance(host, str) else None
+    if key is None:
+        return []
+    if isinstance(key, tuple):
+        return [(target, f"{key[0]}/{key[1]}")]
+    return [("host" if target == "service" else target, key)]
+
+
     return result
 
