@@ -528,10 +528,6 @@ def _targets(obj: ConfigObject, body: dict, root_namespace: str) -> tuple[tuple[
                     in _CORE_GROUPS and isinstance(ref.get("name"), str)):
                 namespace = ref.get("namespace") if isinstance(ref.get("namespace"), str) and ref["namespace"] else ns
                 out.append(("service", f"{namespace}/{ref['name']}"))
-        return tuple(out)
-    refs = spec.get("targetRefs") or ([spec["targetRef"]] if spec.get("targetRef") else [])
-    for ref in refs if isinstance(refs, list) else []:
-        if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
         for rule in spec.get("rules") or []:
             for ref in (rule.get("backendRefs") or []) if isinstance(rule, dict) else []:
                 if (isinstance(ref, dict) and ref.get("kind", "Service") == "Service"
@@ -547,9 +543,13 @@ def _targets(obj: ConfigObject, body: dict, root_namespace: str) -> tuple[tuple[
                 destination = item.get("destination") if isinstance(item, dict) else None
                 if isinstance(destination, dict):
                     out.extend(_host_target("destination", destination.get("host"), ns))
-            continue
+        return tuple(out)
     if obj.kind == "DestinationRule":
         return tuple(_host_target("service", spec.get("host"), ns))
+    refs = spec.get("targetRefs") or ([spec["targetRef"]] if spec.get("targetRef") else [])
+    for ref in refs if isinstance(refs, list) else []:
+        if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
+            continue
         if ref.get("namespace") and ref.get("namespace") != ns:
             continue  # cross-namespace targets never match (waypoint/authz/targets.py)
         group, kind = ref.get("group") or "", ref.get("kind")
@@ -563,10 +563,6 @@ def _targets(obj: ConfigObject, body: dict, root_namespace: str) -> tuple[tuple[
     return tuple(out)
 
 
-def _authorizations_by_namespace(snapshot: ModelSnapshot) -> dict[str, list[Authorization]]:
-    result: dict[str, list[Authorization]] = {}
-    for policy in snapshot.authorizations.values():
-        result.setdefault(policy.namespace, []).append(policy)
 def _host_target(target: str, host: object, namespace: str) -> list[tuple[str, str]]:
     """An Istio host as a target: ("service"/"destination", "ns/name"), or the FQDN as ("host",
     fqdn) / ("destination", fqdn) for the index to look up by hostname."""
@@ -578,5 +574,9 @@ def _host_target(target: str, host: object, namespace: str) -> list[tuple[str, s
     return [("host" if target == "service" else target, key)]
 
 
+def _authorizations_by_namespace(snapshot: ModelSnapshot) -> dict[str, list[Authorization]]:
+    result: dict[str, list[Authorization]] = {}
+    for policy in snapshot.authorizations.values():
+        result.setdefault(policy.namespace, []).append(policy)
     return result
 
