@@ -77,6 +77,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("AuthorizationPolicy", "security.istio.io/v1", "authorizationpolicies"),
     Kind("PeerAuthentication", "security.istio.io/v1", "peerauthentications"),
     Kind("RequestAuthentication", "security.istio.io/v1", "requestauthentications"),
+    Kind("VirtualService", "networking.istio.io/v1", "virtualservices"),
+    Kind("DestinationRule", "networking.istio.io/v1", "destinationrules"),
+    Kind("Telemetry", "telemetry.istio.io/v1", "telemetries"),
     Kind("Node", "v1", "nodes", namespaced=False),
     # Only the root certificate ConfigMap the writer publishes in every namespace (istiod's
     # namespace controller follows the same), so a deleted or edited one is put back.

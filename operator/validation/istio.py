@@ -1,7 +1,8 @@
-"""Semantic checks of istiod's validating webhook for the security.istio.io kinds.
+"""Semantic checks of istiod's validating webhook for the security.istio.io kinds and Telemetry.
 
 Rules and messages follow istio/istio ``pkg/config/validation/validation.go``
-(``ValidateAuthorizationPolicy``, ``ValidatePeerAuthentication``, ``ValidateRequestAuthentication``)
+(``ValidateAuthorizationPolicy``, ``ValidatePeerAuthentication``, ``ValidateRequestAuthentication``,
+``ValidateTelemetry``'s tracing part)
 and ``pkg/config/security/security.go`` (``ValidateAttribute``, ``ValidateIPs``,
 ``ValidatePorts``, ``CheckEmptyValues``, ``CheckValidPathTemplate``). They run on an object that
 already fits its CRD schema, so types are right. Each function returns (errors, warnings):
@@ -317,7 +318,28 @@ def request_authentication(obj: dict[str, Any]) -> Problems:
     return errors, warnings
 
 
+def telemetry(obj: dict[str, Any]) -> Problems:
+    """Istio's ValidateTelemetry for what a waypoint reads: the target and `tracing`."""
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    errors, warnings = _selector_errors(spec)
+    tracing = _list(spec, "tracing")
+    if len(tracing) > 1:
+        warnings.append("multiple tracing is not currently supported")
+    for entry in tracing:
+        if not isinstance(entry, dict):
+            errors.append("tracing entry must not be null")
+            continue
+        percentage = entry.get("randomSamplingPercentage")
+        if isinstance(percentage, (int, float)) and not 0 <= percentage <= 100:
+            errors.append("randomSamplingPercentage must be in range [0.0, 100.0]")
+        for provider in _list(entry, "providers"):
+            if not isinstance(provider, dict) or not provider.get("name"):
+                errors.append("must specify provider name")
+    return errors, warnings
+
+
 SEMANTIC = {
+    "Telemetry": telemetry,
     "AuthorizationPolicy": authorization_policy,
     "PeerAuthentication": peer_authentication,
     "RequestAuthentication": request_authentication,
