@@ -113,10 +113,11 @@ def config_objects(state: ClusterState) -> tuple[dict[str, ConfigObject], list[I
         spec = policy.get("spec")
         if isinstance(spec, dict) and (spec.get("targetRefs") or spec.get("targetRef")):
             add(policy, "AuthorizationPolicy")
-    for telemetry in state.of_kind("Telemetry"):
-        spec = telemetry.get("spec")
-        if isinstance(spec, dict) and spec.get("tracing"):  # waypoints read only tracing (waypoint/tracing.py)
-            add(telemetry, "Telemetry")
+    for authn in state.of_kind("RequestAuthentication"):
+        spec = authn.get("spec")
+        # Waypoints apply a RequestAuthentication only through targetRefs (waypoint/authn/policy.py).
+        if isinstance(spec, dict) and (spec.get("targetRefs") or spec.get("targetRef")):
+            add(authn, "RequestAuthentication")
     return dict(sorted(objects.items())), errors
 
 

@@ -212,7 +212,7 @@ class Authorization:
 # --- Kubernetes objects for waypoints ----------------------------------------------------------
 
 CONFIG_OBJECT_KINDS = frozenset({"Gateway", "HTTPRoute", "GRPCRoute", "AuthorizationPolicy",
-                                 "VirtualService", "DestinationRule", "Telemetry"})
+                                 "RequestAuthentication", "VirtualService", "DestinationRule", "Telemetry"})
 # What of an object's metadata a waypoint may need: labels (selectors), annotations,
 # creationTimestamp and generation (route precedence ties are broken by age, then name).
 _CONFIG_METADATA = ("labels", "annotations", "creationTimestamp", "generation")
