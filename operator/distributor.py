@@ -521,6 +521,10 @@ def _targets(obj: ConfigObject, body: dict, root_namespace: str) -> tuple[tuple[
     ns = obj.namespace
     if obj.kind == "Gateway":
         return (("gateway", f"{ns}/{obj.name}"),)
+    if obj.kind == "Telemetry" and not (spec.get("targetRefs") or spec.get("targetRef")):
+        # Mesh-wide (root namespace) or namespace-wide: every waypoint sorts out its own
+        # (waypoint/tracing.py compile_tracing).
+        return (("all", ""),)
     out: list[tuple[str, str]] = []
     if obj.kind in ("HTTPRoute", "GRPCRoute"):
         for ref in spec.get("parentRefs") or []:
