@@ -118,6 +118,10 @@ def config_objects(state: ClusterState) -> tuple[dict[str, ConfigObject], list[I
         # Waypoints apply a RequestAuthentication only through targetRefs (waypoint/authn/policy.py).
         if isinstance(spec, dict) and (spec.get("targetRefs") or spec.get("targetRef")):
             add(authn, "RequestAuthentication")
+    for telemetry in state.of_kind("Telemetry"):
+        spec = telemetry.get("spec")
+        if isinstance(spec, dict) and spec.get("tracing"):  # waypoints read only tracing (waypoint/tracing.py)
+            add(telemetry, "Telemetry")
     return dict(sorted(objects.items())), errors
 
 
