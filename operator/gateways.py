@@ -5,7 +5,8 @@ Pure functions over ClusterState objects, called by the reconciliation core (``r
 - ``config_objects``: the ConfigObjects waypoints compile themselves — Gateways of class
   ``istio-waypoint``, HTTPRoutes and GRPCRoutes with a mesh (core ``Service``) parent, and
   AuthorizationPolicies with ``targetRefs`` (policies without them are ztunnel's, see
-  waypoint/authz/targets.py). The distributor sends each waypoint the ones that concern it.
+  waypoint/authz/targets.py), every VirtualService and DestinationRule (status: ``networking``).
+  The distributor sends each waypoint the ones that concern it.
 - ``gateway_status``: a waypoint Gateway's ``status`` as the Gateway API asks of its controller
   (kubernetes-sigs/gateway-api ``apis/v1/gateway_types.go``): ``Accepted`` (``ListenersNotValid``
   when a listener other than the HBONE one on 15008 is present, False when there is no such
@@ -15,7 +16,8 @@ Pure functions over ClusterState objects, called by the reconciliation core (``r
   ``status.addresses`` once programmed.
 - ``route_status``: ``status.parents`` entries of a route for its Service parents, conditions
   from the waypoint's own route parser (waypoint/route: ``RouteTable.parent_status``), so status
-  says what the proxy does. Entries of other controllers are left alone. HTTPRoutes also get
+  says what the proxy does. A route that wins a Service port over a VirtualService stays
+  ``Accepted`` and its message names the VirtualService not applied there. Entries of other controllers are left alone. HTTPRoutes also get
   Istio's ``ResolvedWaypoints`` (pilot/pkg/config/kube/gateway/conditions.go, conversion.go
   ``referenceAllowed``): always ``True``/``ResolvedWaypoints``, its message saying whether the
   parent Service or its namespace carries an ``istio.io/use-waypoint`` label other than ``none``
@@ -54,6 +56,8 @@ CONTROLLER_NAME = "istio.io/mesh-controller"
 CONDITION_WAYPOINT_ACCEPTED = "WaypointAccepted"
 MESH_LISTENER_PROTOCOL = "HBONE"
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+VIRTUAL_SERVICE = "VirtualService"
+DESTINATION_RULE = "DestinationRule"
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 _CORE_GROUPS = ("", "core")
 # The Gateway conditions this controller owns (others' are kept as they are).
@@ -122,6 +126,11 @@ def config_objects(state: ClusterState) -> tuple[dict[str, ConfigObject], list[I
         spec = telemetry.get("spec")
         if isinstance(spec, dict) and spec.get("tracing"):  # waypoints read only tracing (waypoint/tracing.py)
             add(telemetry, "Telemetry")
+    # Every VirtualService and DestinationRule: the distributor sends each to the waypoints of the
+    # Services its hosts name (and a DestinationRule also where routes send to its host).
+    for kind in (VIRTUAL_SERVICE, DESTINATION_RULE):
+        for obj in state.of_kind(kind):
+            add(obj, kind)
     return dict(sorted(objects.items())), errors
 
 
@@ -212,9 +221,11 @@ def gateway_status(gw: dict[str, Any], oid: ObjectId, waypoint: Waypoint | None)
 
 
 def route_table(state: ClusterState, services: Iterable[Service]) -> RouteTable:
-    """Every mesh route of ``state`` compiled against the model's Services, as a waypoint would."""
+    """Every mesh route and VirtualService of ``state`` compiled against the model's Services, as a
+    waypoint would (a VirtualService and an xRoute on one Service port are not merged: the table
+    says which applies, and both statuses say so)."""
     routes = [r for kind in ROUTE_KINDS for r in state.of_kind(kind) if _has_service_parent(r)]
-    return compile_table(routes, services, state.settings.domain_suffix)
+    return compile_table(routes + state.of_kind(VIRTUAL_SERVICE), services, state.settings.domain_suffix)
 
 
 def route_status(route: dict[str, Any], oid: ObjectId, table: RouteTable,
@@ -230,6 +241,11 @@ def route_status(route: dict[str, Any], oid: ObjectId, table: RouteTable,
     refs = route["spec"]["parentRefs"]
     parents = []
     for index, conditions in sorted(by_index.items()):
+        overridden = table.notes(oid.kind, oid.namespace, oid.name, index)
+        if overridden:
+            # Still Accepted (this route applies); the message says what it overrides.
+            conditions = [dict(c, message=c["message"] + "; " + "; ".join(overridden))
+                          if c["type"] == "Accepted" and c["status"] == "True" else c for c in conditions]
         if state is not None and oid.kind == "HTTPRoute":
             message = _waypoint_resolution(state, refs[index], oid.namespace)
             conditions = [*conditions, {"type": RESOLVED_WAYPOINTS, "status": "True", "reason": RESOLVED_WAYPOINTS,
