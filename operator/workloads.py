@@ -200,6 +200,7 @@ def convert_pod(
         status="HEALTHY" if pods.is_ready(pod, oid) else "UNHEALTHY",
         cluster_id=settings.cluster_id,
         locality=ctx.localities.get(node) if node else None,
+        labels=dict(sorted(pod_labels.items())),
     )
     return WorkloadResult(workload, binding)
 

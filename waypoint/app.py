@@ -47,7 +47,8 @@ from .identity import CertificateSource
 from .pipeline import ClientContext, Pipeline
 from .telemetry import Telemetry
 from .tracing import Exporter, Identity, TracingDefaults
-from .upstream import Upstreams, choose_endpoint
+from .balance.balancer import Balancer
+from .upstream import Upstreams
 
 log = structlog.get_logger("waypoint")
 
@@ -65,6 +66,9 @@ class Waypoint:
         self.certs = CertificateSource(self.identity, fetch or self._fetch_from_control_plane)
         self._contexts = ContextCache()
         self.rng = random.Random()
+        # Endpoint choice, connection-pool limits and outlier detection (waypoint.balance); its
+        # waiting requests resume on the loop.
+        self.balancer = Balancer(self.rng, call_soon=self.engine.loop.call_soon)
         self._static = static_config
         self.subscriber: ConfigSubscriber | None = None
         self.server: HboneServer | None = None
@@ -73,7 +77,7 @@ class Waypoint:
         self.http1_pool: Http1Pool | None = None
         self.jwks: RemoteJwks | None = None  # the jwksUri key sets (waypoint.authn.fetch), once running
         self.http2 = None
-        self.pipeline = Pipeline(self.current, self._choose, self._open_upstream, self.rng)
+        self.pipeline = Pipeline(self.current, self.balancer, self._open_upstream, self.rng)
         self.bound: dict[str, tuple[str, int]] = {}
         self.draining = False
         self._shutdown = trio.Event()
@@ -129,7 +133,7 @@ class Waypoint:
 
     # -- the data path's hooks -----------------------------------------------------------------
     def _choose(self, config: WaypointConfig, service, port: int):
-        return choose_endpoint(config, service, port, self.rng, self.upstreams.inflight if self.upstreams else None)
+        return self.balancer.choose(config, service, port)
 
     def _jwks_endpoint(self, target):
         """Where a jwksUri is fetched: an endpoint of the mesh Service its host names, or None."""

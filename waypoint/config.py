@@ -6,7 +6,8 @@ and Service, plus the `ConfigObject`s (Gateway, HTTPRoute, GRPCRoute, Authorizat
 RequestAuthentication, Telemetry) the control plane sent this waypoint — into a `WaypointConfig`:
 the route table (`waypoint.route.compile_table`), the L7 policies
 (`waypoint.authz.compile_policies`), the JWT rules (`waypoint.authn.compile_authn`), tracing
-(`waypoint.tracing.compile_tracing`), and the
+(`waypoint.tracing.compile_tracing`), the DestinationRules' traffic policies by Service
+(`waypoint.balance.rules.compile_destination_rules`), and the
 indexes the pipeline looks endpoints up in (Service by VIP and by name, the HEALTHY workloads
 of each Service, the workload at each address). Nothing here does I/O; a config that cannot be
 read in part (one route or policy object that is not JSON) loses that part and says so in
@@ -30,11 +31,14 @@ from wisp.model import ModelSnapshot, PortMapping, Service, Workload
 from .authn import KIND as AUTHN_KIND
 from .authn import WaypointAuthn, compile_authn
 from .authz import WaypointPolicies, WaypointRef, compile_policies
+from .balance.policy import EMPTY_POLICIES, TrafficPolicies
+from .balance.rules import compile_destination_rules
 from .route import RouteTable, compile_table
 from .tracing import TELEMETRY_KIND, TracingDefaults, TracingPolicy, compile_tracing
 
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute", "VirtualService")
 POLICY_KIND = "AuthorizationPolicy"
+DESTINATION_RULE_KIND = "DestinationRule"
 HEALTHY = "HEALTHY"
 
 MESH_PORT = 15008
@@ -115,6 +119,7 @@ class WaypointConfig:
     notes: tuple[str, ...] = ()
     tracing: TracingPolicy = TracingPolicy()  # sampling and export (waypoint/tracing.py)
     authn: WaypointAuthn = WaypointAuthn()  # RequestAuthentication rules (waypoint/authn)
+    traffic: TrafficPolicies = EMPTY_POLICIES  # DestinationRules by Service (waypoint/balance)
     counts: Mapping[str, int] = field(default_factory=dict)
     # (id(workload), target port) -> its Endpoint, made on first use (upstream.choose_endpoint):
     # the workloads live as long as this config, and an Endpoint is immutable, so requests share
@@ -163,6 +168,7 @@ def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str |
     authn_objects: list[dict[str, Any]] = []
     gateway_object = None
     telemetry: list[dict[str, Any]] = []
+    destination_rules: list[dict[str, Any]] = []
     for obj in (_objects(snapshot) if objects is None else objects):
         data = _read_object(obj, notes)
         if data is None:
@@ -176,6 +182,8 @@ def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str |
             authn_objects.append(data)
         elif kind == TELEMETRY_KIND:
             telemetry.append(data)
+        elif kind == DESTINATION_RULE_KIND:
+            destination_rules.append(data)
         elif kind == "Gateway":
             meta = data.get("metadata") or {}
             if meta.get("namespace") == gateway.namespace and meta.get("name") == gateway.name:
@@ -189,6 +197,8 @@ def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str |
     traced = compile_tracing(telemetry, gateway.namespace, gateway.name, gateway_object, services,
                              tracing or TracingDefaults())
     notes.extend(traced.notes)
+    traffic = compile_destination_rules(destination_rules, services)
+    notes.extend(traffic.notes)
 
     by_vip: dict[str, Service] = {}
     by_name: dict[tuple[str, str], Service] = {}
@@ -210,6 +220,7 @@ def compile_config(snapshot: ModelSnapshot, gateway: WaypointRef, version: str |
         services_by_vip=by_vip, services_by_name=by_name,
         endpoints={key: tuple(sorted(items, key=lambda item: item[0].uid)) for key, items in endpoints.items()},
         workloads_by_ip=by_ip, gateway=gateway_object, notes=tuple(notes), tracing=traced, authn=authn,
+        traffic=traffic,
         counts={"workloads": len(snapshot.workloads), "services": len(services), "routes": len(routes),
                 "policies": len(policies)},
     )

@@ -18,8 +18,12 @@ pure step over the current `WaypointConfig` (Envoy's HTTP connection manager ord
    namespace): `Redirect` → `Respond(3xx, Location)`, `DirectResponse` → `Respond(status)`,
    `Forward` → the backend Service port with the filters applied to the head, `DefaultService`
    → the dialled Service port (or, for a pod IP, that workload and port) unchanged.
-4. **choose an endpoint**: a HEALTHY workload of the backend Service, at its target port
-   (`upstream.choose_endpoint`); none → `Respond(503, "no healthy upstream")`.
+4. **choose an endpoint**: the balancer (`waypoint.balance.balancer.Balancer.pick`) picks a
+   HEALTHY, non-ejected workload of the backend Service (of the route's DestinationRule subset,
+   if any) at its target port and hands out the attempt's `Lease` (`Proxy.lease`, finished by
+   the shell once the attempt ends); none → `Respond(503, "no healthy upstream")`, a full
+   connection pool → `Respond(503)` with `x-envoy-overloaded: true`. A retry asks
+   `Pipeline.retarget(proxy)` for another endpoint (earlier attempts' hosts excluded).
 5. **forwarding headers**: `x-forwarded-for` gets the client's address appended,
    `x-forwarded-proto` is set when absent, `forwarded` passes unchanged, `x-request-id` is
    created when absent, and the trace context (`waypoint.tracing.forward`: W3C `traceparent`
@@ -46,7 +50,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from wisp.identity import SpiffeId
@@ -62,6 +66,7 @@ from .authz import (
     normalize_path,
 )
 from .authz import Decision as AuthzDecision
+from .balance.balancer import OVERLOADED, OVERLOADED_HEADERS, FunctionBalancer, Lease
 from .config import Endpoint, WaypointConfig
 from .route import DirectResponse, Forward, HttpRequest, Redirect, apply_header_modifiers, header_map
 from .route.filters import HeaderModifier
@@ -145,6 +150,8 @@ class Proxy:
     route: RouteRef | None = None
     timeout: float | None = None
     authz: AuthzDecision | None = None
+    lease: Lease | None = None  # the current attempt's hold on `endpoint` (waypoint.balance)
+    tried: tuple[str, ...] = ()  # addresses of earlier attempts' endpoints (retarget excludes them)
     trace: Span | None = None  # the waypoint's span when sampled and exported (waypoint.tracing)
 
 
@@ -162,12 +169,13 @@ def response_headers_of(proxy: Proxy, headers: list[tuple[bytes, bytes]]) -> lis
 class Pipeline:
     """The stages over the config in force; `current()` returns it (replaced per version)."""
 
-    def __init__(self, current: Callable[[], WaypointConfig],
-                 choose_endpoint: Callable[[WaypointConfig, Service, int], Endpoint | None],
+    def __init__(self, current: Callable[[], WaypointConfig], balancer,
                  open_upstream: Callable[[Endpoint, OnStream], None],
                  rng: random.Random | None = None) -> None:
+        """`balancer`: a `waypoint.balance.balancer.Balancer`, or a plain
+        `choose(config, service, port) -> Endpoint | None` (tests that choose themselves)."""
         self.current = current
-        self._choose = choose_endpoint
+        self.balancer = balancer if hasattr(balancer, "pick") else FunctionBalancer(balancer)
         self._open = open_upstream
         self.rng = rng or random.Random()
         # Key sets fetched from jwksUri (waypoint.authn.RemoteJwks); the app sets it once running.
@@ -176,6 +184,36 @@ class Pipeline:
     def open_upstream(self, endpoint: Endpoint, on_stream: OnStream) -> None:
         """A new stream to `endpoint`: `on_stream(end, None)` or `on_stream(None, reason)`, later."""
         self._open(endpoint, on_stream)
+
+    def retarget(self, proxy: Proxy, exclude: Collection[str] = ()) -> Respond | None:
+        """The next attempt of `proxy` (a retry): a new endpoint and lease in `proxy.endpoint` and
+        `proxy.lease`, or the 503 to answer when there is none (`Respond`, as `decide` makes them).
+
+        Finish the previous attempt's lease first (with its outcome: outlier detection and the
+        latency estimate learn from it); one left open is finished here as cancelled. The hosts
+        of earlier attempts (`proxy.tried`, which this extends, and `exclude`) are avoided as
+        Envoy's `previous_hosts` retry predicate does: up to 5 draws, then whatever comes. A
+        request to a pod IP, or one whose lease was not the balancer's, stays on its endpoint."""
+        lease = proxy.lease
+        if lease is not None:
+            lease.finish(None)
+        proxy.tried = proxy.tried + (proxy.endpoint.address,)
+        cluster = lease.cluster if lease is not None else None
+        if cluster is None or cluster.service is None:
+            proxy.lease = self.balancer.lease_for(proxy.endpoint)
+            return None
+        avoid = set(proxy.tried)
+        avoid.update(exclude)
+        picked = self.balancer.pick(self.current(), cluster.service, cluster.port, cluster.subset, avoid,
+                                    source_ip=lease.source_ip, head=proxy.head, http1=lease.http1)
+        if picked is None:
+            return Respond(503, b"no healthy upstream", [(b"content-type", b"text/plain")],
+                           detail="no_healthy_upstream", route=proxy.route, service=proxy.service, authz=proxy.authz)
+        if picked is OVERLOADED:
+            return _overloaded(proxy.route, proxy.service, proxy.authz)
+        proxy.lease = picked
+        proxy.endpoint = picked.endpoint
+        return None
 
     def decide(self, ctx: ClientContext, head: RequestHead) -> Outcome:
         config = self.current()
@@ -240,6 +278,7 @@ class Pipeline:
         if kind is Forward:
             backend = config.services_by_name.get((routed.backend.namespace, routed.backend.name))
             port = routed.backend.port if routed.backend.port is not None else ctx.dest_port
+            subset = routed.backend.subset
             if routed.target is not None:
                 out.target = routed.target
             if routed.authority is not None:
@@ -257,17 +296,23 @@ class Pipeline:
         else:  # DefaultService: the dialled Service, or the dialled pod
             backend = dialled
             port = ctx.dest_port
+            subset = None
         # 4. endpoint
         if backend is not None:
-            endpoint = self._choose(config, backend, port)
-            if endpoint is None:
+            lease = self.balancer.pick(config, backend, port, subset, source_ip=ctx.source_ip, head=out,
+                                       http1=head.protocol == PROTOCOL_HTTP1)
+            if lease is None:
                 return Respond(503, b"no healthy upstream", [(b"content-type", b"text/plain")],
                                detail="no_healthy_upstream", route=route, service=backend, authz=decision)
+            if lease is OVERLOADED:
+                return _overloaded(route, backend, decision)
+            endpoint = lease.endpoint
         else:
             endpoint = pod_endpoint(config, ctx.dest_ip, port)
             if endpoint is None:
                 return Respond(503, b"no healthy upstream", [(b"content-type", b"text/plain")],
                                detail="no_healthy_upstream", service=None, authz=decision)
+            lease = self.balancer.lease_for(endpoint)
         # 5. forwarding headers
         tracing = config.tracing
         if backend is not None:
@@ -277,7 +322,8 @@ class Pipeline:
         else:
             out.headers, span = forwarded(out.headers, ctx, self.rng, tracing.percentage, tracing.export,
                                           ctx.dest_ip, port, False, out.scheme)
-        return Proxy(out, endpoint, backend, response_headers, mirrors, route, timeout, decision, trace=span)
+        return Proxy(out, endpoint, backend, response_headers, mirrors, route, timeout, decision, trace=span,
+                     lease=lease)
 
     def _mirrors(self, config: WaypointConfig, head: RequestHead, mirrors) -> tuple[tuple[RequestHead, Endpoint], ...]:
         out = []
@@ -285,7 +331,7 @@ class Pipeline:
             service = config.services_by_name.get((mirror.namespace, mirror.name))
             if service is None:
                 continue
-            endpoint = self._choose(config, service, mirror.port)
+            endpoint = self.balancer.choose(config, service, mirror.port, getattr(mirror, "subset", None))
             if endpoint is None:
                 continue
             copy = head.copy()
@@ -297,6 +343,14 @@ class Pipeline:
                 copy.authority = copy.authority + b"-shadow"
             out.append((copy, endpoint))
         return tuple(out)
+
+
+def _overloaded(route: RouteRef | None, service: Service | None, authz: AuthzDecision | None) -> Respond:
+    """Envoy's answer when a circuit breaker is open: 503, `x-envoy-overloaded: true`."""
+    return Respond(503, b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                   [(b"content-type", b"text/plain"), *OVERLOADED_HEADERS],
+                   detail="upstream_reset_before_response_started{overflow}", route=route, service=service,
+                   authz=authz)
 
 
 def _match_headers(head: RequestHead) -> dict[bytes, bytes]:

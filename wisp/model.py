@@ -110,6 +110,9 @@ class Workload:
     cluster_id: str = ""
     locality: Locality | None = None
     capacity: int = 1
+    # The pod's labels: a waypoint selects DestinationRule subsets by them (Envoy gets them as
+    # endpoint metadata from istiod). Read-only, as `services`.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     def identity(self) -> str:
         """The workload's SPIFFE identity."""

@@ -339,7 +339,7 @@ class Exchange:
 
     def _connect(self, fresh: bool) -> None:
         proxy = self.proxy
-        self.down.inputs.pool.acquire(proxy.endpoint, self._connected, fresh=fresh)
+        self.down.inputs.pool.acquire(proxy.endpoint, self._connected, fresh=fresh, lease=proxy.lease)
 
     def _connected(self, conn: UpstreamConnection | None, error: str | None, reused: bool) -> None:
         if self.failed or self.response_complete:
@@ -500,6 +500,8 @@ class Exchange:
                 conn.close("answered before the request ended")
                 self.keep_alive = False
                 self.discard = True
+        if proxy.lease is not None:
+            proxy.lease.finish(self._status)
         self.record.finish(self._status, destination=Party(proxy.endpoint.workload, proxy.endpoint.identity),
                            service=proxy.service, upstream=str(proxy.endpoint), route=proxy.route)
         if self.request_complete or not self.keep_alive:
@@ -550,6 +552,8 @@ class Exchange:
 
     def _record_failure(self, status: int, flags: str, error: str) -> None:
         proxy = self.proxy
+        if proxy.lease is not None:  # the attempt ends: the balancer learns its outcome
+            proxy.lease.finish(status, flags == FLAG_UPSTREAM_CONNECT)
         self.record.finish(status, destination=Party(proxy.endpoint.workload, proxy.endpoint.identity),
                            service=proxy.service, upstream=str(proxy.endpoint), route=proxy.route, flags=flags,
                            error=error)
@@ -589,6 +593,8 @@ class Exchange:
             status = self._status if self.response_started else 0
             proxy = self.proxy
             if proxy is not None:
+                if proxy.lease is not None:
+                    proxy.lease.finish(None)  # not the endpoint's doing
                 self.record.finish(status, destination=Party(proxy.endpoint.workload, proxy.endpoint.identity),
                                    service=proxy.service, upstream=str(proxy.endpoint), route=proxy.route,
                                    flags=FLAG_DOWNSTREAM_RESET, error=reason)

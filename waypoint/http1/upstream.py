@@ -15,6 +15,12 @@ and at most `MAX_IDLE` per endpoint; one that the server closes or writes to whi
 the pool.
 A reused connection can race with the server closing it: `reused` tells the owner the request
 may be retried once on a fresh one if nothing of the response came.
+
+With the attempt's `lease` (waypoint.balance), `acquire` first waits for the cluster's connection
+pool to admit the request (`lease.ready`: DestinationRule tcp.maxConnections and
+http1MaxPendingRequests), and a connection that has carried the cluster's
+http.maxRequestsPerConnection requests is closed instead of kept. `open_connections` counts the
+connections open now (a gauge for the metrics and the overload tests).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ class UpstreamConnection:
     """One HTTP/1.1 client connection over a splice end (a `waypoint.channel.Reader`)."""
 
     __slots__ = ("pool", "endpoint", "key", "channel", "parser", "owner", "requests", "idle_since", "broken",
-                 "response_started")
+                 "response_started", "limit", "counted")
 
     def __init__(self, pool: Http1Pool, endpoint: Endpoint, key: tuple, end: object) -> None:
         self.pool = pool
@@ -58,6 +64,9 @@ class UpstreamConnection:
         self.idle_since = 0.0
         self.broken = False
         self.response_started = False
+        self.limit: int | None = None  # requests this connection may carry (maxRequestsPerConnection)
+        self.counted = True  # in the pool's open_connections until it closes
+        pool.open_connections += 1
         self.channel = Channel(end, self)
 
     # -- the owner's side ------------------------------------------------------------------------
@@ -169,12 +178,18 @@ class Http1Pool:
         self._sweeper: Timer | None = None
         self.opened = 0
         self.reused = 0
+        self.open_connections = 0
 
     @staticmethod
     def key_of(endpoint: Endpoint) -> tuple:
         return (endpoint.address, endpoint.port, endpoint.identity, endpoint.hbone)
 
-    def acquire(self, endpoint: Endpoint, on_ready: OnReady, *, fresh: bool = False) -> None:
+    def acquire(self, endpoint: Endpoint, on_ready: OnReady, *, fresh: bool = False, lease=None) -> None:
+        limit = None
+        if lease is not None:
+            if not lease.ready(lambda: self.acquire(endpoint, on_ready, fresh=fresh, lease=lease)):
+                return  # the cluster's connection pool is full: wait for a slot
+            limit = lease.per_connection
         key = self.key_of(endpoint)
         idle = self._idle.get(key)
         while idle and not fresh:
@@ -183,6 +198,7 @@ class Http1Pool:
                 del self._idle[key]
             if conn.reusable:
                 self.reused += 1
+                conn.limit = limit
                 on_ready(conn, None, True)
                 return
             idle = self._idle.get(key)
@@ -193,6 +209,7 @@ class Http1Pool:
                 return
             self.opened += 1
             conn = UpstreamConnection(self, endpoint, key, end)
+            conn.limit = limit
             conn.channel.start()
             on_ready(conn, None, False)
 
@@ -203,6 +220,9 @@ class Http1Pool:
         conn.owner = None
         if not conn.reusable or not conn.parser.done or conn.parser.buffered:
             conn.close("not reusable")
+            return
+        if conn.limit is not None and conn.requests >= conn.limit:
+            conn.close("maxRequestsPerConnection reached")
             return
         idle = self._idle.setdefault(conn.key, [])
         if len(idle) >= self.max_idle:
@@ -224,6 +244,9 @@ class Http1Pool:
             self._sweeper = self.loop.call_later(self.idle_timeout / 4, self._sweep)
 
     def forget(self, conn: UpstreamConnection) -> None:
+        if conn.counted:  # forget runs when a connection closes, by either side (maybe twice)
+            conn.counted = False
+            self.open_connections -= 1
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)

@@ -410,6 +410,15 @@ class Exchange:
         self.down.exchange_done(self)
         if self.up is not None:
             self.up.exchange_done(self)
+        proxy = self.proxy
+        if proxy is not None and proxy.lease is not None:
+            # The attempt ends: the endpoint's status (or the 503/504 answered for it); a
+            # client's reset is not the endpoint's doing.
+            flags = self.flags
+            if flags == FLAG_DOWNSTREAM_RESET:
+                proxy.lease.finish(None)
+            else:
+                proxy.lease.finish(self.status or None, flags == FLAG_UPSTREAM_CONNECT)
         if self.record is not None:
             self._record()
         on_done, self.on_done = self.on_done, None
