@@ -23,6 +23,8 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import istio_networking
+
 Problems = tuple[list[str], list[str]]
 
 _ALLOWED_TARGET_REFS = (("", "Service"), ("networking.istio.io", "ServiceEntry"),
@@ -343,5 +345,7 @@ SEMANTIC = {
     "AuthorizationPolicy": authorization_policy,
     "PeerAuthentication": peer_authentication,
     "RequestAuthentication": request_authentication,
+    "VirtualService": istio_networking.virtual_service,
+    "DestinationRule": istio_networking.destination_rule,
 }
 WEBHOOK = "validation.istio.io"
