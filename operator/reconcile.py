@@ -7,7 +7,8 @@ and reported in ``Reconciliation.errors`` for the shell to log once.
 
 Status writes are the conditions we own (``istio.io/WaypointBound`` on Services
 and Pods, ``ZtunnelAccepted`` on AuthorizationPolicies, ``WaypointAccepted`` on
-those with targetRefs) that differ from what
+those with targetRefs, ``Accepted``/``ResolvedRefs``/``UnsupportedFields`` on
+VirtualServices and DestinationRules) that differ from what
 the object's status already says, ignoring lastTransitionTime; ``condition=None``
 asks the writer to remove a condition we no longer want. Waypoint Gateways and
 mesh routes get ``StatusFieldsWrite``s instead (whole Gateway API status fields,
@@ -37,6 +38,7 @@ from wisp_operator.gateways import (
     gateway_api_writes,
     waypoint_policy_conditions,
 )
+from wisp_operator.networking import networking_conditions
 from wisp_operator.peer_authentication import PeerAuth, PeerAuthIndex, parse_peer_authentication
 from wisp_operator.policy import (
     CONDITION_ZTUNNEL_ACCEPTED,
@@ -197,6 +199,11 @@ class _Build:
         errors.extend(gateway_errors)
         for ap, ap_id, condition in waypoint_policy_conditions(state, waypoints, services):
             _want(writes, ap, ap_id, CONDITION_WAYPOINT_ACCEPTED, condition)
+        # VirtualService and DestinationRule: Accepted, ResolvedRefs, UnsupportedFields (networking)
+        conditions, networking_errors = networking_conditions(state, services.values())
+        errors.extend(networking_errors)
+        for obj, obj_id, condition_type, condition in conditions:
+            _want(writes, obj, obj_id, condition_type, condition)
 
         # --- workloads ---
         localities = {}
