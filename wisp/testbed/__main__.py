@@ -1,7 +1,8 @@
 """`python -m wisp.testbed build|up|env`: the test bed's command line (`./run testbed ...`).
 
-- `build [--kubernetes-version V]`: builds the binaries or reuses the cached ones; progress on
-  stderr, the binary directory on stdout.
+- `build [--kubernetes-version V]`: builds the binaries (the control plane's, helm, and Jaeger for
+  the tracing e2e test) or reuses the cached ones; progress on stderr, the binary directory on
+  stdout.
 - `up [--nodes N] [--timeout S]`: starts the control plane and N simulated nodes, prints the admin
   kubeconfig path, runs until Ctrl-C or SIGTERM, then stops everything and removes its directory.
 - `env`: prints shell `export` lines: the cache and binary directory, PATH with the built kubectl
@@ -19,7 +20,7 @@ import time
 
 from wisp import log
 
-from . import build, helm
+from . import build, helm, jaeger
 from .cluster import TestbedError, leftovers, owner_alive, start
 from .nodes import Nodes
 
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             binaries, _ = build.build(args.kubernetes_version, progress=_progress)
             helm.build_helm(k8s_version=args.kubernetes_version, progress=_progress)
+            jaeger.build_jaeger(progress=_progress)
             print(binaries.directory)
             return 0
         if args.command == "up":
