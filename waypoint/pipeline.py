@@ -17,7 +17,11 @@ pure step over the current `WaypointConfig` (Envoy's HTTP connection manager ord
 3. **route** (`waypoint.route.RouteTable.route`, by the dialled VIP:port and the client's
    namespace): `Redirect` → `Respond(3xx, Location)`, `DirectResponse` → `Respond(status)`,
    `Forward` → the backend Service port with the filters applied to the head, `DefaultService`
-   → the dialled Service port (or, for a pod IP, that workload and port) unchanged.
+   → the dialled Service port (or, for a pod IP, that workload and port) unchanged. A route's
+   fault policy (`waypoint.resilience.decide_fault`) draws here: an abort → `Respond` with the
+   fault's status (after `Respond.delay`), a delay alone → `Proxy.fault`, waited by the shell.
+   `Proxy.retry` is the route's retry policy or Istio's default, `Proxy.per_try_timeout` the
+   per-attempt timeout, `Proxy.budget` the backend cluster's retry budget.
 4. **choose an endpoint**: the balancer (`waypoint.balance.balancer.Balancer.pick`) picks a
    HEALTHY, non-ejected workload of the backend Service (of the route's DestinationRule subset,
    if any) at its target port and hands out the attempt's `Lease` (`Proxy.lease`, finished by
@@ -48,6 +52,7 @@ call on the loop.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Collection
@@ -67,7 +72,9 @@ from .authz import (
 )
 from .authz import Decision as AuthzDecision
 from .balance.balancer import OVERLOADED, OVERLOADED_HEADERS, FunctionBalancer, Lease
+from .balance.balancer import OVERLOADED, OVERLOADED_HEADERS, FunctionBalancer, Lease
 from .config import Endpoint, WaypointConfig
+from .resilience import DEFAULT_RETRY, Budget, Budgets, Injected, RetryPolicy, cluster_key, decide_fault
 from .route import DirectResponse, Forward, HttpRequest, Redirect, apply_header_modifiers, header_map
 from .route.filters import HeaderModifier
 from .route.parse import RouteRef
@@ -136,6 +143,7 @@ class Respond:
     route: RouteRef | None = None
     service: Service | None = None
     authz: AuthzDecision | None = None
+    delay: float = 0.0  # seconds to wait before answering: a fault-injected delay (waypoint.resilience)
 
 
 @dataclass(slots=True)
@@ -152,7 +160,13 @@ class Proxy:
     authz: AuthzDecision | None = None
     lease: Lease | None = None  # the current attempt's hold on `endpoint` (waypoint.balance)
     tried: tuple[str, ...] = ()  # addresses of earlier attempts' endpoints (retarget excludes them)
+    lease: Lease | None = None  # the current attempt's hold on `endpoint` (waypoint.balance)
+    tried: tuple[str, ...] = ()  # addresses of earlier attempts' endpoints (retarget excludes them)
     trace: Span | None = None  # the waypoint's span when sampled and exported (waypoint.tracing)
+    retry: RetryPolicy = DEFAULT_RETRY  # the route's, else Istio's default (waypoint.resilience)
+    per_try_timeout: float | None = None  # seconds per attempt (HTTPRoute backendRequest, perTryTimeout)
+    fault: Injected | None = None  # a fault-injected delay to wait before forwarding (never an abort)
+    budget: Budget | None = None  # the backend cluster's retry budget
 
 
 Outcome = Respond | Proxy
@@ -180,10 +194,41 @@ class Pipeline:
         self.rng = rng or random.Random()
         # Key sets fetched from jwksUri (waypoint.authn.RemoteJwks); the app sets it once running.
         self.jwks: KeySource | None = None
+        self.budgets = Budgets()  # retry budgets by backend cluster (waypoint.resilience.budget)
 
     def open_upstream(self, endpoint: Endpoint, on_stream: OnStream) -> None:
         """A new stream to `endpoint`: `on_stream(end, None)` or `on_stream(None, reason)`, later."""
         self._open(endpoint, on_stream)
+
+    def retarget(self, proxy: Proxy, exclude: Collection[str] = ()) -> Respond | None:
+        """The next attempt of `proxy` (a retry): a new endpoint and lease in `proxy.endpoint` and
+        `proxy.lease`, or the 503 to answer when there is none (`Respond`, as `decide` makes them).
+
+        Finish the previous attempt's lease first (with its outcome: outlier detection and the
+        latency estimate learn from it); one left open is finished here as cancelled. The hosts
+        of earlier attempts (`proxy.tried`, which this extends, and `exclude`) are avoided as
+        Envoy's `previous_hosts` retry predicate does: up to 5 draws, then whatever comes. A
+        request to a pod IP, or one whose lease was not the balancer's, stays on its endpoint."""
+        lease = proxy.lease
+        if lease is not None:
+            lease.finish(None)
+        proxy.tried = proxy.tried + (proxy.endpoint.address,)
+        cluster = lease.cluster if lease is not None else None
+        if cluster is None or cluster.service is None:
+            proxy.lease = self.balancer.lease_for(proxy.endpoint)
+            return None
+        avoid = set(proxy.tried)
+        avoid.update(exclude)
+        picked = self.balancer.pick(self.current(), cluster.service, cluster.port, cluster.subset, avoid,
+                                    source_ip=lease.source_ip, head=proxy.head, http1=lease.http1)
+        if picked is None:
+            return Respond(503, b"no healthy upstream", [(b"content-type", b"text/plain")],
+                           detail="no_healthy_upstream", route=proxy.route, service=proxy.service, authz=proxy.authz)
+        if picked is OVERLOADED:
+            return _overloaded(proxy.route, proxy.service, proxy.authz)
+        proxy.lease = picked
+        proxy.endpoint = picked.endpoint
+        return None
 
     def retarget(self, proxy: Proxy, exclude: Collection[str] = ()) -> Respond | None:
         """The next attempt of `proxy` (a retry): a new endpoint and lease in `proxy.endpoint` and
@@ -275,9 +320,13 @@ class Pipeline:
         mirrors: tuple[tuple[RequestHead, Endpoint], ...] = ()
         route = None
         timeout = None
+        retry = DEFAULT_RETRY
+        per_try: float | None = None
+        injected: Injected | None = None
         if kind is Forward:
             backend = config.services_by_name.get((routed.backend.namespace, routed.backend.name))
             port = routed.backend.port if routed.backend.port is not None else ctx.dest_port
+            subset = routed.backend.subset
             subset = routed.backend.subset
             if routed.target is not None:
                 out.target = routed.target
@@ -287,7 +336,16 @@ class Pipeline:
                 out.headers = _modify_request(out, routed.request_headers)
             response_headers = routed.response_headers
             route = routed.route
-            timeout = routed.request_timeout
+            timeout = _finite(routed.request_timeout)
+            if routed.retry is not None:
+                retry = routed.retry
+            per_try = _finite(routed.backend_timeout if routed.backend_timeout is not None
+                              else retry.per_try_timeout)
+            if routed.fault is not None:
+                # Envoy's fault filter runs before the router: an abort needs no endpoint.
+                injected = decide_fault(routed.fault, self.rng)
+                if injected is not None and injected.aborts:
+                    return _fault_abort(injected, route, dialled, decision)
             if routed.mirrors:
                 mirrors = self._mirrors(config, out, routed.mirrors)
             if backend is None:
@@ -296,6 +354,7 @@ class Pipeline:
         else:  # DefaultService: the dialled Service, or the dialled pod
             backend = dialled
             port = ctx.dest_port
+            subset = None
             subset = None
         # 4. endpoint
         if backend is not None:
@@ -313,6 +372,8 @@ class Pipeline:
                 return Respond(503, b"no healthy upstream", [(b"content-type", b"text/plain")],
                                detail="no_healthy_upstream", service=None, authz=decision)
             lease = self.balancer.lease_for(endpoint)
+        budget = self.budgets.get(cluster_key(backend.namespace, backend.name, port) if backend is not None
+                                  else cluster_key("", ctx.dest_ip, port))
         # 5. forwarding headers
         tracing = config.tracing
         if backend is not None:
@@ -323,7 +384,7 @@ class Pipeline:
             out.headers, span = forwarded(out.headers, ctx, self.rng, tracing.percentage, tracing.export,
                                           ctx.dest_ip, port, False, out.scheme)
         return Proxy(out, endpoint, backend, response_headers, mirrors, route, timeout, decision, trace=span,
-                     lease=lease)
+                     lease=lease, retry=retry, per_try_timeout=per_try, fault=injected, budget=budget)
 
     def _mirrors(self, config: WaypointConfig, head: RequestHead, mirrors) -> tuple[tuple[RequestHead, Endpoint], ...]:
         out = []
@@ -343,6 +404,14 @@ class Pipeline:
                 copy.authority = copy.authority + b"-shadow"
             out.append((copy, endpoint))
         return tuple(out)
+
+
+def _overloaded(route: RouteRef | None, service: Service | None, authz: AuthzDecision | None) -> Respond:
+    """Envoy's answer when a circuit breaker is open: 503, `x-envoy-overloaded: true`."""
+    return Respond(503, b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                   [(b"content-type", b"text/plain"), *OVERLOADED_HEADERS],
+                   detail="upstream_reset_before_response_started{overflow}", route=route, service=service,
+                   authz=authz)
 
 
 def _overloaded(route: RouteRef | None, service: Service | None, authz: AuthzDecision | None) -> Respond:
@@ -376,6 +445,24 @@ def _modify_request(head: RequestHead, modifiers: tuple[HeaderModifier, ...]) ->
     return headers
 
 
+def _finite(seconds: float | None) -> float | None:
+    """A timeout in seconds, None when unset or disabled ("0s" is parsed as infinity)."""
+    return seconds if seconds is not None and seconds != math.inf else None
+
+
+def _fault_abort(injected: Injected, route: RouteRef | None, service: Service | None,
+                 decision: AuthzDecision | None) -> Respond:
+    """Envoy's fault-filter abort: the HTTP status with "fault filter abort", or for a gRPC status
+    HTTP 200 with that grpc-status (a gRPC client gets it trailers-only)."""
+    if injected.abort_grpc_status is not None:
+        code = injected.abort_grpc_status
+        return Respond(200, b"fault filter abort", [(b"content-type", b"text/plain"), (b"grpc-status", b"%d" % code)],
+                       detail="fault_filter_abort", grpc_status=code, route=route, service=service, authz=decision,
+                       delay=injected.delay)
+    return Respond(injected.abort_status, b"fault filter abort", [(b"content-type", b"text/plain")],
+                   detail="fault_filter_abort", route=route, service=service, authz=decision, delay=injected.delay)
+
+
 def pod_endpoint(config: WaypointConfig, ip: str, port: int) -> Endpoint | None:
     workload = config.workload_at(ip)
     if workload is None or workload.status != "HEALTHY":
@@ -404,7 +491,7 @@ def forwarded(headers: list[tuple[bytes, bytes]], ctx: ClientContext, rng: rando
         if name == b"x-forwarded-for":
             xff = pair[1] if xff is None else xff + b"," + pair[1]
             continue
-        if name in TRACE_HEADERS or name == b"tracestate":
+        if name in TRACE_HEADERS:
             trace.append(pair)
             continue
         if name == b"x-forwarded-proto":

@@ -72,7 +72,8 @@ B3_MULTI = 2
 _HEX = frozenset(b"0123456789abcdef")
 _B3_MULTI_NAMES = frozenset((b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled",
                              b"x-b3-flags"))
-TRACE_HEADERS = frozenset((b"traceparent", b"b3")) | _B3_MULTI_NAMES
+# Every header `forward` reads and rewrites (the pipeline splits them off in its own pass).
+TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"b3")) | _B3_MULTI_NAMES
 
 
 @dataclass(slots=True)
@@ -198,7 +199,7 @@ def forward(trace: list[tuple[bytes, bytes]], out: list[tuple[bytes, bytes]], pe
     """Append the upstream's trace headers to `out`; returns the span to export or None.
 
     `trace` holds the request's trace headers in order (the caller split them off the other
-    headers in its own pass: `TRACE_HEADERS` and `tracestate`); `percentage` is the sampling
+    headers in its own pass: `TRACE_HEADERS`); `percentage` is the sampling
     probability for a parent without a decision; `export` False (no collector) only propagates.
     `host`/`port` name the span (the backend Service's hostname and port, or for a pod its
     address), `service` says which; `request_id` is the forwarded `x-request-id`."""
@@ -464,7 +465,9 @@ class Identity:
 
     @classmethod
     def from_environment(cls, namespace: str, name: str, mesh_id: str) -> Identity:
-        return cls(namespace, name, mesh_id, os.environ.get("POD_NAME", ""), os.environ.get("INSTANCE_IP", ""))
+        # INSTANCE_IP on Kubernetes (the Deployment's downward API), POD_IP from the local runtime.
+        return cls(namespace, name, mesh_id, os.environ.get("POD_NAME", ""),
+                   os.environ.get("INSTANCE_IP") or os.environ.get("POD_IP", ""))
 
 
 class Exporter:
