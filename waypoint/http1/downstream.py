@@ -23,6 +23,18 @@ once on a fresh connection when a reused one was closed under us and the request
 one that fails mid-response, or a client that stops mid-body (`DR`), ends both streams. Pipelined
 requests are held in the parser until the current response ended. Every request ends in one
 `telemetry.RequestRecord.finish`.
+
+Resilience (`waypoint.resilience`, docs/resilience.md): the route's request timeout runs from
+the request head (after a fault-injected delay) and answers 504 (`UT`); a per-try timeout bounds
+each attempt. An attempt that fails before its response head (connect failure, reset, per-try
+timeout) or whose response head has a retriable status is retried per `Proxy.retry`: after the
+policy's backoff (the loop's timer), on the endpoint `Pipeline.retarget` picks, if the backend's
+retry budget allows and the request can be replayed: no body, or a body that has fitted in
+`MAX_REPLAY` bytes so far (a larger one is streamed and never retried). A retried response is
+read to its end and dropped (its connection goes back to the pool) or, if the request had not
+ended, its connection closed. Once a response head went to the client nothing is retried; when
+retries run out the last response (or failure) is the answer. A fault-injected delay waits on
+the loop's timer before forwarding; an abort is a `Respond` (`FI`), after its delay.
 """
 
 from __future__ import annotations
@@ -33,6 +45,15 @@ from wisp.engine.loop import Loop, Timer
 
 from ..channel import Channel
 from ..pipeline import PROTOCOL_HTTP1, ClientContext, Pipeline, Proxy, RequestHead, Respond, response_headers_of
+from ..resilience.policy import (
+    FAILED_CONNECT,
+    FAILED_RESET,
+    FAILED_TIMEOUT,
+    FLAG_FAULT_ABORT,
+    backoff_delay,
+    retry_on_failure,
+    retry_on_response,
+)
 from ..telemetry import (
     FLAG_DOWNSTREAM_PROTOCOL,
     FLAG_DOWNSTREAM_RESET,
@@ -55,6 +76,10 @@ log = structlog.get_logger("waypoint.http1")
 
 MAX_PENDING = 1024 * 1024  # request body held while the upstream connection is being made
 MAX_MIRROR_PENDING = 256 * 1024
+# Request body kept to replay on a retry; past it the request is not retried once its body has
+# gone upstream (Envoy buffers up to per_request_buffer_limit_bytes for the same purpose).
+MAX_REPLAY = 64 * 1024
+MAX_DRAIN = 64 * 1024  # body of a retried response read and dropped to keep its connection
 LINGER = 5.0  # how long a closing connection waits for the client to read our answer and close
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -267,7 +292,8 @@ class Exchange:
 
     __slots__ = ("down", "head", "record", "proxy", "conn", "pending", "request_complete", "response_started",
                  "response_complete", "framing_out", "chunked_out", "keep_alive", "discard", "failed", "reused",
-                 "body_sent", "mirrors", "timer", "body_blocked", "upstream_paused", "trailers", "_status")
+                 "body_sent", "mirrors", "timer", "body_blocked", "upstream_paused", "trailers", "_status",
+                 "attempt", "replay", "try_timer", "wait_timer", "budget", "retry_slot", "last_failure")
 
     def __init__(self, down: Http1Downstream, head: codec.Head) -> None:
         self.down = down
@@ -292,6 +318,13 @@ class Exchange:
         self.upstream_paused = False
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self._status = 0
+        self.attempt = 0  # retries so far
+        self.replay: bytearray | None = None  # the body so far, while it may still be replayed
+        self.try_timer: Timer | None = None  # the per-try timeout
+        self.wait_timer: Timer | None = None  # a fault delay or a retry's backoff
+        self.budget = None  # the backend cluster's retry budget, while this request counts in it
+        self.retry_slot = False  # a retry of this request holds a place in the budget
+        self.last_failure: tuple[int, str, str] | None = None
 
     # -- request ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -323,18 +356,47 @@ class Exchange:
                 flags = FLAG_NO_ROUTE
             elif outcome.detail == "no_healthy_upstream":
                 flags = FLAG_NO_HEALTHY_UPSTREAM
+            elif outcome.detail == "fault_filter_abort":
+                flags = FLAG_FAULT_ABORT
+            if outcome.delay > 0:
+                self.wait_timer = inputs.loop.call_later(outcome.delay, lambda: self._respond_late(outcome, flags))
+                return
             self._respond(outcome, flags)
             return
         self.proxy = outcome
         self.record.trace = outcome.trace
         if head.framing != codec.NO_BODY:
             self.pending = bytearray()
-        if outcome.timeout:
-            self.timer = inputs.loop.call_later(outcome.timeout, self._timed_out)
+            if outcome.retry.enabled:
+                self.replay = bytearray()
+        budget = outcome.budget
+        if budget is not None:
+            budget.enter()
+            self.budget = budget
         for mirror_head, endpoint in outcome.mirrors:
             self.mirrors.append(Mirror(inputs, mirror_head, endpoint, head.framing))
         if head.expect_continue:
             down.write(CONTINUE)
+        fault = outcome.fault
+        if fault is not None and fault.delay > 0:
+            self.wait_timer = inputs.loop.call_later(fault.delay, self._forward)
+            return
+        self._forward()
+
+    def _forward(self) -> None:
+        """Start the request timeout and the first attempt (after a fault-injected delay, if any)."""
+        self.wait_timer = None
+        if self.failed or self.response_complete:
+            return
+        proxy = self.proxy
+        if proxy.timeout:
+            self.timer = self.down.inputs.loop.call_later(proxy.timeout, self._timed_out)
+        self._begin_attempt()
+
+    def _begin_attempt(self) -> None:
+        per_try = self.proxy.per_try_timeout
+        if per_try:
+            self.try_timer = self.down.inputs.loop.call_later(per_try, self._try_timed_out)
         self._connect(fresh=False)
 
     def _connect(self, fresh: bool) -> None:
@@ -347,7 +409,7 @@ class Exchange:
                 self.down.inputs.pool.release(conn)
             return
         if conn is None:
-            self._fail_before_response(503, f"upstream connect error: {error}", FLAG_UPSTREAM_CONNECT)
+            self._attempt_failed(FAILED_CONNECT, 503, f"upstream connect error: {error}", FLAG_UPSTREAM_CONNECT)
             return
         self.conn = conn
         self.reused = reused
@@ -357,7 +419,10 @@ class Exchange:
         framing = self.head.framing
         data = codec.encode_request_head(head.method, head.target, head.authority, head.headers, framing,
                                          self.head.length)
-        pending, self.pending = self.pending, None
+        if self.attempt:
+            pending = self.replay  # a retry sends the whole body received so far
+        else:
+            pending, self.pending = self.pending, None
         if pending:
             if framing == codec.CHUNKED:
                 for piece in codec.encode_chunk(pending):
@@ -381,6 +446,15 @@ class Exchange:
         if self.discard or self.failed:
             return
         conn = self.conn
+        replay = self.replay
+        if replay is not None:
+            if len(replay) + len(data) <= MAX_REPLAY:
+                replay += data
+            else:
+                self.replay = None  # too large to replay: this request is not retried any more
+                if conn is None and self.attempt:
+                    self._give_up()  # a retry was waiting for its replay
+                    return
         if conn is None:
             pending = self.pending
             if pending is None:
@@ -429,8 +503,11 @@ class Exchange:
     def response_head(self, rhead: codec.Head) -> None:
         if self.failed:
             return
-        self.response_started = True
         proxy = self.proxy
+        if rhead.status >= 400 and retry_on_response(proxy.retry, rhead.status, None) and self._may_retry():
+            self._retry_response(rhead.status)
+            return
+        self.response_started = True
         headers = codec.hop_by_hop(rhead.headers, rhead.connection)
         headers = response_headers_of(proxy, headers)
         framing = rhead.framing
@@ -529,8 +606,98 @@ class Exchange:
             self.down._close_now()
             return
         flags = FLAG_UPSTREAM_PROTOCOL if status == 502 else FLAG_UPSTREAM_RESET
-        self._fail_before_response(status, f"upstream connect error or disconnect/reset before headers: {reason}",
-                                   flags)
+        self._attempt_failed(FAILED_RESET, status,
+                             f"upstream connect error or disconnect/reset before headers: {reason}", flags)
+
+    # -- retries ---------------------------------------------------------------------------------
+    def _may_retry(self) -> bool:
+        """Whether the attempt that just ended may be retried: attempts left, a replayable body,
+        nothing sent to the client yet, and room in the retry budget (taken here if so)."""
+        proxy = self.proxy
+        policy = proxy.retry
+        if self.attempt >= policy.attempts or self.response_started:
+            return False
+        if self.head.framing != codec.NO_BODY and self.replay is None:
+            return False
+        budget = self.budget
+        if self.retry_slot:  # the attempt that ended was a retry: its place frees up
+            self.retry_slot = False
+            budget.retry_done()
+        if budget is not None:
+            if not budget.try_retry():
+                return False
+            self.retry_slot = True
+        return True
+
+    def _attempt_failed(self, failure: str, status: int, text: str, flags: str) -> None:
+        """An attempt ended without a response head: retry it, or answer `status`."""
+        if not (retry_on_failure(self.proxy.retry, failure) and self._may_retry()):
+            self._fail_before_response(status, text, flags)
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close(text)
+        lease = self.proxy.lease
+        if lease is not None:
+            lease.finish(status if failure != FAILED_CONNECT else None, failure == FAILED_CONNECT)
+        self.last_failure = (status, text, flags)
+        self._schedule_retry()
+
+    def _retry_response(self, status: int) -> None:
+        """The response head has a retriable status: drop the response and try again."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if self.request_complete:
+                conn.owner = _Drain(self.down.inputs.pool, conn)  # read the rest, keep the connection
+            else:
+                conn.close("response replaced by a retry")
+        lease = self.proxy.lease
+        if lease is not None:
+            lease.finish(status)
+        self.last_failure = (status, f"upstream answered {status} and its retry could not be made", NO_FLAGS)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        self.attempt += 1
+        self.body_sent = False
+        inputs = self.down.inputs
+        delay = backoff_delay(self.proxy.retry, self.attempt, inputs.pipeline.rng)
+        self.wait_timer = inputs.loop.call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self.wait_timer = None
+        if self.failed or self.response_complete:
+            return
+        retarget = getattr(self.down.inputs.pipeline, "retarget", None)
+        if retarget is not None:
+            refusal = retarget(self.proxy)
+            if refusal is not None:
+                self._fail_before_response(refusal.status, refusal.body.decode("utf-8", "replace"),
+                                           FLAG_NO_HEALTHY_UPSTREAM)
+                return
+        self._begin_attempt()
+
+    def _give_up(self) -> None:
+        """A retry can no longer be made (its body outgrew MAX_REPLAY): answer the last failure."""
+        if self.wait_timer is not None:
+            self.wait_timer.cancel()
+            self.wait_timer = None
+        status, text, flags = self.last_failure or (503, "upstream retry could not replay the request", NO_FLAGS)
+        self._fail_before_response(status, text, flags)
+
+    def _try_timed_out(self) -> None:
+        """The per-try timeout passed: retry (per policy) or 504 before the response head; after it,
+        end both streams as the request timeout does."""
+        self.try_timer = None
+        if self.response_complete or self.failed:
+            return
+        if self.response_started:
+            self._timed_out()
+            return
+        self._attempt_failed(FAILED_TIMEOUT, 504, "upstream request timeout", FLAG_TIMEOUT)
 
     def _fail_before_response(self, status: int, text: str, flags: str) -> None:
         self.failed = True
@@ -559,7 +726,9 @@ class Exchange:
                            error=error)
 
     def _timed_out(self) -> None:
-        self.timer = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.response_complete or self.failed:
             return
         if self.response_started:
@@ -573,9 +742,19 @@ class Exchange:
         self._fail_before_response(504, "upstream request timeout", FLAG_TIMEOUT)
 
     def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        """The exchange is over: its timers stop and it leaves the retry budget."""
+        for name in ("timer", "try_timer", "wait_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+        budget = self.budget
+        if budget is not None:
+            self.budget = None
+            budget.leave()
+            if self.retry_slot:
+                self.retry_slot = False
+                budget.retry_done()
 
     def downstream_gone(self, reason: str) -> None:
         """The client went away (or sent what cannot be parsed) before this exchange ended."""
@@ -602,6 +781,12 @@ class Exchange:
                 self.record.finish(status, flags=FLAG_DOWNSTREAM_RESET, error=reason)
 
     # -- the waypoint's own answers --------------------------------------------------------------
+    def _respond_late(self, outcome: Respond, flags: str) -> None:
+        """A fault-injected abort after its delay (unless the client went away meanwhile)."""
+        self.wait_timer = None
+        if not self.failed:
+            self._respond(outcome, flags)
+
     def _respond(self, outcome: Respond, flags: str) -> None:
         head = self.head
         if head.framing != codec.NO_BODY:
@@ -621,6 +806,36 @@ class Exchange:
         if self.request_complete or not self.keep_alive:
             self._done()
         # else: request_end (at once for a request without a body) finishes the exchange
+
+
+class _Drain:
+    """The rest of a response a retry replaced (an `upstream.Owner`): read and dropped, then the
+    connection goes back to the pool; one with more than MAX_DRAIN bytes left is closed instead."""
+
+    __slots__ = ("pool", "conn", "left")
+
+    def __init__(self, pool: Http1Pool, conn: UpstreamConnection) -> None:
+        self.pool = pool
+        self.conn = conn
+        self.left = MAX_DRAIN
+
+    def response_head(self, head: codec.Head) -> None:
+        pass
+
+    def response_data(self, data: memoryview) -> bool:
+        self.left -= len(data)
+        if self.left < 0:
+            self.conn.close("retried response too long to drain")
+        return True
+
+    def response_end(self, trailers: list) -> None:
+        self.pool.release(self.conn)
+
+    def upstream_failed(self, reason: str, status: int) -> None:
+        pass
+
+    def upstream_writable(self) -> None:
+        pass
 
 
 class Mirror:

@@ -50,6 +50,8 @@ from waypoint.telemetry import (
     Telemetry,
 )
 
+from waypoint.resilience.policy import FLAG_FAULT_ABORT
+
 from .exchange import Exchange, Mirror, Outbox
 from .messages import RequestProblem, request_head, response_fields, upstream_request
 
@@ -202,13 +204,18 @@ class Downstream:
                 exchange.flags = FLAG_NO_ROUTE
             elif outcome.detail == "no_healthy_upstream":
                 exchange.flags = FLAG_NO_HEALTHY_UPSTREAM
+            elif outcome.detail == "fault_filter_abort":
+                exchange.flags = FLAG_FAULT_ABORT
+            if outcome.delay > 0 and self.call_later is not None:  # a fault-injected delay, then the abort
+                exchange.wait_timer = self.call_later(outcome.delay, lambda: exchange.respond_late(outcome))
+                return
             exchange.respond(outcome)
             return
         try:
             for mirror_head, endpoint in outcome.mirrors:
                 exchange.mirrors.append(Mirror(self.upstreams.connection_for(endpoint), upstream_request(mirror_head),
                                                end_stream))
-            exchange.forward(outcome, self.upstreams.connection_for(outcome.endpoint), upstream_request(outcome.head))
+            exchange.begin(outcome, upstream_request(outcome.head))
         except H2Error as exc:  # the upstream connection cannot take a stream after all
             exchange.up = None
             exchange.flags = FLAG_UPSTREAM_CONNECT

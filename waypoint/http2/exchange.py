@@ -15,6 +15,17 @@ RST_STREAM.
 `Outbox` collects the connections whose codecs queued frames while events were handled; the
 entry points flush it once at the end, so one write per connection carries every frame a batch
 of events produced.
+
+Resilience (`waypoint.resilience`, docs/resilience.md): `begin` waits out a fault-injected delay
+on the loop's timer (the request's DATA waits in the exchange meanwhile, unacknowledged, so the
+client's window bounds it), then starts the route's request timeout and the first attempt. An
+attempt that fails before its response headers (connect failure, REFUSED_STREAM, reset, per-try
+timeout) or whose response headers carry a retriable status or `grpc-status` is retried per
+`Proxy.retry`: the upstream stream is cancelled, and after the policy's backoff a new stream is
+opened on the endpoint `Pipeline.retarget` picks, if the backend's retry budget allows and the
+whole request is in hand to replay: it has ended, and its body fitted in `MAX_REPLAY` bytes. Once
+response headers went to the client nothing is retried; when retries run out the last response
+(or failure: 503, or 504 for a per-try timeout) is the answer.
 """
 
 from __future__ import annotations
@@ -25,10 +36,22 @@ from typing import TYPE_CHECKING, Protocol
 
 from wisp.h2 import frames
 
+from wisp.h2.errors import H2Error
+
 from waypoint.pipeline import Proxy, RequestHead, Respond, response_headers_of
+from waypoint.resilience.policy import (
+    FAILED_CONNECT,
+    FAILED_REFUSED,
+    FAILED_RESET,
+    FAILED_TIMEOUT,
+    backoff_delay,
+    retry_on_failure,
+    retry_on_response,
+)
 
 from waypoint.telemetry import (
     FLAG_DOWNSTREAM_RESET,
+    FLAG_NO_HEALTHY_UPSTREAM,
     FLAG_TIMEOUT,
     FLAG_UPSTREAM_CONNECT,
     FLAG_UPSTREAM_RESET,
@@ -38,6 +61,10 @@ from waypoint.telemetry import (
 )
 
 from .messages import Fields, clean_response, grpc_status_of, local_reply, status_of
+
+# Request body kept to replay on a retry (as Envoy buffers up to per_request_buffer_limit_bytes);
+# a larger request is not retried.
+MAX_REPLAY = 64 * 1024
 
 if TYPE_CHECKING:
     from .downstream import Downstream
@@ -71,7 +98,9 @@ class Exchange:
     __slots__ = ("down", "sid", "head", "grpc", "proxy", "up", "up_sid", "started", "status", "grpc_status",
                  "request_bytes", "response_bytes", "error", "done", "on_done", "_req_ended", "_req_sent_end",
                  "_to_up", "_to_up_end", "_to_up_trailers", "_resp_started", "_resp_ended", "_resp_sent_end",
-                 "_to_down", "_to_down_end", "_to_down_trailers", "_up_closed", "record", "answer", "flags", "timer", "mirrors")
+                 "_to_down", "_to_down_end", "_to_down_trailers", "_up_closed", "record", "answer", "flags", "timer",
+                 "mirrors", "fields", "attempt", "replay", "_req_trailers", "_credited", "_to_up_credit", "try_timer",
+                 "wait_timer", "budget", "retry_slot")
 
     def __init__(self, down: Downstream, sid: int, head: RequestHead, grpc: bool, request_ended: bool,
                  on_done: Callable[[Exchange], None] | None = None) -> None:
@@ -107,6 +136,16 @@ class Exchange:
         self.flags = NO_FLAGS
         self.timer = None
         self.mirrors: list[Mirror] = []
+        self.fields: Fields | None = None  # the request as endpoints get it, for each attempt
+        self.attempt = 0  # retries so far
+        self.replay: bytearray | None = None  # the request body, while it may still be replayed
+        self._req_trailers: Fields | None = None
+        self._credited = 0  # request bytes returned to the client as window
+        self._to_up_credit = True  # bytes in _to_up are returned as window when sent (not a replay)
+        self.try_timer = None  # the per-try timeout
+        self.wait_timer = None  # a fault delay or a retry's backoff
+        self.budget = None  # the backend cluster's retry budget, while this request counts in it
+        self.retry_slot = False
 
     # -- starting ---------------------------------------------------------------------------------
     def respond(self, respond: Respond) -> None:
@@ -131,16 +170,155 @@ class Exchange:
         self.down.dirty()
         self._maybe_done()
 
-    def forward(self, proxy: Proxy, up: UpstreamConnection, fields: Fields) -> None:
-        """Open the upstream stream with `fields` (the request as the endpoint gets it)."""
+    def respond_late(self, respond: Respond) -> None:
+        """A fault-injected abort after its delay, unless the client reset the stream meanwhile."""
+        self.wait_timer = None
+        if not self.done:
+            self.respond(respond)
+            self.down.outbox.flush()
+
+    def begin(self, proxy: Proxy, fields: Fields) -> None:
+        """Forward the request (`fields`, as endpoints get it) per `proxy`: after a fault-injected
+        delay if there is one, then attempt by attempt (see the module docstring)."""
         self.proxy = proxy
-        self.up = up
-        end = self._req_ended
-        self.up_sid = up.open(self, fields, end)
-        self._req_sent_end = end
-        if proxy.timeout and self.down.call_later is not None:
+        self.fields = fields
+        budget = proxy.budget
+        if budget is not None:
+            budget.enter()
+            self.budget = budget
+        if not self._req_ended and proxy.retry.enabled:
+            self.replay = bytearray()
+        fault = proxy.fault
+        call_later = self.down.call_later
+        if fault is not None and fault.delay > 0 and call_later is not None:
+            self.wait_timer = call_later(fault.delay, self._forward)
+            return
+        self._forward()
+
+    def _forward(self) -> None:
+        self.wait_timer = None
+        if self.done:
+            return
+        proxy = self.proxy
+        call_later = self.down.call_later
+        if proxy.timeout and call_later is not None:
             # From the request head, as the HTTP/1.1 shell times it (waypoint/http1/downstream.py).
-            self.timer = self.down.call_later(proxy.timeout, self._timed_out)
+            self.timer = call_later(proxy.timeout, self._timed_out)
+        self._attempt()
+        self.down.outbox.flush()
+
+    def _attempt(self) -> None:
+        """Open a stream for this attempt on a connection to `proxy.endpoint`."""
+        proxy = self.proxy
+        try:
+            up = self.down.upstreams.connection_for(proxy.endpoint)
+            pending = self._to_up is not None or self._to_up_trailers is not None
+            end = self._req_ended and not pending
+            self.up_sid = up.open(self, self.fields, end)
+        except H2Error as exc:  # the upstream connection cannot take a stream after all
+            self.up = None
+            self._attempt_failed(FAILED_CONNECT, f"upstream connect error: {exc}", FLAG_UPSTREAM_CONNECT)
+            return
+        self.up = up
+        self._up_closed = False
+        self._req_sent_end = end
+        if proxy.per_try_timeout and self.down.call_later is not None:
+            self.try_timer = self.down.call_later(proxy.per_try_timeout, self._try_timed_out)
+        if pending:
+            self.flush_up()
+
+    def _try_timed_out(self) -> None:
+        """The per-try timeout passed: before the response, the attempt fails (and may be
+        retried, else 504); after it, as the request timeout."""
+        self.try_timer = None
+        if self.done:
+            return
+        if self._resp_started:
+            self._timed_out()
+            return
+        self._attempt_failed(FAILED_TIMEOUT, "upstream request timeout", FLAG_TIMEOUT, status=504,
+                             detail="upstream_response_timeout")
+        self.down.outbox.flush()
+
+    # -- retries ----------------------------------------------------------------------------------
+    def _may_retry(self) -> bool:
+        """Attempts left, nothing sent to the client yet, the whole request in hand to replay, and
+        room in the retry budget (taken here if so)."""
+        policy = self.proxy.retry
+        if self.attempt >= policy.attempts or self._resp_started or self.done or not self._req_ended:
+            return False
+        if self.replay is None and self.request_bytes:
+            return False
+        budget = self.budget
+        if self.retry_slot:  # the attempt that ended was a retry: its place frees up
+            self.retry_slot = False
+            budget.retry_done()
+        if budget is not None:
+            if not budget.try_retry():
+                return False
+            self.retry_slot = True
+        return True
+
+    def _attempt_failed(self, failure: str, error: str, flags: str, status: int = 503,
+                        detail: str = "upstream_reset_before_response_started", body: bytes | None = None) -> None:
+        """An attempt ended without response headers: retry it, or answer `status`."""
+        if retry_on_failure(self.proxy.retry, failure) and self._may_retry():
+            self._retire_attempt(status if failure != FAILED_CONNECT else None, failure == FAILED_CONNECT)
+            return
+        self._reset_up(frames.CANCEL)
+        self.error = error
+        self.flags = flags
+        self._to_down = None
+        self.respond(Respond(status, error.encode("utf-8", "replace") if body is None else body,
+                             [(b"content-type", b"text/plain")], detail=detail))
+
+    def _retire_attempt(self, status: int | None, connect_failed: bool) -> None:
+        """Cancel the current attempt and schedule the next after the backoff."""
+        self._reset_up(frames.CANCEL)
+        if self.up is not None:
+            self.up.exchange_done(self)
+            self.up = None
+        self._up_closed = False
+        self._to_up = None
+        self._to_up_trailers = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        lease = self.proxy.lease
+        if lease is not None:
+            lease.finish(status, connect_failed)
+        self.attempt += 1
+        delay = backoff_delay(self.proxy.retry, self.attempt, self.down.pipeline.rng)
+        call_later = self.down.call_later
+        if call_later is None:
+            self._retry_now()
+        else:
+            self.wait_timer = call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self.wait_timer = None
+        if self.done:
+            return
+        retarget = getattr(self.down.pipeline, "retarget", None)
+        if retarget is not None:
+            refusal = retarget(self.proxy)
+            if refusal is not None:
+                self.flags = FLAG_NO_HEALTHY_UPSTREAM
+                self.respond(refusal)
+                self.down.outbox.flush()
+                return
+        # The whole request again: every byte of it was returned to the client as window by now.
+        uncredited = self.request_bytes - self._credited
+        if uncredited > 0:
+            self._credit_down(uncredited)
+        if self.replay:
+            self._to_up = bytearray(self.replay)
+            self._to_up_end = True
+            self._to_up_credit = False
+        self._to_up_trailers = self._req_trailers
+        self._req_sent_end = False
+        self._attempt()
+        self.down.outbox.flush()
 
     def _timed_out(self) -> None:
         """The route's request timeout passed: 504 (a gRPC client: UNAVAILABLE, as Envoy maps 504)
@@ -168,11 +346,23 @@ class Exchange:
             self._req_ended = True
         for mirror in self.mirrors:
             mirror.send(data, end)
+        replay = self.replay
+        if replay is not None and data:
+            if len(replay) + len(data) <= MAX_REPLAY:
+                replay += data
+            else:
+                self.replay = None  # too large to replay: this request is not retried
+        if self.up is None and self.proxy is not None and not self._up_closed:
+            # Waiting for the first attempt (a fault-injected delay): held, not acknowledged.
+            if self._to_up is None:
+                self._to_up = bytearray()
+            self._to_up += data
+            self._to_up_end = self._to_up_end or end
+            return
         if self.up is None or self._up_closed:
             # Answered already (or the upstream is gone): the bytes go nowhere but back as window.
             if data:
-                self.down.codec.consumed(self.sid, len(data))
-                self.down.dirty()
+                self._credit_down(len(data))
             self._maybe_done()
             return
         if self._to_up is not None:
@@ -187,22 +377,32 @@ class Exchange:
             if end:
                 self._req_sent_end = True
             if size:
-                self.down.codec.consumed(self.sid, size)
-                self.down.dirty()
+                self._credit_down(size)
         else:
             if window > 0:
                 codec.send_data(self.up_sid, data[:window])
-                self.down.codec.consumed(self.sid, window)
-                self.down.dirty()
+                self._credit_down(window)
             self._to_up = bytearray(data[window:])
             self._to_up_end = end
         self.up.dirty()
         self._maybe_done()
 
+    def _credit_down(self, n: int) -> None:
+        """Return `n` request bytes to the client as window."""
+        self._credited += n
+        self.down.codec.consumed(self.sid, n)
+        self.down.dirty()
+
     def request_trailers(self, fields: Fields) -> None:
         self._req_ended = True
+        self._req_trailers = fields
         for mirror in self.mirrors:
             mirror.trailers(fields)
+        if self.up is None and self.proxy is not None and not self._up_closed:
+            if self._to_up is None:
+                self._to_up = bytearray()
+            self._to_up_trailers = fields
+            return
         if self.up is None or self._up_closed:
             self._maybe_done()
             return
@@ -228,11 +428,11 @@ class Exchange:
         codec.send_data(self.up_sid, bytes(pending[:n]),
                         end_stream=last and self._to_up_end and self._to_up_trailers is None)
         del pending[:n]
-        if n:
-            self.down.codec.consumed(self.sid, n)
-            self.down.dirty()
+        if n and self._to_up_credit:
+            self._credit_down(n)
         if last:
             self._to_up = None
+            self._to_up_credit = True
             if self._to_up_trailers is not None:
                 codec.send_headers(self.up_sid, self._to_up_trailers, end_stream=True)
                 self._to_up_trailers = None
@@ -266,6 +466,12 @@ class Exchange:
             codec.send_headers(self.sid, block)
             self.down.dirty()
             return
+        proxy = self.proxy
+        if proxy is not None and (status >= 400 or end):
+            grpc = grpc_status_of(block)
+            if retry_on_response(proxy.retry, status, grpc) and self._may_retry():
+                self._retire_attempt(status, False)
+                return
         self.status = status
         self._resp_started = True
         if self.proxy is not None and self.proxy.response_headers:
@@ -365,15 +571,21 @@ class Exchange:
             # RFC 9113 §8.1: a complete response, and the endpoint wants no more of the request.
             self._maybe_done()
             return
-        self.error = reason or f"upstream reset the stream (HTTP/2 error code {error_code})"
-        self.flags = FLAG_UPSTREAM_CONNECT if reason and not self._resp_started else FLAG_UPSTREAM_RESET
         if not self._resp_started:
-            cause = "connection failure" if reason else "remote reset"
-            self._to_down = None
-            self.respond(Respond(503, b"upstream connect error or disconnect/reset before headers. reset reason: "
-                                 + cause.encode(), [(b"content-type", b"text/plain")],
-                                 detail="upstream_reset_before_response_started"))
+            if reason is not None and reason.startswith("upstream connect error"):
+                failure = FAILED_CONNECT
+            elif error_code == frames.REFUSED_STREAM:
+                failure = FAILED_REFUSED
+            else:
+                failure = FAILED_RESET
+            cause = b"connection failure" if reason else b"remote reset"
+            self._attempt_failed(failure, reason or f"upstream reset the stream (HTTP/2 error code {error_code})",
+                                 FLAG_UPSTREAM_CONNECT if reason else FLAG_UPSTREAM_RESET,
+                                 body=b"upstream connect error or disconnect/reset before headers. reset reason: "
+                                 + cause)
             return
+        self.error = reason or f"upstream reset the stream (HTTP/2 error code {error_code})"
+        self.flags = FLAG_UPSTREAM_RESET
         code = error_code if reason is None and error_code != frames.NO_ERROR else frames.INTERNAL_ERROR
         self.down.codec.reset_stream(self.sid, code)
         self.down.dirty()
@@ -404,9 +616,18 @@ class Exchange:
             return
         self.done = True
         self._to_up = self._to_down = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.replay = None
+        for timer in (self.timer, self.try_timer, self.wait_timer):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.try_timer = self.wait_timer = None
+        budget = self.budget
+        if budget is not None:
+            self.budget = None
+            budget.leave()
+            if self.retry_slot:
+                self.retry_slot = False
+                budget.retry_done()
         self.down.exchange_done(self)
         if self.up is not None:
             self.up.exchange_done(self)

@@ -246,3 +246,8 @@ def decide_fault(policy: FaultPolicy, rng: random.Random) -> Injected | None:
     if not aborts:
         return Injected(delay)
     return Injected(delay, policy.abort_status, policy.abort_grpc_status)
+
+
+# Envoy response flags for the access log (telemetry.RequestRecord).
+FLAG_FAULT_ABORT = "FI"  # the request was aborted by fault injection
+FLAG_RETRY_OVERFLOW = "UO"  # a retry was refused by the retry budget (Envoy: upstream overflow)
