@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -151,3 +152,21 @@ async def test_grpc_failure_is_trailers_only_with_the_mapped_status(nursery):
     assert failed.status == 200 and failed.headers["grpc-status"] == "14"
     assert failed.body == b"" and failed.trailers is None
     assert ok.trailers == {"grpc-status": "0"}
+
+
+async def test_probes_are_never_failed_and_stats_count_the_other_requests(nursery):
+    port = await start(nursery, Switches(fail_first=2))
+    assert (await h1_get(port, "/healthz")).status == 200
+    statuses = [(await h1_get(port, "/")).status for _ in range(3)]
+    counts = (await h1_get(port, "/stats")).text
+    assert statuses == [503, 503, 200]
+    assert json.loads(counts) == {"served": 3, "failed": 2, "hostname": NAME}
+
+
+async def test_http2_stats_count_requests_too(nursery):
+    port = await start(nursery)
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await h2_request(stream, h2_get_headers("/", ("x-echo-status", "500")))
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        reply = await h2_request(stream, h2_get_headers("/stats"))
+    assert json.loads(reply.body) == {"served": 1, "failed": 1, "hostname": NAME}

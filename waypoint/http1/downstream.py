@@ -671,13 +671,11 @@ class Exchange:
         self.wait_timer = None
         if self.failed or self.response_complete:
             return
-        retarget = getattr(self.down.inputs.pipeline, "retarget", None)
-        if retarget is not None:
-            refusal = retarget(self.proxy)
-            if refusal is not None:
-                self._fail_before_response(refusal.status, refusal.body.decode("utf-8", "replace"),
-                                           FLAG_NO_HEALTHY_UPSTREAM)
-                return
+        refusal = self.down.inputs.pipeline.retarget(self.proxy)
+        if refusal is not None:
+            self._fail_before_response(refusal.status, refusal.body.decode("utf-8", "replace"),
+                                       FLAG_NO_HEALTHY_UPSTREAM)
+            return
         self._begin_attempt()
 
     def _give_up(self) -> None:

@@ -299,14 +299,12 @@ class Exchange:
         self.wait_timer = None
         if self.done:
             return
-        retarget = getattr(self.down.pipeline, "retarget", None)
-        if retarget is not None:
-            refusal = retarget(self.proxy)
-            if refusal is not None:
-                self.flags = FLAG_NO_HEALTHY_UPSTREAM
-                self.respond(refusal)
-                self.down.outbox.flush()
-                return
+        refusal = self.down.pipeline.retarget(self.proxy)
+        if refusal is not None:
+            self.flags = FLAG_NO_HEALTHY_UPSTREAM
+            self.respond(refusal)
+            self.down.outbox.flush()
+            return
         # The whole request again: every byte of it was returned to the client as window by now.
         uncredited = self.request_bytes - self._credited
         if uncredited > 0:

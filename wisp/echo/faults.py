@@ -22,6 +22,10 @@ Request headers (each overrides the pod's switch of the same kind for that reque
 - `x-echo-delay-ms: D`: answer D ms late (at most `MAX_DELAY_MS`).
 - `x-echo-grpc-status: C`: a gRPC call answers trailers-only with grpc-status C (0-16).
 
+`/healthz` (the readiness probe) and `/stats` are never failed, delayed or counted. `GET /stats`
+answers `{"served": N, "failed": M, "hostname": ...}`: the requests this process answered since it
+started and how many of them a switch failed, so a test can count the attempts a proxy made.
+
 Failures of a gRPC call answer trailers-only with the gRPC status an HTTP status maps to
 (gRPC's HTTP-to-gRPC mapping: 503 → 14 UNAVAILABLE, 504 → 14, 429 → 14, 500 → 13 ... see
 `grpc_status_for`), so gRPC clients see a failure they understand. Every failure or delayed answer
@@ -37,6 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 MAX_KEYS = 10_000
+UNCOUNTED = frozenset({"/healthz", "/stats"})  # probes and the counters themselves
 MAX_DELAY_MS = 600_000
 
 STATUS = "x-echo-status"
@@ -116,19 +121,25 @@ class Faults:
 
     switches: Switches = field(default_factory=Switches)
     rng: random.Random = field(default_factory=random.Random)
-    served: int = 0  # requests answered (for fail-first)
+    served: int = 0  # requests answered (for fail-first), /healthz and /stats aside
+    failed: int = 0  # of them, failed by a switch
     keys: OrderedDict[str, int] = field(default_factory=OrderedDict)  # fail key → requests seen
 
-    def plan(self, headers: Iterable[tuple[str, str]]) -> Plan:
-        """How to answer the next request, given its (lower-case) headers; counts it."""
+    def plan(self, headers: Iterable[tuple[str, str]], path: str = "/") -> Plan:
+        """How to answer the next request, given its (lower-case) headers and path; counts it."""
+        if path in UNCOUNTED:
+            return NORMAL
         self.served += 1
         asked = {name: value for name, value in headers if name in _HEADERS}
         if not asked and not self.switches.active:
             return NORMAL
         try:
-            return self._plan(asked)
+            plan = self._plan(asked)
         except SwitchError as exc:
             return Plan(error=str(exc))
+        if plan.fails:
+            self.failed += 1
+        return plan
 
     def _plan(self, asked: dict[str, str]) -> Plan:
         pod = self.switches

@@ -13,7 +13,7 @@ import structlog
 import trio
 
 from .config import READ_SIZE, EchoConfig
-from .report import MAX_BODY, Request, Response, keeps_body, respond, with_plan
+from .report import MAX_BODY, Request, Response, keeps_body, respond, stats, with_plan
 
 log = structlog.get_logger("wisp.echo")
 
@@ -35,10 +35,14 @@ async def serve_http1(stream: trio.abc.Stream, initial: bytes, peer: str,
             if type(event) is not h11.Request:
                 return  # the client closed between requests
             request = await _read_request(conn, stream, event, peer)
-            plan = config.faults.plan(request.headers)
-            if plan.delay_s and not plan.error:
-                await trio.sleep(plan.delay_s)
-            response = with_plan(respond(request, config.name), plan, config.name)
+            faults = config.faults
+            if request.path == "/stats":
+                response = stats(faults.served, faults.failed, config.name)
+            else:
+                plan = faults.plan(request.headers, request.path)
+                if plan.delay_s and not plan.error:
+                    await trio.sleep(plan.delay_s)
+                response = with_plan(respond(request, config.name), plan, config.name)
             await _send_response(conn, stream, response, head_only=request.method == "HEAD")
             if config.log_requests:
                 log.info("request", protocol=request.protocol, method=request.method,

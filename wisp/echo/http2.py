@@ -24,7 +24,7 @@ import trio
 from . import grpc
 from .config import READ_SIZE, EchoConfig
 from .faults import Plan, grpc_status_for
-from .report import FILLER, MAX_BODY, Request, Response, keeps_body, respond, with_plan
+from .report import FILLER, MAX_BODY, Request, Response, keeps_body, respond, stats, with_plan
 
 log = structlog.get_logger("wisp.echo")
 
@@ -147,7 +147,7 @@ class _Connection:
             elif kind is h2.events.StreamEnded:
                 request = self.incoming.pop(event.stream_id, None)
                 if request is not None:
-                    plan = self.config.faults.plan(request.headers)
+                    plan = self.config.faults.plan(request.headers, request.path.partition("?")[0])
                     if plan.delay_s and not plan.error:
                         self.delayed[event.stream_id] = (request, plan)
                         heapq.heappush(self.due, (trio.current_time() + plan.delay_s,
@@ -204,6 +204,9 @@ class _Connection:
                 body=bytes(request.body) if len(request.body) <= MAX_BODY else b"",
                 body_bytes=request.body_bytes,
             ), self.config.name)
+            if response.status == 200 and request.path.partition("?")[0] == "/stats":
+                faults = self.config.faults
+                response = stats(faults.served, faults.failed, self.config.name)
             self._start_response(stream_id, request, with_plan(response, plan, self.config.name))
 
     def _start_response(self, stream_id: int, request: _Incoming, response: Response) -> None:

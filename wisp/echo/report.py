@@ -96,6 +96,12 @@ def respond(request: Request, hostname: str) -> Response:
     return _report(request, hostname, 200)
 
 
+def stats(served: int, failed: int, hostname: str) -> Response:
+    """`GET /stats`: the requests this process answered and how many a failure switch failed."""
+    body = json.dumps({"served": served, "failed": failed, "hostname": hostname}).encode() + b"\n"
+    return Response(200, _headers("application/json", len(body), hostname), body)
+
+
 def with_plan(response: Response, plan: Plan, hostname: str) -> Response:
     """`response` as the failure and delay switches (`wisp.echo.faults`) say: a bad switch header
     is a 400, an injected failure replaces the status; either way `x-echo-fault` says what."""
