@@ -96,13 +96,14 @@ class Harness:
         return self.ip(1)
 
     # -- destination side -------------------------------------------------------------------------
-    def add_echo(self, name: str, ip: str, sa: str = "echo") -> EchoWorkload:
-        """A wisp-echo (HTTP/1.1 on `port`, raw TCP echo on `tcp_port`) behind an HBONE server on ip:15008."""
+    def add_echo(self, name: str, ip: str, sa: str = "echo", args: tuple[str, ...] = ()) -> EchoWorkload:
+        """A wisp-echo (HTTP/1.1 on `port`, raw TCP echo on `tcp_port`) behind an HBONE server on ip:15008;
+        `args` go to wisp-echo too (its failure and delay switches, for instance)."""
         port, tcp_port = free_port(ip), free_port(ip)
         workload = EchoWorkload(name, ip, port, spiffe("shop", sa), tcp_port)
         workload.process = subprocess.Popen(
             [os.path.join(VENV_BIN, "wisp-echo"), "--http", str(port), "--tcp", str(tcp_port), "--bind", ip,
-             "--name", name],
+             "--name", name, *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.workloads.append(workload)
         wait_for(lambda: _connectable(ip, port), what=f"echo {name} listening")
