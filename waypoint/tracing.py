@@ -48,6 +48,7 @@ propagated.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -493,6 +494,9 @@ class Exporter:
             target = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
             span_exporter = OTLPSpanExporter(endpoint=target, insecure=True, timeout=5)
         self.processor = BatchSpanProcessor(span_exporter, schedule_delay_millis=schedule_delay_ms)
+        # The SDK logs a warning per span it drops from a full queue: per request, on the loop.
+        # Drops are the design's answer to a slow collector; keep them out of the log.
+        logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)
         # Istio's default OTel service name: <canonical service>.<namespace> (APP_LABEL_AND_NAMESPACE).
         self._resource = Resource.create({"service.name": "%s.%s" % (identity.name, identity.namespace),
                                           "k8s.namespace.name": identity.namespace})
