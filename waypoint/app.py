@@ -69,6 +69,9 @@ class Waypoint:
         # Endpoint choice, connection-pool limits and outlier detection (waypoint.balance); its
         # waiting requests resume on the loop.
         self.balancer = Balancer(self.rng, call_soon=self.engine.loop.call_soon)
+        # Endpoint choice, connection-pool limits and outlier detection (waypoint.balance); its
+        # waiting requests resume on the loop.
+        self.balancer = Balancer(self.rng, call_soon=self.engine.loop.call_soon)
         self._static = static_config
         self.subscriber: ConfigSubscriber | None = None
         self.server: HboneServer | None = None
@@ -264,6 +267,14 @@ class Waypoint:
              "HBONE (TLS) connections dialled to endpoints' ztunnels"),
             ("wisp_waypoint_hbone_connections_open", "gauge", len(hbone.connections()),
              "HBONE connections to endpoints' ztunnels open now"),
+            ("wisp_waypoint_http1_upstream_connections_open", "gauge", http1.open_connections,
+             "HTTP/1.1 connections to endpoints open now"),
+            ("wisp_waypoint_upstream_rq_overflow_total", "counter", self.balancer.overflows,
+             "requests answered 503 x-envoy-overloaded: a DestinationRule connectionPool was full"),
+            ("wisp_waypoint_outlier_ejections_total", "counter", self.balancer.ejections,
+             "endpoints ejected by a DestinationRule's outlierDetection"),
+            ("wisp_waypoint_outlier_ejections_active", "gauge", self.balancer.ejected_now(),
+             "endpoints ejected now"),
         ):
             lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
         return ("\n".join(lines) + "\n").encode()

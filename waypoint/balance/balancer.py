@@ -90,7 +90,6 @@ from .policy import (
     LEAST_REQUEST,
     MAX_EJECTION_TIME,
     PEAK_EWMA,
-    RANDOM,
     ROUND_ROBIN,
     ConnectionPool,
     OutlierDetection,
@@ -422,6 +421,10 @@ class Balancer:
         self._clusters: dict[tuple, Cluster | None] = {}
         self._states: dict[tuple[str, int], EndpointState] = {}
         self._budgets: dict[tuple, Budget] = {}
+        # Counters for the metrics endpoint (Envoy's upstream_rq_pending_overflow and
+        # outlier_detection.ejections_enforced_total).
+        self.overflows = 0
+        self.ejections = 0
 
     # -- the pipeline's calls --------------------------------------------------------------------
     def pick(self, config: WaypointConfig, service: Service, port: int, subset: str | None = None,
@@ -442,6 +445,7 @@ class Balancer:
         state = cluster.choose(usable, ring, owners, hash_value, exclude, now)
         admitted = cluster.admit(http1)
         if admitted < 0:
+            self.overflows += 1
             return OVERLOADED
         lease = Lease(cluster, state, state.endpoint, now, admitted == 1)
         lease.source_ip = source_ip
@@ -544,6 +548,10 @@ class Balancer:
     def state_of(self, address: str, port: int) -> EndpointState | None:
         return self._states.get((address, port))
 
+    def ejected_now(self) -> int:
+        """Endpoints ejected at this moment (a gauge; those due back count until a pick returns them)."""
+        return sum(1 for state in self._states.values() if state.ejected)
+
     # -- outlier detection -----------------------------------------------------------------------
     def eject(self, cluster: Cluster, state: EndpointState, now: float) -> bool:
         outlier = cluster.outlier
@@ -564,6 +572,7 @@ class Balancer:
         state.ejected = True
         state.ejected_at = now
         state.ejections += 1
+        self.ejections += 1
         state.return_at = _next_sweep(self.started, interval, now + duration)
         self.epoch += 1
         return True
@@ -692,3 +701,15 @@ class FunctionBalancer:
 
     def lease_for(self, endpoint: Endpoint) -> Lease:
         return Lease(None, None, endpoint, self.clock())
+
+
+# Envoy's Grpc::Utility::grpcToHttpStatus: what a gRPC answer counts as for outlier detection.
+_GRPC_TO_HTTP = (200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401)
+
+
+def attempt_status(status: int, grpc_status: int | None) -> int | None:
+    """The status an attempt counts as: a gRPC call's grpc-status mapped as Envoy maps it (an
+    HTTP 200 with UNAVAILABLE is a 503), else the HTTP status; None for no status at all."""
+    if grpc_status is not None and status == 200 and 0 <= grpc_status < len(_GRPC_TO_HTTP):
+        return _GRPC_TO_HTTP[grpc_status]
+    return status or None

@@ -38,6 +38,7 @@ from wisp.h2 import frames
 
 from wisp.h2.errors import H2Error
 
+from waypoint.balance.balancer import attempt_status
 from waypoint.pipeline import Proxy, RequestHead, Respond, response_headers_of
 from waypoint.resilience.policy import (
     FAILED_CONNECT,
@@ -637,7 +638,7 @@ class Exchange:
             if flags == FLAG_DOWNSTREAM_RESET:
                 proxy.lease.finish(None)
             else:
-                proxy.lease.finish(self.status or None, flags == FLAG_UPSTREAM_CONNECT)
+                proxy.lease.finish(attempt_status(self.status, self.grpc_status), flags == FLAG_UPSTREAM_CONNECT)
         if self.record is not None:
             self._record()
         on_done, self.on_done = self.on_done, None
