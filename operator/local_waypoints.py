@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,10 @@ class LocalWaypoints:
         issue_token: Callable[[SpiffeId], str],
         trust_domain: str = "cluster.local",
         command: Sequence[str] = DEFAULT_WAYPOINT_COMMAND,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.source = source
+        self.env = dict(env or {})  # mesh-wide waypoint settings (WISP_OTLP_ENDPOINT, docs/tracing.md)
         self.state_dir = state_dir
         self.control_plane = control_plane
         self.issue_token = issue_token
@@ -111,7 +113,7 @@ class LocalWaypoints:
         namespace, name = meta.get("namespace") or "default", meta["name"]
         token, roots = str(self.token_path(namespace, name)), str(self.state_dir / "root-cert.pem")
         # The runtime sets POD_NAMESPACE itself and ignores valueFrom; the files are local ones.
-        local_env = {"POD_NAMESPACE": namespace, "AUTH_TOKEN": token, "CA_ROOT_CA": roots}
+        local_env = {**self.env, "POD_NAMESPACE": namespace, "AUTH_TOKEN": token, "CA_ROOT_CA": roots}
         args = ["--namespace", namespace, "--name", name, "--control-plane", self.control_plane,
                 "--state-dir", str(self.state_dir), "--trust-domain", self.trust_domain,
                 "--token-file", token, "--root-cert", roots]

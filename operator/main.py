@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default=os.environ.get("CA_TRUSTED_NODE_ACCOUNTS", "istio-system/ztunnel"),
                         help="Kubernetes mode: <namespace>/<service-account>[,...] of node proxies that may "
                              "obtain certificates for pods on their node (env CA_TRUSTED_NODE_ACCOUNTS, as istiod)")
+    parser.add_argument("--waypoint-otlp-endpoint", default=os.environ.get("WISP_OTLP_ENDPOINT") or None,
+                        help="host:port of the OTLP/gRPC trace collector every waypoint exports to, as Istio's "
+                             "meshConfig extension provider (env WISP_OTLP_ENDPOINT; docs/tracing.md)")
     parser.add_argument("--waypoint-command", default="wisp-waypoint",
                         help="local mode: the command of waypoint pods (split as a shell would)")
     parser.add_argument("--state-dir", required=True, type=Path,
@@ -85,6 +88,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trust-domain", default="cluster.local")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
+
+
+def _waypoint_env(args: argparse.Namespace) -> dict[str, str]:
+    """Environment every waypoint Deployment gets from mesh-wide settings (waypoint/main.py reads it)."""
+    return {"WISP_OTLP_ENDPOINT": args.waypoint_otlp_endpoint} if args.waypoint_otlp_endpoint else {}
 
 
 def load_ca(args: argparse.Namespace) -> CertificateAuthority:
@@ -187,7 +195,8 @@ async def run(args: argparse.Namespace) -> int:
             waypoints = LocalWaypoints(
                 source, state_dir=args.state_dir, issue_token=credentials.issue_waypoint,
                 control_plane=f"{args.advertise[0] if args.advertise else '127.0.0.1'}:{port}",
-                trust_domain=args.trust_domain, command=shlex.split(args.waypoint_command))
+                trust_domain=args.trust_domain, command=shlex.split(args.waypoint_command),
+                env=_waypoint_env(args))
             waypoint_writer = tasks.create_task(waypoints.run(controller))
             await serve(app, sock, serving, shutdown,
                         unix_path=str(args.local_socket) if args.local_socket else None)
@@ -231,7 +240,7 @@ async def run_kube(args: argparse.Namespace, ca: CertificateAuthority, serving: 
                             args.identity or "%s_%d" % (socket.gethostname(), os.getpid()))
     writer = KubeWriter(api, is_leader=elector.is_leader, waypoint_image=args.waypoint_image,
                         control_plane=args.waypoint_control_plane, trust_domain=args.trust_domain,
-                        root_cert=ca.roots_pem().decode("ascii"))
+                        root_cert=ca.roots_pem().decode("ascii"), waypoint_env=_waypoint_env(args))
     authenticator = KubeAuthenticator.for_operator(api.api_client, lambda: controller.state,
                                                    trust_domain=args.trust_domain,
                                                    trusted_node_accounts=args.trusted_node_accounts)

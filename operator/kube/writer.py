@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -86,8 +86,10 @@ class KubeWriter:
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
         root_cert: str | None = None,
         retry: float = 5.0,
+        waypoint_env: Mapping[str, str] | None = None,
     ) -> None:
         self.api = api
+        self.waypoint_env = dict(waypoint_env or {})  # mesh-wide waypoint settings (docs/tracing.md)
         self.is_leader = is_leader
         self.waypoint_image = waypoint_image
         self.control_plane = control_plane
@@ -251,7 +253,7 @@ class KubeWriter:
             if meta.get("deletionTimestamp"):
                 continue  # the garbage collector takes its objects
             for obj in waypoint_objects(gateway, self.waypoint_image, control_plane=self.control_plane,
-                                        trust_domain=self.trust_domain):
+                                        trust_domain=self.trust_domain, env=self.waypoint_env):
                 wanted[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
         for key in list(self._applied):
             if key not in wanted:

@@ -70,3 +70,33 @@ def test_waypoints_receive_the_telemetry_that_concerns_them():
     got = snapshot_for(distributor, View(ROLE_WAYPOINT, gateway="shop/waypoint"))
     names = {obj.name for obj in got.objects.values() if obj.kind == "Telemetry"}
     assert names == {"mesh", "web"}
+
+
+def test_the_mesh_wide_collector_reaches_every_waypoint_deployment_and_its_process(tmp_path, monkeypatch):
+    """`--waypoint-otlp-endpoint` (Istio's meshConfig extension provider) → each waypoint
+    Deployment's WISP_OTLP_ENDPOINT → the waypoint's --otlp-endpoint default."""
+    from waypoint.main import parse_args as waypoint_args
+    from wisp_operator.local_source import LocalSource
+    from wisp_operator.local_waypoints import LocalWaypoints
+    from wisp_operator.main import _waypoint_env
+    from wisp_operator.main import parse_args as operator_args
+    from wisp_operator.store import ObjectStore
+
+    monkeypatch.delenv("WISP_OTLP_ENDPOINT", raising=False)
+    assert _waypoint_env(operator_args(["--manifests", str(tmp_path), "--state-dir", str(tmp_path)])) == {}
+    args = operator_args(["--manifests", str(tmp_path), "--state-dir", str(tmp_path / "state"),
+                          "--waypoint-otlp-endpoint", "jaeger.observability:4317"])
+    gateway = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "waypoint", "namespace": "shop"},
+               "spec": {"gatewayClassName": "istio-waypoint",
+                        "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+    waypoints = LocalWaypoints(LocalSource(tmp_path, ObjectStore()), state_dir=tmp_path / "state",
+                               control_plane="10.0.0.1:15012", issue_token=lambda identity: "t",
+                               env=_waypoint_env(args))
+    deployment = next(o for o in waypoints.objects_for(gateway, "10.96.0.9") if o["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["WISP_OTLP_ENDPOINT"] == "jaeger.observability:4317"
+    monkeypatch.setenv("WISP_OTLP_ENDPOINT", env["WISP_OTLP_ENDPOINT"])
+    settings, _ = waypoint_args(container["args"])
+    assert settings.otlp_endpoint == "jaeger.observability:4317" and settings.trace_sampling == 1.0
