@@ -162,3 +162,26 @@ def test_max_requests_per_connection_one_turns_keep_alive_off_upstream(rigs):
 def test_grpc_answers_count_as_envoy_maps_them():
     assert attempt_status(200, 14) == 503 and attempt_status(200, 0) == 200 and attempt_status(200, None) == 200
     assert attempt_status(503, None) == 503 and attempt_status(0, None) is None
+
+
+def test_http2_connections_carry_max_requests_per_connection_streams_then_close():
+    from types import SimpleNamespace
+
+    from waypoint.config import Endpoint
+    from waypoint.http2.exchange import Outbox
+    from waypoint.http2.upstream import UpstreamPool
+
+    pool = UpstreamPool(lambda endpoint, on_stream: None, Outbox())
+    endpoint = Endpoint("10.244.1.5", 8080, None, False)
+    lease = SimpleNamespace(per_connection=2)
+    fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"echo")]
+    first = pool.connection_for(endpoint, lease)
+    exchanges = [SimpleNamespace(up_sid=0) for _ in range(2)]
+    for exchange in exchanges:
+        exchange.up_sid = first.open(exchange, fields, True)
+    second = pool.connection_for(endpoint, lease)
+    assert second is not first  # two streams carried: no room for a third
+    assert pool.connection_for(endpoint) is first or pool.connection_for(endpoint) is second
+    for exchange in exchanges:
+        first.exchange_done(exchange)
+    assert first.failed == "maxRequestsPerConnection reached" and first not in pool.connections()

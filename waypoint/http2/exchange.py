@@ -212,7 +212,7 @@ class Exchange:
         """Open a stream for this attempt on a connection to `proxy.endpoint`."""
         proxy = self.proxy
         try:
-            up = self.down.upstreams.connection_for(proxy.endpoint)
+            up = self.down.upstreams.connection_for(proxy.endpoint, proxy.lease)
             pending = self._to_up is not None or self._to_up_trailers is not None
             end = self._req_ended and not pending
             self.up_sid = up.open(self, self.fields, end)

@@ -14,6 +14,10 @@ streams finish; those the endpoint never processed are refused and answered 503)
 error or a closed stream fails what is left on it. Idle connections stay open until
 `close_idle()` (the process calls it on a timer) or the endpoint closes them.
 
+With the attempt's lease (waypoint.balance), a connection carries at most the cluster's
+DestinationRule `http.maxRequestsPerConnection` streams and is closed (GOAWAY) once the last of
+them ends.
+
 The endpoint must speak h2c: requests reach it in the protocol the client used, as Envoy's
 `use_downstream_protocol` does. One that answers the preface in HTTP/1.x fails its requests with
 that reason (503); translating HTTP/2 to HTTP/1.1 for such endpoints is not done.
@@ -75,6 +79,8 @@ class UpstreamConnection:
         self.failed: str | None = None
         self.idle_since = time.monotonic()
         self._heard = False
+        self.opened = 0  # streams opened on this connection
+        self.limit: int | None = None  # streams it may carry (maxRequestsPerConnection)
 
     # -- the pool's side ----------------------------------------------------------------------------
     def has_room(self, max_streams: int) -> bool:
@@ -88,12 +94,15 @@ class UpstreamConnection:
     def open(self, exchange: Exchange, fields: list[tuple[bytes, bytes]], end_stream: bool) -> int:
         sid = self.codec.open_stream(fields, end_stream=end_stream)
         self.exchanges[sid] = exchange
+        self.opened += 1
         self.dirty()
         return sid
 
     def exchange_done(self, exchange: Exchange) -> None:
         if self.exchanges.pop(exchange.up_sid, None) is not None and not self.exchanges:
             self.idle_since = time.monotonic()
+            if self.limit is not None and self.opened >= self.limit:
+                self.close("maxRequestsPerConnection reached")
 
     def connected(self, end, reason: str | None) -> None:
         """The stream under the connection is there (`end`), or could not be had (`reason`)."""
@@ -214,12 +223,16 @@ class UpstreamPool:
         self.max_streams = max_streams
         self._connections: dict[tuple, list[UpstreamConnection]] = {}
 
-    def connection_for(self, endpoint: Endpoint) -> UpstreamConnection:
+    def connection_for(self, endpoint: Endpoint, lease=None) -> UpstreamConnection:
         key = (endpoint.address, endpoint.port, endpoint.identity, endpoint.hbone)
+        limit = lease.per_connection if lease is not None else None
         for conn in self._connections.get(key, ()):
-            if conn.has_room(self.max_streams):
+            if conn.has_room(self.max_streams) and (limit is None or conn.opened < limit):
+                if limit is not None and (conn.limit is None or limit < conn.limit):
+                    conn.limit = limit
                 return conn
         conn = UpstreamConnection(self, key, endpoint)
+        conn.limit = limit
         self._connections.setdefault(key, []).append(conn)
         self._open(endpoint, conn.connected)
         return conn
