@@ -172,3 +172,29 @@ def test_an_unsampled_request_exports_nothing(exported):
     exporter, memory = exported
     values, span = _request(exporter, [(b"traceparent", f"00-{TRACE}-{PARENT}-00".encode())])
     assert span is None and memory.get_finished_spans() == ()
+
+
+def test_the_waypoint_follows_its_gateways_collector_annotation_across_config_versions():
+    from waypoint.app import Waypoint
+    from waypoint.config import WaypointSettings
+    from wisp.model import config_object
+
+    def snapshot(annotation):
+        gateway = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                   "metadata": {"namespace": "shop", "name": "waypoint",
+                                "annotations": {"tracing.wisp.io/otlp-endpoint": annotation} if annotation else {}},
+                   "spec": {"gatewayClassName": "istio-waypoint",
+                            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+        return ModelSnapshot.of([ECHO, config_object(gateway)])
+
+    waypoint = Waypoint(WaypointSettings("shop", "waypoint", None), access_log=False)
+    assert waypoint.telemetry.tracer is None
+    waypoint.apply_config(snapshot("echo.shop:4317"), "1")
+    first = waypoint.telemetry.tracer
+    assert first.endpoint == ("10.96.0.10", 4317) and waypoint.config.tracing.export
+    waypoint.apply_config(snapshot("echo.shop:4317"), "2")
+    assert waypoint.telemetry.tracer is first  # unchanged address: the same exporter and queue
+    waypoint.apply_config(snapshot("127.0.0.1:14317"), "3")
+    assert waypoint.telemetry.tracer.endpoint == ("127.0.0.1", 14317)
+    waypoint.apply_config(snapshot(None), "4")
+    assert waypoint.telemetry.tracer is None and not waypoint.config.tracing.export
