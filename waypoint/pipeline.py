@@ -375,13 +375,13 @@ class Pipeline:
         budget = self.budgets.get(cluster_key(backend.namespace, backend.name, port) if backend is not None
                                   else cluster_key("", ctx.dest_ip, port))
         # 5. forwarding headers
-        tracing = config.tracing
         if backend is not None:
-            out.headers, span = forwarded(out.headers, ctx, self.rng,
-                                          tracing.percentage_for(backend.namespace, backend.name), tracing.export,
+            percentage, export = config.tracing.for_service(backend.namespace, backend.name)
+            out.headers, span = forwarded(out.headers, ctx, self.rng, percentage, export,
                                           backend.hostname, port, True, out.scheme)
         else:
-            out.headers, span = forwarded(out.headers, ctx, self.rng, tracing.percentage, tracing.export,
+            percentage, export = config.tracing.for_service(None, None)
+            out.headers, span = forwarded(out.headers, ctx, self.rng, percentage, export,
                                           ctx.dest_ip, port, False, out.scheme)
         return Proxy(out, endpoint, backend, response_headers, mirrors, route, timeout, decision, trace=span,
                      lease=lease, retry=retry, per_try_timeout=per_try, fault=injected, budget=budget)

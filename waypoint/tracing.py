@@ -39,7 +39,7 @@ Configuration (`compile_tracing`, per config version): Telemetry objects
 waypoint's namespace without `targetRefs`/`selector` (namespace-wide), with `targetRefs` to the
 waypoint's Gateway (this waypoint), or with `targetRefs` to a Service in their namespace (that
 Service's requests); the most specific one that sets a field wins. `disableSpanReporting: true`
-turns export off at that level. The collector is `TracingDefaults.endpoint` (the waypoint's
+turns export off at that level (the sampling decision is still made and propagated, as Istio's). The collector is `TracingDefaults.endpoint` (the waypoint's
 `--otlp-endpoint`, env `WISP_OTLP_ENDPOINT`), or the waypoint Gateway's annotation
 `tracing.wisp.io/otlp-endpoint`; `host:port` where host is an IP or a Service hostname of the
 mesh (resolved to its VIP here). No endpoint → nothing is exported and headers are still
@@ -283,19 +283,26 @@ class Level:
 
 @dataclass(slots=True, frozen=True)
 class TracingPolicy:
-    """Tracing for one config version: the sampling percentage per Service (by (namespace, name))
-    and for the rest, whether spans are exported, and where."""
+    """Tracing for one config version: the sampling percentage and whether spans are reported,
+    per Service (by (namespace, name)) and for the rest; whether spans are exported, and where."""
 
     percentage: float = DEFAULT_SAMPLING
-    by_service: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    report: bool = True  # False: disableSpanReporting (sampled and propagated, not exported)
+    by_service: Mapping[tuple[str, str], tuple[float, bool]] = field(default_factory=dict)
     endpoint: tuple[str, int] | None = None
     export: bool = False
     notes: tuple[str, ...] = ()
 
-    def percentage_for(self, namespace: str | None, name: str | None) -> float:
+    def for_service(self, namespace: str | None, name: str | None) -> tuple[float, bool]:
+        """(sampling percentage, export its spans) for a request to that Service (None: a pod)."""
         if self.by_service and namespace is not None:
-            return self.by_service.get((namespace, name), self.percentage)  # type: ignore[arg-type]
-        return self.percentage
+            found = self.by_service.get((namespace, name))  # type: ignore[arg-type]
+            if found is not None:
+                return found[0], found[1] and self.export
+        return self.percentage, self.report and self.export
+
+    def percentage_for(self, namespace: str | None, name: str | None) -> float:
+        return self.for_service(namespace, name)[0]
 
 
 class BadTelemetry(ValueError):
@@ -435,14 +442,16 @@ def compile_tracing(objects: Iterable[Mapping[str, Any]], gateway_namespace: str
             endpoint = parse_endpoint(text, services)
         except ValueError as exc:
             notes.append("tracing: %s; spans are not exported" % exc)
-    return TracingPolicy(_effective(base), by_service, endpoint, endpoint is not None, tuple(notes))
+    percentage, report = _effective(base)
+    return TracingPolicy(percentage, report, by_service, endpoint, endpoint is not None, tuple(notes))
 
 
-def _effective(level: Level) -> float:
-    """The sampling percentage a merged level means (disabled reporting samples nothing)."""
-    if level.disabled:
-        return 0.0
-    return level.percentage if level.percentage is not None else DEFAULT_SAMPLING
+def _effective(level: Level) -> tuple[float, bool]:
+    """(sampling percentage, report spans) of a merged level. `disableSpanReporting` stops the
+    reporting only: "This does NOT impact context propagation or trace sampling behavior"
+    (Istio's Telemetry reference), so the rate still sets the flag the upstream is sent."""
+    percentage = level.percentage if level.percentage is not None else DEFAULT_SAMPLING
+    return percentage, not level.disabled
 
 
 # -- export ----------------------------------------------------------------------------------------

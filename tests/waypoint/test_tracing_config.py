@@ -76,10 +76,15 @@ def test_a_service_target_sets_that_services_rate_only():
     assert config.tracing.percentage_for("shop", "other") == 5
 
 
-def test_disable_span_reporting_samples_nothing():
+def test_disable_span_reporting_stops_export_but_not_the_sampling_decision():
     config = _policy(_telemetry("istio-system", "mesh", 100),
-                     _telemetry(WAYPOINT.namespace, "off", None, disableSpanReporting=True))
-    assert config.tracing.percentage == 0.0
+                     _telemetry(WAYPOINT.namespace, "off", None, disableSpanReporting=True),
+                     _telemetry("shop", "echo", None, {"group": "", "kind": "Service", "name": "echo"},
+                                disableSpanReporting=False),
+                     defaults=TracingDefaults(endpoint="127.0.0.1:4317"))
+    assert config.tracing.for_service("shop", "other") == (100.0, False)
+    assert config.tracing.for_service("shop", "echo") == (100.0, True)
+    assert config.tracing.for_service(None, None) == (100.0, False)
 
 
 def test_a_bad_telemetry_is_a_note_not_a_failure():
