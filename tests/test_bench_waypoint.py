@@ -10,7 +10,7 @@ import pytest
 
 from bench.mesh.runner import Sample
 from bench.waypoint import report
-from bench.waypoint.contenders import WAYPOINT_VIP, WispWaypoint, nginx_proxy_conf
+from bench.waypoint.contenders import RESILIENT_VIP, WAYPOINT_VIP, WispWaypoint, WispWaypointResilient, nginx_proxy_conf
 
 
 def sample(contender: str, measure: str, requests: int, proxies: dict[str, float], round_: int = 0) -> Sample:
@@ -45,6 +45,24 @@ def test_waypoint_contender_binds_its_service_to_an_istio_waypoint_gateway():
     assert gateway["spec"]["listeners"] == [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]
     assert service["metadata"]["labels"]["istio.io/use-waypoint"] == gateway["metadata"]["name"]
     assert service["spec"]["clusterIP"] == WAYPOINT_VIP
+
+
+def test_resilient_waypoint_contender_adds_a_retry_route_a_destination_rule_and_a_second_server(tmp_path):
+    from waypoint.balance.rules import compile_destination_rules
+    from wisp.model import PortMapping, Service
+
+    contender = WispWaypointResilient()
+    contender.prepare(tmp_path)
+    gateway, service, server_2, route, rule = contender.manifests()
+    assert service["spec"]["clusterIP"] == RESILIENT_VIP != WAYPOINT_VIP
+    assert gateway["metadata"]["namespace"] == service["metadata"]["namespace"] == "wpr"
+    assert server_2["metadata"]["labels"] == {"app": "server"} and (tmp_path / "nginx-wpr-2.conf").exists()
+    assert "nginx-wpr-2.pid" in (tmp_path / "nginx-wpr-2.conf").read_text()
+    retry = route["spec"]["rules"][0]["retry"]
+    assert retry["attempts"] == 2 and retry["codes"] == [502, 503, 504]
+    server = Service("server", "wpr", "server.wpr.svc.cluster.local", (RESILIENT_VIP,), (PortMapping(8080, 8080),))
+    compiled = compile_destination_rules([rule], [server])
+    assert compiled.notes == () and compiled.get("wpr/server.wpr.svc.cluster.local").resolve(8080, None).outlier
 
 
 def test_cpu_per_thousand_requests_at_saturation_is_per_proxy_and_summed_over_the_path():

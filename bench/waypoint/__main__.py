@@ -124,9 +124,13 @@ def main(argv: list[str]) -> int:
     log(f"bench.waypoint: {describe_plan(plan)}")
     log(f"machine: {machine.summary(host)}")
     namespaces = list(dict.fromkeys(c.namespace for c in contenders))
-    extra = [obj for c in contenders for obj in c.manifests()]
+    mesh = Mesh(namespaces, f"wisp-w{secrets.token_hex(3)}", log)
+    for contender in contenders:
+        if hasattr(contender, "prepare"):
+            contender.prepare(mesh.work)  # files its manifests name, in the mesh's work directory
+    mesh.extra = [obj for c in contenders for obj in c.manifests()]
     try:
-        with Mesh(namespaces, f"wisp-w{secrets.token_hex(3)}", log, extra) as mesh:
+        with mesh:
             try:
                 for contender in contenders:
                     contender.start(mesh, log)

@@ -22,6 +22,13 @@
   (class istio-waypoint) that the control plane turns into the `wisp-waypoint` Deployment; the
   client dials the Service's VIP. Its proxies are both ztunnels and the waypoint's process tree,
   each measured apart, so the waypoint's own CPU per request is a figure of its own.
+- `waypoint-resilient`: the same path in its own namespace `wpr` (its own waypoint, VIP
+  10.96.250.20) with issue #12's traffic management switched on: an HTTPRoute with a retry policy
+  (GEP-1731: 2 attempts on 502/503/504, 25 ms backoff) and a DestinationRule with the default
+  peak-EWMA balancer over two nginx servers (`server` and `server-2`, both on node2), outlier
+  detection and connection-pool limits far above the load (so every request passes the balancer's
+  admission, lease and outlier bookkeeping without being limited). The servers never fail: this
+  measures what the machinery costs on the path, not retries happening.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from bench.mesh.mesh import (
     BenchNamespace,
     Mesh,
     MeshError,
+    nginx_conf,
     wait_for,
 )
 
@@ -181,6 +189,7 @@ class WispWaypoint(Contender):
 
     key, label, short, namespace = "waypoint", "wisp waypoint path", "waypoint", WAYPOINT_NS
     profiled: ClassVar[bool] = False
+    vip: ClassVar[str] = WAYPOINT_VIP
 
     def manifests(self) -> list[dict]:
         ns = self.namespace.name
@@ -192,7 +201,7 @@ class WispWaypoint(Contender):
                       "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}},
             {"apiVersion": "v1", "kind": "Service",
              "metadata": {"name": "server", "namespace": ns, "labels": {"istio.io/use-waypoint": WAYPOINT_GATEWAY}},
-             "spec": {"clusterIP": WAYPOINT_VIP, "selector": {"app": "server"},
+             "spec": {"clusterIP": self.vip, "selector": {"app": "server"},
                       "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": HTTP_PORT},
                                 {"name": "iperf", "port": IPERF_PORT, "targetPort": IPERF_PORT}]}},
         ]
@@ -216,7 +225,7 @@ class WispWaypoint(Contender):
 
     def route(self, mesh: Mesh) -> Route:
         client = mesh.pod(self.namespace.name, "client")
-        return Route(client.netns, (WAYPOINT_VIP, HTTP_PORT), (WAYPOINT_VIP, IPERF_PORT))
+        return Route(client.netns, (self.vip, HTTP_PORT), (self.vip, IPERF_PORT))
 
     def reuse(self, mesh: Mesh) -> dict[str, float]:
         """The waypoint's requests and upstream reuse counters since it started (its 15020
@@ -241,6 +250,51 @@ class WispWaypoint(Contender):
         if pid is None:
             raise MeshError("the waypoint pod is not running")
         return {**WispZtunnel().proxies(mesh), "waypoint": pid}
+
+
+RESILIENT_NS = BenchNamespace("wpr", ambient=True)
+RESILIENT_VIP = "10.96.250.20"
+
+
+class WispWaypointResilient(WispWaypoint):
+    """The waypoint path with a retry policy, the peak-EWMA balancer over two servers, outlier
+    detection and connection-pool limits (see the module docstring)."""
+
+    key, label, short, namespace = "waypoint-resilient", "wisp waypoint, retries + EWMA", "waypoint+r", RESILIENT_NS
+    vip: ClassVar[str] = RESILIENT_VIP
+
+    def __init__(self) -> None:
+        self._work: Path | None = None
+
+    def prepare(self, work: Path) -> None:
+        """Before `wisp up`: the second server's nginx configuration, beside the mesh's own."""
+        self._work = work
+        (work / "nginx-wpr-2.conf").write_text(nginx_conf(work, "wpr-2"))
+        (work / "nginx-wpr-2-body").mkdir(exist_ok=True)
+
+    def manifests(self) -> list[dict]:
+        if self._work is None:
+            raise MeshError("waypoint-resilient needs prepare(work) before its manifests")
+        ns = self.namespace.name
+        server_2 = {"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "server-2", "namespace": ns, "labels": {"app": "server"}},
+                    "spec": {"serviceAccountName": "server", "nodeName": SERVER_NODE, "containers": [
+                        {"name": "nginx", "command": ["nginx", "-p", str(self._work), "-e", "stderr", "-c",
+                                                      str(self._work / "nginx-wpr-2.conf")],
+                         "ports": [{"name": "http", "containerPort": HTTP_PORT}],
+                         "readinessProbe": {"httpGet": {"path": "/", "port": HTTP_PORT}}}]}}
+        route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                 "metadata": {"name": "server", "namespace": ns},
+                 "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "server", "port": HTTP_PORT}],
+                          "rules": [{"backendRefs": [{"name": "server", "port": HTTP_PORT}],
+                                     "retry": {"attempts": 2, "codes": [502, 503, 504], "backoff": "25ms"}}]}}
+        rule = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "server", "namespace": ns},
+                "spec": {"host": "server", "trafficPolicy": {
+                    "outlierDetection": {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s"},
+                    "connectionPool": {"tcp": {"maxConnections": 10000},
+                                       "http": {"http1MaxPendingRequests": 10000, "http2MaxRequests": 10000}}}}}
+        return [*super().manifests(), server_2, route, rule]
 
 
 NGINX_MTLS_CONF = """\
@@ -360,7 +414,8 @@ class NginxMtls(Contender):
 
 # In table order: anchors first.
 CONTENDERS: dict[str, type[Contender]] = {"direct": Direct, "nginx": NginxProxy, "nginx-mtls": NginxMtls,
-                                          "ztunnel": WispZtunnel, "waypoint": WispWaypoint}
+                                          "ztunnel": WispZtunnel, "waypoint": WispWaypoint,
+                                          "waypoint-resilient": WispWaypointResilient}
 
 
 def make(keys: tuple[str, ...]) -> list[Contender]:
