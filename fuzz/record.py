@@ -265,6 +265,31 @@ def _tokens() -> list[bytes]:
     return [f"{b64(header)}.{b64(claims)}.{sig}".encode()]
 
 
+def _jwt_requests() -> list[bytes]:
+    """Tokens PyJWT signed with keys made here, each with the JWKS that verifies it (or not)."""
+    import time
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    document = json.dumps({"keys": [
+        {**RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True), "kid": "rsa-1", "alg": "RS256"},
+        {**ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True), "kid": "ec-1", "alg": "ES256"}]}).encode()
+    now = int(time.time())
+    claims = {"iss": "https://issuer.example/foo", "sub": "alice", "aud": ["shop-api"], "iat": now,
+              "exp": now + 10 * 365 * 86400, "org": {"team": "blue"}, "scope": "read write"}
+    tokens = [
+        jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "rsa-1"}),
+        jwt.encode(claims, ec_key, algorithm="ES256", headers={"kid": "ec-1"}),
+        jwt.encode({**claims, "exp": now - 3600}, rsa_key, algorithm="RS256", headers={"kid": "rsa-1"}),
+        jwt.encode(claims, b"s" * 32, algorithm="HS256", headers={"kid": "rsa-1"}),
+    ]
+    return [frame_pieces([token.encode(), document]) for token in tokens] + [frame_pieces([b"not.a.token", b"{}"])]
+
+
 def _header_values() -> list[bytes]:
     from wisp.hbone.headers import connect_headers, parse_authority
 
@@ -300,6 +325,7 @@ def record_all(corpus: Path) -> None:
         "manifests": _manifests(),
         "admission": _admission_reviews(),
         "jwt": _tokens(),
+        "waypoint_jwt": _jwt_requests(),
     }
     for name, items in seeds.items():
         print(f"{name}: {_write(corpus / name, items)} seeds")

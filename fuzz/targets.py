@@ -391,6 +391,38 @@ def _jwt() -> Callable[[bytes], None]:
     return run
 
 
+def _waypoint_jwt() -> Callable[[bytes], None]:
+    """A request through the waypoint's authn stage: pieces are the token (sent in the Authorization
+    header and the access_token parameter) and the JWKS document its rule verifies with."""
+    import time
+    from urllib.parse import quote_from_bytes
+
+    from waypoint.authn import Authenticated, Rejected, authenticate, compile_authn
+    from waypoint.authz import WaypointRef
+
+    waypoint = WaypointRef("shop", "waypoint")
+    target = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}
+
+    def run(data: bytes) -> None:
+        parts = list(pieces(data, 2)) + [b"", b""]
+        token, document = parts[0], parts[1]
+        rule = {"issuer": "https://issuer.example/foo", "jwks": document.decode("utf-8", "replace"),
+                "outputPayloadToHeader": "x-jwt-payload",
+                "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}, {"header": "x-team", "claim": "org.team"}]}
+        policy = {"metadata": {"namespace": "shop", "name": "jwt"}, "spec": {"targetRefs": [target], "jwtRules": [rule]}}
+        rules = compile_authn([policy], waypoint).default
+        for headers, path in (([(b"authorization", b"Bearer " + token)], b"/"),
+                              ([], b"/p?access_token=" + quote_from_bytes(token).encode())):
+            result = authenticate(rules, b"GET", path, b"echo.shop", headers, None, time.time())
+            if type(result) is Rejected:
+                if result.status not in (401, 403) or not result.message:
+                    raise AssertionError(f"rejected without Envoy's answer: {result}")
+            elif type(result) is not Authenticated:
+                raise AssertionError(f"authenticate returned {result!r}")
+
+    return run
+
+
 # -- HBONE header values -------------------------------------------------------------------------
 def _hbone_headers() -> Callable[[bytes], None]:
     from wisp.hbone.headers import InvalidAuthority, forwarded_host, parse_authority, parse_baggage
@@ -429,4 +461,6 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            _manifests, smoke_runs=500),
     Target("admission", "AdmissionReview JSON (operator/validation/admission.py)", _admission, smoke_runs=1000),
     Target("jwt", "service-account token expiry (operator/kube_auth.py token_expiry)", _jwt, 2048),
+    Target("waypoint_jwt", "RequestAuthentication: token and JWKS through waypoint/authn (parse, keys, verify)",
+           _waypoint_jwt, 8192, smoke_runs=1000),
 )}
