@@ -291,7 +291,7 @@ class RequestRecord:
         request_sizes.observe(self.request_bytes)
         response_sizes.observe(self.response_bytes)
         if self.trace is not None and telemetry.tracer is not None:
-            self._export(destination, status, flags)
+            self._export(destination, status, flags, grpc_status)
         if not telemetry.access_log:
             return
         lines = telemetry.lines
@@ -331,11 +331,11 @@ class RequestRecord:
             fields["error"] = error
         log.info("request complete", **{k: v for k, v in fields.items() if v is not None})
 
-    def _export(self, destination: Party, status: int, flags: str) -> None:
+    def _export(self, destination: Party, status: int, flags: str, grpc_status: str) -> None:
         start_ns, end_ns = wall_clock_ns(self.started)
         self.telemetry.tracer.end(
             self.trace, start_ns=start_ns, end_ns=end_ns, method=self.method.decode("latin-1"),
             path=self.path.decode("latin-1"), authority=self.authority.decode("latin-1"), protocol=self.protocol,
             status=status, flags=flags, request_size=self.request_bytes, response_size=self.response_bytes,
             source=str(self.source.identity) if self.source.identity else None,
-            destination=str(destination.identity) if destination.identity else None)
+            destination=str(destination.identity) if destination.identity else None, grpc_status=grpc_status)

@@ -531,14 +531,14 @@ class Exporter:
 
     def end(self, span: Span, *, start_ns: int, end_ns: int, method: str, path: str, authority: str,
             protocol: str, status: int, flags: str, request_size: int, response_size: int,
-            source: str | None, destination: str | None) -> None:
+            source: str | None, destination: str | None, grpc_status: str = "") -> None:
         """Queue one finished span (called once per sampled request, on the loop)."""
         attributes = dict(self._fixed)
         attributes.update({
             "guid:x-request-id": span.request_id,
             "http.url": "%s://%s%s" % (span.scheme, authority, path),
             "http.method": method,
-            "http.protocol": protocol,
+            "http.protocol": "HTTP/2" if protocol == "gRPC" else protocol,
             "http.status_code": str(status),
             "response_flags": flags,
             "request_size": str(request_size),
@@ -548,6 +548,12 @@ class Exporter:
             "user_agent": span.user_agent,
             "peer.address": span.client_ip,
         })
+        if protocol == "gRPC":
+            # Envoy's gRPC tags (its tracer adds them for a request with a gRPC content type).
+            attributes["grpc.path"] = path
+            attributes["grpc.authority"] = authority
+            if grpc_status:
+                attributes["grpc.status_code"] = grpc_status
         if source:
             attributes["source.principal"] = source
         if destination:

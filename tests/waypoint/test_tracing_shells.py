@@ -53,3 +53,17 @@ def test_an_unsampled_http2_request_exports_nothing(traced_rig):
     rig.pump_client()
     rig.telemetry.tracer.processor.force_flush()
     assert memory.get_finished_spans() == ()
+
+
+def test_a_grpc_call_gets_envoys_grpc_tags(traced_rig):
+    rig, memory = traced_rig
+    sid = rig.grpc("/pkg.Echo/Say", headers=[("traceparent", f"00-{TRACE}-{PARENT}-01")], end_stream=True)
+    [ep] = rig.endpoints
+    ep.pump()
+    respond(ep, 1, "200", b"\0\0\0\0\0", trailers=[("grpc-status", "5"), ("grpc-message", "not found")],
+            extra=[("content-type", "application/grpc")])
+    rig.pump_client()
+    rig.telemetry.tracer.processor.force_flush()
+    (span,) = memory.get_finished_spans()
+    assert sid == 1 and span.attributes["http.protocol"] == "HTTP/2"
+    assert span.attributes["grpc.path"] == "/pkg.Echo/Say" and span.attributes["grpc.status_code"] == "5"
