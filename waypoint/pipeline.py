@@ -34,7 +34,8 @@ pure step over the current `WaypointConfig` (Envoy's HTTP connection manager ord
    keeps its trace id with the waypoint's span as parent, a fresh one when absent or malformed,
    `tracestate` passes unchanged; B3 headers are accepted and propagated; the sampling decision
    by the Service's Telemetry percentage or the parent's flag). A sampled request's span rides
-   on `Proxy.trace` for the shell's `RequestRecord` to export.
+   on `Proxy.trace` for the shell's `RequestRecord` to export; a request answered at an earlier
+   stage gets one on `Respond.trace` the same way (`waypoint.tracing.answer`).
 
 The result is `Respond` (answer now; the shell encodes it) or `Proxy` (send `head` to
 `endpoint`, apply `response_headers` to the response with `response_headers_of`, copy the
@@ -79,6 +80,7 @@ from .route import DirectResponse, Forward, HttpRequest, Redirect, apply_header_
 from .route.filters import HeaderModifier
 from .route.parse import RouteRef
 from .tracing import TRACE_HEADERS, Span
+from .tracing import answer as answer_span
 from .tracing import forward as forward_trace
 
 PROTOCOL_HTTP1 = "HTTP/1.1"
@@ -144,6 +146,7 @@ class Respond:
     service: Service | None = None
     authz: AuthzDecision | None = None
     delay: float = 0.0  # seconds to wait before answering: a fault-injected delay (waypoint.resilience)
+    trace: Span | None = None  # the waypoint's span when sampled and exported (waypoint.tracing.answer)
 
 
 @dataclass(slots=True)
@@ -261,6 +264,27 @@ class Pipeline:
         return None
 
     def decide(self, ctx: ClientContext, head: RequestHead) -> Outcome:
+        outcome = self._stages(ctx, head)
+        if type(outcome) is Respond:
+            # Envoy traces the requests it answers itself too (a 403 of RBAC, a 404 without a route).
+            outcome.trace = self._answer_span(ctx, head, outcome)
+        return outcome
+
+    def _answer_span(self, ctx: ClientContext, head: RequestHead, outcome: Respond) -> Span | None:
+        tracing = self.current().tracing
+        service = outcome.service
+        if service is not None:
+            percentage, export = tracing.for_service(service.namespace, service.name)
+        else:
+            percentage, export = tracing.for_service(None, None)
+        if not export:
+            return None
+        if service is not None:
+            return answer_span(head.headers, percentage, self.rng, service.hostname, ctx.dest_port, True,
+                               ctx.source_ip)
+        return answer_span(head.headers, percentage, self.rng, ctx.dest_ip, ctx.dest_port, False, ctx.source_ip)
+
+    def _stages(self, ctx: ClientContext, head: RequestHead) -> Outcome:
         config = self.current()
         # 1. normalise
         target = head.target

@@ -259,6 +259,30 @@ def forward(trace: list[tuple[bytes, bytes]], out: list[tuple[bytes, bytes]], pe
                 client_ip, request_id.decode("latin-1"), scheme.decode("latin-1"))
 
 
+def answer(headers: list[tuple[bytes, bytes]], percentage: float, rng: random.Random, host: str, port: int,
+           service: bool, client_ip: str) -> Span | None:
+    """The span of a request the waypoint answers itself (a denial, no route, no endpoint, a
+    fault abort): the client's context read as `forward` reads it, nothing sent upstream. Only
+    called when export is on; None when not sampled."""
+    trace: list[tuple[bytes, bytes]] = []
+    request_id = user_agent = b""
+    for pair in headers:
+        name = pair[0]
+        if name in TRACE_HEADERS:
+            trace.append(pair)
+        elif name == b"x-request-id" and not request_id:
+            request_id = pair[1]
+        elif name == b"user-agent" and not user_agent:
+            user_agent = pair[1]
+    span = forward(trace, [], percentage, True, rng, host, port, service, client_ip, request_id)
+    if span is not None:
+        if not service:
+            span.cluster = "-"  # no upstream was chosen
+        if user_agent:
+            span.user_agent = user_agent.decode("latin-1")
+    return span
+
+
 # -- configuration ---------------------------------------------------------------------------------
 
 

@@ -276,3 +276,32 @@ def test_a_telemetry_at_100_percent_samples_requests_that_came_without_a_trace(t
     traced.wait_for(lambda: flag() == "00", timeout=20, interval=0.5, what="the Telemetry's removal")
     flags = [flag() for _ in range(5)]
     assert flags.count("00") >= 4, flags
+
+
+DENY_PATH = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-denied, namespace: trace}
+spec:
+  targetRefs: [{group: "", kind: Service, name: echo}]
+  action: DENY
+  rules: [{to: [{operation: {paths: [/denied]}}]}]
+"""
+
+
+def test_a_request_the_waypoint_denies_has_its_span_too(traced):
+    traced.apply(DENY_PATH, "tracing-deny")
+    try:
+        def denied():
+            trace_id, client_span = new_ids()
+            code, _ = traced.curl("trace", "client", "http://echo.trace/denied", "-H",
+                                  f"traceparent: 00-{trace_id}-{client_span}-01")
+            return (trace_id, client_span) if code == 403 else None
+        trace_id, client_span = traced.wait_for(denied, timeout=20, interval=0.5, what="the DENY policy")
+        (span,) = read_trace(traced, trace_id)
+        assert span["references"] == [{"refType": "CHILD_OF", "traceID": trace_id, "spanID": client_span}]
+        got = tags(span)
+        assert got["http.status_code"] == "403" and got["response_flags"] == "RBAC"
+        assert span["operationName"] == f"{HOST}:80/*"
+    finally:
+        traced.delete(DENY_PATH, "tracing-deny")

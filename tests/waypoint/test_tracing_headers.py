@@ -185,3 +185,14 @@ def test_the_user_agent_is_read_for_a_sampled_span():
 def test_forwarding_headers_keeps_one_traceparent_and_no_duplicates():
     headers = forwarding_headers([(b"traceparent", SAMPLED), (b"traceparent", UNSAMPLED)], _ctx(), random.Random(2))
     assert [name for name, _ in headers].count(b"traceparent") == 1
+
+
+def test_an_answered_request_is_sampled_like_a_forwarded_one():
+    from waypoint.tracing import answer
+
+    span = answer([(b"traceparent", SAMPLED), (b"x-request-id", b"r-1")], 0.0, random.Random(1), "10.244.1.9", 8080,
+                  False, "10.244.2.9")
+    assert span.parent_id == int(PARENT, 16) and span.cluster == "-" and span.request_id == "r-1"
+    assert span.name == "10.244.1.9:8080/*"
+    assert answer([(b"traceparent", UNSAMPLED)], 100.0, random.Random(1), "h", 80, True, "10.244.2.9") is None
+    assert answer([], 100.0, random.Random(1), "h", 80, True, "10.244.2.9").parent_id == 0

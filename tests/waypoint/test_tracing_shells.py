@@ -67,3 +67,33 @@ def test_a_grpc_call_gets_envoys_grpc_tags(traced_rig):
     (span,) = memory.get_finished_spans()
     assert sid == 1 and span.attributes["http.protocol"] == "HTTP/2"
     assert span.attributes["grpc.path"] == "/pkg.Echo/Say" and span.attributes["grpc.status_code"] == "5"
+
+
+DENY_POST = {
+    "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+    "metadata": {"name": "no-post", "namespace": "shop"},
+    "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "echo"}], "action": "DENY",
+             "rules": [{"to": [{"operation": {"methods": ["POST"]}}]}]},
+}
+
+
+def test_a_request_the_waypoint_denies_is_traced_as_envoy_traces_it():
+    rig = Rig(DENY_POST)
+    rig.config = compile_config(snapshot(DENY_POST), GATEWAY, "2",
+                                tracing=TracingDefaults(endpoint="127.0.0.1:4317"))
+    memory = InMemorySpanExporter()
+    rig.telemetry.tracer = Exporter(("127.0.0.1", 4317), Identity("shop", "waypoint"), span_exporter=memory,
+                                    schedule_delay_ms=10)
+    try:
+        rig.request("/hello", "POST", headers=[("traceparent", f"00-{TRACE}-{PARENT}-01"),
+                                               ("user-agent", "grpcurl")])
+        rig.pump_client()
+        assert rig.endpoints == []  # answered by the waypoint
+        rig.telemetry.tracer.processor.force_flush()
+        (span,) = memory.get_finished_spans()
+        assert span.parent.span_id == int(PARENT, 16) and span.context.trace_id == int(TRACE, 16)
+        assert span.name == "echo.shop.svc.cluster.local:80/*"
+        assert span.attributes["http.status_code"] == "403" and span.attributes["response_flags"] == "RBAC"
+        assert span.attributes["user_agent"] == "grpcurl"
+    finally:
+        rig.telemetry.tracer.close()

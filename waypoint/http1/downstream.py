@@ -348,6 +348,7 @@ class Exchange:
                                   [(b"content-type", b"text/plain")], detail="method_not_allowed"), NO_FLAGS)
             return
         outcome = inputs.pipeline.decide(down.ctx, request)
+        self.record.trace = outcome.trace
         if type(outcome) is Respond:
             flags = NO_FLAGS
             if outcome.status == 403 and outcome.authz is not None:
@@ -364,7 +365,6 @@ class Exchange:
             self._respond(outcome, flags)
             return
         self.proxy = outcome
-        self.record.trace = outcome.trace
         if head.framing != codec.NO_BODY:
             self.pending = bytearray()
             if outcome.retry.enabled:

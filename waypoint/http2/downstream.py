@@ -195,7 +195,7 @@ class Downstream:
         except Exception:  # noqa: BLE001 - a bug in one decision must not end the connection
             log.exception("waypoint_http2_decide_failed", client=str(self.ctx.identity), stream=sid)
             outcome = Respond(500, b"internal error", [(b"content-type", b"text/plain")], detail="internal_error")
-        if type(outcome) is Proxy and exchange.record is not None:
+        if exchange.record is not None:
             exchange.record.trace = outcome.trace
         if type(outcome) is not Proxy:
             if outcome.status == 403 and outcome.authz is not None:
