@@ -37,7 +37,8 @@ SERVER, and Envoy/Istio's tags (`component`, `node_id`, `guid:x-request-id`, `ht
 Configuration (`compile_tracing`, per config version): Telemetry objects
 (`telemetry.istio.io/v1`, `spec.tracing[0]`) in the root namespace (mesh-wide), in the
 waypoint's namespace without `targetRefs`/`selector` (namespace-wide), with `targetRefs` to the
-waypoint's Gateway (this waypoint), or with `targetRefs` to a Service in their namespace (that
+waypoint's Gateway (this waypoint) or, in the root namespace, to the `istio-waypoint`
+GatewayClass (every waypoint), or with `targetRefs` to a Service in their namespace (that
 Service's requests); the most specific one that sets a field wins. `disableSpanReporting: true`
 turns export off at that level (the sampling decision is still made and propagated, as Istio's). The collector is `TracingDefaults.endpoint` (the waypoint's
 `--otlp-endpoint`, env `WISP_OTLP_ENDPOINT`), or the waypoint Gateway's annotation
@@ -450,8 +451,11 @@ def compile_tracing(objects: Iterable[Mapping[str, Any]], gateway_namespace: str
             elif kind == "Service" and group == "":
                 if isinstance(target, str):
                     per_service.setdefault((ns, target), []).append(level)
+            elif kind == "GatewayClass" and group == "gateway.networking.k8s.io":
+                if target == "istio-waypoint" and ns == defaults.root_namespace:
+                    root.append(level)  # every waypoint of the mesh
             else:
-                notes.append("Telemetry %s/%s: targetRef %s/%s is not a Gateway or Service; ignored"
+                notes.append("Telemetry %s/%s: targetRef %s/%s is not a Gateway, GatewayClass or Service; ignored"
                              % (ns, name, group or "core", kind))
     # Istio takes one object per level (the oldest); with several, the last by name wins here.
     base = _merge([Level(defaults.percentage, False), *root[-1:], *namespace[-1:], *waypoint[-1:]])

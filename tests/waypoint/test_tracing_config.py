@@ -69,6 +69,12 @@ def test_root_then_namespace_then_waypoint_the_most_specific_wins():
     assert _policy(_telemetry("elsewhere", "ns", 50)).tracing.percentage == 1.0
 
 
+def test_the_waypoint_gateway_class_in_the_root_namespace_is_mesh_wide():
+    klass = {"group": "gateway.networking.k8s.io", "kind": "GatewayClass", "name": "istio-waypoint"}
+    assert _policy(_telemetry("istio-system", "all-waypoints", 12, klass)).tracing.percentage == 12
+    assert _policy(_telemetry(WAYPOINT.namespace, "not-root", 12, klass)).tracing.percentage == 1.0
+
+
 def test_a_service_target_sets_that_services_rate_only():
     config = _policy(_telemetry("shop", "echo", 100, {"group": "", "kind": "Service", "name": "echo"}),
                      _telemetry("istio-system", "mesh", 5))
