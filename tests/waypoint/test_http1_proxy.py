@@ -174,6 +174,13 @@ def test_a_denied_request_gets_403_and_its_body_is_dropped_on_a_kept_connection(
     assert rig.telemetry.value("istio_requests_total", response_code="403", response_flags="RBAC") == 1
 
 
+def test_denied_requests_without_a_body_are_answered_one_after_another_on_a_kept_connection(rig):
+    for _ in range(2):
+        rig.client.deliver(b"DELETE /a HTTP/1.1\r\nhost: echo\r\n\r\n")
+        assert rig.client.take().startswith(b"HTTP/1.1 403")
+    assert rig.upstreams == []
+
+
 def test_a_malformed_request_is_400_with_connection_close_and_the_stream_ends(rig):
     rig.client.deliver(b"GET /a b HTTP/1.1\r\nhost: echo\r\n\r\n")
     answer = rig.client.take()

@@ -356,6 +356,13 @@ def test_a_fault_abort_comes_after_its_delay_and_the_connection_stays_usable():
     assert rig.client.take().startswith(b"HTTP/1.1 503")
 
 
+def test_fault_aborts_on_a_kept_alive_connection_answer_request_after_request():
+    rig = Rig(route(), fault=FaultPolicy(abort_status=503, abort_percent=100))
+    for _ in range(3):
+        rig.client.deliver(GET)
+        assert rig.client.take().startswith(b"HTTP/1.1 503")
+
+
 def test_a_client_that_leaves_during_a_fault_delay_cancels_it():
     rig = Rig(route(), fault=FaultPolicy(delay=1.0, delay_percent=100))
     rig.client.deliver(GET)

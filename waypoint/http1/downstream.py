@@ -492,6 +492,9 @@ class Exchange:
             return
         conn = self.conn
         if conn is None:
+            if self.response_complete:  # the waypoint answered it (a body-less request): next one
+                self._done()
+                return
             self.trailers = trailers
             return
         if self.head.framing == codec.CHUNKED:
