@@ -34,13 +34,20 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import structlog
 
+from wisp.model import Service
+
 from .jwks import MAX_JWKS_BYTES, KeySet, kids, parse_jwks
+
+if TYPE_CHECKING:  # the pool and the endpoint belong to the waypoint's upstream side
+    from ..config import Endpoint
+    from ..http1.upstream import Http1Pool, UpstreamConnection
 
 log = structlog.get_logger("waypoint.authn")
 
@@ -207,7 +214,8 @@ def parse_uri(uri: str) -> JwksTarget:
     return JwksTarget(parts.hostname, port or 80, path)
 
 
-def service_for_host(host: str, services_by_name, services_by_vip):
+def service_for_host(host: str, services_by_name: Mapping[tuple[str, str], Service],
+                     services_by_vip: Mapping[str, Service]) -> Service | None:
     """The Service a URL host names, or None (see the module docstring for the forms)."""
     host = host.lower().rstrip(".")
     try:
@@ -236,8 +244,8 @@ def request_bytes(target: JwksTarget) -> bytes:
 class _Download:
     """One GET on an HTTP/1.1 upstream connection (an `Owner` of `waypoint.http1.upstream`)."""
 
-    def __init__(self, pool, conn, done: Callable[[bytes | None, str | None], None], call_later: CallLater,
-                 timeout: float) -> None:
+    def __init__(self, pool: Http1Pool, conn: UpstreamConnection, done: Callable[[bytes | None, str | None], None],
+                 call_later: CallLater, timeout: float) -> None:
         self.pool = pool
         self.conn = conn
         self.done = done
@@ -283,7 +291,7 @@ class _Download:
         pass
 
 
-def mesh_fetch(pool, resolve: Callable[[JwksTarget], object | None], call_later: CallLater,
+def mesh_fetch(pool: Http1Pool, resolve: Callable[[JwksTarget], Endpoint | None], call_later: CallLater,
                timeout: float = FETCH_TIMEOUT) -> Fetch:
     """A `Fetch` over the waypoint's HTTP/1.1 pool: `resolve` gives the endpoint for a target."""
 
