@@ -230,9 +230,10 @@ def test_header_operations_remove_before_set_and_add():
 def test_mirror_with_percentage_and_mirrors_list():
     t = table(vs("m", {"route": [dest("web-v2")], "mirror": {"host": "mirror", "port": {"number": 80}},
                        "mirrorPercentage": {"value": 25.0},
-                       "mirrors": [{"destination": {"host": "web-v3", "port": {"number": 8080}}}]}))
+                       "mirrors": [{"destination": {"host": "web-v3", "port": {"number": 8080}, "subset": "v2"}}]}))
     mirrors = parsed_rule(t).mirrors
-    assert [(m.name, m.port, m.fraction) for m in mirrors] == [("mirror", 80, 0.25), ("web-v3", 8080, 1.0)]
+    assert [(m.name, m.port, m.fraction, m.subset) for m in mirrors] == [("mirror", 80, 0.25, None),
+                                                                        ("web-v3", 8080, 1.0, "v2")]
 
 
 def parsed_rule(t: Any) -> Any:

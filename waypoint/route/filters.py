@@ -110,12 +110,14 @@ class URLRewrite:
 
 @dataclass(frozen=True, slots=True)
 class RequestMirror:
-    """Mirror to a Service port; ``fraction`` in [0, 1] is the share of requests mirrored."""
+    """Mirror to a Service port; ``fraction`` in [0, 1] is the share of requests mirrored;
+    ``subset`` a DestinationRule subset (VirtualService mirrors), None for any endpoint."""
 
     namespace: str
     name: str
     port: int
     fraction: float = 1.0
+    subset: str | None = None
 
 
 def replace_prefix(path: bytes, prefix: bytes, replacement: bytes) -> bytes:

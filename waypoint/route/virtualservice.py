@@ -28,7 +28,7 @@ What each field becomes (virtual-service reference, istio/api ``networking/v1alp
   (``fixedDelay`` and ``httpStatus``/``grpcStatus`` with ``percentage.value``, or the deprecated
   integer ``percent``; neither set → 100%) (``waypoint/resilience/policy.py``).
 - ``mirror`` + ``mirrorPercentage`` (or the deprecated ``mirrorPercent``), ``mirrors`` →
-  ``RequestMirror``s (100% when no percentage).
+  ``RequestMirror``s (100% when no percentage), with their ``subset``.
 - ``headers.request``/``headers.response``: remove first, then set and add, as Envoy's header
   parser does ("headers_to_remove" before "headers_to_add").
 - ``rewrite.uri`` replaces the matched part of the path (Envoy ``prefix_rewrite``: the prefix of
@@ -41,8 +41,7 @@ Fields a waypoint does not carry out are reported as ``UnsupportedFields`` probl
 field (the control plane writes them to the VirtualService's status), and handled the safe way:
 
 - ignored (the rest of the route applies): ``gateways`` other than ``mesh``, ``exportTo``,
-  ``tcp``, ``tls``, ``corsPolicy``, ``match.statPrefix``, a mirror's ``subset``,
-  ``retries.retryRemoteLocalities``, ``fault.delay.exponentialDelay``, ``fault.abort.http2Error``;
+  ``tcp``, ``tls``, ``corsPolicy``, ``match.statPrefix``, ``retries.retryRemoteLocalities``, ``fault.delay.exponentialDelay``, ``fault.abort.http2Error``;
 - a match condition wisp cannot evaluate (``sourceLabels``, ``sourceNamespace``, ``gateways``
   without ``mesh``) makes that match never match, so a route never applies more widely than
   written;
@@ -416,8 +415,6 @@ class _Context:
         out = []
         for where, destination, fraction in items:
             service, host, port, subset = self.destination(destination, where)
-            if subset is not None:
-                self.ignored(f"{where}.subset", "mirrors go to any endpoint of the Service; subset ignored")
             if service is None:
                 continue  # reported; a mirror that cannot be resolved is dropped
             if port is None:
@@ -427,7 +424,7 @@ class _Context:
                                     f"{len(ports)} ports; a mirror must name one")
                     continue
                 port = ports[0]
-            out.append(RequestMirror(service.namespace, service.name, port, fraction))
+            out.append(RequestMirror(service.namespace, service.name, port, fraction, subset))
         return tuple(out)
 
     def backends(self, spec: Mapping[str, Any], path: str) -> tuple[Backend, ...]:
