@@ -250,4 +250,3 @@ def decide_fault(policy: FaultPolicy, rng: random.Random) -> Injected | None:
 
 # Envoy response flags for the access log (telemetry.RequestRecord).
 FLAG_FAULT_ABORT = "FI"  # the request was aborted by fault injection
-FLAG_RETRY_OVERFLOW = "UO"  # a retry was refused by the retry budget (Envoy: upstream overflow)
