@@ -744,11 +744,15 @@ class Exchange:
 
     def _cancel_timer(self) -> None:
         """The exchange is over: its timers stop and it leaves the retry budget."""
-        for name in ("timer", "try_timer", "wait_timer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
+        if self.wait_timer is not None:
+            self.wait_timer.cancel()
+            self.wait_timer = None
         budget = self.budget
         if budget is not None:
             self.budget = None
