@@ -121,7 +121,7 @@ def _can(cluster: Cluster, service_account: str, namespace: str, *request: str) 
 
 def _wait_established(cluster: Cluster, objects: list[dict[str, Any]]) -> None:
     names = ["crd/" + o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"]
-    assert len(names) == 8, names
+    assert len(names) == 9, names
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names, timeout=90)
 
 
@@ -260,7 +260,7 @@ def test_helm_template_for_default_values_equals_the_kustomize_output(
     for key, obj in kustomized.items():
         assert rendered[key] == obj, "%s differs between helm template and kubectl kustomize" % (key,)
     kinds = sorted(key[1] for key in kustomized)
-    assert kinds.count("CustomResourceDefinition") == 8
+    assert kinds.count("CustomResourceDefinition") == 9
     assert kinds.count("DaemonSet") == 2
     assert {"Namespace", "Deployment", "Service", "PodDisruptionBudget", "ServiceAccount", "ClusterRole",
             "ClusterRoleBinding", "Role", "RoleBinding"} <= set(kinds)
@@ -405,6 +405,7 @@ def test_the_rbac_of_deploy_grants_each_component_what_it_needs_and_no_more(
             ("watch", "pods", "-A"), ("watch", "endpointslices.discovery.k8s.io", "-A"),
             ("watch", "gateways.gateway.networking.k8s.io", "-A"),
             ("watch", "authorizationpolicies.security.istio.io", "-A"),
+            ("watch", "telemetries.telemetry.istio.io", "-A"),
             ("patch", "gateways.gateway.networking.k8s.io", "--subresource=status", "-n", "shop"),
             ("patch", "httproutes.gateway.networking.k8s.io", "--subresource=status", "-n", "shop"),
             ("patch", "deployments.apps", "-n", "shop"), ("create", "serviceaccounts", "-n", "shop"),
@@ -419,6 +420,7 @@ def test_the_rbac_of_deploy_grants_each_component_what_it_needs_and_no_more(
             ("get", "secrets", "-n", "shop"), ("patch", "pods", "-n", "shop"),
             ("update", "leases.coordination.k8s.io", "-n", "kube-system"),
             ("patch", "authorizationpolicies.security.istio.io", "-n", "shop"),
+            ("patch", "telemetries.telemetry.istio.io", "-n", "shop"),
             ("create", "pods", "-n", "shop"), ("delete", "namespaces"),
         ):
             assert not operator(*request), request

@@ -136,7 +136,7 @@ def test_install_with_chart_values_renders_the_chart(cluster: Cluster) -> None:
     assert printed.returncode == 0, printed.stderr
     objects = [doc for doc in yaml.safe_load_all(printed.stdout) if doc]
     assert objects[0]["kind"] == "Namespace"
-    assert [o["kind"] for o in objects[1:9]] == ["CustomResourceDefinition"] * 8
+    assert [o["kind"] for o in objects[1:10]] == ["CustomResourceDefinition"] * 9
     ztunnel = next(o for o in objects if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "ztunnel")
     env = {e["name"]: e.get("value") for e in ztunnel["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["TRUST_DOMAIN"] == "example.org" and env["WISP_ZTUNNEL_WORKERS"] == "3"
