@@ -1,10 +1,12 @@
 """Upstream: which endpoint serves a request, and the stream to it.
 
-Endpoint choice (`choose_endpoint`): among the HEALTHY workloads that list the backend Service
-(`WaypointConfig.endpoints`, keyed "ns/hostname" as `Workload.services` is), the one with the
-fewest requests in flight of two drawn at random (power of two choices; in-flight counts from
-`Upstreams.inflight`), at its target port for the Service port (the workload's own mapping, else
-the Service's). None when the Service has no such port or no healthy workload.
+Endpoint choice for requests is `waypoint.balance` (the app's `Balancer`: DestinationRule policy,
+peak EWMA, outlier ejection, connection pools, locality; docs/load-balancing.md).
+`choose_endpoint` is the plain choice tests and tools use without it: among the HEALTHY workloads
+that list the backend Service (`WaypointConfig.endpoints`, keyed "ns/hostname" as
+`Workload.services` is), the one with the fewest requests in flight (`inflight`, when given) of two
+drawn at random, at its target port for the Service port (the workload's own mapping, else the
+Service's). None when the Service has no such port or no healthy workload.
 
 Streams (`Upstreams.open`): to an HBONE workload, a CONNECT through the waypoint's pool
 (wisp.engine.pool) to `<pod ip>:15008` with authority `<pod ip>:<target port>`, presenting the
@@ -89,8 +91,6 @@ class Upstreams:
         self.pool = pool
         self._socket_factory = socket_factory
         self.hbone_port = hbone_port
-        # Requests in flight per endpoint address, for the choice of endpoint.
-        self.inflight: dict[str, int] = {}
 
     def open(self, endpoint: Endpoint, on_stream: OnStream) -> None:
         if endpoint.hbone:
