@@ -4,6 +4,7 @@ seeded random source, so each test is exact."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -395,3 +396,27 @@ def test_retries_avoid_the_hosts_already_tried():
         again = b.pick(cfg, ECHO, 80, None, {first.endpoint.address})
         assert again.endpoint.address != first.endpoint.address
         again.finish(200)
+
+
+def test_prefer_close_is_relative_to_each_client():
+    from wisp.model import Workload
+
+    b, _ = balancer()
+    other = Workload("client2", "client2", "lb", ("10.244.2.100",), tunnel_protocol="HBONE", node="node2")
+    cfg = config([pod(1, node="node1"), pod(2, node="node2")], service=CLOSE, extra=[other])
+    assert {b.pick(cfg, CLOSE, 80, source_ip=CLIENT.addresses[0]).endpoint.address for _ in range(20)} \
+        == {"10.244.1.1"}
+    assert {b.pick(cfg, CLOSE, 80, source_ip="10.244.2.100").endpoint.address for _ in range(20)} == {"10.244.1.2"}
+    assert {b.pick(cfg, CLOSE, 80, source_ip="10.9.9.9").endpoint.address for _ in range(40)} \
+        == {"10.244.1.1", "10.244.1.2"}  # a client the mesh does not know: no preference
+
+
+def test_strict_locality_has_no_endpoint_when_none_matches():
+    from wisp.model import LoadBalancing, Locality, Service
+
+    strict = Service("echo", "lb", CLOSE.hostname, CLOSE.addresses, CLOSE.ports,
+                     load_balancing=LoadBalancing(("REGION",), "STRICT"))
+    b, _ = balancer()
+    far = dataclasses.replace(pod(1), locality=Locality("eu-west"))
+    cfg = config([far], service=strict)
+    assert b.pick(cfg, strict, 80, source_ip=CLIENT.addresses[0]) is None

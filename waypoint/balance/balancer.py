@@ -201,7 +201,7 @@ class Cluster:
         self.pool: ConnectionPool | None = policy.connection_pool
         self.outlier: OutlierDetection | None = policy.outlier
         self.members = members
-        # client locality key (or None) -> (usable states, hash ring points, ring owners)
+        # client locality (or None) -> (usable states, hash ring points, ring owners)
         self.views: dict[object, tuple[list[EndpointState], list[int] | None, list[EndpointState] | None]] = {}
         self.epoch = -1
         self.next_return = INF
@@ -222,7 +222,9 @@ class Cluster:
         balancer = self.balancer
         if self.epoch != balancer.epoch or now >= self.next_return:
             self._refresh(now)
-        key = id(client) if self.scopes and client is not None else None
+        # One view per client locality (not per client): as many as the mesh has nodes.
+        key = (client.network, client.locality, client.node, client.cluster_id) \
+            if self.scopes and client is not None else None
         view = self.views.get(key)
         if view is None:
             view = self.views[key] = self._build_view(client if key is not None else None)
