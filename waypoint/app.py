@@ -72,6 +72,9 @@ class Waypoint:
         # Endpoint choice, connection-pool limits and outlier detection (waypoint.balance); its
         # waiting requests resume on the loop.
         self.balancer = Balancer(self.rng, call_soon=self.engine.loop.call_soon)
+        # Endpoint choice, connection-pool limits and outlier detection (waypoint.balance); its
+        # waiting requests resume on the loop.
+        self.balancer = Balancer(self.rng, call_soon=self.engine.loop.call_soon)
         self._static = static_config
         self.subscriber: ConfigSubscriber | None = None
         self.server: HboneServer | None = None
@@ -135,8 +138,8 @@ class Waypoint:
         self._shutdown.set()
 
     # -- the data path's hooks -----------------------------------------------------------------
-    def _choose(self, config: WaypointConfig, service, port: int):
-        return self.balancer.choose(config, service, port)
+    def _choose(self, config: WaypointConfig, service, port: int, source_ip: str | None = None):
+        return self.balancer.choose(config, service, port, source_ip=source_ip)
 
     def _jwks_endpoint(self, target):
         """Where a jwksUri is fetched: an endpoint of the mesh Service its host names, or None."""

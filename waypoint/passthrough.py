@@ -60,7 +60,9 @@ def serve(pipeline: Pipeline, telemetry: Telemetry, channel: Channel, ctx: Clien
         channel.abort("denied by authorization policy")
         return
     if service is not None:
-        endpoint = choose(config, service, ctx.dest_port)
+        # The client's address: a DestinationRule's consistentHash useSourceIp and the Service's
+        # PreferClose apply to TCP too (waypoint.balance).
+        endpoint = choose(config, service, ctx.dest_port, source_ip=ctx.source_ip)
     else:
         endpoint = pod_endpoint(config, ctx.dest_ip, ctx.dest_port)
     if endpoint is None:

@@ -420,3 +420,9 @@ def test_strict_locality_has_no_endpoint_when_none_matches():
     far = dataclasses.replace(pod(1), locality=Locality("eu-west"))
     cfg = config([far], service=strict)
     assert b.pick(cfg, strict, 80, source_ip=CLIENT.addresses[0]) is None
+
+
+def test_choose_without_a_lease_hashes_the_source_ip_for_tcp():
+    b, cfg = _hashed({"useSourceIp": True})
+    assert len({b.choose(cfg, ECHO, 80, source_ip="10.1.0.7").address for _ in range(10)}) == 1
+    assert b.state_of(b.choose(cfg, ECHO, 80, source_ip="10.1.0.7").address, 8080).outstanding == 0
