@@ -69,12 +69,6 @@ class Waypoint:
         # Endpoint choice, connection-pool limits and outlier detection (waypoint.balance); its
         # waiting requests resume on the loop.
         self.balancer = Balancer(self.rng, call_soon=self.engine.loop.call_soon)
-        # Endpoint choice, connection-pool limits and outlier detection (waypoint.balance); its
-        # waiting requests resume on the loop.
-        self.balancer = Balancer(self.rng, call_soon=self.engine.loop.call_soon)
-        # Endpoint choice, connection-pool limits and outlier detection (waypoint.balance); its
-        # waiting requests resume on the loop.
-        self.balancer = Balancer(self.rng, call_soon=self.engine.loop.call_soon)
         self._static = static_config
         self.subscriber: ConfigSubscriber | None = None
         self.server: HboneServer | None = None

@@ -73,7 +73,6 @@ from .authz import (
 )
 from .authz import Decision as AuthzDecision
 from .balance.balancer import OVERLOADED, OVERLOADED_HEADERS, FunctionBalancer, Lease
-from .balance.balancer import OVERLOADED, OVERLOADED_HEADERS, FunctionBalancer, Lease
 from .config import Endpoint, WaypointConfig
 from .resilience import DEFAULT_RETRY, Budget, Budgets, Injected, RetryPolicy, cluster_key, decide_fault
 from .route import DirectResponse, Forward, HttpRequest, Redirect, apply_header_modifiers, header_map
@@ -233,36 +232,6 @@ class Pipeline:
         proxy.endpoint = picked.endpoint
         return None
 
-    def retarget(self, proxy: Proxy, exclude: Collection[str] = ()) -> Respond | None:
-        """The next attempt of `proxy` (a retry): a new endpoint and lease in `proxy.endpoint` and
-        `proxy.lease`, or the 503 to answer when there is none (`Respond`, as `decide` makes them).
-
-        Finish the previous attempt's lease first (with its outcome: outlier detection and the
-        latency estimate learn from it); one left open is finished here as cancelled. The hosts
-        of earlier attempts (`proxy.tried`, which this extends, and `exclude`) are avoided as
-        Envoy's `previous_hosts` retry predicate does: up to 5 draws, then whatever comes. A
-        request to a pod IP, or one whose lease was not the balancer's, stays on its endpoint."""
-        lease = proxy.lease
-        if lease is not None:
-            lease.finish(None)
-        proxy.tried = proxy.tried + (proxy.endpoint.address,)
-        cluster = lease.cluster if lease is not None else None
-        if cluster is None or cluster.service is None:
-            proxy.lease = self.balancer.lease_for(proxy.endpoint)
-            return None
-        avoid = set(proxy.tried)
-        avoid.update(exclude)
-        picked = self.balancer.pick(self.current(), cluster.service, cluster.port, cluster.subset, avoid,
-                                    source_ip=lease.source_ip, head=proxy.head, http1=lease.http1)
-        if picked is None:
-            return Respond(503, b"no healthy upstream", [(b"content-type", b"text/plain")],
-                           detail="no_healthy_upstream", route=proxy.route, service=proxy.service, authz=proxy.authz)
-        if picked is OVERLOADED:
-            return _overloaded(proxy.route, proxy.service, proxy.authz)
-        proxy.lease = picked
-        proxy.endpoint = picked.endpoint
-        return None
-
     def decide(self, ctx: ClientContext, head: RequestHead) -> Outcome:
         outcome = self._stages(ctx, head)
         if type(outcome) is Respond:
@@ -351,7 +320,6 @@ class Pipeline:
             backend = config.services_by_name.get((routed.backend.namespace, routed.backend.name))
             port = routed.backend.port if routed.backend.port is not None else ctx.dest_port
             subset = routed.backend.subset
-            subset = routed.backend.subset
             if routed.target is not None:
                 out.target = routed.target
             if routed.authority is not None:
@@ -378,7 +346,6 @@ class Pipeline:
         else:  # DefaultService: the dialled Service, or the dialled pod
             backend = dialled
             port = ctx.dest_port
-            subset = None
             subset = None
         # 4. endpoint
         if backend is not None:
@@ -428,14 +395,6 @@ class Pipeline:
                 copy.authority = copy.authority + b"-shadow"
             out.append((copy, endpoint))
         return tuple(out)
-
-
-def _overloaded(route: RouteRef | None, service: Service | None, authz: AuthzDecision | None) -> Respond:
-    """Envoy's answer when a circuit breaker is open: 503, `x-envoy-overloaded: true`."""
-    return Respond(503, b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
-                   [(b"content-type", b"text/plain"), *OVERLOADED_HEADERS],
-                   detail="upstream_reset_before_response_started{overflow}", route=route, service=service,
-                   authz=authz)
 
 
 def _overloaded(route: RouteRef | None, service: Service | None, authz: AuthzDecision | None) -> Respond:
