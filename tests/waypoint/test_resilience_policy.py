@@ -249,3 +249,21 @@ def test_full_percentages_do_not_draw_and_zero_never_applies():
 def test_fault_policy_refuses_values_out_of_range(kwargs):
     with pytest.raises(PolicyError):
         FaultPolicy(**kwargs)
+
+
+# -- the API server's side: the bundled CRD carries GEP-1731's retry ---------------------------------
+
+
+def _route_with(retry: dict) -> dict:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "shop"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                     "rules": [{"backendRefs": [{"name": "web", "port": 80}], "retry": retry}]}}
+
+
+def test_the_httproute_crd_admits_retry_and_refuses_a_code_below_400():
+    from wisp_operator.validation import admit
+    assert admit(_route_with({"attempts": 3, "codes": [500, 503], "backoff": "100ms"})).refusal is None
+    refusal = admit(_route_with({"codes": [302]})).refusal
+    assert refusal is not None and "spec.rules[0].retry.codes[0]" in refusal.message
+    assert admit(_route_with({"backoff": "soon"})).refusal is not None
