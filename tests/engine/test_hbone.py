@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from wisp.engine.hbone import HboneConnection
 from wisp.engine.pool import PoolKey
 from wisp.h2 import frames
 from wisp.hbone import connect_headers
@@ -61,6 +62,30 @@ def test_bulk_larger_than_every_window_arrives_whole(mesh):
     run_until(mesh.loop, lambda: results)
     payload = bytes(range(256)) * (40 * 4096)  # 40 MiB: beyond the 16 MiB connection window
     assert exchange(mesh, sock, payload) == payload
+
+
+def test_bulk_goes_out_as_frames_built_in_the_read_buffer_and_stays_in_order(mesh, monkeypatch):
+    # TCP reads of 16 KiB or more leave as one DATA frame written in the read buffer's headroom
+    # (HboneConnection.send_framed). With the HBONE socket's send buffer tiny, OpenSSL often
+    # answers WANT_WRITE: that frame must be queued whole, ahead of anything later.
+    outcomes: list[str] = []
+    original = HboneConnection.send_framed
+
+    def spy(self, stream_id, size):
+        blocked = self._want_write
+        taken = original(self, stream_id, size)
+        outcomes.append("blocked" if blocked else "queued" if self.codec.out else "sent")
+        return taken
+
+    monkeypatch.setattr(HboneConnection, "send_framed", spy)
+    sock, results = mesh.open()
+    run_until(mesh.loop, lambda: results)
+    for conn in mesh.pool.connections():
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    payload = b"".join(blocks(24 << 20, b"direct"))
+    assert exchange(mesh, sock, payload) == payload
+    assert outcomes.count("sent") > 0, outcomes[:20]
+    assert outcomes.count("queued") + outcomes.count("blocked") > 0, "the send buffer never filled"
 
 
 def test_half_close_crosses_the_tunnel_and_the_tunnel_ends_cleanly(mesh):

@@ -7,7 +7,7 @@ import pytest
 
 from wisp.h2 import frames
 from wisp.h2.connection import Connection
-from wisp.h2.errors import StreamClosedError
+from wisp.h2.errors import FlowControlError, H2Error, StreamClosedError
 from wisp.h2.events import (
     DataReceived,
     GoAwayReceived,
@@ -155,6 +155,32 @@ def test_window_update_both_directions(pair):
     exchange(server, client)
     client.consumed(sid, half)
     assert exchange(client, server) == [WindowUpdated(sid)]
+
+
+def test_a_data_frame_header_for_a_payload_sent_behind_it(pair):
+    # What wisp.engine.hbone sends from the read buffer's headroom: the same bytes send_data
+    # would queue, the windows accounted, refused while other frames wait in `out`.
+    client, server = pair
+    sid = client.open_stream(CONNECT)
+    exchange(client, server)
+    server.send_headers(sid, [(":status", "200")])
+    exchange(server, client)
+    with pytest.raises(H2Error, match="still queued"):
+        client.ping(b"12345678")
+        client.data_frame_header(sid, 10)
+    take(client)
+    window = client.send_window(sid)
+    payload = b"p" * 20000
+    wire = client.data_frame_header(sid, len(payload)) + payload
+    assert client.out == b""
+    assert client.send_window(sid) == window - len(payload)
+    assert server.receive(wire) == [DataReceived(sid, payload, len(payload), False)]
+    with pytest.raises(FlowControlError):
+        client.data_frame_header(sid, client.send_window(sid) + 1)
+    client.end_stream(sid)
+    take(client)
+    with pytest.raises(StreamClosedError):
+        client.data_frame_header(sid, 1)
 
 
 def test_goaway_both_directions(pair):

@@ -38,7 +38,7 @@ from wisp.hbone.tls import describe_ssl_error
 from wisp.identity import SpiffeId
 
 from .loop import READ, WRITE, Loop, Timer
-from .splice import HIGH_WATER, LOW_WATER, Splice
+from .splice import HEADROOM, HIGH_WATER, LOW_WATER, READ_BUFFER, Splice
 
 log = structlog.get_logger("wisp.engine.hbone")
 
@@ -50,6 +50,12 @@ _PARSE_AT = READ_SIZE - _MAX_RECORD
 # One read buffer for every connection of the process: a pass reads and parses one connection
 # at a time, and the codec copies what it keeps, so 256 KiB per connection would be waste.
 _READ_VIEW = memoryview(bytearray(READ_SIZE))
+# A TCP end's read at least this large goes out as one DATA frame built in the read buffer's
+# headroom (`HboneConnection.send_framed`), one TLS write with no copy of the payload. Smaller
+# ones (requests, responses) are queued in the codec so one TLS write per pass carries them all.
+DIRECT_MIN = 16 * 1024
+_FRAME_AT = HEADROOM - frames.FRAME_HEADER_SIZE
+_FRAME_VIEW = memoryview(READ_BUFFER)
 PING_INTERVAL = 10.0
 PING_TIMEOUT = 20.0
 
@@ -115,6 +121,9 @@ class StreamEnd:
         window = codec.send_window(self.stream_id)
         size = len(data)
         if window >= size:
+            if (size >= DIRECT_MIN and type(data) is memoryview and data.obj is READ_BUFFER
+                    and not codec.out and size <= codec.peer.max_frame_size and conn.send_framed(self.stream_id, size)):
+                return True
             codec.send_data(self.stream_id, data)
             conn.dirty()
             if len(codec.out) > HIGH_WATER:
@@ -302,6 +311,17 @@ class HboneConnection:
         self.local_address = local
         self.peer_address = peer
         self.peer_identity = peer_identity
+        # ssl.SSLSocket's recv_into and send are Python wrappers (closed checks, argument
+        # juggling, ragged-EOF handling) around the C object in `_sslobj`. OpenSSL returns one
+        # 16 KiB record per read, so a MiB received is 64 reads: the wrappers cost ~0.6 µs
+        # each (docs/performance.md). Call the C methods when CPython has them.
+        tls = getattr(sock, "_sslobj", None)
+        if tls is not None:
+            self._tls_read = tls.read
+            self._tls_write = tls.write
+        else:
+            self._tls_read = lambda n, buffer: sock.recv_into(buffer, n)
+            self._tls_write = sock.send
         self.codec = H2(client=client, local=client_settings() if client else server_settings(),
                         connection_window=CONNECTION_WINDOW)
         self.codec.initiate()
@@ -324,18 +344,21 @@ class HboneConnection:
     # -- reading --------------------------------------------------------------------------
     def on_readable(self) -> None:
         sock = self.sock
+        read = self._tls_read
         view = _READ_VIEW
         filled = 0
         ended = False
         while True:
             try:
-                n = sock.recv_into(view[filled:])
+                n = read(READ_SIZE - filled, view[filled:])
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLWantWriteError:
                 self._set_want_write(True)
                 break
-            except ssl.SSLZeroReturnError:
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                # Close-notify, or the TCP connection ended without it (a "ragged EOF", which
+                # SSLSocket's wrapper also reads as the end).
                 n = 0
             except ssl.SSLError as exc:
                 self._fail(f"TLS error: {describe_ssl_error(exc)}")
@@ -436,7 +459,7 @@ class HboneConnection:
         if self.closed or not out or self._want_write:
             return
         try:
-            sent = self.sock.send(out)
+            sent = self._tls_write(out)
         except ssl.SSLWantWriteError:
             self._set_want_write(True)
             return
@@ -451,6 +474,36 @@ class HboneConnection:
             for stream in resumed:
                 if stream.splice is not None:
                     stream.splice.peer_of(stream).resume_reading()
+
+    def send_framed(self, stream_id: int, size: int) -> bool:
+        """Send READ_BUFFER's payload of `size` bytes (a TCP end's read) as one DATA frame now.
+
+        The frame header goes into the headroom in front of it, so header and payload leave in
+        one TLS write and the payload is never copied into `codec.out`. The caller checked that
+        `out` is empty and the window and frame size allow it. False: not sent, nothing
+        changed (the connection cannot write now); the caller queues it as usual."""
+        if self._want_write or self.closed:
+            return False
+        header = self.codec.data_frame_header(stream_id, size)
+        start = _FRAME_AT
+        READ_BUFFER[start:HEADROOM] = header
+        frame = _FRAME_VIEW[start:HEADROOM + size]
+        try:
+            sent = self._tls_write(frame)
+        except ssl.SSLWantWriteError:
+            sent = 0
+            self._set_want_write(True)
+        except ssl.SSLWantReadError:
+            sent = 0
+        except (ssl.SSLError, OSError) as exc:
+            self._fail(f"connection lost: {getattr(exc, 'strerror', None) or exc}")
+            return True
+        if sent < len(frame):
+            # OpenSSL wants the rest (after WANT_WRITE: all of it) again later: it moves to
+            # `out`, which was empty, so the frames stay in order.
+            self.codec.out += frame[sent:]
+            self.dirty()
+        return True
 
     def on_writable(self) -> None:
         self._set_want_write(False)

@@ -24,7 +24,12 @@ CHUNK = 256 * 1024
 # One read buffer for every TCP end of the process: `recv(CHUNK)` would allocate (and shrink) a
 # 256 KiB object per read, and glibc keeps such blocks on its heap once bulk transfers made
 # them common. Ends read one at a time within a pass, and a writer copies what it keeps.
-_READ_VIEW = memoryview(bytearray(CHUNK))
+# A TCP end reads behind HEADROOM free bytes and hands its peer `PAYLOAD[:n]`, nothing else of
+# READ_BUFFER: an HBONE stream may write an HTTP/2 frame header into the headroom and send
+# header and payload in one TLS write, without copying the payload (wisp.engine.hbone).
+HEADROOM = 9
+READ_BUFFER = bytearray(HEADROOM + CHUNK)
+_PAYLOAD = memoryview(READ_BUFFER)[HEADROOM:]
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
 _LINGER_RST = struct.pack("ii", 1, 0)
@@ -144,7 +149,7 @@ class TcpEnd:
         if self._read_done or self._paused:
             return
         try:
-            size = self.sock.recv_into(_READ_VIEW)
+            size = self.sock.recv_into(_PAYLOAD)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -162,7 +167,7 @@ class TcpEnd:
         else:
             splice.downstream += size
         # The peer sends or copies what it is given before returning (see module docstring).
-        if not peer.write(_READ_VIEW[:size]):
+        if not peer.write(_PAYLOAD[:size]):
             self.pause_reading()
 
     def pause_reading(self) -> None:

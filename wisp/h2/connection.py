@@ -367,6 +367,28 @@ class Connection:
         if end_stream:
             self._sent_end(s)
 
+    def data_frame_header(self, stream_id: int, n: int) -> bytes:
+        """The header of one DATA frame of `n` bytes that the caller sends itself, right behind it.
+
+        For a caller that holds the payload in a buffer with room for the header in front, so
+        header and payload go out in one TLS write without being copied into `out`. Accounts
+        the windows as `send_data` does; `out` must be empty (frames must not be reordered),
+        and `n` at most `send_window(stream_id)` and the peer's frame size."""
+        if self._terminated:
+            raise ConnectionClosed("the HTTP/2 connection is closed")
+        s = self._streams.get(stream_id)
+        if s is None or s.state & 1:
+            raise StreamClosedError(f"stream {stream_id} cannot send: {self.stream_state(stream_id)}")
+        if self.out:
+            raise H2Error("data_frame_header with frames still queued in `out`")
+        if n > s.send_window or n > self._conn_send or n > self.peer.max_frame_size:
+            raise FlowControlError(
+                f"{n} bytes exceed stream {stream_id}'s send window ({self.send_window(stream_id)})"
+                f" or the peer's frame size ({self.peer.max_frame_size})")
+        s.send_window -= n
+        self._conn_send -= n
+        return frames._pack_header(n >> 8, n & 0xFF, DATA, 0, stream_id)
+
     def end_stream(self, stream_id: int) -> None:
         """End our side of the stream (an empty DATA frame with END_STREAM)."""
         self.send_data(stream_id, b"", end_stream=True)
