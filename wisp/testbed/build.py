@@ -412,6 +412,79 @@ def other_replaces(go_mod_text: str) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True, slots=True)
+class GoTool:
+    """A command built from one package of a Go module, with the wrapper-module recipe above.
+
+    `part` names its stamp; `carry_replaces` copies the module's own replace directives into the
+    wrapper (Go ignores a dependency's); `ldflags(version, commit, date)` gives the `-X` stamps its
+    Makefile would set, so the binary reports its release."""
+
+    part: str
+    module: str
+    package: str
+    command: str
+    carry_replaces: bool = False
+    ldflags: Callable[[str, str, str], list[str]] | None = None
+    stamp_names_module: bool = True  # helm's stamps, older than this class, name only the version
+
+    def recipe(self, version: str) -> dict[str, object]:
+        if not self.stamp_names_module:
+            return {"recipe": RECIPE, "version": version}
+        return {"recipe": RECIPE, "module": self.module, "version": version}
+
+    def cached(self, directory: Path, version: str) -> bool:
+        return _stamp_matches(directory, self.part, self.recipe(version), (self.command,))
+
+    def path(self, directory: Path) -> Path:
+        return directory / "bin" / self.command
+
+    def missing(self, directory: Path, version: str, hint: str) -> MissingBinaries:
+        return MissingBinaries("%s %s is not built in %s; build it with %s"
+                               % (self.command, version, directory / "bin", hint))
+
+    def build(self, directory: Path, version: str, progress: Progress | None = None) -> tuple[Path, PartReport | None]:
+        """Build unless the stamp matches; returns the binary's path and the report of a build done now."""
+        say = progress or (lambda message: None)
+        if self.cached(directory, version):
+            say("%s %s: cached" % (self.command, version))
+            return self.path(directory), None
+        try:
+            (directory / "bin").mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BuildError("cannot create the test-bed cache %s (%s); set %s to a writable directory"
+                             % (directory, error, CACHE_ENV)) from error
+        go_version = _go_version()
+        usage = _Usage()
+        started = time.monotonic()
+        module_dir = directory / "modules" / self.part
+        _fresh_module(module_dir, "wisp.testbed/" + self.part)
+        say("%s %s: downloading %s" % (self.command, version, self.module))
+        info = _download(self.module, version, module_dir, say, usage)
+        go_mod_path = info.get("GoMod")
+        if self.carry_replaces and isinstance(go_mod_path, str):
+            extra = other_replaces(Path(go_mod_path).read_text())
+            if extra:
+                with (module_dir / "go.mod").open("a") as handle:
+                    handle.write("\nreplace (\n%s)\n" % "".join("\t%s\n" % line for line in extra))
+        say("%s %s: resolving dependencies" % (self.command, version))
+        _run_go(["get", "-tool", "%s@%s" % (self.package, version)], module_dir,
+                "go get (%s)" % self.command, say, usage)
+        flags = ["-s", "-w"]
+        if self.ldflags is not None:
+            flags += self.ldflags(version, *_origin(info))
+        built = module_dir / "out"
+        built.mkdir()
+        say("%s %s: compiling" % (self.command, version))
+        _run_go(["build", "-mod=mod", "-trimpath", "-ldflags", " ".join(flags), "-o", str(built / self.command),
+                 self.package], module_dir, "go build (%s)" % self.command, say, usage)
+        report = _finish(directory, self.part, version, self.recipe(version), built, (self.command,), started,
+                         usage, go_version)
+        took = "%.1f s" % report.seconds if report.seconds < 120 else "%.1f min" % (report.seconds / 60)
+        say("%s %s: built in %s" % (self.command, version, took))
+        return self.path(directory), report
+
+
 def _build_kubernetes(directory: Path, version: str, say: Progress) -> PartReport:
     staging = _staging_version(version)
     go_version = _go_version()
