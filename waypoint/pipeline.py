@@ -162,8 +162,6 @@ class Proxy:
     authz: AuthzDecision | None = None
     lease: Lease | None = None  # the current attempt's hold on `endpoint` (waypoint.balance)
     tried: tuple[str, ...] = ()  # addresses of earlier attempts' endpoints (retarget excludes them)
-    lease: Lease | None = None  # the current attempt's hold on `endpoint` (waypoint.balance)
-    tried: tuple[str, ...] = ()  # addresses of earlier attempts' endpoints (retarget excludes them)
     trace: Span | None = None  # the waypoint's span when sampled and exported (waypoint.tracing)
     retry: RetryPolicy = DEFAULT_RETRY  # the route's, else Istio's default (waypoint.resilience)
     per_try_timeout: float | None = None  # seconds per attempt (HTTPRoute backendRequest, perTryTimeout)
@@ -383,7 +381,7 @@ class Pipeline:
             service = config.services_by_name.get((mirror.namespace, mirror.name))
             if service is None:
                 continue
-            endpoint = self.balancer.choose(config, service, mirror.port, getattr(mirror, "subset", None))
+            endpoint = self.balancer.choose(config, service, mirror.port, mirror.subset)
             if endpoint is None:
                 continue
             copy = head.copy()
