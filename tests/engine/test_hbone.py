@@ -88,6 +88,26 @@ def test_bulk_goes_out_as_frames_built_in_the_read_buffer_and_stays_in_order(mes
     assert outcomes.count("queued") + outcomes.count("blocked") > 0, "the send buffer never filled"
 
 
+def test_without_cpythons_ssl_object_the_public_socket_methods_carry_the_tunnel(mesh, monkeypatch):
+    # `_sslobj` is CPython's private attribute; where it is missing the connection uses
+    # SSLSocket.recv_into/send. Run a bulk exchange and a half-close that way.
+    original = HboneConnection.__init__
+
+    def public_methods_only(self, loop, sock, **kwargs):
+        original(self, loop, sock, **kwargs)
+        self._tls_read = lambda n, buffer: sock.recv_into(buffer, n)
+        self._tls_write = sock.send
+
+    monkeypatch.setattr(HboneConnection, "__init__", public_methods_only)
+    sock, results = mesh.open()
+    run_until(mesh.loop, lambda: results)
+    payload = b"".join(blocks(8 << 20, b"public"))
+    assert exchange(mesh, sock, payload) == payload
+    sock.shutdown(socket.SHUT_WR)
+    run_until(mesh.loop, lambda: readable(sock))
+    assert sock.recv(10) == b""
+
+
 def test_half_close_crosses_the_tunnel_and_the_tunnel_ends_cleanly(mesh):
     sock, results = mesh.open()
     run_until(mesh.loop, lambda: results)
