@@ -254,6 +254,7 @@ class Waypoint:
         http1, hbone = self.http1_pool, self.pool
         if http1 is None or hbone is None:
             return b""
+        retries, retry_overflows = self.pipeline.budgets.totals()
         lines = []
         for name, kind, value, text in (
             ("wisp_waypoint_http1_upstream_connections_opened_total", "counter", http1.opened,
@@ -268,6 +269,10 @@ class Waypoint:
              "HTTP/1.1 connections to endpoints open now"),
             ("wisp_waypoint_upstream_rq_overflow_total", "counter", self.balancer.overflows,
              "requests answered 503 x-envoy-overloaded: a DestinationRule connectionPool was full"),
+            ("wisp_waypoint_upstream_rq_retry_total", "counter", retries,
+             "retries made (Envoy's upstream_rq_retry): attempts after a request's first"),
+            ("wisp_waypoint_upstream_rq_retry_overflow_total", "counter", retry_overflows,
+             "retries not made because the backend's retry budget was spent (upstream_rq_retry_overflow)"),
             ("wisp_waypoint_outlier_ejections_total", "counter", self.balancer.ejections,
              "endpoints ejected by a DestinationRule's outlierDetection"),
             ("wisp_waypoint_outlier_ejections_active", "gauge", self.balancer.ejected_now(),

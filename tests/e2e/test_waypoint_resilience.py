@@ -148,6 +148,16 @@ def served(mesh, name: str) -> dict:
     return json.loads(body)
 
 
+def retry_counters(mesh) -> tuple[float, float]:
+    """(retries made, retries refused by the budget) from the waypoint's /metrics."""
+    pod = next(p for p in mesh.status()["pods"] if p["namespace"] == NS and p["name"].startswith("waypoint-"))
+    text = mesh.in_node(pod["node"], "curl", "-s", "-m", "5", f"http://{pod['ip']}:15020/metrics").stdout
+    values = dict(line.split() for line in text.splitlines()
+                  if line.startswith("wisp_waypoint_upstream_rq_retry"))
+    return (float(values["wisp_waypoint_upstream_rq_retry_total"]),
+            float(values["wisp_waypoint_upstream_rq_retry_overflow_total"]))
+
+
 def test_a_3s_route_timeout_answers_504_after_3s(mesh, resil):
     status, seconds = timed(mesh, f"http://echo.{NS}/slow", "x-echo-delay-ms: 6000")
     print(f"route timeout 3s: status {status} after {seconds:.3f} s")
@@ -179,6 +189,7 @@ def test_retries_turn_a_first_attempt_503_into_a_200(mesh, resil):
 def test_the_retry_budget_caps_retries_when_an_endpoint_fails_every_request(mesh, resil):
     count = 30
     before = served(mesh, "broken")["served"]
+    counted_before = retry_counters(mesh)
     result = mesh.in_pod(NS, "client", "curl", "-s", "-o", "/dev/null", "-m", "20", "--parallel",
                          "--parallel-immediate", "--parallel-max", str(count), "-w", "%{http_code}\n",
                          f"http://broken.{NS}/budget?n=[1-{count}]", timeout=40)
@@ -189,6 +200,11 @@ def test_the_retry_budget_caps_retries_when_an_endpoint_fails_every_request(mesh
     assert statuses == ["503"] * count
     # Retries in flight at most max(3, 20% of the ~30 active requests): about 30 + 6 + 3.
     assert count < attempts <= count + count // 2, attempts
+    # The waypoint's counters say the same: every attempt after the first 30 was a retry, and
+    # the retries the budget refused were counted.
+    retried, refused = (after - earlier for after, earlier in zip(retry_counters(mesh), counted_before))
+    assert retried == attempts - count
+    assert refused > 0
 
 
 def test_an_abort_of_50_percent_gives_45_to_55_percent_503_over_1000_requests(mesh, resil):

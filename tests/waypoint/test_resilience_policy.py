@@ -216,6 +216,25 @@ def test_budgets_are_per_cluster_and_totals_add_up():
     assert budgets.totals() == (3, 2)
 
 
+def test_budget_totals_never_go_down_when_idle_budgets_are_dropped(monkeypatch):
+    # They are exported as counters (wisp_waypoint_upstream_rq_retry_total, ..._overflow_total).
+    monkeypatch.setattr("waypoint.resilience.budget.MAX_CLUSTERS", 2)
+    budgets = Budgets()
+    first = budgets.get(("shop", "web", 80))
+    for _ in range(5):
+        if first.try_retry():
+            first.retry_done()
+    first.retries = 3
+    for _ in range(2):
+        first.try_retry()
+    assert budgets.totals() == (5, 2)
+    first.retries = 0
+    budgets.get(("shop", "api", 80))
+    budgets.get(("shop", "db", 80))  # over the limit: the idle ones are dropped
+    assert ("shop", "web", 80) not in budgets.by_cluster
+    assert budgets.totals() == (5, 2)
+
+
 # -- fault injection ----------------------------------------------------------------------------
 
 

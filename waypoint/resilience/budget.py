@@ -67,6 +67,9 @@ class Budgets:
     budget_percent: float = BUDGET_PERCENT
     min_retry_concurrency: int = MIN_RETRY_CONCURRENCY
     by_cluster: dict[tuple[str, str, int], Budget] = field(default_factory=dict)
+    # Counts of budgets dropped as idle, so the totals (counters) never go down.
+    dropped_granted: int = 0
+    dropped_overflow: int = 0
 
     def get(self, key: tuple[str, str, int]) -> Budget:
         budget = self.by_cluster.get(key)
@@ -78,11 +81,13 @@ class Budgets:
 
     def _drop_idle(self) -> None:
         for key in [k for k, b in self.by_cluster.items() if not b.active and not b.retries]:
-            del self.by_cluster[key]
+            budget = self.by_cluster.pop(key)
+            self.dropped_granted += budget.granted
+            self.dropped_overflow += budget.overflow
 
     def totals(self) -> tuple[int, int]:
         """(retries granted, retries refused) over every cluster, for metrics."""
-        granted = overflow = 0
+        granted, overflow = self.dropped_granted, self.dropped_overflow
         for budget in self.by_cluster.values():
             granted += budget.granted
             overflow += budget.overflow
