@@ -216,6 +216,17 @@ def test_budgets_are_per_cluster_and_totals_add_up():
     assert budgets.totals() == (3, 2)
 
 
+def test_next_retry_frees_the_ended_retrys_slot_before_taking_one():
+    budget = Budget()
+    for _ in range(3):
+        budget.enter()
+    assert budget.next_retry(False) and budget.retries == 1  # a first attempt ended: take a slot
+    assert budget.next_retry(True) and budget.retries == 1   # that retry ended: same slot, again
+    budget.retries = budget.min_retry_concurrency             # the budget is spent by others
+    assert not budget.next_retry(False)
+    assert budget.next_retry(True) and budget.retries == budget.min_retry_concurrency
+
+
 def test_budget_totals_never_go_down_when_idle_budgets_are_dropped(monkeypatch):
     # They are exported as counters (wisp_waypoint_upstream_rq_retry_total, ..._overflow_total).
     monkeypatch.setattr("waypoint.resilience.budget.MAX_CLUSTERS", 2)

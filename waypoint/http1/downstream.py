@@ -622,15 +622,10 @@ class Exchange:
             return False
         if self.head.framing != codec.NO_BODY and self.replay is None:
             return False
-        budget = self.budget
-        if self.retry_slot:  # the attempt that ended was a retry: its place frees up
-            self.retry_slot = False
-            budget.retry_done()
-        if budget is not None:
-            if not budget.try_retry():
-                return False
-            self.retry_slot = True
-        return True
+        if self.budget is None:
+            return True
+        self.retry_slot = self.budget.next_retry(self.retry_slot)
+        return self.retry_slot
 
     def _attempt_failed(self, failure: str, status: int, text: str, flags: str) -> None:
         """An attempt ended without a response head: retry it, or answer `status`."""

@@ -59,6 +59,14 @@ class Budget:
         if self.retries > 0:
             self.retries -= 1
 
+    def next_retry(self, holding: bool) -> bool:
+        """An attempt ended and the request would retry: free the slot the attempt held if it
+        was a retry (`holding`), then take one for the next retry; False when the budget is spent.
+        What both shells do; they keep `holding` as whether their current attempt has a slot."""
+        if holding:
+            self.retry_done()
+        return self.try_retry()
+
 
 @dataclass(slots=True)
 class Budgets:
