@@ -20,80 +20,18 @@ from contextlib import contextmanager
 
 import pytest
 
-APP = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: shop, labels: {app: client}}
-spec:
-  serviceAccountName: client
-  nodeName: node1
-  containers: [{name: sleep, command: [sleep, infinity]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: stranger, namespace: shop, labels: {app: stranger}}
-spec:
-  serviceAccountName: stranger
-  nodeName: node1
-  containers: [{name: sleep, command: [sleep, infinity]}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo-v1, namespace: shop}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: echo, version: v1}}
-  template:
-    metadata: {labels: {app: echo, version: v1}}
-    spec:
-      serviceAccountName: echo
-      nodeName: node2
-      containers:
-        - name: echo
-          command: [wisp-echo, --http, "8080"]
-          readinessProbe: {httpGet: {path: /healthz, port: 8080}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo-v2, namespace: shop}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: echo, version: v2}}
-  template:
-    metadata: {labels: {app: echo, version: v2}}
-    spec:
-      serviceAccountName: echo
-      nodeName: node2
-      containers:
-        - name: echo
-          command: [wisp-echo, --http, "8080"]
-          readinessProbe: {httpGet: {path: /healthz, port: 8080}}
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: shop}
-spec:
-  selector: {app: echo}
-  ports: [{name: http, port: 80, targetPort: 8080}, {name: http-alt, port: 8080, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo-v1, namespace: shop}
-spec:
-  selector: {app: echo, version: v1}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo-v2, namespace: shop}
-spec:
-  selector: {app: echo, version: v2}
-  ports: [{name: http, port: 80, targetPort: 8080}]
-"""
+from .objects import client, echo_deployment, manifest, namespace, service
+
+APP = manifest(
+    namespace("shop"),
+    client("shop"),
+    client("shop", "stranger"),
+    *(echo_deployment("shop", f"echo-{v}", labels={"app": "echo", "version": v}, account="echo")
+      for v in ("v1", "v2")),
+    service("shop", "echo", ports=[{"name": "http", "port": 80, "targetPort": 8080},
+                                   {"name": "http-alt", "port": 8080, "targetPort": 8080}]),
+    *(service("shop", f"echo-{v}", {"app": "echo", "version": v}) for v in ("v1", "v2")),
+)
 
 MARKER = "wisp-waypoint-marker-51c9"
 

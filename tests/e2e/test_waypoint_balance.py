@@ -25,104 +25,25 @@ from contextlib import contextmanager
 import pytest
 
 from .conftest import BIN
+from .objects import client, echo_pod, manifest, namespace, service
 
 NS = "lb"
 
-APP = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: lb, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: lb, labels: {app: client}}
-spec:
-  serviceAccountName: client
-  nodeName: node1
-  containers: [{name: sleep, command: [sleep, infinity]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: echo-fast, namespace: lb, labels: {app: echo, speed: fast}}
-spec:
-  serviceAccountName: echo
-  nodeName: node2
-  containers:
-    - name: echo
-      command: [wisp-echo, --http, "8080"]
-      readinessProbe: {httpGet: {path: /healthz, port: 8080}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: echo-slow, namespace: lb, labels: {app: echo, speed: slow}}
-spec:
-  serviceAccountName: echo
-  nodeName: node2
-  containers:
-    - name: echo
-      command: [wisp-echo, --http, "8080", --delay-ms, "50"]
-      readinessProbe: {httpGet: {path: /healthz, port: 8080}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: flaky-1, namespace: lb, labels: {app: flaky, good: "yes"}}
-spec:
-  serviceAccountName: flaky
-  nodeName: node1
-  containers:
-    - name: echo
-      command: [wisp-echo, --http, "8080"]
-      readinessProbe: {httpGet: {path: /healthz, port: 8080}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: flaky-2, namespace: lb, labels: {app: flaky, good: "yes"}}
-spec:
-  serviceAccountName: flaky
-  nodeName: node2
-  containers:
-    - name: echo
-      command: [wisp-echo, --http, "8080"]
-      readinessProbe: {httpGet: {path: /healthz, port: 8080}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: flaky-bad, namespace: lb, labels: {app: flaky}}
-spec:
-  serviceAccountName: flaky
-  nodeName: node2
-  containers:
-    - name: echo
-      command: [wisp-echo, --http, "8080", --fail-percent, "100", --fail-status, "503"]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: lb}
-spec:
-  selector: {app: echo}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: flaky, namespace: lb}
-spec:
-  selector: {app: flaky}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: good, namespace: lb}
-spec:
-  selector: {app: flaky, good: "yes"}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: pool, namespace: lb}
-spec:
-  selector: {app: echo, speed: fast}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
+APP = manifest(
+    namespace(NS),
+    client(NS),
+    echo_pod(NS, "echo-fast", labels={"app": "echo", "speed": "fast"}, account="echo"),
+    echo_pod(NS, "echo-slow", "--delay-ms", "50", labels={"app": "echo", "speed": "slow"}, account="echo"),
+    echo_pod(NS, "flaky-1", labels={"app": "flaky", "good": "yes"}, account="flaky", node="node1"),
+    echo_pod(NS, "flaky-2", labels={"app": "flaky", "good": "yes"}, account="flaky"),
+    # No readiness probe: it would fail too.
+    echo_pod(NS, "flaky-bad", "--fail-percent", "100", "--fail-status", "503", labels={"app": "flaky"},
+             account="flaky", probe=False),
+    service(NS, "echo"),
+    service(NS, "flaky"),
+    service(NS, "good", {"app": "flaky", "good": "yes"}),
+    service(NS, "pool", {"app": "echo", "speed": "fast"}),
+) + """---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: flaky, namespace: lb}

@@ -23,60 +23,24 @@ import pytest
 
 from tests.waypoint.jwt_keys import ISSUER, Signer, jwks
 
-APP = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: jwt, labels: {istio.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: jwt, labels: {app: client}}
-spec:
-  serviceAccountName: client
-  nodeName: node1
-  containers: [{name: sleep, command: [sleep, infinity]}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo, namespace: jwt}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: echo}}
-  template:
-    metadata: {labels: {app: echo}}
-    spec:
-      serviceAccountName: echo
-      nodeName: node2
-      containers:
-        - name: echo
-          command: [wisp-echo, --http, "8080"]
-          readinessProbe: {httpGet: {path: /healthz, port: 8080}}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: jwks, namespace: jwt, labels: {app: jwks}}
-spec:
-  serviceAccountName: jwks
-  nodeName: node2
-  containers:
-    - name: files
-      command: [PYTHON, -m, http.server, "8080", --bind, 0.0.0.0, --directory, DIRECTORY]
-      readinessProbe: {httpGet: {path: /jwks.json, port: 8080}}
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: jwt}
-spec:
-  selector: {app: echo}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: jwks, namespace: jwt}
-spec:
-  selector: {app: jwks}
-  ports: [{name: http, port: 80, targetPort: 8080}]
-"""
+from .objects import client, echo_deployment, manifest, namespace, service
+
+NS = "jwt"
+APP = manifest(
+    namespace(NS),
+    client(NS),
+    echo_deployment(NS, "echo"),
+    # The key set's server: PYTHON and DIRECTORY are filled in when the fixture applies it.
+    {"apiVersion": "v1", "kind": "Pod",
+     "metadata": {"name": "jwks", "namespace": NS, "labels": {"app": "jwks"}},
+     "spec": {"serviceAccountName": "jwks", "nodeName": "node2",
+              "containers": [{"name": "files",
+                              "command": ["PYTHON", "-m", "http.server", "8080", "--bind", "0.0.0.0",
+                                          "--directory", "DIRECTORY"],
+                              "readinessProbe": {"httpGet": {"path": "/jwks.json", "port": 8080}}}]}},
+    service(NS, "echo"),
+    service(NS, "jwks"),
+)
 
 POLICIES = f"""
 apiVersion: security.istio.io/v1

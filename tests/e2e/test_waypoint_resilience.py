@@ -22,55 +22,20 @@ import statistics
 
 import pytest
 
+from .objects import client, echo_deployment, manifest, namespace, service
+
 NS = "resil"
 
 
-def deployment(name: str, *args: str) -> str:
-    command = ", ".join(f'"{a}"' for a in ("wisp-echo", "--http", "8080", *args))
-    return f"""---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: {NS}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec:
-      serviceAccountName: {name}
-      nodeName: node2
-      containers:
-        - name: echo
-          command: [{command}]
-          readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}}}
-"""
-
-
-def service(name: str, app: str) -> str:
-    return f"""---
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: {NS}}}
-spec:
-  selector: {{app: {app}}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
-"""
-
-
-APP = f"""
-apiVersion: v1
-kind: Namespace
-metadata: {{name: {NS}, labels: {{istio.io/dataplane-mode: ambient}}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {NS}, labels: {{app: client}}}}
-spec:
-  serviceAccountName: client
-  nodeName: node1
-  containers: [{{name: sleep, command: [sleep, infinity]}}]
-""" + deployment("echo") + deployment("broken", "--fail-percent", "100", "--delay-ms", "200") \
-    + service("echo", "echo") + service("faulty", "echo") + service("broken", "broken")
+APP = manifest(
+    namespace(NS),
+    client(NS),
+    echo_deployment(NS, "echo"),
+    echo_deployment(NS, "broken", "--fail-percent", "100", "--delay-ms", "200"),
+    service(NS, "echo"),
+    service(NS, "faulty", {"app": "echo"}),
+    service(NS, "broken"),
+)
 
 MARK = "x-resil-config"
 CONFIG = f"""

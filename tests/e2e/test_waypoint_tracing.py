@@ -22,6 +22,8 @@ import pytest
 from wisp.testbed import build as testbed_build
 from wisp.testbed import jaeger
 
+from .objects import client, echo_deployment, manifest, namespace, service
+
 HOST = "echo.trace.svc.cluster.local"
 JAEGER_QUERY = "http://127.0.0.1:16686"
 
@@ -55,72 +57,24 @@ exporters:
   jaeger_storage_exporter: {trace_storage: memstore}
 """
 
-APP = """
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: trace
-  labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: waypoint
-  namespace: trace
-  labels: {istio.io/waypoint-for: service}
-  annotations: {tracing.wisp.io/otlp-endpoint: "jaeger.trace:4317"}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: trace, labels: {app: client}}
-spec:
-  serviceAccountName: client
-  nodeName: node1
-  containers: [{name: sleep, command: [sleep, infinity]}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo, namespace: trace}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: echo}}
-  template:
-    metadata: {labels: {app: echo}}
-    spec:
-      serviceAccountName: echo
-      nodeName: node2
-      containers:
-        - name: echo
-          command: [wisp-echo, --http, "8080"]
-          readinessProbe: {httpGet: {path: /healthz, port: 8080}}
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: trace}
-spec:
-  selector: {app: echo}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: jaeger
-  namespace: trace
-  labels: {app: jaeger, istio.io/dataplane-mode: none}
-spec:
-  nodeName: node1
-  containers: [{name: jaeger, command: [JAEGER_BINARY, --config, JAEGER_CONFIG_FILE]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: jaeger, namespace: trace}
-spec:
-  selector: {app: jaeger}
-  ports: [{name: grpc-otlp, port: 4317, targetPort: 4317}]
-"""
+APP = manifest(
+    namespace("trace", **{"istio.io/use-waypoint": "waypoint"}),
+    {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+     "metadata": {"name": "waypoint", "namespace": "trace", "labels": {"istio.io/waypoint-for": "service"},
+                  "annotations": {"tracing.wisp.io/otlp-endpoint": "jaeger.trace:4317"}},
+     "spec": {"gatewayClassName": "istio-waypoint",
+              "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}},
+    client("trace"),
+    echo_deployment("trace", "echo"),
+    service("trace", "echo"),
+    # Outside the mesh; JAEGER_BINARY and JAEGER_CONFIG_FILE are filled in by the fixture.
+    {"apiVersion": "v1", "kind": "Pod",
+     "metadata": {"name": "jaeger", "namespace": "trace",
+                  "labels": {"app": "jaeger", "istio.io/dataplane-mode": "none"}},
+     "spec": {"nodeName": "node1",
+              "containers": [{"name": "jaeger", "command": ["JAEGER_BINARY", "--config", "JAEGER_CONFIG_FILE"]}]}},
+    service("trace", "jaeger", ports=[{"name": "grpc-otlp", "port": 4317, "targetPort": 4317}]),
+)
 
 SERVICE_TELEMETRY = """
 apiVersion: telemetry.istio.io/v1

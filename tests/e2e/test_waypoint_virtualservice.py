@@ -17,44 +17,17 @@ from collections import Counter
 
 import pytest
 
+from .objects import client, echo_deployment, manifest, namespace, service
+
 NS = "vs"
 
-APP = f"""
-apiVersion: v1
-kind: Namespace
-metadata: {{name: {NS}, labels: {{istio.io/dataplane-mode: ambient}}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {NS}, labels: {{app: client}}}}
-spec:
-  serviceAccountName: client
-  nodeName: node1
-  containers: [{{name: sleep, command: [sleep, infinity]}}]
-""" + "".join(f"""---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: echo-{v}, namespace: {NS}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: echo, version: {v}}}}}
-  template:
-    metadata: {{labels: {{app: echo, version: {v}}}}}
-    spec:
-      serviceAccountName: echo
-      nodeName: node2
-      containers:
-        - name: echo
-          command: [wisp-echo, --http, "8080"]
-          readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}}}
-""" for v in ("v1", "v2")) + f"""---
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: {NS}}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
-"""
+APP = manifest(
+    namespace(NS),
+    client(NS),
+    *(echo_deployment(NS, f"echo-{v}", labels={"app": "echo", "version": v}, account="echo")
+      for v in ("v1", "v2")),
+    service(NS, "echo"),
+)
 
 SUBSETS = f"""
 apiVersion: networking.istio.io/v1
