@@ -2,9 +2,17 @@
 
 The agent listens on a unix SOCK_SEQPACKET socket; ztunnel connects and says Hello; the agent
 sends one Add (netns fd in SCM_RIGHTS) or Keep (pod whose netns it cannot open) per enrolled pod,
-each acked, then SnapshotSent; then Add/Del as pods come and go. Only the newest connection is
-served. `NodeSession` is the sans-IO protocol state of one connection (ztunnel's main process
-also speaks it to its worker processes); `ZdsServer` is the node agent's shell.
+each acked, then SnapshotSent; then Add/Del as pods come and go. `NodeSession` is the sans-IO
+protocol state of one connection (ztunnel's main process also speaks it to its worker
+processes); `ZdsServer` is the node agent's shell.
+
+Several ztunnels may be connected at once, as during a restart or upgrade: a new one connects
+while the old one still serves its established connections (docs/architecture.md, "Zero-drop
+ztunnel restart"). As Istio's node agent does, every connection that said Hello gets the full
+snapshot, a new pod goes to the newest connection only, and a removed pod to every connection.
+An older connection is not cut when a newer one says Hello: it ends when that ztunnel closes it
+(a draining ztunnel does), or when more than `max_sessions` ztunnels said Hello (the oldest
+goes). A connection that never says a valid Hello gets nothing and displaces nobody.
 
 Failure handling: a NACK leaves the pod un-acked and it is offered again every `retry_interval`;
 an ack that does not come within `ack_timeout` drops the connection (a late ack could otherwise
@@ -34,6 +42,9 @@ log = structlog.get_logger("cni.zds")
 
 ACK_TIMEOUT = protocol.ACK_TIMEOUT
 RETRY_INTERVAL = 5.0
+# ztunnels served at once: the serving one and its successor, with room for a restart that
+# comes while an old one still drains. More means something reconnects in a loop.
+MAX_SESSIONS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +181,8 @@ class _Connection:
                 for fd in fds:
                     transport.close_fd(fd)
             if isinstance(message, Hello):
-                self.log.info("ztunnel said hello", version=message.version)
+                self.log.info("ztunnel said hello", version=message.version,
+                              connected=len(self.server.sessions) + 1)
                 self.server._promote(self)
                 self.hello.set()
             else:
@@ -243,17 +255,24 @@ class _Connection:
 
 
 class ZdsServer:
-    """Keeps the set of pods ztunnel should serve and tells the newest ztunnel connection about it."""
+    """Keeps the set of pods ztunnel should serve and tells the connected ztunnels about it."""
 
     def __init__(self, path: str, *, ack_timeout: float = ACK_TIMEOUT, retry_interval: float = RETRY_INTERVAL,
-                 on_ack: Callable[[str], None] | None = None) -> None:
+                 on_ack: Callable[[str], None] | None = None, max_sessions: int = MAX_SESSIONS) -> None:
         self.path = path
         self.ack_timeout = ack_timeout
         self.retry_interval = retry_interval
         self.on_ack = on_ack
+        self.max_sessions = max_sessions
         self.pods: dict[str, ZdsPod] = {}
-        self.connection: _Connection | None = None
+        # Connections that said Hello, oldest first; the last is the one new pods go to.
+        self.sessions: list[_Connection] = []
         self.connections_seen = 0
+
+    @property
+    def connection(self) -> _Connection | None:
+        """The newest ztunnel connection that said Hello: it gets new pods."""
+        return self.sessions[-1] if self.sessions else None
 
     # -- what the agent calls ------------------------------------------------------------------
     def register(self, pod: ZdsPod) -> None:
@@ -275,15 +294,22 @@ class ZdsServer:
         return await self._wait(work)
 
     async def remove(self, uid: str) -> Outcome:
-        """Stop serving the pod. Without a connection the next snapshot simply leaves it out."""
+        """Stop serving the pod, on every connected ztunnel (an old one still draining holds the
+        pod's netns too). Without a connection the next snapshot simply leaves it out. The
+        outcome is the newest connection's; an older one that fails to remove it is logged."""
         if self.pods.pop(uid, None) is None:
             return Outcome(True)
-        conn = self.connection
-        if conn is None:
+        newest = self.connection
+        if newest is None:
             return Outcome(True)
-        work = _Work(Del(uid))
-        conn.submit(work)
-        return await self._wait(work)
+        works = {conn: _Work(Del(uid)) for conn in self.sessions}
+        for conn, work in works.items():
+            conn.submit(work)
+        outcome = await self._wait(works[newest])
+        for conn, work in works.items():
+            if conn is not newest and work.done.is_set() and not work.outcome.acked:
+                conn.log.warning("an older ztunnel did not remove a pod", uid=uid, error=work.outcome.error)
+        return outcome
 
     async def _wait(self, work: _Work) -> Outcome:
         # The connection finishes every item (ack, NACK, or its own end); this bound only guards
@@ -314,15 +340,19 @@ class ZdsServer:
             Path(self.path).unlink(missing_ok=True)
 
     def _promote(self, conn: _Connection) -> None:
-        """`conn` said Hello: it becomes the active session, ending the one before it."""
-        old, self.connection = self.connection, conn
-        if old is not None and old is not conn:
-            old.end_reason = "replaced by a newer ztunnel connection"
-            old.cancel_scope.cancel()
+        """`conn` said Hello: new pods go to it from now on. Older connections stay (their
+        ztunnel drains and closes them), unless there are more than `max_sessions`."""
+        if conn in self.sessions:
+            return
+        self.sessions.append(conn)
+        while len(self.sessions) > self.max_sessions:
+            oldest = self.sessions.pop(0)
+            oldest.end_reason = f"more than {self.max_sessions} ztunnels connected; the oldest goes"
+            oldest.cancel_scope.cancel()
 
     def _connection_ended(self, conn: _Connection) -> None:
-        if self.connection is conn:
-            self.connection = None
+        if conn in self.sessions:
+            self.sessions.remove(conn)
 
     def _acked(self, uid: str) -> None:
         if self.on_ack is not None:
