@@ -9,6 +9,7 @@ its `authenticate` is a coroutine).
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -40,27 +41,34 @@ class Caller:
         return f"{self.role} {self.identity}" if self.identity else self.role
 
 
+# What secrets.token_urlsafe(32) makes: 43 characters of the URL-safe alphabet (256 bits).
+_KEEPABLE = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
 class LocalCredentials:
     """Random bearer tokens issued at start; only their SHA-256 is kept."""
 
     def __init__(self) -> None:
         self._callers: dict[bytes, Caller] = {}
 
-    def issue_ztunnel(self, node: str) -> str:
-        return self._issue(Caller(ROLE_ZTUNNEL, node=node))
+    def issue_ztunnel(self, node: str, keep: str | None = None) -> str:
+        return self._issue(Caller(ROLE_ZTUNNEL, node=node), keep)
 
-    def issue_node_agent(self, node: str) -> str:
-        return self._issue(Caller(ROLE_NODE_AGENT, node=node))
+    def issue_node_agent(self, node: str, keep: str | None = None) -> str:
+        return self._issue(Caller(ROLE_NODE_AGENT, node=node), keep)
 
-    def issue_runtime(self) -> str:
+    def issue_runtime(self, keep: str | None = None) -> str:
         """Local mode only: the runtime that plays kubelet and `kubectl` for the CLI."""
-        return self._issue(Caller(ROLE_RUNTIME))
+        return self._issue(Caller(ROLE_RUNTIME), keep)
 
     def issue_waypoint(self, identity: SpiffeId) -> str:
         return self._issue(Caller(ROLE_WAYPOINT, identity=identity))
 
-    def _issue(self, caller: Caller) -> str:
-        token = secrets.token_urlsafe(32)
+    def _issue(self, caller: Caller, keep: str | None = None) -> str:
+        """A new random token, or `keep` (a token this caller already holds: a restarted control
+        plane honours the ones its running proxies read at their start, as a service-account
+        token outlives istiod) if it has a fresh token's strength."""
+        token = keep if keep is not None and _KEEPABLE.fullmatch(keep) else secrets.token_urlsafe(32)
         self._callers[hashlib.sha256(token.encode()).digest()] = caller
         return token
 

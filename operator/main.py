@@ -107,6 +107,13 @@ def load_ca(args: argparse.Namespace) -> CertificateAuthority:
     return ca
 
 
+def read_secret(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def write_secret(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -160,10 +167,13 @@ async def run(args: argparse.Namespace) -> int:
     (args.state_dir / "root-cert.pem").write_bytes(ca.roots_pem())
     credentials = LocalCredentials()
     tokens = args.state_dir / "tokens"
+    # A restart keeps the tokens already written: running ztunnels and node agents read theirs
+    # once, at their own start, and would be refused by the CA and the config stream for good.
     for node in args.node:
-        write_secret(tokens / f"ztunnel-{node}", credentials.issue_ztunnel(node))
-        write_secret(tokens / f"node-agent-{node}", credentials.issue_node_agent(node))
-    write_secret(tokens / "runtime", credentials.issue_runtime())
+        write_secret(tokens / f"ztunnel-{node}", credentials.issue_ztunnel(node, read_secret(tokens / f"ztunnel-{node}")))
+        write_secret(tokens / f"node-agent-{node}",
+                     credentials.issue_node_agent(node, read_secret(tokens / f"node-agent-{node}")))
+    write_secret(tokens / "runtime", credentials.issue_runtime(read_secret(tokens / "runtime")))
     identity = SpiffeId(args.trust_domain, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT)
     serving = ca.issue_serving(identity, dns_names=("wisp-operator.istio-system.svc", "localhost"),
                                ip_addresses=tuple(args.advertise) + ("127.0.0.1",))
