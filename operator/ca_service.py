@@ -21,7 +21,11 @@ from .distributor import ROLE_WAYPOINT, ROLE_ZTUNNEL
 from .pods import TERMINAL_PHASES
 
 MAX_LIFETIME = dt.timedelta(hours=24)
-MIN_LIFETIME = dt.timedelta(minutes=10)
+# Leaves are back-dated a minute (wisp/identity/ca.py) and rotated at half their validity, so a
+# lifetime of L is renewed (L - 1 min) / 2 after issue: 2 minutes is the shortest that still
+# leaves 30 s between renewals (bench/reliability's rotation scenario runs at it); anything
+# shorter would have proxies ask again at once.
+MIN_LIFETIME = dt.timedelta(minutes=2)
 
 
 @dataclass(slots=True, frozen=True)

@@ -171,6 +171,15 @@ async def test_ztunnel_obtains_the_identity_of_a_pod_on_its_node(plane, ca):
     assert bundle.not_after - bundle.not_before > dt.timedelta(hours=1)
 
 
+async def test_a_two_minute_certificate_is_the_shortest_signed_and_rotates_30_s_after_issue(plane):
+    endpoint = plane.endpoint(plane.credentials.issue_ztunnel("node-a"))
+    before = dt.datetime.now(dt.timezone.utc)
+    bundle = await fetch_certificate(endpoint, spiffe("shop", "web"), 120)
+    # Back-dated a minute for skew: valid 3 minutes, renewed half-way, 30 s from now.
+    assert bundle.not_after - bundle.not_before == dt.timedelta(minutes=3)
+    assert dt.timedelta(seconds=28) < bundle.rotation_time - before < dt.timedelta(seconds=32)
+
+
 @pytest.mark.parametrize("node,sa,fragment", [
     ("node-a", "db", "no running pod with service account 'db'"),       # db runs on node-b
     ("node-a", "batch", "no running pod with service account 'batch'"),  # its only pod finished
@@ -205,8 +214,9 @@ def _post(client, body):
     ({"csr": "x", "identity": "spiffe://cluster.local/ns/shop/sa/web", "ttl_seconds": 10 ** 9}, "ttl_seconds"),
     # Python's JSON accepts NaN and Infinity; these and 1e308 were 500s (a timedelta error).
     *[(b'{"csr": "x", "identity": "spiffe://cluster.local/ns/shop/sa/web", "ttl_seconds": %s}' % number,
-       "'ttl_seconds' must be a finite number between 600 and 86400")
+       "'ttl_seconds' must be a finite number between 120 and 86400")
       for number in (b"NaN", b"Infinity", b"-Infinity", b"1e308", b"-1e308", b"1e20", b"9" * 400)],
+    ({"csr": "x", "identity": "spiffe://cluster.local/ns/shop/sa/web", "ttl_seconds": 119}, "ttl_seconds"),
     ({"csr": "x", "identity": "spiffe://other.td/ns/shop/sa/web"}, "trust domain"),
 ])
 async def test_malformed_certificate_requests_get_400_naming_the_problem(plane, body, fragment):

@@ -18,6 +18,7 @@ even read, so a bad value there cannot stop a process that does not use it.
 | TRUST_DOMAIN | --trust-domain | the SPIFFE trust domain |
 | INPOD_UDS | --zds-socket | the node agent's ZDS socket |
 | LOG_FORMAT | --log-json | `json` for JSON logs |
+| SECRET_TTL | — | lifetime asked for workload certificates, a Go duration (`24h`, `2m`, `90s`); the CA's default (24 h) when unset |
 
 wisp's own WISP_ZTUNNEL_WORKERS, WISP_ZTUNNEL_ENGINE and WISP_LOG_LEVEL are read by main.py.
 
@@ -65,6 +66,7 @@ class FromEnvironment:
     trust_domain: str | None = None
     zds_socket: str | None = None
     log_json: bool | None = None
+    certificate_ttl: int | None = None
 
 
 def read(environ: Mapping[str, str], given: Container[str] = ()) -> FromEnvironment:
@@ -103,6 +105,8 @@ def read(environ: Mapping[str, str], given: Container[str] = ()) -> FromEnvironm
         if text not in ("json", "plain"):
             raise EnvironmentProblem("LOG_FORMAT", text, "json or plain")
         found["log_json"] = text == "json"
+    if text := value("SECRET_TTL"):
+        found["certificate_ttl"] = _duration_seconds("SECRET_TTL", text)
     return FromEnvironment(**found)  # type: ignore[arg-type]
 
 
@@ -110,6 +114,21 @@ def _name(variable: str, text: str, pattern: re.Pattern[str], wanted: str) -> st
     if len(text) > 253 or not pattern.match(text):
         raise EnvironmentProblem(variable, text, wanted)
     return text
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_DURATION_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def _duration_seconds(variable: str, text: str) -> int:
+    """Whole seconds of a Go duration (`24h`, `1h30m`, `2m`, `90s`), as Istio's SECRET_TTL is written."""
+    wanted = "a positive duration such as 24h, 2m or 90s"
+    if len(text) > 32 or not re.fullmatch(r"(?:\d+(?:\.\d+)?(?:h|ms|m|s))+", text):
+        raise EnvironmentProblem(variable, text, wanted)
+    seconds = sum(float(n) * _DURATION_UNIT[unit] for n, unit in _DURATION_PART.findall(text))
+    if seconds < 1:
+        raise EnvironmentProblem(variable, text, wanted)
+    return int(seconds)
 
 
 def _path(variable: str, text: str) -> str:

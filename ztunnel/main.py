@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         worker_index=args.worker_index, worker_fds=args.worker_fds, log_level=args.log_level,
         log_json=args.log_json, engine=args.engine, max_connections_per_source=args.max_connections_per_source,
         pod_name=env.pod_name, pod_namespace=env.pod_namespace, instance_ip=env.instance_ip,
-        service_account=env.service_account,
+        service_account=env.service_account, certificate_ttl=env.certificate_ttl,
     )
 
 

@@ -25,7 +25,7 @@ ISTIO_CHART_ENV = {
 }
 ALL_NAMES = ("NODE_NAME", "POD_NAME", "POD_NAMESPACE", "INSTANCE_IP", "SERVICE_ACCOUNT", "CA_ADDRESS",
              "XDS_ADDRESS", "WISP_CONTROL_PLANE", "AUTH_TOKEN", "CA_ROOT_CA", "XDS_ROOT_CA", "TRUST_DOMAIN",
-             "INPOD_UDS", "LOG_FORMAT", "WISP_ZTUNNEL_WORKERS", "WISP_ZTUNNEL_ENGINE", "WISP_LOG_LEVEL")
+             "INPOD_UDS", "LOG_FORMAT", "SECRET_TTL", "WISP_ZTUNNEL_WORKERS", "WISP_ZTUNNEL_ENGINE", "WISP_LOG_LEVEL")
 
 
 @pytest.fixture(autouse=True)
@@ -73,11 +73,27 @@ def test_empty_variables_say_nothing() -> None:
     ({"CA_ROOT_CA": "/a.pem", "XDS_ROOT_CA": "/b.pem"}, "both name the one mesh root"),
     ({"TRUST_DOMAIN": "spiffe://x"}, "TRUST_DOMAIN='spiffe://x' is not a trust domain"),
     ({"LOG_FORMAT": "yaml"}, "LOG_FORMAT='yaml' is not json or plain"),
+    ({"SECRET_TTL": "120"}, "SECRET_TTL='120' is not a positive duration"),
+    ({"SECRET_TTL": "-2m"}, "SECRET_TTL='-2m' is not a positive duration"),
+    ({"SECRET_TTL": "0s"}, "SECRET_TTL='0s' is not a positive duration"),
+    ({"SECRET_TTL": "2 days"}, "SECRET_TTL='2 days' is not a positive duration"),
 ])
 def test_a_bad_value_names_the_variable_and_what_it_should_be(environ: dict[str, str], words: str) -> None:
     with pytest.raises(EnvironmentProblem) as raised:
         read(environ)
     assert words in str(raised.value)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("24h", 86400), ("2m", 120), ("90s", 90), ("1h30m", 5400),
+                                               ("1.5m", 90), ("2m500ms", 120)])
+def test_secret_ttl_is_read_as_istios_go_duration(text: str, seconds: int) -> None:
+    assert read({"SECRET_TTL": text}).certificate_ttl == seconds
+
+
+def test_secret_ttl_sets_the_lifetime_ztunnel_asks_the_ca_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_args(["--node", "n1"]).certificate_ttl is None
+    monkeypatch.setenv("SECRET_TTL", "2m")
+    assert parse_args(["--node", "n1"]).certificate_ttl == 120
 
 
 def test_a_variable_whose_flag_was_given_is_not_read() -> None:
