@@ -391,6 +391,21 @@ def test_draining_server_lets_open_streams_finish_then_the_connection_closes(mes
     run_until(mesh.loop, lambda: not mesh.server.connections)
 
 
+def test_a_stream_opened_while_the_draining_servers_goaway_travels_is_served(mesh):
+    """A ztunnel restart drains the old server: a client that opened a stream before it read the
+    GOAWAY must not see that stream refused (RFC 9113 §6.8's graceful last stream id)."""
+    sock, results = mesh.open()
+    run_until(mesh.loop, lambda: results)
+    (conn,) = mesh.pool.connections()
+    mesh.server.drain()  # the GOAWAY is queued, not yet read by the client
+    assert not conn.goaway_received
+    late, late_results = mesh.open()
+    run_until(mesh.loop, lambda: late_results)
+    assert late_results == [None]
+    assert talk(mesh.loop, late, b"late stream", expect=11) == b"late stream"
+    assert conn.goaway_received and not conn.accepting_streams  # the next stream takes a new connection
+
+
 def test_close_to_drops_pooled_connections_to_that_address_only(mesh):
     sock, results = mesh.open()
     run_until(mesh.loop, lambda: results)

@@ -539,11 +539,14 @@ class HboneConnection:
         if not self.streams:
             self.last_active = time.monotonic()
 
-    def goaway(self, error_code: int = frames.NO_ERROR, debug: str = "") -> None:
-        """Tell the peer no new streams will be served; streams in flight go on."""
+    def goaway(self, error_code: int = frames.NO_ERROR, debug: str = "", *, graceful: bool = False) -> None:
+        """Tell the peer no new streams will be served; streams in flight go on.
+
+        `graceful`: last stream id 2^31-1 (RFC 9113 §6.8), so a stream the peer opened while the
+        GOAWAY was on its way is still served rather than refused; the peer opens no more."""
         if self.closed or self.codec.goaway_sent:
             return
-        self.codec.goaway(error_code, debug.encode()[:512])
+        self.codec.goaway(error_code, debug.encode()[:512], frames.MAX_STREAM_ID if graceful else None)
         self.dirty()
 
     def close(self, reason: str) -> None:

@@ -135,11 +135,12 @@ class HboneServer:
         log.warning("hbone connection rejected", peer=f"{peer[0]}:{peer[1]}", reason=reason)
 
     def drain(self) -> None:
-        """Stop accepting and send GOAWAY on every connection; streams in flight go on."""
+        """Stop accepting and send GOAWAY on every connection; streams in flight go on, and so do
+        streams the peer opened before it saw the GOAWAY (a draining ztunnel refuses no stream)."""
         self.draining = True
         self.acceptor.close()
         for conn in list(self.connections):
-            conn.goaway(debug="server draining")
+            conn.goaway(debug="server draining", graceful=True)
 
     @property
     def open_streams(self) -> int:
