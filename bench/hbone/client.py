@@ -163,7 +163,7 @@ class _Client:
             await ready.wait()
             if outcome[0] is not None:
                 raise ConnectionError(f"HBONE CONNECT failed: {outcome[0]}")
-            yield stream, _tls_details(pool.connections(key)[0].sock)
+            yield stream, _tls_details(pool.connections(key)[0].transport.tls)
         finally:
             if stream is not None:
                 stream.close()
@@ -171,8 +171,8 @@ class _Client:
             pool.close("measurement done")
 
 
-def _tls_details(sock: ssl.SSLSocket) -> dict:
-    name, version, _ = sock.cipher()
+def _tls_details(tls: ssl.SSLObject) -> dict:
+    name, version, _ = tls.cipher()
     return {"cipher": name, "tls_version": version}
 
 

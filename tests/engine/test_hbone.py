@@ -65,16 +65,16 @@ def test_bulk_larger_than_every_window_arrives_whole(mesh):
 
 
 def test_bulk_goes_out_as_frames_built_in_the_read_buffer_and_stays_in_order(mesh, monkeypatch):
-    # TCP reads of 16 KiB or more leave as one DATA frame written in the read buffer's headroom
-    # (HboneConnection.send_framed). With the HBONE socket's send buffer tiny, OpenSSL often
-    # answers WANT_WRITE: that frame must be queued whole, ahead of anything later.
+    # TCP reads of 16 KiB or more are encrypted as one DATA frame written in the read buffer's
+    # headroom (HboneConnection.send_framed). With the HBONE socket's send buffer tiny, the
+    # kernel often takes only part of a pass's records: until it took the rest, frames are
+    # refused and queued in the codec instead, behind them.
     outcomes: list[str] = []
     original = HboneConnection.send_framed
 
     def spy(self, stream_id, size):
-        blocked = self._want_write
         taken = original(self, stream_id, size)
-        outcomes.append("blocked" if blocked else "queued" if self.codec.out else "sent")
+        outcomes.append("taken" if taken else "refused")
         return taken
 
     monkeypatch.setattr(HboneConnection, "send_framed", spy)
@@ -84,28 +84,8 @@ def test_bulk_goes_out_as_frames_built_in_the_read_buffer_and_stays_in_order(mes
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     payload = b"".join(blocks(24 << 20, b"direct"))
     assert exchange(mesh, sock, payload) == payload
-    assert outcomes.count("sent") > 0, outcomes[:20]
-    assert outcomes.count("queued") + outcomes.count("blocked") > 0, "the send buffer never filled"
-
-
-def test_without_cpythons_ssl_object_the_public_socket_methods_carry_the_tunnel(mesh, monkeypatch):
-    # `_sslobj` is CPython's private attribute; where it is missing the connection uses
-    # SSLSocket.recv_into/send. Run a bulk exchange and a half-close that way.
-    original = HboneConnection.__init__
-
-    def public_methods_only(self, loop, sock, **kwargs):
-        original(self, loop, sock, **kwargs)
-        self._tls_read = lambda n, buffer: sock.recv_into(buffer, n)
-        self._tls_write = sock.send
-
-    monkeypatch.setattr(HboneConnection, "__init__", public_methods_only)
-    sock, results = mesh.open()
-    run_until(mesh.loop, lambda: results)
-    payload = b"".join(blocks(8 << 20, b"public"))
-    assert exchange(mesh, sock, payload) == payload
-    sock.shutdown(socket.SHUT_WR)
-    run_until(mesh.loop, lambda: readable(sock))
-    assert sock.recv(10) == b""
+    assert outcomes.count("taken") > 0, outcomes[:20]
+    assert outcomes.count("refused") > 0, "the send buffer never filled"
 
 
 def test_half_close_crosses_the_tunnel_and_the_tunnel_ends_cleanly(mesh):

@@ -1,8 +1,9 @@
 """HBONE in the loop: HTTP/2 CONNECT streams over one mutual-TLS connection, as splice ends.
 
-`HboneConnection` reads every TLS record that is ready, feeds them to the sans-IO codec
-(wisp.h2) in one call, dispatches its events to the streams, and is flushed once at the end of
-the loop pass, so one TLS write carries the frames of all its streams. A stream is a
+`HboneConnection` runs on a `TlsTransport` (wisp.engine.tls): one receive takes what the kernel
+holds, every complete TLS record goes to the sans-IO codec (wisp.h2), its events to the streams,
+and the connection is flushed once at the end of the loop pass: the frames of all its streams
+are encrypted together and leave with one send. A stream is a
 `StreamEnd`: bytes it is given become DATA within the peer's window (the rest waits for
 WINDOW_UPDATE), bytes it receives go to its peer end at once, and the window is returned
 (`consumed`) only when that end took them — HTTP/2 flow control is the backpressure.
@@ -38,21 +39,22 @@ from wisp.hbone.tls import describe_ssl_error
 from wisp.identity import SpiffeId
 
 from .loop import READ, WRITE, Loop, Timer
-from .splice import HEADROOM, HIGH_WATER, LOW_WATER, READ_BUFFER, Splice
+from .splice import HEADROOM, HIGH_WATER, READ_BUFFER, Splice
+from .tls import TlsTransport
 
 log = structlog.get_logger("wisp.engine.hbone")
 
 MiB = 1024 * 1024
 READ_SIZE = 256 * 1024
-# Parse what arrived once this much is buffered, even if OpenSSL has more records ready.
+# Parse what was decrypted once this much is buffered, even if OpenSSL has more records ready.
 _MAX_RECORD = 16 * 1024
 _PARSE_AT = READ_SIZE - _MAX_RECORD
-# One read buffer for every connection of the process: a pass reads and parses one connection
-# at a time, and the codec copies what it keeps, so 256 KiB per connection would be waste.
+# One plaintext buffer for every connection of the process: a pass reads and parses one
+# connection at a time, and the codec copies what it keeps, so 256 KiB per connection would be waste.
 _READ_VIEW = memoryview(bytearray(READ_SIZE))
-# A TCP end's read at least this large goes out as one DATA frame built in the read buffer's
-# headroom (`HboneConnection.send_framed`), one TLS write with no copy of the payload. Smaller
-# ones (requests, responses) are queued in the codec so one TLS write per pass carries them all.
+# A TCP end's read at least this large is encrypted at once as one DATA frame built in the read
+# buffer's headroom (`HboneConnection.send_framed`), with no copy of the payload into the codec.
+# Smaller ones (requests, responses) are queued in the codec and encrypted together at the flush.
 DIRECT_MIN = 16 * 1024
 _FRAME_AT = HEADROOM - frames.FRAME_HEADER_SIZE
 _FRAME_VIEW = memoryview(READ_BUFFER)
@@ -301,27 +303,21 @@ class StreamEnd:
 class HboneConnection:
     """One TLS connection carrying HTTP/2 CONNECT streams, served by the loop."""
 
-    def __init__(self, loop: Loop, sock: ssl.SSLSocket, *, client: bool, local: tuple[str, int],
+    def __init__(self, loop: Loop, transport: TlsTransport, *, client: bool, local: tuple[str, int],
                  peer: tuple[str, int], peer_identity: SpiffeId | None,
                  on_closed: Callable[[HboneConnection], None] | None = None) -> None:
         self.loop = loop
-        self.sock = sock
-        self.fd = sock.fileno()
+        self.transport = transport
+        self.sock = transport.sock
+        self.fd = transport.fd
         self.client = client
         self.local_address = local
         self.peer_address = peer
         self.peer_identity = peer_identity
-        # ssl.SSLSocket's recv_into and send are Python wrappers (closed checks, argument
-        # juggling, ragged-EOF handling) around the C object in `_sslobj`. OpenSSL returns one
-        # 16 KiB record per read, so a MiB received is 64 reads: the wrappers cost ~0.6 µs
-        # each (docs/performance.md). Call the C methods when CPython has them.
-        tls = getattr(sock, "_sslobj", None)
-        if tls is not None:
-            self._tls_read = tls.read
-            self._tls_write = tls.write
-        else:
-            self._tls_read = lambda n, buffer: sock.recv_into(buffer, n)
-            self._tls_write = sock.send
+        # Bound once: OpenSSL returns one 16 KiB record per read, 64 calls per MiB.
+        self._tls_read = transport.tls.read
+        self._tls_write = transport.tls.write
+        self._incoming = transport.incoming
         self.codec = H2(client=client, local=client_settings() if client else server_settings(),
                         connection_window=CONNECTION_WINDOW)
         self.codec.initiate()
@@ -339,51 +335,65 @@ class HboneConnection:
         self._received = False
         self._keepalive: Timer | None = loop.call_later(PING_INTERVAL, self._tick)
         loop.register(self.fd, self, READ)
+        if self._incoming.pending:
+            # The peer's first records came with the end of the handshake: the kernel will not
+            # say so again. Read them once whoever made this connection has taken it.
+            loop.call_soon(self._decrypt)
         self.dirty()
 
     # -- reading --------------------------------------------------------------------------
     def on_readable(self) -> None:
-        sock = self.sock
+        try:
+            received = self.transport.receive()
+        except OSError as exc:
+            self._fail(f"connection lost: {exc.strerror or exc}")
+            return
+        if received is not None:
+            self._decrypt()
+
+    def _decrypt(self) -> None:
+        """Every complete record in the incoming BIO to the codec, in batches of ≤ READ_SIZE."""
+        if self.closed:
+            return
         read = self._tls_read
+        incoming = self._incoming
         view = _READ_VIEW
         filled = 0
         ended = False
         while True:
+            space = READ_SIZE - filled
             try:
-                n = read(READ_SIZE - filled, view[filled:])
+                n = read(space, view[filled:])
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLWantWriteError:
-                self._set_want_write(True)
-                break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                # Close-notify, or the TCP connection ended without it (a "ragged EOF", which
-                # SSLSocket's wrapper also reads as the end).
+                # Close-notify, or the TCP connection ended without it (a "ragged EOF"), which
+                # ends the connection too.
                 n = 0
             except ssl.SSLError as exc:
                 self._fail(f"TLS error: {describe_ssl_error(exc)}")
-                return
-            except OSError as exc:
-                self._fail(f"connection lost: {exc.strerror or exc}")
                 return
             if n == 0:
                 ended = True
                 break
             filled += n
-            # A record shorter than the maximum ends what the peer wrote at once: unless OpenSSL
-            # holds more of it, the socket is most likely empty, and asking it again would cost
-            # a failing read (a syscall and an exception). If it is not, epoll says so again.
-            if n < _MAX_RECORD and not sock.pending():
-                break
             if filled >= _PARSE_AT:
                 self._receive(view[:filled])
                 if self.closed:
                     return
                 filled = 0
+            elif n < space and not incoming.pending:
+                # The record was read whole and nothing follows it: another read would only
+                # raise SSLWantReadError. (At EOF the BIO is empty too: epoll says so again.)
+                break
         if filled:
             self._receive(view[:filled])
-        if ended and not self.closed:
+        if self.closed:
+            return
+        if ended:
             self._fail("peer closed the connection")
+        elif self.transport.outgoing.pending:
+            self.dirty()  # OpenSSL answered something itself (a TLS 1.3 KeyUpdate)
 
     def _receive(self, data: memoryview) -> None:
         self._received = True
@@ -454,62 +464,58 @@ class HboneConnection:
             self.loop.mark_dirty(self)
 
     def flush(self) -> None:
+        """Encrypt what the codec queued and send it with whatever else OpenSSL produced.
+
+        Nothing more is encrypted while the kernel has not taken earlier records (`unsent`):
+        the codec's buffer then grows, and its high-water mark pauses the streams' writers."""
         self._dirty = False
+        if self.closed or self._want_write:
+            return
+        transport = self.transport
         out = self.codec.out
-        if self.closed or not out or self._want_write:
-            return
         try:
-            sent = self._tls_write(out)
-        except ssl.SSLWantWriteError:
-            self._set_want_write(True)
+            if transport.unsent and not transport.send():
+                self._set_want_write(True)
+                return
+            if out:
+                self._tls_write(out)  # a memory BIO takes it all
+                out.clear()
+            if not transport.send():
+                self._set_want_write(True)
+                return
+        except OSError as exc:  # ssl.SSLError is one
+            self._fail(f"connection lost: {exc.strerror or exc}")
             return
-        except ssl.SSLWantReadError:
-            return
-        except (ssl.SSLError, OSError) as exc:
-            self._fail(f"connection lost: {getattr(exc, 'strerror', None) or exc}")
-            return
-        del out[:sent]
-        if len(out) < LOW_WATER and self.paused_writers:
+        if self.paused_writers:
             resumed, self.paused_writers = self.paused_writers, set()
             for stream in resumed:
                 if stream.splice is not None:
                     stream.splice.peer_of(stream).resume_reading()
 
     def send_framed(self, stream_id: int, size: int) -> bool:
-        """Send READ_BUFFER's payload of `size` bytes (a TCP end's read) as one DATA frame now.
+        """Encrypt READ_BUFFER's payload of `size` bytes (a TCP end's read) as one DATA frame now.
 
-        The frame header goes into the headroom in front of it, so header and payload leave in
-        one TLS write and the payload is never copied into `codec.out`. The caller checked that
-        `out` is empty and the window and frame size allow it. False: not sent, nothing
-        changed (the connection cannot write now); the caller queues it as usual."""
-        if self._want_write or self.closed:
+        The frame header goes into the headroom in front of it, so header and payload are one
+        TLS write and the payload is never copied into `codec.out`; the records leave with this
+        pass's flush. The caller checked that `out` is empty (so frames stay in order) and the
+        window and frame size allow it. False: nothing done, as the kernel has not taken earlier
+        records yet; the caller queues it as usual, and the codec's buffer is the backpressure."""
+        if self.closed or self.transport.unsent:
             return False
         header = self.codec.data_frame_header(stream_id, size)
         start = _FRAME_AT
         READ_BUFFER[start:HEADROOM] = header
-        frame = _FRAME_VIEW[start:HEADROOM + size]
         try:
-            sent = self._tls_write(frame)
-        except ssl.SSLWantWriteError:
-            sent = 0
-            self._set_want_write(True)
-        except ssl.SSLWantReadError:
-            sent = 0
-        except (ssl.SSLError, OSError) as exc:
-            self._fail(f"connection lost: {getattr(exc, 'strerror', None) or exc}")
+            self._tls_write(_FRAME_VIEW[start:HEADROOM + size])
+        except ssl.SSLError as exc:
+            self._fail(f"TLS error: {describe_ssl_error(exc)}")
             return True
-        if sent < len(frame):
-            # OpenSSL wants the rest (after WANT_WRITE: all of it) again later: it moves to
-            # `out`, which was empty, so the frames stay in order.
-            self.codec.out += frame[sent:]
-            self.dirty()
+        self.dirty()
         return True
 
     def on_writable(self) -> None:
         self._set_want_write(False)
         self.flush()
-        if self.codec.out and not self._want_write:
-            self.dirty()
 
     def _set_want_write(self, want: bool) -> None:
         if want != self._want_write and not self.closed:
@@ -563,10 +569,13 @@ class HboneConnection:
     def _fail(self, reason: str, *, flush: bool = False) -> None:
         if self.closed:
             return
-        if flush and self.codec.out:
+        if flush:
+            # Best effort, after whatever the kernel has not taken yet: the peer should see why.
             try:
-                self.sock.send(self.codec.out)
-            except (ssl.SSLError, OSError):
+                if self.codec.out:
+                    self._tls_write(self.codec.out)
+                self.transport.send()
+            except OSError:
                 pass
         self.closed = True
         self.failure = reason
@@ -579,7 +588,7 @@ class HboneConnection:
         self.paused_writers.clear()
         self.loop.unregister(self.fd)
         try:
-            self.sock.close()
+            self.transport.close()
         except OSError:
             pass
         if self.on_closed is not None:
@@ -589,8 +598,8 @@ class HboneConnection:
 class ClientConnection(HboneConnection):
     """The dialling side: opens CONNECT streams."""
 
-    def __init__(self, loop: Loop, sock: ssl.SSLSocket, **kwargs) -> None:
-        super().__init__(loop, sock, client=True, **kwargs)
+    def __init__(self, loop: Loop, transport: TlsTransport, **kwargs) -> None:
+        super().__init__(loop, transport, client=True, **kwargs)
 
     def has_room(self, max_streams: int) -> bool:
         peer_max = self.codec.peer_settings.max_concurrent_streams
@@ -672,11 +681,11 @@ class ConnectRequest:
 class ServerConnection(HboneConnection):
     """The accepting side: CONNECT requests are checked and handed to `on_request`."""
 
-    def __init__(self, loop: Loop, sock: ssl.SSLSocket, *,
+    def __init__(self, loop: Loop, transport: TlsTransport, *,
                  on_request: Callable[[ConnectRequest], None], **kwargs) -> None:
         self.on_request = on_request
         self._last_request_id = 0
-        super().__init__(loop, sock, client=False, **kwargs)
+        super().__init__(loop, transport, client=False, **kwargs)
 
     def on_headers(self, event: HeadersReceived) -> None:
         # Trailers on a tunnel: nothing to do with them. The stream may already be forgotten (a

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import structlog
 
-from wisp.hbone.peers import PoolKey, check_peer, spiffe_ids_of_socket
+from wisp.hbone.peers import PoolKey, check_peer, spiffe_ids_of_tls
 from wisp.identity import SpiffeId
 
 from .hbone import ClientConnection, HboneConnection, StreamEnd
@@ -120,15 +120,15 @@ class Pool:
                       on_done=handshaken, on_error=lambda reason: self._dial_failed(key, dial, f"HBONE peer {where}: {reason}"))
 
         def handshaken(handshake: Handshake) -> None:
-            tls = handshake.sock
-            problem = check_peer(tls, where, key.dst_identities)
+            transport = handshake.transport
+            problem = check_peer(transport.tls, where, key.dst_identities)
             if problem is not None:
-                tls.close()
+                transport.close()
                 self._dial_failed(key, dial, problem)
                 return
-            presented = spiffe_ids_of_socket(tls)
+            presented = spiffe_ids_of_tls(transport.tls)
             conn = ClientConnection(
-                self.loop, tls, local=handshake.local, peer=handshake.peer,
+                self.loop, transport, local=handshake.local, peer=handshake.peer,
                 peer_identity=presented[0] if presented else None,
                 on_closed=lambda c: self._forget(key, c),
             )

@@ -94,14 +94,14 @@ class HboneServer:
         _AwaitingHello(self.loop, raw, HANDSHAKE_TIMEOUT, hello, failed)
 
     def _handshaken(self, handshake: Handshake, release: Callable[[], None]) -> None:
-        tls = handshake.sock
+        transport = handshake.transport
         peer = handshake.peer
-        if tls.selected_alpn_protocol() != "h2":
-            tls.close()
+        if transport.tls.selected_alpn_protocol() != "h2":
+            transport.close()
             release()
             self._reject(peer, "the client did not negotiate ALPN h2")
             return
-        peer_identity, problem = check_client(tls, self.trust_domain)
+        peer_identity, problem = check_client(transport.tls, self.trust_domain)
         if problem is not None:
             self._refuse(handshake, release, problem)
             return
@@ -110,7 +110,7 @@ class HboneServer:
             self.connections.discard(conn)
             release()
 
-        conn = ServerConnection(self.loop, tls, on_request=self._request, local=handshake.local, peer=peer,
+        conn = ServerConnection(self.loop, transport, on_request=self._request, local=handshake.local, peer=peer,
                                 peer_identity=peer_identity, on_closed=closed)
         self.connections.add(conn)
         if self.draining:
@@ -123,7 +123,7 @@ class HboneServer:
     def _refuse(self, handshake: Handshake, release: Callable[[], None], reason: str) -> None:
         """Tell a peer we will not serve why, in a GOAWAY, then close."""
         self._reject(handshake.peer, reason)
-        conn = ServerConnection(self.loop, handshake.sock, on_request=lambda r: None, local=handshake.local,
+        conn = ServerConnection(self.loop, handshake.transport, on_request=lambda r: None, local=handshake.local,
                                 peer=handshake.peer, peer_identity=None,
                                 on_closed=lambda c: release())
         conn.codec.goaway(frames.INADEQUATE_SECURITY, reason.encode()[:512])

@@ -1,9 +1,16 @@
-"""Opening connections in the loop: a non-blocking TCP connect, then a TLS 1.3 handshake.
+"""Opening HBONE connections in the loop, and the TLS they run on.
 
-Both are loop handlers that call back once: `on_done(result)` with the connected socket (or
-SSLSocket), or `on_error(reason)` with words a person can act on. A deadline timer bounds each.
-OpenSSL reads and writes the kernel socket itself (`ssl.SSLSocket`, non-blocking), so no bytes
-are copied through MemoryBIOs in Python.
+- `Connect`: a non-blocking TCP connect.
+- `TlsTransport`: TLS over a connected, non-blocking TCP socket through memory BIOs
+  (`ssl.SSLObject`). The engine moves the bytes itself: one `recv_into` of up to 256 KiB feeds
+  OpenSSL's incoming BIO, and what OpenSSL encrypted during a pass leaves with one `send`. Python's
+  `ssl` cannot turn on OpenSSL's read-ahead, so an `ssl.SSLSocket` reads every record with two
+  `read` calls (its 5-byte header, then its body) and writes every record with one: 128 reads and
+  64 writes per MiB of bulk (docs/performance.md, "Fifth pass").
+- `Handshake`: the TLS 1.3 handshake on a `TlsTransport`, driven by readiness.
+
+`Connect` and `Handshake` call back once: `on_done(result)`, or `on_error(reason)` with words a
+person can act on. A deadline timer bounds each.
 """
 
 from __future__ import annotations
@@ -16,6 +23,11 @@ from collections.abc import Callable
 from wisp.hbone.tls import describe_ssl_error
 
 from .loop import READ, WRITE, Loop, Timer
+
+RECEIVE_SIZE = 256 * 1024
+# One receive buffer for every TLS connection of the process: a pass serves one connection at a
+# time, and the incoming BIO copies what it is given.
+_RECEIVED = memoryview(bytearray(RECEIVE_SIZE))
 
 
 class Connect:
@@ -84,10 +96,84 @@ class Connect:
             self._fail(reason)
 
 
-class Handshake:
-    """A TLS handshake on a connected socket, driven by readiness; calls back once."""
+class TlsTransport:
+    """TLS through memory BIOs over a connected, non-blocking TCP socket.
 
-    __slots__ = ("loop", "sock", "fd", "on_done", "on_error", "_timer", "_finished", "local", "peer")
+    OpenSSL never touches the socket: `tls` (an `ssl.SSLObject`) works on the two BIOs, and this
+    class moves bytes between them and the kernel.
+    - `receive()`: one `recv_into` (≤ 256 KiB) into the incoming BIO. Returns the byte count, 0
+      at EOF (OpenSSL is told, so its next read ends in SSLZeroReturnError after a close_notify,
+      SSLEOFError without one), or None when the socket had nothing.
+    - `tls.read(n, buffer)` / `tls.write(data)`: plaintext out of / into OpenSSL. A write is
+      always taken whole: the outgoing BIO grows, so callers encrypt only when `send()` has
+      caught up (`unsent` is False), which keeps the caller's own buffer the backpressure.
+    - `send()`: one send of what is encrypted and not yet out, oldest first. True when nothing
+      is left; False when the kernel took less, the rest kept in order for the next call (after
+      the socket is writable). Bytes are never dropped or reordered.
+    Socket errors (OSError) and OpenSSL's (SSLError) propagate; callers put them in words.
+    """
+
+    __slots__ = ("sock", "fd", "tls", "incoming", "outgoing", "_unsent", "_recv_into", "_send")
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        # No server_hostname: HBONE sends no SNI, and peers are checked by SPIFFE ID afterwards.
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_side=server_side)
+        self._unsent: list[bytes | memoryview] = []  # oldest first
+        self._recv_into = sock.recv_into
+        self._send = sock.send
+
+    @property
+    def unsent(self) -> bool:
+        """Encrypted bytes wait for the kernel (send() returned False)."""
+        return bool(self._unsent)
+
+    def receive(self) -> int | None:
+        try:
+            n = self._recv_into(_RECEIVED)
+        except (BlockingIOError, InterruptedError):
+            return None
+        if n:
+            self.incoming.write(_RECEIVED[:n])
+        else:
+            self.incoming.write_eof()
+        return n
+
+    def send(self) -> bool:
+        unsent = self._unsent
+        if self.outgoing.pending:
+            unsent.append(self.outgoing.read())
+        if not unsent:
+            return True
+        try:
+            # Two pieces only when the kernel refused part of an earlier send and OpenSSL made
+            # more since (e.g. a KeyUpdate answer): one sendmsg keeps it one system call.
+            sent = self._send(unsent[0]) if len(unsent) == 1 else self.sock.sendmsg(unsent)
+        except (BlockingIOError, InterruptedError):
+            return False
+        while unsent and sent >= len(unsent[0]):
+            sent -= len(unsent.pop(0))
+        if unsent and sent:
+            unsent[0] = memoryview(unsent[0])[sent:]
+        return not unsent
+
+    def close(self) -> None:
+        self._unsent.clear()
+        self.sock.close()
+
+
+class Handshake:
+    """A TLS handshake on a connected socket, driven by readiness; calls back once.
+
+    Done, its `transport` carries the connection; the last flight (a client's Finished) may
+    still wait in `transport` for the kernel, and the incoming BIO may already hold the peer's
+    first application records: the connection sends the one and reads the other first.
+    """
+
+    __slots__ = ("loop", "transport", "fd", "on_done", "on_error", "_timer", "_finished", "local", "peer")
 
     def __init__(self, loop: Loop, raw: socket.socket, ctx: ssl.SSLContext, *, server_side: bool,
                  timeout: float, on_done: Callable[[Handshake], None],
@@ -101,8 +187,8 @@ class Handshake:
             # Taken now: once the peer goes away the kernel no longer tells.
             self.local = raw.getsockname()[:2]
             self.peer = raw.getpeername()[:2]
-            self.sock = ctx.wrap_socket(raw, server_side=server_side, do_handshake_on_connect=False)
-        except (OSError, ValueError) as exc:
+            self.transport = TlsTransport(raw, ctx, server_side=server_side)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raw.close()
             self._finished = True
             reason = f"cannot start TLS: {exc}"  # `exc` is unbound once the except block ends
@@ -119,15 +205,34 @@ class Handshake:
         self._step()
 
     def _step(self) -> None:
+        transport = self.transport
+        ended = False
         try:
-            self.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self.loop.want(self.fd, READ)
-            return
-        except ssl.SSLWantWriteError:
-            self.loop.want(self.fd, WRITE)
-            return
+            while True:
+                try:
+                    transport.tls.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+                else:
+                    # The last flight leaves now, as when OpenSSL wrote the socket itself: a
+                    # client that refuses the server next still completed the handshake. What
+                    # the kernel does not take now leaves with the connection's first write.
+                    transport.send()
+                    break
+                if not transport.send():
+                    # The peer waits for this flight before it answers: only writable matters.
+                    self.loop.want(self.fd, WRITE)
+                    return
+                if ended:  # OpenSSL was told of the EOF and still wants more
+                    self._fail("TLS handshake failed: the peer closed the connection")
+                    return
+                received = transport.receive()
+                if received is None:
+                    self.loop.want(self.fd, READ)
+                    return
+                ended = received == 0  # the next do_handshake reports it, or the peer's alert
         except ssl.SSLError as exc:
+            self._send_alert()
             self._fail(f"TLS handshake failed: {describe_ssl_error(exc)}")
             return
         except OSError as exc:
@@ -138,6 +243,14 @@ class Handshake:
         self.loop.unregister(self.fd)
         self.on_done(self)
 
+    def _send_alert(self) -> None:
+        """OpenSSL wrote an alert (e.g. a client certificate it does not trust): the peer learns
+        why from it, as it did when OpenSSL wrote the socket itself. Best effort."""
+        try:
+            self.transport.send()
+        except OSError:
+            pass
+
     def _fail(self, reason: str) -> None:
         if self._finished:
             return
@@ -145,7 +258,7 @@ class Handshake:
         self._timer.cancel()
         self.loop.unregister(self.fd)
         try:
-            self.sock.close()
+            self.transport.close()
         except OSError:
             pass
         self.on_error(reason)

@@ -29,7 +29,7 @@ class PoolKey:
     src_ip: str | None = None
 
 
-def spiffe_ids_of_socket(tls: ssl.SSLSocket) -> list[SpiffeId]:
+def spiffe_ids_of_tls(tls: ssl.SSLObject | ssl.SSLSocket) -> list[SpiffeId]:
     """The SPIFFE IDs of the peer's verified leaf certificate, in SAN order ([] if it sent none).
 
     The ssl module's decoding of the certificate OpenSSL verified (both sides require one),
@@ -46,11 +46,11 @@ def spiffe_ids_of_socket(tls: ssl.SSLSocket) -> list[SpiffeId]:
     return ids
 
 
-def check_peer(tls: ssl.SSLSocket, where: str, expected: Collection[SpiffeId]) -> str | None:
+def check_peer(tls: ssl.SSLObject | ssl.SSLSocket, where: str, expected: Collection[SpiffeId]) -> str | None:
     """Why the server we reached at `where` is not the one we meant (None: it is)."""
     if tls.selected_alpn_protocol() != "h2":
         return f"HBONE peer {where} did not negotiate ALPN h2"
-    presented = spiffe_ids_of_socket(tls)
+    presented = spiffe_ids_of_tls(tls)
     if not any(identity in expected for identity in presented):
         shown = ", ".join(map(str, presented)) or "no SPIFFE identity"
         wanted = ", ".join(sorted(map(str, expected))) or "nothing"
@@ -58,11 +58,11 @@ def check_peer(tls: ssl.SSLSocket, where: str, expected: Collection[SpiffeId]) -
     return None
 
 
-def check_client(tls: ssl.SSLSocket, trust_domain: str) -> tuple[SpiffeId | None, str | None]:
+def check_client(tls: ssl.SSLObject | ssl.SSLSocket, trust_domain: str) -> tuple[SpiffeId | None, str | None]:
     """(the client's identity, None) when a server in `trust_domain` may serve it, else
     (None, why not)."""
     try:
-        presented = spiffe_ids_of_socket(tls)
+        presented = spiffe_ids_of_tls(tls)
     except ValueError as exc:
         return None, f"client certificate: {exc}"
     if not presented:
