@@ -3,7 +3,7 @@
 `PodSource` is the small interface; `LocalPodSource` follows the local runtime's operator
 (`GET /v1/local/pods`, newline-delimited full views, pings every 10 s; `PATCH
 .../annotations`). A Kubernetes source would watch Pods on this node and Namespaces and patch the
-pod. `MemoryPodSource` is fed directly (tests, embedding).
+pod. (Tests feed the agent from memory with tests/support/pod_source.py.)
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
@@ -150,53 +150,3 @@ class LocalPodSource:
         if response.status_code >= 300:
             raise PodSourceError(f"annotating pod {namespace}/{name} answered {response.status_code}: "
                                  f"{error_text(response.content, response.reason_phrase)}")
-
-
-class MemoryPodSource:
-    """A pod source held in memory: `show(...)` publishes a view; annotation writes are applied
-    to the held pods and published again, as the control plane would echo them."""
-
-    def __init__(self) -> None:
-        self.view: PodView | None = None
-        self.writes: list[tuple[str, str, str | None]] = []
-        self._publish: Callable[[PodView], None] | None = None
-
-    def show(self, namespaces: list[dict] | None = None, pods: list[dict] | None = None) -> PodView:
-        """Publish a new view; a list left out stays as it is (with any annotations written)."""
-        version = (self.view.version + 1) if self.view else 1
-        if namespaces is None:
-            namespaces = list(self.view.namespaces.values()) if self.view else []
-        if pods is None:
-            pods = list(self.view.pods.values()) if self.view else []
-        self._set(PodView.build(version, namespaces, pods))
-        assert self.view is not None
-        return self.view
-
-    def _set(self, view: PodView) -> None:
-        self.view = view
-        if self._publish is not None:
-            self._publish(view)
-
-    async def run(self, publish: Callable[[PodView], None]) -> None:
-        self._publish = publish
-        if self.view is not None:
-            publish(self.view)
-        await trio.sleep_forever()
-
-    async def set_redirection(self, namespace: str, name: str, value: str | None) -> None:
-        self.writes.append((namespace, name, value))
-        if self.view is None or (namespace, name) not in self.view.pods:
-            return
-        pod = json.loads(json.dumps(self.view.pods[(namespace, name)]))
-        annotations = pod.setdefault("metadata", {}).setdefault("annotations", {})
-        if value is None:
-            annotations.pop(REDIRECTION_ANNOTATION, None)
-        else:
-            annotations[REDIRECTION_ANNOTATION] = value
-        pods = dict(self.view.pods)
-        pods[(namespace, name)] = pod
-        self._set(replace(self.view, version=self.view.version + 1, pods=pods))
-
-    def annotation(self, namespace: str, name: str) -> str | None:
-        pod = self.view.pods.get((namespace, name)) if self.view else None
-        return (_meta(pod).get("annotations") or {}).get(REDIRECTION_ANNOTATION) if pod else None

@@ -27,8 +27,9 @@ import trio
 
 from cni.agent import AgentConfig, NodeAgent
 from cni.install import HostPaths, install, uninstall
-from cni.podsource import MemoryPodSource
-from cni.testing import FakeZtunnel, netns_run, random_prefix, scratch_netns
+from tests.support.fake_ztunnel import FakeZtunnel
+from tests.support.netns import netns_run, random_prefix, scratch_netns
+from tests.support.pod_source import MemoryPodSource
 from wisp.testbed import build, cnitool
 from wisp.zds.protocol import Add, WorkloadInfo
 

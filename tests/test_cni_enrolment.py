@@ -14,8 +14,10 @@ import trio
 from cni import iptables, plugin
 from cni.agent import AgentConfig, NodeAgent
 from cni.podnetns import LocalNetnsLocator
-from cni.podsource import MemoryPodSource
-from cni.testing import FakeZtunnel, netns_run, random_prefix, scratch_netns
+from tests.support.fake_ztunnel import FakeZtunnel
+from tests.support.netns import netns_run, random_prefix, scratch_netns
+from tests.support.pod_source import MemoryPodSource
+from tests.support.wait import wait_until
 from wisp.zds.protocol import Add, Del, Keep, SnapshotSent, WorkloadInfo
 
 UID = "0b5d7c1e-web"
@@ -96,12 +98,6 @@ def node():
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-async def eventually(predicate, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
-
-
 def adds(fake: FakeZtunnel) -> list:
     return [r for r in fake.received if isinstance(r.message, Add)]
 
@@ -112,7 +108,7 @@ async def test_labelling_the_namespace_enrols_running_pods(node):
         await fake.wait_for(lambda r: any(isinstance(x.message, SnapshotSent) for x in r))
         assert "ISTIO" not in node.rules()
         node.source.show(namespaces=[namespace(True)])
-        await eventually(lambda: node.annotation() == "enabled")
+        await wait_until(lambda: node.annotation() == "enabled")
         assert "-A PREROUTING -j ISTIO_PRERT" in node.rules()
         assert [r.message for r in adds(fake)] == [Add(UID, INFO)]
         st = os.stat(node.pod_netns)
@@ -124,9 +120,9 @@ async def test_labelling_the_namespace_enrols_running_pods(node):
 async def test_removing_the_label_takes_pods_out_of_the_mesh(node):
     node.source.show([namespace(True)], [pod()])
     async with node.ztunnel() as fake, node.agent():
-        await eventually(lambda: node.annotation() == "enabled")
+        await wait_until(lambda: node.annotation() == "enabled")
         node.source.show(namespaces=[namespace(False)])
-        await eventually(lambda: node.annotation() is None)
+        await wait_until(lambda: node.annotation() is None)
         assert fake.messages()[-1] == Del(UID)
         assert node.rules() == ""
         assert netns_run(node.pod_netns, "ip", "rule", "list").count("fwmark") == 0
@@ -142,10 +138,10 @@ async def test_probe_set_follows_a_pod_ip_reported_after_enrolment(node):
     without_ip["status"] = {"phase": "Pending"}
     node.source.show([namespace(True)], [without_ip])
     async with node.ztunnel(), node.agent():
-        await eventually(lambda: node.annotation() == "enabled")
+        await wait_until(lambda: node.annotation() == "enabled")
         assert POD_IP not in node.probe_set()
         node.source.show(pods=[pod(annotations={"ambient.istio.io/redirection": "enabled"})])
-        await eventually(lambda: POD_IP in node.probe_set())
+        await wait_until(lambda: POD_IP in node.probe_set())
 
 
 async def test_pod_label_none_beats_the_namespace_label(node):
@@ -159,7 +155,7 @@ async def test_pod_stays_pending_until_ztunnel_acks(node):
     answers = iter(["proxy failed to start"])
     node.source.show([namespace(True)], [pod()])
     async with node.ztunnel(answer=lambda m: next(answers, "") if isinstance(m, Add) else "") as fake, node.agent():
-        await eventually(lambda: node.annotation() == "enabled")
+        await wait_until(lambda: node.annotation() == "enabled")
         assert node.source.writes == [("shop", "web", "pending"), ("shop", "web", "enabled")]
         assert len(adds(fake)) == 2
 
@@ -167,17 +163,17 @@ async def test_pod_stays_pending_until_ztunnel_acks(node):
 async def test_deleted_pod_leaves_ztunnel(node):
     node.source.show([namespace(True)], [pod()])
     async with node.ztunnel() as fake, node.agent() as agent:
-        await eventually(lambda: node.annotation() == "enabled")
+        await wait_until(lambda: node.annotation() == "enabled")
         node.source.show(pods=[])
-        await eventually(lambda: fake.messages()[-1] == Del(UID))
-        await eventually(lambda: agent.enroller.enrolled == {})
+        await wait_until(lambda: fake.messages()[-1] == Del(UID))
+        await wait_until(lambda: agent.enroller.enrolled == {})
         assert node.rules() == ""
 
 
 async def test_restarted_agent_keeps_pods_enrolled_without_duplicating_rules(node):
     node.source.show([namespace(True)], [pod()])
     async with node.ztunnel(), node.agent():
-        await eventually(lambda: node.annotation() == "enabled")
+        await wait_until(lambda: node.annotation() == "enabled")
     before = (node.rules(), netns_run(node.pod_netns, "ip", "rule", "list"),
               iptables.canonical(netns_run(node.node_netns, "iptables-save")))
     writes = list(node.source.writes)
@@ -213,15 +209,18 @@ async def _plugin_add(node: Node, name: str = "web") -> tuple[int, dict]:
 
 async def test_cni_add_enrols_a_new_pod_before_answering(node):
     node.source.show([namespace(True)], [])
-    async with node.ztunnel() as fake, node.agent():
+    async with node.ztunnel() as fake, node.agent() as agent:
         async with trio.open_nursery() as nursery:
             result = {}
 
             async def add():
                 result["add"] = await _plugin_add(node)
 
+            # The runtime calls CNI before the pod source shows the pod: the add waits for the
+            # next view, next to follow_views, which always does (cni/enrolment.py).
             nursery.start_soon(add)
-            await trio.sleep(0.2)  # the runtime calls CNI before the pod source shows the pod
+            await wait_until(lambda: agent.enroller._view_changed.statistics().tasks_waiting >= 2,
+                             what="the CNI add waiting for the pod")
             node.source.show(pods=[pod()])
         code, out = result["add"]
         assert code == 0, out
@@ -248,7 +247,7 @@ async def test_cni_add_fails_until_ztunnel_takes_the_pod(node):
         assert node.annotation() == "pending"
         assert "-A PREROUTING -j ISTIO_PRERT" in node.rules()
         async with node.ztunnel() as fake:
-            await eventually(lambda: node.annotation() == "enabled")
+            await wait_until(lambda: node.annotation() == "enabled")
             assert fake.messages()[0] == Add(UID, INFO)
             code, _ = await _plugin_add(node)  # the runtime's retry now succeeds
             assert code == 0

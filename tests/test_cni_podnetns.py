@@ -9,7 +9,7 @@ import time
 import pytest
 
 from cni.podnetns import CgroupNetnsLocator, LocalNetnsLocator, pod_uid_from_cgroup
-from cni.testing import random_prefix, scratch_netns
+from tests.support.netns import random_prefix, scratch_netns
 
 POD = {"metadata": {"name": "web", "namespace": "shop", "uid": "0b5d7c1e-1111-2222-3333-444455556666"}}
 

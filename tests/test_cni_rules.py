@@ -8,7 +8,7 @@ import pytest
 
 from cni import hostprobe, iptables, rules
 from cni.errors import RulesError
-from cni.testing import netns_run, random_prefix, scratch_netns
+from tests.support.netns import netns_run, random_prefix, scratch_netns
 
 EXPECTED_V4 = """\
 *mangle

@@ -9,7 +9,8 @@ import tempfile
 import pytest
 import trio
 
-from cni.testing import FakeZtunnel, random_prefix, scratch_netns
+from tests.support.fake_ztunnel import FakeZtunnel
+from tests.support.netns import random_prefix, scratch_netns
 from wisp.zds import protocol
 from wisp.zds.node import NodeSession, ZdsPod, ZdsServer
 from wisp.zds.protocol import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, ZdsError

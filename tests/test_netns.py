@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from cni.testing import random_prefix, scratch_netns
+from tests.support.netns import random_prefix, scratch_netns
 from wisp import netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")

@@ -72,7 +72,7 @@ from .authz import (
     normalize_path,
 )
 from .authz import Decision as AuthzDecision
-from .balance.balancer import OVERLOADED, OVERLOADED_HEADERS, FunctionBalancer, Lease
+from .balance.balancer import OVERLOADED, OVERLOADED_HEADERS, Lease
 from .config import Endpoint, WaypointConfig
 from .resilience import DEFAULT_RETRY, Budget, Budgets, Injected, RetryPolicy, cluster_key, decide_fault
 from .route import DirectResponse, Forward, HttpRequest, Redirect, apply_header_modifiers, header_map
@@ -186,10 +186,10 @@ class Pipeline:
     def __init__(self, current: Callable[[], WaypointConfig], balancer,
                  open_upstream: Callable[[Endpoint, OnStream], None],
                  rng: random.Random | None = None) -> None:
-        """`balancer`: a `waypoint.balance.balancer.Balancer`, or a plain
-        `choose(config, service, port) -> Endpoint | None` (tests that choose themselves)."""
+        """`balancer`: a `waypoint.balance.balancer.Balancer` (tests that choose the endpoint
+        themselves wrap a function in tests/support/balancer.py's FunctionBalancer)."""
         self.current = current
-        self.balancer = balancer if hasattr(balancer, "pick") else FunctionBalancer(balancer)
+        self.balancer = balancer
         self._open = open_upstream
         self.rng = rng or random.Random()
         # Key sets fetched from jwksUri (waypoint.authn.RemoteJwks); the app sets it once running.

@@ -27,7 +27,8 @@ from cni.errors import PodSourceError
 from cni.kube import KubeConfigError, KubePodSource, in_cluster, load_kubeconfig, make_client
 from cni.podnetns import LocalNetnsLocator
 from cni.podsource import PodView
-from cni.testing import FakeZtunnel, random_prefix, scratch_netns
+from tests.support.fake_ztunnel import FakeZtunnel
+from tests.support.netns import random_prefix, scratch_netns
 from wisp.testbed.cluster import Cluster
 from wisp.testbed.nodes import Nodes
 from wisp.zds.protocol import Add, Del

@@ -12,6 +12,7 @@ import json
 import random
 from dataclasses import dataclass, field
 
+from tests.support.balancer import FunctionBalancer
 from wisp.h2 import testing
 from wisp.h2.connection import Connection as H2
 from wisp.h2.settings import Settings
@@ -157,7 +158,8 @@ class Rig:
         self.endpoints: list[Endpoint] = []
         self.connect = connect
         self.pipeline = Pipeline(lambda: self.config,
-                                 lambda cfg, svc, port: choose_endpoint(cfg, svc, port, self.rng), self._open,
+                                 FunctionBalancer(lambda cfg, svc, port: choose_endpoint(cfg, svc, port, self.rng)),
+                                 self._open,
                                  rng=self.rng)
         self.done: list = []
         self.telemetry = Telemetry(access_log=False)

@@ -11,6 +11,7 @@ import random
 
 import pytest
 
+from tests.support.balancer import FunctionBalancer
 from waypoint.authz import WaypointRef
 from waypoint.channel import Channel
 from waypoint.config import compile_config
@@ -91,7 +92,8 @@ class Rig:
             self.upstreams.append(end)
             on_stream(end, None)
 
-        self.pipeline = Pipeline(lambda: config, lambda c, s, p: choose_endpoint(c, s, p, rng), open_upstream, rng)
+        self.pipeline = Pipeline(lambda: config, FunctionBalancer(lambda c, s, p: choose_endpoint(c, s, p, rng)), open_upstream,
+                                 rng)
         self.loop = Loop()
         self.pool = Http1Pool(self.loop, self.pipeline)
         self.telemetry = Telemetry(access_log=False)

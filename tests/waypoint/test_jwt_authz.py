@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.support.balancer import FunctionBalancer
 from tests.waypoint.jwt_keys import ISSUER, Signer, jwks
 from waypoint.authn import RequestAuth
 from waypoint.authz import RequestAttributes, ServiceRef, WaypointRef, authorize, compile_policies
@@ -111,7 +112,7 @@ def pipeline() -> Pipeline:
     config = compile_config(snapshot, WAYPOINT, "v1")
     assert config.notes == ()
     endpoint = Endpoint("10.244.1.5", 8080, SpiffeId("cluster.local", "shop", "echo"), True, POD)
-    return Pipeline(lambda: config, lambda c, s, p, *a, **k: endpoint, lambda e, cb: None, random.Random(1))
+    return Pipeline(lambda: config, FunctionBalancer(lambda c, s, p, *a, **k: endpoint), lambda e, cb: None, random.Random(1))
 
 
 def decide(token: str | None, path=b"/"):

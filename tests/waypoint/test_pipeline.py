@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from tests.support.balancer import FunctionBalancer
 from waypoint.authz import WaypointRef
 from waypoint.config import compile_config
 from waypoint.pipeline import ClientContext, Pipeline, Proxy, RequestHead, Respond, forwarding_headers
@@ -25,7 +26,7 @@ def _pipeline(objects=(), workloads=(POD, SICK), services=(ECHO,)) -> Pipeline:
     snapshot = ModelSnapshot.of([*workloads, *services, *(config_object(o) for o in objects)])
     config = compile_config(snapshot, WaypointRef("shop", "waypoint"), "v1")
     rng = random.Random(7)
-    return Pipeline(lambda: config, lambda c, s, p: choose_endpoint(c, s, p, rng), lambda e, cb: None, rng)
+    return Pipeline(lambda: config, FunctionBalancer(lambda c, s, p: choose_endpoint(c, s, p, rng)), lambda e, cb: None, rng)
 
 
 def _ctx(dest_ip: str = "10.96.0.10", port: int = 80, identity: SpiffeId | None = CLIENT) -> ClientContext:

@@ -12,6 +12,7 @@ import random
 
 import pytest
 
+from tests.support.balancer import FunctionBalancer
 from tests.waypoint.test_http1_proxy import ECHO, OK, POD, FakeEnd
 from waypoint.authz import WaypointRef
 from waypoint.channel import Channel
@@ -80,7 +81,8 @@ class Rig:
             self.upstreams.append(end)
             on_stream(end, None)
 
-        self.pipeline = Pipeline(lambda: config, lambda c, s, p: choose_endpoint(c, s, p, rng), open_upstream, rng)
+        self.pipeline = Pipeline(lambda: config, FunctionBalancer(lambda c, s, p: choose_endpoint(c, s, p, rng)), open_upstream,
+                                 rng)
         self.loop = Loop()
         self.timers: list[Timer] = []
         self.loop.call_later = self._call_later

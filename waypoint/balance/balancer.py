@@ -683,28 +683,6 @@ def _hash_of(key, source_ip: str | None, head) -> int | None:
     return None
 
 
-class FunctionBalancer:
-    """A plain `choose(config, service, port) -> Endpoint | None` as a balancer (tests and tools
-    that choose themselves): no policy, no limits, nothing learnt; leases only mark the attempt."""
-
-    def __init__(self, choose: Callable[[WaypointConfig, Service, int], Endpoint | None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._choose = choose
-        self.clock = clock
-
-    def pick(self, config: WaypointConfig, service: Service, port: int, subset: str | None = None,
-             exclude: Collection[str] = frozenset(), **_: object) -> Lease | None:
-        endpoint = self._choose(config, service, port)
-        return Lease(None, None, endpoint, self.clock()) if endpoint is not None else None
-
-    def choose(self, config: WaypointConfig, service: Service, port: int, subset: str | None = None,
-               **_: object) -> Endpoint | None:
-        return self._choose(config, service, port)
-
-    def lease_for(self, endpoint: Endpoint) -> Lease:
-        return Lease(None, None, endpoint, self.clock())
-
-
 # Envoy's Grpc::Utility::grpcToHttpStatus: what a gRPC answer counts as for outlier detection.
 _GRPC_TO_HTTP = (200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401)
 

@@ -1,14 +1,15 @@
-"""Test doubles for the node agent's peers (a fake ztunnel speaking ZDS from the other end) and
-scratch network namespaces for tests."""
+"""A fake ztunnel: the node agent's ZDS peer, driven by a test.
+
+It connects to the agent's ZDS socket, says Hello, records every request with the identity of
+the netns an Add carried, and answers each (an Ack, or the error `answer` returns). The real
+ztunnel side is wisp/zds/workload.py; this one lets a test choose the answers and see the order.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import socket
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -113,26 +114,3 @@ class FakeZtunnel:
         if self.sock is not None:
             wsockets.close(self.sock)
             self.sock = None
-
-
-# -- scratch network namespaces ----------------------------------------------------------------
-def random_prefix() -> str:
-    """A unique name prefix for a test's namespaces (`wisp-tcni<hex>`), so leftovers are findable."""
-    return f"wisp-tcni{secrets.token_hex(3)}"
-
-
-@contextlib.contextmanager
-def scratch_netns(name: str, *, loopback_up: bool = True) -> Iterator[str]:
-    """A fresh network namespace (as `ip netns add` makes it), removed on exit even on failure."""
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        if loopback_up:  # as in any real pod
-            subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
-        yield wnetns.path_of(name)
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-
-
-def netns_run(path: str, *argv: str) -> str:
-    """Run a command in a namespace, synchronously (test assertions)."""
-    return subprocess.run(["nsenter", f"--net={path}", *argv], check=True, capture_output=True, text=True).stdout
