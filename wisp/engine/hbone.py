@@ -382,9 +382,9 @@ class HboneConnection:
                 if self.closed:
                     return
                 filled = 0
-            elif n < space and not incoming.pending:
+            elif n < space and not incoming.pending and not incoming.eof:
                 # The record was read whole and nothing follows it: another read would only
-                # raise SSLWantReadError. (At EOF the BIO is empty too: epoll says so again.)
+                # raise SSLWantReadError. (At EOF it ends the connection.)
                 break
         if filled:
             self._receive(view[:filled])
