@@ -11,6 +11,7 @@ import trio
 
 from tests.support.fake_ztunnel import FakeZtunnel
 from tests.support.netns import random_prefix, scratch_netns
+from tests.support.wait import wait_until
 from wisp.zds import protocol
 from wisp.zds.node import NodeSession, ZdsPod, ZdsServer
 from wisp.zds.protocol import Ack, Add, Del, Hello, Keep, SnapshotSent, WorkloadInfo, ZdsError
@@ -164,9 +165,7 @@ async def test_nacked_pod_is_offered_again_until_acked(server, pod_netns):
         await fake.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
         outcome = await server.add(ZdsPod("uid-web", INFO, pod_netns))
         assert not outcome.acked and "proxy failed to start" in outcome.error
-        with trio.fail_after(3):
-            while "uid-web" not in server.acks:
-                await trio.sleep(0.02)
+        await wait_until(lambda: "uid-web" in server.acks, timeout=3, what="ztunnel's ack of uid-web")
         assert [m for m in fake.messages() if isinstance(m, Add)] == [Add("uid-web", INFO)] * 3
         assert server.is_acked("uid-web")
         fake.close()

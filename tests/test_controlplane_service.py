@@ -22,6 +22,7 @@ import httpx
 import pytest
 import trio
 
+from tests.support.wait import wait_until
 from wisp import sockets
 from wisp.controlplane.client import (
     ConfigSubscriber,
@@ -258,12 +259,6 @@ async def test_control_plane_speaks_http2(plane):
 
 def _keys(snapshot: ModelSnapshot) -> set[str]:
     return {*snapshot.workloads, *snapshot.services, *snapshot.authorizations}
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def test_subscriber_gets_a_snapshot_then_deltas_and_acks_them(ca):
