@@ -94,15 +94,16 @@ class _Transport:
         def read(self, n: int, buffer) -> int:
             raise AssertionError("the fuzz target never reads through TLS")
 
-        def write(self, data) -> int:
-            return len(data)
-
     def __init__(self) -> None:
         self.sock = None
         self.fd = -1
         self.tls = self._Tls()
         self.incoming = self.outgoing = ssl.MemoryBIO()
-        self.unsent = False
+        self.backlog = 0
+        self.blocked = False
+
+    def encrypt(self, data) -> None:
+        pass
 
     def send(self) -> bool:
         return True

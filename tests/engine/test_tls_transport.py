@@ -15,11 +15,12 @@ import hashlib
 import select
 import socket
 import ssl
+import threading
 
 import pytest
 
 from wisp.engine.loop import READ, WRITE, Loop
-from wisp.engine.tls import Handshake, TlsTransport
+from wisp.engine.tls import PIECE, Handshake, TlsTransport
 from wisp.h2.testing import RawPeer
 from wisp.hbone import make_context
 
@@ -189,17 +190,17 @@ def test_records_the_kernel_does_not_take_are_kept_and_sent_later_in_order(conte
     transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
     first = bytes(range(256)) * 4096         # 1 MiB: far beyond both socket buffers
     second = b"after the first" * 1000
-    transport.tls.write(first)
+    transport.encrypt(first)
     assert transport.send() is False         # EAGAIN part-way: the rest is kept
-    assert transport.unsent
+    assert transport.blocked
     # OpenSSL may produce more while the kernel is full (a KeyUpdate answer does): it queues
     # behind what waits, and the next send carries both, in order.
     transport.tls.write(second)
     received = bytearray()
     theirs.setblocking(False)
-    while transport.unsent or len(received) < len(first) + len(second):
-        select.select([theirs], [ours] if transport.unsent else [], [], 5)
-        if transport.unsent:
+    while transport.blocked or len(received) < len(first) + len(second):
+        select.select([theirs], [ours] if transport.blocked else [], [], 5)
+        if transport.blocked:
             transport.send()
         try:
             peer.incoming.write(theirs.recv(1 << 16))
@@ -265,7 +266,7 @@ def test_a_write_larger_than_the_socket_takes_waits_for_writable_and_arrives_who
     peer = ManualPeer(theirs, server_ctx, server_side=True)
     transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
     payload = hashlib.sha256(b"seed").digest() * (8 << 15)  # 8 MiB
-    transport.tls.write(payload)
+    transport.encrypt(payload)
     sends = 0
     received = bytearray()
     theirs.setblocking(False)
@@ -322,7 +323,8 @@ def test_a_handshake_that_cannot_send_its_flight_waits_for_writable(contexts, mo
     def full_once(self):
         if not refused:
             refused.append(True)
-            self._unsent.append(self.outgoing.read())  # as if the kernel took nothing
+            self._queue.append(self.outgoing.read())  # as if the kernel took nothing
+            self.blocked = True
             return False
         return original(self)
 
@@ -337,3 +339,59 @@ def test_a_handshake_that_cannot_send_its_flight_waits_for_writable(contexts, mo
     assert not outcome
     loop.close()
     theirs.close()
+
+
+def test_a_large_receive_enters_the_bio_a_piece_at_a_time_and_every_record_comes_out(contexts):
+    client_ctx, server_ctx = contexts
+    loop = Loop()
+    ours, theirs = socketpair()
+    peer = ManualPeer(theirs, server_ctx, server_side=True)
+    transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
+    payload = bytes(range(251)) * 4000  # ~980 KiB: 60 records of 16 KiB and a short one
+    sender = threading.Thread(target=theirs.sendall, args=(peer.records(payload),), daemon=True)
+    sender.start()
+    out = bytearray()
+    buffer = bytearray(1 << 16)
+    largest = 0
+    while len(out) < len(payload):
+        assert select.select([ours], [], [], 5)[0], f"stalled after {len(out)} bytes"
+        received = transport.receive()
+        largest = max(largest, received or 0)
+        while True:
+            # OpenSSL's memory BIO keeps the largest buffer it ever held: it is never given
+            # more than a piece at a time.
+            assert transport.incoming.pending <= PIECE
+            try:
+                out += buffer[:transport.tls.read(len(buffer), buffer)]
+            except ssl.SSLWantReadError:
+                if not transport.backlog:
+                    break
+                transport.feed()
+    assert out == payload and transport.backlog == 0
+    assert largest > PIECE, "no receive was larger than a piece: the test proves nothing"
+    sender.join()
+    transport.close()
+    theirs.close()
+    loop.close()
+
+
+def test_encryption_goes_through_the_bio_a_piece_at_a_time(contexts):
+    client_ctx, server_ctx = contexts
+    loop = Loop()
+    ours, theirs = socketpair()
+    peer = ManualPeer(theirs, server_ctx, server_side=True)
+    transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
+    transport.encrypt(b"y" * (3 * PIECE + 5))
+    pieces = list(transport._queue)
+    assert len(pieces) == 4 and all(len(p) < PIECE + 1024 for p in pieces)
+    assert transport.send()
+    theirs.setblocking(False)
+    received = bytearray()
+    while len(received) < 3 * PIECE + 5:
+        select.select([theirs], [], [], 5)
+        peer.incoming.write(theirs.recv(1 << 20))
+        received += peer.read_all()
+    assert received == b"y" * (3 * PIECE + 5)
+    transport.close()
+    theirs.close()
+    loop.close()

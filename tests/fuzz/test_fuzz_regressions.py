@@ -24,14 +24,14 @@ class RecordingTransport:
         self.fd = -1
         self.tls = self
         self.incoming = self.outgoing = ssl.MemoryBIO()
-        self.unsent = False
+        self.backlog = 0
+        self.blocked = False
 
     def read(self, n: int, buffer) -> int:
         raise AssertionError("these tests feed the codec directly")
 
-    def write(self, data) -> int:
+    def encrypt(self, data) -> None:
         self.sent += data
-        return len(data)
 
     def send(self) -> bool:
         return True

@@ -49,6 +49,9 @@ READ_SIZE = 256 * 1024
 # Parse what was decrypted once this much is buffered, even if OpenSSL has more records ready.
 _MAX_RECORD = 16 * 1024
 _PARSE_AT = READ_SIZE - _MAX_RECORD
+# The most a TLS 1.3 record takes on the wire (RFC 8446 §5.2: 2^14 + 256 bytes after the 5-byte
+# header): with fewer bytes in the incoming BIO, the next record may be incomplete.
+_RECORD_WIRE = 5 + 16 * 1024 + 256
 # One plaintext buffer for every connection of the process: a pass reads and parses one
 # connection at a time, and the codec copies what it keeps, so 256 KiB per connection would be waste.
 _READ_VIEW = memoryview(bytearray(READ_SIZE))
@@ -316,7 +319,6 @@ class HboneConnection:
         self.peer_identity = peer_identity
         # Bound once: OpenSSL returns one 16 KiB record per read, 64 calls per MiB.
         self._tls_read = transport.tls.read
-        self._tls_write = transport.tls.write
         self._incoming = transport.incoming
         self.codec = H2(client=client, local=client_settings() if client else server_settings(),
                         connection_window=CONNECTION_WINDOW)
@@ -355,16 +357,22 @@ class HboneConnection:
         """Every complete record in the incoming BIO to the codec, in batches of ≤ READ_SIZE."""
         if self.closed:
             return
+        transport = self.transport
         read = self._tls_read
         incoming = self._incoming
         view = _READ_VIEW
         filled = 0
         ended = False
         while True:
+            if incoming.pending < _RECORD_WIRE and transport.backlog:
+                transport.feed()  # what was received enters the BIO a piece at a time
             space = READ_SIZE - filled
             try:
                 n = read(space, view[filled:])
             except ssl.SSLWantReadError:
+                if transport.backlog:
+                    transport.feed()
+                    continue
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 # Close-notify, or the TCP connection ended without it (a "ragged EOF"), which
@@ -382,7 +390,7 @@ class HboneConnection:
                 if self.closed:
                     return
                 filled = 0
-            elif n < space and not incoming.pending and not incoming.eof:
+            elif n < space and not incoming.pending and not transport.backlog and not incoming.eof:
                 # The record was read whole and nothing follows it: another read would only
                 # raise SSLWantReadError. (At EOF it ends the connection.)
                 break
@@ -392,7 +400,7 @@ class HboneConnection:
             return
         if ended:
             self._fail("peer closed the connection")
-        elif self.transport.outgoing.pending:
+        elif transport.outgoing.pending:
             self.dirty()  # OpenSSL answered something itself (a TLS 1.3 KeyUpdate)
 
     def _receive(self, data: memoryview) -> None:
@@ -466,7 +474,7 @@ class HboneConnection:
     def flush(self) -> None:
         """Encrypt what the codec queued and send it with whatever else OpenSSL produced.
 
-        Nothing more is encrypted while the kernel has not taken earlier records (`unsent`):
+        Nothing more is encrypted while the kernel has not taken earlier records (`blocked`):
         the codec's buffer then grows, and its high-water mark pauses the streams' writers."""
         self._dirty = False
         if self.closed or self._want_write:
@@ -474,11 +482,11 @@ class HboneConnection:
         transport = self.transport
         out = self.codec.out
         try:
-            if transport.unsent and not transport.send():
+            if transport.blocked and not transport.send():
                 self._set_want_write(True)
                 return
             if out:
-                self._tls_write(out)  # a memory BIO takes it all
+                transport.encrypt(out)
                 out.clear()
             if not transport.send():
                 self._set_want_write(True)
@@ -500,13 +508,13 @@ class HboneConnection:
         pass's flush. The caller checked that `out` is empty (so frames stay in order) and the
         window and frame size allow it. False: nothing done, as the kernel has not taken earlier
         records yet; the caller queues it as usual, and the codec's buffer is the backpressure."""
-        if self.closed or self.transport.unsent:
+        if self.closed or self.transport.blocked:
             return False
         header = self.codec.data_frame_header(stream_id, size)
         start = _FRAME_AT
         READ_BUFFER[start:HEADROOM] = header
         try:
-            self._tls_write(_FRAME_VIEW[start:HEADROOM + size])
+            self.transport.encrypt(_FRAME_VIEW[start:HEADROOM + size])
         except ssl.SSLError as exc:
             self._fail(f"TLS error: {describe_ssl_error(exc)}")
             return True
@@ -573,7 +581,7 @@ class HboneConnection:
             # Best effort, after whatever the kernel has not taken yet: the peer should see why.
             try:
                 if self.codec.out:
-                    self._tls_write(self.codec.out)
+                    self.transport.encrypt(self.codec.out)
                 self.transport.send()
             except OSError:
                 pass
