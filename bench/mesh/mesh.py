@@ -110,8 +110,12 @@ class Mesh:
     """A running local mesh for the benchmark; `with Mesh(...)` brings it up and always down."""
 
     def __init__(self, namespaces: list[BenchNamespace], prefix: str, log, extra: list[dict] = (),
-                 ztunnel_workers: int = 1, env: dict[str, str] | None = None) -> None:
+                 ztunnel_workers: int = 1, env: dict[str, str] | None = None,
+                 restart_delay: float | None = None) -> None:
         self.namespaces = namespaces
+        # `wisp up --restart-delay`: how long a crashed process stays down (bench/reliability
+        # holds the control plane down for minutes with it).
+        self.restart_delay = restart_delay
         # Set in `wisp up`'s environment, which the runtime hands down to every ztunnel process
         # (WISP_ZTUNNEL_ENGINE chooses ztunnel's data-path engine).
         self.env = dict(env or {})
@@ -146,7 +150,8 @@ class Mesh:
         self.log(f"{settings}wisp up --prefix {self.prefix} (work directory {self.work})")
         done = subprocess.run([str(VENV_BIN / "wisp"), "up", str(manifest_dir), "--nodes", "2",
                                "--prefix", self.prefix, "--timeout", str(UP_TIMEOUT),
-                               "--ztunnel-workers", str(self.ztunnel_workers)],
+                               "--ztunnel-workers", str(self.ztunnel_workers),
+                               *(["--restart-delay", str(self.restart_delay)] if self.restart_delay is not None else [])],
                               capture_output=True, text=True, env={**os.environ, **self.env})
         if done.returncode != 0:
             raise MeshError(f"wisp up failed: {(done.stderr or done.stdout).strip()}")
