@@ -207,7 +207,6 @@ def ztunnel_kill(minutes: float) -> dict:
     recoveries = [r["recovery_from_start_s"] for r in results if r["recovery_from_start_s"] is not None]
     from_kill = [r["recovery_from_kill_s"] for r in results if r["recovery_from_kill_s"] is not None]
     bypass = sum(r["ok_while_down"] for r in results)
-    fins = sum(r["window_outcomes"].get("eof", 0) for r in results)
     rule_changes = sum(r["rules_changed"] for r in results)
     samples = sum(r["rules_samples"] for r in results)
     passed = (checked.clean and not checked.gaps and not capture.dropped and bypass == 0 and rule_changes == 0
@@ -242,7 +241,6 @@ def _kill_cycle(mesh: ScenarioMesh, prober: Prober, node: str, pod, rules_before
     time.sleep(before_kill)
     component = mesh.components()[f"ztunnel-{node}"]
     old_pid = component["pid"]
-    children = _children(old_pid)
     samples = {"n": 0, "changed": 0}
     sampling = threading.Event()
 
@@ -255,12 +253,9 @@ def _kill_cycle(mesh: ScenarioMesh, prober: Prober, node: str, pod, rules_before
 
     sampler = threading.Thread(target=sample_rules, daemon=True)
     t_kill = now()
-    os.kill(old_pid, signal.SIGKILL)
-    for child in children:  # worker processes (none with one worker) go with it, as in a pod
-        try:
-            os.kill(child, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    # As a container dies: the process and any workers at once (the runtime starts each
+    # component in a session of its own, so its process group is the component).
+    os.killpg(old_pid, signal.SIGKILL)
     sampler.start()
     new_pid = wait_until(lambda: _new_pid(mesh, node, old_pid), timeout=30, interval=0.02)
     t_start = process_start(new_pid) if new_pid else None
@@ -291,14 +286,6 @@ def _kill_cycle(mesh: ScenarioMesh, prober: Prober, node: str, pod, rules_before
         f"{result['recovery_from_start_s']} s after the new process started; while down {result['window_outcomes']}, "
         f"rules changed {samples['changed']}/{samples['n']}")
     return result
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
 
 
 def _new_pid(mesh: ScenarioMesh, node: str, old_pid: int) -> int | None:
