@@ -115,7 +115,7 @@ def controlplane_down(minutes: float) -> dict:
     # failed renewals reaches 150 s, ztunnel/identity.py).
     before_end = min(90.0, window / 2)
     lifetime = int(2 * (lead + window - before_end) + 60)
-    tail = 240.0
+    tail = 150.0
     log(f"control plane down {window:g} s; SECRET_TTL={lifetime}s (renewal ~{window - before_end:g} s into the window)")
     with ScenarioMesh(env={"SECRET_TTL": f"{lifetime}s"}, restart_delay=window) as mesh, \
             tempfile.TemporaryDirectory(prefix=f"{mesh.prefix}-") as scratch:
@@ -138,11 +138,21 @@ def controlplane_down(minutes: float) -> dict:
             t_stop = now()
             os.kill(operator_pid, signal.SIGKILL)
             log(f"operator (pid {operator_pid}) killed; the supervisor restarts it in {window:g} s")
-            back = wait_until(lambda: _operator_back(mesh, operator_pid), timeout=window + 120, interval=0.5)
-            t_back = now()
-            log(f"operator back after {t_back - t_stop:.1f} s" if back else "operator did not come back")
-            renewed = wait_until(lambda: all(len(certs.serials(n)) > len(before[n]) for n in before),
-                                 timeout=tail - 30, interval=1.0)
+            # The return is captured: a control plane that comes back must not make anything leave
+            # in clear while it relearns the pods (flows begun before are checked by port and marker).
+            time.sleep(max(0.0, window - 15))
+            capture = Capture(mesh.switch, "br0")
+            try:
+                with capture:
+                    back = wait_until(lambda: _operator_back(mesh, operator_pid), timeout=150, interval=0.5)
+                    t_back = now()
+                    log(f"operator back after {t_back - t_stop:.1f} s" if back else "operator did not come back")
+                    renewed = wait_until(lambda: all(len(certs.serials(n)) > len(before[n]) for n in before),
+                                         timeout=tail - 30, interval=1.0)
+                    time.sleep(max(0.0, t_back + 60 - now()))
+                checked = audit(capture.files, (MARKER.encode(), BODY_IN_CLEAR))
+            finally:
+                capture.remove()
             result_load = load.wait()
         components = mesh.components()
         restarts = {n: {"pid_before": pid, "pid_after": components[f"ztunnel-{n}"]["pid"],
@@ -153,12 +163,14 @@ def controlplane_down(minutes: float) -> dict:
         renewals = {n: [{"serial": c["serial"], "seen_after_return_s": round(c["first_seen"] - t_back, 1)}
                         for c in certs.serials(n) if c["serial"] not in before[n]] for n in before}
         window_attempts = prober.between(t_stop, t_back)
+        after_return = prober.between(t_back, t_back + 60)
         probe_failures = sum(1 for a in prober.attempts if a.outcome != "ok")
     no_restarts = all(r["pid_before"] == r["pid_after"] and r["restarts"] == 0 for r in restarts.values())
     due_count = sum(len(v) for v in due.values())
     renewed_all = bool(renewed) and due_count == 2
     failed = result_load["failed"] + result_load["non_2xx"]
-    passed = failed == 0 and probe_failures == 0 and no_restarts and renewed_all and not certs.expired
+    passed = (failed == 0 and probe_failures == 0 and no_restarts and renewed_all and not certs.expired
+              and checked.clean and not capture.dropped)
     latest = max((r["seen_after_return_s"] for v in renewals.values() for r in v[:1]), default=None)
     figure = (f"control plane down {t_back - t_stop:.0f} s under {RATE:,} req/s: h2load {result_load['done']:,} "
               f"requests on {CONNECTIONS} established connections, {failed} failed; new connections "
@@ -166,10 +178,13 @@ def controlplane_down(minutes: float) -> dict:
               f"certificates due in the window {due_count} of 2 nodes, renewed "
               + (f"≤ {latest:.0f} s after the return" if renewed_all and latest is not None else "NOT all")
               + f"; expired/missing certificate reports {len(certs.expired)}; ztunnel restarts "
-              f"{sum(r['restarts'] for r in restarts.values())}, pids unchanged {no_restarts}")
+              f"{sum(r['restarts'] for r in restarts.values())}, pids unchanged {no_restarts}; from 15 s before "
+              f"the return to 60 s after, plaintext bytes between the nodes {checked.plaintext_bytes} of "
+              f"{checked.tcp_payload_bytes:,}, markers in clear {checked.marker_hits}")
     return {"scenario": "controlplane_down", "passed": passed, "figure": figure, "window_s": t_back - t_stop,
             "secret_ttl_s": lifetime, "load": result_load, "probe": outcomes(prober.attempts),
-            "probe_window": outcomes(window_attempts), "ztunnels": restarts, "due": due, "renewals": renewals,
+            "probe_window": outcomes(window_attempts), "probe_after_return": outcomes(after_return),
+            "capture": {**checked.summary(), "dropped": capture.dropped}, "ztunnels": restarts, "due": due, "renewals": renewals,
             "expired_reports": certs.expired[:20]}
 
 
