@@ -101,6 +101,7 @@ class _Transport:
         self.incoming = self.outgoing = ssl.MemoryBIO()
         self.backlog = 0
         self.blocked = False
+        self.queue: list = []
 
     def encrypt(self, data) -> None:
         pass

@@ -323,7 +323,7 @@ def test_a_handshake_that_cannot_send_its_flight_waits_for_writable(contexts, mo
     def full_once(self):
         if not refused:
             refused.append(True)
-            self._queue.append(self.outgoing.read())  # as if the kernel took nothing
+            self.queue.append(self.outgoing.read())  # as if the kernel took nothing
             self.blocked = True
             return False
         return original(self)
@@ -382,7 +382,7 @@ def test_encryption_goes_through_the_bio_a_piece_at_a_time(contexts):
     peer = ManualPeer(theirs, server_ctx, server_side=True)
     transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
     transport.encrypt(b"y" * (3 * PIECE + 5))
-    pieces = list(transport._queue)
+    pieces = list(transport.queue)
     assert len(pieces) == 4 and all(len(p) < PIECE + 1024 for p in pieces)
     assert transport.send()
     theirs.setblocking(False)

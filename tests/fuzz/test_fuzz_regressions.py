@@ -26,6 +26,7 @@ class RecordingTransport:
         self.incoming = self.outgoing = ssl.MemoryBIO()
         self.backlog = 0
         self.blocked = False
+        self.queue: list = []
 
     def read(self, n: int, buffer) -> int:
         raise AssertionError("these tests feed the codec directly")

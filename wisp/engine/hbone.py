@@ -488,7 +488,8 @@ class HboneConnection:
             if out:
                 transport.encrypt(out)
                 out.clear()
-            if not transport.send():
+            # (Nothing queued: marked dirty, but the codec had nothing to say yet.)
+            if (transport.queue or transport.outgoing.pending) and not transport.send():
                 self._set_want_write(True)
                 return
         except OSError as exc:  # ssl.SSLError is one

@@ -3,10 +3,10 @@
 - `Connect`: a non-blocking TCP connect.
 - `TlsTransport`: TLS over a connected, non-blocking TCP socket through memory BIOs
   (`ssl.SSLObject`). The engine moves the bytes itself: one `recv_into` of up to 256 KiB feeds
-  OpenSSL's incoming BIO, and what OpenSSL encrypted during a pass leaves with one `send`. Python's
-  `ssl` cannot turn on OpenSSL's read-ahead, so an `ssl.SSLSocket` reads every record with two
-  `read` calls (its 5-byte header, then its body) and writes every record with one: 128 reads and
-  64 writes per MiB of bulk (docs/performance.md, "Fifth pass").
+  OpenSSL's incoming BIO, and what OpenSSL encrypted during a pass leaves with one `send` (or
+  `sendmsg`). Python's `ssl` cannot turn on OpenSSL's read-ahead, so an `ssl.SSLSocket` reads
+  every record with two `read` calls (its 5-byte header, then its body) and writes every record
+  with one: 128 reads and 64 writes per MiB of bulk (docs/performance.md, "Fifth pass").
 - `Handshake`: the TLS 1.3 handshake on a `TlsTransport`, driven by readiness.
 
 `Connect` and `Handshake` call back once: `on_done(result)`, or `on_error(reason)` with words a
@@ -26,7 +26,7 @@ from .loop import READ, WRITE, Loop, Timer
 
 RECEIVE_SIZE = 256 * 1024
 # One receive buffer for every TLS connection of the process: a pass serves one connection at a
-# time, and the incoming BIO copies what it is given.
+# time, and the incoming BIO copies what it is given (`TlsTransport.feed`).
 _RECEIVED = memoryview(bytearray(RECEIVE_SIZE))
 # Bytes go through a BIO at most this many at a time. OpenSSL's memory BIO keeps the largest
 # buffer it ever held until the connection ends: 256 KiB at once left ~260 KiB per BIO on every
@@ -114,15 +114,15 @@ class TlsTransport:
     - `tls.read(n, buffer)`: the plaintext of the next complete record (SSLWantReadError: none).
     - `encrypt(data)`: all of `data` into TLS records, queued for `send()`. Callers encrypt only
       while `blocked` is False, which keeps their own buffer the backpressure.
-    - `send()`: one system call for everything queued, oldest first (and whatever OpenSSL wrote
-      itself: handshake flights, alerts, KeyUpdate answers). True when nothing is left; False
+    - `send()`: one system call for everything queued (`queue`), oldest first, and whatever
+      OpenSSL wrote itself (`outgoing`: handshake flights, alerts, KeyUpdate answers). True when nothing is left; False
       when the kernel took less (`blocked`): the rest is kept, in order, for the next call once
       the socket is writable. Bytes are never dropped or reordered.
     Socket errors (OSError) and OpenSSL's (SSLError, an OSError) propagate; callers put them in
     words.
     """
 
-    __slots__ = ("sock", "fd", "tls", "incoming", "outgoing", "backlog", "blocked", "_fed", "_queue",
+    __slots__ = ("sock", "fd", "tls", "incoming", "outgoing", "backlog", "blocked", "queue", "_fed",
                  "_recv_into", "_send")
 
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, *, server_side: bool) -> None:
@@ -135,7 +135,7 @@ class TlsTransport:
         self.backlog = 0  # received bytes not in the incoming BIO yet
         self._fed = 0
         self.blocked = False
-        self._queue: list[bytes | memoryview] = []  # ciphertext not sent yet, oldest first
+        self.queue: list[bytes | memoryview] = []  # ciphertext not sent yet, oldest first
         self._recv_into = sock.recv_into
         self._send = sock.send
 
@@ -144,12 +144,15 @@ class TlsTransport:
             n = self._recv_into(_RECEIVED)
         except (BlockingIOError, InterruptedError):
             return None
-        if n:
+        if n <= PIECE:  # requests and responses: all at once
+            if n:
+                self.incoming.write(_RECEIVED[:n])
+            else:
+                self.incoming.write_eof()
+        else:
             self._fed = 0
             self.backlog = n
             self.feed()
-        else:
-            self.incoming.write_eof()
         return n
 
     def feed(self) -> None:
@@ -164,7 +167,7 @@ class TlsTransport:
             self.backlog -= size
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> None:
-        write, outgoing, queue = self.tls.write, self.outgoing, self._queue
+        write, outgoing, queue = self.tls.write, self.outgoing, self.queue
         if outgoing.pending:  # OpenSSL's own output goes first
             queue.append(outgoing.read())
         if len(data) <= PIECE:
@@ -177,7 +180,7 @@ class TlsTransport:
             queue.append(outgoing.read())
 
     def send(self) -> bool:
-        queue = self._queue
+        queue = self.queue
         if self.outgoing.pending:
             queue.append(self.outgoing.read())
         if not queue:
@@ -200,7 +203,7 @@ class TlsTransport:
         return not queue
 
     def close(self) -> None:
-        self._queue.clear()
+        self.queue.clear()
         self.backlog = 0
         self.sock.close()
 
