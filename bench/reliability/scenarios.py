@@ -230,7 +230,10 @@ def ztunnel_kill(minutes: float) -> dict:
     for r in results:
         for k, v in r["window_outcomes"].items():
             window_totals[k] = window_totals.get(k, 0) + v
-    figure = (f"{kills} SIGKILLs (node1/node2 in turn) under {RATE:,} req/s: plaintext bytes between the nodes "
+    loads = [r[k] for r in results for k in ("load_before", "load_after") if r[k]]
+    served = sum(x["requests"] for x in loads)
+    figure = (f"{kills} SIGKILLs (node1/node2 in turn) under {RATE:,} req/s ({served:,} requests served by "
+              f"h2load): plaintext bytes between the nodes "
               f"{checked.plaintext_bytes} of {checked.tcp_payload_bytes:,} payload bytes captured "
               f"({checked.packets:,} packets, {checked.flows_from_syn} of {checked.flows} connections parsed as "
               f"TLS records from their SYN: {checked.tls_records:,} records, {checked.not_tls_bytes} bytes not TLS, "
