@@ -1,0 +1,176 @@
+"""The three phases of the storm benchmark, each run against one contender (a proxy pair).
+
+- `concurrent`: COUNT connections opened from the client pod and held, idle, through the pair
+  (bench.mesh.idle holds them); each process's RSS and descriptors before, while held and after
+  they close. Per-connection bytes are (RSS held − RSS before) ÷ connections, per node.
+- `paced`: TOTAL short connections (one HTTP/1.1 request each) started at RATE per second by
+  h2load (pacing.py), in one or more batches, each followed by a settle time once the server
+  holds no more of them than before; each process's RSS and descriptors before, at peak, and
+  after every batch. The leak check (100,000 at a rate the pair sustains) and the storm
+  (2,000/s for 30 s) are both this phase with different numbers.
+
+Every phase also says whether a proxy process crashed: the pids of its roles before and after,
+and the runtime's restart counts.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from bench.mesh.contenders import Contender
+from bench.mesh.loadgen import LoadError, run_in
+from bench.mesh.mesh import HTTP_PORT, Mesh, wait_for
+from bench.publish import ROOT
+
+from . import pacing, probe
+
+HOLD_SECONDS = 2.0
+CLOSE_TIMEOUT = 120.0
+# Connections of other phases still closing at the server when a phase starts.
+LEFTOVER = 50
+
+
+class PhaseError(RuntimeError):
+    """A phase could not run (a generator failed, connections never arrived); the message says which."""
+
+
+@dataclass(slots=True)
+class Target:
+    """One contender in its mesh: where the client runs, what it dials, whose processes count."""
+
+    contender: Contender
+    mesh: Mesh
+
+    @property
+    def key(self) -> str:
+        return self.contender.key
+
+    def roots(self) -> dict[str, int]:
+        return self.contender.proxies(self.mesh)
+
+    def client_pid(self) -> int:
+        return self.mesh.container_pids(self.contender.namespace.name, "client")[0]
+
+    def server_netns(self) -> str:
+        return self.mesh.pod(self.contender.namespace.name, "server").netns
+
+    def readings(self) -> dict[str, list[dict]]:
+        return {node: [asdict(r) for r in probe.read_tree(root)] for node, root in self.roots().items()}
+
+    def restarts(self) -> dict[str, int]:
+        """Runtime restarts of the pair's supervised processes (ztunnel); none for the others."""
+        nodes = set(self.roots())
+        return {name: n for name, n in self.mesh.restarts().items()
+                if name.startswith("ztunnel-") and name.removeprefix("ztunnel-") in nodes}
+
+
+def settle(target: Target, baseline: int, seconds: float) -> float:
+    """Wait until the server holds no more connections than `baseline` (+ a few), then `seconds`
+    more so closing connections are freed; returns how long it took in all."""
+    start = time.monotonic()
+    wait_for(lambda: probe.established(target.server_netns(), HTTP_PORT) <= baseline + 5, CLOSE_TIMEOUT,
+             f"{target.key}: the server's connections back to {baseline}", interval=0.5)
+    time.sleep(seconds)
+    return time.monotonic() - start
+
+
+def _crashes(before: dict[str, list[dict]], after: dict[str, list[dict]]) -> list[str]:
+    """Roles whose process changed or vanished between two readings."""
+    out = []
+    for node, processes in before.items():
+        now = {p["role"]: p["pid"] for p in after.get(node, [])}
+        for p in processes:
+            if now.get(p["role"]) != p["pid"]:
+                out.append(f"{node} {p['role']} (pid {p['pid']} → {now.get(p['role'], 'gone')})")
+    return out
+
+
+def concurrent(target: Target, count: int, settle_s: float, log) -> dict:
+    """Hold `count` idle connections through the pair; readings before, held and after."""
+    target.contender.allow_open_files(target.mesh, count)
+    route = target.contender.route(target.mesh)
+    netns = target.server_netns()
+    baseline = probe.established(netns, HTTP_PORT)
+    restarts0 = target.restarts()
+    before = target.readings()
+    start = time.monotonic()
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", route.netns, sys.executable, "-m", "bench.mesh.idle", route.http[0],
+         str(route.http[1]), str(count)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        ready, _, _ = select.select([holder.stdout], [], [], 600)
+        line = holder.stdout.readline() if ready else ""
+        if not line:
+            raise PhaseError(f"{target.key}: the connection holder said nothing (exit {holder.poll()})")
+        opened = json.loads(line)
+        # Connected at the client is not yet connected at the server: wait until the server
+        # holds them all, so both proxies carry every connection.
+        wait_for(lambda: probe.established(netns, HTTP_PORT) >= baseline + opened["opened"], 300,
+                 f"{target.key}: {opened['opened']} connections established at the server", interval=1.0)
+        established_s = time.monotonic() - start
+        time.sleep(HOLD_SECONDS)
+        held = target.readings()
+        at_server = probe.established(netns, HTTP_PORT) - baseline
+    finally:
+        if holder.poll() is None:
+            holder.stdin.close()
+            try:
+                holder.wait(60)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.wait()
+    settled_s = settle(target, baseline, settle_s)
+    after = target.readings()
+    log(f"{target.key} concurrent: {opened['opened']:,} held, {opened['failed']} failed")
+    return {"asked": count, "opened": opened["opened"], "failed": opened["failed"],
+            "connect_seconds": opened["seconds"], "established_seconds": established_s,
+            "at_server": at_server, "settle_seconds": settled_s, "before": before, "held": held, "after": after,
+            "crashed": _crashes(before, after) + _restarted(restarts0, target.restarts())}
+
+
+def _restarted(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    return [f"{name} restarted {after[name] - n} time(s)" for name, n in before.items() if after.get(name, n) != n]
+
+
+def paced(target: Target, *, rate: int, total: int, batches: int, settle_s: float, log) -> dict:
+    """`total` short connections at `rate`/s in `batches` equal batches; readings before, at
+    peak and after each batch's settle."""
+    route = target.contender.route(target.mesh)
+    target.contender.allow_open_files(target.mesh, min(total, rate * 30))
+    netns = target.server_netns()
+    baseline = probe.established(netns, HTTP_PORT)
+    restarts0 = target.restarts()
+    before = target.readings()
+    out_batches = []
+    for index in range(batches):
+        plan = pacing.pace(rate, total // batches)
+        argv = pacing.h2load_argv(route.url, plan)
+        with probe.Sampler(target.roots(), target.client_pid()) as sampler:
+            start = time.monotonic()
+            try:
+                finished = run_in(route.netns, argv, timeout=plan.seconds + 120)
+            except LoadError as exc:
+                raise PhaseError(f"{target.key}: {exc}") from exc
+            wall = time.monotonic() - start
+        result = pacing.parse_h2load(finished.stdout)
+        try:
+            rate_seen = asdict(pacing.achieved(sampler.opens, start, start + plan.seconds))
+        except ValueError as exc:
+            raise PhaseError(f"{target.key}: {exc}") from exc
+        peak = {node: [{"pid": pid, "role": s.roles[pid], "rss_kib": s.peak_rss_kib[pid], "fds": s.peak_fds[pid]}
+                       for pid in s.roles] for node, s in sampler.series.items()}
+        settled_s = settle(target, baseline, settle_s)
+        after = target.readings()
+        out_batches.append({"h2load": result, "achieved": rate_seen, "wall": wall, "generator_cpu_s": finished.cpu_s,
+                            "peak": peak, "settle_seconds": settled_s, "after": after})
+        log(f"{target.key} paced batch {index + 1}/{batches}: {result['succeeded']:,} of {result['asked']:,} "
+            f"connections, {result['failed']} failed, {rate_seen['mean']:.0f}/s achieved "
+            f"({rate_seen['low']:.0f}–{rate_seen['high']:.0f}) for {rate}/s asked")
+    return {"rate": rate, "total": total, "batches": out_batches, "before": before,
+            "crashed": _crashes(before, out_batches[-1]["after"]) + _restarted(restarts0, target.restarts())}

@@ -1,0 +1,150 @@
+"""What a proxy holds, process by process, and how fast a pod opens connections: read from /proc.
+
+A ztunnel is a main process and its workers (`--workers N`), HAProxy one process: every reading
+here is per process (pid, role, RSS now and at peak, open file descriptors), so a leak in one
+worker is not hidden by a sum. `Sampler` reads them on a thread while a phase runs and keeps each
+process's peak, and reads the client pod's TCP counters (/proc/<pid>/net/snmp of a process in its
+network namespace: `ActiveOpens` counts every connect the pod started) to give the connection
+rate the pod really achieved, second by second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.mesh import procstat
+
+SAMPLE_INTERVAL = 0.5
+
+
+@dataclass(slots=True, frozen=True)
+class ProcessReading:
+    """One process of a proxy at one moment: KiB resident now and at its peak, descriptors open."""
+
+    pid: int
+    role: str
+    rss_kib: int
+    hwm_kib: int
+    fds: int
+
+
+def role_of(cmdline: list[str], root: bool) -> str:
+    """`main` for the proxy's root process, `worker N` for a ztunnel worker (`--worker-index N`),
+    else the program's name."""
+    if root:
+        return "main"
+    if "--worker-index" in cmdline:
+        at = cmdline.index("--worker-index")
+        if at + 1 < len(cmdline):
+            return f"worker {cmdline[at + 1]}"
+    return Path(cmdline[0]).name if cmdline else "?"
+
+
+def count_fds(pid: int, proc: Path = Path("/proc")) -> int:
+    return len(os.listdir(proc / str(pid) / "fd"))
+
+
+def read_process(pid: int, role: str, proc: Path = Path("/proc")) -> ProcessReading:
+    rss, hwm = procstat.parse_status((proc / str(pid) / "status").read_text())
+    return ProcessReading(pid, role, rss, hwm, count_fds(pid, proc))
+
+
+def read_tree(root: int, proc: Path = Path("/proc")) -> list[ProcessReading]:
+    """Every process of the tree under `root` (root first); ones that exit meanwhile are left out."""
+    parents, _ = procstat.processes(proc)
+    if root not in parents:
+        raise ProcessLookupError(f"process {root} is not running")
+    out = []
+    for pid in sorted(procstat.descendants(root, parents), key=lambda p: (p != root, p)):
+        try:
+            cmdline = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+            role = role_of([a.decode(errors="replace") for a in cmdline if a], pid == root)
+            out.append(read_process(pid, role, proc))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def parse_snmp(text: str) -> dict[str, int]:
+    """The `Tcp:` counters of /proc/net/snmp (a header line of names, then a line of values)."""
+    rows = [line.split() for line in text.splitlines() if line.startswith("Tcp:")]
+    if len(rows) < 2 or len(rows[0]) != len(rows[1]):
+        raise ValueError("no Tcp: header and value lines in the snmp text")
+    return {name: int(value) for name, value in zip(rows[0][1:], rows[1][1:])}
+
+
+def tcp_counters(pid: int) -> dict[str, int]:
+    """TCP counters of the network namespace `pid` lives in."""
+    return parse_snmp(Path(f"/proc/{pid}/net/snmp").read_text())
+
+
+def established(netns: str, port: int) -> int:
+    """Established TCP connections in `netns` with local port `port`."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    return sum(1 for line in out.splitlines() if line.strip())
+
+
+@dataclass(slots=True)
+class Series:
+    """What a Sampler saw: each process's peak reading, and the pod's connects per interval."""
+
+    peak_rss_kib: dict[int, int] = field(default_factory=dict)
+    peak_fds: dict[int, int] = field(default_factory=dict)
+    roles: dict[int, str] = field(default_factory=dict)
+    # (monotonic time, ActiveOpens) of the client pod's namespace.
+    opens: list[tuple[float, int]] = field(default_factory=list)
+
+
+class Sampler:
+    """Reads the proxies' processes and the client pod's connects every SAMPLE_INTERVAL on a thread.
+
+    `roots` are {name: root pid} of each proxy tree; `client_pid` is any process in the client
+    pod's network namespace (its counters are the namespace's).
+    """
+
+    def __init__(self, roots: dict[str, int], client_pid: int | None = None,
+                 interval: float = SAMPLE_INTERVAL) -> None:
+        self.roots = roots
+        self.client_pid = client_pid
+        self.interval = interval
+        self.series = {name: Series() for name in roots}
+        self.opens: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        if self.client_pid is not None:
+            try:
+                self.opens.append((time.monotonic(), tcp_counters(self.client_pid)["ActiveOpens"]))
+            except (OSError, KeyError, ValueError):
+                pass
+        for name, root in self.roots.items():
+            series = self.series[name]
+            try:
+                readings = read_tree(root)
+            except ProcessLookupError:
+                continue
+            for r in readings:
+                series.roles[r.pid] = r.role
+                series.peak_rss_kib[r.pid] = max(series.peak_rss_kib.get(r.pid, 0), r.rss_kib)
+                series.peak_fds[r.pid] = max(series.peak_fds.get(r.pid, 0), r.fds)
