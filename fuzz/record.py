@@ -4,8 +4,8 @@ Every seed is bytes a real counterpart produced, not bytes written by hand: the 
 server codecs exchanging HBONE CONNECT streams (wisp.h2 on both sides, and python-hyper's h2 as
 the interop peer the tests use), h11 writing HTTP/1.1 requests and responses, the ZDS encoder,
 the control plane's snapshot and delta encoder over the model the operator builds from the
-example manifests and the benchmark's cluster generator, the CA client's request body with a
-real CSR, the example manifests themselves and AdmissionReviews around them, and a
+example manifests and the benchmark's cluster generator, the CA client's request bodies (its
+openssl-made CSR), the example manifests themselves and AdmissionReviews around them, and a
 service-account token laid out as the API server issues them (signature bytes random). Files
 are named by content hash, so re-recording changes only what changed; each is under 8 KiB.
 """
@@ -15,10 +15,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from .record_live import LIVE_PREFIX
 from .targets import frame_pieces
 
 REPO = Path(__file__).resolve().parent.parent
@@ -224,13 +224,32 @@ def _key(resource: dict):
 
 # -- the CA --------------------------------------------------------------------------------------
 def _ca_requests() -> list[bytes]:
-    from wisp.identity import SpiffeId
-    from wisp.identity.certs import generate_key, make_csr
+    """The bodies ztunnel's CA client sends (wisp/controlplane/client.py fetch_certificate): its
+    key and CSR from `openssl req`, with and without a lifetime, captured where post_json would
+    put them on the wire (its compact JSON encoding)."""
+    import trio
 
-    identity = SpiffeId("cluster.local", "shop", "cart")
-    csr = make_csr(generate_key(), identity).decode()
-    return [json.dumps({"csr": csr, "identity": str(identity)}).encode(),
-            json.dumps({"csr": csr, "identity": str(identity), "ttl_seconds": 3600}).encode()]
+    from wisp.controlplane import client
+    from wisp.identity import SpiffeId
+
+    bodies: list[bytes] = []
+
+    async def capture(endpoint, path, document, **_):
+        bodies.append(json.dumps(document, separators=(",", ":")).encode())
+        return 503, b'{"error": "recorded, not sent"}'
+
+    endpoint = client.Endpoint("127.0.0.1:15012", b"", "token")
+    real, client.post_json = client.post_json, capture
+    try:
+        for identity, lifetime in ((SpiffeId("cluster.local", "shop", "cart"), None),
+                                   (SpiffeId("cluster.local", "wisp-system", "ztunnel"), 3600)):
+            try:
+                trio.run(client.fetch_certificate, endpoint, identity, lifetime)
+            except client.ControlPlaneError:
+                pass  # the 503 above: the body is what was wanted
+    finally:
+        client.post_json = real
+    return bodies
 
 
 # -- manifests -----------------------------------------------------------------------------------
@@ -299,8 +318,12 @@ def _header_values() -> list[bytes]:
 
 
 def _write(directory: Path, seeds: Iterable[bytes]) -> int:
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
+    # Seeds captured from a live API server (fuzz/record_live.py) stay: only that recorder
+    # rewrites them.
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.iterdir():
+        if not old.name.startswith(LIVE_PREFIX):
+            old.unlink()
     count = 0
     for seed in seeds:
         (directory / hashlib.sha1(seed).hexdigest()[:16]).write_bytes(seed)
@@ -308,24 +331,26 @@ def _write(directory: Path, seeds: Iterable[bytes]) -> int:
     return count
 
 
-def record_all(corpus: Path) -> None:
-    to_server, to_client = _hbone_exchanges()
-    requests, responses = _h11_messages()
-    seeds = {
-        "hbone_server": to_server,
-        "hbone_client": to_client,
-        "hbone_headers": _header_values(),
-        "waypoint_h2": _hyper_h2_requests(),
-        "http1_request": requests,
-        "http1_response": responses,
-        "cni": _cni_invocations(),
-        "zds": _zds_sessions(),
-        "config_stream": _config_lines(),
-        "ca_csr": _ca_requests(),
-        "manifests": _manifests(),
-        "admission": _admission_reviews(),
-        "jwt": _tokens(),
-        "waypoint_jwt": _jwt_requests(),
+def record_all(corpus: Path, names: Iterable[str] = ()) -> None:
+    """Re-record the corpora of `names` (every target's when empty)."""
+    recorders = {
+        "hbone_server": lambda: _hbone_exchanges()[0],
+        "hbone_client": lambda: _hbone_exchanges()[1],
+        "hbone_headers": _header_values,
+        "waypoint_h2": _hyper_h2_requests,
+        "http1_request": lambda: _h11_messages()[0],
+        "http1_response": lambda: _h11_messages()[1],
+        "cni": _cni_invocations,
+        "zds": _zds_sessions,
+        "config_stream": _config_lines,
+        "ca_csr": _ca_requests,
+        "manifests": _manifests,
+        "admission": _admission_reviews,
+        "jwt": _tokens,
+        "waypoint_jwt": _jwt_requests,
     }
-    for name, items in seeds.items():
-        print(f"{name}: {_write(corpus / name, items)} seeds")
+    unknown = sorted(set(names) - set(recorders))
+    if unknown:
+        raise SystemExit(f"no recorder for {', '.join(unknown)}; `python -m fuzz list` names the targets")
+    for name in names or recorders:
+        print(f"{name}: {_write(corpus / name, recorders[name]())} seeds")
