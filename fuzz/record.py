@@ -1,13 +1,16 @@
-"""Seed corpora recorded from real peers: `python -m fuzz record` rewrites fuzz/corpus/.
+"""Seed corpora recorded from real peers: `python -m fuzz record [TARGET ...]` rewrites fuzz/corpus/.
 
-Every seed is bytes a real counterpart produced, not bytes written by hand: the HTTP/2 client and
-server codecs exchanging HBONE CONNECT streams (wisp.h2 on both sides, and python-hyper's h2 as
-the interop peer the tests use), h11 writing HTTP/1.1 requests and responses, the ZDS encoder,
-the control plane's snapshot and delta encoder over the model the operator builds from the
-example manifests and the benchmark's cluster generator, the CA client's request bodies (its
-openssl-made CSR), the example manifests themselves and AdmissionReviews around them, and a
-service-account token laid out as the API server issues them (signature bytes random). Files
-are named by content hash, so re-recording changes only what changed; each is under 8 KiB.
+Most seeds are bytes a real counterpart produced: the HTTP/2 client and server codecs exchanging
+HBONE CONNECT streams (wisp.h2 on both sides, and python-hyper's h2 as the interop peer the tests
+use), h11 writing HTTP/1.1 requests and responses, the ZDS encoder, the control plane's snapshot
+and delta encoder over the model the operator builds from the benchmark's cluster generator, the
+bodies ztunnel's CA client sends (its openssl-made CSR), the example manifests themselves. Laid
+out here by hand, in the shape the real producer uses: the CNI invocations (a container
+runtime's network configuration; libcni is not run here), the AdmissionReviews around the
+example manifests and one service-account token (random signature bytes). For those two,
+fuzz/record_live.py adds what a real kube-apiserver sent and issued (`live-*` files, which a
+re-recording here keeps). Files are named by content hash, so re-recording changes only what
+changed; each is under 8 KiB.
 """
 
 from __future__ import annotations
