@@ -45,8 +45,9 @@ def metrics_handler(metrics: Metrics, workers_dir: Callable[[], str | None]) -> 
 
 
 def admin_handler(config_dump: Callable[[], Awaitable[dict]], pending: Pending,
-                  shutdown: Callable[[], None]) -> Handler:
-    """/config_dump, /healthz/ready and POST /quitquitquit (localhost only)."""
+                  shutdown: Callable[[], None], handoff: Callable[[], None] | None = None) -> Handler:
+    """/config_dump, /healthz/ready, POST /quitquitquit (drain, then exit) and POST /handoff (the
+    same, letting go of the HTTP ports at once for the ztunnel replacing this one); localhost only."""
     ready = readiness_handler(pending)
 
     async def handle(method: str, path: str) -> Response:
@@ -55,10 +56,10 @@ def admin_handler(config_dump: Callable[[], Awaitable[dict]], pending: Pending,
             return 200, "application/json", body
         if path == "/healthz/ready":
             return await ready(method, path)
-        if path == "/quitquitquit":
+        if path == "/quitquitquit" or (path == "/handoff" and handoff is not None):
             if method != "POST":
                 return 405, "text/plain", b"use POST\n"
-            shutdown()
+            (shutdown if path == "/quitquitquit" else handoff)()
             return 200, "text/plain", b"draining\n"
-        return 404, "text/plain", b"endpoints: /config_dump /healthz/ready /quitquitquit\n"
+        return 404, "text/plain", b"endpoints: /config_dump /healthz/ready /quitquitquit /handoff\n"
     return handle

@@ -5,6 +5,14 @@ re-authorized), the certificate manager, metrics, live connections and the pod p
 the config subscriber, the ZDS client, the HTTP endpoints, and the drain on SIGTERM. The pod
 proxies get the narrow part of this as `ProxyInputs` (proxy/inputs.py), never this object.
 
+Restart without dropping connections (docs/architecture.md, "Zero-drop ztunnel restart"): pods
+are asked for over ZDS only once the config is in, so a new ztunnel opens its SO_REUSEPORT
+listeners beside the old one's only when it can route what they accept. Draining (SIGTERM,
+POST /quitquitquit) closes the pods' listeners and the ZDS connection and lets established
+connections run until they end or `drain_seconds` pass. With `replace`, ports held by another
+ztunnel do not stop this one: once ready it asks that one to hand over (POST /handoff: drain,
+and let go of the HTTP ports) and takes the ports.
+
 With `workers` > 1 this process also supervises the other worker processes (inpod/): its
 ZDS client feeds them every pod and its endpoints answer for all of them. A worker itself
 (`worker_fds` set) gets its pods from the main process and serves no HTTP endpoint.
@@ -12,7 +20,10 @@ ZDS client feeds them every pod and its endpoints answer for all of them. A work
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
+import socket
 
 import structlog
 import trio
@@ -58,6 +69,10 @@ class Ztunnel:
         self.bound: dict[str, tuple[str, int]] = {}
         self._shutdown = trio.Event()
         self._started = trio.Event()
+        self._configured = trio.Event()  # the first config version is in
+        self._zds_scope = trio.CancelScope()
+        self._http_scopes: list[trio.CancelScope] = []
+        self._release_ports = False
 
     # -- config --------------------------------------------------------------------------------
     def apply_config(self, snapshot: ModelSnapshot, version: str | None = None) -> None:
@@ -74,6 +89,7 @@ class Ztunnel:
         self.current.replace(state)
         self.config_version = version
         self.config_synced = True
+        self._configured.set()
         closed = self.tracker.recheck(state)
         log.info("config applied", version=version, workloads=len(snapshot.workloads),
                  services=len(snapshot.services), policies=len(snapshot.authorizations),
@@ -95,6 +111,11 @@ class Ztunnel:
         return self.pending() + (await self.workers.pending() if self.workers else [])
 
     def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    def request_handoff(self) -> None:
+        """Drain for a successor: as `request_shutdown`, and the HTTP ports close at once."""
+        self._release_ports = True
         self._shutdown.set()
 
     @property
@@ -129,6 +150,7 @@ class Ztunnel:
         """What this process holds: the main process's part of /config_dump, a worker's status."""
         pending = self.pending()
         return {
+            "pid": os.getpid(),
             "version": self.config_version,
             "certificates": self.certs.dump() if self.certs else [],
             "pods": [proxy.describe() for _, proxy in sorted(self.pods.proxies.items())],
@@ -153,8 +175,9 @@ class Ztunnel:
             self.certs = certs
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.engine.serve)
+                busy: list[tuple[str, tuple[str, int], admin.Handler]] = []
                 if self.config.worker_fds is None:
-                    await self._start_http(nursery)
+                    busy = await self._start_http(nursery)
                 if self.workers is not None:
                     await nursery.start(self.workers.run)
                 inputs = ProxyInputs(self.engine, self.current, certs, self.metrics, self.tracker,
@@ -166,11 +189,15 @@ class Ztunnel:
                         lambda snapshot: self.apply_config(snapshot, self.subscriber.view.version),
                     )
                     nursery.start_soon(self.subscriber.run)
+                if endpoint is None:
+                    self._configured.set()  # nothing to wait for (tests without a control plane)
                 if self.config.worker_fds is None:
-                    nursery.start_soon(self.zds.run)
+                    nursery.start_soon(self._serve_zds)
                 else:
                     nursery.start_soon(serve_supervisor, self.zds, self.process_dump, self.request_shutdown,
-                                       *self.config.worker_fds)
+                                       *self.config.worker_fds, self._configured)
+                if busy:
+                    nursery.start_soon(self._take_over, nursery, busy)
                 nursery.start_soon(self.metrics.flush_periodically)
                 nursery.start_soon(return_freed_memory)
                 if handle_signals:
@@ -186,10 +213,22 @@ class Ztunnel:
         log.info("ztunnel stopped")
 
     async def drain(self) -> None:
-        """Close listeners, GOAWAY inbound HBONE, let connections finish until the deadline."""
+        """Close listeners, GOAWAY inbound HBONE, let connections finish until the deadline.
+
+        The ZDS connection closes first, so the node agent gives new pods to the ztunnel that
+        replaces this one and this one never reconnects. In a handoff the HTTP ports close a
+        moment later (the answer to the /handoff goes out first), so the successor can take them;
+        otherwise they stay, readiness saying "draining"."""
         self.draining = True
         deadline = self.config.drain_seconds
-        log.info("draining", connections=len(self.tracker.live), deadline_seconds=deadline)
+        log.info("draining", connections=len(self.tracker.live), deadline_seconds=deadline,
+                 handoff=self._release_ports)
+        self._zds_scope.cancel()
+        if self._release_ports:
+            with trio.move_on_after(0.2):
+                await trio.sleep_forever()
+            for scope in self._http_scopes:
+                scope.cancel()
         with trio.move_on_after(deadline):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.pods.drain, deadline)
@@ -204,17 +243,72 @@ class Ztunnel:
                 log.info("shutdown signal received", signal=signal.Signals(signum).name)
                 self._shutdown.set()
 
-    async def _start_http(self, nursery: trio.Nursery) -> None:
+    async def _serve_zds(self) -> None:
+        """Take pods from the node agent once the config is in (a pod's listeners accept at once,
+        and a connection accepted without config could not be routed); stop when draining."""
+        with self._zds_scope:
+            await self._configured.wait()
+            await self.zds.run()
+
+    async def _start_http(self, nursery: trio.Nursery) -> list[tuple[str, tuple[str, int], admin.Handler]]:
+        """Open the readiness, metrics and admin ports; with `replace`, return those another
+        process holds (the ztunnel this one replaces) instead of failing."""
+        busy = []
         for name, address, handler in (
             ("readiness", self.config.readiness_address, admin.readiness_handler(self.pending_all)),
             ("metrics", self.config.metrics_address, admin.metrics_handler(self.metrics, self._workers_dir)),
             ("admin", self.config.admin_address,
-             admin.admin_handler(self.config_dump, self.pending_all, self.request_shutdown)),
+             admin.admin_handler(self.config_dump, self.pending_all, self.request_shutdown, self.request_handoff)),
         ):
-            # Not SO_REUSEPORT: two ztunnels answering one readiness port would hide a dead one.
-            sock = sockets.listener(address, reuse_port=False)
-            self.bound[name] = sock.getsockname()[:2]
-            await nursery.start(admin.serve_http, sock, handler)
+            try:
+                # Not SO_REUSEPORT: two ztunnels answering one readiness port would hide a dead one.
+                sock = sockets.listener(address, reuse_port=False)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or not self.config.replace:
+                    raise
+                busy.append((name, address, handler))
+                continue
+            await self._serve_http(nursery, name, sock, handler)
+        return busy
+
+    async def _serve_http(self, nursery: trio.Nursery, name: str, sock: socket.socket, handler: admin.Handler) -> None:
+        self.bound[name] = sock.getsockname()[:2]
+
+        scope = trio.CancelScope()
+        self._http_scopes.append(scope)
+
+        async def serve(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await admin.serve_http(sock, handler, task_status=task_status)
+        await nursery.start(serve)
+
+    async def _take_over(self, nursery: trio.Nursery, busy: list[tuple[str, tuple[str, int], admin.Handler]]) -> None:
+        """Replace the ztunnel holding our ports: once this one is ready (config, every pod's
+        listeners open beside the old ones, workers too), ask it to drain, then take the ports it
+        lets go. If they stay taken, this process is no use to anyone: it stops with the reason."""
+        log.info("ports held by another process; taking over from it once ready",
+                 ports=[f"{host}:{port}" for _, (host, port), _ in busy])
+        while await self.pending_all():
+            await trio.sleep(0.1)
+        host, port = self.config.admin_address
+        answer = await _post(("127.0.0.1" if host in ("0.0.0.0", "") else host, port), "/handoff")
+        log.info("asked the ztunnel being replaced to drain", answer=answer)
+        with trio.move_on_after(TAKEOVER_PORT_WAIT):
+            while busy:
+                name, address, handler = busy[0]
+                try:
+                    sock = sockets.listener(address, reuse_port=False)
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+                    await trio.sleep(0.05)
+                    continue
+                await self._serve_http(nursery, name, sock, handler)
+                busy.pop(0)
+            log.info("took over from the previous ztunnel", **{k: f"{h}:{p}" for k, (h, p) in self.bound.items()})
+            return
+        raise OSError(errno.EADDRINUSE, f"ports {', '.join(f'{h}:{p}' for _, (h, p), _ in busy)} stayed taken "
+                                        f"{TAKEOVER_PORT_WAIT:g} s after asking their holder to drain")
 
     def _control_plane(self) -> Endpoint | None:
         if not self.config.control_plane:
@@ -231,6 +325,25 @@ class Ztunnel:
                 raise RuntimeError("no control plane configured; cannot obtain certificates")
             return await fetch_certificate(endpoint, identity, ttl)
         return fetch
+
+
+TAKEOVER_PORT_WAIT = 30.0
+
+
+async def _post(address: tuple[str, int], path: str) -> str:
+    """POST `path` with no body to a local HTTP endpoint; what came back, or why nothing did."""
+    try:
+        with trio.fail_after(5):
+            stream = await trio.open_tcp_stream(*address)
+            async with stream:
+                await stream.send_all(f"POST {path} HTTP/1.1\r\nhost: {address[0]}\r\ncontent-length: 0\r\n"
+                                      "connection: close\r\n\r\n".encode())
+                reply = b""
+                while chunk := await stream.receive_some(4096):
+                    reply += chunk
+        return reply.split(b"\r\n", 1)[0].decode("ascii", "replace")
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        return f"no answer: {exc}"
 
 
 def _vacated_addresses(old: ModelSnapshot, new: ModelSnapshot) -> set[str]:

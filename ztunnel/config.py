@@ -32,6 +32,8 @@ class Config:
     metrics_address: tuple[str, int] = ("0.0.0.0", 15020)
     readiness_address: tuple[str, int] = ("0.0.0.0", 15021)
     drain_seconds: float = 5.0
+    # Take over from a ztunnel holding our HTTP ports (docs/architecture.md, "Zero-drop ztunnel restart").
+    replace: bool = False
     certificate_ttl: int | None = None
     workers: int = 1  # processes in all, this one included
     worker_index: int = 0

@@ -8,6 +8,7 @@ a flag given wins. A bad flag or variable is a usage error (exit 2) naming it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -54,6 +55,16 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def _fd_pair(text: str) -> tuple[int, int]:
     first, sep, second = text.partition(",")
     if not sep or not first.isdigit() or not second.isdigit():
@@ -77,7 +88,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--admin-address", type=_address, default=("127.0.0.1", 15000))
     parser.add_argument("--metrics-address", type=_address, default=("0.0.0.0", 15020))
     parser.add_argument("--readiness-address", type=_address, default=("0.0.0.0", 15021))
-    parser.add_argument("--drain-seconds", type=float, default=5.0)
+    parser.add_argument("--drain-seconds", type=_seconds, default=5.0,
+                        help="how long established connections may run on after SIGTERM (Istio: the "
+                             "pod's terminationGracePeriodSeconds)")
+    parser.add_argument("--replace", action="store_true",
+                        help="if another ztunnel holds the readiness/metrics/admin ports, serve the pods beside "
+                             "it, and once ready have it drain and take the ports (a zero-drop restart)")
     parser.add_argument("--workers", type=_worker_count, default=None,
                         help="processes serving the pods, each on its own core "
                              f"(env WISP_ZTUNNEL_WORKERS; default min(2, usable cores) = {default_count()})")
@@ -123,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         state_dir=args.state_dir, trust_domain=args.trust_domain or DEFAULT_TRUST_DOMAIN, token_file=args.token_file,
         root_cert=args.root_cert, admin_address=args.admin_address,
         metrics_address=args.metrics_address, readiness_address=args.readiness_address,
-        drain_seconds=args.drain_seconds, workers=1 if args.worker_fds else workers,
+        drain_seconds=args.drain_seconds, replace=args.replace, workers=1 if args.worker_fds else workers,
         worker_index=args.worker_index, worker_fds=args.worker_fds, log_level=args.log_level,
         log_json=args.log_json, engine=args.engine, max_connections_per_source=args.max_connections_per_source,
         pod_name=env.pod_name, pod_namespace=env.pod_namespace, instance_ip=env.instance_ip,

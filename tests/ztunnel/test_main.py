@@ -54,6 +54,19 @@ def test_a_bad_control_plane_address_is_refused(monkeypatch, capsys, argv, env):
     assert "is not host:port" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_a_bad_drain_deadline_is_refused(capsys, value):
+    with pytest.raises(SystemExit):
+        parse_args(["--node", "n1", "--drain-seconds", value])
+    assert "is not a number of seconds" in capsys.readouterr().err
+
+
+def test_replace_and_the_drain_deadline_reach_the_config():
+    assert parse_args(["--node", "n1"]).replace is False
+    config = parse_args(["--node", "n1", "--replace", "--drain-seconds", "30"])
+    assert config.replace is True and config.drain_seconds == 30.0
+
+
 def test_node_is_required(monkeypatch):
     monkeypatch.delenv("NODE_NAME", raising=False)
     with pytest.raises(SystemExit):

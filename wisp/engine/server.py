@@ -113,8 +113,8 @@ class HboneServer:
         conn = ServerConnection(self.loop, transport, on_request=self._request, local=handshake.local, peer=peer,
                                 peer_identity=peer_identity, on_closed=closed)
         self.connections.add(conn)
-        if self.draining:
-            conn.goaway()
+        if self.draining:  # accepted before the listener closed: its first streams are served
+            conn.goaway(debug="server draining", graceful=True)
 
     def _request(self, request: ConnectRequest) -> None:
         self.stats["streams"] += 1

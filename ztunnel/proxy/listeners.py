@@ -4,7 +4,11 @@ Listeners are opened on a worker thread in the pod's netns (once per pod); conne
 the event-loop thread, switched into the netns for the socket() call (once per connection).
 The listeners are kept in one place so that a supervisor handing netns fds to N worker processes
 can have each worker open the same listeners: all are SO_REUSEPORT, so the kernel spreads
-connections.
+connections, and a new ztunnel taking over from a draining one opens its copies next to the old
+ones before those close. Closing a SO_REUSEPORT listener resets the connections still waiting in
+its accept queue unless the pod's namespace has net.ipv4.tcp_migrate_req=1 (Linux 5.14), which
+moves them to another listener of the group: opening the listeners sets it
+(docs/architecture.md, "Zero-drop ztunnel restart").
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import structlog
 
 from wisp import netns, sockets
 from wisp.engine.loop import Loop
@@ -22,6 +28,10 @@ from ..config import INBOUND_PLAINTEXT_PORT, INBOUND_PORT, OUTBOUND_PORT
 MARK = 0x539
 # How long a connection to an app or a peer may take to open.
 CONNECT_TIMEOUT = 10.0
+# Per network namespace: read through the calling thread's namespace.
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+log = structlog.get_logger("ztunnel.proxy")
 
 
 @dataclass(slots=True)
@@ -35,8 +45,25 @@ class PodListeners:
             sockets.close(sock)
 
 
+def migrate_requests() -> bool:
+    """Have the calling thread's network namespace hand a closed listener's queued connections to
+    another listener of its SO_REUSEPORT group instead of resetting them; False if the kernel
+    cannot (before 5.14) or refuses, which only costs those connections on a restart."""
+    try:
+        with open(MIGRATE_REQ, "r+") as knob:
+            if knob.read().strip() != "1":
+                knob.seek(0)
+                knob.write("1")
+        return True
+    except OSError as exc:
+        log.warning("cannot set net.ipv4.tcp_migrate_req in the pod; a ztunnel restart may reset "
+                    "connections still in the accept queue", error=str(exc))
+        return False
+
+
 def open_listeners(host: str = "0.0.0.0") -> PodListeners:
     """Open the listeners in the calling thread's network namespace."""
+    migrate_requests()
     opened: list[socket.socket] = []
     try:
         for port in (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_PORT):
