@@ -37,6 +37,7 @@ from .manifests import (
 )
 from .operator_client import OperatorClient, OperatorError
 from .paths import RuntimePaths
+from .sandbox import Sandbox
 
 
 class CliError(Exception):
@@ -506,10 +507,14 @@ def execute(paths: RuntimePaths, args) -> int:
         raise CliError("give a command after --, e.g. wisp exec -n shop client -- curl http://web")
     pod = find_pod(paths, args.namespace, args.pod)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-               HOSTNAME=pod["name"])
+               HOSTNAME=pod["name"], HOME="/")
     if not shutil.which(command[0], path=env["PATH"]):
         raise CliError(f"command not found: {command[0]}")
-    return subprocess.call(["ip", "netns", "exec", pod["netns"], *command], env=env)
+    # The command runs as the pod's containers do: its user, no capabilities, its view of the files.
+    if not pod.get("sandbox"):
+        raise CliError(f"pod {pod['name']} is not started yet; try again in a moment")
+    sandbox = Sandbox.from_json(pod["sandbox"])
+    return subprocess.call(["ip", "netns", "exec", pod["netns"], *sandbox.wrap(command)], env=env)
 
 
 def find_pod(paths: RuntimePaths, namespace: str, name: str) -> dict[str, Any]:

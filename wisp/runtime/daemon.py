@@ -61,7 +61,8 @@ class Runtime:
         self._last_rules: str | None = None
         self._next_ip: dict[str, int] = {}
         self.kubelet = Kubelet(self.topology, self.operator, bin_dir=self.bin_dir, logs=self.paths.logs,
-                               cni_socket=self.paths.cni_socket, restart_delay=restart_delay)
+                               cni_socket=self.paths.cni_socket, restart_delay=restart_delay,
+                               state_dir=self.paths.state)
 
     # -- the whole life ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -269,6 +270,7 @@ class Runtime:
             "pods": [{"namespace": r.namespace, "name": r.name, "node": r.node.name, "ip": r.ip,
                       "netns": r.net.netns if r.net else None, "phase": r.phase, "ready": r.ready,
                       "message": r.message, "labels": r.labels,
+                      "sandbox": r.sandbox.to_json() if r.sandbox else None,
                       "containers": [{"name": c.name, "pid": c.pid, "restarts": c.restarts} for c in r.containers]}
                      for r in sorted(self.pods.values(), key=lambda r: r.key)],
         }

@@ -4,10 +4,17 @@ As on a node: create the pod's network namespace and interface, report the pod t
 plane, run the real CNI plugin chain (`wisp-cni`, with the CNI environment and a chained config
 whose prevResult carries the IP) and retry until it succeeds, then start the containers, probe
 readiness from the node's namespace, and on deletion undo it all.
+
+Containers run confined as a container runtime would confine them (`sandbox.py`): a uid of the
+pod's own, no capabilities, and a private view of the files without the mesh's run directory,
+sockets and keys. A pod gets its service account's token projected into that view when the
+control plane issued one (locally: a waypoint's, `<state>/tokens/waypoint-<ns>-<sa>`, with the
+root certificate beside it), at the path it has on the machine, so its arguments stay valid.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -18,15 +25,20 @@ from typing import Any
 import structlog
 import trio
 
+from . import paths as runtime_paths
 from . import probes
 from .operator_client import OperatorClient, OperatorError
 from .processes import Supervised
-from .topology import Node, PodNet, Topology
+from .sandbox import Sandbox, plan, pod_uid, program_paths
+from .topology import Node, PodNet, Topology, netns_exec
 
 log = structlog.get_logger("wisp.runtime.kubelet")
 
 CNI_VERSION = "1.0.0"
 RESYNC_INTERVAL = 10.0
+# What container runtimes set in a pod's network namespace: an unprivileged process may bind any
+# port (nginx on 80) and send ICMP echo through ping sockets.
+POD_SYSCTLS = ("net.ipv4.ip_unprivileged_port_start=0", "net.ipv4.ping_group_range=0 2147483647")
 
 
 @dataclass(slots=True)
@@ -46,6 +58,7 @@ class PodRecord:
     cni_attempts: int = 0
     message: str = ""
     hosts: list | None = None  # the /etc/hosts entries last written for it
+    sandbox: Sandbox | None = None  # what its containers (and `wisp exec`) are confined to
 
     @property
     def key(self) -> tuple[str, str]:
@@ -54,13 +67,15 @@ class PodRecord:
 
 class Kubelet:
     def __init__(self, topology: Topology, operator: OperatorClient, *, bin_dir: Path, logs: Path,
-                 cni_socket, restart_delay: float = 1.0) -> None:
+                 cni_socket, restart_delay: float = 1.0, state_dir: Path | None = None) -> None:
         self.topology = topology
         self.operator = operator
         self.bin_dir = bin_dir
         self.logs = logs
         self.cni_socket = cni_socket
         self.restart_delay = restart_delay
+        self.state_dir = state_dir
+        self.uids: set[int] = set()  # of the pods running now
 
     async def run_pod(self, record: PodRecord, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Bring the pod up and keep it running until cancelled, then tear it down."""
@@ -68,6 +83,9 @@ class Kubelet:
         try:
             record.net = await trio.to_thread.run_sync(
                 self.topology.add_pod, record.node, record.namespace, record.name, record.ip)
+            await trio.to_thread.run_sync(
+                lambda: netns_exec(record.net.netns, ["sysctl", "-qw", *POD_SYSCTLS]))
+            record.sandbox = self._sandbox(record)
             await self._report(record)
             await self._cni_add(record)
             async with trio.open_nursery() as nursery:
@@ -89,16 +107,34 @@ class Kubelet:
                         container=container.get("name"))
             return None
         env = {"HOSTNAME": record.name, "POD_NAME": record.name, "POD_NAMESPACE": record.namespace,
-               "POD_IP": record.ip, "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+               "POD_IP": record.ip, "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+               "HOME": "/"}
         for item in container.get("env") or []:
             if isinstance(item, dict) and isinstance(item.get("name"), str) and "value" in item:
                 env[item["name"]] = str(item["value"])
         name = str(container.get("name", "app"))
+        sandbox = record.sandbox
+        workdir = container.get("workingDir")
+        if sandbox is not None and isinstance(workdir, str) and workdir.startswith("/"):
+            sandbox = dataclasses.replace(sandbox, workdir=workdir)
         return Supervised(
             name=f"{record.namespace}/{record.name}/{name}", netns=record.net.netns, argv=argv,
             log_path=self.logs / f"{record.namespace}_{record.name}_{name}.log", env=env,
-            restart_delay=self.restart_delay,
+            restart_delay=self.restart_delay, sandbox=sandbox,
         )
+
+    def _sandbox(self, record: PodRecord) -> Sandbox:
+        uid = pod_uid(self.topology.prefix, record.namespace, record.name, self.uids)
+        self.uids.add(uid)
+        project = []
+        if self.state_dir is not None:
+            account = str(record.spec.get("serviceAccountName") or "default")
+            token = self.state_dir / "tokens" / f"waypoint-{record.namespace}-{account}"
+            if token.is_file():
+                roots = self.state_dir / "root-cert.pem"
+                project = [(str(token), str(token)), (str(roots), str(roots))]
+        return plan(uid, uid, run_root=str(runtime_paths.RUN_ROOT), needed=program_paths(self.bin_dir),
+                    project=project)
 
     async def _report(self, record: PodRecord) -> None:
         try:
@@ -180,6 +216,8 @@ class Kubelet:
     async def _teardown(self, record: PodRecord) -> None:
         for container in record.containers:
             await container.stop()
+        if record.sandbox is not None:
+            self.uids.discard(record.sandbox.uid)
         if record.net is not None:
             ok, detail = await self._cni(record, "DEL")
             if not ok:

@@ -2,6 +2,10 @@
 
 What a DaemonSet or a pod's restartPolicy does on a cluster: the operator, node agents,
 ztunnels and pod containers are restarted after a delay when they exit, until stopped.
+
+The mesh's own processes (operator, node agents, ztunnels) run as root, as their privileged
+host-network DaemonSets do on a cluster; a pod's container is given a `Sandbox` and runs
+confined to it (`sandbox.py`), started anew inside it on every restart.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 import structlog
 import trio
 
+from .sandbox import Sandbox
+
 log = structlog.get_logger("wisp.runtime.processes")
 
 
@@ -27,6 +33,7 @@ class Supervised:
     env: dict[str, str] = field(default_factory=dict)
     restart_delay: float = 1.0
     stop_timeout: float = 5.0
+    sandbox: Sandbox | None = None  # None: a mesh process, unconfined
     process: trio.Process | None = None
     restarts: int = 0
 
@@ -42,11 +49,12 @@ class Supervised:
         """Keep the process running until cancelled; then stop it (SIGTERM, then SIGKILL)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         first = True
+        argv = self.sandbox.wrap(self.argv) if self.sandbox is not None else self.argv
         try:
             while True:
                 with open(self.log_path, "ab") as out:
                     self.process = await trio.lowlevel.open_process(
-                        ["ip", "netns", "exec", self.netns, *self.argv],
+                        ["ip", "netns", "exec", self.netns, *argv],
                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                         env={**os.environ, **self.env}, start_new_session=True,
                     )
@@ -74,7 +82,7 @@ class Supervised:
 
 
 def _signal_group(process: trio.Process, signum: int) -> None:
-    # `ip netns exec` execs the command, so the group holds it and anything it started.
+    # `ip netns exec` (and a sandbox) exec the command, so the group holds it and anything it started.
     try:
         os.killpg(process.pid, signum)
     except ProcessLookupError:
