@@ -4,15 +4,18 @@
 `{"enrolled": true|false, ...}` once redirection is in place and ztunnel has the pod (or the pod
 is not for the mesh); 400 for a malformed request; 503 `{"error"}` when enrolment could not
 complete, so the plugin fails the ADD and the runtime retries. `GET /healthz/ready` → 200 after
-start-up reconciliation. Served by hypercorn's trio worker with a small ASGI app: hypercorn is
-already a dependency (the operator serves with it) and handles HTTP parsing and keep-alive.
+start-up reconciliation. A small ASGI app on hypercorn's trio connection handler: hypercorn is
+already a dependency (the operator serves with it) and handles HTTP parsing and keep-alive. The
+accept loop is ours, so that each peer's credentials are checked first (wisp/peercred.py): only
+root, or the agent's own uid, may ask (anyone else could have any netns enrolled or probed); a
+refused peer is logged and closed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+from functools import partial
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,12 @@ from typing import Any
 import structlog
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
 
+from wisp import peercred
 from wisp.asgi import lifespan, read_body
 
 from .enrolment import CniAddRequest
@@ -115,17 +122,22 @@ async def _respond(send, status: int, body: dict[str, Any]) -> None:
 async def serve_endpoint(path: str, add: AddHandler, ready: trio.Event, *,
                          task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve until cancelled; the socket file is replaced at start and removed at the end."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Path(path).unlink(missing_ok=True)
     config = Config()
-    config.bind = [f"unix:{path}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 1.0
-    config.umask = 0o177
+    # Only root (the CNI plugin, run by kubelet) may ask: anyone else could probe any netns.
+    # hypercorn's own server loop accepts everyone, so its per-connection handler is given
+    # connections from a listener that checks each peer first.
+    listener = peercred.PeerCheckedListener(peercred.listen_unix(path), peercred.privileged_uids(),
+                                            what="CNI endpoint")
+    handler = partial(TCPServer, wrap_app(make_app(add, ready), config.wsgi_max_body_size, "asgi"), config,
+                      WorkerContext(None), ConnectionState({}))
     log.info("CNI endpoint listening", path=path)
     try:
-        await serve(make_app(add, ready), config, task_status=task_status)
+        async with trio.open_nursery() as connections:
+            task_status.started()
+            await trio.serve_listeners(handler, [listener], handler_nursery=connections)
     finally:
+        with trio.CancelScope(shield=True):
+            await listener.aclose()
         Path(path).unlink(missing_ok=True)
-

@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 import structlog
 import trio
 
+from wisp import peercred
+
 log = structlog.get_logger("wisp.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -503,6 +505,10 @@ class WorkerWriter:
         async with trio.open_nursery() as nursery:
             while True:
                 conn, _ = await listener.accept()
+                # Only our main process asks; it runs as we do.
+                if not peercred.admit(conn, peercred.own_uid(), what="worker metrics"):
+                    conn.close()
+                    continue
                 nursery.start_soon(self._answer, conn)
 
     async def _answer(self, conn: trio.socket.SocketType) -> None:

@@ -33,6 +33,7 @@ import structlog
 import trio
 
 from wisp import netns as wnetns
+from wisp import peercred
 from wisp import sockets as wsockets
 
 from . import protocol, transport
@@ -329,6 +330,10 @@ class ZdsServer:
                 task_status.started()
                 while True:
                     sock, _ = await wsockets.accept(listener)
+                    # Whoever connects gets every pod's netns: only root or our own uid may.
+                    if not peercred.admit(sock, peercred.privileged_uids(), what="ZDS"):
+                        wsockets.close(sock)
+                        continue
                     self.connections_seen += 1
                     conn = _Connection(self, sock, self.connections_seen)
                     # It replaces the active session only once it said Hello (see _promote):
