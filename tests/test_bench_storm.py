@@ -133,6 +133,36 @@ def test_reading_a_process_tree_counts_its_open_descriptors():
     assert during.rss_kib > 0
 
 
+def test_tcp_table_maps_each_socket_inode_to_its_ports():
+    table = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 0A0101F4:3AA8 0A0201F4:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 20 4 30 10 -1\n"
+        "   1: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 0 1 0 100 0 0 10 0\n"
+    )
+    assert probe.parse_tcp_table(table) == {4242: (0x3AA8, 8080)}
+
+
+def test_a_process_reading_counts_its_sockets_on_the_hbone_port():
+    with socket.socket() as listener, socket.socket() as unrelated:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        unrelated.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        with socket.create_connection(listener.getsockname()):
+            # The kernel's table as if the listener's port were HBONE's: the listener (local
+            # port) and the client end (remote port) count, the unrelated socket does not.
+            ports = {inode: tuple(probe.HBONE_PORT if p == port else p for p in pair)
+                     for inode, pair in probe.tcp_ports([os.getpid()]).items()}
+            reading = probe.read_process(os.getpid(), "main", ports=ports)
+            accepted, _ = listener.accept()
+            with accepted:
+                ports = {inode: tuple(probe.HBONE_PORT if p == port else p for p in pair)
+                         for inode, pair in probe.tcp_ports([os.getpid()]).items()}
+                after_accept = probe.read_process(os.getpid(), "main", ports=ports)
+    assert reading.hbone == 2
+    assert after_accept.hbone == 3
+
+
 def _proc(role: str, fds: int, rss_kib: int, pid: int = 1) -> dict:
     return {"pid": pid, "role": role, "rss_kib": rss_kib, "hwm_kib": rss_kib, "fds": fds}
 
@@ -145,7 +175,31 @@ def test_per_connection_bytes_sum_every_process_of_a_node():
 
 
 def test_growth_compares_each_process_before_the_first_batch_with_after_the_last():
+    pooled = dict(_proc("main", 37, 36_000), hbone=9)
     result = {"before": {"node2": [_proc("main", 27, 34_000), _proc("worker 1", 19, 34_000, 2)]},
               "batches": [{"after": {"node2": [_proc("main", 30, 35_000), _proc("worker 1", 19, 34_000, 2)]}},
-                          {"after": {"node2": [_proc("main", 37, 36_000), _proc("worker 1", 19, 34_100, 2)]}}]}
-    assert report.growth(result) == {"node2": {"main": (10, 2000), "worker 1": (0, 100)}}
+                          {"after": {"node2": [pooled, _proc("worker 1", 19, 34_100, 2)]}}]}
+    assert report.growth(result) == {"node2": {"main": (10, 9, 2000), "worker 1": (0, 0, 100)}}
+
+
+def test_logged_warnings_are_counted_by_event_and_reason_and_other_lines_skipped():
+    from bench.storm import events
+    lines = [
+        '{"event": "outbound connect failed", "level": "warning", "error": "HBONE stream refused"}',
+        '{"event": "outbound connect failed", "level": "warning", "error": "HBONE stream refused"}',
+        '{"event": "outbound connect failed", "level": "warning", "error": "timed out"}',
+        '{"event": "connection opened", "level": "info"}',
+        "Traceback (most recent call last):",
+    ]
+    assert events.count(lines) == {("warning", "outbound connect failed", "HBONE stream refused"): 2,
+                                   ("warning", "outbound connect failed", "timed out"): 1}
+
+
+def test_log_marks_count_only_what_was_written_after_them(tmp_path):
+    from bench.storm import events
+    log = tmp_path / "ztunnel-node1.log"
+    log.write_text('{"event": "old", "level": "error"}\n')
+    marks = events.Marks([log, tmp_path / "missing.log"])
+    with open(log, "a") as f:
+        f.write('{"event": "new", "level": "error", "reason": "boom"}\n')
+    assert marks.since() == [{"level": "error", "event": "new", "reason": "boom", "count": 1}]

@@ -21,13 +21,14 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from bench.mesh.contenders import Contender
 from bench.mesh.loadgen import LoadError, run_in
 from bench.mesh.mesh import HTTP_PORT, Mesh, wait_for
 from bench.publish import ROOT
 
-from . import pacing, probe
+from . import events, pacing, probe
 
 HOLD_SECONDS = 2.0
 CLOSE_TIMEOUT = 120.0
@@ -60,7 +61,13 @@ class Target:
         return self.mesh.pod(self.contender.namespace.name, "server").netns
 
     def readings(self) -> dict[str, list[dict]]:
-        return {node: [asdict(r) for r in probe.read_tree(root)] for node, root in self.roots().items()}
+        # A process in each pod's namespace, whose TCP tables hold the pod's ztunnel sockets.
+        pods = [self.client_pid(), *self.mesh.container_pids(self.contender.namespace.name, "server")[:1]]
+        return {node: [asdict(r) for r in probe.read_tree(root, netns_pids=pods)] for node, root in self.roots().items()}
+
+    def log_files(self) -> list[Path]:
+        """The runtime's log files of the pair's supervised processes (ztunnel's, workers included)."""
+        return [self.mesh.paths.logs / f"{name}.log" for name in self.restarts()]
 
     def restarts(self) -> dict[str, int]:
         """Runtime restarts of the pair's supervised processes (ztunnel); none for the others."""
@@ -97,6 +104,7 @@ def concurrent(target: Target, count: int, settle_s: float, log) -> dict:
     netns = target.server_netns()
     baseline = probe.established(netns, HTTP_PORT)
     restarts0 = target.restarts()
+    marks = events.Marks(target.log_files())
     before = target.readings()
     start = time.monotonic()
     holder = subprocess.Popen(
@@ -131,7 +139,7 @@ def concurrent(target: Target, count: int, settle_s: float, log) -> dict:
     return {"asked": count, "opened": opened["opened"], "failed": opened["failed"],
             "connect_seconds": opened["seconds"], "established_seconds": established_s,
             "at_server": at_server, "settle_seconds": settled_s, "before": before, "held": held, "after": after,
-            "crashed": _crashes(before, after) + _restarted(restarts0, target.restarts())}
+            "logged": marks.since(), "crashed": _crashes(before, after) + _restarted(restarts0, target.restarts())}
 
 
 def _restarted(before: dict[str, int], after: dict[str, int]) -> list[str]:
@@ -146,6 +154,7 @@ def paced(target: Target, *, rate: int, total: int, batches: int, settle_s: floa
     netns = target.server_netns()
     baseline = probe.established(netns, HTTP_PORT)
     restarts0 = target.restarts()
+    marks = events.Marks(target.log_files())
     before = target.readings()
     out_batches = []
     for index in range(batches):
@@ -172,5 +181,5 @@ def paced(target: Target, *, rate: int, total: int, batches: int, settle_s: floa
         log(f"{target.key} paced batch {index + 1}/{batches}: {result['succeeded']:,} of {result['asked']:,} "
             f"connections, {result['failed']} failed, {rate_seen['mean']:.0f}/s achieved "
             f"({rate_seen['low']:.0f}–{rate_seen['high']:.0f}) for {rate}/s asked")
-    return {"rate": rate, "total": total, "batches": out_batches, "before": before,
+    return {"rate": rate, "total": total, "batches": out_batches, "before": before, "logged": marks.since(),
             "crashed": _crashes(before, out_batches[-1]["after"]) + _restarted(restarts0, target.restarts())}

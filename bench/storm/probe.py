@@ -20,6 +20,7 @@ from pathlib import Path
 from bench.mesh import procstat
 
 SAMPLE_INTERVAL = 0.5
+HBONE_PORT = 15008
 
 
 @dataclass(slots=True, frozen=True)
@@ -31,6 +32,9 @@ class ProcessReading:
     rss_kib: int
     hwm_kib: int
     fds: int
+    # Of `fds`, the TCP sockets to or from the HBONE port: pooled tunnels, which stay open until
+    # idle for the pool's timeout (300 s), so they are not a leak when a phase ends.
+    hbone: int = 0
 
 
 def role_of(cmdline: list[str], root: bool) -> str:
@@ -49,22 +53,69 @@ def count_fds(pid: int, proc: Path = Path("/proc")) -> int:
     return len(os.listdir(proc / str(pid) / "fd"))
 
 
-def read_process(pid: int, role: str, proc: Path = Path("/proc")) -> ProcessReading:
+def socket_inodes(pid: int, proc: Path = Path("/proc")) -> set[int]:
+    """Inodes of the sockets among a process's descriptors (links `socket:[inode]`)."""
+    out = set()
+    fd_dir = proc / str(pid) / "fd"
+    for name in os.listdir(fd_dir):
+        try:
+            target = os.readlink(fd_dir / name)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(int(target[8:-1]))
+    return out
+
+
+def parse_tcp_table(text: str) -> dict[int, tuple[int, int]]:
+    """{inode: (local port, remote port)} from the text of /proc/net/tcp or tcp6."""
+    out = {}
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        local, remote, inode = fields[1], fields[2], int(fields[9])
+        if inode:
+            out[inode] = (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16))
+    return out
+
+
+def tcp_ports(netns_pids: list[int], proc: Path = Path("/proc")) -> dict[int, tuple[int, int]]:
+    """{inode: ports} of every TCP socket in the network namespaces the given processes live in
+    (a proxy's sockets may live in its node's namespace or in any pod's)."""
+    out: dict[int, tuple[int, int]] = {}
+    for pid in netns_pids:
+        for table in ("tcp", "tcp6"):
+            try:
+                out.update(parse_tcp_table((proc / str(pid) / "net" / table).read_text()))
+            except OSError:
+                continue
+    return out
+
+
+def read_process(pid: int, role: str, proc: Path = Path("/proc"),
+                 ports: dict[int, tuple[int, int]] | None = None) -> ProcessReading:
     rss, hwm = procstat.parse_status((proc / str(pid) / "status").read_text())
-    return ProcessReading(pid, role, rss, hwm, count_fds(pid, proc))
+    hbone = 0
+    if ports is not None:
+        hbone = sum(1 for inode in socket_inodes(pid, proc) if HBONE_PORT in ports.get(inode, ()))
+    return ProcessReading(pid, role, rss, hwm, count_fds(pid, proc), hbone)
 
 
-def read_tree(root: int, proc: Path = Path("/proc")) -> list[ProcessReading]:
-    """Every process of the tree under `root` (root first); ones that exit meanwhile are left out."""
+def read_tree(root: int, proc: Path = Path("/proc"), netns_pids: list[int] = ()) -> list[ProcessReading]:
+    """Every process of the tree under `root` (root first); ones that exit meanwhile are left out.
+    With `netns_pids` (a process in each namespace whose TCP table counts), each reading also
+    says how many of its descriptors are HBONE sockets."""
     parents, _ = procstat.processes(proc)
     if root not in parents:
         raise ProcessLookupError(f"process {root} is not running")
+    ports = tcp_ports([root, *netns_pids], proc) if netns_pids else None
     out = []
     for pid in sorted(procstat.descendants(root, parents), key=lambda p: (p != root, p)):
         try:
             cmdline = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
             role = role_of([a.decode(errors="replace") for a in cmdline if a], pid == root)
-            out.append(read_process(pid, role, proc))
+            out.append(read_process(pid, role, proc, ports))
         except (OSError, ValueError):
             continue
     return out

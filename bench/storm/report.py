@@ -8,6 +8,7 @@ from __future__ import annotations
 from bench.mesh.report import text_table
 
 MIB = 1024.0
+LOGGED_LINES = 8
 
 
 def per_connection_bytes(result: dict) -> dict[str, float]:
@@ -40,15 +41,23 @@ CONCURRENT_HEAD = ["contender", "node", "process", "fds before", "fds held", "fd
                    "RSS before MiB", "RSS held MiB", "RSS after MiB"]
 
 
-def growth(result: dict) -> dict[str, dict[str, tuple[int, int]]]:
-    """{node: {role: (descriptors, KiB)}} grown from before the first batch to after the last."""
+def growth(result: dict) -> dict[str, dict[str, tuple[int, int, int]]]:
+    """{node: {role: (descriptors, of them HBONE sockets, KiB)}} grown from before the first
+    batch to after the last."""
     last = result["batches"][-1]["after"]
-    out: dict[str, dict[str, tuple[int, int]]] = {}
+    out: dict[str, dict[str, tuple[int, int, int]]] = {}
     for node, before in result["before"].items():
         after = _by_role(last.get(node, []))
-        out[node] = {p["role"]: (after[p["role"]]["fds"] - p["fds"], after[p["role"]]["rss_kib"] - p["rss_kib"])
+        out[node] = {p["role"]: (after[p["role"]]["fds"] - p["fds"],
+                                 after[p["role"]].get("hbone", 0) - p.get("hbone", 0),
+                                 after[p["role"]]["rss_kib"] - p["rss_kib"])
                      for p in before if p["role"] in after}
     return out
+
+
+def _fds(reading: dict) -> str:
+    hbone = reading.get("hbone", 0)
+    return f"{reading.get('fds', 0):,}" + (f" ({hbone} HBONE)" if hbone else "")
 
 
 def paced_rows(key: str, result: dict) -> list[list[str]]:
@@ -62,7 +71,7 @@ def paced_rows(key: str, result: dict) -> list[list[str]]:
                             if q["role"] == p["role"]), default=0)
             afters = [_by_role(b["after"].get(node, [])).get(p["role"], {}) for b in result["batches"]]
             rows.append([key, node, p["role"],
-                         " → ".join([f"{p['fds']:,}", f"peak {peak_fds:,}", *(f"{a.get('fds', 0):,}" for a in afters)]),
+                         " → ".join([f"{p['fds']:,}", f"peak {peak_fds:,}", *(_fds(a) for a in afters)]),
                          " → ".join([f"{p['rss_kib'] / MIB:.1f}", f"peak {peak / MIB:.1f}",
                                      *(f"{a.get('rss_kib', 0) / MIB:.1f}" for a in afters)])])
     return rows
@@ -79,8 +88,9 @@ def paced_line(key: str, result: dict) -> str:
     failed = sum(b["h2load"]["failed"] for b in batches)
     rates = ", ".join(f"{b['achieved']['mean']:,.0f}/s ({b['achieved']['low']:,.0f}–{b['achieved']['high']:,.0f})"
                       for b in batches)
-    grown = "; ".join(f"{node} {role} {fds:+d} fds {kib / MIB:+.1f} MiB"
-                      for node, roles in growth(result).items() for role, (fds, kib) in roles.items())
+    grown = "; ".join(f"{node} {role} {fds:+d} fds" + (f" ({hbone:+d} pooled HBONE)" if hbone else "")
+                      + f" {kib / MIB:+.1f} MiB"
+                      for node, roles in growth(result).items() for role, (fds, hbone, kib) in roles.items())
     crashed = ", ".join(result["crashed"]) or "none"
     return (f"{key}: {ok:,} of {asked:,} connections succeeded, {failed:,} failed; asked {result['rate']:,}/s, "
             f"achieved {rates}; grown after settling: {grown}; crashed or restarted: {crashed}")
@@ -133,6 +143,9 @@ def render(data: dict) -> str:
         else:
             out.append(text_table(PACED_HEAD, [r for key, res in ran for r in paced_rows(key, res)]))
             out += [paced_line(key, res) for key, res in ran]
+        for key, res in ran:
+            out += [f"  {key} logged {e['count']:,} × {e['level']} {e['event']!r}" + (f": {e['reason']}" if e["reason"] else "")
+                    for e in res.get("logged", [])[:LOGGED_LINES]]
     ratios = ratio_lines(data)
     if ratios:
         out += ["", *ratios]
