@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -106,8 +109,12 @@ def query(mesh, path: str) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def traced(mesh, jaeger_binary, tmp_path_factory):
-    config = tmp_path_factory.mktemp("jaeger") / "config.yaml"
+def traced(mesh, jaeger_binary):
+    # The collector runs as its pod's own unprivileged user (wisp/runtime/sandbox.py), so its
+    # configuration goes where others may read it (pytest's own temporary root is 0700).
+    directory = Path(tempfile.mkdtemp(prefix="wisp-e2e-jaeger-"))
+    directory.chmod(0o755)
+    config = directory / "config.yaml"
     config.write_text(JAEGER_CONFIG)
     app = APP.replace("JAEGER_BINARY", jaeger_binary).replace("JAEGER_CONFIG_FILE", str(config))
     mesh.apply(app, "tracing-app")
@@ -122,6 +129,7 @@ def traced(mesh, jaeger_binary, tmp_path_factory):
         yield mesh
     finally:
         mesh.delete(app, "tracing-app")
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def seen_headers(mesh, headers: dict[str, str]) -> dict[str, list[str]]:
