@@ -125,6 +125,9 @@ class Mesh:
         self.paths = RuntimePaths(prefix)
         self.log = log
         self.work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+        # Pods run as their own unprivileged users (wisp/runtime/sandbox.py): nginx reads its
+        # configuration here and writes its pid file and temp directories beside it.
+        os.chmod(self.work, 0o1777)
         self._status: dict = {}
 
     def __enter__(self) -> Mesh:
