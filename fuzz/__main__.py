@@ -4,8 +4,8 @@
     python -m fuzz TARGET [--runs N] [--max-time S] [--rss-limit-mb M] [--timeout S] [--work DIR]
     python -m fuzz TARGET --replay               every corpus file once, without atheris
     python -m fuzz record [TARGET ...]           rewrite the seed corpora (fuzz/record.py)
-    python -m fuzz record-live                   add seeds captured from the test bed's API server
-                                                 (fuzz/record_live.py: AdmissionReviews, tokens)
+    python -m fuzz record-live [TARGET ...]      add seeds captured live (fuzz/record_live.py): the
+                                                 test bed's API server (admission, jwt), libcni (cni)
 
 A run starts from the target's seed corpus in fuzz/corpus/TARGET (left as it is: what the fuzzer
 adds goes to a temporary directory) and stops after N inputs; an input that raises, takes longer
@@ -66,7 +66,7 @@ def fuzz(name: str, runs: int, rss_limit_mb: int, timeout: int, max_time: int = 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__.splitlines()[0])
     parser.add_argument("target", help="a target name, 'list', 'record' or 'record-live'")
-    parser.add_argument("names", nargs="*", help="after 'record': the targets to re-record (default: all)")
+    parser.add_argument("names", nargs="*", help="after 'record' or 'record-live': the targets (default: all)")
     parser.add_argument("--runs", type=int, default=10_000, help="inputs to run (default 10000)")
     parser.add_argument("--rss-limit-mb", type=int, default=1024)
     parser.add_argument("--timeout", type=int, default=1, help="seconds one input may take")
@@ -86,10 +86,10 @@ def main() -> None:
         return
     if args.target == "record-live":
         from .record_live import record_live
-        record_live(CORPUS)
+        record_live(CORPUS, args.names)
         return
     if args.names:
-        parser.error("only 'record' takes target names")
+        parser.error("only 'record' and 'record-live' take target names")
     if args.target not in TARGETS:
         parser.error(f"unknown target {args.target!r}; `python -m fuzz list` names them")
     if args.replay:

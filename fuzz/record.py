@@ -7,9 +7,9 @@ and delta encoder over the model the operator builds from the benchmark's cluste
 bodies ztunnel's CA client sends (its openssl-made CSR), the example manifests themselves. Laid
 out here by hand, in the shape the real producer uses: the CNI invocations (a container
 runtime's network configuration; libcni is not run here), the AdmissionReviews around the
-example manifests and one service-account token (random signature bytes). For those two,
-fuzz/record_live.py adds what a real kube-apiserver sent and issued (`live-*` files, which a
-re-recording here keeps). Files are named by content hash, so re-recording changes only what
+example manifests and one service-account token (random signature bytes). For those three,
+fuzz/record_live.py adds what libcni and a real kube-apiserver sent and issued (`live-*` files,
+which a re-recording here keeps). Files are named by content hash, so re-recording changes only what
 changed; each is under 8 KiB.
 """
 

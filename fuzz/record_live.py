@@ -7,7 +7,13 @@ produces here:
   the example manifests are applied with kubectl — objects as stored (defaults filled in,
   managedFields, uid, timestamps), with the request's userInfo, options and resource fields;
 - `jwt`: service-account tokens the API server issued through TokenRequest, one unbound and one
-  bound to a pod, with the audience ztunnel's token carries.
+  bound to a pod, with the audience ztunnel's token carries;
+- `cni`: what libcni passes wisp-cni (stdin, CNI_ARGS) for ADD, CHECK and DEL when cnitool runs
+  the chain `cni.install` writes after the real `bridge` + `host-local` plugins (as
+  tests/test_cni_chain.py does; needs root, the test bed's cnitool and Debian's
+  containernetworking-plugins). In wisp-cni's place the launcher runs a recorder that writes what
+  it was given and passes the previous result on, so no node agent is needed. Everything runs in
+  network namespaces made here (`wisp-fzcni*`), removed afterwards.
 
 The webhook is a loopback HTTPS server of this process (the API server's serving certificate,
 trusted through the test bed's CA) that records each body and allows the object. Files are named
@@ -19,9 +25,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import ssl
 import threading
 import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -159,6 +167,82 @@ def _tokens(cluster) -> list[bytes]:
     return tokens
 
 
+_CNI_RECORDER = """import json, os, sys
+data = sys.stdin.buffer.read()
+command = os.environ.get("CNI_COMMAND", "")
+count = len(os.listdir(sys.argv[1]))
+with open(os.path.join(sys.argv[1], "%03d.json" % count), "w") as out:
+    json.dump({"command": command, "args": os.environ.get("CNI_ARGS", ""), "stdin": data.decode()}, out)
+if command == "ADD":
+    sys.stdout.write(json.dumps(json.loads(data)["prevResult"]))
+"""
+CNI_COMMANDS = ("ADD", "DEL", "CHECK", "VERSION")   # the cni target's first byte (fuzz/targets.py)
+CNI_PLUGIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
+LIBCNI_CACHE = "/var/lib/cni/results"
+
+
+def _cni_invocations() -> list[bytes]:
+    import contextlib
+    import glob
+    import random
+    import secrets
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from cni.install import HostPaths, install
+    from wisp.testbed import cnitool
+
+    tool = cnitool.installed()
+    made = [d for d in (os.path.dirname(LIBCNI_CACHE), LIBCNI_CACHE) if not os.path.exists(d)]
+    prefix = "wisp-fzcni" + secrets.token_hex(3)
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    network = prefix + "-net"
+    namespaces = [prefix + "-node1", prefix + "-pod"]
+    try:
+        for name in namespaces:
+            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+            subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
+        paths = HostPaths(str(root / "net.d"), str(root / "bin"))
+        for directory in (paths.conf_dir, paths.bin_dir, root / "ipam", root / "seen"):
+            Path(directory).mkdir(parents=True)
+        subnet = "10.%d.%d.0/24" % (random.randint(200, 254), random.randint(0, 255))
+        (Path(paths.conf_dir) / "10-bridge.conflist").write_text(json.dumps({
+            "cniVersion": "1.0.0", "name": network,
+            "plugins": [{"type": "bridge", "bridge": "wf" + secrets.token_hex(4), "isGateway": True, "ipMasq": False,
+                         "ipam": {"type": "host-local", "subnet": subnet, "dataDir": str(root / "ipam")}}]}))
+        (root / "recorder.py").write_text(_CNI_RECORDER)
+        install(paths, str(root / "cni.sock"), [sys.executable, "-I", str(root / "recorder.py"), str(root / "seen")])
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NETCONFPATH": paths.conf_dir,
+               "CNI_PATH": f"{paths.bin_dir}:{CNI_PLUGIN_DIR}", "CNI_IFNAME": "eth0",
+               "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-7d4b9c8f6d-x2x9z;"
+                           "K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=3f1c2a4e-0000-4000-8000-00000000c0de"}
+        for command in ("add", "check", "del"):
+            done = subprocess.run(["nsenter", f"--net=/var/run/netns/{namespaces[0]}", str(tool), command, network,
+                                   f"/var/run/netns/{namespaces[1]}"], env=env, capture_output=True, text=True,
+                                  cwd="/", timeout=60)
+            if done.returncode:
+                raise SystemExit(f"cnitool {command} failed: {done.stderr or done.stdout}")
+        seeds = []
+        for path in sorted((root / "seen").iterdir()):
+            seen = json.loads(path.read_text())
+            seeds.append(bytes([CNI_COMMANDS.index(seen["command"])]) + seen["args"].encode() + b"\0"
+                         + seen["stdin"].encode())
+        if len(seeds) != 3:
+            raise SystemExit(f"wisp-cni's place was called {len(seeds)} times, not 3 (ADD, CHECK, DEL)")
+        return seeds
+    finally:
+        for cached in glob.glob(os.path.join(LIBCNI_CACHE, network + "-*")):
+            os.unlink(cached)
+        for directory in reversed(made):  # libcni's cache directories, if this run made them
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        for name in namespaces:
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _add(directory: Path, seeds: list[bytes]) -> int:
     for old in directory.glob(LIVE_PREFIX + "*"):
         old.unlink()
@@ -170,10 +254,20 @@ def _add(directory: Path, seeds: list[bytes]) -> int:
     return len(names)
 
 
-def record_live(corpus: Path) -> None:
-    from wisp.testbed import build
-    from wisp.testbed.cluster import start
+def record_live(corpus: Path, names: Iterable[str] = ()) -> None:
+    """Capture the seeds of `names` (admission, jwt, cni; all when empty)."""
+    wanted = set(names) or {"admission", "jwt", "cni"}
+    unknown = sorted(wanted - {"admission", "jwt", "cni"})
+    if unknown:
+        raise SystemExit(f"nothing to capture live for {', '.join(unknown)}; admission, jwt and cni are")
+    if wanted & {"admission", "jwt"}:
+        from wisp.testbed import build
+        from wisp.testbed.cluster import start
 
-    with start(build.installed(), timeout=120) as cluster:
-        print(f"admission: {_add(corpus / 'admission', _reviews(cluster))} captured reviews")
-        print(f"jwt: {_add(corpus / 'jwt', _tokens(cluster))} issued tokens")
+        with start(build.installed(), timeout=120) as cluster:
+            if "admission" in wanted:
+                print(f"admission: {_add(corpus / 'admission', _reviews(cluster))} captured reviews")
+            if "jwt" in wanted:
+                print(f"jwt: {_add(corpus / 'jwt', _tokens(cluster))} issued tokens")
+    if "cni" in wanted:
+        print(f"cni: {_add(corpus / 'cni', _cni_invocations())} invocations libcni made")

@@ -64,3 +64,14 @@ def test_the_ca_corpus_holds_bodies_ztunnel_s_ca_client_sends():
     bodies = [json.loads(p.read_bytes()) for p in (CORPUS / "ca_csr").iterdir()]
     assert bodies and all(b["csr"].startswith("-----BEGIN CERTIFICATE REQUEST-----") for b in bodies)
     assert {"ttl_seconds" in b for b in bodies} == {True, False}
+
+
+def test_the_cni_corpus_holds_what_libcni_passed_the_plugin_after_the_bridge():
+    seeds = [p.read_bytes() for p in (CORPUS / "cni").glob(LIVE_PREFIX + "*")]
+    assert sorted(seed[0] for seed in seeds) == [0, 1, 2]  # ADD, DEL, CHECK (fuzz/targets.py _cni)
+    for seed in seeds:
+        args, _, stdin = seed[1:].partition(b"\0")
+        config = json.loads(stdin)
+        assert b"K8S_POD_NAME=" in args and config["type"] == "wisp-cni"
+        # The bridge plugin's result as libcni hands it on: the pod's interface and address.
+        assert any(i.get("sandbox") for i in config["prevResult"]["interfaces"]) and config["prevResult"]["ips"]
