@@ -125,6 +125,9 @@ class Mesh:
         self.paths = RuntimePaths(prefix)
         self.log = log
         self.work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+        # Pods run as their own unprivileged uid (wisp/runtime/sandbox.py): nginx reads its
+        # configuration and writes its pid and body files here, as in /tmp itself.
+        os.chmod(self.work, 0o1777)
         # Pods run as their own unprivileged users (wisp/runtime/sandbox.py): nginx reads its
         # configuration here and writes its pid file and temp directories beside it.
         os.chmod(self.work, 0o1777)
@@ -146,7 +149,8 @@ class Mesh:
         manifest_dir.mkdir()
         for ns in self.namespaces:
             (self.work / f"nginx-{ns.name}.conf").write_text(nginx_conf(self.work, ns.name))
-            (self.work / f"nginx-{ns.name}-body").mkdir()
+            (self.work / f"nginx-{ns.name}-body").mkdir(mode=0o1777)
+            os.chmod(self.work / f"nginx-{ns.name}-body", 0o1777)  # mkdir's mode is masked by the umask
         (manifest_dir / "bench.yaml").write_text(
             yaml.safe_dump_all(manifests(self.namespaces, self.work) + self.extra, sort_keys=False))
         settings = "".join(f"{k}={v} " for k, v in self.env.items())
