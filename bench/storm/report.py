@@ -71,7 +71,7 @@ def paced_rows(key: str, result: dict) -> list[list[str]]:
                             if q["role"] == p["role"]), default=0)
             afters = [_by_role(b["after"].get(node, [])).get(p["role"], {}) for b in result["batches"]]
             rows.append([key, node, p["role"],
-                         " → ".join([f"{p['fds']:,}", f"peak {peak_fds:,}", *(_fds(a) for a in afters)]),
+                         " → ".join([_fds(p), f"peak {peak_fds:,}", *(_fds(a) for a in afters)]),
                          " → ".join([f"{p['rss_kib'] / MIB:.1f}", f"peak {peak / MIB:.1f}",
                                      *(f"{a.get('rss_kib', 0) / MIB:.1f}" for a in afters)])])
     return rows
