@@ -167,6 +167,8 @@ def paced(target: Target, *, rate: int, total: int, batches: int, settle_s: floa
             except LoadError as exc:
                 raise PhaseError(f"{target.key}: {exc}") from exc
             wall = time.monotonic() - start
+        # Read before settling, while the batch's closed connections still hold their ports.
+        waiting = {"client pod": probe.time_wait(route.netns), "server pod": probe.time_wait(netns)}
         result = pacing.parse_h2load(finished.stdout)
         try:
             rate_seen = asdict(pacing.achieved(sampler.opens, start, start + plan.seconds))
@@ -177,7 +179,8 @@ def paced(target: Target, *, rate: int, total: int, batches: int, settle_s: floa
         settled_s = settle(target, baseline, settle_s)
         after = target.readings()
         out_batches.append({"h2load": result, "achieved": rate_seen, "wall": wall, "generator_cpu_s": finished.cpu_s,
-                            "peak": peak, "settle_seconds": settled_s, "after": after})
+                            "peak": peak, "settle_seconds": settled_s, "after": after,
+                            "time_wait": waiting})
         log(f"{target.key} paced batch {index + 1}/{batches}: {result['succeeded']:,} of {result['asked']:,} "
             f"connections, {result['failed']} failed, {rate_seen['mean']:.0f}/s achieved "
             f"({rate_seen['low']:.0f}–{rate_seen['high']:.0f}) for {rate}/s asked")

@@ -141,6 +141,14 @@ def established(netns: str, port: int) -> int:
     return sum(1 for line in out.splitlines() if line.strip())
 
 
+def time_wait(netns: str) -> int:
+    """TCP sockets in TIME_WAIT in `netns`: each holds its local port for 60 s, so they bound how
+    fast one address can open new connections to one destination."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Htan", "state", "time-wait"],
+                         capture_output=True, text=True).stdout
+    return sum(1 for line in out.splitlines() if line.strip())
+
+
 @dataclass(slots=True)
 class Series:
     """What a Sampler saw: each process's peak reading, and the pod's connects per interval."""

@@ -92,8 +92,9 @@ def paced_line(key: str, result: dict) -> str:
                       + f" {kib / MIB:+.1f} MiB"
                       for node, roles in growth(result).items() for role, (fds, hbone, kib) in roles.items())
     crashed = ", ".join(result["crashed"]) or "none"
+    waiting = ", ".join(f"{where} {n:,}" for where, n in batches[-1].get("time_wait", {}).items())
     return (f"{key}: {ok:,} of {asked:,} connections succeeded, {failed:,} failed; asked {result['rate']:,}/s, "
-            f"achieved {rates}; grown after settling: {grown}; crashed or restarted: {crashed}")
+            f"achieved {rates}; TIME_WAIT sockets at the end: {waiting}; grown after settling: {grown}; crashed or restarted: {crashed}")
 
 
 def concurrent_line(key: str, result: dict) -> str:
