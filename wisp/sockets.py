@@ -18,6 +18,7 @@ import trio
 SO_MARK = getattr(socket, "SO_MARK", 36)
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 IPV6_TRANSPARENT = 75
 SO_ORIGINAL_DST = 80
 
@@ -113,6 +114,14 @@ def new_tcp_socket(host: str, *, mark: int | None = None, source: str | None = N
             if sock.family == socket.AF_INET:
                 sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
         if source is not None:
+            # The port is picked by connect, for the whole 4-tuple. Bound at bind() it is taken
+            # from the source address's one pool whatever the destination, and a port whose
+            # last connection is in TIME_WAIT (ours, as the side that closes first towards the
+            # app) stays unusable for 60 s even where the pod allows reusing it (tcp_tw_reuse
+            # applies to connect's choice only): one client's 28,232 connections in a minute
+            # ran the server pod out of ports (bench/storm, docs/reliability.md). Envoy's
+            # original_src fixed the same way (envoyproxy/envoy#38288).
+            sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             sock.bind((source, 0))
         sock.setblocking(False)
     except BaseException:
