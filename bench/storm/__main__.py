@@ -10,7 +10,10 @@ namespace `mesh` (through both nodes' ztunnels) and, for the HAProxy comparison,
 2. short: 100,000 short connections (h2load, one HTTP/1.1 request each, paced) in two batches,
    each followed by a settle time: every ztunnel process's descriptors and RSS before and after;
 3. storm: 2,000 new connections/s for 30 s: failed connections, the achieved rate (the client
-   pod's ActiveOpens counter), every process's peak and settled RSS, crashes and restarts.
+   pod's ActiveOpens counter), every process's peak and settled RSS, crashes and restarts;
+4. the storm again with `tcp_tw_reuse=1` in the server pod: ztunnel, forwarding the client's
+   FIN, closes first towards the app, so each connection holds one of the pod's 28,232 ports
+   for 60 s unless the pod lets connect reuse it after a second.
 
 The HAProxy pair runs the concurrent phase (9,000 connections: its descriptor limit) and the storm
 too, for a ratio line. The generators' namespaces (the client pods) get `tcp_tw_reuse=1` and the
@@ -84,15 +87,15 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def tune_client(netns: str) -> None:
-    for key, value in CLIENT_SYSCTLS.items():
+def tune(netns: str, sysctls: dict[str, str]) -> None:
+    for key, value in sysctls.items():
         subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", f"{key}={value}"],
                        check=True, capture_output=True)
 
 
 def run_phases(target: phases.Target, which: tuple[str, ...], plan: dict) -> dict:
     out = {}
-    tune_client(target.contender.route(target.mesh).netns)
+    tune(target.contender.route(target.mesh).netns, CLIENT_SYSCTLS)
     phases.paced(target, rate=WARM_UP[1], total=WARM_UP[0], batches=1, settle_s=1.0, log=log)
     # Held connections first, on fresh processes: after a storm, CPython keeps the arenas it grew
     # and would seat 10,000 connections in them without growing, hiding their cost.
@@ -105,6 +108,13 @@ def run_phases(target: phases.Target, which: tuple[str, ...], plan: dict) -> dic
     if "storm" in which:
         out["storm"] = phases.paced(target, rate=plan["storm_rate"], total=plan["storm_rate"] * plan["storm_seconds"],
                                     batches=1, settle_s=plan["settle"], log=log)
+    if "storm_tw_reuse" in which:
+        # The same storm once the server pod lets connect reuse a port a second after its
+        # TIME_WAIT began: what the proxy does when the pod's port supply is not the limit.
+        tune(target.server_netns(), {"net.ipv4.tcp_tw_reuse": "1"})
+        out["storm_tw_reuse"] = phases.paced(target, rate=plan["storm_rate"],
+                                             total=plan["storm_rate"] * plan["storm_seconds"],
+                                             batches=1, settle_s=plan["settle"], log=log)
     return out
 
 
@@ -127,7 +137,8 @@ def main(argv: list[str]) -> int:
                 ztunnel.start(mesh, log)
                 wait_for(lambda: all(len(phases.Target(ztunnel, mesh).readings()[n]) == args.ztunnel_workers
                                      for n in ztunnel.proxies(mesh)), 60, "every ztunnel worker running")
-                results["ztunnel"] = run_phases(phases.Target(ztunnel, mesh), ("short", "storm", "concurrent"), plan)
+                results["ztunnel"] = run_phases(phases.Target(ztunnel, mesh),
+                                                ("short", "storm", "storm_tw_reuse", "concurrent"), plan)
                 if args.haproxy:
                     haproxy.start(mesh, log)
                     results["haproxy"] = run_phases(phases.Target(haproxy, mesh), args.haproxy, plan)

@@ -133,6 +133,7 @@ def ratio_lines(data: dict) -> list[str]:
 def render(data: dict) -> str:
     out = []
     for phase, title in (("short", "short connections (leak check)"), ("storm", "connection storm"),
+                         ("storm_tw_reuse", "connection storm, server pod with tcp_tw_reuse=1"),
                          ("concurrent", "concurrent idle connections")):
         ran = [(key, phases[phase]) for key, phases in data["phases"].items() if phase in phases]
         if not ran:
