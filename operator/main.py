@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shlex
 import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -107,6 +109,38 @@ def load_ca(args: argparse.Namespace) -> CertificateAuthority:
     return ca
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("overlays not restored", path=str(path), error=str(exc))
+        return None
+
+
+async def _keep_overlays(store: ObjectStore, path: Path) -> None:
+    """Rewrite `path` (atomically, 0600) as soon as the overlays change, and once more when
+    cancelled (at shutdown)."""
+    version, written = -1, None
+    try:
+        while True:
+            version = await store.wait_for_change(version)
+            written = _write_overlays(store, path, written)
+            await asyncio.sleep(0.05)  # a burst of reports is one write
+    finally:
+        _write_overlays(store, path, written)
+
+
+def _write_overlays(store: ObjectStore, path: Path, written: dict | None) -> dict:
+    current = store.overlays()
+    if current != written:
+        temporary = path.with_suffix(".tmp")
+        write_secret(temporary, json.dumps(current))
+        os.replace(temporary, path)
+    return current
+
+
 def read_secret(path: Path) -> str | None:
     try:
         return path.read_text().strip() or None
@@ -183,6 +217,13 @@ async def run(args: argparse.Namespace) -> int:
         return await run_kube(args, ca, serving, store, host, int(port))
     source = LocalSource(args.manifests, store)
     source.load()  # reports each bad manifest itself
+    # What the runtime reported of its pods (addresses, nodes, readiness) and labels set since:
+    # a restarted control plane that forgot them would serve ztunnels a snapshot without the
+    # pods' addresses until the runtime's next report, and their traffic would leave HBONE.
+    overlays_file = args.state_dir / "overlays.json"
+    restored = store.restore_overlays(_read_json(overlays_file))
+    if restored:
+        log.info("overlays restored", objects=restored, path=str(overlays_file))
     distributor = Distributor()
     controller = Controller(store, distributor)
     app = ControlPlaneApp(CaService(ca), credentials, distributor, lambda: controller.state,
@@ -208,11 +249,13 @@ async def run(args: argparse.Namespace) -> int:
                 trust_domain=args.trust_domain, command=shlex.split(args.waypoint_command),
                 env=_waypoint_env(args))
             waypoint_writer = tasks.create_task(waypoints.run(controller))
+            overlay_writer = tasks.create_task(_keep_overlays(store, overlays_file))
             await serve(app, sock, serving, shutdown,
                         unix_path=str(args.local_socket) if args.local_socket else None)
             watcher.cancel()
             reconciler.cancel()
             waypoint_writer.cancel()
+            overlay_writer.cancel()
     finally:
         sock.close()
     log.info("control plane stopped")

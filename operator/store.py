@@ -248,6 +248,44 @@ class ObjectStore:
         self._annotations.setdefault(key, {}).update(annotations)
         self._refresh({key})
 
+    # --- persistence of the overlays (local mode) ------------------------------------------
+
+    def overlays(self) -> dict[str, list]:
+        """What was overlaid on the objects (runtime state, labels, annotations) as JSON-able
+        lists: in local mode the control plane is its own API server, and this is the part of
+        its state the manifests do not hold, so it is kept across a restart (`restore_overlays`)."""
+        return {
+            "runtime": [[*key, {"node": r.node, "pod_ip": r.pod_ip, "phase": r.phase, "ready": r.ready,
+                                "annotations": dict(r.annotations)}] for key, r in sorted(self._runtime.items())],
+            "labels": [[*key, dict(v)] for key, v in sorted(self._labels.items())],
+            "annotations": [[*key, dict(v)] for key, v in sorted(self._annotations.items())],
+        }
+
+    def restore_overlays(self, saved: Any) -> int:
+        """Put back what `overlays` returned before a restart, on the objects that still exist;
+        entries that are malformed or name a missing object are skipped. Returns how many were
+        restored."""
+        if not isinstance(saved, dict):
+            return 0
+        restored: set[Key] = set()
+        for entry in saved.get("runtime") or ():
+            try:
+                kind, namespace, name, r = entry
+                self.set_pod_runtime(namespace, name, node=str(r["node"]), pod_ip=r["pod_ip"], phase=r["phase"],
+                                     ready=bool(r["ready"]), annotations=r.get("annotations") or {})
+            except (StoreError, ValueError, TypeError, KeyError):
+                continue
+            restored.add((kind, namespace, name))
+        for field, setter in (("labels", self.set_labels), ("annotations", self.set_annotations)):
+            for entry in saved.get(field) or ():
+                try:
+                    kind, namespace, name, changes = entry
+                    setter(kind, namespace, name, changes)
+                except (StoreError, ValueError, TypeError, AttributeError):
+                    continue
+                restored.add((kind, namespace, name))
+        return len(restored)
+
     # --- internals -------------------------------------------------------------------------
 
     def _require(self, key: Key) -> None:
