@@ -51,6 +51,13 @@ def test_a_needed_directory_behind_a_closed_one_is_bound_back_alone():
     assert sandbox.expose == ("/root/.pyenv/versions/3.11.7",)
 
 
+def test_a_name_file_linked_into_a_hidden_directory_is_projected_so_names_resolve():
+    links = {"/etc/resolv.conf": "/run/systemd/resolve/stub-resolv.conf"}
+    sandbox = plan(UID, UID, run_root="/run/wisp", needed=[], may_enter=lambda _: True,
+                   resolve=lambda p: links.get(p, p))
+    assert sandbox.project == (("/run/systemd/resolve/stub-resolv.conf", "/run/systemd/resolve/stub-resolv.conf"),)
+
+
 def test_the_spec_survives_json_and_refuses_root_or_relative_paths():
     sandbox = plan(UID, UID + 1, run_root="/run/wisp", needed=[], project=[("/a/token", "/b/token")])
     assert Sandbox.from_json(sandbox.to_json()) == sandbox

@@ -48,7 +48,8 @@ POD_UID_SPAN = 1 << 24
 
 ALWAYS_HIDDEN = ("/run", "/var/run", "/dev/shm")  # /var/run is usually /run itself
 TMPFS_OPTIONS = "size=64m"
-SHARED_TMPFS = ("/dev/shm",)  # world-writable with the sticky bit, as on any machine
+SHARED_TMPFS = ("/dev/shm",)
+NAME_FILES = ("/etc/resolv.conf", "/etc/hosts")  # `ip netns exec` binds the pod's over these  # world-writable with the sticky bit, as on any machine
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV = 0x1, 0x2, 0x4
@@ -136,17 +137,19 @@ def others_may_enter(path: str) -> bool:
 
 def plan(uid: int, gid: int, *, run_root: str, needed: Iterable[str],
          project: Iterable[tuple[str, str]] = (), workdir: str = "/",
-         may_enter: Callable[[str], bool] = others_may_enter) -> Sandbox:
+         may_enter: Callable[[str], bool] = others_may_enter,
+         resolve: Callable[[str], str] = os.path.realpath) -> Sandbox:
     """The sandbox of a pod running as `uid`/`gid`.
 
     `run_root` is the mesh's run directory (hidden); `needed` are directories the pod must read
     and execute from (the interpreter, the virtual environment, wisp itself): each one under a
     hidden directory or under one others may not enter has that directory covered and itself
-    bound back read-only.
+    bound back read-only. Name files that are symbolic links into a hidden directory (systemd-
+    resolved's /etc/resolv.conf → /run/systemd/resolve/…) are projected, so names still resolve.
     """
     hide: list[str] = []
     for path in (*ALWAYS_HIDDEN, run_root):
-        real = os.path.realpath(path)
+        real = resolve(path)
         if not any(_within(real, h) for h in hide):
             hide.append(real)
     expose: list[str] = []
@@ -160,7 +163,12 @@ def plan(uid: int, gid: int, *, run_root: str, needed: Iterable[str],
             expose = [e for e in expose if not _within(e, path)] + [path]
     # A directory inside another covered one is hidden already.
     hide = [h for h in hide if not any(other != h and _within(h, other) for other in hide)]
-    return Sandbox(uid, gid, tuple(hide), tuple(expose), tuple(project), workdir)
+    projected = list(project)
+    for name in NAME_FILES:
+        real = resolve(name)
+        if real != name and any(_within(real, h) for h in hide) and (real, real) not in projected:
+            projected.append((real, real))
+    return Sandbox(uid, gid, tuple(hide), tuple(expose), tuple(projected), workdir)
 
 
 def _within(path: str, directory: str) -> bool:
