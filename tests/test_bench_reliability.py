@@ -108,3 +108,26 @@ def test_nothing_listening_is_refused():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     assert attempt("127.0.0.1", port, "/x", 5) == "refused"
+
+
+def test_the_prober_ends_on_sigterm_even_where_sigint_is_ignored():
+    """A shell's background job inherits SIGINT ignored, so the harness stops it with SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "bench.reliability.probe", f"127.0.0.1:{port}", "--interval",
+                                "0.05"], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1],
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert '"outcome": "refused"' in process.stdout.readline()
+        time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(5) == 0
+    finally:
+        process.kill()
+        process.wait()

@@ -184,7 +184,7 @@ class Prober:
                 continue
 
     def __exit__(self, *exc) -> None:
-        self._process.send_signal(signal.SIGINT)
+        self._process.send_signal(signal.SIGTERM)
         try:
             self._process.wait(10)
         except subprocess.TimeoutExpired:

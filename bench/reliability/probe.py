@@ -17,6 +17,7 @@ process restarts can be placed on the same axis), its duration and its outcome:
 | `error:NAME` | any other socket error, by errno name |
 
 Attempts run one after another (a slow one delays the next), so the lines are in time order.
+SIGTERM (or SIGINT) ends it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import signal
 import socket
 import sys
 import time
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if not host or not port.isdigit():
         parser.error(f"target {args.target!r} is not HOST:PORT")
     path = f"/{MARKER}"
+    # SIGTERM ends it (SIGINT may be ignored: a shell's background jobs inherit it ignored).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     next_start = now()
     try:
         while True:
@@ -101,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             next_start = max(next_start + args.interval, now())
             time.sleep(max(0.0, next_start - now()))
     except (KeyboardInterrupt, BrokenPipeError):
+        return 0
+    except SystemExit:
         return 0
 
 
