@@ -128,9 +128,6 @@ class Mesh:
         # Pods run as their own unprivileged uid (wisp/runtime/sandbox.py): nginx reads its
         # configuration and writes its pid and body files here, as in /tmp itself.
         os.chmod(self.work, 0o1777)
-        # Pods run as their own unprivileged users (wisp/runtime/sandbox.py): nginx reads its
-        # configuration here and writes its pid file and temp directories beside it.
-        os.chmod(self.work, 0o1777)
         self._status: dict = {}
 
     def __enter__(self) -> Mesh:
