@@ -256,9 +256,14 @@ async def test_a_connection_without_a_good_hello_never_displaces_the_serving_ztu
         await nursery.start(good.serve)
         await good.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
         active = server.connection
+        seen = server.connections_seen
         bad = FakeZtunnel(server.path)
         await bad.connect(hello=False)
         try:
+            # Accepted, and still not the one new pods go to (nor, before several ztunnels could
+            # be connected at once, the one that ended the good one's connection).
+            await wait_until(lambda: server.connections_seen == seen + 1, what="the agent accepting it")
+            assert server.connection is active and server.sessions == [active]
             if BEFORE_HELLO[name] is not None:
                 await bad.send_raw(BEFORE_HELLO[name])
                 assert await bad.receive(timeout=3) is None  # dropped
