@@ -7,13 +7,17 @@ namespace `mesh` (through both nodes' ztunnels) and, for the HAProxy comparison,
 
 1. concurrent: 10,000 connections held open at once: RSS per connection (first, on fresh
    processes, whose heaps have not yet grown);
-2. short: 100,000 short connections (h2load, one HTTP/1.1 request each, paced) in two batches,
+2. storm: 2,000 new connections/s for 30 s, with the pods' defaults, once the TIME_WAIT sockets
+   of phase 1 are gone: failed connections, the achieved rate (the client pod's ActiveOpens
+   counter), every process's peak and settled RSS, crashes and restarts;
+3. short: 100,000 short connections (h2load, one HTTP/1.1 request each, paced) in two batches,
    each followed by a settle time: every ztunnel process's descriptors and RSS before and after;
-3. storm: 2,000 new connections/s for 30 s: failed connections, the achieved rate (the client
-   pod's ActiveOpens counter), every process's peak and settled RSS, crashes and restarts;
-4. the storm again with `tcp_tw_reuse=1` in the server pod: ztunnel, forwarding the client's
-   FIN, closes first towards the app, so each connection holds one of the pod's 28,232 ports
-   for 60 s unless the pod lets connect reuse it after a second.
+4. the storm again.
+
+Phases 3 and 4 run with `tcp_tw_reuse=1` in the server pod. ztunnel, forwarding the client's FIN,
+closes first towards the app, so each connection holds one of the server pod's 28,232 ports for
+60 s (one client, one app port: ~470 new connections/s sustained) unless the pod lets connect
+reuse it after a second; phase 2 shows the pod's default, phases 3 and 4 the proxy itself.
 
 The HAProxy pair runs the concurrent phase (9,000 connections: its descriptor limit) and the storm
 too, for a ratio line. The generators' namespaces (the client pods) get `tcp_tw_reuse=1` and the
@@ -94,27 +98,29 @@ def tune(netns: str, sysctls: dict[str, str]) -> None:
 
 
 def run_phases(target: phases.Target, which: tuple[str, ...], plan: dict) -> dict:
+    """The phases in a fixed order. Held connections first, on fresh processes: after a storm
+    CPython keeps the arenas it grew and would seat 10,000 connections in them without growing,
+    hiding their cost. The storm next, with the pods' defaults. Then `tcp_tw_reuse=1` in the
+    server pod for the leak check (100,000 connections in under two minutes would otherwise
+    run the pod out of ports, see the module docstring) and the second storm."""
     out = {}
     tune(target.contender.route(target.mesh).netns, CLIENT_SYSCTLS)
     phases.paced(target, rate=WARM_UP[1], total=WARM_UP[0], batches=1, settle_s=1.0, log=log)
-    # Held connections first, on fresh processes: after a storm, CPython keeps the arenas it grew
-    # and would seat 10,000 connections in them without growing, hiding their cost.
     if "concurrent" in which:
         count = min(plan["concurrent"], target.contender.idle_limit or plan["concurrent"])
         out["concurrent"] = phases.concurrent(target, count, plan["settle"], log)
+    storm = dict(rate=plan["storm_rate"], total=plan["storm_rate"] * plan["storm_seconds"], batches=1,
+                 settle_s=plan["settle"], log=log)
+    if "storm" in which:
+        phases.drain_time_wait(target, log)
+        out["storm"] = phases.paced(target, **storm)
+    if "short" in which or "storm_tw_reuse" in which:
+        tune(target.server_netns(), {"net.ipv4.tcp_tw_reuse": "1"})
     if "short" in which:
         out["short"] = phases.paced(target, rate=plan["short_rate"], total=plan["short_total"],
                                     batches=plan["short_batches"], settle_s=plan["settle"], log=log)
-    if "storm" in which:
-        out["storm"] = phases.paced(target, rate=plan["storm_rate"], total=plan["storm_rate"] * plan["storm_seconds"],
-                                    batches=1, settle_s=plan["settle"], log=log)
     if "storm_tw_reuse" in which:
-        # The same storm once the server pod lets connect reuse a port a second after its
-        # TIME_WAIT began: what the proxy does when the pod's port supply is not the limit.
-        tune(target.server_netns(), {"net.ipv4.tcp_tw_reuse": "1"})
-        out["storm_tw_reuse"] = phases.paced(target, rate=plan["storm_rate"],
-                                             total=plan["storm_rate"] * plan["storm_seconds"],
-                                             batches=1, settle_s=plan["settle"], log=log)
+        out["storm_tw_reuse"] = phases.paced(target, **storm)
     return out
 
 

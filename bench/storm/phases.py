@@ -86,6 +86,21 @@ def settle(target: Target, baseline: int, seconds: float) -> float:
     return time.monotonic() - start
 
 
+def drain_time_wait(target: Target, log, limit: int = 500, timeout: float = 75.0) -> float:
+    """Wait until the server pod and the nodes hold fewer than `limit` TIME_WAIT sockets (each
+    keeps a port for 60 s), so a phase does not start short of ports the one before used."""
+    start = time.monotonic()
+    spaces = [target.server_netns(), *(target.mesh.node(n)["netns"] for n in target.roots())]
+    left = {ns: probe.time_wait(ns) for ns in spaces}
+    while max(left.values()) >= limit and time.monotonic() - start < timeout:
+        time.sleep(2.0)
+        left = {ns: probe.time_wait(ns) for ns in spaces}
+    waited = time.monotonic() - start
+    log(f"{target.key}: waited {waited:.0f} s for the last phase's TIME_WAIT sockets to expire "
+        f"({max(left.values())} left)")
+    return waited
+
+
 def _crashes(before: dict[str, list[dict]], after: dict[str, list[dict]]) -> list[str]:
     """Roles whose process changed or vanished between two readings."""
     out = []
