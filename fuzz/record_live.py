@@ -10,7 +10,7 @@ produces here:
   bound to a pod, with the audience ztunnel's token carries;
 - `cni`: what libcni passes wisp-cni (stdin, CNI_ARGS) for ADD, CHECK and DEL when cnitool runs
   the chain `cni.install` writes after the real `bridge` + `host-local` plugins (as
-  tests/test_cni_chain.py does; needs root, the test bed's cnitool and Debian's
+  tests/cni/test_chain.py does; needs root, the test bed's cnitool and Debian's
   containernetworking-plugins). In wisp-cni's place the launcher runs a recorder that writes what
   it was given and passes the previous result on, so no node agent is needed. Everything runs in
   network namespaces made here (`wisp-fzcni*`), removed afterwards.

@@ -16,7 +16,7 @@ Contract
   sorted by name, values escaped (backslash, double quote, newline), numbers as Go prints them
   (`format_value`). Families in registration order, children in creation order. No `_created`
   samples: Istio's ztunnel exports none, a sum over processes has no creation time, and
-  ztunnel with workers never sent any. tests/test_metrics_exposition.py checks the bytes
+  ztunnel with workers never sent any. tests/observability/test_metrics_exposition.py checks the bytes
   against prometheus-client.
 - Worker processes (`WorkerWriter` in each worker, `WorkerDirectory` in the main process) share
   one directory, created by the main process, named to workers in `METRICS_DIR_ENV`. A worker

@@ -1,6 +1,6 @@
 """The benchmark's cluster: 10,000 pods, 1,000 services, 500 policies over 50 namespaces.
 
-The shape tests/test_reconcile_scale.py checks: every pod is selected by one Service, a tenth of the namespaces
+The shape tests/operator/test_reconcile_scale.py checks: every pod is selected by one Service, a tenth of the namespaces
 use a waypoint, half the policies select workloads, and one mesh-wide STRICT
 PeerAuthentication applies everywhere. Pods spread over ``n_nodes`` nodes.
 """

@@ -1,6 +1,6 @@
 """Control-plane authentication holes (#15 item 8), each reproduced as the attack that found it.
 
-Over the control plane's real HTTPS/HTTP2 endpoint (tests/test_controlplane_service.py's
+Over the control plane's real HTTPS/HTTP2 endpoint (tests/controlplane/test_service.py's
 `control_plane`), with the credentials the local mode issues: a node proxy's token must not
 reach another node's config subscription or the operator's debug view, and the operator's
 serving key must not outlive its loading. The CA's refusal of a node proxy impersonating a pod
@@ -22,7 +22,7 @@ from wisp.controlplane.client import ConfigSubscriber, ControlPlaneError, fetch_
 from wisp.identity import CertBundle, SpiffeId
 from wisp.model import ModelSnapshot
 
-from ..test_controlplane_service import STATE, control_plane, wait_until, workload
+from tests.controlplane.test_service import STATE, control_plane, wait_until, workload
 
 
 async def test_another_nodes_token_cannot_take_over_its_config_subscription(ca):

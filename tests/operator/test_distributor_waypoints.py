@@ -2,7 +2,7 @@
 
 Sans-IO: `Distributor.next_message` bytes decoded with the stream's own decoder. The end-to-end
 subscription over HTTPS (ConfigSubscriber with a gateway) is in
-tests/test_controlplane_waypoint_stream.py.
+tests/controlplane/test_waypoint_stream.py.
 """
 
 from __future__ import annotations

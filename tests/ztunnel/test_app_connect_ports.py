@@ -21,7 +21,7 @@ from tests.support.netns import netns_run, random_prefix, scratch_netns
 from wisp import netns as wnetns
 from wisp import sockets
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+pytestmark = pytest.mark.root
 
 APP, CLIENT = "10.9.0.1", "10.9.0.2"
 PORTS = 50

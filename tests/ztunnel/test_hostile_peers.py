@@ -42,7 +42,7 @@ from wisp_operator.cluster import ClusterState
 from wisp.engine.accept import DEFAULT_PER_SOURCE
 from ztunnel.main import parse_args
 
-from ..test_controlplane_service import control_plane
+from tests.controlplane.test_service import control_plane
 from .test_netns import (
     APP_PORT,
     IN_POD_RULES,
@@ -57,7 +57,7 @@ from .test_netns import (
     workload,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 NODE = "node-1"
 A_IP, B_IP, C_IP, D_IP = "10.77.0.2", "10.77.0.3", "10.77.0.4", "10.77.0.5"

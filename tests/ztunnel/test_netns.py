@@ -40,7 +40,7 @@ from wisp_operator.cluster import ClusterState
 from ztunnel.app import Ztunnel
 from ztunnel.config import Config
 
-from ..test_controlplane_service import control_plane
+from tests.controlplane.test_service import control_plane
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

@@ -6,7 +6,6 @@ closed when b leaves the config (ztunnel/app.py `apply_config`), not left to idl
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -24,7 +23,7 @@ from .test_netns import (  # noqa: F401  (lab and mesh are fixtures)
     receive_exactly,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+pytestmark = pytest.mark.root
 
 
 async def test_pooled_connections_to_a_workload_that_left_the_config_are_closed(mesh):

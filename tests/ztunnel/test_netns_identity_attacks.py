@@ -47,7 +47,7 @@ from .test_netns import (  # noqa: F401  (lab is a fixture)
     running_mesh,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+pytestmark = pytest.mark.root
 
 INTRUDER = Workload(uid="Kubernetes//Pod/shop/intruder-1", name="intruder-1", namespace="shop", addresses=(C_IP,),
                     service_account="intruder", node=NODE, workload_name="intruder", canonical_name="intruder")

@@ -10,7 +10,6 @@ tests/e2e/test_ztunnel_rollout.py.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import subprocess
 
@@ -33,7 +32,7 @@ from .test_netns import (  # noqa: F401  (lab and mesh are fixtures)
     receive_exactly,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 def sysctl_in(netns_name: str, name: str) -> str:

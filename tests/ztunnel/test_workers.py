@@ -37,7 +37,7 @@ from .test_netns import (  # noqa: F401  (lab is a fixture)
     running_mesh,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 OPENED = "istio_tcp_connections_opened_total"
 

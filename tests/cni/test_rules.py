@@ -10,6 +10,8 @@ from cni import hostprobe, iptables, rules
 from cni.errors import RulesError
 from tests.support.netns import netns_run, random_prefix, scratch_netns
 
+pytestmark = pytest.mark.root
+
 EXPECTED_V4 = """\
 *mangle
 :PREROUTING ACCEPT

@@ -12,7 +12,7 @@ import pytest
 from tests.support.netns import random_prefix, scratch_netns
 from wisp import netns
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+pytestmark = pytest.mark.root
 
 POD_ONLY = "192.0.2.77"  # exists only inside the test's namespace
 

@@ -10,8 +10,8 @@ import trio
 from wisp.controlplane.client import ConfigSubscriber, ControlPlaneError
 from wisp.model import GatewayAddress, ModelSnapshot, Service, config_object
 
-from .conftest import spiffe
-from .test_controlplane_service import STATE, control_plane, wait_until
+from tests.conftest import spiffe
+from .test_service import STATE, control_plane, wait_until
 
 WEB = Service("web", "shop", "web.shop.svc.cluster.local", ("10.96.1.1",),
               waypoint=GatewayAddress("10.96.0.99", 15008, "shop", "waypoint.shop.svc.cluster.local"))

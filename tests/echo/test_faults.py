@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 import trio
 
-from tests.test_echo import NAME, grpc_call, h1_get, h2_get_headers, h2_request
+from tests.echo.test_echo import NAME, grpc_call, h1_get, h2_get_headers, h2_request
 from wisp import sockets
 from wisp.echo import EchoConfig, serve
 from wisp.echo import grpc as echo_grpc

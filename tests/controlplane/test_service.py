@@ -44,7 +44,7 @@ from wisp_operator.distributor import Distributor
 from wisp_operator.local_api import LocalApi
 from wisp_operator.server import DEFAULT_WINDOW, DEFAULT_WINDOW_BYTES, ControlPlaneApp, serve
 
-from .conftest import spiffe
+from tests.conftest import spiffe
 
 
 def pod(ns: str, name: str, node: str, sa: str = "default", phase: str = "Running") -> dict:

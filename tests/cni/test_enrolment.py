@@ -20,6 +20,8 @@ from tests.support.pod_source import MemoryPodSource
 from tests.support.wait import wait_until
 from wisp.zds.protocol import Add, Del, Keep, SnapshotSent, WorkloadInfo
 
+pytestmark = pytest.mark.root
+
 UID = "0b5d7c1e-web"
 POD_IP = "10.244.1.5"
 INFO = WorkloadInfo("web", "shop", "web-sa")

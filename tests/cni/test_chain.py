@@ -33,6 +33,8 @@ from tests.support.pod_source import MemoryPodSource
 from wisp.testbed import build, cnitool
 from wisp.zds.protocol import Add, WorkloadInfo
 
+pytestmark = pytest.mark.root
+
 CNI_PLUGIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 LIBCNI_DIR = "/var/lib/cni"  # libcni's cache; cnitool cannot move it
 LIBCNI_CACHE = LIBCNI_DIR + "/results"

@@ -6,9 +6,13 @@ same scenario yields every workload, service and policy with no errors.
 
 from __future__ import annotations
 
+import pytest
+
 from bench.controlplane.scenario import cluster
 from wisp_operator.cluster import ClusterState
 from wisp_operator.reconcile import reconcile
+
+pytestmark = pytest.mark.slow
 
 
 def test_benchmark_cluster_builds_every_workload_service_and_policy() -> None:

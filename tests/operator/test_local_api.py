@@ -8,7 +8,7 @@ import pytest
 
 from wisp_operator.store import ObjectStore
 
-from .test_controlplane_service import control_plane, wait_until
+from tests.controlplane.test_service import control_plane, wait_until
 
 NAMESPACE = {"apiVersion": "v1", "kind": "Namespace",
              "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}}}
