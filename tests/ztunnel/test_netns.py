@@ -22,6 +22,7 @@ import httpx
 import pytest
 import trio
 
+from tests.support.wait import wait_until, wait_until_async
 from wisp import netns, sockets
 from wisp.model import (
     Authorization,
@@ -310,6 +311,10 @@ async def echo_app(lab: Lab, peers: list, pod: str = "b", port: int = APP_PORT, 
             sockets.close(listener)
 
 
+async def _none_pending(ztunnel: Ztunnel) -> bool:
+    return not await ztunnel.pending_all()
+
+
 @asynccontextmanager
 async def running_mesh(lab: Lab, ca, tmp_path, resources=BASE, *, snapshot: bool = True, workers: int = 1):
     async with control_plane(ca, CLUSTER) as plane:
@@ -336,9 +341,7 @@ async def running_mesh(lab: Lab, ca, tmp_path, resources=BASE, *, snapshot: bool
                     assert (await agent.add(lab, "a", CLIENT)).ok
                     assert (await agent.add(lab, "b", WEB)).ok
                     assert (await agent.request(SnapshotSent())).ok
-                    with trio.fail_after(30):
-                        while await ztunnel.pending_all():
-                            await trio.sleep(0.05)
+                    await wait_until_async(lambda: _none_pending(ztunnel), timeout=30, what="nothing pending")
                 yield mesh
                 nursery.cancel_scope.cancel()
         finally:
@@ -358,9 +361,7 @@ async def test_pod_to_pod_goes_through_hbone_and_the_app_sees_the_client_pod_ip(
     await stream.send_all(b"hello over hbone")
     assert await receive_exactly(stream, 16) == b"hello over hbone"
     await stream.aclose()
-    with trio.fail_after(5):
-        while mesh.metric("istio_tcp_connections_closed_total") < 2:
-            await trio.sleep(0.02)
+    await wait_until(lambda: mesh.metric("istio_tcp_connections_closed_total") >= 2, what="both sides' close counted")
     assert mesh.metric("istio_tcp_connections_opened_total", reporter="source",
                        connection_security_policy="mutual_tls", source_workload="client",
                        destination_workload="web",
@@ -392,9 +393,8 @@ async def test_service_vip_reaches_an_endpoint_on_its_target_port(mesh):
     stream = await connect_from(mesh.lab, "a", (VIP, 80))
     assert await read_line(stream) == A_IP
     await stream.aclose()
-    with trio.fail_after(5):
-        while not mesh.metric("istio_tcp_connections_closed_total", reporter="destination"):
-            await trio.sleep(0.02)
+    await wait_until(lambda: mesh.metric("istio_tcp_connections_closed_total", reporter="destination"),
+                     what="the destination's close counted")
     assert mesh.metric("istio_tcp_connections_opened_total", reporter="source",
                        destination_service="web.shop.svc.cluster.local", destination_service_name="web") == 1
     # The receiving ztunnel learns the service from the CONNECT's forwarded host.
@@ -483,9 +483,7 @@ async def test_strict_mtls_denies_plaintext_but_not_hbone(mesh):
 # -- control: readiness, admin, ZDS lifecycle, drain ------------------------------------------------
 async def test_ready_only_after_the_pod_snapshot(lab, ca, tmp_path):
     async with running_mesh(lab, ca, tmp_path, snapshot=False) as mesh:
-        with trio.fail_after(10):
-            while not mesh.ztunnel.config_synced:
-                await trio.sleep(0.02)
+        await wait_until(lambda: mesh.ztunnel.config_synced, timeout=10, what="config synced")
         response = await mesh.http("readiness", "/healthz/ready")
         assert response.status_code == 500
         assert response.text.startswith("not ready, pending: ") and "pod snapshot" in response.text
@@ -548,10 +546,11 @@ async def test_drain_closes_listeners_and_lets_live_connections_finish(mesh):
     stream = await connect_from(mesh.lab, "a", (B_IP, APP_PORT))
     assert await read_line(stream) == A_IP
     mesh.ztunnel.request_shutdown()
-    with trio.fail_after(5):
-        while not mesh.ztunnel.draining:
-            await trio.sleep(0.01)
-    await trio.sleep(0.1)
+    # The pods' listeners close once ZDS is gone (ztunnel/app.py drain); a pod proxy marked
+    # draining has closed its acceptors.
+    proxies = list(mesh.ztunnel.pods.proxies.values())
+    assert proxies  # one process (workers=1): every pod's proxy is here
+    await wait_until(lambda: mesh.ztunnel.draining and all(p.draining for p in proxies), what="every pod proxy draining")
     await stream.send_all(b"still here")
     assert await receive_exactly(stream, 10) == b"still here"
     with pytest.raises(OSError):
