@@ -121,7 +121,7 @@ def test_the_prober_ends_on_sigterm_even_where_sigint_is_ignored():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "bench.reliability.probe", f"127.0.0.1:{port}", "--interval",
-                                "0.05"], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1],
+                                "0.05"], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert '"outcome": "refused"' in process.stdout.readline()
