@@ -34,6 +34,7 @@ HOLD_SECONDS = 2.0
 CLOSE_TIMEOUT = 120.0
 # Connections of other phases still closing at the server when a phase starts.
 LEFTOVER = 50
+MAX_OPEN = 15_000
 
 
 class PhaseError(RuntimeError):
@@ -165,7 +166,8 @@ def paced(target: Target, *, rate: int, total: int, batches: int, settle_s: floa
     """`total` short connections at `rate`/s in `batches` equal batches; readings before, at
     peak and after each batch's settle."""
     route = target.contender.route(target.mesh)
-    target.contender.allow_open_files(target.mesh, min(total, rate * 30))
+    # What the pair may hold at once if it falls behind, within the open-file limit we have.
+    target.contender.allow_open_files(target.mesh, min(total, rate * 30, MAX_OPEN))
     netns = target.server_netns()
     baseline = probe.established(netns, HTTP_PORT)
     restarts0 = target.restarts()
