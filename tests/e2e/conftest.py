@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -122,10 +123,14 @@ class Mesh:
         box: dict = {}
         try:
             # tcpdump says "listening on" once the capture is live.
+            heard = b""
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and not pcap.exists():
-                time.sleep(0.05)
-            time.sleep(0.3)
+            while b"listening on" not in heard:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or process.poll() is not None:
+                    raise AssertionError(f"tcpdump is not capturing: {heard.decode(errors='replace')}")
+                if select.select([process.stderr], [], [], remaining)[0]:
+                    heard += process.stderr.read1(4096)
             yield box
         finally:
             time.sleep(0.3)

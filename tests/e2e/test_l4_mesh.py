@@ -287,10 +287,15 @@ def test_node_agent_restart_keeps_pods_enrolled_without_duplicate_rules(mesh):
     before = without_comments(mesh.iptables("ambient", "client"))
     component = mesh.component("node-agent-node1")
     restarts = component["restarts"]
+    # The agent says "node agent ready" once it has reconciled what it found (cni/agent.py); its
+    # log is appended to across restarts.
+    log = Path(component["log"])
+    ready = log.read_bytes().count(b"node agent ready")
     subprocess.run(["kill", "-9", str(component["pid"])], check=True)
     mesh.wait_for(lambda: mesh.component("node-agent-node1")["restarts"] > restarts
                   and mesh.component("node-agent-node1")["running"], timeout=20, what="node agent restarted")
-    time.sleep(2)  # let the restarted agent reconcile what it found
+    mesh.wait_for(lambda: log.read_bytes().count(b"node agent ready") > ready, timeout=20,
+                  what="the restarted node agent ready")
     assert mesh.annotation("ambient", "client") == "enabled"
     assert without_comments(mesh.iptables("ambient", "client")) == before
     assert mesh.in_pod("ambient", "client", "ip", "rule").stdout.count("32764") == 1
