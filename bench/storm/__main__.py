@@ -97,7 +97,7 @@ def tune(netns: str, sysctls: dict[str, str]) -> None:
                        check=True, capture_output=True)
 
 
-def run_phases(target: phases.Target, which: tuple[str, ...], plan: dict) -> dict:
+def run_phases(target: phases.Target, which: tuple[str, ...], plan: dict, out: dict) -> None:
     """The phases in a fixed order. Held connections first, on fresh processes: after a storm
     CPython keeps the arenas it grew and would seat 10,000 connections in them without growing,
     hiding their cost. The storm next, with the pods' defaults. Then `tcp_tw_reuse=1` in the
@@ -121,7 +121,6 @@ def run_phases(target: phases.Target, which: tuple[str, ...], plan: dict) -> dic
                                     batches=plan["short_batches"], settle_s=plan["settle"], log=log)
     if "storm_tw_reuse" in which:
         out["storm_tw_reuse"] = phases.paced(target, **storm)
-    return out
 
 
 def main(argv: list[str]) -> int:
@@ -143,11 +142,13 @@ def main(argv: list[str]) -> int:
                 ztunnel.start(mesh, log)
                 wait_for(lambda: all(len(phases.Target(ztunnel, mesh).readings()[n]) == args.ztunnel_workers
                                      for n in ztunnel.proxies(mesh)), 60, "every ztunnel worker running")
-                results["ztunnel"] = run_phases(phases.Target(ztunnel, mesh),
-                                                ("short", "storm", "storm_tw_reuse", "concurrent"), plan)
+                results["ztunnel"] = {}
+                run_phases(phases.Target(ztunnel, mesh), ("short", "storm", "storm_tw_reuse", "concurrent"), plan,
+                           results["ztunnel"])
                 if args.haproxy:
                     haproxy.start(mesh, log)
-                    results["haproxy"] = run_phases(phases.Target(haproxy, mesh), args.haproxy, plan)
+                    results["haproxy"] = {}
+                    run_phases(phases.Target(haproxy, mesh), args.haproxy, plan, results["haproxy"])
             finally:
                 haproxy.stop()
     except KeyboardInterrupt:
@@ -155,15 +156,20 @@ def main(argv: list[str]) -> int:
         return 130
     except (MeshError, phases.PhaseError) as exc:
         log(f"bench.storm failed: {exc}")
-        return 1
+        failure = str(exc)
+    else:
+        failure = None
     data = {"date": now.isoformat(), "plan": plan, "ztunnel_workers": args.ztunnel_workers,
             "machine": machine.describe(), "source": machine.source(ROOT, MEASURED_CODE),
-            "command": " ".join([".venv/bin/python -m bench.storm", *argv]), "phases": results}
+            "command": " ".join([".venv/bin/python -m bench.storm", *argv]), "phases": results,
+            "failure": failure}
     print(report.render(data))
     if not args.no_json:
         print(f"\nresults: {save_results('storm', now, data).relative_to(ROOT)}")
+    if failure:
+        print(f"\nthe run stopped early: {failure}")
     crashed = [c for phases_ in results.values() for r in phases_.values() for c in r["crashed"]]
-    return 1 if crashed else 0
+    return 1 if crashed or failure else 0
 
 
 if __name__ == "__main__":
