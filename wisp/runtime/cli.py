@@ -57,6 +57,8 @@ def add_commands(sub) -> None:
     up.add_argument("--restart-delay", type=float, default=1.0, help="seconds before a crashed process restarts")
     up.add_argument("--ztunnel-workers", type=int, default=1,
                     help="worker processes (cores) per ztunnel (default 1: the local mesh shares one machine)")
+    up.add_argument("--ztunnel-drain-seconds", type=float, default=30.0,
+                    help="how long a ztunnel replaced by `wisp rollout restart` serves its connections (default 30)")
     prefixed(sub.add_parser("down", help="stop the mesh and remove everything it made"))
     apply = prefixed(sub.add_parser("apply", help="add or change objects"))
     apply.add_argument("-f", "--filename", type=Path, required=True)
@@ -119,6 +121,8 @@ def up(paths: RuntimePaths, args) -> int:
         raise CliError("--nodes must be between 1 and 20")
     if not 1 <= args.ztunnel_workers <= 64:
         raise CliError("--ztunnel-workers must be between 1 and 64")
+    if not 0 <= args.ztunnel_drain_seconds <= 3600:
+        raise CliError("--ztunnel-drain-seconds must be between 0 and 3600")
     if daemon_pid(paths):
         raise CliError(f"a mesh with prefix {paths.prefix!r} is already up; run `wisp down` first")
     leftovers = clean(paths.prefix)
@@ -137,7 +141,8 @@ def up(paths: RuntimePaths, args) -> int:
     with open(paths.logs / "daemon.log", "ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "wisp.runtime.daemon", "--prefix", paths.prefix, "--nodes", str(args.nodes),
-             "--restart-delay", str(args.restart_delay), "--ztunnel-workers", str(args.ztunnel_workers)],
+             "--restart-delay", str(args.restart_delay), "--ztunnel-workers", str(args.ztunnel_workers),
+             "--ztunnel-drain-seconds", str(args.ztunnel_drain_seconds)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     paths.pidfile.write_text(str(process.pid))

@@ -34,15 +34,20 @@ from .manifests import (
 from .operator_client import OperatorClient, OperatorError
 from .paths import RuntimePaths
 from .processes import Supervised
+from .rollout import Rollouts
 from .topology import CONTROL_PLANE_IP, SERVICE_HOOKS, Node, Topology, service_rules
 
 log = structlog.get_logger("wisp.runtime")
 
 ZTUNNEL_READY_PORT = 15021
+# How long a ztunnel being replaced serves its established connections (Istio: the DaemonSet's
+# terminationGracePeriodSeconds, 30 s by default).
+ZTUNNEL_DRAIN_SECONDS = 30.0
 
 
 class Runtime:
-    def __init__(self, prefix: str, node_count: int, *, restart_delay: float = 1.0, ztunnel_workers: int = 1) -> None:
+    def __init__(self, prefix: str, node_count: int, *, restart_delay: float = 1.0, ztunnel_workers: int = 1,
+                 ztunnel_drain_seconds: float = ZTUNNEL_DRAIN_SECONDS) -> None:
         self.paths = RuntimePaths(prefix)
         self.topology = Topology(prefix)
         self.node_count = node_count
@@ -52,6 +57,8 @@ class Runtime:
         self.restart_delay = restart_delay
         self.nodes: list[Node] = []
         self.components: dict[str, Supervised] = {}
+        self.ztunnel_drain_seconds = ztunnel_drain_seconds
+        self.rollouts = Rollouts(self.paths, self.components, lambda: self.nodes, ztunnel_drain_seconds)
         self.pods: dict[tuple[str, str], PodRecord] = {}
         self._pod_scopes: dict[tuple[str, str], trio.CancelScope] = {}
         self.phase = "starting"
@@ -77,6 +84,7 @@ class Runtime:
                     self._write_status()
                     nursery.cancel_scope.cancel()
                     return
+                nursery.start_soon(self.rollouts.serve)
                 await self._sync_forever(nursery)
         finally:
             with trio.CancelScope(shield=True):
@@ -111,6 +119,8 @@ class Runtime:
                 "--zds-socket", str(self.paths.zds_socket(node.name)),
                 "--token-file", str(self.paths.token(f"ztunnel-{node.name}")),
                 "--workers", str(self.ztunnel_workers),
+                # A rollout restart starts a second ztunnel beside this one (rollout.py).
+                "--replace", "--drain-seconds", f"{self.ztunnel_drain_seconds:g}",
             ])
         for node in self.nodes:
             await self._wait(f"ztunnel on {node.name}", lambda node=node: self._ztunnel_ready(node), 60)
@@ -267,6 +277,7 @@ class Runtime:
             "components": {name: {"pid": c.pid, "running": c.running, "restarts": c.restarts,
                                   "netns": c.netns, "log": str(c.log_path)}
                            for name, c in self.components.items()},
+            "rollouts": self.rollouts.status(),
             "pods": [{"namespace": r.namespace, "name": r.name, "node": r.node.name, "ip": r.ip,
                       "netns": r.net.netns if r.net else None, "phase": r.phase, "ready": r.ready,
                       "message": r.message, "labels": r.labels,
@@ -321,10 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--restart-delay", type=float, default=1.0)
     parser.add_argument("--ztunnel-workers", type=int, default=1)
+    parser.add_argument("--ztunnel-drain-seconds", type=float, default=ZTUNNEL_DRAIN_SECONDS)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     wisp_log.configure(args.log_level, json=True)
-    runtime = Runtime(args.prefix, args.nodes, restart_delay=args.restart_delay, ztunnel_workers=args.ztunnel_workers)
+    runtime = Runtime(args.prefix, args.nodes, restart_delay=args.restart_delay, ztunnel_workers=args.ztunnel_workers,
+                      ztunnel_drain_seconds=args.ztunnel_drain_seconds)
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:

@@ -61,13 +61,23 @@ class Supervised:
                 if first:
                     task_status.started(self)
                     first = False
-                code = await self.process.wait()
+                while True:
+                    process = self.process
+                    code = await process.wait()
+                    if self.process is process:
+                        break
+                    # Replaced while it ran (rollout.py): the new process is the one to watch.
                 log.warning("process exited; restarting", name=self.name, code=code, delay=self.restart_delay)
                 self.restarts += 1
                 await trio.sleep(self.restart_delay)
         finally:
             with trio.CancelScope(shield=True):
                 await self.stop()
+
+    def replace_process(self, process: trio.Process) -> None:
+        """`process` (started beside the current one, rollout.py) is the one supervised from now
+        on; whoever replaced the old one stops it."""
+        self.process = process
 
     async def stop(self) -> None:
         process = self.process
