@@ -103,7 +103,6 @@ def run_phases(target: phases.Target, which: tuple[str, ...], plan: dict, out: d
     hiding their cost. The storm next, with the pods' defaults. Then `tcp_tw_reuse=1` in the
     server pod for the leak check (100,000 connections in under two minutes would otherwise
     run the pod out of ports, see the module docstring) and the second storm."""
-    out = {}
     tune(target.contender.route(target.mesh).netns, CLIENT_SYSCTLS)
     phases.paced(target, rate=WARM_UP[1], total=WARM_UP[0], batches=1, settle_s=1.0, log=log)
     if "concurrent" in which:
