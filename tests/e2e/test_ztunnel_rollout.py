@@ -110,8 +110,10 @@ def test_rollout_restart_of_every_ztunnel_drops_no_connection(rollout_mesh):
     try:
         assert load.stdout.readline().strip() == "ready", load.stderr.read()
         # Through the mesh: both ztunnels carry the 100 (and the new ones passing by).
+        # "ready" means 100 TCP handshakes, which the kernel answers before ztunnel takes them.
         for node in ("node1", "node2"):
-            assert live_connections(mesh, node) >= 100
+            mesh.wait_for(lambda node=node: live_connections(mesh, node) >= 100, timeout=30,
+                          what=f"{node}'s ztunnel carrying the 100 connections")
         old = {node: ztunnel_pids(mesh, node) for node in ("node1", "node2")}
         assert all(len(pids) == 2 for pids in old.values()), old  # main process and one worker
         time.sleep(2)
