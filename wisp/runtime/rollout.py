@@ -198,6 +198,10 @@ async def restart_ztunnel(supervised: Supervised, netns: str, step: NodeRollout,
     step.old_pid, step.state = old.pid, "starting"
     started = time.monotonic()
     new = await spawn(supervised)
+    # Supervised from the start: the old one exits as soon as the new one has it drain, and may
+    # have drained already (no connections) before we see the new one ready; the supervisor
+    # must not take that exit for a crash and start a third process.
+    supervised.replace_process(new)
     step.new_pid = new.pid
     log.info("new ztunnel started beside the old one", name=supervised.name, old=old.pid, new=new.pid)
     try:
@@ -206,7 +210,6 @@ async def restart_ztunnel(supervised: Supervised, netns: str, step: NodeRollout,
                 if new.returncode is not None:
                     raise RolloutError(f"the new ztunnel exited with {new.returncode}; see {supervised.log_path}")
                 await trio.sleep(0.2)
-            supervised.replace_process(new)
             step.takeover_seconds = round(time.monotonic() - started, 3)
             step.state = "draining"
             log.info("new ztunnel serves the node; the old one drains", name=supervised.name,
@@ -214,10 +217,11 @@ async def restart_ztunnel(supervised: Supervised, netns: str, step: NodeRollout,
             return old
         raise RolloutError(f"the new ztunnel was not ready within {ready_timeout:g} s; see {supervised.log_path}")
     except BaseException:
-        if supervised.process is not new:
-            with trio.CancelScope(shield=True):
-                _signal_group(new, signal.SIGKILL)
-                await new.wait()
+        with trio.CancelScope(shield=True):
+            if old.returncode is None:
+                supervised.replace_process(old)  # it still serves; it stays the supervised one
+            _signal_group(new, signal.SIGKILL)
+            await new.wait()
         raise
 
 
