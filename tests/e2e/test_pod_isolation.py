@@ -104,3 +104,34 @@ def test_the_containers_the_runtime_started_are_confined_too(mesh):
         assert not (Path(f"/proc/{container['pid']}/root") / mesh.paths.root.relative_to("/")).exists()
     # Each pod its own user: one pod cannot signal, trace or read another.
     assert uids["client"] != uids["server-near"]
+
+
+def test_a_pod_cannot_change_its_redirection_rules(mesh):
+    # As root in its own netns a pod could flush the in-pod rules and leave the mesh; a harmless
+    # change (a new empty chain) stands for any. The rules are there to be changed: ztunnel's.
+    assert "ISTIO_OUTPUT" in mesh.iptables("ambient", "client")
+    result = mesh.wisp("exec", "-n", "ambient", "client", "--", "iptables", "-t", "nat", "-N", "WISP-ISOLATION-PROBE")
+    assert result.returncode != 0
+    assert "WISP-ISOLATION-PROBE" not in mesh.iptables("ambient", "client")
+
+
+HIJACK = r"""
+import socket
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+try:
+    sock.bind(("0.0.0.0", 15006))
+    print("bound")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_a_pod_cannot_share_ztunnels_in_pod_listener_with_so_reuseport(mesh):
+    # ztunnel's inbound listener in the pod's netns is SO_REUSEPORT (its workers share it); a root
+    # pod could join the group and take a share of the mesh's inbound connections.
+    listening = mesh.in_pod("ambient", "client", "ss", "-Hltn", "sport = :15006").stdout
+    assert "15006" in listening
+    result = mesh.wisp("exec", "-n", "ambient", "client", "--", "python", "-c", HIJACK)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "OSError"  # EADDRINUSE: a reuseport group is one user's
