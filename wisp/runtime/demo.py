@@ -31,7 +31,8 @@ MARKER = "the-demo-request-text"
 
 def run_demo(directory: Path, prefix: str, keep: bool) -> int:
     paths = RuntimePaths(prefix)
-    args = argparse.Namespace(directory=directory, nodes=2, timeout=180.0, restart_delay=1.0, ztunnel_workers=1)
+    args = argparse.Namespace(directory=directory, nodes=2, timeout=180.0, restart_delay=1.0, ztunnel_workers=1,
+                              ztunnel_drain_seconds=30.0)
     print(f"$ wisp up {directory} --nodes 2\n")
     try:
         cli.up(paths, args)
