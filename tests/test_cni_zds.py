@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -287,68 +289,53 @@ async def _agent_still_serves(server: ZdsServer) -> None:
         good.close()
 
 
+@asynccontextmanager
+async def old_and_new_ztunnels(server: ZdsServer) -> AsyncIterator[tuple[FakeZtunnel, FakeZtunnel]]:
+    """Two ztunnels answering the agent, as during a restart: the old one connected and given
+    its snapshot first, then the new one. Both are closed however the test ends."""
+    old, new = FakeZtunnel(server.path), FakeZtunnel(server.path)
+    try:
+        async with trio.open_nursery() as nursery:
+            for fake in (old, new):
+                await nursery.start(fake.serve)
+                await fake.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
+            yield old, new
+            nursery.cancel_scope.cancel()
+    finally:
+        old.close()
+        new.close()
+
+
 async def test_a_second_ztunnel_gets_the_snapshot_while_the_first_stays_connected(server, pod_netns):
     """A restart: the new ztunnel is given every pod while the old one keeps its connection
     (it still serves established connections until it drains)."""
     server.register(ZdsPod("uid-web", INFO, pod_netns))
-    old, new = FakeZtunnel(server.path), FakeZtunnel(server.path)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(old.serve)
-            await old.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
-            await nursery.start(new.serve)
-            await new.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
-            assert new.messages() == [Add("uid-web", INFO), SnapshotSent()]
-            assert server.connection is not None and len(server.sessions) == 2
-            with trio.move_on_after(0.3):
-                await old.closed_by_agent.wait()
-            assert not old.closed_by_agent.is_set()
-            nursery.cancel_scope.cancel()
-    finally:
-        old.close()
-        new.close()
+    async with old_and_new_ztunnels(server) as (old, new):
+        assert new.messages() == [Add("uid-web", INFO), SnapshotSent()]
+        assert server.connection is not None and len(server.sessions) == 2
+        with trio.move_on_after(0.3):
+            await old.closed_by_agent.wait()
+        assert not old.closed_by_agent.is_set()
 
 
 async def test_new_pods_go_to_the_newest_ztunnel_and_removals_to_every_one(server, pod_netns):
-    old, new = FakeZtunnel(server.path), FakeZtunnel(server.path)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(old.serve)
-            await old.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
-            await nursery.start(new.serve)
-            await new.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
-            assert (await server.add(ZdsPod("uid-web", INFO, pod_netns))).acked
-            assert new.messages()[-1] == Add("uid-web", INFO)
-            assert Add("uid-web", INFO) not in old.messages()
-            assert (await server.remove("uid-web")).acked
-            await old.wait_for(lambda r: Del("uid-web") in [x.message for x in r])
-            assert new.messages()[-1] == Del("uid-web")
-            nursery.cancel_scope.cancel()
-    finally:
-        old.close()
-        new.close()
+    async with old_and_new_ztunnels(server) as (old, new):
+        assert (await server.add(ZdsPod("uid-web", INFO, pod_netns))).acked
+        assert new.messages()[-1] == Add("uid-web", INFO)
+        assert Add("uid-web", INFO) not in old.messages()
+        assert (await server.remove("uid-web")).acked
+        await old.wait_for(lambda r: Del("uid-web") in [x.message for x in r])
+        assert new.messages()[-1] == Del("uid-web")
 
 
 async def test_when_the_old_ztunnel_leaves_the_new_one_keeps_serving(server, pod_netns):
-    old, new = FakeZtunnel(server.path), FakeZtunnel(server.path)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(old.serve)
-            await old.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
-            await nursery.start(new.serve)
-            await new.wait_for(lambda r: SnapshotSent() in [x.message for x in r])
-            newest = server.connection
-            old.close()  # the old ztunnel finished draining
-            with trio.fail_after(3):
-                while len(server.sessions) != 1:
-                    await trio.sleep(0.01)
-            assert server.connection is newest
-            assert (await server.add(ZdsPod("uid-web", INFO, pod_netns))).acked
-            assert new.messages()[-1] == Add("uid-web", INFO)
-            nursery.cancel_scope.cancel()
-    finally:
-        old.close()
-        new.close()
+    async with old_and_new_ztunnels(server) as (old, new):
+        newest = server.connection
+        old.close()  # the old ztunnel finished draining
+        await wait_until(lambda: len(server.sessions) == 1, timeout=3, what="the agent dropping the old session")
+        assert server.connection is newest
+        assert (await server.add(ZdsPod("uid-web", INFO, pod_netns))).acked
+        assert new.messages()[-1] == Add("uid-web", INFO)
 
 
 async def test_the_oldest_connection_goes_when_too_many_ztunnels_said_hello(sockdir):
