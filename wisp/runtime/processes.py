@@ -49,15 +49,9 @@ class Supervised:
         """Keep the process running until cancelled; then stop it (SIGTERM, then SIGKILL)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         first = True
-        argv = self.sandbox.wrap(self.argv) if self.sandbox is not None else self.argv
         try:
             while True:
-                with open(self.log_path, "ab") as out:
-                    self.process = await trio.lowlevel.open_process(
-                        ["ip", "netns", "exec", self.netns, *argv],
-                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                        env={**os.environ, **self.env}, start_new_session=True,
-                    )
+                self.process = await self.spawn()
                 if first:
                     task_status.started(self)
                     first = False
@@ -74,6 +68,17 @@ class Supervised:
             with trio.CancelScope(shield=True):
                 await self.stop()
 
+    async def spawn(self) -> trio.Process:
+        """A new process of this command, in its namespace (and sandbox), writing to its log;
+        `run` starts each one so, and a rollout its replacement beside the current one."""
+        argv = self.sandbox.wrap(self.argv) if self.sandbox is not None else self.argv
+        with open(self.log_path, "ab") as out:
+            return await trio.lowlevel.open_process(
+                ["ip", "netns", "exec", self.netns, *argv],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env}, start_new_session=True,
+            )
+
     def replace_process(self, process: trio.Process) -> None:
         """`process` (started beside the current one, rollout.py) is the one supervised from now
         on; whoever replaced the old one stops it."""
@@ -83,15 +88,16 @@ class Supervised:
         process = self.process
         if process is None or process.returncode is not None:
             return
-        _signal_group(process, signal.SIGTERM)
+        signal_group(process, signal.SIGTERM)
         with trio.move_on_after(self.stop_timeout):
             await process.wait()
         if process.returncode is None:
-            _signal_group(process, signal.SIGKILL)
+            signal_group(process, signal.SIGKILL)
             await process.wait()
 
 
-def _signal_group(process: trio.Process, signum: int) -> None:
+def signal_group(process: trio.Process, signum: int) -> None:
+    """Signal the process's group; one that has exited already is left alone."""
     # `ip netns exec` (and a sandbox) exec the command, so the group holds it and anything it started.
     try:
         os.killpg(process.pid, signum)

@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ import trio
 
 from . import probes
 from .paths import RuntimePaths
-from .processes import Supervised
+from .processes import Supervised, signal_group
 
 log = structlog.get_logger("wisp.runtime.rollout")
 
@@ -176,11 +175,11 @@ class Rollouts:
                 step.old_exit = await old.wait()
             if old.returncode is None:
                 log.warning("old ztunnel still running after its drain deadline; killing it", pid=old.pid)
-                _signal_group(old, signal.SIGKILL)
+                signal_group(old, signal.SIGKILL)
                 step.old_exit = await old.wait()
         finally:
             if old.returncode is None:  # the daemon is stopping: leave nothing behind
-                _signal_group(old, signal.SIGKILL)
+                signal_group(old, signal.SIGKILL)
         step.drain_seconds = round(time.monotonic() - started, 3)
         step.state = "done"
         log.info("old ztunnel exited", node=step.node, pid=old.pid, code=step.old_exit,
@@ -197,7 +196,7 @@ async def restart_ztunnel(supervised: Supervised, netns: str, step: NodeRollout,
         raise RolloutError("ztunnel is not running (it is being restarted); try again in a moment")
     step.old_pid, step.state = old.pid, "starting"
     started = time.monotonic()
-    new = await spawn(supervised)
+    new = await supervised.spawn()
     # Supervised from the start: the old one exits as soon as the new one has it drain, and may
     # have drained already (no connections) before we see the new one ready; the supervisor
     # must not take that exit for a crash and start a third process.
@@ -220,19 +219,9 @@ async def restart_ztunnel(supervised: Supervised, netns: str, step: NodeRollout,
         with trio.CancelScope(shield=True):
             if old.returncode is None:
                 supervised.replace_process(old)  # it still serves; it stays the supervised one
-            _signal_group(new, signal.SIGKILL)
+            signal_group(new, signal.SIGKILL)
             await new.wait()
         raise
-
-
-async def spawn(supervised: Supervised) -> trio.Process:
-    """Another process of `supervised`'s command, as its own are started (processes.py)."""
-    with open(supervised.log_path, "ab") as out:
-        return await trio.lowlevel.open_process(
-            ["ip", "netns", "exec", supervised.netns, *supervised.argv],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, **supervised.env}, start_new_session=True,
-        )
 
 
 async def serving(netns: str, pid: int) -> bool:
@@ -245,13 +234,6 @@ async def serving(netns: str, pid: int) -> bool:
     except ValueError:
         return False
     return isinstance(dump, dict) and dump.get("pid") == pid and dump.get("ready") is True
-
-
-def _signal_group(process: trio.Process, signum: int) -> None:
-    try:
-        os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def node_rollouts_summary(rollout: dict[str, Any]) -> list[str]:
