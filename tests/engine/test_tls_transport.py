@@ -10,12 +10,14 @@ plain SSLObject the test pumps by hand, so nothing depends on timing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import select
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -109,6 +111,30 @@ def socketpair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
+@contextlib.contextmanager
+def client_transport(contexts, *, buffer_size: int | None = None) -> Iterator[tuple[TlsTransport, ManualPeer]]:
+    """Our client's transport (`transport.sock`), handshaken with a manual server peer
+    (`peer.sock`); with `buffer_size`, our send and their receive buffers are that small.
+    Everything is closed however the test ends."""
+    client_ctx, server_ctx = contexts
+    loop = Loop()
+    ours, theirs = socketpair()
+    try:
+        if buffer_size is not None:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_size)
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_size)
+        peer = ManualPeer(theirs, server_ctx, server_side=True)
+        transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
+        try:
+            yield transport, peer
+        finally:
+            transport.close()
+    finally:
+        ours.close()
+        theirs.close()
+        loop.close()
+
+
 def test_a_handshake_waits_for_the_peer_byte_by_byte_without_blocking(contexts):
     client_ctx, server_ctx = contexts
     loop = Loop()
@@ -181,111 +207,82 @@ def test_a_handshake_reports_a_peer_that_closes_before_it_ends(contexts):
 
 
 def test_records_the_kernel_does_not_take_are_kept_and_sent_later_in_order(contexts):
-    client_ctx, server_ctx = contexts
-    loop = Loop()
-    ours, theirs = socketpair()
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    peer = ManualPeer(theirs, server_ctx, server_side=True)
-    transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
-    first = bytes(range(256)) * 4096         # 1 MiB: far beyond both socket buffers
-    second = b"after the first" * 1000
-    transport.encrypt(first)
-    assert transport.send() is False         # EAGAIN part-way: the rest is kept
-    assert transport.blocked
-    # OpenSSL may produce more while the kernel is full (a KeyUpdate answer does): it queues
-    # behind what waits, and the next send carries both, in order.
-    transport.tls.write(second)
-    received = bytearray()
-    theirs.setblocking(False)
-    while transport.blocked or len(received) < len(first) + len(second):
-        select.select([theirs], [ours] if transport.blocked else [], [], 5)
-        if transport.blocked:
-            transport.send()
-        try:
-            peer.incoming.write(theirs.recv(1 << 16))
-        except BlockingIOError:
-            pass
-        received += peer.read_all()
-    assert hashlib.sha256(received).digest() == hashlib.sha256(first + second).digest()
-    transport.close()
-    theirs.close()
-    loop.close()
+    with client_transport(contexts, buffer_size=4096) as (transport, peer):
+        first = bytes(range(256)) * 4096         # 1 MiB: far beyond both socket buffers
+        second = b"after the first" * 1000
+        transport.encrypt(first)
+        assert transport.send() is False         # EAGAIN part-way: the rest is kept
+        assert transport.blocked
+        # OpenSSL may produce more while the kernel is full (a KeyUpdate answer does): it queues
+        # behind what waits, and the next send carries both, in order.
+        transport.tls.write(second)
+        received = bytearray()
+        peer.sock.setblocking(False)
+        while transport.blocked or len(received) < len(first) + len(second):
+            select.select([peer.sock], [transport.sock] if transport.blocked else [], [], 5)
+            if transport.blocked:
+                transport.send()
+            try:
+                peer.incoming.write(peer.sock.recv(1 << 16))
+            except BlockingIOError:
+                pass
+            received += peer.read_all()
+        assert hashlib.sha256(received).digest() == hashlib.sha256(first + second).digest()
 
 
 def test_a_peer_closing_mid_record_ends_after_every_complete_record(contexts):
-    client_ctx, server_ctx = contexts
-    loop = Loop()
-    ours, theirs = socketpair()
-    peer = ManualPeer(theirs, server_ctx, server_side=True)
-    transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
-    whole = peer.records(b"complete record")
-    cut = peer.records(b"x" * 1000)
-    theirs.sendall(whole + cut[:500])
-    theirs.close()
-    select.select([ours], [], [], 5)
-    buffer = bytearray(1 << 16)
-    received = transport.receive()
-    assert received == len(whole) + 500
-    assert buffer[:transport.tls.read(len(buffer), buffer)] == b"complete record"
-    with pytest.raises(ssl.SSLWantReadError):
-        transport.tls.read(len(buffer), buffer)  # half a record: wait for the rest
-    assert transport.receive() == 0              # EOF, told to OpenSSL
-    with pytest.raises(ssl.SSLEOFError):         # no close_notify: a ragged end
-        transport.tls.read(len(buffer), buffer)
-    transport.close()
-    loop.close()
+    with client_transport(contexts) as (transport, peer):
+        whole = peer.records(b"complete record")
+        cut = peer.records(b"x" * 1000)
+        peer.sock.sendall(whole + cut[:500])
+        peer.sock.close()
+        select.select([transport.sock], [], [], 5)
+        buffer = bytearray(1 << 16)
+        received = transport.receive()
+        assert received == len(whole) + 500
+        assert buffer[:transport.tls.read(len(buffer), buffer)] == b"complete record"
+        with pytest.raises(ssl.SSLWantReadError):
+            transport.tls.read(len(buffer), buffer)  # half a record: wait for the rest
+        assert transport.receive() == 0              # EOF, told to OpenSSL
+        with pytest.raises(ssl.SSLEOFError):         # no close_notify: a ragged end
+            transport.tls.read(len(buffer), buffer)
 
 
 def test_a_close_notify_reads_as_the_end(contexts):
-    client_ctx, server_ctx = contexts
-    loop = Loop()
-    ours, theirs = socketpair()
-    peer = ManualPeer(theirs, server_ctx, server_side=True)
-    transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
-    theirs.sendall(peer.records(b"bye"))
-    try:
-        peer.tls.unwrap()
-    except ssl.SSLWantReadError:
-        pass  # it sent its close_notify and would wait for ours
-    peer.flush()
-    select.select([ours], [], [], 5)
-    transport.receive()
-    buffer = bytearray(1024)
-    assert buffer[:transport.tls.read(len(buffer), buffer)] == b"bye"
-    assert transport.tls.read(len(buffer), buffer) == 0  # CPython's SSLObject: 0, not SSLZeroReturnError
-    transport.close()
-    theirs.close()
-    loop.close()
+    with client_transport(contexts) as (transport, peer):
+        peer.sock.sendall(peer.records(b"bye"))
+        try:
+            peer.tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # it sent its close_notify and would wait for ours
+        peer.flush()
+        select.select([transport.sock], [], [], 5)
+        transport.receive()
+        buffer = bytearray(1024)
+        assert buffer[:transport.tls.read(len(buffer), buffer)] == b"bye"
+        assert transport.tls.read(len(buffer), buffer) == 0  # CPython's SSLObject: 0, not SSLZeroReturnError
 
 
 def test_a_write_larger_than_the_socket_takes_waits_for_writable_and_arrives_whole(contexts):
-    client_ctx, server_ctx = contexts
-    loop = Loop()
-    ours, theirs = socketpair()
-    peer = ManualPeer(theirs, server_ctx, server_side=True)
-    transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
-    payload = hashlib.sha256(b"seed").digest() * (8 << 15)  # 8 MiB
-    transport.encrypt(payload)
-    sends = 0
-    received = bytearray()
-    theirs.setblocking(False)
-    done = transport.send()
-    assert not done, "8 MiB went into a socketpair at once: the test proves nothing"
-    while not done or len(received) < len(payload):
-        readable, writable, _ = select.select([theirs], [] if done else [ours], [], 5)
-        assert readable or writable, "stalled"
-        if writable:
-            done = transport.send()
-            sends += 1
-        if readable:
-            peer.incoming.write(theirs.recv(1 << 20))
-            received += peer.read_all()
-    assert received == payload
-    assert sends > 1
-    transport.close()
-    theirs.close()
-    loop.close()
+    with client_transport(contexts) as (transport, peer):
+        payload = hashlib.sha256(b"seed").digest() * (8 << 15)  # 8 MiB
+        transport.encrypt(payload)
+        sends = 0
+        received = bytearray()
+        peer.sock.setblocking(False)
+        done = transport.send()
+        assert not done, "8 MiB went into a socketpair at once: the test proves nothing"
+        while not done or len(received) < len(payload):
+            readable, writable, _ = select.select([peer.sock], [] if done else [transport.sock], [], 5)
+            assert readable or writable, "stalled"
+            if writable:
+                done = transport.send()
+                sends += 1
+            if readable:
+                peer.incoming.write(peer.sock.recv(1 << 20))
+                received += peer.read_all()
+        assert received == payload
+        assert sends > 1
 
 
 def test_what_arrives_with_the_last_handshake_flight_is_served(ca):
@@ -342,56 +339,42 @@ def test_a_handshake_that_cannot_send_its_flight_waits_for_writable(contexts, mo
 
 
 def test_a_large_receive_enters_the_bio_a_piece_at_a_time_and_every_record_comes_out(contexts):
-    client_ctx, server_ctx = contexts
-    loop = Loop()
-    ours, theirs = socketpair()
-    peer = ManualPeer(theirs, server_ctx, server_side=True)
-    transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
-    payload = bytes(range(251)) * 4000  # ~980 KiB: 60 records of 16 KiB and a short one
-    sender = threading.Thread(target=theirs.sendall, args=(peer.records(payload),), daemon=True)
-    sender.start()
-    out = bytearray()
-    buffer = bytearray(1 << 16)
-    largest = 0
-    while len(out) < len(payload):
-        assert select.select([ours], [], [], 5)[0], f"stalled after {len(out)} bytes"
-        received = transport.receive()
-        largest = max(largest, received or 0)
-        while True:
-            # OpenSSL's memory BIO keeps the largest buffer it ever held: it is never given
-            # more than a piece at a time.
-            assert transport.incoming.pending <= PIECE
-            try:
-                out += buffer[:transport.tls.read(len(buffer), buffer)]
-            except ssl.SSLWantReadError:
-                if not transport.backlog:
-                    break
-                transport.feed()
-    assert out == payload and transport.backlog == 0
-    assert largest > PIECE, "no receive was larger than a piece: the test proves nothing"
-    sender.join()
-    transport.close()
-    theirs.close()
-    loop.close()
+    with client_transport(contexts) as (transport, peer):
+        payload = bytes(range(251)) * 4000  # ~980 KiB: 60 records of 16 KiB and a short one
+        sender = threading.Thread(target=peer.sock.sendall, args=(peer.records(payload),), daemon=True)
+        sender.start()
+        out = bytearray()
+        buffer = bytearray(1 << 16)
+        largest = 0
+        while len(out) < len(payload):
+            assert select.select([transport.sock], [], [], 5)[0], f"stalled after {len(out)} bytes"
+            received = transport.receive()
+            largest = max(largest, received or 0)
+            while True:
+                # OpenSSL's memory BIO keeps the largest buffer it ever held: it is never given
+                # more than a piece at a time.
+                assert transport.incoming.pending <= PIECE
+                try:
+                    out += buffer[:transport.tls.read(len(buffer), buffer)]
+                except ssl.SSLWantReadError:
+                    if not transport.backlog:
+                        break
+                    transport.feed()
+        assert out == payload and transport.backlog == 0
+        assert largest > PIECE, "no receive was larger than a piece: the test proves nothing"
+        sender.join()
 
 
 def test_encryption_goes_through_the_bio_a_piece_at_a_time(contexts):
-    client_ctx, server_ctx = contexts
-    loop = Loop()
-    ours, theirs = socketpair()
-    peer = ManualPeer(theirs, server_ctx, server_side=True)
-    transport = handshaken(loop, ours, client_ctx, server_side=False, peer=peer).transport
-    transport.encrypt(b"y" * (3 * PIECE + 5))
-    pieces = list(transport.queue)
-    assert len(pieces) == 4 and all(len(p) < PIECE + 1024 for p in pieces)
-    assert transport.send()
-    theirs.setblocking(False)
-    received = bytearray()
-    while len(received) < 3 * PIECE + 5:
-        select.select([theirs], [], [], 5)
-        peer.incoming.write(theirs.recv(1 << 20))
-        received += peer.read_all()
-    assert received == b"y" * (3 * PIECE + 5)
-    transport.close()
-    theirs.close()
-    loop.close()
+    with client_transport(contexts) as (transport, peer):
+        transport.encrypt(b"y" * (3 * PIECE + 5))
+        pieces = list(transport.queue)
+        assert len(pieces) == 4 and all(len(p) < PIECE + 1024 for p in pieces)
+        assert transport.send()
+        peer.sock.setblocking(False)
+        received = bytearray()
+        while len(received) < 3 * PIECE + 5:
+            select.select([peer.sock], [], [], 5)
+            peer.incoming.write(peer.sock.recv(1 << 20))
+            received += peer.read_all()
+        assert received == b"y" * (3 * PIECE + 5)
