@@ -21,6 +21,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -122,12 +123,11 @@ class Rollouts:
         directory = self.paths.root / "rollouts"
         while True:
             await trio.sleep(0.2)
-            for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+            # File work goes to a thread: the daemon's loop also supervises and probes.
+            for path in await trio.to_thread.run_sync(_pending, directory):
                 rollout_id = path.stem
                 try:
-                    wanted = json.loads(path.read_text())
-                    path.unlink()
-                    rollout = self._plan(rollout_id, wanted)
+                    rollout = self._plan(rollout_id, await trio.to_thread.run_sync(_take, path))
                 except (OSError, ValueError, RolloutError) as exc:
                     self.done[rollout_id] = Rollout(rollout_id, "?", [], "failed", str(exc))
                     log.warning("rollout request refused", id=rollout_id, error=str(exc))
@@ -184,6 +184,17 @@ class Rollouts:
         step.state = "done"
         log.info("old ztunnel exited", node=step.node, pid=old.pid, code=step.old_exit,
                  drained_seconds=step.drain_seconds)
+
+
+def _pending(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.json")) if directory.is_dir() else []
+
+
+def _take(path: Path) -> Any:
+    """A request's contents; the file is removed once read (an unreadable one stays)."""
+    wanted = json.loads(path.read_text())
+    path.unlink()
+    return wanted
 
 
 async def restart_ztunnel(supervised: Supervised, netns: str, step: NodeRollout,
