@@ -225,8 +225,7 @@ class Ztunnel:
                  handoff=self._release_ports)
         self._zds_scope.cancel()
         if self._release_ports:
-            with trio.move_on_after(0.2):
-                await trio.sleep_forever()
+            await trio.sleep(0.2)
             for scope in self._http_scopes:
                 scope.cancel()
         with trio.move_on_after(deadline):
