@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.wait import wait_for
 from wisp.runtime.paths import RuntimePaths
 
 HERE = Path(__file__).parent
@@ -104,14 +105,7 @@ class Mesh:
         return None
 
     def wait_for(self, predicate, timeout: float = 20, interval: float = 0.2, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} not reached within {timeout:g} s")
-            time.sleep(interval)
+        return wait_for(predicate, timeout, what=what, interval=interval)
 
     @contextmanager
     def capture(self, netns: str, interface: str, bpf: str = "tcp"):
