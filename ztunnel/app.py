@@ -189,7 +189,7 @@ class Ztunnel:
                         lambda snapshot: self.apply_config(snapshot, self.subscriber.view.version),
                     )
                     nursery.start_soon(self.subscriber.run)
-                if endpoint is None:
+                else:
                     self._configured.set()  # nothing to wait for (tests without a control plane)
                 if self.config.worker_fds is None:
                     nursery.start_soon(self._serve_zds)
