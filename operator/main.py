@@ -126,19 +126,22 @@ async def _keep_overlays(store: ObjectStore, path: Path) -> None:
     try:
         while True:
             version = await store.wait_for_change(version)
-            written = _write_overlays(store, path, written)
+            current = store.overlays()
+            if current != written:
+                # In a thread: the loop serves the config streams and the CA meanwhile.
+                await asyncio.to_thread(_write_overlays, path, current)
+                written = current
             await asyncio.sleep(0.05)  # a burst of reports is one write
     finally:
-        _write_overlays(store, path, written)
+        current = store.overlays()
+        if current != written:
+            _write_overlays(path, current)  # at shutdown, when nothing else waits on the loop
 
 
-def _write_overlays(store: ObjectStore, path: Path, written: dict | None) -> dict:
-    current = store.overlays()
-    if current != written:
-        temporary = path.with_suffix(".tmp")
-        write_secret(temporary, json.dumps(current))
-        os.replace(temporary, path)
-    return current
+def _write_overlays(path: Path, overlays: dict) -> None:
+    temporary = path.with_suffix(".tmp")
+    write_secret(temporary, json.dumps(overlays))
+    os.replace(temporary, path)
 
 
 def read_secret(path: Path) -> str | None:
