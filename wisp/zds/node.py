@@ -182,9 +182,9 @@ class _Connection:
                 for fd in fds:
                     transport.close_fd(fd)
             if isinstance(message, Hello):
-                self.log.info("ztunnel said hello", version=message.version,
-                              connected=len(self.server.sessions) + 1)
                 self.server._promote(self)
+                self.log.info("ztunnel said hello", version=message.version,
+                              connected=len(self.server.sessions))
                 self.hello.set()
             else:
                 self.ack_send.send_nowait(message)
@@ -346,9 +346,8 @@ class ZdsServer:
 
     def _promote(self, conn: _Connection) -> None:
         """`conn` said Hello: new pods go to it from now on. Older connections stay (their
-        ztunnel drains and closes them), unless there are more than `max_sessions`."""
-        if conn in self.sessions:
-            return
+        ztunnel drains and closes them), unless there are more than `max_sessions`. A session
+        says Hello once (`NodeSession.receive`), so `conn` is not among them yet."""
         self.sessions.append(conn)
         while len(self.sessions) > self.max_sessions:
             oldest = self.sessions.pop(0)
