@@ -26,6 +26,8 @@ import shlex
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -206,11 +208,13 @@ async def run(args: argparse.Namespace) -> int:
     tokens = args.state_dir / "tokens"
     # A restart keeps the tokens already written: running ztunnels and node agents read theirs
     # once, at their own start, and would be refused by the CA and the config stream for good.
+    def keep_or_issue(name: str, issue: Callable[[str | None], str]) -> None:
+        write_secret(tokens / name, issue(read_secret(tokens / name)))
+
     for node in args.node:
-        write_secret(tokens / f"ztunnel-{node}", credentials.issue_ztunnel(node, read_secret(tokens / f"ztunnel-{node}")))
-        write_secret(tokens / f"node-agent-{node}",
-                     credentials.issue_node_agent(node, read_secret(tokens / f"node-agent-{node}")))
-    write_secret(tokens / "runtime", credentials.issue_runtime(read_secret(tokens / "runtime")))
+        keep_or_issue(f"ztunnel-{node}", partial(credentials.issue_ztunnel, node))
+        keep_or_issue(f"node-agent-{node}", partial(credentials.issue_node_agent, node))
+    keep_or_issue("runtime", credentials.issue_runtime)
     identity = SpiffeId(args.trust_domain, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT)
     serving = ca.issue_serving(identity, dns_names=("wisp-operator.istio-system.svc", "localhost"),
                                ip_addresses=tuple(args.advertise) + ("127.0.0.1",))
