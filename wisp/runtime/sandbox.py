@@ -48,8 +48,8 @@ POD_UID_SPAN = 1 << 24
 
 ALWAYS_HIDDEN = ("/run", "/var/run", "/dev/shm")  # /var/run is usually /run itself
 TMPFS_OPTIONS = "size=64m"
-SHARED_TMPFS = ("/dev/shm",)
-NAME_FILES = ("/etc/resolv.conf", "/etc/hosts")  # `ip netns exec` binds the pod's over these  # world-writable with the sticky bit, as on any machine
+SHARED_TMPFS = ("/dev/shm",)  # world-writable with the sticky bit, as on any machine
+NAME_FILES = ("/etc/resolv.conf", "/etc/hosts")  # `ip netns exec` binds the pod's over these
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY, MS_NOSUID, MS_NODEV = 0x1, 0x2, 0x4
