@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import select
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,11 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import layers, loadgen, pinning, procstat, profile
+from . import idle, layers, loadgen, pinning, procstat, profile
 from .contenders import Contender, Route
 from .mesh import HTTP_PORT, VENV_BIN, Mesh, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 MEASURES = ("fixed", "saturation", "connect", "bulk1", "bulk8", "idle")
 RSS_SAMPLE_INTERVAL = 0.5
 # Other programs' CPU, as a share of one core, below which the machine counts as quiet.
@@ -289,11 +287,7 @@ def _idle(plan: Plan, contender: Contender, mesh: Mesh) -> Sample:
     time.sleep(1.0)  # let memory freed by the last measurement settle
     before = {name: procstat.tree_usage(pid) for name, pid in pids.items()}
     start = time.perf_counter()
-    holder = subprocess.Popen(
-        ["ip", "netns", "exec", route.netns, sys.executable, "-m", "bench.mesh.idle", route.http[0],
-         str(route.http[1]), str(count)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
+    with idle.holding(route.netns, route.http[0], route.http[1], count) as holder:
         line = _read_line(holder, timeout=600)
         opened = json.loads(line)
         # Connected at the client is not yet connected at the server: wait until the server
@@ -304,14 +298,6 @@ def _idle(plan: Plan, contender: Contender, mesh: Mesh) -> Sample:
         time.sleep(2.0)
         after = {name: procstat.tree_usage(pid) for name, pid in pids.items()}
         established = _established(server.netns)
-    finally:
-        if holder.poll() is None:
-            holder.stdin.close()
-            try:
-                holder.wait(60)
-            except subprocess.TimeoutExpired:
-                holder.kill()
-                holder.wait()
     # Let the closes reach the server before the next contender counts its own connections.
     wait_for(lambda: _established(server.netns) < 50, 120, "idle connections closed", interval=1.0)
     proxies = {name: {"rss_before_kib": before[name].rss_kib, "rss_after_kib": after[name].rss_kib,

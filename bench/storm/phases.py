@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import json
 import select
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.mesh import idle
 from bench.mesh.contenders import Contender
 from bench.mesh.loadgen import LoadError, run_in
 from bench.mesh.mesh import HTTP_PORT, Mesh, wait_for
-from bench.publish import ROOT
 
 from . import events, pacing, probe
 
@@ -123,11 +121,7 @@ def concurrent(target: Target, count: int, settle_s: float, log) -> dict:
     marks = events.Marks(target.log_files())
     before = target.readings()
     start = time.monotonic()
-    holder = subprocess.Popen(
-        ["ip", "netns", "exec", route.netns, sys.executable, "-m", "bench.mesh.idle", route.http[0],
-         str(route.http[1]), str(count)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
+    with idle.holding(route.netns, route.http[0], route.http[1], count) as holder:
         ready, _, _ = select.select([holder.stdout], [], [], 600)
         line = holder.stdout.readline() if ready else ""
         if not line:
@@ -141,14 +135,6 @@ def concurrent(target: Target, count: int, settle_s: float, log) -> dict:
         time.sleep(HOLD_SECONDS)
         held = target.readings()
         at_server = probe.established(netns, HTTP_PORT) - baseline
-    finally:
-        if holder.poll() is None:
-            holder.stdin.close()
-            try:
-                holder.wait(60)
-            except subprocess.TimeoutExpired:
-                holder.kill()
-                holder.wait()
     settled_s = settle(target, baseline, settle_s)
     after = target.readings()
     log(f"{target.key} concurrent: {opened['opened']:,} held, {opened['failed']} failed")
