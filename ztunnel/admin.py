@@ -45,10 +45,11 @@ def metrics_handler(metrics: Metrics, workers_dir: Callable[[], str | None]) -> 
 
 
 def admin_handler(config_dump: Callable[[], Awaitable[dict]], pending: Pending,
-                  shutdown: Callable[[], None], handoff: Callable[[], None] | None = None) -> Handler:
+                  shutdown: Callable[[], None], handoff: Callable[[], None]) -> Handler:
     """/config_dump, /healthz/ready, POST /quitquitquit (drain, then exit) and POST /handoff (the
     same, letting go of the HTTP ports at once for the ztunnel replacing this one); localhost only."""
     ready = readiness_handler(pending)
+    actions = {"/quitquitquit": shutdown, "/handoff": handoff}
 
     async def handle(method: str, path: str) -> Response:
         if path == "/config_dump":
@@ -56,10 +57,11 @@ def admin_handler(config_dump: Callable[[], Awaitable[dict]], pending: Pending,
             return 200, "application/json", body
         if path == "/healthz/ready":
             return await ready(method, path)
-        if path == "/quitquitquit" or (path == "/handoff" and handoff is not None):
+        action = actions.get(path)
+        if action is not None:
             if method != "POST":
                 return 405, "text/plain", b"use POST\n"
-            (shutdown if path == "/quitquitquit" else handoff)()
+            action()
             return 200, "text/plain", b"draining\n"
         return 404, "text/plain", b"endpoints: /config_dump /healthz/ready /quitquitquit /handoff\n"
     return handle
