@@ -212,6 +212,13 @@ class Mesh:
         return pem, roots
 
 
+def established(netns: str, port: int = HTTP_PORT) -> int:
+    """Established TCP connections in `netns` with local port `port` (the server pod's app port)."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    return sum(1 for line in out.splitlines() if line.strip())
+
+
 def wait_for(check, timeout: float, what: str, interval: float = 0.2) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import idle, layers, loadgen, pinning, procstat, profile
 from .contenders import Contender, Route
-from .mesh import HTTP_PORT, VENV_BIN, Mesh, wait_for
+from .mesh import VENV_BIN, Mesh, established, wait_for
 
 MEASURES = ("fixed", "saturation", "connect", "bulk1", "bulk8", "idle")
 RSS_SAMPLE_INTERVAL = 0.5
@@ -292,20 +292,20 @@ def _idle(plan: Plan, contender: Contender, mesh: Mesh) -> Sample:
         opened = json.loads(line)
         # Connected at the client is not yet connected at the server: wait until the server
         # holds them all, so both proxies carry every connection.
-        wait_for(lambda: _established(server.netns) >= opened["opened"], 300,
+        wait_for(lambda: established(server.netns) >= opened["opened"], 300,
                  f"{opened['opened']} connections established at the server ({contender.key})", interval=1.0)
         established_after = time.perf_counter() - start
         time.sleep(2.0)
         after = {name: procstat.tree_usage(pid) for name, pid in pids.items()}
-        established = _established(server.netns)
+        at_server = established(server.netns)
     # Let the closes reach the server before the next contender counts its own connections.
-    wait_for(lambda: _established(server.netns) < 50, 120, "idle connections closed", interval=1.0)
+    wait_for(lambda: established(server.netns) < 50, 120, "idle connections closed", interval=1.0)
     proxies = {name: {"rss_before_kib": before[name].rss_kib, "rss_after_kib": after[name].rss_kib,
                       "hwm_kib": after[name].hwm_kib, "processes": after[name].processes}
                for name in pids}
     result = {"asked": count, "opened": opened["opened"], "failed": opened["failed"],
               "connect_seconds": opened["seconds"], "established_seconds": established_after,
-              "established": established}
+              "established": at_server}
     return Sample(0, contender.key, "idle", result, proxies, wall=time.perf_counter() - start)
 
 
@@ -317,12 +317,6 @@ def _read_line(process: subprocess.Popen, timeout: float) -> str:
     if not line:
         raise BenchError(f"the idle-connection holder exited with {process.wait()}")
     return line
-
-
-def _established(netns: str, port: int = HTTP_PORT) -> int:
-    out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Htn", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, text=True).stdout
-    return sum(1 for line in out.splitlines() if line.strip())
 
 
 def _wait_quiet(budget: float, window: float = 0.3) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.mesh import idle
 from bench.mesh.contenders import Contender
 from bench.mesh.loadgen import LoadError, run_in
-from bench.mesh.mesh import HTTP_PORT, Mesh, wait_for
+from bench.mesh.mesh import HTTP_PORT, Mesh, established, wait_for
 
 from . import events, pacing, probe
 
@@ -79,7 +79,7 @@ def settle(target: Target, baseline: int, seconds: float) -> float:
     """Wait until the server holds no more connections than `baseline` (+ a few), then `seconds`
     more so closing connections are freed; returns how long it took in all."""
     start = time.monotonic()
-    wait_for(lambda: probe.established(target.server_netns(), HTTP_PORT) <= baseline + 5, CLOSE_TIMEOUT,
+    wait_for(lambda: established(target.server_netns(), HTTP_PORT) <= baseline + 5, CLOSE_TIMEOUT,
              f"{target.key}: the server's connections back to {baseline}", interval=0.5)
     time.sleep(seconds)
     return time.monotonic() - start
@@ -116,7 +116,7 @@ def concurrent(target: Target, count: int, settle_s: float, log) -> dict:
     target.contender.allow_open_files(target.mesh, count)
     route = target.contender.route(target.mesh)
     netns = target.server_netns()
-    baseline = probe.established(netns, HTTP_PORT)
+    baseline = established(netns, HTTP_PORT)
     restarts0 = target.restarts()
     marks = events.Marks(target.log_files())
     before = target.readings()
@@ -129,12 +129,12 @@ def concurrent(target: Target, count: int, settle_s: float, log) -> dict:
         opened = json.loads(line)
         # Connected at the client is not yet connected at the server: wait until the server
         # holds them all, so both proxies carry every connection.
-        wait_for(lambda: probe.established(netns, HTTP_PORT) >= baseline + opened["opened"], 300,
+        wait_for(lambda: established(netns, HTTP_PORT) >= baseline + opened["opened"], 300,
                  f"{target.key}: {opened['opened']} connections established at the server", interval=1.0)
         established_s = time.monotonic() - start
         time.sleep(HOLD_SECONDS)
         held = target.readings()
-        at_server = probe.established(netns, HTTP_PORT) - baseline
+        at_server = established(netns, HTTP_PORT) - baseline
     settled_s = settle(target, baseline, settle_s)
     after = target.readings()
     log(f"{target.key} concurrent: {opened['opened']:,} held, {opened['failed']} failed")
@@ -155,7 +155,7 @@ def paced(target: Target, *, rate: int, total: int, batches: int, settle_s: floa
     # What the pair may hold at once if it falls behind, within the open-file limit we have.
     target.contender.allow_open_files(target.mesh, min(total, rate * 30, MAX_OPEN))
     netns = target.server_netns()
-    baseline = probe.established(netns, HTTP_PORT)
+    baseline = established(netns, HTTP_PORT)
     restarts0 = target.restarts()
     marks = events.Marks(target.log_files())
     before = target.readings()

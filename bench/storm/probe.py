@@ -134,13 +134,6 @@ def tcp_counters(pid: int) -> dict[str, int]:
     return parse_snmp(Path(f"/proc/{pid}/net/snmp").read_text())
 
 
-def established(netns: str, port: int) -> int:
-    """Established TCP connections in `netns` with local port `port`."""
-    out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-Htn", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, text=True).stdout
-    return sum(1 for line in out.splitlines() if line.strip())
-
-
 def time_wait(netns: str) -> int:
     """TCP sockets in TIME_WAIT in `netns`: each holds its local port for 60 s, so they bound how
     fast one address can open new connections to one destination."""
