@@ -16,6 +16,7 @@ changed; each is under 8 KiB.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -336,13 +337,16 @@ def _write(directory: Path, seeds: Iterable[bytes]) -> int:
 
 def record_all(corpus: Path, names: Iterable[str] = ()) -> None:
     """Re-record the corpora of `names` (every target's when empty)."""
+    # One exchange gives both sides' seeds: recorded once, so the two corpora are the two halves
+    # of the same conversations.
+    hbone, h11 = functools.cache(_hbone_exchanges), functools.cache(_h11_messages)
     recorders = {
-        "hbone_server": lambda: _hbone_exchanges()[0],
-        "hbone_client": lambda: _hbone_exchanges()[1],
+        "hbone_server": lambda: hbone()[0],
+        "hbone_client": lambda: hbone()[1],
         "hbone_headers": _header_values,
         "waypoint_h2": _hyper_h2_requests,
-        "http1_request": lambda: _h11_messages()[0],
-        "http1_response": lambda: _h11_messages()[1],
+        "http1_request": lambda: h11()[0],
+        "http1_response": lambda: h11()[1],
         "cni": _cni_invocations,
         "zds": _zds_sessions,
         "config_stream": _config_lines,
