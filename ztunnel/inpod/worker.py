@@ -21,7 +21,7 @@ log = structlog.get_logger("ztunnel.workers")
 
 
 async def serve_supervisor(zds: ZdsClient, status: Callable[[], dict], shutdown: Callable[[], None],
-                           zds_fd: int, status_fd: int, configured: trio.Event | None = None) -> None:
+                           zds_fd: int, status_fd: int, configured: trio.Event) -> None:
     """In a worker: take pods from the main process (through `zds`; only once `configured` is
     set, as a pod's listeners accept at once), answer its status requests with `status()`; when
     either socket closes the main process is gone, so `shutdown()`."""
@@ -34,8 +34,7 @@ async def serve_supervisor(zds: ZdsClient, status: Callable[[], dict], shutdown:
         async with trio.open_nursery() as nursery:
             async def follow_zds() -> None:
                 try:
-                    if configured is not None:
-                        await configured.wait()
+                    await configured.wait()
                     await zds.serve(zds_sock)
                 except OSError as exc:
                     log.warning("ZDS socket to the main process failed", error=str(exc))
