@@ -6,7 +6,6 @@ closed when b leaves the config (ztunnel/app.py `apply_config`), not left to idl
 
 from __future__ import annotations
 
-
 import pytest
 
 from .test_netns import (  # noqa: F401  (lab and mesh are fixtures)
