@@ -19,7 +19,7 @@ import trio
 
 from wisp import log as wlog
 from wisp.controlplane.http import make_client
-from wisp.runtime.paths import RuntimePaths
+from wisp.runpaths import RuntimePaths
 
 from .agent import AgentConfig, NodeAgent
 from . import install as cni_install

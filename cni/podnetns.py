@@ -18,7 +18,7 @@ import re
 from typing import Any, Protocol
 
 from wisp import netns as wnetns
-from wisp.runtime.topology import pod_netns_name
+from wisp.runpaths import pod_netns_name
 
 
 class NetnsLocator(Protocol):

@@ -92,13 +92,13 @@ def _labelled(document: dict) -> dict:
     spec = document.get("spec") or {}
     pod_spec = (spec.get("template") or {}).get("spec") if document.get("kind") != "Pod" else spec
     for container in (pod_spec or {}).get("containers") or []:
-        container.setdefault("image", "registry.example/wisp/echo:dev")
+        container.setdefault("image", "registry.example/echo:dev")
     return document
 
 
 def _apply(cluster, document: dict) -> None:
     """kubectl apply; an object the API server refuses before admission is skipped, said why."""
-    from wisp.testbed.cluster import TestbedError
+    from runtime.testbed.cluster import TestbedError
 
     try:
         cluster.kubectl("apply", "-f", "-", input=json.dumps(document))
@@ -192,7 +192,7 @@ def _cni_invocations() -> list[bytes]:
     import tempfile
 
     from cni.install import HostPaths, install
-    from wisp.testbed import cnitool
+    from runtime.testbed import cnitool
 
     tool = cnitool.installed()
     made = [d for d in (os.path.dirname(LIBCNI_CACHE), LIBCNI_CACHE) if not os.path.exists(d)]
@@ -261,8 +261,8 @@ def record_live(corpus: Path, names: Iterable[str] = ()) -> None:
     if unknown:
         raise SystemExit(f"nothing to capture live for {', '.join(unknown)}; admission, jwt and cni are")
     if wanted & {"admission", "jwt"}:
-        from wisp.testbed import build
-        from wisp.testbed.cluster import start
+        from runtime.testbed import build
+        from runtime.testbed.cluster import start
 
         with start(build.installed(), timeout=120) as cluster:
             if "admission" in wanted:

@@ -12,7 +12,7 @@ removes owned objects on a cluster.
 
 What the waypoint process needs to start, locally:
 - the Service's cluster IP, allocated here as the CLI allocates one on apply
-  (``wisp.runtime.manifests.allocate_cluster_ips``) and kept for as long as the Service lives;
+  (``runtime.manifests.allocate_cluster_ips``) and kept for as long as the Service lives;
 - its bearer token, issued per Gateway and written to ``<state dir>/tokens/waypoint-<ns>-<name>``
   (the file the waypoint reads, waypoint/config.py ``WaypointSettings.token_path``), next to
   ``root-cert.pem``;
@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 
 from wisp.identity import SpiffeId
-from wisp.runtime.manifests import allocate_cluster_ips
+from runtime.manifests import allocate_cluster_ips
 from wisp.waypoint_deployment import (
     DEFAULT_WAYPOINT_COMMAND,
     GATEWAY_NAME_LABEL,

@@ -4,7 +4,7 @@ The attack: a process that is neither root nor the component's own user connects
 agent's ZDS socket (whose newest peer is handed pods' network namespaces), its CNI endpoint
 (which enrols any netns it is told) or a worker's metrics socket. The sockets are made
 reachable here on purpose (mode 0666 in a world-writable directory) to show the peer check
-alone refuses the connection; the peer is a pod's process (wisp/runtime/sandbox.py: its own uid,
+alone refuses the connection; the peer is a pod's process (runtime/sandbox.py: its own uid,
 no capabilities), which needs root to start.
 """
 
@@ -24,8 +24,8 @@ import trio
 from cni.cni_endpoint import serve_endpoint
 from wisp import peercred
 from wisp.metrics import Registry, WorkerWriter
-from wisp.runtime.paths import RUN_ROOT
-from wisp.runtime.sandbox import plan, program_paths
+from wisp.runpaths import RUN_ROOT
+from runtime.sandbox import plan, program_paths
 from wisp.zds import protocol
 from wisp.zds.node import ZdsServer
 

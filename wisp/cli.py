@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     init = ca_sub.add_parser("init", help="write a new root and intermediate in Istio's cacerts layout")
     init.add_argument("directory")
     init.add_argument("--trust-domain", default="cluster.local")
-    from wisp.runtime import cli as runtime_cli
+    from runtime import cli as runtime_cli
 
     runtime_cli.add_commands(sub)
     from wisp import commands
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("the mesh demo needs root (network namespaces); --tunnel-only does not")
         if not args.directory.is_dir():
             parser.error(f"{args.directory} is not a directory (run from the repository root)")
-        from wisp.runtime.demo import run_demo as run_mesh_demo
+        from runtime.demo import run_demo as run_mesh_demo
 
         return run_mesh_demo(args.directory, args.prefix, args.keep)
     if args.command == "ca" and args.ca_command == "init":

@@ -1,10 +1,10 @@
 """`python -m bench.controlplane --kube`: the watch path, against the test bed's real API server.
 
 What it measures (10,000 pods, 1,000 services, 500 policies: the scenario of scenario.py):
-1. The cluster is written to the test bed's kube-apiserver (wisp/testbed, docs/testbed.md):
+1. The cluster is written to the test bed's kube-apiserver (runtime/testbed, docs/testbed.md):
    Namespaces, ServiceAccounts, Services, Gateways, AuthorizationPolicies, the mesh-wide
    PeerAuthentication and the Pods, each Pod with ``nodeName`` set to one of ``nodes`` registered
-   simulated nodes, so nothing is scheduled; the test bed's kubelet stand-in (wisp/testbed/nodes.py)
+   simulated nodes, so nothing is scheduled; the test bed's kubelet stand-in (runtime/testbed/nodes.py)
    marks each pod Running with an IP from its node's range. Written concurrently over HTTP/2;
    timed, but not a target.
 2. The operator's Kubernetes mode, in its own spawned process (so its peak RSS is its own):
@@ -181,9 +181,9 @@ def _summary_ms(values: list[float]) -> dict[str, float]:
 
 
 def run(plan: KubePlan, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    from wisp.testbed import build
-    from wisp.testbed.cluster import start
-    from wisp.testbed.nodes import Nodes
+    from runtime.testbed import build
+    from runtime.testbed.cluster import start
+    from runtime.testbed.nodes import Nodes
 
     if plan.scale.pods > plan.nodes * 250:
         raise KubeBenchError(f"{plan.scale.pods} pods need at least {plan.scale.pods // 250 + 1} nodes")

@@ -248,7 +248,7 @@ def kube_docs_block(run: dict[str, Any]) -> str:
         where_and_load(run),
         "",
         f"Command: `{run['command']}` — the test bed's kube-apiserver, etcd, controller manager and scheduler "
-        f"on loopback, {plan['nodes']} simulated nodes (wisp/testbed), the cluster written over HTTP/2 with "
+        f"on loopback, {plan['nodes']} simulated nodes (runtime/testbed), the cluster written over HTTP/2 with "
         f"{plan['concurrency']} requests in flight; the operator's KubeSource, Controller and Distributor in "
         f"their own process; a burst of {plan['burst']:,} pod label patches, {plan['concurrency']} in flight.",
         "",

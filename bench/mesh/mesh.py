@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from wisp.identity import CertificateAuthority, SpiffeId
-from wisp.runtime.paths import RuntimePaths
+from wisp.runpaths import RuntimePaths
 
 HTTP_PORT = 8080
 IPERF_PORT = 5201
@@ -125,7 +125,7 @@ class Mesh:
         self.paths = RuntimePaths(prefix)
         self.log = log
         self.work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
-        # Pods run as their own unprivileged uid (wisp/runtime/sandbox.py): nginx reads its
+        # Pods run as their own unprivileged uid (runtime/sandbox.py): nginx reads its
         # configuration and writes its pid and body files here, as in /tmp itself.
         os.chmod(self.work, 0o1777)
         self._status: dict = {}

@@ -30,7 +30,7 @@ from cni.install import HostPaths, install, uninstall
 from tests.support.fake_ztunnel import FakeZtunnel
 from tests.support.netns import netns_run, random_prefix, scratch_netns
 from tests.support.pod_source import MemoryPodSource
-from wisp.testbed import build, cnitool
+from runtime.testbed import build, cnitool
 from wisp.zds.protocol import Add, WorkloadInfo
 
 pytestmark = pytest.mark.root

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.wait import wait_for
-from wisp.runtime.paths import RuntimePaths
+from wisp.runpaths import RuntimePaths
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wisp.runtime.sandbox import POD_UID_BASE
+from runtime.sandbox import POD_UID_BASE
 
 ATTACK = r"""
 import json, os, socket, sys

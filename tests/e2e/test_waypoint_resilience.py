@@ -9,7 +9,7 @@ The module adds namespace `resil`: a client; `echo` (one wisp-echo pod) behind S
 /pertry, Istio's default retry policy elsewhere) and `faulty` (a VirtualService: a 1 s delay for
 every request to /delay, a 50% abort with 503 on /abort, nothing on the rest); `broken` (a
 wisp-echo that answers every request 503 after 200 ms). The echo app's switches make the failures
-and its `/stats` counts the attempts that reached it (wisp.echo.faults). Each test prints what it
+and its `/stats` counts the attempts that reached it (echo.faults). Each test prints what it
 measured; docs/resilience.md records a run's figures.
 """
 
@@ -107,7 +107,7 @@ def timed(mesh, url: str, *header: str, timeout: float = 15) -> tuple[int, float
 
 
 def served(mesh, name: str) -> dict:
-    """The echo pod's own count of the requests it answered (wisp.echo.faults, GET /stats)."""
+    """The echo pod's own count of the requests it answered (echo.faults, GET /stats)."""
     code, body = mesh.curl(NS, "client", f"http://{name}.{NS}/stats")
     assert code == 200, body
     return json.loads(body)

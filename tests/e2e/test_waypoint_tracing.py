@@ -5,7 +5,7 @@ waypoint's span and its parent").
 The module's fixture adds a namespace `trace`: a client pod, an echo Deployment (it reports the
 headers it received) behind Service `echo`, the waypoint Gateway (annotated with its collector,
 `tracing.wisp.io/otlp-endpoint: jaeger.trace:4317`, docs/tracing.md) and Jaeger v2 — built from
-its Go module (wisp/testbed/jaeger.py) — as a pod outside the mesh
+its Go module (runtime/testbed/jaeger.py) — as a pod outside the mesh
 (`istio.io/dataplane-mode: none`) behind Service `jaeger`. Jaeger's OTLP receiver listens in its
 pod's network namespace (which the mesh made), its query API on that namespace's loopback only;
 the test reads it with `ip netns exec`. The waypoint, in its own pod namespace, reaches the
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from wisp.testbed import build as testbed_build
-from wisp.testbed import jaeger
+from runtime.testbed import build as testbed_build
+from runtime.testbed import jaeger
 
 from .objects import client, echo_deployment, manifest, namespace, service
 
@@ -110,7 +110,7 @@ def query(mesh, path: str) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def traced(mesh, jaeger_binary):
-    # The collector runs as its pod's own unprivileged user (wisp/runtime/sandbox.py), so its
+    # The collector runs as its pod's own unprivileged user (runtime/sandbox.py), so its
     # configuration goes where others may read it (pytest's own temporary root is 0700).
     directory = Path(tempfile.mkdtemp(prefix="wisp-e2e-jaeger-"))
     directory.chmod(0o755)

@@ -18,9 +18,9 @@ import pytest
 import trio
 
 from wisp import protobuf, sockets
-from wisp.echo import EchoConfig, serve
-from wisp.echo import grpc as echo_grpc
-from wisp.echo.report import Request, format_peer, respond
+from echo import EchoConfig, serve
+from echo import grpc as echo_grpc
+from echo.report import Request, format_peer, respond
 
 NAME = "web-7d9f-abcde"
 MiB = 1024 * 1024
@@ -388,7 +388,7 @@ def test_grpc_request_over_the_message_limit_is_resource_exhausted():
 # -- the command --------------------------------------------------------------------------------
 
 def test_command_needs_at_least_one_listener(capsys):
-    from wisp.echo import main
+    from echo import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([])
@@ -398,7 +398,7 @@ def test_command_needs_at_least_one_listener(capsys):
 
 def test_command_exits_cleanly_on_sigterm():
     env = {**os.environ, "HOSTNAME": "pod-a"}
-    proc = subprocess.Popen([sys.executable, "-m", "wisp.echo", "--bind", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "echo", "--bind", "127.0.0.1",
                              "--http", "0", "--tcp", "0"],
                             stderr=subprocess.PIPE, env=env, text=True)
     try:

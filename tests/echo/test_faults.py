@@ -14,10 +14,10 @@ import trio
 
 from tests.echo.test_echo import NAME, grpc_call, h1_get, h2_get_headers, h2_request
 from wisp import sockets
-from wisp.echo import EchoConfig, serve
-from wisp.echo import grpc as echo_grpc
-from wisp.echo import cli
-from wisp.echo.faults import Faults, Plan, SwitchError, Switches
+from echo import EchoConfig, serve
+from echo import grpc as echo_grpc
+from echo import cli
+from echo.faults import Faults, Plan, SwitchError, Switches
 
 
 async def start(nursery, switches: Switches = Switches()) -> int:
@@ -81,7 +81,7 @@ def test_environment_sets_the_pod_switches_and_rejects_garbage():
 
 
 def test_cli_rejects_an_out_of_range_switch():
-    result = subprocess.run([sys.executable, "-m", "wisp.echo", "--http", "0", "--fail-status",
+    result = subprocess.run([sys.executable, "-m", "echo", "--http", "0", "--fail-status",
                              "700"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "fail-status must be from 200 to 599" in result.stderr

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from wisp.testbed import build
-from wisp.testbed.cluster import Cluster, start
-from wisp.testbed.nodes import Nodes
+from runtime.testbed import build
+from runtime.testbed.cluster import Cluster, start
+from runtime.testbed.nodes import Nodes
 
 NODE_COUNT = 3
 _timings: dict[str, float] = {}

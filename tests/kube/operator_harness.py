@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from wisp.testbed.cluster import Cluster
+from runtime.testbed.cluster import Cluster
 from wisp_operator.controller import Controller
 from wisp_operator.distributor import Distributor
 from wisp_operator.kube.client import KubeApi

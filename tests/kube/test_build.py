@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from wisp.testbed import build
+from runtime.testbed import build
 
 GO_MOD = """module k8s.io/kubernetes
 

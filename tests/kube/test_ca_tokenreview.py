@@ -30,8 +30,8 @@ from kubernetes_asyncio import config as k8s_config
 from tests.kube.conftest import wait_for
 from wisp.identity import CertificateAuthority, SpiffeId, make_csr
 from wisp.identity.certs import generate_key
-from wisp.testbed.cluster import SERVICE_ACCOUNT_ISSUER, Cluster
-from wisp.testbed.nodes import Nodes
+from runtime.testbed.cluster import SERVICE_ACCOUNT_ISSUER, Cluster
+from runtime.testbed.nodes import Nodes
 from wisp_operator.auth import ROLE_WORKLOAD, Caller
 from wisp_operator.ca_service import CaService
 from wisp_operator.cluster import ClusterState

@@ -1,4 +1,4 @@
-"""`python -m wisp.testbed`: bad arguments get a usage error (exit 2), missing binaries a clear one (1)."""
+"""`python -m runtime.testbed`: bad arguments get a usage error (exit 2), missing binaries a clear one (1)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from wisp.testbed import build
-from wisp.testbed import __main__ as cli
-from wisp.testbed.__main__ import main
+from runtime.testbed import build
+from runtime.testbed import __main__ as cli
+from runtime.testbed.__main__ import main
 
 
 @pytest.fixture(autouse=True)

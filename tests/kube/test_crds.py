@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from wisp.testbed.cluster import Cluster
+from runtime.testbed.cluster import Cluster
 from wisp_operator.validation import admit, load_resources
 from wisp_operator.validation.errors import BAD_REQUEST, INVALID, NO_MATCH
 from wisp_operator.validation.structural import apply_defaults

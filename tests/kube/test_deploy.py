@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
-from wisp.testbed import build, helm
-from wisp.testbed.cluster import Cluster
-from wisp.testbed.nodes import Nodes
+from runtime.testbed import build, helm
+from runtime.testbed.cluster import Cluster
+from runtime.testbed.nodes import Nodes
 
 from .conftest import wait_for
 

@@ -29,8 +29,8 @@ from cni.podnetns import LocalNetnsLocator
 from cni.podsource import PodView
 from tests.support.fake_ztunnel import FakeZtunnel
 from tests.support.netns import random_prefix, scratch_netns
-from wisp.testbed.cluster import Cluster
-from wisp.testbed.nodes import Nodes
+from runtime.testbed.cluster import Cluster
+from runtime.testbed.nodes import Nodes
 from wisp.zds.protocol import Add, Del
 
 ANNOTATION = "ambient.istio.io/redirection"

@@ -32,8 +32,8 @@ from tests.kube.conftest import wait_for
 from wisp.controlplane.protocol import CERTIFICATE_PATH, STREAM_PATH
 from wisp.identity import SpiffeId, make_csr
 from wisp.identity.certs import generate_key
-from wisp.testbed.cluster import Cluster, free_ports
-from wisp.testbed.nodes import Nodes
+from runtime.testbed.cluster import Cluster, free_ports
+from runtime.testbed.nodes import Nodes
 
 from .test_operator_leader import holder
 

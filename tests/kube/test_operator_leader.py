@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from wisp.testbed.cluster import Cluster
+from runtime.testbed.cluster import Cluster
 
 from .conftest import wait_for
 from .operator_harness import RunningOperator

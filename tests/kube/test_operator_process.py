@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from wisp.testbed.cluster import Cluster, free_ports
+from runtime.testbed.cluster import Cluster, free_ports
 
 from .conftest import wait_for
 from .test_operator_leader import holder

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from wisp.identity import CertificateAuthority
-from wisp.testbed.cluster import Cluster
+from runtime.testbed.cluster import Cluster
 from wisp_operator.kube.ca_secret import KEYS, SECRET_NAME, shared_ca
 from wisp_operator.kube.client import KubeApi, KubeError
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from wisp.testbed.cluster import Cluster
-from wisp.testbed.nodes import Nodes
+from runtime.testbed.cluster import Cluster
+from runtime.testbed.nodes import Nodes
 from wisp_operator.kube.source import KINDS_BY_NAME, SOURCE_PREFIX
 
 from .conftest import wait_for

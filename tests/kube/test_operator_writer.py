@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from wisp.testbed.cluster import Cluster
-from wisp.testbed.nodes import Nodes
+from runtime.testbed.cluster import Cluster
+from runtime.testbed.nodes import Nodes
 from wisp_operator.kube.writer import FIELD_MANAGER
 from wisp_operator.reconcile import StatusWrite
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from wisp.testbed import build
-from wisp.testbed.cluster import OWNER_FILE, PREFIX, Cluster, StartError, leftovers, remove_stale, start
-from wisp.testbed.nodes import LEASE_NAMESPACE, Nodes
+from runtime.testbed import build
+from runtime.testbed.cluster import OWNER_FILE, PREFIX, Cluster, StartError, leftovers, remove_stale, start
+from runtime.testbed.nodes import LEASE_NAMESPACE, Nodes
 
 from .conftest import NODE_COUNT, wait_for
 

@@ -5,8 +5,8 @@ the schema, with lastTransitionTime), as `kubectl get` shows them.
 
 from __future__ import annotations
 
-from wisp.testbed.cluster import Cluster
-from wisp.testbed.nodes import Nodes
+from runtime.testbed.cluster import Cluster
+from runtime.testbed.nodes import Nodes
 
 from .conftest import wait_for
 from .operator_harness import RunningOperator

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from wisp.testbed.cluster import Cluster
+from runtime.testbed.cluster import Cluster
 
 from .conftest import wait_for
 

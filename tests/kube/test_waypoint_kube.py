@@ -11,8 +11,8 @@ import uuid
 from typing import Any
 
 from wisp.identity import SpiffeId
-from wisp.testbed.cluster import Cluster
-from wisp.testbed.nodes import Nodes
+from runtime.testbed.cluster import Cluster
+from runtime.testbed.nodes import Nodes
 from wisp_operator.auth import Caller
 from wisp_operator.distributor import ROLE_WAYPOINT
 from wisp_operator.kube.writer import FIELD_MANAGER

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from wisp.testbed.cluster import Cluster
-from wisp.testbed.nodes import Nodes
+from runtime.testbed.cluster import Cluster
+from runtime.testbed.nodes import Nodes
 
 from .conftest import wait_for
 from .test_deploy import (

@@ -1,7 +1,7 @@
 """Local mode's waypoint objects: written into the manifest directory for the runtime to run.
 
 A real LocalSource over a temporary directory and the real reconciliation core; the runtime's
-own reading of the directory (wisp.runtime.manifests) checks the pod it will start.
+own reading of the directory (runtime.manifests) checks the pod it will start.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from wisp.identity import SpiffeId
-from wisp.runtime.manifests import desired_pods, load_directory, services
+from runtime.manifests import desired_pods, load_directory, services
 from wisp.waypoint_deployment import waypoint_objects
 from wisp_operator.local_source import LocalSource
 from wisp_operator.local_waypoints import LocalWaypoints

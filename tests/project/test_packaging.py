@@ -7,7 +7,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = {"wisp": "wisp", "ztunnel": "ztunnel", "waypoint": "waypoint", "cni": "cni",
-              "operator": "wisp_operator"}
+              "operator": "wisp_operator",
+              "runtime": "runtime", "echo": "echo"}
 
 
 def _packages_in_tree() -> set[str]:

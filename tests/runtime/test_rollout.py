@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from wisp.runtime.paths import RuntimePaths
-from wisp.runtime.rollout import Rollouts, RolloutError, request, wait
+from wisp.runpaths import RuntimePaths
+from runtime.rollout import Rollouts, RolloutError, request, wait
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Node:
 
 @pytest.fixture
 def paths(tmp_path, monkeypatch):
-    monkeypatch.setattr("wisp.runtime.paths.RUN_ROOT", tmp_path)
+    monkeypatch.setattr("wisp.runpaths.RUN_ROOT", tmp_path)
     paths = RuntimePaths("wisp-trollout")
     paths.root.mkdir()
     return paths
@@ -82,7 +82,7 @@ def test_waiting_on_a_mesh_that_stopped_says_so():
 @pytest.mark.parametrize("argv", [["rollout", "--prefix", "wisp-tnone", "restart", "ztunnel"],
                                   ["rollout", "restart", "ztunnel", "--prefix", "wisp-tnone"]])
 def test_the_command_names_the_mesh_it_did_not_find(argv, capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr("wisp.runtime.paths.RUN_ROOT", tmp_path)
+    monkeypatch.setattr("wisp.runpaths.RUN_ROOT", tmp_path)
     monkeypatch.setattr("os.geteuid", lambda: 0)
     # The CLI would point the process's logging at capsys's stream, closed after this test.
     monkeypatch.setattr("wisp.log.configure", lambda *args, **kwargs: None)

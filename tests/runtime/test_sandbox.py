@@ -1,4 +1,4 @@
-"""The pod sandbox (wisp/runtime/sandbox.py): the plan from the file system, and what a process
+"""The pod sandbox (runtime/sandbox.py): the plan from the file system, and what a process
 inside it can and cannot do (those tests need root, as the runtime does)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wisp.runtime.sandbox import (
+from runtime.sandbox import (
     POD_UID_BASE,
     POD_UID_SPAN,
     Sandbox,

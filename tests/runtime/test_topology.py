@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from wisp.runtime import paths
-from wisp.runtime.topology import Topology, owns
+from wisp import runpaths as paths
+from runtime.topology import Topology, owns
 
 
 def test_a_mesh_owns_its_switch_nodes_and_pods():

@@ -5,7 +5,7 @@ Services: `echo` (echo-a alone) with an HTTPRoute (a 1 s request timeout on /slo
 a 300 ms per-try timeout on /pertry; Istio's default retry policy elsewhere); `pair` (echo-a and
 echo-b, which fails every request with 503; no route); `broken` (echo-c, which answers every
 request 503 after 300 ms); `faulty` (echo-a) with a VirtualService injecting a 500 ms delay on
-/delay and a 50% abort elsewhere. The echo apps' switches (wisp.echo.faults) make the failures.
+/delay and a 50% abort elsewhere. The echo apps' switches (echo.faults) make the failures.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def helm_binary() -> Path:
     found = shutil.which("helm")
     if found:
         return Path(found)
-    from wisp.testbed import build, helm
+    from runtime.testbed import build, helm
 
     try:
         return helm.installed()

@@ -1,7 +1,7 @@
 """`wisp rollout restart ztunnel [--node N]...`: replace ztunnel node by node, dropping no connection.
 
 kubectl's `rollout restart daemonset/ztunnel` for the local mesh (`--prefix`): each node's new
-ztunnel takes over while the old one drains its established connections (wisp/runtime/rollout.py;
+ztunnel takes over while the old one drains its established connections (runtime/rollout.py;
 docs/architecture.md, "Zero-drop ztunnel restart"). The command returns once every node's new
 ztunnel serves its node; with `--wait-drained` also once every old one exited. On a Kubernetes
 cluster `kubectl rollout restart -n istio-system daemonset/ztunnel` does the same with
@@ -33,9 +33,9 @@ def add_commands(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wisp.runtime.cli import daemon_pid, read_status
-    from wisp.runtime.paths import RuntimePaths
-    from wisp.runtime.rollout import RolloutError, node_rollouts_summary, request, wait
+    from runtime.cli import daemon_pid, read_status
+    from wisp.runpaths import RuntimePaths
+    from runtime.rollout import RolloutError, node_rollouts_summary, request, wait
 
     paths = RuntimePaths(args.prefix)
     if os.geteuid() != 0:

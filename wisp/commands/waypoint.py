@@ -323,13 +323,13 @@ def delete(args, target: Target, out: Output) -> int:
 
 # -- targets --------------------------------------------------------------------------------------
 class LocalMesh:
-    """The local mesh's control plane API (wisp.runtime), called as `wisp apply/get/label` call it."""
+    """The local mesh's control plane API (runtime), called as `wisp apply/get/label` call it."""
 
     default_namespace = "default"
 
     def __init__(self, prefix: str) -> None:
-        from wisp.runtime import cli as runtime_cli
-        from wisp.runtime.paths import RuntimePaths
+        from runtime import cli as runtime_cli
+        from wisp.runpaths import RuntimePaths
 
         if os.geteuid() != 0:
             raise WaypointError("the local mesh needs root (network namespaces and iptables)")
@@ -341,7 +341,7 @@ class LocalMesh:
     def _call(self, fn):
         import trio
 
-        from wisp.runtime.operator_client import OperatorClient, OperatorError
+        from runtime.operator_client import OperatorClient, OperatorError
 
         async def call():
             client = OperatorClient(self.paths)
@@ -378,7 +378,7 @@ class LocalMesh:
         self._call(lambda c: c.set_labels("Namespace", "", name, {key: value}))
 
     def apply_gateway(self, gateway: dict[str, Any]) -> None:
-        from wisp.runtime.operator_client import OperatorError
+        from runtime.operator_client import OperatorError
 
         namespace, name = gateway["metadata"]["namespace"], gateway["metadata"]["name"]
 

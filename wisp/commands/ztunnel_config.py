@@ -107,7 +107,7 @@ def parse(body: bytes, source: str) -> dict[str, Any]:
 
 
 def _from_local_mesh(prefix: str, node: str | None) -> dict[str, Any]:
-    from wisp.runtime.paths import RuntimePaths
+    from wisp.runpaths import RuntimePaths
 
     paths = RuntimePaths(prefix)
     try:
@@ -136,7 +136,7 @@ def _fetch(netns: str | None, address: tuple[str, int]) -> bytes:
 
     async def read() -> bytes:
         if netns is not None:
-            from wisp.runtime.probes import open_in_netns
+            from runtime.probes import open_in_netns
 
             stream = await open_in_netns(netns, address, timeout=5)
         else:

@@ -21,7 +21,7 @@ import trio
 
 from .sandbox import Sandbox
 
-log = structlog.get_logger("wisp.runtime.processes")
+log = structlog.get_logger("runtime.processes")
 
 
 @dataclass(slots=True)

@@ -51,7 +51,7 @@ KEEP_ENV = "WISP_TESTBED_KEEP"
 OWNER_FILE = "owner.pid"
 STOP_GRACE_SECONDS = 5.0
 
-log = structlog.get_logger("wisp.testbed")
+log = structlog.get_logger("runtime.testbed")
 
 
 class TestbedError(Exception):

@@ -8,7 +8,7 @@ Contract:
   no-op that does not need Go.
 - `installed()` returns the binary's path without building; `build.MissingBinaries` (whose message
   names the command that builds it) if it is not there.
-- `python -m wisp.testbed build` calls `build_helm()` after the control-plane binaries, so `./run test`
+- `python -m runtime.testbed build` calls `build_helm()` after the control-plane binaries, so `./run test`
   and CI get helm the same way they get kubectl.
 
 Version: v3.21.4, the newest helm v3 release cleared for this project's machines (v3.22.0 is on
@@ -51,7 +51,7 @@ def installed(helm_version: str = HELM_VERSION, k8s_version: str = build.K8S_VER
     """The cached helm binary; raises build.MissingBinaries if it is not built for this recipe."""
     directory = build.version_dir(k8s_version)
     if not TOOL.cached(directory, helm_version):
-        raise TOOL.missing(directory, helm_version, "`./run testbed build` (python -m wisp.testbed build), "
+        raise TOOL.missing(directory, helm_version, "`./run testbed build` (python -m runtime.testbed build), "
                            "which needs Go and the Go module proxy")
     return TOOL.path(directory)
 

@@ -1,4 +1,8 @@
-"""Where a local mesh keeps its files: one directory per prefix under /run/wisp."""
+"""Where a local mesh keeps its files, and what its network namespaces are called.
+
+Shared by the runtime (`runtime/`, which makes them) and the node agent (`cni/`, which finds a
+pod's namespace by name when it runs on a local mesh): one directory per prefix under /run/wisp.
+"""
 
 from __future__ import annotations
 
@@ -58,3 +62,8 @@ class RuntimePaths:
 
     def cni_socket(self, node: str) -> Path:
         return self.node_dir(node) / "cni.sock"
+
+
+def pod_netns_name(prefix: str, namespace: str, name: str) -> str:
+    """The network namespace of pod `namespace/name` in mesh `prefix` (the node agent finds it so)."""
+    return f"{prefix}-{namespace}-{name}"

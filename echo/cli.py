@@ -32,7 +32,7 @@ examples:
 failure and delay switches (flags, or WISP_ECHO_FAIL_FIRST, WISP_ECHO_FAIL_PERCENT,
 WISP_ECHO_FAIL_STATUS, WISP_ECHO_DELAY_MS; flags win), and per request the headers
 x-echo-status, x-echo-fail-percent, x-echo-fail-status, x-echo-fail-first with
-x-echo-fail-key, x-echo-delay-ms, x-echo-grpc-status: see `pydoc wisp.echo.faults`.
+x-echo-fail-key, x-echo-delay-ms, x-echo-grpc-status: see `pydoc echo.faults`.
 """
 
 

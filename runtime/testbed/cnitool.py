@@ -32,7 +32,7 @@ def installed(version: str = CNI_VERSION) -> Path:
     """The cached cnitool; raises build.MissingBinaries if it is not built."""
     if not TOOL.cached(directory(version), version):
         raise TOOL.missing(directory(version), version,
-                           "`python -c 'from wisp.testbed import cnitool; cnitool.build_cnitool()'` "
+                           "`python -c 'from runtime.testbed import cnitool; cnitool.build_cnitool()'` "
                            "(needs Go and the Go module proxy; 9 s cold, measured here)")
     return TOOL.path(directory(version))
 

@@ -32,12 +32,12 @@ from .manifests import (
     services,
 )
 from .operator_client import OperatorClient, OperatorError
-from .paths import RuntimePaths
+from wisp.runpaths import RuntimePaths
 from .processes import Supervised
 from .rollout import Rollouts
 from .topology import CONTROL_PLANE_IP, SERVICE_HOOKS, Node, Topology, service_rules
 
-log = structlog.get_logger("wisp.runtime")
+log = structlog.get_logger("runtime")
 
 ZTUNNEL_READY_PORT = 15021
 # How long a ztunnel being replaced serves its established connections (Istio: the DaemonSet's

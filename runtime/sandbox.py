@@ -22,7 +22,7 @@ The pod's network namespace allows unprivileged binds from port 0 (set by the ku
 container runtimes do), so nginx on port 80 needs no capability.
 
 `Sandbox` is the plan, plain data (it travels as JSON on the command line and in the runtime's
-status for `wisp exec`); `python -m wisp.runtime.sandbox SPEC -- COMMAND`, run by `ip netns exec`
+status for `wisp exec`); `python -m runtime.sandbox SPEC -- COMMAND`, run by `ip netns exec`
 as root, carries it out and execs COMMAND. Anything it cannot do ends it with a message on
 stderr (the pod's log) and status 1 before COMMAND runs: a pod never starts unconfined. Only the
 standard library is imported, so the step costs an interpreter start (~20 ms) per container.
@@ -77,7 +77,7 @@ class Sandbox:
 
     def wrap(self, command: list[str], python: str = sys.executable) -> list[str]:
         """The command line that runs `command` inside this sandbox (after `ip netns exec`)."""
-        return [python, "-P", "-m", "wisp.runtime.sandbox", self.to_json(), "--", *command]
+        return [python, "-P", "-m", "runtime.sandbox", self.to_json(), "--", *command]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -302,7 +302,7 @@ def _clear_capability_sets(libc: _Libc) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 3 or args[1] != "--":
-        print("usage: python -m wisp.runtime.sandbox SPEC -- COMMAND [ARG…]", file=sys.stderr)
+        print("usage: python -m runtime.sandbox SPEC -- COMMAND [ARG…]", file=sys.stderr)
         return 2
     command = args[2:]
     try:

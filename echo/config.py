@@ -14,5 +14,5 @@ READ_SIZE = 256 * 1024
 class EchoConfig:
     name: str  # reported as `hostname`; the local runtime sets it to the pod's name
     log_requests: bool = False  # one log line per request or TCP connection (off for benchmarks)
-    # The failure and delay switches and their counts (wisp.echo.faults); shared by every listener.
+    # The failure and delay switches and their counts (echo.faults); shared by every listener.
     faults: Faults = field(default_factory=Faults, compare=False)

@@ -25,14 +25,14 @@ from typing import Any
 import structlog
 import trio
 
-from . import paths as runtime_paths
+from wisp import runpaths as runtime_paths
 from . import probes
 from .operator_client import OperatorClient, OperatorError
 from .processes import Supervised
 from .sandbox import Sandbox, plan, pod_uid, program_paths
 from .topology import Node, PodNet, Topology, netns_exec
 
-log = structlog.get_logger("wisp.runtime.kubelet")
+log = structlog.get_logger("runtime.kubelet")
 
 CNI_VERSION = "1.0.0"
 RESYNC_INTERVAL = 10.0

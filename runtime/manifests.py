@@ -21,7 +21,7 @@ from wisp.kube import InvalidObject
 
 from .topology import SERVICE_NETWORK
 
-log = structlog.get_logger("wisp.runtime.manifests")
+log = structlog.get_logger("runtime.manifests")
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 

@@ -103,7 +103,7 @@ def stats(served: int, failed: int, hostname: str) -> Response:
 
 
 def with_plan(response: Response, plan: Plan, hostname: str) -> Response:
-    """`response` as the failure and delay switches (`wisp.echo.faults`) say: a bad switch header
+    """`response` as the failure and delay switches (`echo.faults`) say: a bad switch header
     is a 400, an injected failure replaces the status; either way `x-echo-fault` says what."""
     if plan.error:
         return _plain(400, f"{plan.error}\n".encode(), hostname)

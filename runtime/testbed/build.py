@@ -161,7 +161,7 @@ def installed(k8s_version: str = K8S_VERSION) -> Binaries:
     if kube is None or etcd is None or missing:
         raise MissingBinaries(
             "test-bed binaries for Kubernetes %s are not built in %s (missing: %s); "
-            "build them with `./run testbed build` (python -m wisp.testbed build), "
+            "build them with `./run testbed build` (python -m runtime.testbed build), "
             "which needs Go and the Go module proxy and takes about half an hour cold"
             % (k8s_version, directory, ", ".join(missing) or "build stamps")
         )
@@ -458,7 +458,7 @@ class GoTool:
         usage = _Usage()
         started = time.monotonic()
         module_dir = directory / "modules" / self.part
-        _fresh_module(module_dir, "wisp.testbed/" + self.part)
+        _fresh_module(module_dir, "runtime.testbed/" + self.part)
         say("%s %s: downloading %s" % (self.command, version, self.module))
         info = _download(self.module, version, module_dir, say, usage)
         go_mod_path = info.get("GoMod")
@@ -491,7 +491,7 @@ def _build_kubernetes(directory: Path, version: str, say: Progress) -> PartRepor
     usage = _Usage()
     started = time.monotonic()
     module_dir = directory / "modules" / "kubernetes"
-    _fresh_module(module_dir, "wisp.testbed/kubernetes")
+    _fresh_module(module_dir, "runtime.testbed/kubernetes")
     say("kubernetes %s: downloading k8s.io/kubernetes (%s)" % (version, go_version))
     info = _download("k8s.io/kubernetes", version, module_dir, say, usage)
     go_mod_path = info.get("GoMod")
@@ -505,7 +505,7 @@ def _build_kubernetes(directory: Path, version: str, say: Progress) -> PartRepor
             "the wrapper recipe does not fit this version" % (version, go_mod_path)
         )
     extra = other_replaces(go_mod)
-    lines = ["module wisp.testbed/kubernetes", "", "go 1.26", "", "require k8s.io/kubernetes %s" % version, "", "replace ("]
+    lines = ["module runtime.testbed/kubernetes", "", "go 1.26", "", "require k8s.io/kubernetes %s" % version, "", "replace ("]
     lines += ["\t%s => %s %s" % (module, module, published) for module, published in replaces]
     lines += ["\t%s" % line for line in extra]
     lines += [")", ""]
@@ -565,7 +565,7 @@ def _build_etcd_version(directory: Path, version: str, say: Progress, note: str)
     usage = _Usage()
     started = time.monotonic()
     module_dir = directory / "modules" / "etcd"
-    _fresh_module(module_dir, "wisp.testbed/etcd")
+    _fresh_module(module_dir, "runtime.testbed/etcd")
     say("etcd %s: downloading go.etcd.io/etcd/server/v3" % version)
     info = _download("go.etcd.io/etcd/server/v3", version, module_dir, say, usage)
     package = "go.etcd.io/etcd/server/v3"

@@ -8,7 +8,7 @@ import httpx
 
 from wisp.controlplane.protocol import error_text
 
-from .paths import RuntimePaths
+from wisp.runpaths import RuntimePaths
 
 
 class OperatorError(RuntimeError):

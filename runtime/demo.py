@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import cli
-from .paths import RuntimePaths
+from wisp.runpaths import RuntimePaths
 
 MARKER = "the-demo-request-text"
 

@@ -4,7 +4,7 @@ Listens for HTTP/1.1 and HTTP/2 (h2c), gRPC, and raw TCP; see `wisp-echo --help`
 (which replica answered? did the mesh keep the caller's address?), tests and benchmarks.
 
 Failure and delay switches, for tests of retries, timeouts and load balancing
-(`wisp.echo.faults` has the details):
+(`echo.faults` has the details):
 
 | switch                 | for the pod (flag / env)                     | for one request (header)            |
 |------------------------|----------------------------------------------|-------------------------------------|

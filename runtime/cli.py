@@ -36,7 +36,7 @@ from .manifests import (
     taken_cluster_ips,
 )
 from .operator_client import OperatorClient, OperatorError
-from .paths import RuntimePaths
+from wisp.runpaths import RuntimePaths
 from .sandbox import Sandbox
 
 
@@ -140,7 +140,7 @@ def up(paths: RuntimePaths, args) -> int:
         target.write_text(yaml.safe_dump_all(objects, sort_keys=False))
     with open(paths.logs / "daemon.log", "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "wisp.runtime.daemon", "--prefix", paths.prefix, "--nodes", str(args.nodes),
+            [sys.executable, "-m", "runtime.daemon", "--prefix", paths.prefix, "--nodes", str(args.nodes),
              "--restart-delay", str(args.restart_delay), "--ztunnel-workers", str(args.ztunnel_workers),
              "--ztunnel-drain-seconds", str(args.ztunnel_drain_seconds)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,

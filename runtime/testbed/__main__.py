@@ -1,4 +1,4 @@
-"""`python -m wisp.testbed build|up|env`: the test bed's command line (`./run testbed ...`).
+"""`python -m runtime.testbed build|up|env`: the test bed's command line (`./run testbed ...`).
 
 - `build [--kubernetes-version V]`: builds the binaries (the control plane's, helm, and Jaeger for
   the tracing e2e test) or reuses the cached ones; progress on stderr, the binary directory on
@@ -54,7 +54,7 @@ def _seconds(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m wisp.testbed",
+        prog="python -m runtime.testbed",
         description="A real Kubernetes control plane on 127.0.0.1 built from upstream (docs/testbed.md)",
     )
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])

@@ -7,7 +7,7 @@ Contract:
   cost (None when it was cached). A stamp written after the binary is in place makes a second call
   a no-op that needs no Go.
 - `installed()` returns the path without building; `build.MissingBinaries` says how to build it.
-- `python -m wisp.testbed build` (so `./run test` and CI) builds it after the control-plane binaries.
+- `python -m runtime.testbed build` (so `./run test` and CI) builds it after the control-plane binaries.
 
 Jaeger v2 is an OpenTelemetry Collector distribution: one binary with an OTLP receiver (gRPC 4317,
 HTTP 4318), an in-memory store and the query service (HTTP API on 16686). The waypoint's tracing
@@ -49,7 +49,7 @@ def directory(version: str = JAEGER_VERSION) -> Path:
 def installed(version: str = JAEGER_VERSION) -> Path:
     """The cached jaeger binary; raises build.MissingBinaries if it is not built."""
     if not TOOL.cached(directory(version), version):
-        raise TOOL.missing(directory(version), version, "`./run testbed build` (python -m wisp.testbed build), "
+        raise TOOL.missing(directory(version), version, "`./run testbed build` (python -m runtime.testbed build), "
                            "which needs Go and the Go module proxy")
     return TOOL.path(directory(version))
 

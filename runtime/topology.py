@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from wisp import netns as wnetns
 
-from . import paths
+from wisp import runpaths as paths
+from wisp.runpaths import pod_netns_name
 
 NODE_NETWORK = ipaddress.ip_network("10.250.0.0/24")
 CONTROL_PLANE_IP = "10.250.0.1"
@@ -80,11 +81,6 @@ def ip_batch(netns: str | None, commands: Iterable[str]) -> None:
 
 def netns_exec(netns: str, args: list[str], **kwargs) -> str:
     return run(["ip", "netns", "exec", netns, *args], **kwargs)
-
-
-def pod_netns_name(prefix: str, namespace: str, name: str) -> str:
-    """The network namespace of pod `namespace/name` in mesh `prefix` (the node agent finds it so)."""
-    return f"{prefix}-{namespace}-{name}"
 
 
 def list_netns(prefix: str) -> list[str]:

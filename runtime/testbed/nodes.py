@@ -50,7 +50,7 @@ LEASE_DURATION_SECONDS = 40
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 SIMULATED_ANNOTATION = "wisp-testbed/simulated"
 
-log = structlog.get_logger("wisp.testbed.nodes")
+log = structlog.get_logger("runtime.testbed.nodes")
 
 
 @dataclass(slots=True, frozen=True)

@@ -28,10 +28,10 @@ import structlog
 import trio
 
 from . import probes
-from .paths import RuntimePaths
+from wisp.runpaths import RuntimePaths
 from .processes import Supervised, signal_group
 
-log = structlog.get_logger("wisp.runtime.rollout")
+log = structlog.get_logger("runtime.rollout")
 
 COMPONENTS = ("ztunnel",)
 # How long a new ztunnel may take to be ready and take over; it is stopped after that, and the
