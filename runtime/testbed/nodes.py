@@ -76,8 +76,14 @@ def now_micro() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def node_object(node: SimulatedNode, kubelet_version: str, pods: int = 110) -> dict[str, object]:
+def node_object(node: SimulatedNode, kubelet_version: str, pods: int = 110, *,
+                os_image: str = "wisp test bed (no kubelet)", runtime_version: str = "wisp-testbed://0",
+                simulated: bool = True) -> dict[str, object]:
+    """The Node as registered, status included; the runtime's real nodes (runtime/kube/nodes.py)
+    pass their own `os_image` and `runtime_version` and `simulated=False`."""
     now = now_rfc3339()
+    message = "simulated by the wisp test bed" if simulated else "kubelet is posting ready status"
+    pressure = "simulated" if simulated else "kubelet has sufficient resources"
 
     def condition(kind: str, status: str, reason: str, message: str) -> dict[str, str]:
         return {"type": kind, "status": status, "reason": reason, "message": message,
@@ -94,17 +100,17 @@ def node_object(node: SimulatedNode, kubelet_version: str, pods: int = 110) -> d
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64",
             },
-            "annotations": {SIMULATED_ANNOTATION: "true"},
+            "annotations": {SIMULATED_ANNOTATION: "true"} if simulated else {},
         },
         "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
         "status": {
             "capacity": resources,
             "allocatable": resources,
             "conditions": [
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "simulated"),
-                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "simulated"),
-                condition("PIDPressure", "False", "KubeletHasSufficientPID", "simulated"),
-                condition("Ready", "True", "KubeletReady", "simulated by the wisp test bed"),
+                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", pressure),
+                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", pressure),
+                condition("PIDPressure", "False", "KubeletHasSufficientPID", pressure),
+                condition("Ready", "True", "KubeletReady", message),
             ],
             "addresses": [
                 {"type": "InternalIP", "address": node.ip},
@@ -117,8 +123,8 @@ def node_object(node: SimulatedNode, kubelet_version: str, pods: int = 110) -> d
                 "systemUUID": str(uuid.uuid4()),
                 "bootID": str(uuid.uuid4()),
                 "kernelVersion": os.uname().release,
-                "osImage": "wisp test bed (no kubelet)",
-                "containerRuntimeVersion": "wisp-testbed://0",
+                "osImage": os_image,
+                "containerRuntimeVersion": runtime_version,
                 "kubeletVersion": kubelet_version,
                 "operatingSystem": "linux",
                 "architecture": "amd64",
