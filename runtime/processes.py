@@ -3,6 +3,13 @@
 What a DaemonSet or a pod's restartPolicy does on a cluster: the operator, node agents,
 ztunnels and pod containers are restarted after a delay when they exit, until stopped.
 
+A container follows its pod's `restart_policy` (Kubernetes' Always, OnFailure, Never): once it
+exits and the policy says no more, `run` returns and `terminated` holds how it ended. The delay
+before a restart doubles after each one up to `max_restart_delay` (kubelet's crash-loop back-off;
+the mesh's own processes keep a fixed delay), and `waiting` says so meanwhile. `restart()` ends
+the current process so `run` starts another (a failed liveness probe); every run's start, end
+and exit code are kept (`started_at`, `last_exit`) for the pod's container status.
+
 The mesh's own processes (operator, node agents, ztunnels) run as root, as their privileged
 host-network DaemonSets do on a cluster; a pod's container is given a `Sandbox` and runs
 confined to it (`sandbox.py`), started anew inside it on every restart.
@@ -13,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +30,19 @@ import trio
 from .sandbox import Sandbox
 
 log = structlog.get_logger("runtime.processes")
+
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
+
+
+@dataclass(slots=True, frozen=True)
+class Exit:
+    """How one run of a process ended: its exit code as Kubernetes reports it (128 + the signal
+    for one killed by a signal) and when it started and ended (Unix time)."""
+
+    code: int
+    started: float
+    finished: float
+    signal: int = 0
 
 
 @dataclass(slots=True)
@@ -36,6 +57,13 @@ class Supervised:
     sandbox: Sandbox | None = None  # None: a mesh process, unconfined
     process: trio.Process | None = None
     restarts: int = 0
+    restart_policy: str = "Always"
+    max_restart_delay: float | None = None  # None: every restart waits restart_delay
+    inherit_env: bool = True  # False: the process gets `env` only (a Kubernetes container)
+    started_at: float | None = None  # of the current run
+    last_exit: Exit | None = None
+    terminated: Exit | None = None  # set when the policy let it end for good
+    waiting: bool = False  # between an exit and the restart
 
     @property
     def pid(self) -> int | None:
@@ -46,12 +74,18 @@ class Supervised:
         return self.pid is not None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the process running until cancelled; then stop it (SIGTERM, then SIGKILL)."""
+        """Keep the process running as the restart policy says until cancelled; then stop it
+        (SIGTERM, then SIGKILL after `stop_timeout`)."""
+        if self.restart_policy not in RESTART_POLICIES:
+            raise ValueError(f"restart policy {self.restart_policy!r} is not one of {', '.join(RESTART_POLICIES)}")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         first = True
+        delay = self.restart_delay
         try:
             while True:
                 self.process = await self.spawn()
+                self.started_at = time.time()
+                self.waiting = False
                 if first:
                     task_status.started(self)
                     first = False
@@ -61,9 +95,19 @@ class Supervised:
                     if self.process is process:
                         break
                     # Replaced while it ran (rollout.py): the new process is the one to watch.
-                log.warning("process exited; restarting", name=self.name, code=code, delay=self.restart_delay)
+                ended = exit_of(code, self.started_at, time.time())
+                self.last_exit = ended
+                if not restarts_after(self.restart_policy, ended.code):
+                    self.terminated = ended
+                    log.info("process exited; not restarted", name=self.name, code=ended.code,
+                             policy=self.restart_policy)
+                    return
+                log.warning("process exited; restarting", name=self.name, code=code, delay=delay)
                 self.restarts += 1
-                await trio.sleep(self.restart_delay)
+                self.waiting = True
+                await trio.sleep(delay)
+                if self.max_restart_delay is not None:
+                    delay = min(delay * 2, self.max_restart_delay)
         finally:
             with trio.CancelScope(shield=True):
                 await self.stop()
@@ -72,17 +116,23 @@ class Supervised:
         """A new process of this command, in its namespace (and sandbox), writing to its log;
         `run` starts each one so, and a rollout its replacement beside the current one."""
         argv = self.sandbox.wrap(self.argv) if self.sandbox is not None else self.argv
+        env = {**os.environ, **self.env} if self.inherit_env else dict(self.env)
         with open(self.log_path, "ab") as out:
             return await trio.lowlevel.open_process(
                 ["ip", "netns", "exec", self.netns, *argv],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env}, start_new_session=True,
+                env=env, start_new_session=True,
             )
 
     def replace_process(self, process: trio.Process) -> None:
         """`process` (started beside the current one, rollout.py) is the one supervised from now
         on; whoever replaced the old one stops it."""
         self.process = process
+
+    async def restart(self) -> None:
+        """End the current process (SIGTERM, SIGKILL after `stop_timeout`); `run` then starts
+        the next one as the restart policy says."""
+        await self.stop()
 
     async def stop(self) -> None:
         process = self.process
@@ -94,6 +144,18 @@ class Supervised:
         if process.returncode is None:
             signal_group(process, signal.SIGKILL)
             await process.wait()
+
+
+def exit_of(returncode: int, started: float | None, finished: float) -> Exit:
+    """An exit as Kubernetes reports it: a process killed by signal N exited with 128 + N."""
+    if returncode < 0:
+        return Exit(128 - returncode, started or finished, finished, signal=-returncode)
+    return Exit(returncode, started or finished, finished)
+
+
+def restarts_after(policy: str, code: int) -> bool:
+    """Does a container under `policy` start again after exiting with `code`?"""
+    return policy == "Always" or (policy == "OnFailure" and code != 0)
 
 
 def signal_group(process: trio.Process, signum: int) -> None:
