@@ -93,11 +93,20 @@ def ztunnel_pids(mesh: Mesh, node: str) -> list[int]:
     return [main, *sorted(children)]
 
 
-def live_connections(mesh: Mesh, node: str) -> int:
-    """Connections the node's ztunnel (main process and workers) holds, from its /config_dump."""
+def connections_by_pid(mesh: Mesh, node: str) -> dict[int, int]:
+    """Connections each process of the node's ztunnel (main process and workers) holds, from its /config_dump."""
     result = mesh.in_node(node, "curl", "-s", "-m", "5", "http://127.0.0.1:15000/config_dump")
     dump = json.loads(result.stdout)
-    return dump["connections"] + sum((w["status"] or {}).get("connections", 0) for w in dump.get("workers", []))
+    held = {dump["pid"]: dump["connections"]}
+    for worker in dump.get("workers", []):
+        status = worker["status"] or {}
+        if "pid" in status:
+            held[status["pid"]] = status.get("connections", 0)
+    return held
+
+
+def live_connections(mesh: Mesh, node: str) -> int:
+    return sum(connections_by_pid(mesh, node).values())
 
 
 def test_rollout_restart_of_every_ztunnel_drops_no_connection(rollout_mesh):
@@ -117,6 +126,11 @@ def test_rollout_restart_of_every_ztunnel_drops_no_connection(rollout_mesh):
         old = {node: ztunnel_pids(mesh, node) for node in ("node1", "node2")}
         assert all(len(pids) == 2 for pids in old.values()), old  # main process and one worker
         time.sleep(2)
+        # Which old processes carry the connections: node1's split the client's 100 between them
+        # (SO_REUSEPORT), but node2's receive them as streams of a few pooled HBONE connections,
+        # which may all have landed on one process. One with nothing to drain exits at once.
+        held = {pid: count for node in old for pid, count in connections_by_pid(mesh, node).items()}
+        assert set(held) == {pid for pids in old.values() for pid in pids}, (held, old)
 
         rollout = mesh.wisp("rollout", "restart", "ztunnel", timeout=240)
         assert rollout.returncode == 0, rollout.stdout + rollout.stderr
@@ -129,7 +143,7 @@ def test_rollout_restart_of_every_ztunnel_drops_no_connection(rollout_mesh):
             assert set(ztunnel_pids(mesh, node)).isdisjoint(old[node])
         # The old ztunnels drain: still up, serving the 100, while new connections go to the new ones.
         time.sleep(3)
-        exited_early = [pid for pids in old.values() for pid in pids if not alive(pid)]
+        exited_early = {pid: held[pid] for pids in old.values() for pid in pids if not alive(pid)}
 
         load.stdin.write("stop\n")
         load.stdin.flush()
@@ -149,10 +163,10 @@ def test_rollout_restart_of_every_ztunnel_drops_no_connection(rollout_mesh):
     new = results["new"]
     assert new["failed"] == 0, f"{new['failed']} new connections failed: {new['errors']}"
     assert new["ok"] > 100
-    # Not asserted: 1 run in 4 one old process (of a main and its worker) had exited 3 s after the
-    # takeover although every connection lived on; to be explained (closing note 2026-12-05). A
-    # drain that kills instead of draining is still caught above by the resets it causes.
-    print("old ztunnel processes exited within 3 s of the takeover:", exited_early)
+    # An old process that held connections stays until they close (an idle one may go at once).
+    assert all(count == 0 for count in exited_early.values()), \
+        f"old ztunnel processes exited with live connections (pid: connections held): {exited_early}"
+    print("old ztunnel processes with nothing to drain, gone within 3 s:", exited_early)
 
     # Their connections closed, the old ztunnels exit: well before the drain deadline.
     deadline = closed_at + min(15.0, DRAIN_SECONDS / 2)
