@@ -6,6 +6,11 @@ against an API server: the control plane validates each file whole (CRD schema, 
 and applies all of it or none, the answers are kubectl's words (`created`, `configured`,
 `unchanged`, `The AuthorizationPolicy "x" is invalid: ...`), refusals exit 1, and resource names
 resolve through the control plane's discovery (`ap`, `pa`, `authorizationpolicies`, ...).
+
+`wisp up --kubernetes` runs the mesh on the test bed's real control plane instead
+(runtime/kube/daemon.py); `wisp kubeconfig` prints its kubeconfig. On such a mesh (its
+status.json says `"kubernetes": true`) `get`, `label`, `apply` and `delete` go to its API server
+(runtime/kube/cli.py), `exec` works as here, and `down` also removes the control plane's data.
 """
 
 from __future__ import annotations
@@ -50,8 +55,12 @@ def add_commands(sub) -> None:
                             help="name prefix of this mesh's namespaces and files (default wisp)")
         return parser
 
-    up = prefixed(sub.add_parser("up", help="run the mesh with the manifests in DIR"))
-    up.add_argument("directory", type=Path)
+    up = prefixed(sub.add_parser("up", help="run the mesh with the manifests in DIR, or on a Kubernetes "
+                                            "control plane (--kubernetes)"))
+    up.add_argument("directory", type=Path, nargs="?", help="manifests to run (the local mesh)")
+    up.add_argument("--kubernetes", action="store_true",
+                    help="run the test bed's real control plane with the nodes as its kubelets; "
+                         "then use kubectl (docs/testbed.md)")
     up.add_argument("--nodes", type=int, default=2)
     up.add_argument("--timeout", type=float, default=180.0)
     up.add_argument("--restart-delay", type=float, default=1.0, help="seconds before a crashed process restarts")
@@ -60,6 +69,7 @@ def add_commands(sub) -> None:
     up.add_argument("--ztunnel-drain-seconds", type=float, default=30.0,
                     help="how long a ztunnel replaced by `wisp rollout restart` serves its connections (default 30)")
     prefixed(sub.add_parser("down", help="stop the mesh and remove everything it made"))
+    prefixed(sub.add_parser("kubeconfig", help="print the kubeconfig path of a mesh started with --kubernetes"))
     apply = prefixed(sub.add_parser("apply", help="add or change objects"))
     apply.add_argument("-f", "--filename", type=Path, required=True)
     delete = prefixed(sub.add_parser("delete", help="remove the objects defined in a file"))
@@ -88,7 +98,7 @@ def run_command(args) -> int:
             raise CliError("the local mesh needs root (network namespaces and iptables)")
         paths = RuntimePaths(args.prefix)
         handler = {"up": up, "down": down, "apply": apply, "delete": delete, "get": get, "label": label,
-                   "exec": execute}[args.command]
+                   "exec": execute, "kubeconfig": kubeconfig}[args.command]
         return handler(paths, args) or 0
     except CliError as exc:
         print(f"wisp {args.command}: {exc}", file=sys.stderr)
@@ -115,10 +125,14 @@ def read_status(paths: RuntimePaths) -> dict[str, Any]:
 
 
 def up(paths: RuntimePaths, args) -> int:
-    if not args.directory.is_dir():
-        raise CliError(f"{args.directory} is not a directory of manifests")
     if not 1 <= args.nodes <= 20:
         raise CliError("--nodes must be between 1 and 20")
+    if getattr(args, "kubernetes", False):
+        return _up_kubernetes(paths, args)
+    if args.directory is None:
+        raise CliError("give a directory of manifests (wisp up examples/shop), or --kubernetes")
+    if not args.directory.is_dir():
+        raise CliError(f"{args.directory} is not a directory of manifests")
     if not 1 <= args.ztunnel_workers <= 64:
         raise CliError("--ztunnel-workers must be between 1 and 64")
     if not 0 <= args.ztunnel_drain_seconds <= 3600:
@@ -168,6 +182,47 @@ def up(paths: RuntimePaths, args) -> int:
     return 0
 
 
+def _up_kubernetes(paths: RuntimePaths, args) -> int:
+    from runtime.testbed import build
+    from runtime.testbed.cluster import remove_stale
+
+    from .kube import cli as kube
+
+    if args.directory is not None:
+        raise CliError(f"with --kubernetes the cluster starts empty: run it, then `kubectl apply -f {args.directory}`")
+    try:
+        build.installed()
+    except build.MissingBinaries as exc:
+        raise CliError(str(exc)) from None
+    if daemon_pid(paths):
+        raise CliError(f"a mesh with prefix {paths.prefix!r} is already up; run `wisp down` first")
+    leftovers = clean(paths.prefix)
+    remove_stale()
+    if leftovers:
+        print(f"removed leftovers of an earlier run: {', '.join(leftovers)}")
+    process = kube.spawn_daemon(paths, args.nodes, args.restart_delay)
+    print(f"starting mesh {paths.prefix!r}: a Kubernetes control plane (the test bed's kube-apiserver, "
+          f"controller manager, scheduler, etcd) and {args.nodes} node(s)")
+    status = kube.wait_ready(paths, process, args.timeout, read_status,
+                             lambda p, pid: _stop(p, pid, KUBE_STOP_SECONDS))
+    kube.print_ready(status)
+    return 0
+
+
+def kubeconfig(paths: RuntimePaths, args) -> int:
+    from .kube import cli as kube
+
+    _require_up(paths)
+    print(kube.kubeconfig_of(read_status(paths), paths.prefix))
+    return 0
+
+
+def _kubernetes(paths: RuntimePaths) -> dict[str, Any] | None:
+    """The status of a running Kubernetes-backed mesh, or None for a local one."""
+    status = read_status(paths)
+    return status if status.get("kubernetes") and status.get("kubeconfig") else None
+
+
 def _read_manifest_tree(directory: Path) -> dict[Path, list[dict[str, Any]]]:
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()):
@@ -193,10 +248,14 @@ def _print_summary(status: dict[str, Any]) -> None:
 
 
 def down(paths: RuntimePaths, args) -> int:
+    from runtime.testbed.cluster import remove_stale
+
     pid = daemon_pid(paths)
     if pid:
-        _stop(paths, pid)
+        _stop(paths, pid, KUBE_STOP_SECONDS if read_status(paths).get("kubernetes") else 30.0)
     gone = clean(paths.prefix)
+    # A Kubernetes-backed run killed outright leaves its control plane's directory (etcd's data).
+    remove_stale()
     if pid or gone:
         print(f"mesh {paths.prefix!r} stopped" + (f"; removed {', '.join(gone)}" if gone else ""))
     else:
@@ -204,12 +263,16 @@ def down(paths: RuntimePaths, args) -> int:
     return 0
 
 
-def _stop(paths: RuntimePaths, pid: int) -> None:
+# The Kubernetes daemon stops its pods (grace periods), then the control plane.
+KUBE_STOP_SECONDS = 150.0
+
+
+def _stop(paths: RuntimePaths, pid: int, timeout: float = 30.0) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
@@ -227,7 +290,7 @@ def _stop(paths: RuntimePaths, pid: int) -> None:
 # -- apply / delete / get / label: kubectl's verbs, answered by the control plane -----------------------
 def _require_up(paths: RuntimePaths) -> None:
     if not daemon_pid(paths):
-        raise CliError(f"no mesh {paths.prefix!r} is running; start one with `wisp up DIR`")
+        raise CliError(f"no mesh {paths.prefix!r} is running; start one with `wisp up DIR` or `wisp up --kubernetes`")
 
 
 class Failed(Exception):
@@ -252,6 +315,10 @@ def _existing_cluster_ips(paths: RuntimePaths) -> dict[tuple[str, str], str]:
 
 def apply(paths: RuntimePaths, args) -> int:
     _require_up(paths)
+    if (kube_status := _kubernetes(paths)) is not None:
+        from .kube import cli as kube
+
+        return kube.apply_or_delete(kube_status, args)
     files = _files_to_apply(args.filename)
     existing = _existing_cluster_ips(paths)
     taken = set(existing.values())
@@ -299,6 +366,10 @@ def _parse_file(path: Path) -> list[dict[str, Any]]:
 
 def delete(paths: RuntimePaths, args) -> int:
     _require_up(paths)
+    if (kube_status := _kubernetes(paths)) is not None:
+        from .kube import cli as kube
+
+        return kube.apply_or_delete(kube_status, args)
     objects = _parse_file(args.filename)
     resources = _Resources(_operator_call(paths, lambda c: c.resources()))
     wanted, failed = [], False
@@ -369,6 +440,10 @@ def _operator_call(paths: RuntimePaths, fn):
 
 def get(paths: RuntimePaths, args) -> int:
     _require_up(paths)
+    if (kube_status := _kubernetes(paths)) is not None:
+        from .kube import cli as kube
+
+        return kube.get(kube_status, args, _print_table)
     resources = _Resources(_operator_call(paths, lambda c: c.resources()))
     try:
         rt = resources.resolve(args.kind)
@@ -487,10 +562,23 @@ def _print_table(rows: list[list[str]]) -> None:
 
 def label(paths: RuntimePaths, args) -> int:
     _require_up(paths)
+    if (kube_status := _kubernetes(paths)) is not None:
+        from .kube import cli as kube
+
+        return kube.label(kube_status, args)
     resources = _Resources(_operator_call(paths, lambda c: c.resources()))
     rt = resources.resolve(args.kind)
+    changes = label_changes(args.labels)
+    namespace = args.namespace if rt["namespaced"] else ""
+    _operator_call(paths, lambda c: c.set_labels(rt["kind"], namespace, args.name, changes))
+    print(f"{rt['singular']}/{args.name} labeled")
+    return 0
+
+
+def label_changes(items: list[str]) -> dict[str, str | None]:
+    """kubectl label's arguments: `key=value` sets, `key-` removes (None)."""
     changes: dict[str, str | None] = {}
-    for item in args.labels:
+    for item in items:
         if item.endswith("-") and "=" not in item:
             changes[item[:-1]] = None
         elif "=" in item:
@@ -498,10 +586,7 @@ def label(paths: RuntimePaths, args) -> int:
             changes[key] = value
         else:
             raise CliError(f"{item!r} is neither key=value nor key-")
-    namespace = args.namespace if rt["namespaced"] else ""
-    _operator_call(paths, lambda c: c.set_labels(rt["kind"], namespace, args.name, changes))
-    print(f"{rt['singular']}/{args.name} labeled")
-    return 0
+    return changes
 
 
 # -- exec ----------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("directory", nargs="?", type=Path, default=Path("examples/shop"))
     demo.add_argument("--prefix", default="wisp-demo")
     demo.add_argument("--keep", action="store_true", help="leave the mesh running afterwards")
+    demo.add_argument("--kubernetes", action="store_true",
+                      help="run it on the test bed's real Kubernetes control plane, installed and applied with kubectl")
     demo.add_argument("--tunnel-only", action="store_true",
                       help="only show one HBONE tunnel between two identities (no root needed)")
     demo.add_argument("--bytes", type=int, default=64 * 1024 * 1024,
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     if handler is not None:
         return handler(args)
-    if args.command in ("up", "down", "apply", "delete", "get", "label", "exec"):
+    if args.command in ("up", "down", "apply", "delete", "get", "label", "exec", "kubeconfig"):
         return runtime_cli.run_command(args)
 
     if args.command == "demo":
@@ -63,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("the mesh demo needs root (network namespaces); --tunnel-only does not")
         if not args.directory.is_dir():
             parser.error(f"{args.directory} is not a directory (run from the repository root)")
+        if args.kubernetes:
+            from runtime.demo import run_kubernetes_demo
+
+            return run_kubernetes_demo(args.directory, args.prefix, args.keep)
         from runtime.demo import run_demo as run_mesh_demo
 
         return run_mesh_demo(args.directory, args.prefix, args.keep)
