@@ -8,12 +8,22 @@ server ztunnel: the canary HTTPRoute of `examples/shop/canary.yaml` choosing the
 identities each hop logged, the packets at the waypoint and its `reporter="waypoint"` metrics;
 `wisp waypoint delete` then sends traffic direct again. Each step is checked; the mesh is taken
 down unless told to keep it.
+
+`wisp demo --kubernetes` (`run_kubernetes_demo`) runs the same shop on the test bed's real
+control plane (`wisp up --kubernetes`): it installs the mesh and the shop with kubectl, printing
+each command so a user can repeat it (`kubectl apply -k deploy/`, the DaemonSets' rollout on every
+node, `kubectl apply -f examples/shop`, `kubectl label namespace shop
+istio.io/dataplane-mode=ambient`), shows `ambient.istio.io/redirection` on the pods, then makes
+the same checks; the waypoint is applied with `wisp waypoint apply --kubeconfig ...` through the
+API. What differs between the two meshes (where ztunnel logs and serves metrics, how `wisp`
+commands find the mesh) is a `Mesh`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import subprocess
@@ -21,12 +31,36 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import cli
 from wisp.runpaths import RuntimePaths
 
 MARKER = "the-demo-request-text"
+MESH_NAMESPACE = "istio-system"
+
+
+@dataclass(slots=True, frozen=True)
+class Mesh:
+    """What the checks need to know of the mesh they run on."""
+
+    paths: RuntimePaths
+    wisp_target: tuple[str, ...]  # how a `wisp` command names this mesh
+    ztunnel_logs: str  # glob under the logs directory
+    kubernetes: bool = False
+
+    def ztunnel_address(self, status: dict, node_name: str) -> str:
+        """Where node `node_name`'s ztunnel serves metrics: the node's address (local: it runs in the
+        node netns), or its pod's (Kubernetes: the DaemonSet's pod on that node)."""
+        if not self.kubernetes:
+            return next(n["ip"] for n in status["nodes"] if n["name"] == node_name)
+        return next((p["ip"] for p in status["pods"] if p["namespace"] == MESH_NAMESPACE
+                     and p["name"].startswith("ztunnel-") and p["node"] == node_name), "")
+
+
+def local_mesh(paths: RuntimePaths) -> Mesh:
+    return Mesh(paths, ("--prefix", paths.prefix), "ztunnel-*.log")
 
 
 def run_demo(directory: Path, prefix: str, keep: bool) -> int:
@@ -41,7 +75,7 @@ def run_demo(directory: Path, prefix: str, keep: bool) -> int:
         cli.down(paths, argparse.Namespace())
         return 1
     try:
-        return _show(paths)
+        return _show(local_mesh(paths))
     finally:
         if keep:
             print(f"\nthe mesh is still up: try `wisp exec --prefix {prefix} -n shop client -- curl http://frontend.shop/`"
@@ -51,7 +85,74 @@ def run_demo(directory: Path, prefix: str, keep: bool) -> int:
             cli.down(paths, argparse.Namespace())
 
 
-def _show(paths: RuntimePaths) -> int:
+def run_kubernetes_demo(directory: Path, prefix: str, keep: bool) -> int:
+    paths = RuntimePaths(prefix)
+    args = argparse.Namespace(directory=None, kubernetes=True, nodes=2, timeout=240.0, restart_delay=1.0)
+    print("$ wisp up --kubernetes --nodes 2\n")
+    try:
+        cli.up(paths, args)
+    except cli.CliError as exc:
+        print(f"wisp demo: {exc}", file=sys.stderr)
+        cli.down(paths, argparse.Namespace())
+        return 1
+    try:
+        status = cli.read_status(paths)
+        mesh = Mesh(paths, ("--kubeconfig", status["kubeconfig"]), f"{MESH_NAMESPACE}_ztunnel-*.log", kubernetes=True)
+        if not _install(directory, status):
+            print("\nSOME CHECKS FAILED")
+            return 1
+        return _show(mesh)
+    finally:
+        if keep:
+            print(f"\nthe mesh is still up: use kubectl as above, `wisp exec --prefix {prefix} -n shop client -- "
+                  f"curl http://frontend.shop/`\nand `wisp down --prefix {prefix}` when done")
+        else:
+            print("\n$ wisp down")
+            cli.down(paths, argparse.Namespace())
+
+
+def install_steps(directory: Path) -> list[list[str]]:
+    """The kubectl commands that install the mesh and the shop, in order, as a user types them."""
+    rollout = ["--timeout=240s"]
+    return [
+        ["kubectl", "apply", "-k", "deploy/"],
+        ["kubectl", "-n", MESH_NAMESPACE, "rollout", "status", "daemonset/ztunnel", *rollout],
+        ["kubectl", "-n", MESH_NAMESPACE, "rollout", "status", "daemonset/wisp-node-agent", *rollout],
+        ["kubectl", "-n", MESH_NAMESPACE, "rollout", "status", "deployment/wisp-operator", *rollout],
+        ["kubectl", "apply", "-f", str(directory)],
+        ["kubectl", "label", "namespace", "shop", "istio.io/dataplane-mode=ambient", "--overwrite"],
+        ["kubectl", "-n", "shop", "wait", "--for=condition=Available", "deployment", "--all", "--timeout=240s"],
+        ["kubectl", "-n", "shop", "wait", "--for=condition=Ready", "pod", "--all", "--timeout=240s"],
+        ["kubectl", "-n", "legacy", "wait", "--for=condition=Ready", "pod", "--all", "--timeout=240s"],
+        ["kubectl", "-n", "shop", "get", "pods", "-o", "custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,"
+         "IP:.status.podIP,REDIRECTION:.metadata.annotations.ambient\\.istio\\.io/redirection"],
+    ]
+
+
+def _install(directory: Path, status: dict) -> bool:
+    """Run each install step with the mesh's kubeconfig and kubectl, showing it; False at the first failure.
+    The shop's pods must all show `ambient.istio.io/redirection: enabled` at the end."""
+    env = dict(os.environ, KUBECONFIG=status["kubeconfig"],
+               PATH=f"{Path(status['kubectl']).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    print("\nInstall the mesh and the shop the way a cluster's user does (KUBECONFIG and PATH as printed above):")
+    output = ""
+    for step in install_steps(directory):
+        print(f"\n$ {' '.join(step)}")
+        done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=300)
+        output = done.stdout + done.stderr
+        for line in output.splitlines():
+            print(f"  {line}")
+        if done.returncode != 0:
+            print(f"  (exit {done.returncode})")
+            return False
+    rows = [line.split() for line in output.splitlines()[1:] if line.strip()]
+    enrolled = bool(rows) and all(row[-1] == "enabled" for row in rows)
+    print(f"\n   every shop pod enrolled (ambient.istio.io/redirection: enabled): {'yes' if enrolled else 'NO'}")
+    return enrolled
+
+
+def _show(mesh: Mesh) -> int:
+    paths = mesh.paths
     status = cli.read_status(paths)
     pods = {(p["namespace"], p["name"]): p for p in status["pods"]}
     client = pods[("shop", "client")]
@@ -72,7 +173,7 @@ def _show(paths: RuntimePaths) -> int:
         ok &= fields.get("peer", "").startswith(client["ip"] + ":")
     time.sleep(0.5)
     print("\n   What the ztunnels logged for those connections:")
-    for entry in _access_log(paths, client["ip"])[-3:]:
+    for entry in _access_log(mesh, client["ip"])[-3:]:
         print(f"   {entry['direction']:<8} {entry.get('src.identity', '-')} → {entry.get('dst.identity', '-')}"
               f"  ({entry.get('dst.workload')}, {entry.get('bytes_sent')}B sent, {entry.get('bytes_recv')}B received)")
 
@@ -95,33 +196,33 @@ def _show(paths: RuntimePaths) -> int:
           f"saw {fields.get('peer', '?')}")
     ok &= fields.get("peer", "").startswith(outsider["ip"] + ":")
 
-    print("\n4. Telemetry: ztunnel's istio_tcp_* metrics on node1 (reporter=source):")
-    node1 = next(n for n in status["nodes"] if n["name"] == "node1")
-    metrics = subprocess.run(["ip", "netns", "exec", node1["netns"], "curl", "-s", "-m", "5",
-                              f"http://{node1['ip']}:15020/metrics"], capture_output=True, text=True).stdout
+    print(f"\n4. Telemetry: ztunnel's istio_tcp_* metrics on {client['node']} (reporter=source):")
+    metrics = _node_metrics(mesh, status, client["node"])
     for line in metrics.splitlines():
         if line.startswith("istio_tcp_connections_opened_total{") and 'reporter="source"' in line:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
             print(f"   opened={line.rsplit(' ', 1)[1]:<5} {labels.get('source_workload')} → "
                   f"{labels.get('destination_workload')} ({labels.get('connection_security_policy')})")
-    ok &= _show_waypoint(paths)
+    ok &= _show_waypoint(mesh)
     print("\nall checks passed" if ok else "\nSOME CHECKS FAILED")
     return 0 if ok else 1
 
 
-def _wisp(paths: RuntimePaths, *args: str) -> bool:
+def _wisp(mesh: Mesh, *args: str) -> bool:
     """Run a `wisp` command as a user would, showing it and its output; True if it succeeded."""
-    print(f"\n   $ wisp {' '.join(args)}")
-    command = [sys.executable, "-m", "wisp.cli", args[0], "--prefix", paths.prefix, *args[1:]]
+    shown = args if not mesh.kubernetes else (args[0], *mesh.wisp_target, *args[1:])
+    print(f"\n   $ wisp {' '.join(shown)}")
+    command = [sys.executable, "-m", "wisp.cli", args[0], *mesh.wisp_target, *args[1:]]
     done = subprocess.run(command, capture_output=True, text=True, timeout=150)
     for line in (done.stdout + done.stderr).splitlines():
         print(f"   {line}")
     return done.returncode == 0
 
 
-def _show_waypoint(paths: RuntimePaths) -> bool:
+def _show_waypoint(mesh: Mesh) -> bool:
+    paths = mesh.paths
     print("\n5. An L7 waypoint for shop: one command deploys it and enrols the namespace.")
-    ok = _wisp(paths, "waypoint", "apply", "-n", "shop", "--enroll-namespace", "--wait", "--waypoint-timeout", "90s")
+    ok = _wisp(mesh, "waypoint", "apply", "-n", "shop", "--enroll-namespace", "--wait", "--waypoint-timeout", "90s")
     if not ok:
         return False
     status = cli.read_status(paths)
@@ -157,7 +258,7 @@ def _show_waypoint(paths: RuntimePaths) -> bool:
     print("\n   What each hop logged for one request (the SPIFFE identities on every hop):")
     request = next((e for e in reversed(_log_entries(paths, "shop_waypoint-*.log", "request complete"))
                     if e.get("src.identity", "").endswith("/sa/client") and e.get("path", "").startswith("/")), None)
-    outbound = next((e for e in reversed(_log_entries(paths, "ztunnel-*.log", "connection complete"))
+    outbound = next((e for e in reversed(_log_entries(paths, mesh.ztunnel_logs, "connection complete"))
                      if e.get("direction") == "outbound" and e.get("src.addr", "").startswith(client["ip"] + ":")), None)
     # The server's ztunnel logs a connection when it closes, and the waypoint keeps its upstream
     # connections pooled: the server side's identities come from its metrics (reporter=destination).
@@ -165,7 +266,7 @@ def _show_waypoint(paths: RuntimePaths) -> bool:
     server = next((p for p in status["pods"] if p["ip"] == upstream_ip), None)
     inbound = None
     if server is not None:
-        for line in _node_metrics(status, server["node"]).splitlines():
+        for line in _node_metrics(mesh, status, server["node"]).splitlines():
             if line.startswith("istio_tcp_connections_opened_total{") and 'reporter="destination"' in line:
                 labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
                 if labels.get("source_workload") == "waypoint" and labels.get("destination_workload", "").startswith("checkout"):
@@ -195,7 +296,7 @@ def _show_waypoint(paths: RuntimePaths) -> bool:
         print(f"   not HBONE: {a} > {b}")
     ok &= hbone_only and both_hops and MARKER not in capture["text"]
 
-    metrics = _node_metrics(status, waypoint["node"], waypoint["ip"])
+    metrics = _node_metrics(mesh, status, waypoint["node"], waypoint["ip"])
     print("\n   The waypoint's istio_requests_total (reporter=waypoint):")
     counted = 0.0
     for line in metrics.splitlines():
@@ -208,7 +309,7 @@ def _show_waypoint(paths: RuntimePaths) -> bool:
     ok &= counted >= 22
 
     print("\n7. Deleting the waypoint sends shop's traffic direct again.")
-    ok &= _wisp(paths, "waypoint", "delete", "-n", "shop", "waypoint")
+    ok &= _wisp(mesh, "waypoint", "delete", "-n", "shop", "waypoint")
     direct = False
     deadline = time.monotonic() + 20
     while not direct and time.monotonic() < deadline:
@@ -222,11 +323,12 @@ def _show_waypoint(paths: RuntimePaths) -> bool:
     return ok and direct
 
 
-def _node_metrics(status: dict, node_name: str, ip: str | None = None) -> str:
+def _node_metrics(mesh: Mesh, status: dict, node_name: str, ip: str | None = None) -> str:
     """The metrics on port 15020 of `ip` (default: the node's ztunnel), fetched from the node."""
     node = next(n for n in status["nodes"] if n["name"] == node_name)
     return subprocess.run(["ip", "netns", "exec", node["netns"], "curl", "-s", "-m", "5",
-                           f"http://{ip or node['ip']}:15020/metrics"], capture_output=True, text=True).stdout
+                           f"http://{ip or mesh.ztunnel_address(status, node_name)}:15020/metrics"],
+                          capture_output=True, text=True).stdout
 
 
 def _response(netns: str, url: str, *extra: str) -> tuple[dict[str, str], str]:
@@ -266,8 +368,8 @@ def _curl(netns: str, url: str) -> str:
                           capture_output=True, text=True).stdout
 
 
-def _access_log(paths: RuntimePaths, client_ip: str) -> list[dict]:
-    return [e for e in _log_entries(paths, "ztunnel-*.log", "connection complete")
+def _access_log(mesh: Mesh, client_ip: str) -> list[dict]:
+    return [e for e in _log_entries(mesh.paths, mesh.ztunnel_logs, "connection complete")
             if e.get("src.addr", "").startswith(client_ip + ":")]
 
 
