@@ -1,0 +1,86 @@
+"""The `wisp` verbs on a Kubernetes-backed mesh (runtime/kube/cli.py) and the Kubernetes demo's
+commands: what they print, and the errors that change nothing."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from runtime import cli
+from runtime.demo import install_steps
+from runtime.kube import cli as kube
+from wisp.cli import main
+from wisp.runpaths import RuntimePaths
+
+
+def pod(name: str, *, ready: bool = True, waiting: str | None = None, deleting: bool = False,
+        annotations: dict | None = None) -> dict:
+    state = {"waiting": {"reason": waiting}} if waiting else {"running": {}}
+    meta = {"name": name, "namespace": "shop", "annotations": annotations or {}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-05T07:00:00Z"
+    return {"metadata": meta, "spec": {"nodeName": "node1", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running" if not waiting else "Pending", "podIP": "10.244.1.10",
+                       "containerStatuses": [{"name": "c", "ready": ready, "restartCount": 2, "state": state}]}}
+
+
+def test_pods_show_node_ip_readiness_restarts_and_redirection():
+    rows = kube.pod_rows([pod("web", annotations={"ambient.istio.io/redirection": "enabled"}),
+                          pod("api", ready=False, waiting="ErrImagePull")])
+    assert rows[0] == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "NODE", "IP", "REDIRECTION"]
+    assert rows[1] == ["shop", "api", "0/1", "ErrImagePull", "2", "node1", "10.244.1.10", "-"]
+    assert rows[2] == ["shop", "web", "1/1", "Running", "2", "node1", "10.244.1.10", "enabled"]
+
+
+def test_a_deleted_pod_is_terminating_whatever_its_phase():
+    assert kube.pod_status_text(pod("web", deleting=True)) == "Terminating"
+
+
+def test_a_kubeconfig_that_cannot_be_used_is_named(tmp_path: Path):
+    broken = tmp_path / "config"
+    broken.write_text("current-context: nowhere\ncontexts: []\n")
+    with pytest.raises(cli.CliError, match=f"cannot use the kubeconfig {broken}"):
+        kube.api_from_kubeconfig(broken)
+
+
+def test_kubeconfig_of_a_local_mesh_says_how_to_start_a_kubernetes_one():
+    with pytest.raises(cli.CliError, match="wisp up --kubernetes"):
+        kube.kubeconfig_of({"phase": "ready", "pods": []}, "wisp")
+
+
+def test_up_kubernetes_refuses_a_manifest_directory_and_starts_nothing(tmp_path, monkeypatch, capsys):
+    prefix = "wisp-kcli-none"
+    assert main(["up", "--kubernetes", "--prefix", prefix, "examples/shop"]) == 1
+    err = capsys.readouterr().err
+    assert "with --kubernetes the cluster starts empty: run it, then `kubectl apply -f examples/shop`" in err
+    assert not RuntimePaths(prefix).root.exists()
+
+
+def test_up_without_a_directory_or_kubernetes_says_what_to_give(capsys):
+    assert main(["up", "--prefix", "wisp-kcli-none"]) == 1
+    assert "give a directory of manifests (wisp up examples/shop), or --kubernetes" in capsys.readouterr().err
+
+
+def test_kubeconfig_without_a_mesh_says_how_to_start_one(capsys):
+    assert main(["kubeconfig", "--prefix", "wisp-kcli-none"]) == 1
+    assert "start one with `wisp up DIR` or `wisp up --kubernetes`" in capsys.readouterr().err
+
+
+def test_label_patches_the_kinds_people_label_and_leaves_the_rest_to_kubectl(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kube, "kubectl", lambda status, *args: calls.append(args) or 0)
+    args = argparse.Namespace(kind="gateway", name="waypoint", labels=["a=b"], namespace="shop")
+    assert kube.label({"kubeconfig": "k", "kubectl": "kubectl"}, args) == 0
+    assert calls == [("label", "--overwrite", "gateway", "waypoint", "a=b", "-n", "shop")]
+    assert kube.LABELLED_KINDS["ns"] == ("/api/v1", "namespaces", False)
+
+
+def test_the_kubernetes_demo_installs_the_mesh_before_the_shop_and_enrols_it_last():
+    steps = [" ".join(step) for step in install_steps(Path("examples/shop"))]
+    assert steps[0] == "kubectl apply -k deploy/"
+    assert steps.index("kubectl apply -f examples/shop") > steps.index(
+        "kubectl -n istio-system rollout status daemonset/ztunnel --timeout=240s")
+    assert steps.index("kubectl label namespace shop istio.io/dataplane-mode=ambient --overwrite") \
+        == steps.index("kubectl apply -f examples/shop") + 1
