@@ -1,15 +1,36 @@
-"""The kubelet's part of the local runtime: one pod's life from sandbox to deletion.
+"""The kubelet: one pod's life from its network to its deletion, for the local runtime and Kubernetes.
 
-As on a node: create the pod's network namespace and interface, report the pod to the control
-plane, run the real CNI plugin chain (`wisp-cni`, with the CNI environment and a chained config
-whose prevResult carries the IP) and retry until it succeeds, then start the containers, probe
-readiness from the node's namespace, and on deletion undo it all.
+One implementation (`PodLifecycle.run_pod`) runs every pod, in this order, as a node's kubelet:
+its network (the pod's namespace and interface, or the node's for host-network pods), its files
+(tokens, volumes), its init containers one after another to completion, then its containers
+supervised under the pod's restartPolicy, each with its readiness, liveness and startup probes
+(`probes.py`), its status reported as it changes, and on cancellation everything undone:
+containers stopped (SIGTERM, SIGKILL after the grace period), network and files removed.
 
-Containers run confined as a container runtime would confine them (`sandbox.py`): a uid of the
-pod's own, no capabilities, and a private view of the files without the mesh's run directory,
-sockets and keys. A pod gets its service account's token projected into that view when the
-control plane issued one (locally: a waypoint's, `<state>/tokens/waypoint-<ns>-<sa>`, with the
-root certificate beside it), at the path it has on the machine, so its arguments stay valid.
+What differs between the two runtimes are the seams a subclass fills in:
+- `_network_up`/`_network_down`: the local runtime makes the pod's veth itself
+  (runtime/topology.py) and runs `wisp-cni` with a synthetic prevResult carrying the IP it
+  allocated, retrying until it succeeds; the Kubernetes kubelet runs the node's CNI conflist
+  (runtime/kube/kubelet.py).
+- `_files_up`/`_files_down` and `_sandbox`: the local runtime projects a waypoint's token into
+  the pod's sandbox; Kubernetes materialises the pod's volumes and binds them at their mount paths.
+- `_env_sources`, `_base_env` and `_report`: where ConfigMaps and Secrets come from, the variables
+  every container gets, and where status goes (the operator's local API, or pods/<name>/status).
+- `probing`: the local runtime probes readiness fast (1 s while ready, 0.3 s otherwise, one
+  result decides) and runs no liveness or startup probes, as it always has; Kubernetes follows
+  each probe's own timings and thresholds.
+
+A container's image is mapped to a program by `images.py`; its variables and command line are
+read from the spec by `podspec.py` (Kubernetes' `$(VAR)` expansion included). A container that
+cannot start (unknown image, missing ConfigMap) stays waiting with a reason and a message: the
+pod stays Pending and says why, it never hangs and never fails the other containers.
+
+Local containers run confined as a container runtime would confine them (`sandbox.py`): a uid
+of the pod's own, no capabilities, and a private view of the files without the mesh's run
+directory, sockets and keys. A pod gets its service account's token projected into that view
+when the control plane issued one (locally: a waypoint's, `<state>/tokens/waypoint-<ns>-<sa>`,
+with the root certificate beside it), at the path it has on the machine, so its arguments stay
+valid.
 """
 
 from __future__ import annotations
@@ -17,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +48,9 @@ import structlog
 import trio
 
 from wisp import runpaths as runtime_paths
-from . import probes
+from . import images, podspec, probes
 from .operator_client import OperatorClient, OperatorError
-from .processes import Supervised
+from .processes import Exit, Supervised
 from .sandbox import Sandbox, plan, pod_uid, program_paths
 from .topology import Node, PodNet, Topology, netns_exec
 
@@ -39,6 +61,53 @@ RESYNC_INTERVAL = 10.0
 # What container runtimes set in a pod's network namespace: an unprivileged process may bind any
 # port (nginx on 80) and send ICMP echo through ping sockets.
 POD_SYSCTLS = ("net.ipv4.ip_unprivileged_port_start=0", "net.ipv4.ping_group_range=0 2147483647")
+
+
+@dataclass(slots=True, frozen=True)
+class Probing:
+    """How probes are run: each probe's own timings, or the local runtime's fast readiness."""
+
+    spec_timing: bool = True
+    liveness: bool = True
+    startup: bool = True
+
+
+LOCAL_PROBING = Probing(spec_timing=False, liveness=False, startup=False)
+KUBERNETES_PROBING = Probing()
+
+
+@dataclass(slots=True)
+class ContainerState:
+    """One container of a running pod, as its status reports it."""
+
+    name: str
+    image: str
+    init: bool = False
+    supervised: Supervised | None = None
+    reason: str = "ContainerCreating"  # while waiting
+    message: str = ""
+    probe_ready: bool = True  # the readiness probe's verdict (True without one)
+    has_startup: bool = False  # a startup probe gates the others
+    startup_passed: bool = False  # in the current run
+    sandbox: Sandbox | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        return self.supervised is not None and self.supervised.running
+
+    @property
+    def started(self) -> bool:
+        """Kubernetes' `started`: running, and past its startup probe if it has one."""
+        return self.running and (not self.has_startup or self.startup_passed)
+
+    @property
+    def ready(self) -> bool:
+        return self.running and self.started and self.probe_ready
+
+    @property
+    def restarts(self) -> int:
+        return self.supervised.restarts if self.supervised is not None else 0
 
 
 @dataclass(slots=True)
@@ -59,71 +128,307 @@ class PodRecord:
     message: str = ""
     hosts: list | None = None  # the /etc/hosts entries last written for it
     sandbox: Sandbox | None = None  # what its containers (and `wisp exec`) are confined to
+    uid: str = ""  # the API object's uid (Kubernetes); "" locally
+    pod: dict[str, Any] = field(default_factory=dict)  # the whole object, as last seen
+    states: list[ContainerState] = field(default_factory=list)  # init containers first
+    started_at: float | None = None
+    initialized: bool = False
+    grace: float | None = None  # seconds containers get between SIGTERM and SIGKILL at the end
+    deleting: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
         return self.namespace, self.name
 
+    @property
+    def host_network(self) -> bool:
+        return bool(self.spec.get("hostNetwork"))
 
-class Kubelet:
-    def __init__(self, topology: Topology, operator: OperatorClient, *, bin_dir: Path, logs: Path,
-                 cni_socket, restart_delay: float = 1.0, state_dir: Path | None = None) -> None:
-        self.topology = topology
-        self.operator = operator
+    @property
+    def app_states(self) -> list[ContainerState]:
+        return [s for s in self.states if not s.init]
+
+
+def pod_phase(states: list[ContainerState], *, network_ready: bool, initialized: bool) -> str:
+    """Kubernetes' phase of a pod from its containers: Pending until every container has run,
+    Succeeded or Failed once all have ended for good, Running otherwise."""
+    apps = [s for s in states if not s.init]
+    # An init container ends for good with a failure only under restartPolicy Never.
+    if any(s.init and s.supervised and s.supervised.terminated and s.supervised.terminated.code for s in states):
+        return "Failed"
+    if not network_ready or not initialized or not apps:
+        return "Pending"
+    if any(s.supervised is None or (s.supervised.started_at is None) for s in apps):
+        return "Pending"
+    ended = [s.supervised.terminated for s in apps if s.supervised.terminated is not None]
+    if len(ended) == len(apps):
+        return "Succeeded" if all(e.code == 0 for e in ended) else "Failed"
+    return "Running"
+
+
+class PodLifecycle:
+    """A pod's life (see the module docstring); subclasses fill in the seams."""
+
+    probing: Probing = KUBERNETES_PROBING
+    inherit_env = True  # containers get the runtime's environment under their own
+    status_interval = 0.25
+
+    def __init__(self, *, bin_dir: Path, logs: Path, restart_delay: float = 1.0,
+                 max_restart_delay: float | None = None) -> None:
         self.bin_dir = bin_dir
         self.logs = logs
-        self.cni_socket = cni_socket
         self.restart_delay = restart_delay
-        self.state_dir = state_dir
-        self.uids: set[int] = set()  # of the pods running now
+        self.max_restart_delay = max_restart_delay
 
+    # -- the sequence ------------------------------------------------------------------------------
     async def run_pod(self, record: PodRecord, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Bring the pod up and keep it running until cancelled, then tear it down."""
         task_status.started()
         try:
-            record.net = await trio.to_thread.run_sync(
-                self.topology.add_pod, record.node, record.namespace, record.name, record.ip)
-            await trio.to_thread.run_sync(
-                lambda: netns_exec(record.net.netns, ["sysctl", "-qw", *POD_SYSCTLS]))
-            record.sandbox = self._sandbox(record)
-            await self._report(record)
-            await self._cni_add(record)
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._status_loop, record)
+                await self._network_up(record)
+                await self._files_up(record, nursery)
+                record.started_at = record.started_at or time.time()
+                await self._run_init_containers(record, nursery)
+                record.initialized = True
                 for container in record.spec.get("containers") or []:
-                    supervised = self._container(record, container)
-                    if supervised is not None:
-                        record.containers.append(await nursery.start(supervised.run))
-                record.phase = "Running"
-                nursery.start_soon(self._readiness, record)
+                    await self._start_container(record, container, nursery, init=False)
         finally:
             with trio.CancelScope(shield=True):
                 await self._teardown(record)
 
-    def _container(self, record: PodRecord, container: dict[str, Any]) -> Supervised | None:
-        argv = [str(a) for a in (container.get("command") or [])] + [str(a) for a in (container.get("args") or [])]
-        if not argv:
-            record.message = f"container {container.get('name')} has no command; the local runtime runs commands, not images"
-            log.warning("container without a command", pod=f"{record.namespace}/{record.name}",
-                        container=container.get("name"))
-            return None
-        env = {"HOSTNAME": record.name, "POD_NAME": record.name, "POD_NAMESPACE": record.namespace,
-               "POD_IP": record.ip, "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-               "HOME": "/"}
-        for item in container.get("env") or []:
-            if isinstance(item, dict) and isinstance(item.get("name"), str) and "value" in item:
-                env[item["name"]] = str(item["value"])
+    async def _run_init_containers(self, record: PodRecord, nursery: trio.Nursery) -> None:
+        for container in record.spec.get("initContainers") or []:
+            state = await self._start_container(record, container, nursery, init=True)
+            if state.supervised is None:
+                await trio.sleep_forever()  # it cannot start: the pod stays Pending and says why
+            while state.supervised.terminated is None or state.supervised.terminated.code != 0:
+                if state.supervised.terminated is not None:
+                    await trio.sleep_forever()  # failed under restartPolicy Never: the pod has Failed
+                await trio.sleep(0.1)
+
+    async def _start_container(self, record: PodRecord, container: dict[str, Any], nursery: trio.Nursery, *,
+                               init: bool) -> ContainerState:
         name = str(container.get("name", "app"))
+        state = ContainerState(name, str(container.get("image") or ""), init=init)
+        record.states.append(state)
+        try:
+            sources = await self._env_sources(record, podspec.env_sources(container))
+            own = podspec.container_env(container, record.pod or {"metadata": {"name": record.name,
+                                                                                "namespace": record.namespace},
+                                                                   "spec": record.spec},
+                                        host_ip=record.node.ip, pod_ip=record.ip, sources=sources,
+                                        services=self._service_env())
+            command, args = podspec.command_line(container, own)
+            argv = images.resolve(state.image, command, args, self.bin_dir)
+            state.sandbox = self._sandbox(record, container)
+        except images.ImageError as exc:
+            return self._waiting(record, state, exc.reason, exc.message)
+        except (podspec.ContainerConfigError, probes.ProbeError) as exc:
+            return self._waiting(record, state, "CreateContainerConfigError", str(exc))
+        image = images.lookup(state.image)
+        state.env = {**self._base_env(record, image), **own}
+        policy = str(record.spec.get("restartPolicy") or "Always")
+        if init:
+            policy = "Never" if policy == "Never" else "OnFailure"
+        supervised = Supervised(
+            name=f"{record.namespace}/{record.name}/{name}", netns=record.net.netns, argv=argv,
+            log_path=self.logs / f"{record.namespace}_{record.name}_{name}.log", env=state.env,
+            restart_delay=self.restart_delay, max_restart_delay=self.max_restart_delay,
+            sandbox=state.sandbox, restart_policy=policy, inherit_env=self.inherit_env,
+        )
+        state.supervised = await nursery.start(supervised.run)
+        state.reason, state.message = "", ""
+        record.containers.append(supervised)
+        if not init:
+            await self._start_probes(record, state, container, nursery)
+        return state
+
+    def _waiting(self, record: PodRecord, state: ContainerState, reason: str, message: str) -> ContainerState:
+        state.reason, state.message = reason, message
+        record.message = f"container {state.name}: {message}"
+        log.warning("container cannot start", pod=f"{record.namespace}/{record.name}", container=state.name,
+                    reason=reason, message=message)
+        return state
+
+    # -- probes ------------------------------------------------------------------------------------
+    async def _start_probes(self, record: PodRecord, state: ContainerState, container: dict[str, Any],
+                            nursery: trio.Nursery) -> None:
+        kinds = [("readiness", container.get("readinessProbe"))]
+        if self.probing.liveness:
+            kinds.append(("liveness", container.get("livenessProbe")))
+        startup = container.get("startupProbe") if self.probing.startup else None
+        kinds.append(("startup", startup))
+        state.has_startup = startup is not None
+        for kind, spec in kinds:
+            if spec is None:
+                continue
+            try:
+                probe = probes.parse_probe(spec, container)
+            except probes.ProbeError as exc:
+                # Kubernetes' API refuses such a probe; a local manifest may have one. It fails.
+                log.warning("probe cannot run", pod=f"{record.namespace}/{record.name}", container=state.name,
+                            kind=kind, error=str(exc))
+                probe = None
+            if kind == "readiness":
+                state.probe_ready = False
+            nursery.start_soon(self._probe_loop, record, state, kind, probe)
+
+    async def _probe_loop(self, record: PodRecord, state: ContainerState, kind: str,
+                          probe: probes.Probe | None) -> None:
+        assert state.supervised is not None
+        supervised = state.supervised
+        tracker = probes.Tracker.liveness(probe) if probe and kind == "liveness" else (
+            probes.Tracker.readiness(probe) if probe else None)
+        run = None
+        next_at = 0.0
+        while True:
+            if not supervised.running:
+                if kind == "readiness":
+                    state.probe_ready = False
+                if supervised.terminated is not None and kind != "readiness":
+                    return
+                await trio.sleep(0.1)
+                continue
+            if supervised.started_at != run:
+                run = supervised.started_at
+                state.startup_passed = False if kind == "startup" else state.startup_passed
+                if tracker is not None:
+                    tracker.reset(kind == "liveness")
+                delay = probe.initial_delay if probe is not None and self.probing.spec_timing else 0.0
+                next_at = trio.current_time() + delay
+            gated = kind != "startup" and not state.started
+            done = kind == "startup" and state.startup_passed
+            if gated or done or tracker is None:
+                # Startup gates the others; a probe that cannot run never passes.
+                await trio.sleep(0.2 if gated else 1.0)
+                continue
+            await trio.sleep_until(next_at)
+            if supervised.started_at != run or not supervised.running:
+                continue
+            target = probes.ProbeTarget(record.node.netns, record.ip, record.net.netns if record.net else "",
+                                        state.sandbox, state.env)
+            ok = await probes.check(probe, target)
+            if not self.probing.spec_timing:
+                tracker.passed = ok
+            else:
+                tracker.record(ok)
+            if kind == "readiness":
+                state.probe_ready = tracker.passed
+            elif kind == "startup":
+                if tracker.passed:
+                    state.startup_passed = True
+                elif tracker.failures >= probe.failure_threshold:
+                    log.warning("startup probe failed; restarting the container", container=supervised.name)
+                    await supervised.restart()
+            elif not tracker.passed:
+                log.warning("liveness probe failed; restarting the container", container=supervised.name,
+                            failures=tracker.failures)
+                await supervised.restart()
+            if self.probing.spec_timing:
+                next_at = trio.current_time() + probe.period
+            else:
+                next_at = trio.current_time() + (1.0 if ok else 0.3)
+
+    # -- status ------------------------------------------------------------------------------------
+    def refresh(self, record: PodRecord) -> None:
+        """Phase and readiness from the containers as they are now."""
+        network_ready = record.net is not None and record.started_at is not None
+        record.phase = pod_phase(record.states, network_ready=network_ready, initialized=record.initialized)
+        apps = record.app_states
+        record.ready = (record.phase == "Running" and bool(apps) and len(apps) == len(record.spec.get("containers") or [])
+                        and all(s.ready for s in apps))
+
+    async def _status_loop(self, record: PodRecord) -> None:
+        while True:
+            self.refresh(record)
+            await self._report(record)
+            await trio.sleep(self.status_interval)
+
+    # -- teardown ----------------------------------------------------------------------------------
+    async def _teardown(self, record: PodRecord) -> None:
+        if record.grace is not None:
+            for container in record.containers:
+                container.stop_timeout = record.grace
+        async with trio.open_nursery() as nursery:
+            for container in record.containers:
+                nursery.start_soon(container.stop)
+        self._files_down(record)
+        await self._network_down(record)
+        record.phase = "Terminated"
+        record.ready = False
+        await self._forget(record)
+
+    # -- seams ---------------------------------------------------------------------------------------
+    async def _network_up(self, record: PodRecord) -> None:
+        raise NotImplementedError
+
+    async def _network_down(self, record: PodRecord) -> None:
+        raise NotImplementedError
+
+    async def _files_up(self, record: PodRecord, nursery: trio.Nursery) -> None:
+        """Make the pod's files; a task that keeps them fresh goes into `nursery`."""
+
+    def _files_down(self, record: PodRecord) -> None:
+        pass
+
+    def _sandbox(self, record: PodRecord, container: dict[str, Any]) -> Sandbox:
+        raise NotImplementedError
+
+    async def _env_sources(self, record: PodRecord, wanted: set[tuple[str, str]]
+                           ) -> dict[tuple[str, str], dict[str, str] | None]:
+        return {key: None for key in wanted}
+
+    def _service_env(self) -> dict[str, str]:
+        return {}
+
+    def _base_env(self, record: PodRecord, image: images.Image) -> dict[str, str]:
+        return {"HOSTNAME": record.name, "HOME": "/",
+                "PATH": images.search_path(image, self.bin_dir, os.environ.get("PATH", "/usr/bin:/bin"))}
+
+    async def _report(self, record: PodRecord) -> None:
+        pass
+
+    async def _forget(self, record: PodRecord) -> None:
+        pass
+
+
+class Kubelet(PodLifecycle):
+    """The local runtime's kubelet: pods of the manifests directory, status to the operator."""
+
+    probing = LOCAL_PROBING
+
+    def __init__(self, topology: Topology, operator: OperatorClient, *, bin_dir: Path, logs: Path,
+                 cni_socket, restart_delay: float = 1.0, state_dir: Path | None = None) -> None:
+        super().__init__(bin_dir=bin_dir, logs=logs, restart_delay=restart_delay)
+        self.topology = topology
+        self.operator = operator
+        self.cni_socket = cni_socket
+        self.state_dir = state_dir
+        self.uids: set[int] = set()  # of the pods running now
+        self._reported: dict[tuple[str, str], tuple[bool, float]] = {}
+
+    async def _network_up(self, record: PodRecord) -> None:
+        record.net = await trio.to_thread.run_sync(
+            self.topology.add_pod, record.node, record.namespace, record.name, record.ip)
+        await trio.to_thread.run_sync(lambda: netns_exec(record.net.netns, ["sysctl", "-qw", *POD_SYSCTLS]))
+        record.sandbox = self._pod_sandbox(record)
+        await self._send(record)
+        await self._cni_add(record)
+
+    def _sandbox(self, record: PodRecord, container: dict[str, Any]) -> Sandbox:
         sandbox = record.sandbox
         workdir = container.get("workingDir")
         if sandbox is not None and isinstance(workdir, str) and workdir.startswith("/"):
             sandbox = dataclasses.replace(sandbox, workdir=workdir)
-        return Supervised(
-            name=f"{record.namespace}/{record.name}/{name}", netns=record.net.netns, argv=argv,
-            log_path=self.logs / f"{record.namespace}_{record.name}_{name}.log", env=env,
-            restart_delay=self.restart_delay, sandbox=sandbox,
-        )
+        return sandbox
 
-    def _sandbox(self, record: PodRecord) -> Sandbox:
+    def _base_env(self, record: PodRecord, image: images.Image) -> dict[str, str]:
+        return {**super()._base_env(record, image), "POD_NAME": record.name, "POD_NAMESPACE": record.namespace,
+                "POD_IP": record.ip}
+
+    def _pod_sandbox(self, record: PodRecord) -> Sandbox:
         uid = pod_uid(self.topology.prefix, record.namespace, record.name, self.uids)
         self.uids.add(uid)
         project = []
@@ -137,6 +442,17 @@ class Kubelet:
                     project=project)
 
     async def _report(self, record: PodRecord) -> None:
+        # Report changes at once; otherwise now and then, which also brings a restarted
+        # control plane up to date.
+        if record.net is None or record.started_at is None:
+            return
+        last = self._reported.get(record.key)
+        now = trio.current_time()
+        if last is None or last[0] != record.ready or now - last[1] >= RESYNC_INTERVAL:
+            self._reported[record.key] = (record.ready, now)
+            await self._send(record)
+
+    async def _send(self, record: PodRecord) -> None:
         try:
             await self.operator.set_pod_runtime(record.namespace, record.name, node=record.node.name,
                                                 pod_ip=record.ip, phase=record.phase, ready=record.ready)
@@ -156,7 +472,7 @@ class Kubelet:
             record.message = f"CNI ADD failed: {detail}"
             log.warning("CNI ADD failed; retrying", pod=f"{record.namespace}/{record.name}",
                         attempt=record.cni_attempts, detail=detail)
-            await self._report(record)
+            await self._send(record)
             await trio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -192,30 +508,7 @@ class Kubelet:
         except ValueError:
             return False, (result.stdout or result.stderr).decode(errors="replace").strip()[:300]
 
-    async def _readiness(self, record: PodRecord) -> None:
-        probe = _readiness_probe(record.spec)
-        last_report = -RESYNC_INTERVAL
-        while True:
-            alive = all(c.running for c in record.containers)
-            if probe is None:
-                ready = alive
-            elif probe[0] == "tcp":
-                ready = alive and await probes.tcp_probe(record.node.netns, (record.ip, probe[1]))
-            else:
-                status, _ = await probes.http_get(record.node.netns, (record.ip, probe[1]), probe[2])
-                ready = alive and 200 <= status < 400
-            # Report changes at once; otherwise now and then, which also brings a restarted
-            # control plane up to date.
-            now = trio.current_time()
-            if ready != record.ready or now - last_report >= RESYNC_INTERVAL:
-                record.ready = ready
-                await self._report(record)
-                last_report = now
-            await trio.sleep(1.0 if ready else 0.3)
-
-    async def _teardown(self, record: PodRecord) -> None:
-        for container in record.containers:
-            await container.stop()
+    async def _network_down(self, record: PodRecord) -> None:
         if record.sandbox is not None:
             self.uids.discard(record.sandbox.uid)
         if record.net is not None:
@@ -223,23 +516,23 @@ class Kubelet:
             if not ok:
                 log.warning("CNI DEL failed", pod=f"{record.namespace}/{record.name}", detail=detail)
             await trio.to_thread.run_sync(self.topology.remove_pod, record.net)
+
+    async def _forget(self, record: PodRecord) -> None:
+        self._reported.pop(record.key, None)
         try:
             await self.operator.clear_pod_runtime(record.namespace, record.name)
         except OperatorError:
             pass
-        record.phase = "Terminated"
-        record.ready = False
 
 
-def _readiness_probe(spec: dict[str, Any]) -> tuple[str, int, str] | None:
-    for container in spec.get("containers") or []:
-        probe = container.get("readinessProbe")
-        if not isinstance(probe, dict):
-            continue
-        if isinstance(probe.get("tcpSocket"), dict) and isinstance(probe["tcpSocket"].get("port"), int):
-            return "tcp", probe["tcpSocket"]["port"], ""
-        http = probe.get("httpGet")
-        if isinstance(http, dict) and isinstance(http.get("port"), int):
-            return "http", http["port"], str(http.get("path", "/"))
-    return None
+def exit_state(ended: Exit) -> dict[str, Any]:
+    """A terminated container state as Kubernetes writes it."""
+    state: dict[str, Any] = {"exitCode": ended.code, "reason": "Completed" if ended.code == 0 else "Error",
+                             "startedAt": rfc3339(ended.started), "finishedAt": rfc3339(ended.finished)}
+    if ended.signal:
+        state["signal"] = ended.signal
+    return state
 
+
+def rfc3339(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))

@@ -1,0 +1,333 @@
+"""The kubelet of a network-namespace node (runtime/kube/kubelet.py) against the real test bed.
+
+Each test builds a node netns of its own (runtime/topology.py under a unique `wisp-k<hex>` prefix)
+with the primary CNI conflist (runtime/cnichain.py), registers a Node for it under a unique name
+(without the `kubernetes.io/os` label the project's DaemonSets select, and tainted NoSchedule, so
+no other test's workload lands on it; the test's pods name it in spec.nodeName), runs a
+NodeKubelet for it and drives it through the API only. Everything (pods, Node, Lease, network
+namespaces, run directory, processes) is removed even when a test fails, and what the kubelet
+leaves behind is asserted.
+
+The pure parts (status building) are tested at the end without the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from runtime.cnichain import write_primary_conflist
+from runtime.kube.api import ApiError, KubeApi
+from runtime.kube.kubelet import (
+    ContainerView,
+    NodeKubelet,
+    PodView,
+    build_status,
+    transition,
+)
+from runtime.kube.nodeview import NODE_DIRS, NodeView
+from runtime.testbed.cluster import Cluster
+from runtime.testbed.nodes import LEASE_NAMESPACE, SimulatedNode, lease_object, node_object, now_micro
+from runtime.topology import Node, Topology, list_netns
+from tests.support.wait import wait_until
+from wisp.runpaths import RUN_ROOT
+
+BIN_DIR = Path(sys.executable).parent
+
+
+@dataclass(slots=True)
+class Bed:
+    api: KubeApi
+    cluster: Cluster
+    topology: Topology
+    node: Node
+    kubelet: NodeKubelet
+    namespace: str
+    pids: set[int]
+
+    def pod_path(self, name: str) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/pods/{name}"
+
+    async def create(self, name: str, containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
+                "spec": {"nodeName": self.node.name, "automountServiceAccountToken": False,
+                         "terminationGracePeriodSeconds": 5, "containers": containers, **spec}}
+        return await self.api.create(f"/api/v1/namespaces/{self.namespace}/pods", body)
+
+    async def pod(self, name: str) -> dict[str, Any] | None:
+        return await self.api.get(self.pod_path(name), missing_ok=True)
+
+    async def until(self, name: str, check, what: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The pod once `check(pod)` holds (polled through the API)."""
+        with trio.move_on_after(timeout):
+            while True:
+                pod = await self.pod(name)
+                if pod is not None and check(pod):
+                    return pod
+                self.note_pids()
+                await trio.sleep(0.2)
+        raise AssertionError(f"pod {name}: {what} not reached within {timeout:g} s; last: "
+                             f"{(pod or {}).get('status')}; kubelet: {self.kubelet.status()}")
+
+    def note_pids(self) -> None:
+        for entry in self.kubelet.status():
+            self.pids.update(c["pid"] for c in entry["containers"] if c["pid"])
+
+
+def condition(pod: dict[str, Any], kind: str) -> str | None:
+    for item in (pod.get("status") or {}).get("conditions") or []:
+        if item.get("type") == kind:
+            return item.get("status")
+    return None
+
+
+def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    for item in (pod.get("status") or {}).get("containerStatuses") or []:
+        if item.get("name") == name:
+            return item
+    return {}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def node_bed(cluster: Cluster, namespace: str) -> AsyncIterator[Bed]:
+    prefix = f"wisp-k{secrets.token_hex(3)}"
+    name = f"kubelet-{secrets.token_hex(3)}"
+    topology = Topology(prefix)
+    root = RUN_ROOT / prefix
+    api = KubeApi.for_cluster(cluster)
+    registered = False
+    try:
+        created = await trio.to_thread.run_sync(topology.create, 1)
+        node = dataclasses.replace(created[0], name=name)
+        view = NodeView(root / "nodes" / name)
+        for path in NODE_DIRS:
+            view.host_path(path).mkdir(parents=True, exist_ok=True)
+        await trio.to_thread.run_sync(write_primary_conflist, view, node)
+        version = (await api.get("/version") or {}).get("gitVersion", "v0")
+        manifest = node_object(SimulatedNode(node.index, name, node.ip, str(node.pod_network)), version)
+        del manifest["metadata"]["labels"]["kubernetes.io/os"]
+        manifest["spec"]["taints"] = [{"key": "wisp-test/kubelet", "value": "only", "effect": "NoSchedule"}]
+        created_node = await api.create("/api/v1/nodes", manifest)
+        registered = True
+        await api.create(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases",
+                         lease_object(SimulatedNode(node.index, name, node.ip, str(node.pod_network)),
+                                      created_node["metadata"]["uid"]))
+        kubelet = NodeKubelet(api, node, view, topology=topology, bin_dir=BIN_DIR, logs=root / "logs",
+                              pods_dir=view.root / "pods", hosts=lambda ns: [("10.96.0.1", ["kubernetes"])],
+                              restart_delay=0.5)
+        bed = Bed(api, cluster, topology, node, kubelet, namespace, set())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_renew, api, name)
+            await nursery.start(kubelet.run)
+            try:
+                yield bed
+            finally:
+                bed.note_pids()
+                nursery.cancel_scope.cancel()
+        # Cancelling the kubelet tore every pod down.
+        assert kubelet.status() == []
+        left = [p for p in bed.pids if alive(p)]
+        assert not left, f"container processes left: {left}"
+        netns = [n for n in list_netns(prefix) if n not in (topology.switch, node.netns)]
+        assert not netns, f"pod namespaces left: {netns}"
+        assert not list((view.root / "pods").iterdir()), "volume directories left"
+    finally:
+        if registered:
+            with contextlib.suppress(ApiError):
+                await api.delete(f"/api/v1/nodes/{name}")
+                await api.delete(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{name}")
+        await trio.to_thread.run_sync(topology.destroy)
+        shutil.rmtree(root, ignore_errors=True)
+        await api.aclose()
+
+
+async def _renew(api: KubeApi, name: str) -> None:
+    while True:
+        await trio.sleep(5)
+        with contextlib.suppress(ApiError):
+            await api.patch(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{name}",
+                            {"spec": {"renewTime": now_micro()}})
+
+
+def echo(port: int = 8080, **extra: Any) -> dict[str, Any]:
+    return {"name": "echo", "image": "wisp:0.1.0", "command": ["wisp-echo"], "args": ["--http", "$(PORT)"],
+            "env": [{"name": "PORT", "value": str(port)}],
+            "ports": [{"name": "http", "containerPort": port}], **extra}
+
+
+def veths(node: Node) -> list[str]:
+    """The pods' veths on the node (its own eth0 to the switch is one too)."""
+    out = subprocess.run(["ip", "-n", node.netns, "-o", "link", "show", "type", "veth"],
+                         capture_output=True, text=True, check=False).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.strip()]
+    return [name for name in names if name != "eth0"]
+
+
+pytestmark = pytest.mark.root
+
+
+async def test_a_pod_runs_ready_behind_its_http_probe_and_kubectl_delete_leaves_nothing(
+        cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("web", [echo(readinessProbe={"httpGet": {"path": "/healthz", "port": "http"},
+                                                       "periodSeconds": 1})])
+        pod = await bed.until("web", lambda p: condition(p, "Ready") == "True", "Ready")
+        status = pod["status"]
+        assert status["phase"] == "Running"
+        assert status["podIP"].startswith(f"10.244.{bed.node.index}.") and status["podIP"] != bed.node.gateway
+        assert status["hostIP"] == bed.node.ip
+        assert {c["type"]: c["status"] for c in status["conditions"]} == {
+            "PodScheduled": "True", "PodReadyToStartContainers": "True", "Initialized": "True",
+            "ContainersReady": "True", "Ready": "True"}
+        echo_status = container(pod, "echo")
+        assert echo_status["ready"] and echo_status["started"] and echo_status["restartCount"] == 0
+        assert "running" in echo_status["state"]
+        entry = next(p for p in bed.kubelet.status() if p["name"] == "web")
+        assert entry["uid"] == pod["metadata"]["uid"] and entry["sandbox"] and entry["netns"]
+        # The echo app answers on the pod's address from the node, as the probe did.
+        answer = subprocess.run(["ip", "netns", "exec", bed.node.netns, "curl", "-s", "-m", "5",
+                                 f"http://{status['podIP']}:8080/"], capture_output=True, text=True)
+        assert "web" in answer.stdout
+        bed.note_pids()
+        pids = set(bed.pids)
+        netns = entry["netns"]
+        assert veths(bed.node)
+        # kubectl as a user types it; it waits until the pod is gone.
+        done = await trio.run_process(
+            [str(bed.cluster.binaries.kubectl), "--kubeconfig", str(bed.cluster.kubeconfig), "-n", bed.namespace,
+             "delete", "pod", "web", "--timeout=30s"], capture_stdout=True, capture_stderr=True, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        assert await bed.pod("web") is None
+        await wait_until(lambda: not bed.kubelet.status(), timeout=10, what="the kubelet to forget the pod")
+        assert not [p for p in pids if alive(p)]
+        assert netns not in list_netns(bed.topology.prefix)
+        assert not os.path.exists(f"/etc/netns/{netns}")
+        assert veths(bed.node) == []
+
+
+async def test_a_container_that_exits_is_restarted_and_counted(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("crash", [{"name": "once", "image": "busybox", "command": ["sh", "-c", "sleep 1; exit 3"]}])
+        pod = await bed.until("crash", lambda p: container(p, "once").get("restartCount", 0) >= 1, "a restart")
+        status = container(pod, "once")
+        assert status["lastState"]["terminated"]["exitCode"] == 3
+        assert status["lastState"]["terminated"]["reason"] == "Error"
+        assert pod["status"]["phase"] == "Running"
+
+
+async def test_a_pod_with_restart_policy_never_succeeds_with_its_exit_code(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("job", [{"name": "work", "image": "busybox", "command": ["sh", "-c", "exit 0"]}],
+                         restartPolicy="Never")
+        pod = await bed.until("job", lambda p: p["status"].get("phase") == "Succeeded", "Succeeded")
+        state = container(pod, "work")["state"]["terminated"]
+        assert state["exitCode"] == 0 and state["reason"] == "Completed"
+        assert container(pod, "work")["restartCount"] == 0
+
+
+async def test_an_unknown_image_leaves_the_pod_pending_with_err_image_pull(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("nope", [{"name": "app", "image": "example.com/no/such:1"}])
+        pod = await bed.until("nope", lambda p: container(p, "app").get("state", {}).get("waiting", {}).get("reason")
+                              == "ErrImagePull", "ErrImagePull")
+        waiting = container(pod, "app")["state"]["waiting"]
+        assert "no such image in the wisp runtime" in waiting["message"] and "busybox" in waiting["message"]
+        assert pod["status"]["phase"] == "Pending"
+        assert condition(pod, "Ready") == "False"
+
+
+async def test_env_from_the_api_and_fields_reaches_the_container(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.api.create(f"/api/v1/namespaces/{namespace}/configmaps",
+                             {"metadata": {"name": "settings"}, "data": {"greeting": "hello"}})
+        await bed.api.create(f"/api/v1/namespaces/{namespace}/secrets",
+                             {"metadata": {"name": "keys"}, "stringData": {"token": "s3cret"}})
+        script = 'echo "$GREETING $TOKEN $POD $NS $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT $(id -u)"'
+        await bed.create("env", [{
+            "name": "show", "image": "busybox", "command": ["sh", "-c", script + "; sleep 30"],
+            "env": [
+                {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "token"}}},
+                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            ],
+            "securityContext": {"runAsUser": 4321},
+        }])
+        await bed.until("env", lambda p: p["status"].get("phase") == "Running", "Running")
+        log = bed.kubelet.logs / f"{namespace}_env_show.log"
+        await wait_until(lambda: log.exists() and log.read_text().strip(), timeout=10, what="the container's output")
+        assert log.read_text().split("\n")[0] == f"hello s3cret env {namespace} 10.96.0.1:443 4321"
+
+
+async def test_a_host_network_pod_runs_in_the_node_namespace(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("host", [echo(port=18080, readinessProbe={"tcpSocket": {"port": 18080}, "periodSeconds": 1})],
+                         hostNetwork=True)
+        pod = await bed.until("host", lambda p: condition(p, "Ready") == "True", "Ready")
+        assert pod["status"]["podIP"] == bed.node.ip
+        entry = next(p for p in bed.kubelet.status() if p["name"] == "host")
+        assert entry["netns"] == bed.node.netns
+
+
+async def test_a_failing_liveness_probe_restarts_the_container(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("sick", [{"name": "app", "image": "busybox", "command": ["sleep", "300"],
+                                   "livenessProbe": {"exec": {"command": ["sh", "-c", "exit 1"]},
+                                                     "periodSeconds": 1, "failureThreshold": 2}}])
+        pod = await bed.until("sick", lambda p: container(p, "app").get("restartCount", 0) >= 1, "a liveness restart")
+        assert container(pod, "app")["lastState"]["terminated"]["exitCode"] == 143  # SIGTERM
+
+
+async def test_an_exec_readiness_probe_runs_in_the_containers_sandbox(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("marker", [{"name": "app", "image": "busybox", "command": ["sleep", "300"],
+                                     "securityContext": {"runAsUser": 4242},
+                                     "readinessProbe": {"exec": {"command": ["sh", "-c", "test $(id -u) = 4242"]},
+                                                        "periodSeconds": 1}}])
+        await bed.until("marker", lambda p: condition(p, "Ready") == "True", "Ready")
+
+
+# -- pure: status building ---------------------------------------------------------------------------
+def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
+    first = transition({}, {"Ready": False}, "t1")
+    assert transition(first, {"Ready": False}, "t2") == {"Ready": (False, "t1")}
+    assert transition(first, {"Ready": True}, "t3") == {"Ready": (True, "t3")}
+
+
+def test_build_status_keeps_the_schedulers_condition_and_names_unready_containers() -> None:
+    pod = {"status": {"conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": "t0"}]}}
+    conditions = {"PodReadyToStartContainers": (True, "t1"), "Initialized": (True, "t1"),
+                  "ContainersReady": (False, "t1"), "Ready": (False, "t1")}
+    waiting = ContainerView("app", "busybox", False, False, 0, {"waiting": {"reason": "ErrImagePull"}}, {})
+    status = build_status(pod, PodView("Pending", "10.250.0.11", "10.244.1.10", "t1", conditions, (waiting,)))
+    assert status["conditions"][0] == {"type": "PodScheduled", "status": "True", "lastTransitionTime": "t0"}
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["message"] == "containers with unready status: [app]"
+    assert status["podIPs"] == [{"ip": "10.244.1.10"}] and status["hostIPs"] == [{"ip": "10.250.0.11"}]
+    assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "ErrImagePull"}}
+
+
+def test_build_status_without_an_address_leaves_pod_ip_out() -> None:
+    conditions = {k: (False, "t") for k in ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")}
+    status = build_status({}, PodView("Pending", "10.250.0.11", "", None, conditions, ()))
+    assert "podIP" not in status and "startTime" not in status
