@@ -1,5 +1,7 @@
 """The Kubernetes-backed mesh's node side against the real test bed: the API server forwarder,
-kube-proxy's DNAT from Services and EndpointSlices, and Node registration with Lease renewal.
+kube-proxy's DNAT from Services and EndpointSlices, and Node registration with Lease renewal;
+then `wisp up --kubernetes` end to end (its own control plane): two Ready nodes, a pod applied
+with kubectl running and reachable with `wisp exec`, and `wisp down` leaving nothing behind.
 
 Each test builds its own switch and node namespaces with a unique prefix (`wisp-k<hex>`) and
 removes them, and any Node it registered, even when it fails. Node indices start at 101 so the
@@ -9,8 +11,11 @@ session's simulated nodes (node1..node3, tests/kube/conftest.py) are never touch
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -22,8 +27,9 @@ from runtime.kube.nodes import NodeRegistry
 from runtime.kube.proxy import KubeProxy
 from runtime.testbed.cluster import SERVICE_IP, Cluster
 from runtime.testbed.nodes import LEASE_NAMESPACE
-from runtime.topology import CONTROL_PLANE_IP, Node, Topology
+from runtime.topology import CONTROL_PLANE_IP, Node, Topology, list_netns
 from tests.support.wait import wait_until
+from wisp.runpaths import RuntimePaths
 
 pytestmark = pytest.mark.root
 
@@ -204,3 +210,70 @@ async def test_nodes_register_ready_with_leases_that_are_renewed(cluster: Cluste
             await api.delete(f"/api/v1/nodes/{name}")
             await api.delete(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{name}")
         await api.aclose()
+
+
+# --- wisp up --kubernetes, end to end ---------------------------------------------------------------
+POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: sleeper, namespace: default}
+spec:
+  containers:
+  - name: sleep
+    image: wisp:0.1.0
+    command: [sleep, infinity]
+"""
+
+
+def wisp(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "wisp.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def processes_in(directory: str) -> list[int]:
+    """Processes whose working directory is `directory` (the test bed starts each component there)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry.name}/cwd") == directory:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.e2e
+def test_wisp_up_kubernetes_runs_two_ready_nodes_and_a_pod_and_down_leaves_nothing() -> None:
+    prefix = f"wisp-k{secrets.token_hex(3)}"
+    try:
+        up = wisp("up", "--kubernetes", "--nodes", "2", "--prefix", prefix)
+        assert up.returncode == 0, up.stdout + up.stderr
+        kubeconfig = wisp("kubeconfig", "--prefix", prefix).stdout.strip()
+        assert f"export KUBECONFIG={kubeconfig}" in up.stdout
+        status = json.loads(RuntimePaths(prefix).status.read_text())
+        testbed_dir = status["testbed_dir"]
+        assert processes_in(testbed_dir), "the control plane runs in its directory"
+
+        kubectl = [status["kubectl"], "--kubeconfig", kubeconfig]
+        nodes = subprocess.run([*kubectl, "get", "nodes", "--no-headers"], capture_output=True, text=True, check=True)
+        lines = [line.split() for line in nodes.stdout.splitlines()]
+        assert [(line[0], line[1]) for line in lines] == [("node1", "Ready"), ("node2", "Ready")]
+
+        subprocess.run([*kubectl, "apply", "-f", "-"], input=POD, capture_output=True, text=True, check=True)
+        waited = subprocess.run([*kubectl, "wait", "--for=condition=Ready", "pod/sleeper", "--timeout=90s"],
+                                capture_output=True, text=True)
+        assert waited.returncode == 0, waited.stderr + wisp("get", "pods", "-A", "--prefix", prefix).stdout
+        listed = wisp("get", "pods", "--prefix", prefix)
+        row = next(line.split() for line in listed.stdout.splitlines() if line.startswith("sleeper"))
+        assert row[1:3] == ["1/1", "Running"] and row[4] in ("node1", "node2") and row[5].startswith("10.244.")
+        inside = wisp("exec", "--prefix", prefix, "sleeper", "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        assert inside.returncode == 0 and inside.stdout.strip() == "default", inside.stdout + inside.stderr
+
+        down = wisp("down", "--prefix", prefix)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not list_netns(prefix)
+        assert not RuntimePaths(prefix).root.exists()
+        assert not os.path.exists(testbed_dir)
+        assert not processes_in(testbed_dir)
+    finally:
+        wisp("down", "--prefix", prefix)
