@@ -483,15 +483,31 @@ class NodeKubelet:
                 for other in list(self._pods.values()):
                     if other is not running and other.record.key == record.key:
                         await other.done.wait()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._hosts_loop, record)
-                    await self.lifecycle.run_pod(record)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._hosts_loop, record)
+                        await self.lifecycle.run_pod(record)
+                except Exception as exc:  # a bug or the machine: this pod stops, the node goes on
+                    log.exception("pod failed in the kubelet", pod=f"{record.namespace}/{record.name}")
+                    record.message = f"the wisp kubelet could not run this pod: {type(exc).__name__}: {exc}"
+                    await self._report_failure(record)
+                    # Kept (not restarted on the next event) until it is deleted.
+                    await trio.sleep_forever()
         finally:
             running.done.set()
             if self._pods.get(record.uid) is running:
                 del self._pods[record.uid]
         if record.deleting:
             await self._confirm_deletion(record.pod)
+
+    async def _report_failure(self, record: PodRecord) -> None:
+        path = f"/api/v1/namespaces/{record.namespace}/pods/{record.name}/status"
+        with trio.move_on_after(10):
+            try:
+                await self.api.patch(path, {"metadata": {"uid": record.uid}, "status": {
+                    "phase": "Failed", "reason": "KubeletError", "message": record.message}})
+            except ApiError as exc:
+                log.warning("status not written", pod=f"{record.namespace}/{record.name}", error=str(exc))
 
     def _delete(self, running: _Running, grace: Any) -> None:
         record = running.record

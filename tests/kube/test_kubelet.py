@@ -307,6 +307,70 @@ async def test_an_exec_readiness_probe_runs_in_the_containers_sandbox(cluster: C
         await bed.until("marker", lambda p: condition(p, "Ready") == "True", "Ready")
 
 
+async def test_deletion_sends_sigterm_first_and_sigkill_after_the_grace_period(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        polite = ["sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo up; sleep 300 & wait"]
+        stubborn = ["sh", "-c", "trap 'echo ignoring TERM' TERM; echo up; while true; do sleep 0.1; done"]
+        await bed.create("slow", [{"name": "polite", "image": "busybox", "command": polite},
+                                  {"name": "stubborn", "image": "busybox", "command": stubborn}],
+                         terminationGracePeriodSeconds=2)
+        await bed.until("slow", lambda p: condition(p, "Ready") == "True", "Ready")
+        logs = {name: bed.kubelet.logs / f"{namespace}_slow_{name}.log" for name in ("polite", "stubborn")}
+        await wait_until(lambda: all(log.exists() and "up" in log.read_text() for log in logs.values()),
+                         timeout=10, what="both containers to start")
+        bed.note_pids()
+        pids = set(bed.pids)
+        started = trio.current_time()
+        await bed.api.delete(bed.pod_path("slow"))
+        with trio.fail_after(20):
+            while await bed.pod("slow") is not None:
+                await trio.sleep(0.1)
+        took = trio.current_time() - started
+        assert "got TERM" in logs["polite"].read_text()
+        assert "ignoring TERM" in logs["stubborn"].read_text()
+        assert 2 <= took < 10, took  # the stubborn one was killed once the 2 s were up
+        assert not [p for p in pids if alive(p)]
+
+
+async def test_a_pod_force_deleted_from_the_api_is_torn_down(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("gone", [{"name": "app", "image": "busybox", "command": ["sleep", "300"]}])
+        await bed.until("gone", lambda p: p["status"].get("phase") == "Running", "Running")
+        bed.note_pids()
+        pids = set(bed.pids)
+        netns = next(p["netns"] for p in bed.kubelet.status() if p["name"] == "gone")
+        await bed.api.delete(bed.pod_path("gone"), body={"apiVersion": "v1", "kind": "DeleteOptions",
+                                                         "gracePeriodSeconds": 0})
+        await wait_until(lambda: not bed.kubelet.status(), timeout=15, what="the pod's teardown")
+        assert not [p for p in pids if alive(p)]
+        assert netns not in list_netns(bed.topology.prefix)
+
+
+async def test_init_containers_run_to_completion_in_order_before_the_containers(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("init", [{"name": "app", "image": "busybox", "command": ["sh", "-c", "echo app; sleep 300"]}],
+                         initContainers=[
+                             {"name": "first", "image": "busybox", "command": ["sh", "-c", "echo first"]},
+                             {"name": "second", "image": "busybox", "command": ["sh", "-c", "echo second"]}])
+        pod = await bed.until("init", lambda p: condition(p, "Ready") == "True", "Ready")
+        assert condition(pod, "Initialized") == "True"
+        inits = {c["name"]: c for c in pod["status"]["initContainerStatuses"]}
+        assert inits["first"]["state"]["terminated"]["reason"] == "Completed"
+        assert inits["second"]["state"]["terminated"]["exitCode"] == 0
+        first = bed.kubelet.logs / f"{namespace}_init_first.log"
+        assert first.read_text() == "first\n"
+
+
+async def test_a_failing_init_container_under_restart_policy_never_fails_the_pod(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("broken", [{"name": "app", "image": "busybox", "command": ["sleep", "300"]}],
+                         restartPolicy="Never",
+                         initContainers=[{"name": "check", "image": "busybox", "command": ["sh", "-c", "exit 4"]}])
+        pod = await bed.until("broken", lambda p: p["status"].get("phase") == "Failed", "Failed")
+        assert condition(pod, "Initialized") == "False"
+        assert "app" not in [s["name"] for s in bed.kubelet.status()[0]["containers"]]
+
+
 # -- pure: status building ---------------------------------------------------------------------------
 def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
     first = transition({}, {"Ready": False}, "t1")
