@@ -321,7 +321,17 @@ class _KubePods(PodLifecycle):
                        needed=program_paths(self.bin_dir),
                        workdir=workdir if isinstance(workdir, str) and workdir.startswith("/") else "/")
         volumes = self._volumes.get(record.uid)
-        binds = tuple(volumes.mounts(container)) if volumes is not None else ()
+        binds: tuple[tuple[str, str, bool], ...] = ()
+        if volumes is not None:
+            from .volumes import VolumeError
+
+            try:
+                binds = tuple(volumes.mounts(container))
+            except VolumeError as exc:
+                raise podspec.ContainerConfigError(str(exc)) from None
+        elif container.get("volumeMounts"):
+            raise podspec.ContainerConfigError(
+                f"volume {container['volumeMounts'][0].get('name')!r} of the mount is not a volume of the pod")
         return dataclasses.replace(sandbox, binds=binds, capabilities=security.capabilities,
                                    privileged=security.privileged)
 

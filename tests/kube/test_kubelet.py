@@ -371,6 +371,43 @@ async def test_a_failing_init_container_under_restart_policy_never_fails_the_pod
         assert "app" not in [s["name"] for s in bed.kubelet.status()[0]["containers"]]
 
 
+async def test_volumes_and_the_service_account_token_are_mounted_where_the_spec_says(
+        cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.api.create(f"/api/v1/namespaces/{namespace}/configmaps",
+                             {"metadata": {"name": "settings"}, "data": {"greeting": "hello"}})
+        script = ("cat /etc/config/greeting; echo; cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; "
+                  "test -s /var/run/secrets/kubernetes.io/serviceaccount/token && echo token; "
+                  "echo scratch > /scratch/file && cat /scratch/file; sleep 300")
+        await bed.create("files", [{"name": "app", "image": "busybox", "command": ["sh", "-c", script],
+                                    "volumeMounts": [{"name": "config", "mountPath": "/etc/config"},
+                                                     {"name": "scratch", "mountPath": "/scratch"}]}],
+                         automountServiceAccountToken=True,
+                         volumes=[{"name": "config", "configMap": {"name": "settings"}},
+                                  {"name": "scratch", "emptyDir": {}}])
+        await bed.until("files", lambda p: p["status"].get("phase") == "Running", "Running")
+        log = bed.kubelet.logs / f"{namespace}_files_app.log"
+        await wait_until(lambda: log.exists() and "scratch" in log.read_text(), timeout=15,
+                         what="the container's output")
+        assert log.read_text().split() == ["hello", namespace, "token", "scratch"]
+        assert not Path("/scratch").exists() and not Path("/etc/config").exists()
+
+
+async def test_a_mount_of_a_missing_config_map_waits_with_the_reason(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("waits", [{"name": "app", "image": "busybox", "command": ["sleep", "300"],
+                                    "volumeMounts": [{"name": "config", "mountPath": "/etc/config"}]}],
+                         volumes=[{"name": "config", "configMap": {"name": "absent"}}])
+        pod = await bed.until("waits", lambda p: container(p, "app").get("state", {}).get("waiting", {}).get("reason")
+                              == "CreateContainerConfigError", "CreateContainerConfigError")
+        assert "absent" in container(pod, "app")["state"]["waiting"]["message"]
+        assert pod["status"]["phase"] == "Pending"
+        # Created later, it is picked up by the retry.
+        await bed.api.create(f"/api/v1/namespaces/{namespace}/configmaps",
+                             {"metadata": {"name": "absent"}, "data": {"k": "v"}})
+        await bed.until("waits", lambda p: p["status"].get("phase") == "Running", "Running after the retry")
+
+
 # -- pure: status building ---------------------------------------------------------------------------
 def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
     first = transition({}, {"Ready": False}, "t1")
