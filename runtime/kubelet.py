@@ -20,7 +20,8 @@ What differs between the two runtimes are the seams a subclass fills in:
   result decides) and runs no liveness or startup probes, as it always has; Kubernetes follows
   each probe's own timings and thresholds.
 
-A container's image is mapped to a program by `images.py`; its variables and command line are
+A container's image is mapped to a program by `images.py` (the local runtime ignores images:
+its manifests run commands, from wisp's programs then the PATH, as they always have); its variables and command line are
 read from the spec by `podspec.py` (Kubernetes' `$(VAR)` expansion included). A container that
 cannot start (unknown image, missing ConfigMap) stays waiting with a reason and a message: the
 pod stays Pending and says why, it never hangs and never fails the other containers.
@@ -221,13 +222,13 @@ class PodLifecycle:
                                         host_ip=record.node.ip, pod_ip=record.ip, sources=sources,
                                         services=self._service_env())
             command, args = podspec.command_line(container, own)
-            argv = images.resolve(state.image, command, args, self.bin_dir)
+            argv = images.resolve(self._image(state), command, args, self.bin_dir)
             state.sandbox = self._sandbox(record, container)
         except images.ImageError as exc:
             return self._waiting(record, state, exc.reason, exc.message)
         except (podspec.ContainerConfigError, probes.ProbeError) as exc:
             return self._waiting(record, state, "CreateContainerConfigError", str(exc))
-        image = images.lookup(state.image)
+        image = images.lookup(self._image(state))
         state.env = {**self._base_env(record, image), **own}
         policy = str(record.spec.get("restartPolicy") or "Always")
         if init:
@@ -237,6 +238,7 @@ class PodLifecycle:
             log_path=self.logs / f"{record.namespace}_{record.name}_{name}.log", env=state.env,
             restart_delay=self.restart_delay, max_restart_delay=self.max_restart_delay,
             sandbox=state.sandbox, restart_policy=policy, inherit_env=self.inherit_env,
+            cgroups=self._cgroups(record, state),
         )
         state.supervised = await nursery.start(supervised.run)
         state.reason, state.message = "", ""
@@ -376,6 +378,14 @@ class PodLifecycle:
     def _sandbox(self, record: PodRecord, container: dict[str, Any]) -> Sandbox:
         raise NotImplementedError
 
+    def _image(self, state: ContainerState) -> str:
+        """The image whose programs the container runs (images.py)."""
+        return state.image
+
+    def _cgroups(self, record: PodRecord, state: ContainerState) -> tuple[str, ...]:
+        """The cgroup directories the container's processes go into."""
+        return ()
+
     async def _env_sources(self, record: PodRecord, wanted: set[tuple[str, str]]
                            ) -> dict[tuple[str, str], dict[str, str] | None]:
         return {key: None for key in wanted}
@@ -416,6 +426,11 @@ class Kubelet(PodLifecycle):
         record.sandbox = self._pod_sandbox(record)
         await self._send(record)
         await self._cni_add(record)
+
+    def _image(self, state: ContainerState) -> str:
+        # Local manifests run commands; their images (a placeholder such as local waypoints'
+        # "local", or the project's image) are not looked at: wisp's programs, then the PATH.
+        return ""
 
     def _sandbox(self, record: PodRecord, container: dict[str, Any]) -> Sandbox:
         sandbox = record.sandbox

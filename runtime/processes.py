@@ -27,6 +27,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from . import cgroups
 from .sandbox import Sandbox
 
 log = structlog.get_logger("runtime.processes")
@@ -60,6 +61,7 @@ class Supervised:
     restart_policy: str = "Always"
     max_restart_delay: float | None = None  # None: every restart waits restart_delay
     inherit_env: bool = True  # False: the process gets `env` only (a Kubernetes container)
+    cgroups: tuple[str, ...] = ()  # directories each new process is moved into (runtime/cgroups.py)
     started_at: float | None = None  # of the current run
     last_exit: Exit | None = None
     terminated: Exit | None = None  # set when the policy let it end for good
@@ -118,11 +120,19 @@ class Supervised:
         argv = self.sandbox.wrap(self.argv) if self.sandbox is not None else self.argv
         env = {**os.environ, **self.env} if self.inherit_env else dict(self.env)
         with open(self.log_path, "ab") as out:
-            return await trio.lowlevel.open_process(
+            process = await trio.lowlevel.open_process(
                 ["ip", "netns", "exec", self.netns, *argv],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True,
             )
+        if self.cgroups:
+            # Moved at once: `ip netns exec` and the sandbox step take milliseconds before the
+            # command runs, so the command and whatever it starts are in the pod's cgroup.
+            try:
+                cgroups.join(list(self.cgroups), process.pid)
+            except OSError as exc:
+                log.warning("cannot move the process into its cgroup", name=self.name, error=str(exc))
+        return process
 
     def replace_process(self, process: trio.Process) -> None:
         """`process` (started beside the current one, rollout.py) is the one supervised from now

@@ -54,7 +54,7 @@ from typing import Any
 import structlog
 import trio
 
-from runtime import podspec
+from runtime import cgroups, podspec
 from runtime.kubelet import (
     KUBERNETES_PROBING,
     POD_SYSCTLS,
@@ -165,12 +165,14 @@ def build_status(pod: dict[str, Any], view: PodView) -> dict[str, Any]:
     return status
 
 
-def container_view(state: ContainerState | None, spec: dict[str, Any], uid: str) -> ContainerView:
-    """What a container's status says, from its runtime state (None: not reached yet)."""
+def container_view(state: ContainerState | None, spec: dict[str, Any], uid: str, *,
+                   not_reached: str = "ContainerCreating") -> ContainerView:
+    """What a container's status says, from its runtime state (None: not reached yet, waiting
+    with reason `not_reached`: ContainerCreating, or PodInitializing while init containers run)."""
     name = str(spec.get("name", ""))
     image = str(spec.get("image") or "")
     if state is None:
-        return ContainerView(name, image, False, False, 0, {"waiting": {"reason": "PodInitializing"}}, {})
+        return ContainerView(name, image, False, False, 0, {"waiting": {"reason": not_reached}}, {})
     supervised = state.supervised
     last = {"terminated": exit_state(supervised.last_exit)} if supervised and supervised.last_exit else {}
     if supervised is None:
@@ -303,7 +305,18 @@ class _KubePods(PodLifecycle):
         gid = next((context[k] for k in ("fsGroup", "runAsGroup") if isinstance(context.get(k), int)), uid)
         return uid, gid
 
+    def _cgroups(self, record: PodRecord, state: ContainerState) -> tuple[str, ...]:
+        try:
+            return tuple(str(d) for d in cgroups.container_dirs(self.owner.topology.prefix, record.uid, state.name))
+        except OSError as exc:
+            log.warning("no cgroup for the container", pod=f"{record.namespace}/{record.name}", error=str(exc))
+            return ()
+
     def _files_down(self, record: PodRecord) -> None:
+        left = cgroups.remove_pod(self.owner.topology.prefix, record.uid)
+        if left:
+            log.warning("pod cgroups left (processes still in them)", pod=f"{record.namespace}/{record.name}",
+                        left=left)
         volumes = self._volumes.pop(record.uid, None)
         if volumes is not None:
             try:
@@ -370,7 +383,10 @@ class _KubePods(PodLifecycle):
         now = rfc3339(time.time())
         apps = record.spec.get("containers") or []
         states = {s.name: s for s in record.states if not s.init}
-        views = tuple(container_view(states.get(str(c.get("name"))), c, record.uid) for c in apps)
+        waiting = "PodInitializing" if record.spec.get("initContainers") and record.net is not None else \
+            "ContainerCreating"
+        views = tuple(container_view(states.get(str(c.get("name"))), c, record.uid, not_reached=waiting)
+                      for c in apps)
         inits = {s.name: s for s in record.states if s.init}
         init_views = tuple(container_view(inits.get(str(c.get("name"))), c, record.uid)
                            for c in record.spec.get("initContainers") or [])

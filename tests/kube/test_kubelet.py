@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 import trio
 
+from cni.podnetns import pod_uid_from_cgroup
+from runtime import cgroups
 from runtime.cnichain import write_primary_conflist
 from runtime.kube.api import ApiError, KubeApi
 from runtime.kube.kubelet import (
@@ -35,8 +37,11 @@ from runtime.kube.kubelet import (
     NodeKubelet,
     PodView,
     build_status,
+    container_view,
     transition,
 )
+from runtime.kubelet import ContainerState, pod_phase
+from runtime.processes import Exit, Supervised
 from runtime.kube.nodeview import NODE_DIRS, NodeView
 from runtime.testbed.cluster import Cluster
 from runtime.testbed.nodes import LEASE_NAMESPACE, SimulatedNode, lease_object, node_object, now_micro
@@ -157,6 +162,7 @@ async def node_bed(cluster: Cluster, namespace: str) -> AsyncIterator[Bed]:
                 await api.delete(f"/api/v1/nodes/{name}")
                 await api.delete(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{name}")
         await trio.to_thread.run_sync(topology.destroy)
+        cgroups.remove_all(prefix)
         shutil.rmtree(root, ignore_errors=True)
         await api.aclose()
 
@@ -212,6 +218,9 @@ async def test_a_pod_runs_ready_behind_its_http_probe_and_kubectl_delete_leaves_
         pids = set(bed.pids)
         netns = entry["netns"]
         assert veths(bed.node)
+        # Where the node agent looks for a running pod (Istio's /proc cgroup scan, cni/podnetns.py).
+        echo_pid = next(c["pid"] for c in entry["containers"] if c["name"] == "echo")
+        assert pod_uid_from_cgroup(Path(f"/proc/{echo_pid}/cgroup").read_text()) == pod["metadata"]["uid"]
         # kubectl as a user types it; it waits until the pod is gone.
         done = await trio.run_process(
             [str(bed.cluster.binaries.kubectl), "--kubeconfig", str(bed.cluster.kubeconfig), "-n", bed.namespace,
@@ -223,6 +232,7 @@ async def test_a_pod_runs_ready_behind_its_http_probe_and_kubectl_delete_leaves_
         assert netns not in list_netns(bed.topology.prefix)
         assert not os.path.exists(f"/etc/netns/{netns}")
         assert veths(bed.node) == []
+        assert not any(cgroups.pod_dirs(bed.topology.prefix, pod["metadata"]["uid"])[0].parent.glob("pod*"))
 
 
 async def test_a_container_that_exits_is_restarted_and_counted(cluster: Cluster, namespace: str) -> None:
@@ -432,3 +442,55 @@ def test_build_status_without_an_address_leaves_pod_ip_out() -> None:
     conditions = {k: (False, "t") for k in ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")}
     status = build_status({}, PodView("Pending", "10.250.0.11", "", None, conditions, ()))
     assert "podIP" not in status and "startTime" not in status
+
+
+def _supervised(**fields: Any) -> Supervised:
+    supervised = Supervised("ns/pod/app", "netns", ["true"], Path("/nonexistent.log"))
+    for key, value in fields.items():
+        setattr(supervised, key, value)
+    return supervised
+
+
+def test_a_container_not_reached_yet_is_creating() -> None:
+    view = container_view(None, {"name": "app", "image": "busybox"}, "u1")
+    assert view.state == {"waiting": {"reason": "ContainerCreating"}} and view.restart_count == 0
+
+
+def test_a_container_that_cannot_start_waits_with_its_reason_and_message() -> None:
+    state = ContainerState("app", "nope", reason="ErrImagePull", message="no such image")
+    view = container_view(state, {"name": "app", "image": "nope"}, "u1")
+    assert view.state == {"waiting": {"reason": "ErrImagePull", "message": "no such image"}}
+
+
+def test_a_crash_looping_container_waits_in_back_off_with_its_last_exit() -> None:
+    state = ContainerState("app", "busybox", supervised=_supervised(
+        restarts=2, waiting=True, started_at=10.0, last_exit=Exit(1, 10.0, 11.0)))
+    view = container_view(state, {"name": "app", "image": "busybox"}, "u1")
+    assert view.state["waiting"]["reason"] == "CrashLoopBackOff"
+    assert view.last_state["terminated"]["exitCode"] == 1 and view.restart_count == 2
+    assert view.container_id == "wisp://u1-app"
+
+
+def test_a_container_ended_for_good_is_terminated_with_its_exit() -> None:
+    ended = Exit(137, 10.0, 12.0, signal=9)
+    state = ContainerState("app", "busybox", supervised=_supervised(started_at=10.0, last_exit=ended, terminated=ended))
+    view = container_view(state, {"name": "app"}, "u1")
+    assert view.state == {"terminated": {"exitCode": 137, "reason": "Error", "signal": 9,
+                                         "startedAt": "1970-01-01T00:00:10Z", "finishedAt": "1970-01-01T00:00:12Z"}}
+    assert not view.ready and view.last_state == {}
+
+
+def test_the_pods_phase_follows_its_containers() -> None:
+    def app(**fields: Any) -> ContainerState:
+        return ContainerState("app", "busybox", supervised=_supervised(**fields))
+    up = {"network_ready": True, "initialized": True}
+    assert pod_phase([ContainerState("app", "x", reason="ErrImagePull")], **up) == "Pending"
+    assert pod_phase([app(started_at=1.0)], network_ready=False, initialized=False) == "Pending"
+    assert pod_phase([app(started_at=1.0)], **up) == "Running"
+    assert pod_phase([app(started_at=1.0, terminated=Exit(0, 1, 2))], **up) == "Succeeded"
+    assert pod_phase([app(started_at=1.0, terminated=Exit(0, 1, 2)), app(started_at=1.0, terminated=Exit(2, 1, 2))],
+                     **up) == "Failed"
+    # Restarting (restartPolicy Always): still Running.
+    assert pod_phase([app(started_at=1.0, waiting=True, last_exit=Exit(1, 1, 2))], **up) == "Running"
+    failed_init = ContainerState("init", "busybox", init=True, supervised=_supervised(terminated=Exit(1, 1, 2)))
+    assert pod_phase([failed_init], network_ready=True, initialized=False) == "Failed"
