@@ -161,6 +161,33 @@ async def test_kube_proxy_programs_a_services_ready_endpoints_and_forgets_a_dele
             await api.aclose()
 
 
+async def test_kube_proxy_follows_an_endpoint_that_stops_being_ready(cluster: Cluster, namespace: str) -> None:
+    api = KubeApi.for_cluster(cluster)
+    with network((1,)) as (topology, nodes):
+        try:
+            service = await api.create(f"/api/v1/namespaces/{namespace}/services", SERVICE)
+            vip = service["spec"]["clusterIP"]
+            slices = f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+            await api.create(slices, endpoint_slice(None))  # ready unset counts as ready
+            proxy = KubeProxy(api, topology, nodes, (CONTROL_PLANE_IP, API_FORWARD_PORT))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(proxy.run)
+                assert f"-d {vip}/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.244.1.77:8080" \
+                    in iptables_nat(nodes[0])
+                await api.patch(f"{slices}/web-manual", {"endpoints": [
+                    {"addresses": ["10.244.1.77"], "conditions": {"ready": False}}]})
+                await wait_until(lambda: "10.244.1.77" not in (proxy.rules or "x"), 10,
+                                 what="the unready endpoint's rule to go")
+                assert "10.244.1.77" not in iptables_nat(nodes[0])
+                rejected = subprocess.run(["ip", "netns", "exec", nodes[0].netns, "iptables-save", "-t", "filter"],
+                                          capture_output=True, text=True, check=True).stdout
+                assert f"-A WISP-SERVICES-REJECT -d {vip}/32 -p tcp -m tcp --dport 80 -j REJECT" in rejected
+                nursery.cancel_scope.cancel()
+        finally:
+            await api.delete(f"/api/v1/namespaces/{namespace}/services/web")
+            await api.aclose()
+
+
 async def test_pods_on_a_node_reach_the_api_server_as_the_kubernetes_service(cluster: Cluster) -> None:
     api = KubeApi.for_cluster(cluster)
     with network((1,)) as (topology, nodes):
