@@ -4,6 +4,8 @@ commands: what they print, and the errors that change nothing."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,6 @@ import pytest
 from runtime import cli
 from runtime.demo import install_steps
 from runtime.kube import cli as kube
-from wisp.cli import main
 from wisp.runpaths import RuntimePaths
 
 
@@ -50,22 +51,30 @@ def test_kubeconfig_of_a_local_mesh_says_how_to_start_a_kubernetes_one():
         kube.kubeconfig_of({"phase": "ready", "pods": []}, "wisp")
 
 
-def test_up_kubernetes_refuses_a_manifest_directory_and_starts_nothing(tmp_path, monkeypatch, capsys):
+def wisp(*args: str) -> subprocess.CompletedProcess[str]:
+    # A process of its own: the CLI configures logging onto its stderr, which must not be pytest's capture.
+    return subprocess.run([sys.executable, "-m", "wisp.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_up_kubernetes_refuses_a_manifest_directory_and_starts_nothing():
     prefix = "wisp-kcli-none"
-    assert main(["up", "--kubernetes", "--prefix", prefix, "examples/shop"]) == 1
-    err = capsys.readouterr().err
+    done = wisp("up", "--kubernetes", "--prefix", prefix, "examples/shop")
+    err = done.stderr
+    assert done.returncode == 1
     assert "with --kubernetes the cluster starts empty: run it, then `kubectl apply -f examples/shop`" in err
     assert not RuntimePaths(prefix).root.exists()
 
 
-def test_up_without_a_directory_or_kubernetes_says_what_to_give(capsys):
-    assert main(["up", "--prefix", "wisp-kcli-none"]) == 1
-    assert "give a directory of manifests (wisp up examples/shop), or --kubernetes" in capsys.readouterr().err
+def test_up_without_a_directory_or_kubernetes_says_what_to_give():
+    done = wisp("up", "--prefix", "wisp-kcli-none")
+    assert done.returncode == 1
+    assert "give a directory of manifests (wisp up examples/shop), or --kubernetes" in done.stderr
 
 
-def test_kubeconfig_without_a_mesh_says_how_to_start_one(capsys):
-    assert main(["kubeconfig", "--prefix", "wisp-kcli-none"]) == 1
-    assert "start one with `wisp up DIR` or `wisp up --kubernetes`" in capsys.readouterr().err
+def test_kubeconfig_without_a_mesh_says_how_to_start_one():
+    done = wisp("kubeconfig", "--prefix", "wisp-kcli-none")
+    assert done.returncode == 1
+    assert "start one with `wisp up DIR` or `wisp up --kubernetes`" in done.stderr
 
 
 def test_label_patches_the_kinds_people_label_and_leaves_the_rest_to_kubectl(monkeypatch):
