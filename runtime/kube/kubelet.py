@@ -438,6 +438,9 @@ class NodeKubelet:
                 await self._follow()
         finally:
             self._nursery = None
+            # The mesh's cgroup directories once empty (another node's kubelet may still hold
+            # pods there; a directory in use is left to it).
+            cgroups.remove_all(self.topology.prefix)
 
     async def _follow(self) -> None:
         selector = f"spec.nodeName={self.node.name}"
@@ -633,10 +636,12 @@ def _data(obj: dict[str, Any], *, secret: bool) -> dict[str, str]:
 
 
 def _fresh_netns(netns: str) -> None:
-    """`ip netns add`, after removing what a crashed run left under that name."""
+    """`ip netns add` (after removing what a crashed run left under that name) with its loopback
+    up, as the container runtime sets it up itself before the CNI chain runs."""
     if os.path.exists(os.path.join("/run/netns", netns)):
         run_command(["ip", "netns", "delete", netns], check=False)
     run_command(["ip", "netns", "add", netns])
+    run_command(["ip", "-n", netns, "link", "set", "lo", "up"])
 
 
 def _remove_netns(node: Node, netns: str, ip: str) -> None:

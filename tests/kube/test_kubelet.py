@@ -156,6 +156,7 @@ async def node_bed(cluster: Cluster, namespace: str) -> AsyncIterator[Bed]:
         netns = [n for n in list_netns(prefix) if n not in (topology.switch, node.netns)]
         assert not netns, f"pod namespaces left: {netns}"
         assert not list((view.root / "pods").iterdir()), "volume directories left"
+        assert not [h for h in cgroups.hierarchies() if (h / prefix).exists()], "cgroup directories left"
     finally:
         if registered:
             with contextlib.suppress(ApiError):
@@ -214,6 +215,10 @@ async def test_a_pod_runs_ready_behind_its_http_probe_and_kubectl_delete_leaves_
         answer = subprocess.run(["ip", "netns", "exec", bed.node.netns, "curl", "-s", "-m", "5",
                                  f"http://{status['podIP']}:8080/"], capture_output=True, text=True)
         assert "web" in answer.stdout
+        # Its loopback is up, as a container runtime leaves it.
+        local = subprocess.run(["ip", "netns", "exec", entry["netns"], "curl", "-s", "-m", "5",
+                                "http://127.0.0.1:8080/"], capture_output=True, text=True)
+        assert "web" in local.stdout
         bed.note_pids()
         pids = set(bed.pids)
         netns = entry["netns"]
