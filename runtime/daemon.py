@@ -22,7 +22,7 @@ import trio
 
 from wisp import log as wisp_log
 
-from . import probes
+from . import cgroups, probes
 from .kubelet import Kubelet, PodRecord
 from .manifests import (
     desired_pods,
@@ -363,6 +363,11 @@ def clean(prefix: str) -> list[str]:
             except (ProcessLookupError, ValueError):
                 pass
     gone = topology.destroy()
+    # The pods' cgroups (runtime/cgroups.py) can go once the killed processes have been reaped.
+    for _ in range(20):
+        if not cgroups.remove_all(prefix):
+            break
+        time.sleep(0.1)
     paths = RuntimePaths(prefix)
     shutil.rmtree(paths.root, ignore_errors=True)
     return gone

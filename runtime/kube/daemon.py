@@ -23,7 +23,7 @@ Contract:
   sandbox, ... as `wisp get/exec` read them).
 - SIGTERM or SIGINT: the kubelets are cancelled first (each tears its pods down: containers
   stopped, CNI DEL, netns removed), then the node registrations, kube-proxy and forwarder end,
-  the topology is destroyed, and the control plane stops with its directory (etcd's data
+  the topology is destroyed with the mesh's cgroups, and the control plane stops with its directory (etcd's data
   included). Ready is reported only once every node is schedulable (not-ready taint lifted).
 - A run killed with SIGKILL leaves no control plane process (PDEATHSIG); its namespaces, run
   directory and test-bed directory are removed by the next `wisp up` or `wisp down`
@@ -44,6 +44,7 @@ from typing import Any
 import structlog
 import trio
 
+from runtime import cgroups
 from runtime.testbed import build
 from runtime.testbed import cluster as testbed
 from runtime.topology import CONTROL_PLANE_IP, Node, Topology
@@ -113,6 +114,9 @@ class KubeRuntime:
                 self._write_status()
                 await api.aclose()
                 await trio.to_thread.run_sync(self.topology.destroy)
+                left = await trio.to_thread.run_sync(cgroups.remove_all, self.topology.prefix)
+                if left:
+                    log.warning("cgroups left (processes still in them)", cgroups=left)
 
     async def _stop_when_told(self, nursery: trio.Nursery) -> None:
         await self._stop.wait()

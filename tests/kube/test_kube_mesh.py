@@ -1,7 +1,8 @@
 """The Kubernetes-backed mesh's node side against the real test bed: the API server forwarder,
 kube-proxy's DNAT from Services and EndpointSlices, and Node registration with Lease renewal;
 then `wisp up --kubernetes` end to end (its own control plane): two Ready nodes, a pod applied
-with kubectl running and reachable with `wisp exec`, and `wisp down` leaving nothing behind.
+with kubectl running and reachable with `wisp exec`, and `wisp down` leaving nothing behind
+(no netns, run directory, cgroup, control-plane directory or process).
 
 Each test builds its own switch and node namespaces with a unique prefix (`wisp-k<hex>`) and
 removes them, and any Node it registered, even when it fails. Node indices start at 101 so the
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
+from runtime import cgroups
 from runtime.kube.api import KubeApi
 from runtime.kube.apiforward import API_FORWARD_PORT, ApiForwarder
 from runtime.kube.nodes import NodeRegistry
@@ -300,6 +302,7 @@ def test_wisp_up_kubernetes_runs_two_ready_nodes_and_a_pod_and_down_leaves_nothi
         assert down.returncode == 0, down.stdout + down.stderr
         assert not list_netns(prefix)
         assert not RuntimePaths(prefix).root.exists()
+        assert not [h for h in cgroups.hierarchies() if (h / prefix).exists()]
         assert not os.path.exists(testbed_dir)
         assert not processes_in(testbed_dir)
     finally:
