@@ -323,15 +323,26 @@ class PodLifecycle:
                     state.startup_passed = True
                 elif tracker.failures >= probe.failure_threshold:
                     log.warning("startup probe failed; restarting the container", container=supervised.name)
-                    await supervised.restart()
+                    await self._restart(record, supervised)
             elif not tracker.passed:
                 log.warning("liveness probe failed; restarting the container", container=supervised.name,
                             failures=tracker.failures)
-                await supervised.restart()
+                await self._restart(record, supervised)
             if self.probing.spec_timing:
                 next_at = trio.current_time() + probe.period
             else:
                 next_at = trio.current_time() + (1.0 if ok else 0.3)
+
+    async def _restart(self, record: PodRecord, supervised: Supervised) -> None:
+        """Kill a container for a failed probe: SIGTERM, SIGKILL after the pod's grace period."""
+        grace = record.spec.get("terminationGracePeriodSeconds")
+        previous = supervised.stop_timeout
+        if isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0:
+            supervised.stop_timeout = float(grace)
+        try:
+            await supervised.restart()
+        finally:
+            supervised.stop_timeout = previous
 
     # -- status ------------------------------------------------------------------------------------
     def refresh(self, record: PodRecord) -> None:

@@ -423,6 +423,23 @@ async def test_a_mount_of_a_missing_config_map_waits_with_the_reason(cluster: Cl
         await bed.until("waits", lambda p: p["status"].get("phase") == "Running", "Running after the retry")
 
 
+async def test_the_kubelet_outlives_an_api_server_it_cannot_reach_and_stops_when_cancelled(tmp_path: Path) -> None:
+    import ssl
+
+    dead = KubeApi("https://127.0.0.1:1", ssl.create_default_context())
+    topology = Topology(f"wisp-k{secrets.token_hex(3)}")
+    node = topology.node(1)
+    kubelet = NodeKubelet(dead, node, NodeView(tmp_path / "node"), topology=topology, bin_dir=BIN_DIR,
+                          logs=tmp_path / "logs", pods_dir=tmp_path / "pods", hosts=lambda ns: [])
+    try:
+        with trio.move_on_after(1.5) as waited:
+            await kubelet.run()
+        assert waited.cancelled_caught, "run() returned on its own"
+        assert kubelet.status() == []
+    finally:
+        await dead.aclose()
+
+
 # -- pure: status building ---------------------------------------------------------------------------
 def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
     first = transition({}, {"Ready": False}, "t1")
