@@ -59,6 +59,8 @@ log = structlog.get_logger("runtime.kubelet")
 
 CNI_VERSION = "1.0.0"
 RESYNC_INTERVAL = 10.0
+CONFIG_ERROR = "CreateContainerConfigError"
+CONFIG_RETRY_MAX = 30.0  # seconds between attempts at a container whose configuration is missing
 # What container runtimes set in a pod's network namespace: an unprivileged process may bind any
 # port (nginx on 80) and send ICMP echo through ping sockets.
 POD_SYSCTLS = ("net.ipv4.ip_unprivileged_port_start=0", "net.ipv4.ping_group_range=0 2147483647")
@@ -202,18 +204,38 @@ class PodLifecycle:
     async def _run_init_containers(self, record: PodRecord, nursery: trio.Nursery) -> None:
         for container in record.spec.get("initContainers") or []:
             state = await self._start_container(record, container, nursery, init=True)
-            if state.supervised is None:
-                await trio.sleep_forever()  # it cannot start: the pod stays Pending and says why
-            while state.supervised.terminated is None or state.supervised.terminated.code != 0:
-                if state.supervised.terminated is not None:
-                    await trio.sleep_forever()  # failed under restartPolicy Never: the pod has Failed
+            # Until it could start (a configuration error is retried), then until it succeeded;
+            # one that failed under restartPolicy Never has failed the pod and nothing follows.
+            while state.supervised is None or state.supervised.terminated is None \
+                    or state.supervised.terminated.code != 0:
+                if state.supervised is not None and state.supervised.terminated is not None:
+                    await trio.sleep_forever()
                 await trio.sleep(0.1)
 
     async def _start_container(self, record: PodRecord, container: dict[str, Any], nursery: trio.Nursery, *,
                                init: bool) -> ContainerState:
-        name = str(container.get("name", "app"))
-        state = ContainerState(name, str(container.get("image") or ""), init=init)
+        state = ContainerState(str(container.get("name", "app")), str(container.get("image") or ""), init=init)
         record.states.append(state)
+        if not await self._launch(record, container, state, nursery) and state.reason == CONFIG_ERROR:
+            # As kubelet retries on its next sync: the ConfigMap or Secret may come.
+            nursery.start_soon(self._retry_launch, record, container, state, nursery)
+        return state
+
+    async def _retry_launch(self, record: PodRecord, container: dict[str, Any], state: ContainerState,
+                            nursery: trio.Nursery) -> None:
+        delay = self.restart_delay
+        while True:
+            await trio.sleep(delay)
+            delay = min(delay * 2, CONFIG_RETRY_MAX)
+            if await self._launch(record, container, state, nursery):
+                record.message = ""
+                return
+
+    async def _launch(self, record: PodRecord, container: dict[str, Any], state: ContainerState,
+                      nursery: trio.Nursery) -> bool:
+        """Start the container's process under its restart policy; False (and the container
+        waiting with the reason) when it cannot."""
+        name = state.name
         try:
             sources = await self._env_sources(record, podspec.env_sources(container))
             own = podspec.container_env(container, record.pod or {"metadata": {"name": record.name,
@@ -225,13 +247,15 @@ class PodLifecycle:
             argv = images.resolve(self._image(state), command, args, self.bin_dir)
             state.sandbox = self._sandbox(record, container)
         except images.ImageError as exc:
-            return self._waiting(record, state, exc.reason, exc.message)
+            self._waiting(record, state, exc.reason, exc.message)
+            return False
         except (podspec.ContainerConfigError, probes.ProbeError) as exc:
-            return self._waiting(record, state, "CreateContainerConfigError", str(exc))
+            self._waiting(record, state, CONFIG_ERROR, str(exc))
+            return False
         image = images.lookup(self._image(state))
         state.env = {**self._base_env(record, image), **own}
         policy = str(record.spec.get("restartPolicy") or "Always")
-        if init:
+        if state.init:
             policy = "Never" if policy == "Never" else "OnFailure"
         supervised = Supervised(
             name=f"{record.namespace}/{record.name}/{name}", netns=record.net.netns, argv=argv,
@@ -243,16 +267,16 @@ class PodLifecycle:
         state.supervised = await nursery.start(supervised.run)
         state.reason, state.message = "", ""
         record.containers.append(supervised)
-        if not init:
+        if not state.init:
             await self._start_probes(record, state, container, nursery)
-        return state
+        return True
 
-    def _waiting(self, record: PodRecord, state: ContainerState, reason: str, message: str) -> ContainerState:
+    def _waiting(self, record: PodRecord, state: ContainerState, reason: str, message: str) -> None:
+        if (state.reason, state.message) != (reason, message):
+            log.warning("container cannot start", pod=f"{record.namespace}/{record.name}", container=state.name,
+                        reason=reason, message=message)
         state.reason, state.message = reason, message
         record.message = f"container {state.name}: {message}"
-        log.warning("container cannot start", pod=f"{record.namespace}/{record.name}", container=state.name,
-                    reason=reason, message=message)
-        return state
 
     # -- probes ------------------------------------------------------------------------------------
     async def _start_probes(self, record: PodRecord, state: ContainerState, container: dict[str, Any],

@@ -294,6 +294,19 @@ async def test_env_from_the_api_and_fields_reaches_the_container(cluster: Cluste
         assert log.read_text().split("\n")[0] == f"hello s3cret env {namespace} 10.96.0.1:443 4321"
 
 
+async def test_an_env_source_created_later_lets_the_waiting_container_start(cluster: Cluster, namespace: str) -> None:
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("later", [{"name": "app", "image": "busybox", "command": ["sleep", "300"],
+                                    "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "late",
+                                                                                          "key": "x"}}}]}])
+        pod = await bed.until("later", lambda p: container(p, "app").get("state", {}).get("waiting", {}).get("reason")
+                              == "CreateContainerConfigError", "CreateContainerConfigError")
+        assert container(pod, "app")["state"]["waiting"]["message"] == 'configmap "late" not found'
+        await bed.api.create(f"/api/v1/namespaces/{namespace}/configmaps",
+                             {"metadata": {"name": "late"}, "data": {"x": "1"}})
+        await bed.until("later", lambda p: condition(p, "Ready") == "True", "Ready once the ConfigMap exists")
+
+
 async def test_a_host_network_pod_runs_in_the_node_namespace(cluster: Cluster, namespace: str) -> None:
     async with node_bed(cluster, namespace) as bed:
         await bed.create("host", [echo(port=18080, readinessProbe={"tcpSocket": {"port": 18080}, "periodSeconds": 1})],
