@@ -10,7 +10,7 @@ a user's manifest expects it to:
 | `busybox`, `alpine`, `debian`, `ubuntu` | `sh` | the machine's PATH (sleep, sh, wget, …) |
 | `curlimages/curl` | `curl` (its ENTRYPOINT, with the container's args) | the machine's `curl`, then its PATH |
 | `nginx` | `wisp-echo --http 80` (an HTTP server on port 80, as nginx's default page; the machine's nginx needs root's paths) | the echo app |
-| no image (the local runtime's manifests) | — (a command is required) | as `wisp` |
+| no image (and every image in the local runtime, whose manifests run commands) | — (a command is required) | as `wisp` |
 
 Contract:
 - `resolve(image, command, args, bin_dir, path)` returns the argv to run (command and args as

@@ -8,7 +8,9 @@ exits and the policy says no more, `run` returns and `terminated` holds how it e
 before a restart doubles after each one up to `max_restart_delay` (kubelet's crash-loop back-off;
 the mesh's own processes keep a fixed delay), and `waiting` says so meanwhile. `restart()` ends
 the current process so `run` starts another (a failed liveness probe); every run's start, end
-and exit code are kept (`started_at`, `last_exit`) for the pod's container status.
+and exit code are kept (`started_at`, `last_exit`) for the pod's container status. A process
+with `cgroups` is moved into those directories as soon as it exists (a Kubernetes pod's
+`pod<uid>` cgroup, runtime/cgroups.py), before its command runs.
 
 The mesh's own processes (operator, node agents, ztunnels) run as root, as their privileged
 host-network DaemonSets do on a cluster; a pod's container is given a `Sandbox` and runs
