@@ -192,10 +192,16 @@ class Topology:
         os.makedirs(directory, exist_ok=True)
         lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost"]
         lines += [f"{ip} {' '.join(names)}" for ip, names in entries]
-        tmp = os.path.join(directory, "hosts.tmp")
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, os.path.join(directory, "hosts"))
+        data = ("\n".join(lines) + "\n").encode()
+        # In place, not by rename: `ip netns exec` bound this file (its inode) over a running
+        # pod's /etc/hosts, so a new file would never reach it. One write of the whole text,
+        # then the excess cut: a reader sees the old or the new entries, at worst both.
+        fd = os.open(os.path.join(directory, "hosts"), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
         # Names come from the hosts file only. A pod cannot reach the machine's resolver, so
         # point it at its own loopback, where nothing listens: a lookup the file cannot answer
         # (glibc asks for IPv6 first) fails at once instead of waiting out a timeout.

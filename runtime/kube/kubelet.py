@@ -250,6 +250,9 @@ class _KubePods(PodLifecycle):
                 delay = min(delay * 2, BACKOFF_MAX)
         record.message = ""
         record.net = PodNet(record.namespace, record.name, node, netns, record.ip, "")
+        # Before any container starts: `ip netns exec` binds the file over /etc/hosts only if it
+        # exists then, and a process that resolved nothing at start may never ask again.
+        await self.owner._write_hosts(record)
 
     async def _cni_del(self, record: PodRecord, net: PodNet) -> None:
         from runtime import cnichain
@@ -576,16 +579,21 @@ class NodeKubelet:
         if record.host_network:
             return
         while True:
-            if record.net is not None:
-                entries = [(record.ip, [record.name])]
-                try:
-                    entries += self.hosts(record.namespace)
-                except Exception as exc:  # kube-proxy's table is another component: it must not end the pod
-                    log.warning("hosts entries unavailable", error=str(exc))
-                if entries != record.hosts:
-                    await trio.to_thread.run_sync(self.topology.write_hosts, record.net.netns, entries)
-                    record.hosts = entries
+            await self._write_hosts(record)
             await trio.sleep(HOSTS_INTERVAL)
+
+    async def _write_hosts(self, record: PodRecord) -> None:
+        """The pod's /etc/hosts: its own name and the Services' (kube-proxy's table), if changed."""
+        if record.host_network or record.net is None:
+            return
+        entries = [(record.ip, [record.name])]
+        try:
+            entries += self.hosts(record.namespace)
+        except Exception as exc:  # kube-proxy's table is another component: it must not end the pod
+            log.warning("hosts entries unavailable", error=str(exc))
+        if entries != record.hosts:
+            await trio.to_thread.run_sync(self.topology.write_hosts, record.net.netns, entries)
+            record.hosts = entries
 
     # -- reporting -----------------------------------------------------------------------------------
     def status(self) -> list[dict[str, Any]]:
