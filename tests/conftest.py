@@ -3,7 +3,8 @@
 The suite is grouped by component (tests/ztunnel, tests/cni, tests/operator, tests/hbone, …) with
 shared helpers in tests/support. Markers (registered in pyproject.toml) select parts of it:
 - `e2e`: a whole mesh brought up with `wisp up` (everything in tests/e2e);
-- `kube`: the test bed's real API server (everything in tests/kube);
+- `kube`: the test bed's real API server (everything in tests/kube and tests/kube_e2e, the whole
+  mesh on it: `wisp up --kubernetes` and kubectl);
 - `root`: network namespaces, iptables, other uids (tests/e2e, and modules that say so). Run as
   anyone else, such a test fails with the reason rather than being skipped: deselect it with
   `-m "not root"`;
@@ -45,7 +46,8 @@ def spiffe(ns: str, sa: str) -> SpiffeId:
 
 
 TESTS = Path(__file__).parent
-FOLDER_MARKS = {"e2e": ("e2e", "root", "slow"), "kube": ("kube", "slow")}
+FOLDER_MARKS = {"e2e": ("e2e", "root", "slow"), "kube": ("kube", "slow"),
+                "kube_e2e": ("e2e", "kube", "root", "slow")}
 
 
 def pytest_collection_modifyitems(config, items) -> None:
