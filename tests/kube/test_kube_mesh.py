@@ -30,6 +30,7 @@ from runtime.kube.proxy import KubeProxy
 from runtime.testbed.cluster import SERVICE_IP, Cluster
 from runtime.testbed.nodes import LEASE_NAMESPACE
 from runtime.topology import CONTROL_PLANE_IP, Node, Topology, list_netns
+from tests.support.procs import processes_in
 from tests.support.wait import wait_until
 from wisp.runpaths import RuntimePaths
 
@@ -256,19 +257,6 @@ spec:
 
 def wisp(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "wisp.cli", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def processes_in(directory: str) -> list[int]:
-    """Processes whose working directory is `directory` (the test bed starts each component there)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry.name}/cwd") == directory:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 @pytest.mark.e2e

@@ -35,6 +35,7 @@ import pytest
 
 from runtime import cgroups
 from runtime.topology import list_netns
+from tests.support.procs import processes_in, processes_in_netns
 from tests.support.wait import wait_for
 from wisp.runpaths import RuntimePaths, pod_netns_name
 
@@ -98,18 +99,6 @@ def _ready(pod: dict) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod["status"].get("conditions") or [])
 
 
-def _testbed_processes(directory: str) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry.name}/cwd") == directory:
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 def leftovers(mesh: KubeMesh) -> list[str]:
     found = list_netns(mesh.prefix)
     if RuntimePaths(mesh.prefix).root.exists():
@@ -118,7 +107,7 @@ def leftovers(mesh: KubeMesh) -> list[str]:
     if mesh.testbed_dir and os.path.exists(mesh.testbed_dir):
         found.append(mesh.testbed_dir)
     if mesh.testbed_dir:
-        found += [f"pid {pid}" for pid in _testbed_processes(mesh.testbed_dir)]
+        found += [f"pid {pid}" for pid in processes_in(mesh.testbed_dir)]
     found += [name for name in os.listdir("/etc/netns") if name.startswith(mesh.prefix + "-")] \
         if os.path.isdir("/etc/netns") else []
     return found
@@ -360,17 +349,6 @@ def _link_indices(netns: str) -> set[str]:
     return {line.split(":", 1)[0] for line in run(["ip", "-n", netns, "-o", "link"]).stdout.splitlines()}
 
 
-def _processes_in_netns(inode: int) -> list[str]:
-    found = []
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            if os.stat(f"/proc/{pid}/ns/net").st_ino == inode:
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
 def test_a_pod_deleted_with_kubectl_leaves_nothing_behind(kmesh: KubeMesh) -> None:
     pod = kmesh.pod_on("shop", "app=frontend", "node2")
     name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
@@ -382,13 +360,13 @@ def test_a_pod_deleted_with_kubectl_leaves_nothing_behind(kmesh: KubeMesh) -> No
     node = f"{kmesh.prefix}-node2"
     assert host_index in _link_indices(node)
     inode = os.stat(f"/run/netns/{netns}").st_ino
-    assert _processes_in_netns(inode), "the pod's processes run in its netns"
+    assert processes_in_netns(inode), "the pod's processes run in its netns"
     kmesh.kubectl("delete", "pod", name, "-n", "shop", "--wait=true", f"--timeout={TIMEOUT}")
     assert netns not in list_netns(kmesh.prefix)
     assert not os.path.exists(f"/etc/netns/{netns}")
     assert host_index not in _link_indices(node)
     assert not any(p.exists() for p in cgroups.pod_dirs(kmesh.prefix, uid))
-    assert _processes_in_netns(inode) == []
+    assert processes_in_netns(inode) == []
     ip = pod["status"]["podIP"]
     wait_for(lambda: f"{ip}:" not in run(["ip", "netns", "exec", node, "iptables-save", "-t", "nat"]).stdout,
              timeout=30, what="kube-proxy's DNAT to the deleted pod removed")
