@@ -27,7 +27,7 @@ from typing import Any
 import trio
 import yaml
 
-from runtime.cli import CliError, label_changes
+from runtime.cli import CliError, label_changes, pick_named
 from wisp.runpaths import RuntimePaths
 
 from .api import ApiError, KubeApi
@@ -162,14 +162,7 @@ def get(status: dict[str, Any], args, print_table) -> int:
         pods, _ = _call(status, lambda api: api.list(path))
     except ApiError as exc:
         raise CliError(str(exc)) from None
-    code = 0
-    if args.names:
-        by_name = {p["metadata"]["name"]: p for p in pods}
-        for name in args.names:
-            if name not in by_name:
-                print(f'Error from server (NotFound): pods "{name}" not found', file=sys.stderr)
-                code = 1
-        pods = [by_name[n] for n in args.names if n in by_name]
+    pods, code = pick_named(pods, args.names, "pods")
     if not pods:
         if not args.names:
             print(f"No resources found{f' in {namespace} namespace' if namespace else ''}.", file=sys.stderr)
