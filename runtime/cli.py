@@ -458,14 +458,7 @@ def get(paths: RuntimePaths, args) -> int:
     if namespaced and not args.all_namespaces:
         rows = [o for o in rows if namespace_of(o) == namespace]
     rows.sort(key=lambda o: (namespace_of(o) if namespaced else "", o["metadata"]["name"]))
-    status = 0
-    if args.names:
-        by_name = {o["metadata"]["name"]: o for o in rows}
-        for name in args.names:
-            if name not in by_name:
-                print(f'Error from server (NotFound): {qualified} "{name}" not found', file=sys.stderr)
-                status = 1
-        rows = [by_name[n] for n in args.names if n in by_name]
+    rows, status = pick_named(rows, args.names, qualified)
     if args.output in ("json", "yaml"):
         document = rows[0] if len(args.names) == 1 and rows else {"apiVersion": "v1", "kind": "List", "items": rows}
         if args.names and not rows:
@@ -487,6 +480,18 @@ def get(paths: RuntimePaths, args) -> int:
         return status
     _print_table(_table(kind, namespaced, rows, paths, wide=args.output == "wide"))
     return status
+
+
+def pick_named(objects: list[dict[str, Any]], names: list[str], kind: str) -> tuple[list[dict[str, Any]], int]:
+    """kubectl get's NAME arguments: the objects named, in the order given, and the exit status
+    (1 once a name is missing, each missing one reported in kubectl's words). No names: all, 0."""
+    if not names:
+        return objects, 0
+    by_name = {o["metadata"]["name"]: o for o in objects}
+    missing = [name for name in names if name not in by_name]
+    for name in missing:
+        print(f'Error from server (NotFound): {kind} "{name}" not found', file=sys.stderr)
+    return [by_name[n] for n in names if n in by_name], 1 if missing else 0
 
 
 def _with_conditions(obj: dict[str, Any], conditions: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
