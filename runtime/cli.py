@@ -268,23 +268,38 @@ KUBE_STOP_SECONDS = 150.0
 
 
 def _stop(paths: RuntimePaths, pid: int, timeout: float = 30.0) -> None:
+    """SIGTERM the daemon and wait `timeout` s for it; a wedged one is killed. Returns once the
+    process is gone: what `down` removes next (the namespaces, the control plane's directory,
+    which `remove_stale` keeps while its owner lives) must not race a dying daemon."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
+    if _gone(pid, timeout):
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    _gone(pid, 10.0)
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """True once `pid` has exited (reaped here if it is our child, as after `wisp up` fails)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:
-            pass
+            return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
 
 
 # -- apply / delete / get / label: kubectl's verbs, answered by the control plane -----------------------

@@ -4,6 +4,7 @@ commands: what they print, and the errors that change nothing."""
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,26 @@ def test_the_kubernetes_demo_installs_the_mesh_before_the_shop_and_enrols_it_las
         "kubectl -n istio-system rollout status daemonset/ztunnel --timeout=240s")
     assert steps.index("kubectl label namespace shop istio.io/dataplane-mode=ambient --overwrite") \
         == steps.index("kubectl apply -f examples/shop") + 1
+
+
+def test_pick_named_keeps_the_order_given_and_reports_each_missing_name(capsys):
+    objects = [{"metadata": {"name": n}} for n in ("a", "b", "c")]
+    picked, code = cli.pick_named(objects, ["c", "x", "a"], "pods")
+    assert [o["metadata"]["name"] for o in picked] == ["c", "a"]
+    assert code == 1
+    assert capsys.readouterr().err == 'Error from server (NotFound): pods "x" not found\n'
+    assert cli.pick_named(objects, [], "pods") == (objects, 0)
+
+
+def test_down_returns_only_once_a_daemon_deaf_to_sigterm_is_gone(tmp_path: Path):
+    # A wedged daemon: `down` kills it, and what it removes next must not race the dying process.
+    deaf = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                             " print('deaf', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        assert deaf.stdout.readline() == b"deaf\n"
+        cli._stop(RuntimePaths("wisp-kcli-none"), deaf.pid, timeout=0.3)
+        with pytest.raises(ProcessLookupError):
+            os.kill(deaf.pid, 0)
+    finally:
+        deaf.kill()
+        deaf.wait()
