@@ -21,10 +21,12 @@ Contract:
   admin kubeconfig of the cluster), `kubectl` (the test bed's built kubectl), `server`, `nodes`
   and `pods` (each kubelet's `status()`: namespace, name, node, ip, netns, phase, ready,
   sandbox, ... as `wisp get/exec` read them).
-- SIGTERM or SIGINT: the kubelets are cancelled first (each tears its pods down: containers
+- SIGTERM or SIGINT, whenever it comes (one arriving while the control plane starts unwinds
+  `start()`; one before trio's receiver is installed is kept and acted on at once): the kubelets are cancelled first (each tears its pods down: containers
   stopped, CNI DEL, netns removed), then the node registrations, kube-proxy and forwarder end,
   the topology is destroyed with the mesh's cgroups, and the control plane stops with its directory (etcd's data
-  included). Ready is reported only once every node is schedulable (not-ready taint lifted).
+  included). Ready is reported only once every node is schedulable (not-ready taint lifted). A
+  task failing after ready tears the run down the same way and leaves `phase: failed` with the error.
 - A run killed with SIGKILL leaves no control plane process (PDEATHSIG); its namespaces, run
   directory and test-bed directory are removed by the next `wisp up` or `wisp down`
   (`runtime.daemon.clean`, `runtime.testbed.cluster.remove_stale`).
@@ -245,7 +247,16 @@ def main(argv: list[str] | None = None) -> int:
         write_status(paths, dict(starting, phase="failed", error=f"the control plane did not start: {exc}",
                                  updated=time.time()))
         return 1
-    runtime = KubeRuntime(args.prefix, args.nodes, cluster, restart_delay=args.restart_delay)
+    # From here a stop request must reach runtime.run()'s teardown: until trio's receiver takes the
+    # signals over, it is only noted (raising now would skip cluster.stop() below, or land inside trio).
+    requested: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: requested.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: requested.append(signum))
+    try:
+        runtime = KubeRuntime(args.prefix, args.nodes, cluster, restart_delay=args.restart_delay)
+    except BaseException:
+        cluster.stop()
+        raise
 
     async def serve() -> None:
         async with trio.open_nursery() as nursery:
@@ -256,11 +267,16 @@ def main(argv: list[str] | None = None) -> int:
                         runtime.stop()
 
                 nursery.start_soon(on_signal)
+                if requested:
+                    runtime.stop()
                 await runtime.run()
                 nursery.cancel_scope.cancel()
 
     try:
         trio.run(serve)
+    except Exception as exc:  # a task's bug after ready: the run is torn down (run()'s finally), and says so
+        log.exception("the Kubernetes mesh failed")
+        runtime.phase, runtime.error = "failed", runtime.error or f"{type(exc).__name__}: {exc}"
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
