@@ -39,6 +39,8 @@ from wisp.runpaths import RuntimePaths
 
 MARKER = "the-demo-request-text"
 MESH_NAMESPACE = "istio-system"
+# Longer than the install steps' own --timeout=240s, so kubectl reports a slow rollout itself.
+STEP_SECONDS = 300.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -138,7 +140,12 @@ def _install(directory: Path, status: dict) -> bool:
     output = ""
     for step in install_steps(directory):
         print(f"\n$ {' '.join(step)}")
-        done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=300)
+        try:
+            done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=STEP_SECONDS)
+        except subprocess.TimeoutExpired:
+            # kubectl's own --timeout should end it first; a kubectl that hangs anyway fails the demo, not wisp.
+            print(f"  (no answer after {STEP_SECONDS:g} s)")
+            return False
         output = done.stdout + done.stderr
         for line in output.splitlines():
             print(f"  {line}")

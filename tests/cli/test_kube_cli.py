@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from runtime import cli
+from runtime import demo
 from runtime.demo import install_steps
 from runtime.kube import cli as kube
 from wisp.runpaths import RuntimePaths
@@ -117,3 +118,14 @@ def test_down_returns_only_once_a_daemon_deaf_to_sigterm_is_gone(tmp_path: Path)
     finally:
         deaf.kill()
         deaf.wait()
+
+
+def test_the_kubernetes_demo_reports_a_kubectl_that_never_answers_and_stops(tmp_path: Path, monkeypatch, capsys):
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text("#!/bin/sh\nexec sleep 30\n")
+    kubectl.chmod(0o755)
+    monkeypatch.setattr(demo, "STEP_SECONDS", 0.5)
+    assert demo._install(Path("examples/shop"), {"kubeconfig": str(tmp_path / "config"), "kubectl": str(kubectl)}) is False
+    out = capsys.readouterr().out
+    assert "$ kubectl apply -k deploy/" in out and "(no answer after 0.5 s)" in out
+    assert "rollout" not in out, "nothing after the step that hung"
