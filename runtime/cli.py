@@ -127,6 +127,12 @@ def read_status(paths: RuntimePaths) -> dict[str, Any]:
 def up(paths: RuntimePaths, args) -> int:
     if not 1 <= args.nodes <= 20:
         raise CliError("--nodes must be between 1 and 20")
+    # Checked here: the daemon would only meet a bad value at a pod's first restart (trio.sleep refuses
+    # a negative delay) or fail `up` at once, after starting everything, with a timeout of 0 s.
+    if not 0 <= args.restart_delay <= 300:
+        raise CliError("--restart-delay must be between 0 and 300 seconds")
+    if not 0 < args.timeout <= 3600:
+        raise CliError("--timeout must be more than 0 and at most 3600 seconds")
     if getattr(args, "kubernetes", False):
         return _up_kubernetes(paths, args)
     if args.directory is None:

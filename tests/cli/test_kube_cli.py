@@ -129,3 +129,15 @@ def test_the_kubernetes_demo_reports_a_kubectl_that_never_answers_and_stops(tmp_
     out = capsys.readouterr().out
     assert "$ kubectl apply -k deploy/" in out and "(no answer after 0.5 s)" in out
     assert "rollout" not in out, "nothing after the step that hung"
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--restart-delay", "-1", "--restart-delay must be between 0 and 300 seconds"),
+    ("--restart-delay", "nan", "--restart-delay must be between 0 and 300 seconds"),
+    ("--timeout", "0", "--timeout must be more than 0 and at most 3600 seconds"),
+])
+def test_up_kubernetes_refuses_a_bad_delay_or_timeout_and_starts_nothing(option: str, value: str, message: str):
+    done = wisp("up", "--kubernetes", "--prefix", "wisp-kcli-none", option, value)
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert not RuntimePaths("wisp-kcli-none").root.exists()
