@@ -26,7 +26,12 @@ pod runs the machine's own programs, but confined as a container would be:
 - working directory `/` (or the container's `workingDir`, created in the pod's view if missing),
   not the runtime's, which may be a directory the pod must not see.
 
-Nothing is ever created on the machine's filesystem for a pod. A mountpoint, projected file or
+Nothing is ever created on the machine's filesystem for a pod. A mountpoint inside a read-write
+directory bind (a volume bound at `/data` and another at `/data/conf`) is made in that bound
+directory, as runc makes it in the container's root: the directory is the pod's volume or the
+node's copy of a hostPath, and covering it would hide the pod's new files there from the other
+containers sharing it (binds of the machine's own `MACHINE_SOURCES` excepted). Any other
+mountpoint, projected file or
 working directory that does not exist is made on a tmpfs of the pod's own: when its nearest
 existing ancestor is not already one of the sandbox's tmpfs, that ancestor is covered by a tmpfs
 (same mode and owner) holding its original entries, each bound back (symbolic links copied),
@@ -85,6 +90,8 @@ TMPFS_OPTIONS = "size=64m"
 SHARED_TMPFS = ("/dev/shm",)
 NAME_FILES = ("/etc/resolv.conf", "/etc/hosts")  # `ip netns exec` binds the pod's over these
 NETNS_DIR = "/run/netns"
+# runtime/kube/nodeview.py MACHINE_PATHS: bound from the machine itself, never a pod's or node's copy.
+MACHINE_SOURCES = ("/proc", "/sys", "/dev", "/run/netns", "/var/run/netns")
 
 # linux/capability.h, in order: the number of a capability is its index.
 CAPABILITIES = (
@@ -321,6 +328,7 @@ class _View:
         self.libc = libc
         self.ours: set[int] = set()
         self.old_root: str | None = None  # attached until finish(): handles opened before point into it
+        self.bound: list[tuple[str, bool]] = []  # (bind target, a mountpoint may be made in it), in mount order
 
     def tmpfs(self, path: str, what: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
         self.libc.mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV,
@@ -344,7 +352,7 @@ class _View:
             ancestor = os.path.dirname(ancestor)
         if not os.path.isdir(ancestor):
             raise SandboxError(f"cannot create {path} in the pod: {ancestor} is not a directory")
-        if not self.is_ours(ancestor):
+        if not self.is_ours(ancestor) and not self._in_writable_volume(ancestor):
             self.cover(ancestor)
         try:
             os.makedirs(real if directory else os.path.dirname(real), mode=0o755, exist_ok=True)
@@ -353,6 +361,15 @@ class _View:
         except OSError as exc:
             raise SandboxError(f"cannot create {path} in the pod: {exc}") from None
         return True
+
+    def _in_writable_volume(self, directory: str) -> bool:
+        # A mountpoint under a read-write volume is made in the volume, as runc makes it in the
+        # container's root with the volume bound there: covering the volume instead would send
+        # the pod's new files at its top to a tmpfs, unseen by the other containers sharing it.
+        for target, in_place in reversed(self.bound):  # the last bind holding it is the one seen
+            if _within(directory, target):
+                return in_place and not os.statvfs(directory).f_flag & os.ST_RDONLY
+        return False
 
     def writable_dir(self, path: str) -> None:
         """Make directory `path` one whose new entries land on a tmpfs of ours."""
@@ -420,6 +437,10 @@ class _View:
         self.ensure(target, directory=stat.S_ISDIR(os.fstat(handle).st_mode))
         self.libc.mount(f"/proc/self/fd/{handle}", target, None, MS_BIND | MS_REC, None,
                         f"binding {source} at {target}")
+        # A machine path (/run/netns, /proc, /dev) stays as it is: nothing is made in it.
+        in_place = not read_only and stat.S_ISDIR(os.fstat(handle).st_mode) and not any(
+            _within(os.path.normpath(source), machine) for machine in MACHINE_SOURCES)
+        self.bound.append((os.path.realpath(target), in_place))
         if read_only:
             flags = MS_BIND | MS_REMOUNT | MS_RDONLY | extra_flags
             kept = os.statvfs(target).f_flag

@@ -270,6 +270,19 @@ def test_missing_mountpoints_appear_inside_but_never_on_the_machine(volume):
 
 
 @needs_root
+def test_a_mountpoint_inside_a_read_write_volume_is_made_in_the_volume_which_stays_shared(volume, tmp_path):
+    (tmp_path / "settings").write_text("nested\n")
+    os.chmod(tmp_path, 0o755)
+    done = _look(_pod(binds=((str(volume), "/data", False), (str(tmp_path), "/data/conf", True))),
+                 "read", "/data/conf/settings", "write", "/data/new.txt")
+    assert done["read /data/conf/settings"] == ["ok", "nested\n"]
+    assert done["write /data/new.txt"][0] == "ok"
+    # Written through to the volume, where another container binding it sees it (not to a cover).
+    assert (volume / "new.txt").read_text() == "from the pod"
+    assert (volume / "conf").is_dir()
+
+
+@needs_root
 def test_run_netns_stays_reachable_when_bound_even_for_namespaces_made_later():
     first, later = random_prefix() + "-a", random_prefix() + "-b"
     with scratch_netns(first):
