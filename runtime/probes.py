@@ -8,6 +8,7 @@ Contract:
   (initialDelaySeconds, periodSeconds, timeoutSeconds, successThreshold, failureThreshold, with
   Kubernetes' defaults 0/10/1/1/3) into a `Probe`; anything it cannot run raises `ProbeError`
   naming the field.
+- `probe_request(path, host, headers)` is the request an httpGet probe sends (pure).
 - `check(probe, target)` runs it once: HTTP is a success for a status in 200..399, TCP when the
   connection opens, exec when the command (in the container's network namespace and sandbox,
   with its environment) exits 0 within timeoutSeconds; a command still running then is killed.
@@ -66,10 +67,7 @@ async def http_get(netns_name: str, address: tuple[str, int], path: str, timeout
                    scheme: str = "HTTP", host: str = "",
                    headers: tuple[tuple[str, str], ...] = ()) -> tuple[int, bytes]:
     """(status, body) of a plain HTTP/1.0 GET; (0, reason) when the server cannot be reached."""
-    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    if not any(name.lower() == "user-agent" for name, _ in headers):
-        extra += f"User-Agent: {USER_AGENT}\r\n"
-    request = f"GET {path} HTTP/1.0\r\nHost: {host or address[0]}\r\n{extra}\r\n".encode()
+    request = probe_request(path, host or address[0], headers)
     try:
         with trio.fail_after(timeout):
             stream = await open_in_netns(netns_name, address, timeout)
@@ -94,6 +92,20 @@ async def http_get(netns_name: str, address: tuple[str, int], path: str, timeout
         return int(parts[1]), body
     except (IndexError, ValueError):
         return 0, data[:200]
+
+
+def probe_request(path: str, host: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """The GET an httpGet probe sends: a Host or User-Agent among the probe's httpHeaders
+    replaces the default one (as kubelet's prober does), never a second header of that name,
+    which a strict server answers with 400."""
+    given = {name.lower() for name, _ in headers}
+    lines = [f"GET {path} HTTP/1.0"]
+    if "host" not in given:
+        lines.append(f"Host: {host}")
+    lines += [f"{name}: {value}" for name, value in headers]
+    if "user-agent" not in given:
+        lines.append(f"User-Agent: {USER_AGENT}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 @dataclass(slots=True, frozen=True)

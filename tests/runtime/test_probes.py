@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.probes import Probe, ProbeError, Tracker, parse_probe
+from runtime.probes import Probe, ProbeError, Tracker, parse_probe, probe_request
 from runtime.processes import exit_of, restarts_after
 
 CONTAINER = {"name": "app", "ports": [{"name": "http", "containerPort": 8080}]}
@@ -63,3 +63,15 @@ def test_a_signalled_process_exits_with_128_plus_the_signal() -> None:
     ended = exit_of(-9, 1.0, 2.0)
     assert (ended.code, ended.signal, ended.started, ended.finished) == (137, 9, 1.0, 2.0)
     assert exit_of(3, None, 5.0).started == 5.0
+
+
+def test_a_probe_request_names_the_pod_and_kube_probe_by_default() -> None:
+    request = probe_request("/healthz", "10.244.1.10")
+    assert request.startswith(b"GET /healthz HTTP/1.0\r\nHost: 10.244.1.10\r\n")
+    assert b"\r\nUser-Agent: kube-probe/" in request and request.endswith(b"\r\n\r\n")
+
+
+def test_a_host_header_of_the_probe_replaces_the_default_instead_of_doubling_it() -> None:
+    request = probe_request("/", "10.244.1.10", (("Host", "shop.example"), ("User-Agent", "me")))
+    assert request.lower().count(b"\r\nhost:") == 1 and b"\r\nHost: shop.example\r\n" in request
+    assert request.lower().count(b"\r\nuser-agent:") == 1
