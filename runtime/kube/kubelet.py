@@ -140,10 +140,19 @@ def build_status(pod: dict[str, Any], view: PodView) -> dict[str, Any]:
         status, since = view.conditions[kind]
         entry: dict[str, Any] = {"type": kind, "status": "True" if status else "False",
                                  "lastProbeTime": None, "lastTransitionTime": since}
+        # The reasons and messages of kubelet's pkg/kubelet/status/generate.go.
         if not status and kind in ("ContainersReady", "Ready"):
-            unready = [c.name for c in view.containers if not c.ready]
-            entry["reason"] = "ContainersNotReady"
-            entry["message"] = f"containers with unready status: [{' '.join(unready)}]"
+            if view.phase == "Succeeded":
+                entry["reason"] = "PodCompleted"
+            else:
+                unready = [c.name for c in view.containers if not c.ready]
+                entry["reason"] = "ContainersNotReady"
+                entry["message"] = f"containers with unready status: [{' '.join(unready)}]"
+        elif not status and kind == "Initialized":
+            incomplete = [c.name for c in view.init_containers
+                          if (c.state.get("terminated") or {}).get("exitCode", -1) != 0]
+            entry["reason"] = "ContainersNotInitialized"
+            entry["message"] = f"containers with incomplete status: [{' '.join(incomplete)}]"
         conditions.append(entry)
     conditions += [c for kind, c in existing.items() if kind not in CONDITIONS and kind != "PodScheduled"]
     status: dict[str, Any] = {
@@ -396,7 +405,8 @@ class _KubePods(PodLifecycle):
         containers_ready = bool(views) and all(v.ready for v in views)
         wanted = {
             "PodReadyToStartContainers": record.net is not None,
-            "Initialized": record.initialized,
+            # As kubelet: a pod without init containers is initialized from the start.
+            "Initialized": record.initialized or not record.spec.get("initContainers"),
             "ContainersReady": containers_ready,
             "Ready": containers_ready and record.ready,
         }

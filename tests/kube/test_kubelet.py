@@ -36,11 +36,12 @@ from runtime.kube.kubelet import (
     ContainerView,
     NodeKubelet,
     PodView,
+    _KubePods,
     build_status,
     container_view,
     transition,
 )
-from runtime.kubelet import ContainerState, pod_phase
+from runtime.kubelet import ContainerState, PodRecord, pod_phase
 from runtime.processes import Exit, Supervised
 from runtime.kube.nodeview import NODE_DIRS, NodeView
 from runtime.testbed.cluster import Cluster
@@ -471,6 +472,43 @@ def test_build_status_keeps_the_schedulers_condition_and_names_unready_container
     assert ready["status"] == "False" and ready["message"] == "containers with unready status: [app]"
     assert status["podIPs"] == [{"ip": "10.244.1.10"}] and status["hostIPs"] == [{"ip": "10.250.0.11"}]
     assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "ErrImagePull"}}
+
+
+def test_build_status_names_the_init_containers_not_done_yet() -> None:
+    conditions = {"PodReadyToStartContainers": (True, "t1"), "Initialized": (False, "t1"),
+                  "ContainersReady": (False, "t1"), "Ready": (False, "t1")}
+    done = ContainerView("first", "busybox", False, False, 0, {"terminated": {"exitCode": 0}}, {})
+    running = ContainerView("second", "busybox", False, True, 0, {"running": {"startedAt": "t1"}}, {})
+    status = build_status({}, PodView("Pending", "10.250.0.11", "10.244.1.10", "t1", conditions, (), (done, running)))
+    initialized = next(c for c in status["conditions"] if c["type"] == "Initialized")
+    assert initialized["reason"] == "ContainersNotInitialized"
+    assert initialized["message"] == "containers with incomplete status: [second]"
+
+
+def test_a_succeeded_pod_is_not_ready_because_it_completed() -> None:
+    conditions = {"PodReadyToStartContainers": (True, "t1"), "Initialized": (True, "t1"),
+                  "ContainersReady": (False, "t2"), "Ready": (False, "t2")}
+    ended = ContainerView("app", "busybox", False, False, 0, {"terminated": {"exitCode": 0}}, {})
+    status = build_status({}, PodView("Succeeded", "10.250.0.11", "10.244.1.10", "t1", conditions, (ended,)))
+    for kind in ("ContainersReady", "Ready"):
+        condition = next(c for c in status["conditions"] if c["type"] == kind)
+        assert condition["reason"] == "PodCompleted" and "message" not in condition
+
+
+def test_a_pod_without_init_containers_is_initialized_while_its_network_is_made() -> None:
+    import ipaddress
+    from types import SimpleNamespace
+
+    node = Node(1, "node1", "x-node1", "10.250.0.11", ipaddress.ip_network("10.244.1.0/24"))
+    owner = SimpleNamespace(bin_dir=Path("/nonexistent"), logs=Path("/nonexistent"), restart_delay=1.0)
+    plain = PodRecord("ns", "plain", node, "", {"containers": [{"name": "app"}]}, {}, uid="u1")
+    staged = PodRecord("ns", "staged", node, "", {"initContainers": [{"name": "init"}], "containers": [{"name": "app"}]},
+                       {}, uid="u2")
+    lifecycle = _KubePods(owner)  # type: ignore[arg-type]
+
+    def condition(record: PodRecord) -> str:
+        return next(c for c in lifecycle.status_of(record)["conditions"] if c["type"] == "Initialized")["status"]
+    assert condition(plain) == "True" and condition(staged) == "False"
 
 
 def test_build_status_without_an_address_leaves_pod_ip_out() -> None:
