@@ -29,9 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     init = ca_sub.add_parser("init", help="write a new root and intermediate in Istio's cacerts layout")
     init.add_argument("directory")
     init.add_argument("--trust-domain", default="cluster.local")
-    from runtime import cli as runtime_cli
-
-    runtime_cli.add_commands(sub)
     from wisp import commands
 
     for module in commands.modules():
@@ -51,9 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     if handler is not None:
         return handler(args)
-    if args.command in ("up", "down", "apply", "delete", "get", "label", "exec", "kubeconfig"):
-        return runtime_cli.run_command(args)
-
     if args.command == "demo":
         if args.tunnel_only:
             if args.bytes <= 0:

@@ -141,3 +141,13 @@ def test_up_kubernetes_refuses_a_bad_delay_or_timeout_and_starts_nothing(option:
     assert done.returncode == 1
     assert message in done.stderr
     assert not RuntimePaths("wisp-kcli-none").root.exists()
+
+
+def test_the_wisp_cli_imports_the_runtime_only_for_the_runtime_verbs(tmp_path: Path):
+    # A component imports `wisp`; `wisp` reaches the runtime only inside the commands that drive it.
+    script = ("import sys; from wisp import cli; code = cli.main(['ca', 'init', sys.argv[1]]);"
+              " print(code, sorted(m for m in sys.modules if m == 'runtime' or m.startswith('runtime.')))")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ca")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr
+    assert wisp("down", "--prefix", "wisp-kcli-none").stdout == "no mesh 'wisp-kcli-none' was running\n"

@@ -11,7 +11,7 @@ import importlib
 from types import ModuleType
 
 # Module names under wisp.commands, in the order their commands appear in `wisp --help`.
-MODULES: tuple[str, ...] = ("waypoint", "install", "precheck", "ztunnel_config", "rollout")
+MODULES: tuple[str, ...] = ("mesh", "waypoint", "install", "precheck", "ztunnel_config", "rollout")
 
 
 def modules() -> list[ModuleType]:
