@@ -76,7 +76,11 @@ def _call(status: dict[str, Any], fn):
 
 def kubectl(status: dict[str, Any], *args: str) -> int:
     """Run the test bed's kubectl against the mesh's cluster, its output straight to the user's terminal."""
-    return subprocess.call([status["kubectl"], "--kubeconfig", status["kubeconfig"], *args])
+    try:
+        return subprocess.call([status["kubectl"], "--kubeconfig", status["kubeconfig"], *args])
+    except OSError as exc:  # the test bed's cache was removed under a running mesh
+        raise CliError(f"cannot run the test bed's kubectl {status['kubectl']}: {exc.strerror}; "
+                       "rebuild it with `./run testbed build`") from None
 
 
 def exports(status: dict[str, Any]) -> list[str]:

@@ -151,3 +151,10 @@ def test_the_wisp_cli_imports_the_runtime_only_for_the_runtime_verbs(tmp_path: P
                           timeout=60)
     assert done.stdout.splitlines()[-1] == "0 []", done.stdout + done.stderr
     assert wisp("down", "--prefix", "wisp-kcli-none").stdout == "no mesh 'wisp-kcli-none' was running\n"
+
+
+def test_a_missing_kubectl_is_named_with_how_to_get_it_back(tmp_path: Path):
+    args = argparse.Namespace(kind="gateway", name="waypoint", labels=["a=b"], namespace="shop")
+    gone = tmp_path / "kubectl"
+    with pytest.raises(cli.CliError, match=f"cannot run the test bed's kubectl {gone}: .*./run testbed build"):
+        kube.label({"kubeconfig": "k", "kubectl": str(gone)}, args)
