@@ -1,7 +1,8 @@
 """The runtime's client of the Kubernetes API: plain JSON over HTTPS with httpx, under trio.
 
 Contract:
-- `KubeApi(server, ssl_context)` is one HTTP/2-capable httpx.AsyncClient; `aclose()` ends it.
+- `KubeApi(server, ssl_context)` is one httpx.AsyncClient speaking HTTP/1.1 (each open watch holds
+  one of its pooled connections); `aclose()` ends it.
   `KubeApi.for_cluster(cluster)` authenticates as the test bed's admin (the runtime plays the
   node's kubelet and kube-proxy, which a real cluster would give node credentials).
 - `get`, `create`, `patch` (merge patch unless told otherwise), `delete` return the decoded body
