@@ -99,5 +99,8 @@ async def _copy(source: trio.SocketStream, sink: trio.SocketStream, scope: trio.
                 break
             await sink.send_all(chunk)
         await sink.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        # Both directions fail together (the cancel ends the other): the first one alone says why.
+        if not scope.cancel_called:
+            log.info("api forwarder connection failed", error=str(exc) or type(exc).__name__)
         scope.cancel()

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import structlog.testing
 import trio
 
 from runtime import cgroups
@@ -78,7 +79,7 @@ async def test_the_forwarder_carries_tls_from_a_node_to_the_api_server(cluster: 
             nursery.cancel_scope.cancel()
 
 
-async def test_the_forwarder_half_closes_and_keeps_serving_when_the_api_server_is_unreachable(cluster: Cluster) -> None:
+async def test_the_forwarder_half_closes_and_keeps_serving_when_the_api_server_is_unreachable() -> None:
     with network((1,)) as (topology, nodes):
         # An upstream that answers only after the client has half-closed: the EOF must travel.
         upstream = trio.socket.socket()
@@ -112,6 +113,37 @@ async def test_the_forwarder_half_closes_and_keeps_serving_when_the_api_server_i
             assert refused.stdout.decode().strip() == "b''"
             assert forwarder.connections == 2
             nursery.cancel_scope.cancel()
+
+
+async def test_the_forwarder_closes_a_reset_connection_and_says_why_once() -> None:
+    with network((1,)) as (topology, nodes):
+        upstream = trio.socket.socket()
+        await upstream.bind(("127.0.0.1", 0))
+        upstream.listen()
+        held: list[trio.socket.SocketType] = []
+
+        async def accept_and_hold() -> None:
+            conn, _ = await upstream.accept()
+            held.append(conn)  # never reads, never closes: only the client's reset can end the relay
+
+        forwarder = ApiForwarder(topology.switch, (CONTROL_PLANE_IP, API_FORWARD_PORT),
+                                 ("127.0.0.1", upstream.getsockname()[1]))
+        with structlog.testing.capture_logs() as logs:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(forwarder.run)
+                nursery.start_soon(accept_and_hold)
+                script = ("import socket,struct,time;s=socket.create_connection(('%s',%d));s.sendall(b'x');"
+                          "time.sleep(0.3);s.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0));"
+                          "s.close()" % (CONTROL_PLANE_IP, API_FORWARD_PORT))
+                await trio.run_process(["ip", "netns", "exec", nodes[0].netns, "python3", "-c", script])
+                await wait_until(lambda: forwarder.active == 0, 10, what="the reset connection to be closed")
+                nursery.cancel_scope.cancel()
+        for conn in held:
+            conn.close()
+        upstream.close()
+        failed = [e for e in logs if e["event"] == "api forwarder connection failed"]
+        assert len(failed) == 1, logs
+        assert "reset" in failed[0]["error"].lower() or "Broken" in failed[0]["error"], failed
 
 
 SERVICE = {"apiVersion": "v1", "kind": "Service",
