@@ -36,7 +36,8 @@ Contract:
   of the volume (created as a directory in an emptyDir or hostPath when missing; it may not leave
   the volume, links included). A mount naming no volume of the pod is a VolumeError.
   `subPathExpr` is refused with a VolumeError.
-- `refresh_forever()` rewrites a volume holding a token once 80% of the token's life has passed,
+- `refresh_forever()` rewrites a volume holding a token once 80% of the token's life has passed
+  or it is a day old, whichever is first (as the kubelet's token manager),
   and every volume from the API every `resync` seconds (ConfigMap and Secret changes); a failed
   refresh is logged and retried after `RETRY_SECONDS`, never raised.
 - `cleanup()` removes `<pod_dir>/volumes` (a hostPath is the node's and stays), and `pod_dir`
@@ -69,6 +70,10 @@ log = structlog.get_logger("runtime.kube.volumes")
 DEFAULT_MODE = 0o644
 DEFAULT_TOKEN_SECONDS = 3600
 REFRESH_FRACTION = 0.8
+# The kubelet's token manager renews a token a day old whatever its expiry: the API server makes
+# the admission's kube-api-access token (3607 s asked) last a year to warn on stale clients
+# (--service-account-extend-token-expiration, on by default), and 80% of a year is never.
+MAX_TOKEN_AGE = 24 * 3600.0
 RESYNC_SECONDS = 60.0
 RETRY_SECONDS = 5.0
 ATOMIC_KINDS = ("configMap", "secret", "downwardAPI", "projected")
@@ -282,7 +287,7 @@ class PodVolumes:
                               f"{self.namespace}/{account}: {exc}") from None
         if not token:
             raise VolumeError(f"volume {name}: the API server returned an empty token")
-        due = issued + REFRESH_FRACTION * max(expires - issued, 0.0)
+        due = renewal_time(issued, expires)
         self._tokens[(name, path)] = (_File(token.encode(), default), due)
         return path, _File(token.encode(), default), due
 
@@ -418,6 +423,12 @@ def field_value(pod: dict[str, Any], field_path: str) -> str | None:
     if match:
         return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
     return None
+
+
+def renewal_time(issued: float, expires: float) -> float:
+    """When a token issued at `issued` and expiring at `expires` (wall clock) is renewed: at 80% of
+    its life, and no later than a day after it was issued."""
+    return issued + min(REFRESH_FRACTION * max(expires - issued, 0.0), MAX_TOKEN_AGE)
 
 
 def write_atomic(directory: Path, files: dict[str, _File], uid: int, gid: int) -> None:

@@ -22,7 +22,7 @@ import trio
 
 from runtime.kube.api import KubeApi
 from runtime.kube.nodeview import NodeView
-from runtime.kube.volumes import PodVolumes, VolumeError
+from runtime.kube.volumes import PodVolumes, VolumeError, renewal_time
 from runtime.sandbox import POD_UID_BASE, plan, program_paths
 from runtime.testbed.cluster import Cluster
 from tests.support.wait import wait_until, wait_until_async
@@ -240,3 +240,10 @@ async def test_tokens_are_renewed_at_80_percent_of_their_life_and_config_changes
     # Only one generation of files is kept.
     assert len([n for n in os.listdir(volumes.paths["istio-token"]) if n.startswith("..2")]) == 1
     volumes.cleanup()
+
+
+def test_a_token_is_renewed_at_80_percent_of_its_life_or_when_a_day_old():
+    assert renewal_time(1000.0, 1000.0 + 3600) == 1000.0 + 2880
+    # The API server's extended kube-api-access token (a year) is renewed after a day, not 0.8 years.
+    assert renewal_time(1000.0, 1000.0 + 365 * 86400) == 1000.0 + 86400
+    assert renewal_time(1000.0, 900.0) == 1000.0  # already expired by our clock: at once
