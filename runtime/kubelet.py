@@ -360,13 +360,10 @@ class PodLifecycle:
     async def _restart(self, record: PodRecord, supervised: Supervised) -> None:
         """Kill a container for a failed probe: SIGTERM, SIGKILL after the pod's grace period."""
         grace = record.spec.get("terminationGracePeriodSeconds")
-        previous = supervised.stop_timeout
-        if isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0:
-            supervised.stop_timeout = float(grace)
-        try:
-            await supervised.restart()
-        finally:
-            supervised.stop_timeout = previous
+        # Passed to this stop only: `stop_timeout` is the pod's deletion grace (or `wisp down`'s),
+        # which a deletion arriving while the probe's kill waits must keep.
+        valid = isinstance(grace, int) and not isinstance(grace, bool) and grace >= 0
+        await supervised.restart(float(grace) if valid else None)
 
     # -- status ------------------------------------------------------------------------------------
     def refresh(self, record: PodRecord) -> None:

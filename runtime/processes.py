@@ -7,7 +7,10 @@ A container follows its pod's `restart_policy` (Kubernetes' Always, OnFailure, N
 exits and the policy says no more, `run` returns and `terminated` holds how it ended. The delay
 before a restart doubles after each one up to `max_restart_delay` (kubelet's crash-loop back-off;
 the mesh's own processes keep a fixed delay), and `waiting` says so meanwhile. `restart()` ends
-the current process so `run` starts another (a failed liveness probe); every run's start, end
+the current process so `run` starts another (a failed liveness probe, with the pod's grace
+period as its own timeout: `stop_timeout` stays what the pod's deletion or `wisp down` set); a
+crash-loop back-off starts over once a run outlasts twice `max_restart_delay` (kubelet forgets a
+container's back-off after twice its maximum without a restart); every run's start, end
 and exit code are kept (`started_at`, `last_exit`) for the pod's container status. A process
 with `cgroups` is moved into those directories as soon as it exists (a Kubernetes pod's
 `pod<uid>` cgroup, runtime/cgroups.py), before its command runs.
@@ -106,6 +109,8 @@ class Supervised:
                     log.info("process exited; not restarted", name=self.name, code=ended.code,
                              policy=self.restart_policy)
                     return
+                delay = restart_delay_after(delay, base=self.restart_delay, maximum=self.max_restart_delay,
+                                            ran=ended.finished - ended.started)
                 log.warning("process exited; restarting", name=self.name, code=code, delay=delay)
                 self.restarts += 1
                 self.waiting = True
@@ -141,17 +146,18 @@ class Supervised:
         on; whoever replaced the old one stops it."""
         self.process = process
 
-    async def restart(self) -> None:
-        """End the current process (SIGTERM, SIGKILL after `stop_timeout`); `run` then starts
-        the next one as the restart policy says."""
-        await self.stop()
+    async def restart(self, timeout: float | None = None) -> None:
+        """End the current process (SIGTERM, SIGKILL after `timeout`, default `stop_timeout`);
+        `run` then starts the next one as the restart policy says."""
+        await self.stop(timeout)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM, then SIGKILL after `timeout` (default `stop_timeout`)."""
         process = self.process
         if process is None or process.returncode is not None:
             return
         signal_group(process, signal.SIGTERM)
-        with trio.move_on_after(self.stop_timeout):
+        with trio.move_on_after(self.stop_timeout if timeout is None else timeout):
             await process.wait()
         if process.returncode is None:
             signal_group(process, signal.SIGKILL)
@@ -163,6 +169,16 @@ def exit_of(returncode: int, started: float | None, finished: float) -> Exit:
     if returncode < 0:
         return Exit(128 - returncode, started or finished, finished, signal=-returncode)
     return Exit(returncode, started or finished, finished)
+
+
+def restart_delay_after(delay: float, *, base: float, maximum: float | None, ran: float) -> float:
+    """The wait before the next restart, `delay` being the one the back-off has reached: back to
+    `base` when the run lasted over twice `maximum` (kubelet's back-off entry expires after
+    twice its maximum without a restart, so a container that crashes once a day is not held
+    at the maximum forever)."""
+    if maximum is not None and ran > 2 * maximum:
+        return base
+    return delay
 
 
 def restarts_after(policy: str, code: int) -> bool:
