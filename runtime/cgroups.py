@@ -11,8 +11,10 @@ Contract:
   root (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`) and the v1 `pids` hierarchy, whichever
   exist. One is enough for /proc/<pid>/cgroup to name the pod; each found is used.
 - `container_dirs(prefix, pod_uid, container)` makes the directories (mode 0755) and returns them;
-  `join(dirs)` moves the calling process into each (the sandbox calls it before it execs the
-  container's command, so every process the container starts inherits it).
+  `join(dirs, pid)` moves process `pid` (0: the caller) into each. The supervisor
+  (runtime/processes.py) moves a container's process in as soon as it exists, while `ip netns
+  exec` and the sandbox step still run (milliseconds before the command; the pid is the
+  command's own after exec), so what the command starts inherits the cgroup.
 - `remove_pod(prefix, pod_uid)` removes the pod's directories once its processes are gone (a
   cgroup with a live process cannot be removed; such a directory is left and reported), and
   `remove_all(prefix)` everything of a mesh (`wisp down`, and the clean-up of a crashed run).
