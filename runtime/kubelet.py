@@ -6,6 +6,10 @@ its network (the pod's namespace and interface, or the node's for host-network p
 supervised under the pod's restartPolicy, each with its readiness, liveness and startup probes
 (`probes.py`), its status reported as it changes, and on cancellation everything undone:
 containers stopped (SIGTERM, SIGKILL after the grace period), network and files removed.
+A container killed for a failed liveness or startup probe gets the pod's
+terminationGracePeriodSeconds; a crash-looping one waits with kubelet's back-off
+(`processes.py`). The pod's tasks (status, probes, file refreshes) live in its own nursery,
+which ends before the teardown starts, so none of them acts on a pod half torn down.
 
 What differs between the two runtimes are the seams a subclass fills in:
 - `_network_up`/`_network_down`: the local runtime makes the pod's veth itself
@@ -21,8 +25,9 @@ What differs between the two runtimes are the seams a subclass fills in:
   each probe's own timings and thresholds.
 
 A container's image is mapped to a program by `images.py` (the local runtime ignores images:
-its manifests run commands, from wisp's programs then the PATH, as they always have); its variables and command line are
-read from the spec by `podspec.py` (Kubernetes' `$(VAR)` expansion included). A container that
+its manifests run commands, from wisp's programs then the PATH, as they always have); its
+variables and command line are read from the spec by `podspec.py` (Kubernetes' `$(VAR)`
+expansion included). A container that
 cannot start (unknown image, missing ConfigMap) stays waiting with a reason and a message: the
 pod stays Pending and says why, it never hangs and never fails the other containers.
 
@@ -313,7 +318,7 @@ class PodLifecycle:
             if not supervised.running:
                 if kind == "readiness":
                     state.probe_ready = False
-                if supervised.terminated is not None and kind != "readiness":
+                if supervised.terminated is not None:  # ended for good: nothing left to probe
                     return
                 await trio.sleep(0.1)
                 continue
@@ -388,7 +393,8 @@ class PodLifecycle:
         async with trio.open_nursery() as nursery:
             for container in record.containers:
                 nursery.start_soon(container.stop)
-        self._files_down(record)
+        # Directory trees and cgroups: file work, off the event loop the node's other pods share.
+        await trio.to_thread.run_sync(self._files_down, record)
         await self._network_down(record)
         record.phase = "Terminated"
         record.ready = False
@@ -405,7 +411,7 @@ class PodLifecycle:
         """Make the pod's files; a task that keeps them fresh goes into `nursery`."""
 
     def _files_down(self, record: PodRecord) -> None:
-        pass
+        """Remove the pod's files; runs on a worker thread."""
 
     def _sandbox(self, record: PodRecord, container: dict[str, Any]) -> Sandbox:
         raise NotImplementedError

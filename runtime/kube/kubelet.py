@@ -20,7 +20,8 @@ The seams it fills in:
   transition times, and a status per container (`build_status`, pure); written with a merge patch
   only when it changed;
 - /etc/hosts of each pod from `hosts(namespace)` (kube-proxy's job, runtime/kube/proxy.py),
-  rewritten when the services change.
+  written before its first container starts and rewritten in place when the services change,
+  by a task of the pod's that ends before its teardown.
 
 Deletion: a pod with a deletionTimestamp gets SIGTERM in every container, up to
 `metadata.deletionGracePeriodSeconds` to exit, then SIGKILL; then CNI DEL, its netns, /etc/netns
@@ -41,6 +42,7 @@ container's, for `wisp exec` —, containers) plus `uid`.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import os
@@ -54,7 +56,7 @@ from typing import Any
 import structlog
 import trio
 
-from runtime import cgroups, podspec
+from runtime import cgroups, cnichain, podspec
 from runtime.kubelet import (
     KUBERNETES_PROBING,
     POD_SYSCTLS,
@@ -70,6 +72,7 @@ from wisp import runpaths
 
 from .api import ApiError, Gone, KubeApi
 from .nodeview import NodeView
+from .volumes import PodVolumes, VolumeError
 
 log = structlog.get_logger("runtime.kube.kubelet")
 
@@ -225,7 +228,7 @@ class _KubePods(PodLifecycle):
         self.status_interval = 0.5
         self._written: dict[str, dict[str, Any]] = {}
         self._conditions: dict[str, dict[str, tuple[bool, str]]] = {}
-        self._volumes: dict[str, Any] = {}
+        self._volumes: dict[str, PodVolumes] = {}
         self._uids: dict[str, int] = {}
 
     # -- network -----------------------------------------------------------------------------------
@@ -237,8 +240,6 @@ class _KubePods(PodLifecycle):
             record.ip = node.ip
             record.net = PodNet(record.namespace, record.name, node, node.netns, node.ip, "")
             return
-        from runtime import cnichain
-
         netns = runpaths.pod_netns_name(self.owner.topology.prefix, record.namespace, record.name)
         await trio.to_thread.run_sync(_fresh_netns, netns)
         await trio.to_thread.run_sync(lambda: netns_exec(netns, ["sysctl", "-qw", *POD_SYSCTLS]))
@@ -264,8 +265,6 @@ class _KubePods(PodLifecycle):
         await self.owner._write_hosts(record)
 
     async def _cni_del(self, record: PodRecord, net: PodNet) -> None:
-        from runtime import cnichain
-
         try:
             await cnichain.cni_del(self.owner.view, record.node.netns, container_id=_container_id(record),
                                    netns_path=net.netns_path, args=_cni_args(record))
@@ -284,20 +283,21 @@ class _KubePods(PodLifecycle):
 
     # -- files -------------------------------------------------------------------------------------
     async def _files_up(self, record: PodRecord, nursery: trio.Nursery) -> None:
+        # In the pod's own nursery, which ends before its teardown starts: a rewrite racing the
+        # teardown would make /etc/netns/<netns> again after its removal.
+        nursery.start_soon(self.owner._hosts_loop, record)
         if not record.spec.get("volumes"):
             return
-        from . import volumes as volume_module
-
         uid, gid = self._volume_owner(record)
         pod_dir = self.owner.pods_dir / record.uid
-        volumes = volume_module.PodVolumes(self.owner.api, record.pod, self.owner.view, pod_dir, uid, gid)
+        volumes = PodVolumes(self.owner.api, record.pod, self.owner.view, pod_dir, uid, gid)
         self._volumes[record.uid] = volumes
         delay = BACKOFF_START
         while True:
             try:
                 await volumes.prepare()
                 break
-            except volume_module.VolumeError as exc:
+            except VolumeError as exc:
                 record.message = f"volumes: {exc}"
                 for container in record.spec.get("containers") or []:
                     if not any(s.name == container.get("name") for s in record.states):
@@ -348,8 +348,6 @@ class _KubePods(PodLifecycle):
         volumes = self._volumes.get(record.uid)
         binds: tuple[tuple[str, str, bool], ...] = ()
         if volumes is not None:
-            from .volumes import VolumeError
-
             try:
                 binds = tuple(volumes.mounts(container))
             except VolumeError as exc:
@@ -526,9 +524,7 @@ class NodeKubelet:
                     if other is not running and other.record.key == record.key:
                         await other.done.wait()
                 try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._hosts_loop, record)
-                        await self.lifecycle.run_pod(record)
+                    await self.lifecycle.run_pod(record)
                 except Exception as exc:  # a bug or the machine: this pod stops, the node goes on
                     log.exception("pod failed in the kubelet", pod=f"{record.namespace}/{record.name}")
                     record.message = f"the wisp kubelet could not run this pod: {type(exc).__name__}: {exc}"
@@ -588,8 +584,15 @@ class NodeKubelet:
     async def _hosts_loop(self, record: PodRecord) -> None:
         if record.host_network:
             return
+        failing = False
         while True:
-            await self._write_hosts(record)
+            try:
+                await self._write_hosts(record)
+                failing = False
+            except OSError as exc:  # a running pod keeps its last names; the next round tries again
+                if not failing:
+                    log.warning("hosts file not rewritten", pod=f"{record.namespace}/{record.name}", error=str(exc))
+                failing = True
             await trio.sleep(HOSTS_INTERVAL)
 
     async def _write_hosts(self, record: PodRecord) -> None:
@@ -641,8 +644,6 @@ def _result_ip(result: dict[str, Any]) -> str:
 
 
 def _data(obj: dict[str, Any], *, secret: bool) -> dict[str, str]:
-    import base64
-
     data: dict[str, str] = {}
     if secret:
         for key, value in (obj.get("data") or {}).items():
