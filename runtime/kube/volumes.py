@@ -331,9 +331,7 @@ class PodVolumes:
         relative = _relative(name, sub_path)
         path = volume / relative
         if not os.path.lexists(path) and kind in ("emptyDir", "hostPath") and volume.is_dir():
-            path.mkdir(mode=0o755, parents=True, exist_ok=True)
-            if kind == "emptyDir":
-                os.chown(path, self.uid, self.group)
+            _make_below(name, volume, relative, (self.uid, self.group) if kind == "emptyDir" else None)
         real, base = os.path.realpath(path), os.path.realpath(volume)
         if real != base and not real.startswith(base.rstrip("/") + "/"):
             raise VolumeError(f"volume {name}: subPath {sub_path} leaves the volume")
@@ -423,6 +421,30 @@ def field_value(pod: dict[str, Any], field_path: str) -> str | None:
     if match:
         return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
     return None
+
+
+def _make_below(name: str, volume: Path, relative: str, owner: tuple[int, int] | None) -> None:
+    """mkdir -p `relative` inside `volume` without following a link: the pod writes the volume, and
+    a link it made there (`a -> /etc`) must not have the runtime, as root, create (and give the pod)
+    directories on the machine (CVE-2017-1002101's subPath escape)."""
+    fd = os.open(volume, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in relative.split("/"):
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                if owner is not None:
+                    os.chown(part, *owner, dir_fd=fd, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError:
+                raise VolumeError(f"volume {name}: subPath {relative} passes {part!r}, "
+                                  "which is a link or not a directory") from None
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
 
 
 def renewal_time(issued: float, expires: float) -> float:

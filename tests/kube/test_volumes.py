@@ -174,6 +174,21 @@ async def test_mounts_follow_volume_mounts_with_sub_paths_and_read_only_kinds(be
     volumes.cleanup()
 
 
+async def test_a_sub_path_through_a_link_the_pod_made_creates_nothing_outside_the_volume(bed):
+    volumes = bed.volumes()
+    await volumes.prepare()
+    outside = Path(tempfile.mkdtemp(prefix="wisp-outside-"))
+    try:
+        (volumes.paths["cache"] / "escape").symlink_to(outside)  # as the pod can, writing its emptyDir
+        linked = {"name": "x", "volumeMounts": [{"name": "cache", "mountPath": "/x", "subPath": "escape/made"}]}
+        with pytest.raises(VolumeError, match="escape"):
+            volumes.mounts(linked)
+        assert list(outside.iterdir()) == []
+    finally:
+        shutil.rmtree(outside)
+        volumes.cleanup()
+
+
 @needs_root
 async def test_a_sandboxed_container_reads_its_files_through_the_binds(bed):
     volumes = bed.volumes()
