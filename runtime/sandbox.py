@@ -212,8 +212,9 @@ def program_paths(bin_dir: str | os.PathLike[str]) -> list[str]:
     """What a pod runs wisp's own programs from (wisp-echo, wisp-waypoint, `python` in `wisp
     exec`): the interpreter's installation, the virtual environment, its scripts and wisp's
     source, each as its real path."""
-    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return [os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, bin_dir, os.path.dirname(source))]
+    # runtime/sandbox.py → the folder holding the packages (wisp/, runtime/, ztunnel/, …).
+    packages = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, bin_dir, packages)]
 
 
 def others_may_enter(path: str) -> bool:

@@ -355,8 +355,13 @@ class _KubePods(PodLifecycle):
         elif container.get("volumeMounts"):
             raise podspec.ContainerConfigError(
                 f"volume {container['volumeMounts'][0].get('name')!r} of the mount is not a volume of the pod")
-        return dataclasses.replace(sandbox, binds=binds, capabilities=security.capabilities,
-                                   privileged=security.privileged)
+        # The programs are the image's files: a volume mounted over a directory holding them
+        # (an emptyDir at /tmp, with the project checked out under /tmp) must not hide them,
+        # so they are bound back on top of it, read-only, as the sandbox binds deeper paths last.
+        covered = [path for path in program_paths(self.bin_dir)
+                   if any(_under(path, target) for _, target, _ in binds) and path not in sandbox.expose]
+        return dataclasses.replace(sandbox, expose=sandbox.expose + tuple(covered), binds=binds,
+                                   capabilities=security.capabilities, privileged=security.privileged)
 
     async def _env_sources(self, record: PodRecord, wanted: set[tuple[str, str]]
                            ) -> dict[tuple[str, str], dict[str, str] | None]:
@@ -626,6 +631,10 @@ class NodeKubelet:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 def _container_id(record: PodRecord) -> str:
     return hashlib.sha256(f"wisp-sandbox/{record.uid}".encode()).hexdigest()
 

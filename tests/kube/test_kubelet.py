@@ -422,6 +422,18 @@ async def test_volumes_and_the_service_account_token_are_mounted_where_the_spec_
         assert not Path("/scratch").exists() and not Path("/etc/config").exists()
 
 
+async def test_a_volume_over_the_directory_holding_the_programs_does_not_hide_them(
+        cluster: Cluster, namespace: str) -> None:
+    # CI checks the project out under /tmp, where deploy/'s operator and ztunnel mount an emptyDir.
+    holder = str(Path(sys.prefix).resolve().parent.parent)
+    async with node_bed(cluster, namespace) as bed:
+        await bed.create("covered", [echo(volumeMounts=[{"name": "scratch", "mountPath": holder}],
+                                          readinessProbe={"httpGet": {"path": "/healthz", "port": "http"}})],
+                         volumes=[{"name": "scratch", "emptyDir": {}}])
+        await bed.until("covered", lambda p: any(c.get("type") == "Ready" and c.get("status") == "True"
+                                                 for c in p["status"].get("conditions") or []), "Ready")
+
+
 async def test_a_mount_of_a_missing_config_map_waits_with_the_reason(cluster: Cluster, namespace: str) -> None:
     async with node_bed(cluster, namespace) as bed:
         await bed.create("waits", [{"name": "app", "image": "busybox", "command": ["sleep", "300"],
