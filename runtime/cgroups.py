@@ -15,6 +15,10 @@ Contract:
   (runtime/processes.py) moves a container's process in as soon as it exists, while `ip netns
   exec` and the sandbox step still run (milliseconds before the command; the pid is the
   command's own after exec), so what the command starts inherits the cgroup.
+- `kill_pod(prefix, pod_uid)` SIGKILLs whatever still runs in the pod's cgroups once its
+  containers were stopped (a process that left its container's process group, such as a daemon
+  that called setsid, is out of reach of the group signal but never of its cgroup) and waits up
+  to `timeout` s for them to go; it returns the pids it killed.
 - `remove_pod(prefix, pod_uid)` removes the pod's directories once its processes are gone (a
   cgroup with a live process cannot be removed; such a directory is left and reported), and
   `remove_all(prefix)` everything of a mesh (`wisp down`, and the clean-up of a crashed run).
@@ -24,6 +28,8 @@ Contract:
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 CGROUP_ROOT = Path(os.environ.get("WISP_CGROUP_ROOT", "/sys/fs/cgroup"))
@@ -68,6 +74,31 @@ def _remove_tree(top: Path) -> list[str]:
         except OSError:
             left.append(str(path))
     return left
+
+
+def pod_processes(prefix: str, pod_uid: str, root: Path = CGROUP_ROOT) -> set[int]:
+    found: set[int] = set()
+    for pod in pod_dirs(prefix, pod_uid, root):
+        for procs in pod.rglob("cgroup.procs") if pod.is_dir() else ():
+            try:
+                found.update(int(line) for line in procs.read_text().split())
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def kill_pod(prefix: str, pod_uid: str, root: Path = CGROUP_ROOT, timeout: float = 2.0) -> list[int]:
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while (pids := pod_processes(prefix, pod_uid, root)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+    return sorted(killed)
 
 
 def remove_pod(prefix: str, pod_uid: str, root: Path = CGROUP_ROOT) -> list[str]:

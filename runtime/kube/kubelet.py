@@ -325,6 +325,10 @@ class _KubePods(PodLifecycle):
             return ()
 
     def _files_down(self, record: PodRecord) -> None:
+        strays = cgroups.kill_pod(self.owner.topology.prefix, record.uid)
+        if strays:
+            log.warning("killed processes that outlived the pod's containers", pod=f"{record.namespace}/{record.name}",
+                        pids=strays)
         left = cgroups.remove_pod(self.owner.topology.prefix, record.uid)
         if left:
             log.warning("pod cgroups left (processes still in them)", pod=f"{record.namespace}/{record.name}",

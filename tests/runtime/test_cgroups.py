@@ -40,3 +40,26 @@ def test_a_container_process_is_found_as_its_pod_and_everything_goes_after():
         assert not any((h / prefix).exists() for h in cgroups.hierarchies())
     finally:
         cgroups.remove_all(prefix)
+
+
+def test_a_process_that_left_its_containers_session_is_killed_with_the_pod():
+    if os.geteuid() != 0:
+        pytest.fail("needs root to make cgroups (CI runs as root)")
+    prefix, uid = f"wisp-c{secrets.token_hex(3)}", str(uuid.uuid4())
+    try:
+        dirs = cgroups.container_dirs(prefix, uid, "app")
+        # A daemon: a new session, so a signal to the container's process group misses it.
+        process = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        try:
+            cgroups.join(dirs, process.pid)
+            assert cgroups.pod_processes(prefix, uid) == {process.pid}
+            assert cgroups.kill_pod(prefix, uid) == [process.pid]
+            assert process.wait(5) == -9
+            assert cgroups.pod_processes(prefix, uid) == set()
+            assert cgroups.remove_pod(prefix, uid) == []
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    finally:
+        cgroups.remove_all(prefix)
