@@ -64,8 +64,11 @@ def test_mesh_route_parents_status_names_a_missing_backend(cluster: Cluster, nod
     with cluster.client() as client, RunningOperator(cluster) as op:
         assert client.post("/api/v1/namespaces/%s/services" % namespace, json=service).status_code == 201
         assert client.post(ROUTE_PATH % namespace, json=route).status_code == 201
-        status = wait_for(lambda: kubectl_status(cluster, "httproute", namespace, "canary").get("parents"),
-                          "the route's parents status")
+        # The Service and the route arrive on different watches: a status written while the route
+        # was known and its Service not yet says NoMatchingParent, until the next reconciliation.
+        status = wait_for(lambda: (parents := kubectl_status(cluster, "httproute", namespace, "canary").get("parents"))
+                          and by_type(parents[0]["conditions"]).get("Accepted") == ("True", "Accepted") and parents,
+                          "the route's parents status, Accepted once the Service is known")
         (parent,) = status
         assert parent["controllerName"] == "istio.io/mesh-controller"
         assert parent["parentRef"]["name"] == "web" and parent["parentRef"]["port"] == 80
