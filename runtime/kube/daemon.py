@@ -47,6 +47,7 @@ import structlog
 import trio
 
 from runtime import cgroups
+from runtime.cnichain import write_primary_conflist
 from runtime.testbed import build
 from runtime.testbed import cluster as testbed
 from runtime.topology import CONTROL_PLANE_IP, Node, Topology
@@ -55,6 +56,7 @@ from wisp.runpaths import RuntimePaths
 
 from .api import KubeApi
 from .apiforward import API_FORWARD_PORT, ApiForwarder
+from .kubelet import NodeKubelet
 from .nodes import NodeRegistry
 from .nodeview import NODE_DIRS, NodeView
 from .proxy import KubeProxy
@@ -78,7 +80,7 @@ class KubeRuntime:
         self.restart_delay = restart_delay
         self.bin_dir = Path(sys.executable).parent
         self.nodes: list[Node] = []
-        self.kubelets: list[Any] = []
+        self.kubelets: list[NodeKubelet] = []
         self.forwarder: ApiForwarder | None = None
         self.proxy: KubeProxy | None = None
         self.registry: NodeRegistry | None = None
@@ -135,12 +137,6 @@ class KubeRuntime:
         nursery.cancel_scope.cancel()
 
     async def _bring_up(self, nursery: trio.Nursery, api: KubeApi) -> None:
-        # The other helpers' parts of issue 14; imported here so a missing one fails the start
-        # with its name rather than making this module unimportable.
-        from runtime.cnichain import write_primary_conflist
-
-        from .kubelet import NodeKubelet
-
         self.nodes = await trio.to_thread.run_sync(self.topology.create, self.node_count)
         self.forwarder = ApiForwarder(self.topology.switch, (CONTROL_PLANE_IP, API_FORWARD_PORT),
                                       ("127.0.0.1", self.cluster.ports.apiserver))
