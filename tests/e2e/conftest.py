@@ -9,18 +9,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.support.capture import capture
 from tests.support.wait import wait_for
 from wisp.runpaths import RuntimePaths
 
@@ -107,32 +104,9 @@ class Mesh:
     def wait_for(self, predicate, timeout: float = 20, interval: float = 0.2, what: str = "condition"):
         return wait_for(predicate, timeout, what=what, interval=interval)
 
-    @contextmanager
     def capture(self, netns: str, interface: str, bpf: str = "tcp"):
-        """Packets seen on `interface` inside `netns` while the block runs (tcpdump -A text)."""
-        directory = Path(tempfile.mkdtemp(prefix="wisp-e2e-pcap-"))
-        pcap = directory / "capture.pcap"
-        process = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-Z", "root", "--immediate-mode", "-i", interface, "-U", "-s", "0",
-                                    "-w", str(pcap), bpf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        box: dict = {}
-        try:
-            # tcpdump says "listening on" once the capture is live.
-            heard = b""
-            deadline = time.monotonic() + 5
-            while b"listening on" not in heard:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or process.poll() is not None:
-                    raise AssertionError(f"tcpdump is not capturing: {heard.decode(errors='replace')}")
-                if select.select([process.stderr], [], [], remaining)[0]:
-                    heard += process.stderr.read1(4096)
-            yield box
-        finally:
-            time.sleep(0.3)
-            process.send_signal(signal.SIGINT)
-            process.wait(5)
-            box["text"] = run(["tcpdump", "-nn", "-A", "-r", str(pcap)]).stdout
-            box["summary"] = run(["tcpdump", "-nn", "-r", str(pcap)]).stdout
-            shutil.rmtree(directory, ignore_errors=True)
+        """Packets seen on `interface` inside `netns` while the block runs (tests/support/capture.py)."""
+        return capture(netns, interface, bpf)
 
 
 def leftovers(prefix: str) -> list[str]:

@@ -19,15 +19,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import select
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +31,7 @@ import pytest
 from runtime import cgroups
 from runtime.topology import list_netns
 from tests.support.procs import processes_in, processes_in_netns
+from tests.support.capture import capture
 from tests.support.wait import wait_for
 from wisp.runpaths import RuntimePaths, pod_netns_name
 
@@ -113,31 +109,6 @@ def leftovers(mesh: KubeMesh) -> list[str]:
     return found
 
 
-@contextmanager
-def capture(netns: str, bpf: str) -> Iterator[dict]:
-    """Packets seen on the nodes' switch while the block runs: tcpdump's one-line summaries."""
-    directory = Path(tempfile.mkdtemp(prefix="wisp-ke2e-pcap-"))
-    pcap = directory / "capture.pcap"
-    process = subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-Z", "root", "--immediate-mode", "-i", "br0",
-                                "-U", "-s", "0", "-w", str(pcap), bpf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    box: dict = {}
-    try:
-        heard, deadline = b"", time.monotonic() + 5
-        while b"listening on" not in heard:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or process.poll() is not None:
-                raise AssertionError(f"tcpdump is not capturing: {heard.decode(errors='replace')}")
-            if select.select([process.stderr], [], [], remaining)[0]:
-                heard += process.stderr.read1(4096)
-        yield box
-    finally:
-        time.sleep(0.3)
-        process.send_signal(signal.SIGINT)
-        process.wait(5)
-        box["summary"] = run(["tcpdump", "-nn", "-r", str(pcap)]).stdout
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def packets_between(summary: str, a: str, b: str) -> list[str]:
     """tcpdump summary lines of packets between addresses a and b (either direction)."""
     out = []
@@ -204,7 +175,7 @@ def test_from_nothing_to_a_meshed_request_across_two_ztunnels(kmesh: KubeMesh) -
     server = kmesh.pod_on("shop", "app=frontend", "node2")
     client_ip, server_ip = client["status"]["podIP"], server["status"]["podIP"]
     switch = f"{kmesh.prefix}-net"
-    with capture(switch, f"tcp and host {client_ip} and host {server_ip}") as seen:
+    with capture(switch, "br0", f"tcp and host {client_ip} and host {server_ip}") as seen:
         reply = wait_for(lambda: (r := kmesh.curl("shop", "client", f"http://{server_ip}:8080/")).returncode == 0 and r,
                          timeout=30, what="a request from shop/client to the frontend on node2")
     first_request = time.monotonic() - kmesh.steps["started"]
@@ -307,7 +278,7 @@ def test_traffic_fails_closed_while_a_nodes_ztunnel_is_down_and_recovers(kmesh: 
                  all(p["spec"]["nodeName"] == "node1" for p in kmesh.pods("istio-system", "app=ztunnel")),
                  timeout=90, what="node2's ztunnel gone")
         switch = f"{kmesh.prefix}-net"
-        with capture(switch, f"tcp and host {client['status']['podIP']} and host {server['status']['podIP']}") as seen:
+        with capture(switch, "br0", f"tcp and host {client['status']['podIP']} and host {server['status']['podIP']}") as seen:
             failures = [kmesh.curl("shop", "client", url) for _ in range(3)]
         assert all(f.returncode != 0 for f in failures), [f.stdout for f in failures]
         assert not any("hostname=" in f.stdout for f in failures)
