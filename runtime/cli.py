@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import trio
 import yaml
 
 from .daemon import clean
@@ -39,7 +38,8 @@ from .manifests import (
     services,
     taken_cluster_ips,
 )
-from .operator_client import OperatorClient, OperatorError
+from . import operator_client
+from .operator_client import OperatorError
 from wisp.runpaths import RuntimePaths
 from .sandbox import Sandbox
 
@@ -396,15 +396,8 @@ class _Resources:
 
 
 def _operator_call(paths: RuntimePaths, fn):
-    async def call():
-        client = OperatorClient(paths)
-        try:
-            return await fn(client)
-        finally:
-            await client.aclose()
-
     try:
-        return trio.run(call)
+        return operator_client.call(paths, fn)
     except OperatorError as exc:
         if exc.status == 422:
             # The control plane refused the request and worded why, as kubectl would.

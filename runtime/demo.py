@@ -66,48 +66,42 @@ def local_mesh(paths: RuntimePaths) -> Mesh:
 
 
 def run_demo(directory: Path, prefix: str, keep: bool) -> int:
-    paths = RuntimePaths(prefix)
     args = argparse.Namespace(directory=directory, nodes=2, timeout=180.0, restart_delay=1.0, ztunnel_workers=1,
                               ztunnel_drain_seconds=30.0)
-    print(f"$ wisp up {directory} --nodes 2\n")
-    try:
-        cli.up(paths, args)
-    except cli.CliError as exc:
-        print(f"wisp demo: {exc}", file=sys.stderr)
-        cli.down(paths, argparse.Namespace())
-        return 1
-    try:
-        return _show(local_mesh(paths))
-    finally:
-        if keep:
-            print(f"\nthe mesh is still up: try `wisp exec --prefix {prefix} -n shop client -- curl http://frontend.shop/`"
-                  f"\nand `wisp down --prefix {prefix}` when done")
-        else:
-            print("\n$ wisp down")
-            cli.down(paths, argparse.Namespace())
+    return _with_mesh(prefix, keep, args, f"wisp up {directory} --nodes 2",
+                      lambda paths: _show(local_mesh(paths)),
+                      f"try `wisp exec --prefix {prefix} -n shop client -- curl http://frontend.shop/`")
 
 
 def run_kubernetes_demo(directory: Path, prefix: str, keep: bool) -> int:
-    paths = RuntimePaths(prefix)
-    args = argparse.Namespace(directory=None, kubernetes=True, nodes=2, timeout=240.0, restart_delay=1.0)
-    print("$ wisp up --kubernetes --nodes 2\n")
-    try:
-        cli.up(paths, args)
-    except cli.CliError as exc:
-        print(f"wisp demo: {exc}", file=sys.stderr)
-        cli.down(paths, argparse.Namespace())
-        return 1
-    try:
+    def demo(paths: RuntimePaths) -> int:
         status = cli.read_status(paths)
         mesh = Mesh(paths, ("--kubeconfig", status["kubeconfig"]), f"{MESH_NAMESPACE}_ztunnel-*.log", kubernetes=True)
         if not _install(directory, status):
             print("\nSOME CHECKS FAILED")
             return 1
         return _show(mesh)
+
+    args = argparse.Namespace(directory=None, kubernetes=True, nodes=2, timeout=240.0, restart_delay=1.0)
+    return _with_mesh(prefix, keep, args, "wisp up --kubernetes --nodes 2", demo,
+                      f"use kubectl as above, `wisp exec --prefix {prefix} -n shop client -- curl http://frontend.shop/`")
+
+
+def _with_mesh(prefix: str, keep: bool, args: argparse.Namespace, shown: str, demo, hint: str) -> int:
+    """`wisp up` as `args` say (shown as `$ shown`), `demo(paths)`, then `wisp down` unless `keep`."""
+    paths = RuntimePaths(prefix)
+    print(f"$ {shown}\n")
+    try:
+        cli.up(paths, args)
+    except cli.CliError as exc:
+        print(f"wisp demo: {exc}", file=sys.stderr)
+        cli.down(paths, argparse.Namespace())
+        return 1
+    try:
+        return demo(paths)
     finally:
         if keep:
-            print(f"\nthe mesh is still up: use kubectl as above, `wisp exec --prefix {prefix} -n shop client -- "
-                  f"curl http://frontend.shop/`\nand `wisp down --prefix {prefix}` when done")
+            print(f"\nthe mesh is still up: {hint}\nand `wisp down --prefix {prefix}` when done")
         else:
             print("\n$ wisp down")
             cli.down(paths, argparse.Namespace())

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
+import trio
 
 from wisp.controlplane.protocol import error_text
 
 from wisp.runpaths import RuntimePaths
+
+T = TypeVar("T")
 
 
 class OperatorError(RuntimeError):
@@ -85,3 +89,16 @@ class OperatorClient:
     async def subscribers(self) -> dict[str, Any]:
         """The config version and what each subscriber (ztunnel, waypoint) acknowledged."""
         return await self._call("GET", "/debug/subscribers")
+
+
+def call(paths: RuntimePaths, fn: Callable[[OperatorClient], Awaitable[T]]) -> T:
+    """`fn(client)` with a client of its own, in a trio run of its own: the synchronous CLI's way
+    to ask the local control plane. OperatorError and FileNotFoundError (no credentials) pass."""
+    async def run() -> T:
+        client = OperatorClient(paths)
+        try:
+            return await fn(client)
+        finally:
+            await client.aclose()
+
+    return trio.run(run)

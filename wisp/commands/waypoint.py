@@ -339,19 +339,10 @@ class LocalMesh:
                                 "(or give --kubeconfig for a cluster)")
 
     def _call(self, fn):
-        import trio
-
-        from runtime.operator_client import OperatorClient, OperatorError
-
-        async def call():
-            client = OperatorClient(self.paths)
-            try:
-                return await fn(client)
-            finally:
-                await client.aclose()
+        from runtime.operator_client import OperatorError, call
 
         try:
-            return trio.run(call)
+            return call(self.paths, fn)
         except OperatorError as exc:
             raise WaypointError(str(exc)) from None
         except FileNotFoundError:
